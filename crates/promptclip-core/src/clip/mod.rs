@@ -1,0 +1,164 @@
+//! CLIP: both towers, their projections and the logit scale, loaded from a Hugging Face folder or
+//! an OpenAI-named safetensors file.
+pub mod config;
+pub mod nn;
+pub mod random;
+pub mod text;
+pub mod vision;
+pub mod weights;
+
+use crate::preprocess::ImageConfig;
+use crate::tokenizer::ClipTokenizer;
+use crate::{Error, Result};
+use candle_core::{DType, Device, Module, Tensor, D};
+pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
+use nn::Linear;
+use std::path::{Path, PathBuf};
+pub use text::TextTransformer;
+pub use vision::VisionTransformer;
+use weights::{Naming, Weights};
+
+#[derive(Debug, Clone)]
+pub struct Clip {
+    pub text: TextTransformer,
+    pub vision: VisionTransformer,
+    text_projection: Linear,
+    visual_projection: Linear,
+    /// log of the temperature's inverse; logits use `logit_scale.exp()` (~100 in real models).
+    pub logit_scale: f32,
+    pub config: ClipConfig,
+    pub tokenizer: ClipTokenizer,
+    pub image_config: ImageConfig,
+    pub naming: Naming,
+    /// The weights file the model was read from (recorded in prompt checkpoints).
+    pub source: PathBuf,
+    pub device: Device,
+    /// Compute dtype of the weights and activations.
+    pub dtype: DType,
+}
+
+/// Where the pieces of a checkpoint live.
+struct CheckpointFiles {
+    weights: PathBuf,
+    dir: PathBuf,
+}
+
+fn locate(path: &Path) -> Result<CheckpointFiles> {
+    if !path.exists() {
+        return Err(Error::FileNotFound(path.to_path_buf()));
+    }
+    if path.is_dir() {
+        let st = path.join("model.safetensors");
+        if st.is_file() {
+            return Ok(CheckpointFiles { weights: st, dir: path.to_path_buf() });
+        }
+        if path.join("pytorch_model.bin").is_file() {
+            return Err(Error::Unsupported(format!(
+                "{}: only safetensors weights are read; convert pytorch_model.bin to model.safetensors",
+                path.display()
+            )));
+        }
+        return Err(Error::FileNotFound(st));
+    }
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    Ok(CheckpointFiles { weights: path.to_path_buf(), dir })
+}
+
+impl Clip {
+    /// Load from a Hugging Face CLIP folder (config.json, model.safetensors, tokenizer files,
+    /// optional preprocessor_config.json) or from one safetensors file with OpenAI's parameter
+    /// names (configuration inferred from shapes, CLIP's bundled vocabulary).
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_with_dtype(path, device, DType::F32)
+    }
+
+    /// Load with another compute dtype (F64 for finite-difference checks, F16/BF16 on GPUs).
+    pub fn load_with_dtype(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let files = locate(path)?;
+        let w = Weights::open(&files.weights, device, dtype)?;
+        let config = match w.naming {
+            Naming::HuggingFace => {
+                let cfg = files.dir.join("config.json");
+                if !cfg.is_file() {
+                    return Err(Error::FileNotFound(cfg));
+                }
+                ClipConfig::from_hf_file(&cfg)?
+            }
+            Naming::OpenAi => w.infer_openai_config()?,
+        };
+        let text = TextTransformer::load(&w, &config.text_config)?;
+        let vision = VisionTransformer::load(&w, &config.vision_config)?;
+        let e = config.projection_dim;
+        let text_projection = Linear::new(w.top("text_projection.weight", &[e, config.text_config.hidden_size])?, None)?;
+        let visual_projection = Linear::new(w.top("visual_projection.weight", &[e, config.vision_config.hidden_size])?, None)?;
+        let logit_scale = w.logit_scale()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let tokenizer = ClipTokenizer::from_dir_or_bundled(&files.dir, config.text_config.max_position_embeddings)?;
+        if tokenizer.vocab_size() > config.text_config.vocab_size {
+            return Err(Error::bad_config(
+                &files.weights,
+                format!("tokenizer has {} tokens but the token embedding only {}", tokenizer.vocab_size(), config.text_config.vocab_size),
+            ));
+        }
+        let image_config = ImageConfig::from_dir(&files.dir, config.vision_config.image_size)?;
+        Ok(Self {
+            text,
+            vision,
+            text_projection,
+            visual_projection,
+            logit_scale,
+            config,
+            tokenizer,
+            image_config,
+            naming: w.naming,
+            source: files.weights,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    pub fn embed_dim(&self) -> usize {
+        self.config.projection_dim
+    }
+
+    /// Image features (B, E), not normalised: visual projection of the pooled class token.
+    pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
+        Ok(self.visual_projection.forward(&self.vision.forward(pixels)?)?)
+    }
+
+    /// Text features (B, E) from token embeddings and EOT positions (differentiable).
+    pub fn encode_text_embeds(&self, embeds: &Tensor, eot: &[usize]) -> Result<Tensor> {
+        Ok(self.text_projection.forward(&self.text.forward_embeds(embeds, eot)?)?)
+    }
+
+    /// Text features (B, E) from token ids (B, T) and EOT positions.
+    pub fn encode_text_ids(&self, ids: &Tensor, eot: &[usize]) -> Result<Tensor> {
+        self.encode_text_embeds(&self.text.embed_tokens(ids)?, eot)
+    }
+
+    /// Tokenize and encode strings, in chunks so memory stays bounded for long class lists.
+    pub fn encode_texts(&self, texts: &[String]) -> Result<Tensor> {
+        const CHUNK: usize = 256;
+        if texts.is_empty() {
+            return Err(Error::InvalidArgument("no texts to encode".into()));
+        }
+        let mut parts = Vec::new();
+        for chunk in texts.chunks(CHUNK) {
+            let batch = self.tokenizer.encode_batch(chunk)?;
+            let ids = batch.ids_tensor(&self.device)?;
+            parts.push(self.encode_text_ids(&ids, &batch.eot)?);
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// CLIP logits: exp(logit_scale) * normalize(image) @ normalize(text)^T, shape (B, K).
+    pub fn logits(&self, image_features: &Tensor, text_features: &Tensor) -> Result<Tensor> {
+        let img = l2_normalize(image_features)?;
+        let txt = l2_normalize(text_features)?;
+        Ok((img.matmul(&txt.t()?)? * (self.logit_scale as f64).exp())?)
+    }
+}
+
+/// Divide each row by its L2 norm (differentiable).
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    Ok(x.broadcast_div(&x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?)
+}

@@ -1,0 +1,239 @@
+//! Reading CLIP weights from safetensors, under either naming scheme:
+//! Hugging Face's (`text_model.encoder.layers.N.self_attn.q_proj.weight`, ...) or OpenAI's own
+//! (`transformer.resblocks.N.attn.in_proj_weight`, `visual.*`), which is what the official
+//! prompt-learning code loads. Model code asks for tensors by role; this file maps roles to names.
+use super::config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
+use crate::{Error, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    HuggingFace,
+    OpenAi,
+}
+
+/// The two towers share block structure; only the name prefixes differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tower {
+    Text,
+    Vision,
+}
+
+pub struct Weights {
+    st: MmapedSafetensors,
+    path: PathBuf,
+    pub naming: Naming,
+    device: Device,
+    dtype: DType,
+}
+
+impl Weights {
+    pub fn open(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::FileNotFound(path.to_path_buf()));
+        }
+        // Safety: the file is memory-mapped read-only; like every mmap-based loader we assume it
+        // is not truncated by another process while the model is being built.
+        let st = unsafe { MmapedSafetensors::new(path) }.map_err(|e| {
+            Error::bad_config(path, format!("not a readable safetensors file: {e}"))
+        })?;
+        let names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
+        let has = |n: &str| names.iter().any(|x| x == n);
+        let naming = if has("text_model.embeddings.token_embedding.weight") {
+            Naming::HuggingFace
+        } else if has("token_embedding.weight") && has("transformer.resblocks.0.attn.in_proj_weight") {
+            Naming::OpenAi
+        } else {
+            return Err(Error::Unsupported(format!(
+                "{}: neither Hugging Face CLIP (`text_model.embeddings.token_embedding.weight`) nor OpenAI CLIP (`token_embedding.weight`, `transformer.resblocks.0.attn.in_proj_weight`) tensor names found",
+                path.display()
+            )));
+        };
+        if naming == Naming::OpenAi && has("visual.layer1.0.conv1.weight") {
+            return Err(Error::Unsupported(format!(
+                "{}: ResNet image encoders (RN50, RN101, ...) are not supported yet; use a ViT checkpoint",
+                path.display()
+            )));
+        }
+        Ok(Self { st, path: path.to_path_buf(), naming, device: device.clone(), dtype })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.st.get(name).ok().map(|v| v.shape().to_vec())
+    }
+
+    fn require_shape(&self, name: &str) -> Result<Vec<usize>> {
+        self.shape_of(name)
+            .ok_or_else(|| Error::MissingTensor { name: name.into(), path: self.path.clone() })
+    }
+
+    /// Load a tensor by its file name, checking its shape, converted to the compute dtype.
+    pub fn get(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
+        let actual = self.require_shape(name)?;
+        if actual != expected {
+            return Err(Error::ShapeMismatch {
+                name: name.into(),
+                path: self.path.clone(),
+                expected: expected.to_vec(),
+                actual,
+            });
+        }
+        Ok(self.st.load(name, &self.device)?.to_dtype(self.dtype)?)
+    }
+
+    fn count_layers(&self, prefix: &str, suffix: &str) -> usize {
+        (0..).take_while(|i| self.shape_of(&format!("{prefix}{i}{suffix}")).is_some()).count()
+    }
+
+    /// Infer the configuration of an OpenAI-named state dict from tensor shapes.
+    pub fn infer_openai_config(&self) -> Result<ClipConfig> {
+        let emb = self.require_shape("token_embedding.weight")?;
+        let pos = self.require_shape("positional_embedding")?;
+        let proj = self.require_shape("text_projection")?;
+        let fc = self.require_shape("transformer.resblocks.0.mlp.c_fc.weight")?;
+        let conv = self.require_shape("visual.conv1.weight")?;
+        let vpos = self.require_shape("visual.positional_embedding")?;
+        let vfc = self.require_shape("visual.transformer.resblocks.0.mlp.c_fc.weight")?;
+        let bad = |msg: String| Error::bad_config(&self.path, msg);
+        if emb.len() != 2 || pos.len() != 2 || proj.len() != 2 || conv.len() != 4 || vpos.len() != 2 {
+            return Err(bad("unexpected tensor ranks for an OpenAI CLIP state dict".into()));
+        }
+        let width = emb[1];
+        let vision_width = conv[0];
+        let patch = conv[2];
+        let grid = ((vpos[0] - 1) as f64).sqrt().round() as usize;
+        if grid * grid + 1 != vpos[0] {
+            return Err(bad(format!("visual.positional_embedding has {} rows, not a square grid + 1", vpos[0])));
+        }
+        // OpenAI's build_model: heads = width / 64 for both towers.
+        let heads = |w: usize, which: &str| {
+            if w % 64 != 0 {
+                Err(bad(format!("{which} width {w} is not a multiple of 64 (OpenAI CLIP uses 64-dim heads)")))
+            } else {
+                Ok(w / 64)
+            }
+        };
+        let config = ClipConfig {
+            text_config: ClipTextConfig {
+                vocab_size: emb[0],
+                hidden_size: width,
+                intermediate_size: fc[0],
+                num_hidden_layers: self.count_layers("transformer.resblocks.", ".attn.in_proj_weight"),
+                num_attention_heads: heads(width, "text")?,
+                max_position_embeddings: pos[0],
+                hidden_act: "quick_gelu".into(),
+                layer_norm_eps: 1e-5,
+            },
+            vision_config: ClipVisionConfig {
+                hidden_size: vision_width,
+                intermediate_size: vfc[0],
+                num_hidden_layers: self.count_layers("visual.transformer.resblocks.", ".attn.in_proj_weight"),
+                num_attention_heads: heads(vision_width, "vision")?,
+                num_channels: conv[1],
+                image_size: grid * patch,
+                patch_size: patch,
+                hidden_act: "quick_gelu".into(),
+                layer_norm_eps: 1e-5,
+            },
+            projection_dim: proj[1],
+        };
+        config.validate().map_err(bad)?;
+        Ok(config)
+    }
+
+    // ---- role-based accessors used by the model builders ----
+
+    fn block_prefix(&self, tower: Tower, layer: usize) -> String {
+        match (self.naming, tower) {
+            (Naming::HuggingFace, Tower::Text) => format!("text_model.encoder.layers.{layer}."),
+            (Naming::HuggingFace, Tower::Vision) => format!("vision_model.encoder.layers.{layer}."),
+            (Naming::OpenAi, Tower::Text) => format!("transformer.resblocks.{layer}."),
+            (Naming::OpenAi, Tower::Vision) => format!("visual.transformer.resblocks.{layer}."),
+        }
+    }
+
+    /// Fused QKV projection of a block: weight (3d, d) and bias (3d), in q, k, v order.
+    pub fn block_qkv(&self, tower: Tower, layer: usize, d: usize) -> Result<(Tensor, Tensor)> {
+        let p = self.block_prefix(tower, layer);
+        match self.naming {
+            Naming::OpenAi => Ok((
+                self.get(&format!("{p}attn.in_proj_weight"), &[3 * d, d])?,
+                self.get(&format!("{p}attn.in_proj_bias"), &[3 * d])?,
+            )),
+            Naming::HuggingFace => {
+                let mut ws = Vec::with_capacity(3);
+                let mut bs = Vec::with_capacity(3);
+                for n in ["q_proj", "k_proj", "v_proj"] {
+                    ws.push(self.get(&format!("{p}self_attn.{n}.weight"), &[d, d])?);
+                    bs.push(self.get(&format!("{p}self_attn.{n}.bias"), &[d])?);
+                }
+                Ok((Tensor::cat(&ws, 0)?, Tensor::cat(&bs, 0)?))
+            }
+        }
+    }
+
+    /// Weight and bias of a named linear/norm inside a block, by its Hugging Face role name
+    /// (`self_attn.out_proj`, `layer_norm1`, `layer_norm2`, `mlp.fc1`, `mlp.fc2`).
+    pub fn block_param(&self, tower: Tower, layer: usize, role: &str, wshape: &[usize], bshape: &[usize]) -> Result<(Tensor, Tensor)> {
+        let p = self.block_prefix(tower, layer);
+        let name = match self.naming {
+            Naming::HuggingFace => role.to_string(),
+            Naming::OpenAi => match role {
+                "self_attn.out_proj" => "attn.out_proj".into(),
+                "layer_norm1" => "ln_1".into(),
+                "layer_norm2" => "ln_2".into(),
+                "mlp.fc1" => "mlp.c_fc".into(),
+                "mlp.fc2" => "mlp.c_proj".into(),
+                other => return Err(Error::Internal(format!("unknown block role {other}"))),
+            },
+        };
+        Ok((
+            self.get(&format!("{p}{name}.weight"), wshape)?,
+            self.get(&format!("{p}{name}.bias"), bshape)?,
+        ))
+    }
+
+    /// Top-level tensors by Hugging Face name. OpenAI stores projections as (in, out) for `x @ P`;
+    /// they are transposed here to PyTorch's Linear layout (out, in).
+    pub fn top(&self, hf_name: &str, shape: &[usize]) -> Result<Tensor> {
+        if self.naming == Naming::HuggingFace {
+            return self.get(hf_name, shape);
+        }
+        let transposed = |name: &str| -> Result<Tensor> {
+            Ok(self.get(name, &[shape[1], shape[0]])?.t()?.contiguous()?)
+        };
+        match hf_name {
+            "text_model.embeddings.token_embedding.weight" => self.get("token_embedding.weight", shape),
+            "text_model.embeddings.position_embedding.weight" => self.get("positional_embedding", shape),
+            "text_model.final_layer_norm.weight" => self.get("ln_final.weight", shape),
+            "text_model.final_layer_norm.bias" => self.get("ln_final.bias", shape),
+            "text_projection.weight" => transposed("text_projection"),
+            "vision_model.embeddings.class_embedding" => self.get("visual.class_embedding", shape),
+            "vision_model.embeddings.patch_embedding.weight" => self.get("visual.conv1.weight", shape),
+            "vision_model.embeddings.position_embedding.weight" => self.get("visual.positional_embedding", shape),
+            "vision_model.pre_layrnorm.weight" => self.get("visual.ln_pre.weight", shape),
+            "vision_model.pre_layrnorm.bias" => self.get("visual.ln_pre.bias", shape),
+            "vision_model.post_layernorm.weight" => self.get("visual.ln_post.weight", shape),
+            "vision_model.post_layernorm.bias" => self.get("visual.ln_post.bias", shape),
+            "visual_projection.weight" => transposed("visual.proj"),
+            "logit_scale" => self.get("logit_scale", shape),
+            other => Err(Error::Internal(format!("no OpenAI name for {other}"))),
+        }
+    }
+
+    /// `logit_scale` is a 0-d tensor in most files, (1,) in some: accept both.
+    pub fn logit_scale(&self) -> Result<Tensor> {
+        let shape = self.require_shape("logit_scale")?;
+        let t = self.top("logit_scale", &shape)?;
+        if t.elem_count() != 1 {
+            return Err(Error::ShapeMismatch { name: "logit_scale".into(), path: self.path.clone(), expected: vec![], actual: shape });
+        }
+        Ok(t.flatten_all()?.get(0)?)
+    }
+}

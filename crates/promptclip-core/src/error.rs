@@ -1,0 +1,66 @@
+//! One error type for the whole core. Every variant has a stable `code()` that the Node binding
+//! forwards to JavaScript, so callers can branch on it without parsing messages.
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("file not found: {}", .0.display())]
+    FileNotFound(PathBuf),
+    #[error("cannot read {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("invalid config {}: {msg}", path.display())]
+    BadConfig { path: PathBuf, msg: String },
+    #[error("tensor `{name}` is missing from {}", path.display())]
+    MissingTensor { name: String, path: PathBuf },
+    #[error("tensor `{name}` in {} has shape {actual:?}, expected {expected:?}", path.display())]
+    ShapeMismatch { name: String, path: PathBuf, expected: Vec<usize>, actual: Vec<usize> },
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("cannot decode image {source_name}: {msg}")]
+    ImageDecode { source_name: String, msg: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("CUDA is not available: {0}")]
+    CudaUnavailable(String),
+    #[error("{0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Stable machine-readable code, forwarded to JavaScript as `error.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::FileNotFound(_) => "E_FILE_NOT_FOUND",
+            Error::Io { .. } => "E_IO",
+            Error::BadConfig { .. } => "E_BAD_CONFIG",
+            Error::MissingTensor { .. } => "E_MISSING_TENSOR",
+            Error::ShapeMismatch { .. } => "E_SHAPE_MISMATCH",
+            Error::Unsupported(_) => "E_UNSUPPORTED",
+            Error::ImageDecode { .. } => "E_IMAGE_DECODE",
+            Error::Tokenizer(_) => "E_TOKENIZER",
+            Error::InvalidArgument(_) => "E_INVALID_ARGUMENT",
+            Error::CudaUnavailable(_) => "E_CUDA_UNAVAILABLE",
+            Error::Candle(_) => "E_TENSOR",
+            Error::Internal(_) => "E_INTERNAL",
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::FileNotFound(path)
+        } else {
+            Error::Io { path, source }
+        }
+    }
+
+    pub(crate) fn bad_config(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::BadConfig { path: path.into(), msg: msg.into() }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

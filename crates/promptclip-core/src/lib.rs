@@ -1,0 +1,17 @@
+//! promptclip-core: CLIP in candle with a differentiable text path, CLIP's tokenizer and image
+//! preprocessing, and zero-shot classification. The Node binding (crate root) is a thin layer
+//! over this crate; nothing here knows about napi.
+pub mod clip;
+pub mod device;
+pub mod error;
+pub mod preprocess;
+pub mod rng;
+pub mod tokenizer;
+pub mod zeroshot;
+
+pub use clip::Clip;
+/// candle's tensor types, re-exported so dependants need no direct candle dependency.
+pub mod tensor {
+    pub use candle_core::{DType, Device, Tensor};
+}
+pub use error::{Error, Result};

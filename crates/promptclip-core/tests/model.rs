@@ -1,0 +1,221 @@
+//! CLIP in candle against Hugging Face transformers on the same weights (fixtures written by
+//! scripts/make_clip_fixtures.py), plus properties of the differentiable text path.
+mod common;
+use candle_core::{DType, Device, Tensor, Var};
+use common::{fixtures, load_reference, rel_err};
+use promptclip_core::clip::random::{write_random_openai_clip, RandomClipSpec};
+use promptclip_core::{Clip, Error};
+
+fn eot_of(r: &std::collections::HashMap<String, Tensor>) -> Vec<usize> {
+    r["eot_index"].to_dtype(DType::I64).unwrap().to_vec1::<i64>().unwrap().into_iter().map(|x| x as usize).collect()
+}
+
+fn check_against_reference(model_path: &std::path::Path, reference: &str) {
+    let clip = Clip::load(model_path, &Device::Cpu).unwrap();
+    let r = load_reference(reference);
+    let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
+    let eot = eot_of(&r);
+    // The tokenizer must find the same EOT positions as the reference ids.
+    for (row, &e) in eot.iter().enumerate() {
+        let id = ids.get(row).unwrap().get(e).unwrap().to_scalar::<u32>().unwrap();
+        assert_eq!(id, clip.tokenizer.eot);
+    }
+    let img = clip.encode_image(&r["pixel_values"]).unwrap();
+    let pooled = clip.text.forward_ids(&ids, &eot).unwrap();
+    let txt = clip.encode_text_ids(&ids, &eot).unwrap();
+    let logits = clip.logits(&img, &txt).unwrap();
+    let (e_img, e_pool, e_txt, e_log) = (
+        rel_err(&img, &r["image_embeds"]),
+        rel_err(&pooled, &r["text_pooled"]),
+        rel_err(&txt, &r["text_embeds"]),
+        rel_err(&logits, &r["logits_per_image"]),
+    );
+    println!("{reference}: rel err image {e_img:.2e} text-pooled {e_pool:.2e} text {e_txt:.2e} logits {e_log:.2e}");
+    assert!(e_img < 1e-4, "image embeddings rel err {e_img}");
+    assert!(e_pool < 1e-4, "pooled text rel err {e_pool}");
+    assert!(e_txt < 1e-4, "text embeddings rel err {e_txt}");
+    assert!(e_log < 1e-4, "logits rel err {e_log}");
+}
+
+#[test]
+fn hf_folder_matches_transformers() {
+    check_against_reference(&fixtures().join("tiny-clip-hf"), "reference-hf.safetensors");
+}
+
+#[test]
+fn openai_named_file_matches_transformers() {
+    check_against_reference(&fixtures().join("tiny-clip-openai.safetensors"), "reference-openai.safetensors");
+}
+
+#[test]
+fn activation_comes_from_config() {
+    let hf = Clip::load(&fixtures().join("tiny-clip-hf"), &Device::Cpu).unwrap();
+    assert_eq!(hf.config.text_config.hidden_act, "gelu");
+    let oa = Clip::load(&fixtures().join("tiny-clip-openai.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(oa.config.text_config.hidden_act, "quick_gelu");
+    assert_eq!(oa.config.text_config.num_attention_heads, 1);
+    assert_eq!(oa.config.vision_config.num_attention_heads, 2);
+    assert_eq!(oa.config.vision_config.image_size, 48);
+    assert_eq!(oa.config.projection_dim, 24);
+}
+
+#[test]
+fn text_encoder_accepts_embeddings_and_ignores_tokens_after_eot() {
+    let clip = Clip::load(&fixtures().join("tiny-clip-hf"), &Device::Cpu).unwrap();
+    let batch = clip.tokenizer.encode_batch(&["a photo of a dog.", "x"]).unwrap();
+    let ids = batch.ids_tensor(&Device::Cpu).unwrap();
+    let from_ids = clip.encode_text_ids(&ids, &batch.eot).unwrap();
+    let embeds = clip.text.embed_tokens(&ids).unwrap();
+    let from_embeds = clip.encode_text_embeds(&embeds, &batch.eot).unwrap();
+    assert_eq!(rel_err(&from_embeds, &from_ids), 0.0);
+    // Replace everything after each EOT with noise: a causal encoder read at EOT must not care.
+    let (b, t, d) = embeds.dims3().unwrap();
+    let noise = Tensor::randn(0f32, 5.0, (b, t, d), &Device::Cpu).unwrap();
+    let eot = batch.eot.clone();
+    let keep: Vec<f32> = (0..b).flat_map(|i| { let e = eot[i]; (0..t).map(move |j| (j <= e) as u8 as f32) }).collect();
+    let keep = Tensor::from_vec(keep, (b, t, 1), &Device::Cpu).unwrap();
+    let noisy = (embeds.broadcast_mul(&keep).unwrap() + noise.broadcast_mul(&(1.0 - &keep).unwrap()).unwrap()).unwrap();
+    let from_noisy = clip.encode_text_embeds(&noisy, &batch.eot).unwrap();
+    assert!(rel_err(&from_noisy, &from_ids) < 1e-6);
+}
+
+#[test]
+fn gradient_reaches_input_embeddings_and_matches_finite_differences() {
+    // f64 so that central differences are accurate to ~1e-8.
+    let clip = Clip::load_with_dtype(&fixtures().join("tiny-clip-openai.safetensors"), &Device::Cpu, DType::F64).unwrap();
+    let batch = clip.tokenizer.encode_batch(&["a photo of a dog.", "an origami crane"]).unwrap();
+    let ids = batch.ids_tensor(&Device::Cpu).unwrap();
+    let embeds = clip.text.embed_tokens(&ids).unwrap();
+    let var = Var::from_tensor(&embeds).unwrap();
+    let target = Tensor::randn(0f64, 1.0, (2, clip.embed_dim()), &Device::Cpu).unwrap();
+    let loss_of = |x: &Tensor| -> Tensor {
+        let f = clip.encode_text_embeds(x, &batch.eot).unwrap();
+        let f = promptclip_core::clip::l2_normalize(&f).unwrap();
+        (f * &target).unwrap().sum_all().unwrap()
+    };
+    let loss = loss_of(var.as_tensor());
+    let grads = loss.backward().unwrap();
+    let g = grads.get(var.as_tensor()).expect("gradient reaches the input embeddings");
+    let g_norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt();
+    assert!(g_norm > 1e-6, "gradient norm {g_norm}");
+    // Positions after EOT get exactly zero gradient (causality), positions before do not.
+    let after = g.get(1).unwrap().narrow(0, batch.eot[1] + 1, 3).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    assert_eq!(after, 0.0);
+    // Central differences at a few coordinates, including a context-like middle position.
+    let base = embeds.to_vec3::<f64>().unwrap();
+    let gv = g.to_vec3::<f64>().unwrap();
+    let h = 1e-5;
+    for &(b, t, d) in &[(0usize, 1usize, 0usize), (0, 3, 7), (1, 2, 63), (0, batch.eot[0], 11)] {
+        let mut plus = base.clone();
+        plus[b][t][d] += h;
+        let mut minus = base.clone();
+        minus[b][t][d] -= h;
+        let lp = loss_of(&Tensor::new(plus, &Device::Cpu).unwrap()).to_scalar::<f64>().unwrap();
+        let lm = loss_of(&Tensor::new(minus, &Device::Cpu).unwrap()).to_scalar::<f64>().unwrap();
+        let fd = (lp - lm) / (2.0 * h);
+        let an = gv[b][t][d];
+        assert!((fd - an).abs() <= 1e-6 + 1e-4 * an.abs(), "({b},{t},{d}): analytic {an} finite-diff {fd}");
+    }
+}
+
+#[test]
+fn real_clip_shapes_load_from_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, heads_t, heads_v, grid) in [("ViT-B/32", 8, 12, 7), ("ViT-B/16", 8, 12, 14), ("ViT-L/14", 12, 16, 16)] {
+        let spec = RandomClipSpec::by_name(name).unwrap();
+        let path = dir.path().join(format!("{}.safetensors", name.replace('/', "-")));
+        write_random_openai_clip(&path, &spec, DType::F16, 1).unwrap();
+        let clip = Clip::load(&path, &Device::Cpu).unwrap();
+        let (t, v) = (&clip.config.text_config, &clip.config.vision_config);
+        assert_eq!((t.hidden_size, t.num_hidden_layers, t.num_attention_heads), (spec.text_width, spec.text_layers, heads_t), "{name}");
+        assert_eq!((v.hidden_size, v.num_hidden_layers, v.num_attention_heads), (spec.vision_width, spec.vision_layers, heads_v), "{name}");
+        assert_eq!((v.patch_size, v.image_size / v.patch_size, clip.config.projection_dim), (spec.patch_size, grid, spec.embed_dim), "{name}");
+        let px = Tensor::zeros((1, 3, 224, 224), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(clip.encode_image(&px).unwrap().dims(), &[1, spec.embed_dim]);
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+// ---- errors name what is wrong ----
+
+fn copy_hf_fixture() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(fixtures().join("tiny-clip-hf")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn missing_files_are_named() {
+    let err = Clip::load(&fixtures().join("no-such-model"), &Device::Cpu).unwrap_err();
+    assert!(matches!(err, Error::FileNotFound(ref p) if p.ends_with("no-such-model")), "{err}");
+    let dir = copy_hf_fixture();
+    std::fs::remove_file(dir.path().join("config.json")).unwrap();
+    let err = Clip::load(dir.path(), &Device::Cpu).unwrap_err();
+    assert_eq!(err.code(), "E_FILE_NOT_FOUND");
+    assert!(err.to_string().contains("config.json"), "{err}");
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = copy_hf_fixture();
+    let st = dir.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&st, &Device::Cpu).unwrap();
+    tensors.remove("text_model.encoder.layers.1.mlp.fc2.bias").unwrap();
+    candle_core::safetensors::save(&tensors, &st).unwrap();
+    let err = Clip::load(dir.path(), &Device::Cpu).unwrap_err();
+    assert_eq!(err.code(), "E_MISSING_TENSOR");
+    assert!(err.to_string().contains("text_model.encoder.layers.1.mlp.fc2.bias"), "{err}");
+}
+
+#[test]
+fn shape_that_does_not_match_config_is_named() {
+    let dir = copy_hf_fixture();
+    let cfg_path = dir.path().join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["text_config"]["intermediate_size"] = serde_json::json!(96);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let err = Clip::load(dir.path(), &Device::Cpu).unwrap_err();
+    assert_eq!(err.code(), "E_SHAPE_MISMATCH");
+    let msg = err.to_string();
+    assert!(msg.contains("text_model.encoder.layers.0.mlp.fc1.weight") && msg.contains("96"), "{msg}");
+}
+
+#[test]
+fn unsupported_architectures_are_refused() {
+    let dir = copy_hf_fixture();
+    let cfg_path = dir.path().join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["model_type"] = serde_json::json!("siglip");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let err = Clip::load(dir.path(), &Device::Cpu).unwrap_err();
+    assert_eq!(err.code(), "E_UNSUPPORTED");
+    assert!(err.to_string().contains("siglip"));
+
+    // An OpenAI ResNet state dict (visual.layer1...) is named as such.
+    let st = dir.path().join("rn50.safetensors");
+    let mut t = candle_core::safetensors::load(fixtures().join("tiny-clip-openai.safetensors"), &Device::Cpu).unwrap();
+    t.insert("visual.layer1.0.conv1.weight".into(), Tensor::zeros((4, 4, 1, 1), DType::F32, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&t, &st).unwrap();
+    let err = Clip::load(&st, &Device::Cpu).unwrap_err();
+    assert_eq!(err.code(), "E_UNSUPPORTED");
+    assert!(err.to_string().contains("ResNet"), "{err}");
+
+    // A file that is not safetensors at all.
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"definitely not a safetensors file").unwrap();
+    let err = Clip::load(&junk, &Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("junk.safetensors"), "{err}");
+}
+
+#[test]
+fn cuda_request_without_cuda_is_a_clear_error() {
+    if promptclip_core::device::cuda_compiled() {
+        return;
+    }
+    let err = promptclip_core::device::device_from_name("cuda").unwrap_err();
+    assert_eq!(err.code(), "E_CUDA_UNAVAILABLE");
+    assert!(promptclip_core::device::device_from_name("tpu").is_err());
+}
