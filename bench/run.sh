@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Encoding throughput of promptclip vs PyTorch + transformers, on this machine, in one run.
+#   bash bench/run.sh [ViT-B/16]        (PYTHON=/path/to/python with torch + transformers)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+arch="${1:-ViT-B/16}"
+out="bench/results"; mkdir -p "$out"
+ckpt="${TMPDIR:-/tmp}/promptclip-bench-$(echo "$arch" | tr '/' '-').safetensors"
+cargo build --release -q -p promptclip-bench
+./target/release/promptclip-bench encode "$ckpt" "$arch" fixtures/images | tee "$out/promptclip.jsonl"
+PY="${PYTHON:-python3}"
+if "$PY" -c "import torch, transformers" 2>/dev/null; then
+  "$PY" bench/torch_encode.py "$arch" fixtures/tiny-clip-hf fixtures/images | tee "$out/torch.jsonl"
+  node bench/ratios.mjs "$out/promptclip.jsonl" "$out/torch.jsonl"
+else
+  echo "torch + transformers not importable with $PY: promptclip numbers only"
+fi
