@@ -24,6 +24,10 @@ pub enum Error {
     InvalidArgument(String),
     #[error("CUDA is not available: {0}")]
     CudaUnavailable(String),
+    #[error("training stopped: the loss became {value} at epoch {epoch}, step {step}{hint}")]
+    NonFiniteLoss { value: f32, epoch: usize, step: usize, hint: String },
+    #[error("cancelled")]
+    Cancelled,
     #[error("{0}")]
     Candle(#[from] candle_core::Error),
     #[error("internal error: {0}")]
@@ -44,6 +48,8 @@ impl Error {
             Error::Tokenizer(_) => "E_TOKENIZER",
             Error::InvalidArgument(_) => "E_INVALID_ARGUMENT",
             Error::CudaUnavailable(_) => "E_CUDA_UNAVAILABLE",
+            Error::NonFiniteLoss { .. } => "E_NON_FINITE_LOSS",
+            Error::Cancelled => "E_CANCELLED",
             Error::Candle(_) => "E_TENSOR",
             Error::Internal(_) => "E_INTERNAL",
         }

@@ -4,9 +4,13 @@
 pub mod clip;
 pub mod device;
 pub mod error;
+pub mod eval;
+pub mod files;
 pub mod preprocess;
+pub mod prompt;
 pub mod rng;
 pub mod tokenizer;
+pub mod train;
 pub mod zeroshot;
 
 pub use clip::Clip;

@@ -296,8 +296,17 @@ impl ClipTokenizer {
         self.inner.id_to_token(id)
     }
 
-    /// Readable text of one token (`</w>` marks a word end and becomes a space).
+    /// Readable text of one token: the byte-level characters mapped back to bytes, and the
+    /// `</w>` word-end marker dropped. Independent of the checkpoint's decoder settings.
     pub fn decode_token(&self, id: u32) -> Option<String> {
-        self.inner.decode(&[id], false).ok().map(|s| s.trim().to_string())
+        static INVERSE: OnceLock<std::collections::HashMap<char, u8>> = OnceLock::new();
+        let inverse = INVERSE.get_or_init(|| bytes_to_unicode().into_iter().map(|(b, c)| (c, b)).collect());
+        let token = self.inner.id_to_token(id)?;
+        let token = token.strip_suffix("</w>").unwrap_or(&token);
+        if token.starts_with("<|") {
+            return Some(token.to_string());
+        }
+        let bytes: Vec<u8> = token.chars().map(|c| inverse.get(&c).copied().unwrap_or(b'?')).collect();
+        Some(String::from_utf8_lossy(&bytes).into_owned())
     }
 }

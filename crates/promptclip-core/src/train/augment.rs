@@ -1,0 +1,60 @@
+//! Training augmentation of the CoOp recipe: RandomResizedCrop(224, scale=(0.08, 1),
+//! ratio=(3/4, 4/3), bicubic) and a horizontal flip with p = 0.5, as torchvision does them,
+//! driven by our seeded RNG so runs repeat exactly.
+use crate::preprocess::{normalize_into, resize_rgb, ImageConfig};
+use crate::rng::Rng;
+use crate::Result;
+use image::RgbImage;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AugmentConfig {
+    pub scale: (f64, f64),
+    pub ratio: (f64, f64),
+    pub flip_p: f64,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self { scale: (0.08, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0), flip_p: 0.5 }
+    }
+}
+
+/// torchvision's RandomResizedCrop.get_params: (top, left, height, width).
+pub fn random_resized_crop_box(width: u32, height: u32, cfg: &AugmentConfig, rng: &mut Rng) -> (u32, u32, u32, u32) {
+    let (w, h) = (width as f64, height as f64);
+    let area = w * h;
+    let (log_lo, log_hi) = (cfg.ratio.0.ln(), cfg.ratio.1.ln());
+    for _ in 0..10 {
+        let target = area * (cfg.scale.0 + rng.uniform() * (cfg.scale.1 - cfg.scale.0));
+        let aspect = (log_lo + rng.uniform() * (log_hi - log_lo)).exp();
+        let cw = (target * aspect).sqrt().round();
+        let ch = (target / aspect).sqrt().round();
+        if cw > 0.0 && ch > 0.0 && cw <= w && ch <= h {
+            let top = rng.below((h - ch) as usize + 1) as u32;
+            let left = rng.below((w - cw) as usize + 1) as u32;
+            return (top, left, ch as u32, cw as u32);
+        }
+    }
+    // Fallback: central crop with the ratio clamped into range.
+    let in_ratio = w / h;
+    let (cw, ch) = if in_ratio < cfg.ratio.0 {
+        (w, (w / cfg.ratio.0).round())
+    } else if in_ratio > cfg.ratio.1 {
+        ((h * cfg.ratio.1).round(), h)
+    } else {
+        (w, h)
+    };
+    (((h - ch) / 2.0) as u32, ((w - cw) / 2.0) as u32, ch as u32, cw as u32)
+}
+
+/// Augment one decoded image into normalised CHW floats appended to `out`.
+pub fn augment_into(img: &RgbImage, img_cfg: &ImageConfig, cfg: &AugmentConfig, rng: &mut Rng, out: &mut Vec<f32>) -> Result<()> {
+    let (top, left, h, w) = random_resized_crop_box(img.width(), img.height(), cfg, rng);
+    let crop = image::imageops::crop_imm(img, left, top, w, h).to_image();
+    let mut resized = resize_rgb(&crop, img_cfg.crop, img_cfg.crop)?;
+    if rng.uniform() < cfg.flip_p {
+        image::imageops::flip_horizontal_in_place(&mut resized);
+    }
+    normalize_into(&resized, img_cfg, out);
+    Ok(())
+}

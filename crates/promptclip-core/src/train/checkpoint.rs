@@ -1,0 +1,63 @@
+//! Training checkpoints: parameters, momentum buffers, schedule position and the random seed
+//! stream, in one safetensors file replaced atomically at each save.
+use crate::files::{read_safetensors, write_safetensors_atomic};
+use crate::{Error, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+pub const CHECKPOINT_FORMAT: &str = "promptclip.train-checkpoint";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointMeta {
+    pub format: String,
+    pub format_version: u32,
+    /// Epochs completed: training resumes at this epoch (the schedule position).
+    pub epochs_done: usize,
+    pub global_step: usize,
+    /// Every epoch's shuffling and augmentation stream derives from (seed, epoch), so the seed
+    /// and the epoch fully determine the random state of the remaining run.
+    pub seed: u64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// The model's own description (method, M, classes, ...): resuming requires equality.
+    pub model: serde_json::Value,
+}
+
+pub fn save(path: &Path, meta: &CheckpointMeta, params: &[(String, Tensor)], momentum: &[(String, Tensor)]) -> Result<()> {
+    let mut named: Vec<(String, &Tensor)> = params.iter().map(|(n, t)| (format!("param.{n}"), t)).collect();
+    named.extend(momentum.iter().map(|(n, t)| (format!("momentum.{n}"), t)));
+    let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+    let mut md = HashMap::new();
+    md.insert("promptclip_checkpoint".into(), serde_json::to_string(meta).map_err(|e| Error::Internal(e.to_string()))?);
+    write_safetensors_atomic(path, &refs, md)
+}
+
+pub struct Loaded {
+    pub meta: CheckpointMeta,
+    pub params: HashMap<String, Tensor>,
+    pub momentum: HashMap<String, Tensor>,
+}
+
+pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
+    let (tensors, md) = read_safetensors(path, device)?;
+    let json = md.get("promptclip_checkpoint").ok_or_else(|| {
+        Error::InvalidArgument(format!("{} is not a promptclip training checkpoint", path.display()))
+    })?;
+    let meta: CheckpointMeta = serde_json::from_str(json)
+        .map_err(|e| Error::InvalidArgument(format!("{}: unreadable checkpoint metadata: {e}", path.display())))?;
+    if meta.format != CHECKPOINT_FORMAT {
+        return Err(Error::InvalidArgument(format!("{} is not a promptclip training checkpoint", path.display())));
+    }
+    let mut params = HashMap::new();
+    let mut momentum = HashMap::new();
+    for (name, t) in tensors {
+        if let Some(n) = name.strip_prefix("param.") {
+            params.insert(n.to_string(), t);
+        } else if let Some(n) = name.strip_prefix("momentum.") {
+            momentum.insert(n.to_string(), t);
+        }
+    }
+    Ok(Loaded { meta, params, momentum })
+}

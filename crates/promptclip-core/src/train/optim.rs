@@ -1,0 +1,55 @@
+//! SGD exactly as `torch.optim.SGD` (momentum, dampening, weight decay, Nesterov), which candle's
+//! own SGD lacks. Momentum buffers are exposed for checkpoints.
+use crate::Result;
+use candle_core::{Tensor, Var};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdConfig {
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub dampening: f64,
+    pub nesterov: bool,
+}
+
+impl Default for SgdConfig {
+    /// The CoOp recipe: lr 0.002, momentum 0.9, weight decay 5e-4.
+    fn default() -> Self {
+        Self { lr: 0.002, momentum: 0.9, weight_decay: 5e-4, dampening: 0.0, nesterov: false }
+    }
+}
+
+pub struct Sgd {
+    pub config: SgdConfig,
+    /// One momentum buffer per parameter, created at the first step (as PyTorch does).
+    pub buffers: Vec<Option<Tensor>>,
+}
+
+impl Sgd {
+    pub fn new(config: SgdConfig, n_params: usize) -> Self {
+        Self { config, buffers: vec![None; n_params] }
+    }
+
+    /// One update with learning rate `lr` (the schedule's value for this epoch):
+    ///   d = g + wd * p;  b = mu * b + (1 - dampening) * d  (b = d at the first step);
+    ///   d = nesterov ? d + mu * b : b;  p = p - lr * d
+    pub fn step(&mut self, params: &[Var], grads: &[Tensor], lr: f64) -> Result<()> {
+        let c = self.config;
+        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+            let mut d = g.to_dtype(p.dtype())?;
+            if c.weight_decay != 0.0 {
+                d = (d + (p.as_tensor() * c.weight_decay)?)?;
+            }
+            if c.momentum != 0.0 {
+                let buf = match self.buffers[i].take() {
+                    None => d.clone(),
+                    Some(b) => ((b * c.momentum)? + (&d * (1.0 - c.dampening))?)?,
+                };
+                d = if c.nesterov { (d + (&buf * c.momentum)?)? } else { buf.clone() };
+                self.buffers[i] = Some(buf);
+            }
+            p.set(&(p.as_tensor() - (d * lr)?)?.detach())?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,38 @@
+//! Learning-rate schedules as Dassl builds them for CoOp/CoCoOp: stepped once per epoch,
+//! `warmup_epochs` at a constant `warmup_lr`, then cosine annealing over `max_epochs`
+//! (Dassl's ConstantWarmupScheduler wrapping CosineAnnealingLR(T_max = max_epochs)).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ScheduleKind {
+    Cosine,
+    Constant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrSchedule {
+    pub kind: ScheduleKind,
+    pub base_lr: f64,
+    pub max_epochs: usize,
+    pub warmup_epochs: usize,
+    pub warmup_lr: f64,
+}
+
+impl LrSchedule {
+    /// Learning rate used during `epoch` (0-based).
+    ///
+    /// With one warmup epoch, epoch 0 uses `warmup_lr`, epoch 1 the base rate, and epoch e >= 1
+    /// uses base * (1 + cos(pi * (e - 1) / max_epochs)) / 2: the cosine successor starts when
+    /// warmup ends and, as in Dassl, never quite reaches zero.
+    pub fn lr(&self, epoch: usize) -> f64 {
+        if epoch < self.warmup_epochs {
+            return self.warmup_lr;
+        }
+        match self.kind {
+            ScheduleKind::Constant => self.base_lr,
+            ScheduleKind::Cosine => {
+                let t = (epoch - self.warmup_epochs) as f64;
+                let t_max = self.max_epochs.max(1) as f64;
+                self.base_lr * (1.0 + (std::f64::consts::PI * t / t_max).cos()) / 2.0
+            }
+        }
+    }
+}

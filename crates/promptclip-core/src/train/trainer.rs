@@ -1,0 +1,298 @@
+//! The training loop shared by CoOp and CoCoOp.
+use super::augment::{augment_into, AugmentConfig};
+use super::checkpoint::{self, CheckpointMeta, CHECKPOINT_FORMAT};
+use super::optim::{Sgd, SgdConfig};
+use super::schedule::{LrSchedule, ScheduleKind};
+use crate::clip::Clip;
+use crate::preprocess::{decode, ImageSource};
+use crate::rng::Rng;
+use crate::zeroshot::encode_image_sources;
+use crate::{Error, Result};
+use candle_core::{DType, Tensor, Var, D};
+use rayon::prelude::*;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// A prompt learner the trainer can fit: named trainable tensors and logits for a batch of
+/// image features against the learner's own class list.
+pub trait PromptModel {
+    fn vars(&self) -> Vec<(String, Var)>;
+    fn logits(&self, clip: &Clip, image_features: &Tensor) -> Result<Tensor>;
+    /// Identity of the model's configuration, checked when resuming.
+    fn describe(&self) -> serde_json::Value;
+    fn num_classes(&self) -> usize;
+}
+
+#[derive(Debug, Clone)]
+pub struct LabelledImages {
+    pub sources: Vec<ImageSource>,
+    pub labels: Vec<usize>,
+}
+
+impl LabelledImages {
+    pub fn validate(&self, num_classes: usize) -> Result<()> {
+        if self.sources.is_empty() {
+            return Err(Error::InvalidArgument("the dataset is empty".into()));
+        }
+        if self.sources.len() != self.labels.len() {
+            return Err(Error::InvalidArgument(format!("{} images but {} labels", self.sources.len(), self.labels.len())));
+        }
+        if let Some((i, l)) = self.labels.iter().enumerate().find(|(_, &l)| l >= num_classes) {
+            return Err(Error::InvalidArgument(format!("labels[{i}] = {l} is out of range for {num_classes} classes")));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub sgd: SgdConfig,
+    pub schedule: ScheduleKind,
+    pub warmup_epochs: usize,
+    pub warmup_lr: f64,
+    pub seed: u64,
+    /// Random resized crop + flip; off means center-crop features computed once and reused.
+    pub augment: bool,
+    pub augment_config: AugmentConfig,
+    /// Write a checkpoint here every `checkpoint_every` epochs (and after the last).
+    pub checkpoint_path: Option<PathBuf>,
+    pub checkpoint_every: usize,
+    /// Continue from this checkpoint.
+    pub resume_from: Option<PathBuf>,
+}
+
+impl Default for TrainConfig {
+    /// The CoOp recipe (few-shot: 200 epochs for 16 shots; set `epochs` for your data).
+    fn default() -> Self {
+        Self {
+            epochs: 50,
+            batch_size: 32,
+            sgd: SgdConfig::default(),
+            schedule: ScheduleKind::Cosine,
+            warmup_epochs: 1,
+            warmup_lr: 1e-5,
+            seed: 1,
+            augment: true,
+            augment_config: AugmentConfig::default(),
+            checkpoint_path: None,
+            checkpoint_every: 1,
+            resume_from: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("batchSize must be at least 1".into());
+        }
+        if !(self.sgd.lr > 0.0 && self.sgd.lr.is_finite()) {
+            return bad(format!("lr must be a positive number, got {}", self.sgd.lr));
+        }
+        if !(0.0..1.0).contains(&self.sgd.momentum) || self.sgd.weight_decay < 0.0 || self.warmup_lr < 0.0 {
+            return bad("momentum must be in [0, 1), weightDecay and warmupLr non-negative".into());
+        }
+        if self.checkpoint_every == 0 {
+            return bad("checkpointEvery must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn lr_schedule(&self) -> LrSchedule {
+        LrSchedule { kind: self.schedule, base_lr: self.sgd.lr, max_epochs: self.epochs, warmup_epochs: self.warmup_epochs, warmup_lr: self.warmup_lr }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub epoch: usize,
+    pub epochs: usize,
+    /// Step within the epoch, 1-based.
+    pub step: usize,
+    pub steps_per_epoch: usize,
+    pub global_step: usize,
+    /// This batch's loss.
+    pub loss: f32,
+    /// Mean loss and accuracy over the epoch so far.
+    pub epoch_loss: f32,
+    pub epoch_accuracy: f32,
+    pub lr: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub epochs: usize,
+    /// The epoch training started at (> 0 when resumed).
+    pub start_epoch: usize,
+    pub global_step: usize,
+    /// Mean loss and accuracy of each epoch run.
+    pub epoch_loss: Vec<f32>,
+    pub epoch_accuracy: Vec<f32>,
+    pub seconds: f64,
+}
+
+/// Independent random stream per (seed, a, b): order of work across threads never matters.
+pub fn derive_seed(seed: u64, a: u64, b: u64) -> u64 {
+    let mut r = Rng::new(seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
+    r.next_u64()
+}
+
+/// Train `model` on `data`. `on_progress` is called after every step; `cancel` stops training
+/// (with `Error::Cancelled`) at the next step boundary.
+pub fn fit<M: PromptModel>(
+    clip: &Clip,
+    model: &M,
+    data: &LabelledImages,
+    config: &TrainConfig,
+    on_progress: &mut dyn FnMut(&Progress),
+    cancel: &AtomicBool,
+) -> Result<TrainSummary> {
+    config.validate()?;
+    data.validate(model.num_classes())?;
+    let started = Instant::now();
+    let vars = model.vars();
+    let mut sgd = Sgd::new(config.sgd, vars.len());
+    let mut start_epoch = 0;
+    let mut global_step = 0;
+
+    if let Some(path) = &config.resume_from {
+        let ck = checkpoint::load(path, &clip.device)?;
+        let m = &ck.meta;
+        let mismatch = |what: &str| Error::InvalidArgument(format!("{}: cannot resume, the checkpoint was made with a different {what}", path.display()));
+        if m.model != model.describe() {
+            return Err(mismatch("prompt learner (method, context length, position or classes)"));
+        }
+        if m.seed != config.seed || m.epochs != config.epochs || m.batch_size != config.batch_size {
+            return Err(mismatch("seed, epoch count or batch size"));
+        }
+        for (i, (name, var)) in vars.iter().enumerate() {
+            let p = ck.params.get(name).ok_or_else(|| Error::MissingTensor { name: format!("param.{name}"), path: path.clone() })?;
+            if p.dims() != var.dims() {
+                return Err(Error::ShapeMismatch { name: format!("param.{name}"), path: path.clone(), expected: var.dims().to_vec(), actual: p.dims().to_vec() });
+            }
+            var.set(&p.to_dtype(var.dtype())?)?;
+            sgd.buffers[i] = ck.momentum.get(name).cloned();
+        }
+        start_epoch = m.epochs_done;
+        global_step = m.global_step;
+    }
+
+    let n = data.sources.len();
+    let bs = config.batch_size.min(n);
+    // As Dassl's train loader: drop the last incomplete batch when there is more than one batch.
+    let steps_per_epoch = if n >= config.batch_size { n / config.batch_size } else { 1 };
+    let schedule = config.lr_schedule();
+    let labels_all: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
+
+    // Without augmentation every epoch sees the same center crops: encode them once.
+    let cached = if config.augment { None } else { Some(encode_all(clip, &data.sources)?) };
+
+    let mut summary = TrainSummary { epochs: config.epochs, start_epoch, global_step, epoch_loss: vec![], epoch_accuracy: vec![], seconds: 0.0 };
+    for epoch in start_epoch..config.epochs {
+        let lr = schedule.lr(epoch);
+        let mut order: Vec<usize> = (0..n).collect();
+        Rng::new(derive_seed(config.seed, epoch as u64, u64::MAX)).shuffle(&mut order);
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        for step in 0..steps_per_epoch {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            let idx = &order[step * bs..(step + 1) * bs];
+            let features = match &cached {
+                Some(all) => all.index_select(&Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), &clip.device)?, 0)?,
+                None => augmented_features(clip, &data.sources, idx, config, epoch)?,
+            };
+            let labels = Tensor::from_vec(idx.iter().map(|&i| labels_all[i]).collect::<Vec<_>>(), idx.len(), &clip.device)?;
+            let logits = model.logits(clip, &features)?.to_dtype(DType::F32)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+            let loss_value = loss.to_scalar::<f32>()?;
+            if !loss_value.is_finite() {
+                let hint = if clip.dtype == DType::F32 { String::new() } else { format!(" (training in {:?}: try fp32 or a lower learning rate)", clip.dtype) };
+                return Err(Error::NonFiniteLoss { value: loss_value, epoch, step: step + 1, hint });
+            }
+            let grads = loss.backward()?;
+            let gs = vars
+                .iter()
+                .map(|(name, v)| grads.get(v.as_tensor()).cloned().ok_or_else(|| Error::Internal(format!("no gradient reached `{name}`"))))
+                .collect::<Result<Vec<_>>>()?;
+            let params: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
+            sgd.step(&params, &gs, lr)?;
+
+            let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            correct += pred.iter().zip(idx).filter(|(p, &i)| **p == labels_all[i]).count();
+            seen += idx.len();
+            loss_sum += loss_value as f64 * idx.len() as f64;
+            global_step += 1;
+            on_progress(&Progress {
+                epoch,
+                epochs: config.epochs,
+                step: step + 1,
+                steps_per_epoch,
+                global_step,
+                loss: loss_value,
+                epoch_loss: (loss_sum / seen as f64) as f32,
+                epoch_accuracy: correct as f32 / seen as f32,
+                lr,
+            });
+        }
+        summary.epoch_loss.push((loss_sum / seen as f64) as f32);
+        summary.epoch_accuracy.push(correct as f32 / seen as f32);
+        if let Some(path) = &config.checkpoint_path {
+            if (epoch + 1) % config.checkpoint_every == 0 || epoch + 1 == config.epochs {
+                let meta = CheckpointMeta {
+                    format: CHECKPOINT_FORMAT.into(),
+                    format_version: 1,
+                    epochs_done: epoch + 1,
+                    global_step,
+                    seed: config.seed,
+                    epochs: config.epochs,
+                    batch_size: config.batch_size,
+                    model: model.describe(),
+                };
+                let params: Vec<(String, Tensor)> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+                let momentum: Vec<(String, Tensor)> = vars.iter().zip(&sgd.buffers).filter_map(|((n, _), b)| b.clone().map(|b| (n.clone(), b))).collect();
+                checkpoint::save(path, &meta, &params, &momentum)?;
+            }
+        }
+    }
+    summary.global_step = global_step;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Center-crop features of every image (errors name the files that failed).
+pub fn encode_all(clip: &Clip, sources: &[ImageSource]) -> Result<Tensor> {
+    let enc = encode_image_sources(clip, sources, 32)?;
+    if let Some((i, e)) = enc.failures.into_iter().next() {
+        return Err(Error::InvalidArgument(format!("training image {i} cannot be used: {e}")));
+    }
+    enc.features.ok_or_else(|| Error::InvalidArgument("the dataset is empty".into()))
+}
+
+/// Augmented features for a batch; each image's randomness derives from (seed, epoch, index).
+fn augmented_features(clip: &Clip, sources: &[ImageSource], idx: &[usize], config: &TrainConfig, epoch: usize) -> Result<Tensor> {
+    let size = clip.image_config.crop as usize;
+    let per_image: Vec<Result<Vec<f32>>> = idx
+        .par_iter()
+        .map(|&i| {
+            let img = decode(&sources[i])?;
+            let mut rng = Rng::new(derive_seed(config.seed, epoch as u64, i as u64));
+            let mut out = Vec::with_capacity(3 * size * size);
+            augment_into(&img, &clip.image_config, &config.augment_config, &mut rng, &mut out)?;
+            Ok(out)
+        })
+        .collect();
+    let mut data = Vec::with_capacity(idx.len() * 3 * size * size);
+    for (r, &i) in per_image.into_iter().zip(idx) {
+        data.extend(r.map_err(|e| Error::InvalidArgument(format!("training image {i} cannot be used: {e}")))?);
+    }
+    let pixels = Tensor::from_vec(data, (idx.len(), 3, size, size), &clip.device)?.to_dtype(clip.dtype)?;
+    clip.encode_image(&pixels)
+}
