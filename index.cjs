@@ -835,6 +835,11 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
+module.exports.NativeCancelToken = nativeBinding.NativeCancelToken
 module.exports.NativeClip = nativeBinding.NativeClip
+module.exports.NativePromptLearner = nativeBinding.NativePromptLearner
+module.exports.computeMetrics = nativeBinding.computeMetrics
+module.exports.createCoop = nativeBinding.createCoop
 module.exports.cudaCompiled = nativeBinding.cudaCompiled
 module.exports.loadClip = nativeBinding.loadClip
+module.exports.loadPromptLearner = nativeBinding.loadPromptLearner

@@ -9,6 +9,12 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/** Cancellation flag shared with a running task; the TypeScript layer ties it to an AbortSignal. */
+export declare class NativeCancelToken {
+  constructor()
+  cancel(): void
+}
+
 export declare class NativeClip {
   get info(): NativeModelInfo
   /** CLIP token ids ([SOS] ... [EOT], unpadded) for each text. */
@@ -18,11 +24,41 @@ export declare class NativeClip {
   zeroShot(images: Array<string | Buffer>, classNames: Array<string>, templates: Array<string>, batchSize?: number | undefined | null): Promise<NativeZeroShot>
 }
 
+/** A learned prompt bound to the CLIP it runs on. Training holds the lock for its duration. */
+export declare class NativePromptLearner {
+  get info(): NativeLearnerInfo
+  /** The learned context as a flat Float32Array ((M, d) or (K, M, d), row-major). */
+  context(): Float32Array
+  train(images: Array<string | Buffer>, labels: Array<number>, options: NativeTrainOptions, onProgress?: ProgressFn | undefined | null, cancel?: NativeCancelToken | undefined | null): Promise<NativeTrainSummary>
+  predict(images: Array<string | Buffer>, classNames?: Array<string> | undefined | null, batchSize?: number | undefined | null): Promise<NativeZeroShot>
+  interpret(topK?: number | undefined | null): Promise<NativeInterpretRow[]>
+  save(path: string): Promise<void>
+}
+
+/** Dassl-style metrics from row-major scores (N x numClasses) and labels. */
+export declare function computeMetrics(scores: Float32Array, numClasses: number, labels: Array<number>, topK: Array<number>): NativeMetrics
+
+export declare function createCoop(clip: NativeClip, options: NativeCoopOptions): NativePromptLearner
+
 /** Whether this build was compiled with CUDA support. */
 export declare function cudaCompiled(): boolean
 
 /** Load a CLIP checkpoint (Hugging Face folder or OpenAI-named safetensors file) off the main thread. */
 export declare function loadClip(path: string, options?: NativeLoadOptions | undefined | null): Promise<NativeClip>
+
+export declare function loadPromptLearner(clip: NativeClip, path: string): Promise<NativePromptLearner>
+
+export interface NativeCoopOptions {
+  classNames: Array<string>
+  nCtx?: number
+  classSpecific?: boolean
+  /** "end" | "middle" | "front" */
+  position?: string
+  /** Initialise the context from these words (sets nCtx to their token count). */
+  ctxInit?: string
+  initStd?: number
+  seed?: number
+}
 
 export interface NativeEncodedImages {
   dim: number
@@ -44,9 +80,40 @@ export interface NativeImageFailure {
   message: string
 }
 
+export interface NativeInterpretRow {
+  /** Context position (0-based); with class-specific context, rows run class by class. */
+  position: number
+  classIndex?: number
+  tokens: Array<string>
+  tokenIds: Array<number>
+  distances: Array<number>
+}
+
+export interface NativeLearnerInfo {
+  method: string
+  nCtx: number
+  classSpecific: boolean
+  position: string
+  classNames: Array<string>
+  promptPrefix: string
+  ctxDim: number
+}
+
 export interface NativeLoadOptions {
   /** "cpu" (default), "cuda" or "cuda:N". */
   device?: string
+}
+
+export interface NativeMetrics {
+  total: number
+  correct: number
+  accuracy: number
+  errorRate: number
+  macroF1: number
+  /** NaN for classes without examples. */
+  perClassAccuracy: Array<number>
+  confusion: Array<Array<number>>
+  topK: Array<Array<number>>
 }
 
 export interface NativeModelInfo {
@@ -65,6 +132,44 @@ export interface NativeModelInfo {
   naming: string
   source: string
   device: string
+}
+
+export interface NativeProgress {
+  epoch: number
+  epochs: number
+  step: number
+  stepsPerEpoch: number
+  globalStep: number
+  loss: number
+  epochLoss: number
+  epochAccuracy: number
+  lr: number
+}
+
+export interface NativeTrainOptions {
+  epochs?: number
+  batchSize?: number
+  lr?: number
+  momentum?: number
+  weightDecay?: number
+  /** "cosine" | "constant" */
+  schedule?: string
+  warmupEpochs?: number
+  warmupLr?: number
+  seed?: number
+  augment?: boolean
+  checkpointPath?: string
+  checkpointEvery?: number
+  resumeFrom?: string
+}
+
+export interface NativeTrainSummary {
+  epochs: number
+  startEpoch: number
+  globalStep: number
+  epochLoss: Array<number>
+  epochAccuracy: Array<number>
+  seconds: number
 }
 
 export interface NativeZeroShot {

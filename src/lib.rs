@@ -287,3 +287,437 @@ impl NativeClip {
         })
     }
 }
+
+// ---------------------------------------------------------------- prompt learning (CoOp)
+
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use promptclip_core::prompt::coop::{class_embeddings, ClassTokenPosition, ContextInit, CoopConfig, PromptLearner};
+use promptclip_core::prompt::io::{load_prompt, save_prompt};
+use promptclip_core::train::schedule::ScheduleKind;
+use promptclip_core::train::{fit, LabelledImages, Progress, TrainConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+#[napi(object)]
+pub struct NativeCoopOptions {
+    pub class_names: Vec<String>,
+    pub n_ctx: Option<u32>,
+    pub class_specific: Option<bool>,
+    /// "end" | "middle" | "front"
+    pub position: Option<String>,
+    /// Initialise the context from these words (sets nCtx to their token count).
+    pub ctx_init: Option<String>,
+    pub init_std: Option<f64>,
+    pub seed: Option<u32>,
+}
+
+#[napi(object)]
+pub struct NativeLearnerInfo {
+    pub method: String,
+    pub n_ctx: u32,
+    pub class_specific: bool,
+    pub position: String,
+    pub class_names: Vec<String>,
+    pub prompt_prefix: String,
+    pub ctx_dim: u32,
+}
+
+/// A learned prompt bound to the CLIP it runs on. Training holds the lock for its duration.
+#[napi]
+pub struct NativePromptLearner {
+    clip: Arc<Clip>,
+    inner: Arc<Mutex<PromptLearner>>,
+}
+
+fn lock(m: &Mutex<PromptLearner>) -> promptclip_core::Result<std::sync::MutexGuard<'_, PromptLearner>> {
+    m.lock().map_err(|_| promptclip_core::Error::Internal("prompt learner state was poisoned by an earlier failure".into()))
+}
+
+/// Cancellation flag shared with a running task; the TypeScript layer ties it to an AbortSignal.
+#[napi]
+pub struct NativeCancelToken {
+    flag: Arc<AtomicBool>,
+}
+
+#[napi]
+impl NativeCancelToken {
+    #[napi(constructor)]
+    pub fn new() -> Self {
+        Self { flag: Arc::new(AtomicBool::new(false)) }
+    }
+
+    #[napi]
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Default for NativeCancelToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[napi]
+pub fn create_coop(clip: &NativeClip, options: NativeCoopOptions) -> napi::Result<NativePromptLearner> {
+    let clip = clip.inner.clone();
+    guarded(move || {
+        let position = ClassTokenPosition::parse(options.position.as_deref().unwrap_or("end"))?;
+        let init = match options.ctx_init.filter(|s| !s.trim().is_empty()) {
+            Some(words) => ContextInit::Words(words),
+            None => ContextInit::Random { std: options.init_std.unwrap_or(0.02), seed: options.seed.unwrap_or(1) as u64 },
+        };
+        let config = CoopConfig { n_ctx: options.n_ctx.unwrap_or(16) as usize, class_specific: options.class_specific.unwrap_or(false), position, init };
+        let learner = PromptLearner::new(&clip, &options.class_names, config)?;
+        Ok(NativePromptLearner { clip, inner: Arc::new(Mutex::new(learner)) })
+    })
+}
+
+pub struct LoadPromptTask {
+    clip: Arc<Clip>,
+    path: String,
+}
+
+impl Task for LoadPromptTask {
+    type Output = PromptLearner;
+    type JsValue = NativePromptLearner;
+    fn compute(&mut self) -> napi::Result<Self::Output> {
+        let (clip, path) = (self.clip.clone(), self.path.clone());
+        guarded(move || Ok(load_prompt(std::path::Path::new(&path), &clip)?.0))
+    }
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> napi::Result<Self::JsValue> {
+        Ok(NativePromptLearner { clip: self.clip.clone(), inner: Arc::new(Mutex::new(output)) })
+    }
+}
+
+#[napi(ts_return_type = "Promise<NativePromptLearner>")]
+pub fn load_prompt_learner(clip: &NativeClip, path: String) -> AsyncTask<LoadPromptTask> {
+    AsyncTask::new(LoadPromptTask { clip: clip.inner.clone(), path })
+}
+
+#[napi(object)]
+pub struct NativeTrainOptions {
+    pub epochs: Option<u32>,
+    pub batch_size: Option<u32>,
+    pub lr: Option<f64>,
+    pub momentum: Option<f64>,
+    pub weight_decay: Option<f64>,
+    /// "cosine" | "constant"
+    pub schedule: Option<String>,
+    pub warmup_epochs: Option<u32>,
+    pub warmup_lr: Option<f64>,
+    pub seed: Option<u32>,
+    pub augment: Option<bool>,
+    pub checkpoint_path: Option<String>,
+    pub checkpoint_every: Option<u32>,
+    pub resume_from: Option<String>,
+}
+
+#[napi(object)]
+#[derive(Clone)]
+pub struct NativeProgress {
+    pub epoch: u32,
+    pub epochs: u32,
+    pub step: u32,
+    pub steps_per_epoch: u32,
+    pub global_step: u32,
+    pub loss: f64,
+    pub epoch_loss: f64,
+    pub epoch_accuracy: f64,
+    pub lr: f64,
+}
+
+#[napi(object)]
+pub struct NativeTrainSummary {
+    pub epochs: u32,
+    pub start_epoch: u32,
+    pub global_step: u32,
+    pub epoch_loss: Vec<f64>,
+    pub epoch_accuracy: Vec<f64>,
+    pub seconds: f64,
+}
+
+fn train_config(o: NativeTrainOptions) -> promptclip_core::Result<TrainConfig> {
+    let d = TrainConfig::default();
+    let schedule = match o.schedule.as_deref() {
+        None | Some("cosine") => ScheduleKind::Cosine,
+        Some("constant") => ScheduleKind::Constant,
+        Some(other) => return Err(promptclip_core::Error::InvalidArgument(format!("schedule `{other}`: expected \"cosine\" or \"constant\""))),
+    };
+    Ok(TrainConfig {
+        epochs: o.epochs.map(|x| x as usize).unwrap_or(d.epochs),
+        batch_size: o.batch_size.map(|x| x as usize).unwrap_or(d.batch_size),
+        sgd: promptclip_core::train::optim::SgdConfig {
+            lr: o.lr.unwrap_or(d.sgd.lr),
+            momentum: o.momentum.unwrap_or(d.sgd.momentum),
+            weight_decay: o.weight_decay.unwrap_or(d.sgd.weight_decay),
+            ..d.sgd
+        },
+        schedule,
+        warmup_epochs: o.warmup_epochs.map(|x| x as usize).unwrap_or(d.warmup_epochs),
+        warmup_lr: o.warmup_lr.unwrap_or(d.warmup_lr),
+        seed: o.seed.map(|x| x as u64).unwrap_or(d.seed),
+        augment: o.augment.unwrap_or(d.augment),
+        augment_config: d.augment_config,
+        checkpoint_path: o.checkpoint_path.map(PathBuf::from),
+        checkpoint_every: o.checkpoint_every.map(|x| x as usize).unwrap_or(d.checkpoint_every),
+        resume_from: o.resume_from.map(PathBuf::from),
+    })
+}
+
+type ProgressFn = ThreadsafeFunction<NativeProgress, Unknown<'static>, NativeProgress, Status, false>;
+
+pub struct TrainTask {
+    clip: Arc<Clip>,
+    learner: Arc<Mutex<PromptLearner>>,
+    data: Option<LabelledImages>,
+    options: Option<NativeTrainOptions>,
+    on_progress: Option<Arc<ProgressFn>>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Task for TrainTask {
+    type Output = promptclip_core::train::TrainSummary;
+    type JsValue = NativeTrainSummary;
+
+    fn compute(&mut self) -> napi::Result<Self::Output> {
+        let (clip, learner, cancel) = (self.clip.clone(), self.learner.clone(), self.cancel.clone());
+        let data = self.data.take();
+        let options = self.options.take();
+        let on_progress = self.on_progress.clone();
+        guarded(move || {
+            let data = data.ok_or_else(|| promptclip_core::Error::Internal("train task ran twice".into()))?;
+            let config = train_config(options.ok_or_else(|| promptclip_core::Error::Internal("train task ran twice".into()))?)?;
+            let learner = lock(&learner)?;
+            let mut report = |p: &Progress| {
+                if let Some(f) = &on_progress {
+                    let value = NativeProgress {
+                        epoch: p.epoch as u32,
+                        epochs: p.epochs as u32,
+                        step: p.step as u32,
+                        steps_per_epoch: p.steps_per_epoch as u32,
+                        global_step: p.global_step as u32,
+                        loss: p.loss as f64,
+                        epoch_loss: p.epoch_loss as f64,
+                        epoch_accuracy: p.epoch_accuracy as f64,
+                        lr: p.lr,
+                    };
+                    f.call(value, ThreadsafeFunctionCallMode::NonBlocking);
+                }
+            };
+            fit(&clip, &*learner, &data, &config, &mut report, &cancel)
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, s: Self::Output) -> napi::Result<Self::JsValue> {
+        Ok(NativeTrainSummary {
+            epochs: s.epochs as u32,
+            start_epoch: s.start_epoch as u32,
+            global_step: s.global_step as u32,
+            epoch_loss: s.epoch_loss.iter().map(|&x| x as f64).collect(),
+            epoch_accuracy: s.epoch_accuracy.iter().map(|&x| x as f64).collect(),
+            seconds: s.seconds,
+        })
+    }
+}
+
+#[napi(object)]
+pub struct NativeInterpretRow {
+    /// Context position (0-based); with class-specific context, rows run class by class.
+    pub position: u32,
+    pub class_index: Option<u32>,
+    pub tokens: Vec<String>,
+    pub token_ids: Vec<u32>,
+    pub distances: Vec<f64>,
+}
+
+pub struct InterpretTask {
+    clip: Arc<Clip>,
+    learner: Arc<Mutex<PromptLearner>>,
+    k: usize,
+}
+
+impl Task for InterpretTask {
+    type Output = Vec<NativeInterpretRow>;
+    type JsValue = Vec<NativeInterpretRow>;
+    fn compute(&mut self) -> napi::Result<Self::Output> {
+        let (clip, learner, k) = (self.clip.clone(), self.learner.clone(), self.k);
+        guarded(move || {
+            let learner = lock(&learner)?;
+            let m = learner.n_ctx();
+            let csc = learner.config.class_specific;
+            Ok(learner
+                .interpret(&clip, k)?
+                .into_iter()
+                .enumerate()
+                .map(|(r, near)| NativeInterpretRow {
+                    position: (r % m) as u32,
+                    class_index: csc.then_some((r / m) as u32),
+                    token_ids: near.iter().map(|n| n.0).collect(),
+                    tokens: near.iter().map(|n| n.1.clone()).collect(),
+                    distances: near.iter().map(|n| n.2 as f64).collect(),
+                })
+                .collect())
+        })
+    }
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> napi::Result<Self::JsValue> {
+        Ok(output)
+    }
+}
+
+pub struct PredictTask {
+    clip: Arc<Clip>,
+    learner: Arc<Mutex<PromptLearner>>,
+    sources: Vec<ImageSource>,
+    class_names: Option<Vec<String>>,
+    batch_size: usize,
+}
+
+impl Task for PredictTask {
+    type Output = (usize, Vec<u32>, Vec<f32>, Vec<NativeImageFailure>);
+    type JsValue = NativeZeroShot;
+    fn compute(&mut self) -> napi::Result<Self::Output> {
+        let (clip, learner, bs) = (self.clip.clone(), self.learner.clone(), self.batch_size);
+        let sources = std::mem::take(&mut self.sources);
+        let names = self.class_names.take();
+        guarded(move || {
+            let classes = {
+                let learner = lock(&learner)?;
+                let buffers = match &names {
+                    Some(n) => learner.buffers_for(&clip, n)?,
+                    None => learner.buffers.clone(),
+                };
+                class_embeddings(&learner, &clip, &buffers)?
+            };
+            let k = classes.dim(0)?;
+            let enc = zeroshot::encode_image_sources(&clip, &sources, bs)?;
+            let probs = match &enc.features {
+                Some(f) => flat_f32(&zeroshot::probabilities(&clip, f, &classes)?)?,
+                None => Vec::new(),
+            };
+            Ok((k, enc.indices.iter().map(|&i| i as u32).collect(), probs, failures(enc.failures)))
+        })
+    }
+    fn resolve(&mut self, _env: Env, (k, indices, probs, failures): Self::Output) -> napi::Result<Self::JsValue> {
+        Ok(NativeZeroShot { num_classes: k as u32, indices, probs: Float32Array::new(probs), failures })
+    }
+}
+
+pub struct SavePromptTask {
+    clip: Arc<Clip>,
+    learner: Arc<Mutex<PromptLearner>>,
+    path: String,
+}
+
+impl Task for SavePromptTask {
+    type Output = ();
+    type JsValue = ();
+    fn compute(&mut self) -> napi::Result<()> {
+        let (clip, learner, path) = (self.clip.clone(), self.learner.clone(), self.path.clone());
+        guarded(move || save_prompt(std::path::Path::new(&path), &*lock(&learner)?, &clip))
+    }
+    fn resolve(&mut self, _env: Env, _o: ()) -> napi::Result<()> {
+        Ok(())
+    }
+}
+
+#[napi]
+impl NativePromptLearner {
+    #[napi(getter)]
+    pub fn info(&self) -> napi::Result<NativeLearnerInfo> {
+        let inner = self.inner.clone();
+        guarded(move || {
+            let l = lock(&inner)?;
+            Ok(NativeLearnerInfo {
+                method: "coop".into(),
+                n_ctx: l.n_ctx() as u32,
+                class_specific: l.config.class_specific,
+                position: l.config.position.as_str().into(),
+                class_names: l.buffers.class_names.clone(),
+                prompt_prefix: l.prompt_prefix().into(),
+                ctx_dim: l.ctx.dims().last().copied().unwrap_or(0) as u32,
+            })
+        })
+    }
+
+    /// The learned context as a flat Float32Array ((M, d) or (K, M, d), row-major).
+    #[napi]
+    pub fn context(&self) -> napi::Result<Float32Array> {
+        let inner = self.inner.clone();
+        guarded(move || Ok(Float32Array::new(flat_f32(lock(&inner)?.ctx.as_tensor())?)))
+    }
+
+    #[napi(ts_return_type = "Promise<NativeTrainSummary>")]
+    pub fn train(
+        &self,
+        images: Vec<Either<String, Buffer>>,
+        labels: Vec<u32>,
+        options: NativeTrainOptions,
+        on_progress: Option<ProgressFn>,
+        cancel: Option<&NativeCancelToken>,
+    ) -> AsyncTask<TrainTask> {
+        AsyncTask::new(TrainTask {
+            clip: self.clip.clone(),
+            learner: self.inner.clone(),
+            data: Some(LabelledImages { sources: image_sources(images), labels: labels.into_iter().map(|l| l as usize).collect() }),
+            options: Some(options),
+            on_progress: on_progress.map(Arc::new),
+            cancel: cancel.map(|c| c.flag.clone()).unwrap_or_default(),
+        })
+    }
+
+    #[napi(ts_return_type = "Promise<NativeZeroShot>")]
+    pub fn predict(&self, images: Vec<Either<String, Buffer>>, class_names: Option<Vec<String>>, batch_size: Option<u32>) -> AsyncTask<PredictTask> {
+        AsyncTask::new(PredictTask {
+            clip: self.clip.clone(),
+            learner: self.inner.clone(),
+            sources: image_sources(images),
+            class_names,
+            batch_size: batch_size.unwrap_or(32) as usize,
+        })
+    }
+
+    #[napi(ts_return_type = "Promise<NativeInterpretRow[]>")]
+    pub fn interpret(&self, top_k: Option<u32>) -> AsyncTask<InterpretTask> {
+        AsyncTask::new(InterpretTask { clip: self.clip.clone(), learner: self.inner.clone(), k: top_k.unwrap_or(5).max(1) as usize })
+    }
+
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn save(&self, path: String) -> AsyncTask<SavePromptTask> {
+        AsyncTask::new(SavePromptTask { clip: self.clip.clone(), learner: self.inner.clone(), path })
+    }
+}
+
+#[napi(object)]
+pub struct NativeMetrics {
+    pub total: u32,
+    pub correct: u32,
+    pub accuracy: f64,
+    pub error_rate: f64,
+    pub macro_f1: f64,
+    /// NaN for classes without examples.
+    pub per_class_accuracy: Vec<f64>,
+    pub confusion: Vec<Vec<u32>>,
+    pub top_k: Vec<Vec<f64>>,
+}
+
+/// Dassl-style metrics from row-major scores (N x numClasses) and labels.
+#[napi]
+pub fn compute_metrics(scores: Float32Array, num_classes: u32, labels: Vec<u32>, top_k: Vec<u32>) -> napi::Result<NativeMetrics> {
+    let scores = scores.to_vec();
+    guarded(move || {
+        let labels: Vec<usize> = labels.into_iter().map(|l| l as usize).collect();
+        let ks: Vec<usize> = top_k.into_iter().map(|k| k as usize).collect();
+        let m = promptclip_core::eval::metrics(&scores, num_classes as usize, &labels, &ks)?;
+        Ok(NativeMetrics {
+            total: m.total as u32,
+            correct: m.correct as u32,
+            accuracy: m.accuracy,
+            error_rate: m.error_rate,
+            macro_f1: m.macro_f1,
+            per_class_accuracy: m.per_class_accuracy.iter().map(|a| a.unwrap_or(f64::NAN)).collect(),
+            confusion: m.confusion,
+            top_k: m.top_k.iter().map(|&(k, a)| vec![k as f64, a]).collect(),
+        })
+    })
+}

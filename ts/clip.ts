@@ -74,7 +74,8 @@ export interface ZeroShotPrediction {
 
 export const DEFAULT_TEMPLATE = 'a photo of a {}.'
 
-function toNativeImages(images: ImageInput[]): (string | Buffer)[] {
+/** @internal */
+export function toNativeImages(images: ImageInput[]): (string | Buffer)[] {
   if (!Array.isArray(images)) throw invalidArgument('images must be an array of file paths or Buffers')
   return images.map((img, i) => {
     if (typeof img === 'string') return img
@@ -83,16 +84,19 @@ function toNativeImages(images: ImageInput[]): (string | Buffer)[] {
   })
 }
 
-function checkBatchSize(n: number | undefined): number | undefined {
+/** @internal */
+export function checkBatchSize(n: number | undefined): number | undefined {
   if (n !== undefined && (!Number.isInteger(n) || n < 1)) throw invalidArgument(`batchSize must be a positive integer, got ${n}`)
   return n
 }
 
-function rows(flat: Float32Array, dim: number, count: number): Float32Array[] {
+/** @internal */
+export function rows(flat: Float32Array, dim: number, count: number): Float32Array[] {
   return Array.from({ length: count }, (_, r) => flat.slice(r * dim, (r + 1) * dim))
 }
 
-function failuresOf(list: Native.NativeImageFailure[]): ImageFailure[] {
+/** @internal */
+export function failuresOf(list: Native.NativeImageFailure[]): ImageFailure[] {
   return list.map((f) => ({ index: f.index, code: f.code as ErrorCode, message: f.message }))
 }
 

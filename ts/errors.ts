@@ -14,6 +14,8 @@ export type ErrorCode =
   | 'E_TOKENIZER'
   | 'E_INVALID_ARGUMENT'
   | 'E_CUDA_UNAVAILABLE'
+  | 'E_NON_FINITE_LOSS'
+  | 'E_CANCELLED'
   | 'E_TENSOR'
   | 'E_INTERNAL'
 

@@ -11,5 +11,11 @@ export type {
   ZeroShotOptions,
   ZeroShotPrediction,
 } from './clip'
+export { PromptLearner } from './prompt'
+export type { ClassTokenPosition, CoopOptions, InterpretRow, LearnerInfo, PredictOptions } from './prompt'
+export { Trainer } from './train'
+export type { Dataset, FitOptions, TrainOptions, TrainProgress, TrainSummary } from './train'
+export { Evaluator } from './evaluate'
+export type { ClassReport, EvaluateOptions, Evaluation } from './evaluate'
 export { PromptclipError } from './errors'
 export type { ErrorCode } from './errors'

@@ -1,0 +1,124 @@
+import { binding, type Native } from './binding'
+import { Clip, checkBatchSize, failuresOf, rows, toNativeImages, topK, type ImageInput, type ZeroShotPrediction } from './clip'
+import { invalidArgument, native, nativeSync } from './errors'
+
+export type ClassTokenPosition = 'end' | 'middle' | 'front'
+
+/** CoOp options (defaults follow the paper: M = 16, unified context, class token at the end). */
+export interface CoopOptions {
+  classNames: string[]
+  /** M, the number of learned context tokens (default 16; ignored with `ctxInit`). */
+  nCtx?: number
+  /** One context per class (K x M x d) instead of one shared context (M x d). */
+  classSpecific?: boolean
+  position?: ClassTokenPosition
+  /** Initialise the context from these words, e.g. "a photo of a" (M = their token count). */
+  ctxInit?: string
+  /** Std of the random normal initialisation (default 0.02). */
+  initStd?: number
+  seed?: number
+}
+
+export interface LearnerInfo {
+  method: 'coop'
+  nCtx: number
+  classSpecific: boolean
+  position: ClassTokenPosition
+  classNames: string[]
+  promptPrefix: string
+  ctxDim: number
+}
+
+export interface PredictOptions {
+  /** Classes to score against (default: the learner's own). Unified context transfers to new
+   *  class names; class-specific context does not. */
+  classNames?: string[]
+  topK?: number
+  batchSize?: number
+}
+
+export interface InterpretRow {
+  /** Context position, 0-based. */
+  position: number
+  /** With class-specific context: the class this row belongs to. */
+  classIndex?: number
+  /** Nearest vocabulary tokens, closest first, with their Euclidean distances. */
+  tokens: { token: string; id: number; distance: number }[]
+}
+
+function checkPositiveInt(name: string, v: number | undefined): void {
+  if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw invalidArgument(`${name} must be a positive integer, got ${v}`)
+}
+
+/**
+ * Learned prompt context on a frozen CLIP (CoOp). Train it with a `Trainer`, measure it with an
+ * `Evaluator`, save it, load it elsewhere, and predict labels for new images.
+ */
+export class PromptLearner {
+  /** @internal */
+  readonly native: Native.NativePromptLearner
+  readonly clip: Clip
+
+  private constructor(clip: Clip, nativeLearner: Native.NativePromptLearner) {
+    this.clip = clip
+    this.native = nativeLearner
+  }
+
+  /** A new CoOp learner for `classNames`. */
+  static coop(clip: Clip, options: CoopOptions): PromptLearner {
+    if (!options || !Array.isArray(options.classNames)) throw invalidArgument('classNames must be an array of class names')
+    checkPositiveInt('nCtx', options.nCtx)
+    if (options.position !== undefined && !['end', 'middle', 'front'].includes(options.position)) {
+      throw invalidArgument(`position must be "end", "middle" or "front", got ${JSON.stringify(options.position)}`)
+    }
+    if (options.seed !== undefined && (!Number.isInteger(options.seed) || options.seed < 0)) throw invalidArgument(`seed must be a non-negative integer, got ${options.seed}`)
+    return new PromptLearner(clip, nativeSync(() => binding.createCoop(clip.native, options)))
+  }
+
+  /** Load a prompt saved with `save()`, onto a CLIP of the same text width. */
+  static async load(clip: Clip, path: string): Promise<PromptLearner> {
+    return new PromptLearner(clip, await native(() => binding.loadPromptLearner(clip.native, path)))
+  }
+
+  get info(): LearnerInfo {
+    return nativeSync(() => this.native.info) as LearnerInfo
+  }
+
+  /** The learned context vectors, row-major: (nCtx, ctxDim) or (K, nCtx, ctxDim). */
+  context(): Float32Array {
+    return nativeSync(() => this.native.context())
+  }
+
+  /** Save as safetensors with JSON metadata (written atomically). */
+  async save(path: string): Promise<void> {
+    await native(() => this.native.save(path))
+  }
+
+  /** Labels and probabilities for new images, with the learned classes or other class names. */
+  async predict(images: ImageInput[], options: PredictOptions = {}): Promise<ZeroShotPrediction[]> {
+    const k = options.topK ?? 5
+    checkPositiveInt('topK', k)
+    const out = await native(() => this.native.predict(toNativeImages(images), options.classNames, checkBatchSize(options.batchSize)))
+    const labels = (options.classNames ?? this.info.classNames).map((n) => n.replace(/_/g, ' ').trim())
+    const preds: ZeroShotPrediction[] = images.map((_, index) => ({ index, probabilities: null, top: [] }))
+    rows(out.probs, out.numClasses, out.indices.length).forEach((p, r) => {
+      const pred = preds[out.indices[r]]
+      pred.probabilities = p
+      pred.top = topK(p, labels, k)
+    })
+    for (const f of failuresOf(out.failures)) preds[f.index].error = f
+    return preds
+  }
+
+  /** Nearest vocabulary words of each learned context vector (CoOp's Table 4). */
+  async interpret(options: { topK?: number } = {}): Promise<InterpretRow[]> {
+    checkPositiveInt('topK', options.topK)
+    const rowsOut = await native(() => this.native.interpret(options.topK))
+    return rowsOut.map((r) => ({
+      position: r.position,
+      ...(r.classIndex != null ? { classIndex: r.classIndex } : {}),
+      tokens: r.tokens.map((token, i) => ({ token, id: r.tokenIds[i], distance: r.distances[i] })),
+    }))
+  }
+}
+
