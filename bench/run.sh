@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Encoding throughput of promptclip vs PyTorch + transformers, on this machine, in one run.
+# promptclip vs PyTorch + transformers, on this machine, in one run:
+#   encoding throughput (images/s, prompts/s, preprocessing) at the given shapes, and for
+#   ViT-B/16 the time of one CoOp training step (K = 100 classes, batch 32, M = 16).
 #   bash bench/run.sh [ViT-B/16]        (PYTHON=/path/to/python with torch + transformers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,9 +10,15 @@ out="bench/results"; mkdir -p "$out"
 ckpt="${TMPDIR:-/tmp}/promptclip-bench-$(echo "$arch" | tr '/' '-').safetensors"
 cargo build --release -q -p promptclip-bench
 ./target/release/promptclip-bench encode "$ckpt" "$arch" fixtures/images | tee "$out/promptclip.jsonl"
+if [ "$arch" = "ViT-B/16" ]; then
+  ./target/release/promptclip-bench coop-step "$ckpt" "$arch" | tee -a "$out/promptclip.jsonl"
+fi
 PY="${PYTHON:-python3}"
 if "$PY" -c "import torch, transformers" 2>/dev/null; then
   "$PY" bench/torch_encode.py "$arch" fixtures/tiny-clip-hf fixtures/images | tee "$out/torch.jsonl"
+  if [ "$arch" = "ViT-B/16" ]; then
+    "$PY" bench/torch_coop_step.py fixtures/tiny-clip-hf | tee -a "$out/torch.jsonl"
+  fi
   node bench/ratios.mjs "$out/promptclip.jsonl" "$out/torch.jsonl"
 else
   echo "torch + transformers not importable with $PY: promptclip numbers only"

@@ -25,10 +25,54 @@ fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
     v[v.len() / 2]
 }
 
+/// 100 class names of two words each (the same list as bench/torch_coop_step.py).
+pub fn class_names(k: usize) -> Vec<String> {
+    let adj = ["red", "small", "wild", "old", "striped", "golden", "wooden", "spotted", "tiny", "giant"];
+    let noun = ["dog", "car", "bird", "chair", "flower", "boat", "house", "fish", "lamp", "tree"];
+    (0..k).map(|i| format!("{} {}", adj[i % 10], noun[(i / 10) % 10])).collect()
+}
+
+/// Median seconds of a CoOp training step: with fresh image features (`encode_images`: the
+/// official step, images through the frozen encoder) or with cached features.
+fn coop_step(clip: &Clip, k: usize, batch: usize, m: usize, encode_images: bool, reps: usize) -> f64 {
+    use promptclip_core::prompt::coop::{CoopConfig, PromptLearner};
+    use promptclip_core::train::optim::{Sgd, SgdConfig};
+    let learner = PromptLearner::new(clip, &class_names(k), CoopConfig { n_ctx: m, ..CoopConfig::default() }).unwrap();
+    let mut sgd = Sgd::new(SgdConfig::default(), 1);
+    let s = clip.vision.config.image_size;
+    let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu).unwrap();
+    let cached = clip.encode_image(&pixels).unwrap();
+    let labels = Tensor::from_vec((0..batch as u32).map(|i| i % k as u32).collect::<Vec<_>>(), batch, &Device::Cpu).unwrap();
+    time(reps, || {
+        let feats = if encode_images { clip.encode_image(&pixels).unwrap() } else { cached.clone() };
+        let logits = learner.logits(clip, &feats, &learner.buffers).unwrap();
+        let loss = promptclip_core::train::trainer::cross_entropy(&logits, &labels).unwrap();
+        let grads = loss.backward().unwrap();
+        let g = grads.get(learner.ctx.as_tensor()).unwrap().clone();
+        sgd.step(&[learner.ctx.clone()], &[g], 0.002).unwrap();
+    })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() >= 3 && args[1] == "coop-step" {
+        let path = Path::new(&args[2]);
+        let arch = args.get(3).map(String::as_str).unwrap_or("ViT-B/16");
+        let spec = RandomClipSpec::by_name(arch).expect("arch");
+        if !path.exists() {
+            write_random_openai_clip(path, &spec, DType::F32, 0).expect("write random checkpoint");
+        }
+        let clip = Clip::load(path, &Device::Cpu).expect("load");
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let (k, batch, m) = (100, 32, 16);
+        for (what, encode) in [("coop_step_cached_features", false), ("coop_step", true)] {
+            let s = coop_step(&clip, k, batch, m, encode, if encode { 1 } else { 3 });
+            println!("{}", serde_json::json!({"impl": "promptclip", "what": what, "arch": arch, "classes": k, "batch": batch, "n_ctx": m, "threads": threads, "seconds": s, "per_second": 1.0 / s}));
+        }
+        return;
+    }
     if args.len() < 3 || args[1] != "encode" {
-        eprintln!("usage: promptclip-bench encode <checkpoint.safetensors> [ViT-B/16] [images-dir]");
+        eprintln!("usage: promptclip-bench encode|coop-step <checkpoint.safetensors> [ViT-B/16] [images-dir]");
         std::process::exit(2);
     }
     let path = Path::new(&args[2]);

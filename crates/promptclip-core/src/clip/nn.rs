@@ -25,6 +25,48 @@ impl Linear {
     }
 }
 
+/// `x (rows, in) @ w_t (in, out)` for a frozen weight. candle's matmul backward always computes
+/// the gradient of both operands; with CLIP frozen the weight gradient is thrown away, and it
+/// costs as much as the forward matmul. This op's backward returns the input gradient only.
+struct FrozenWeightMatmul;
+
+impl candle_core::CustomOp2 for FrozenWeightMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-weight-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = l1.shape().dims2()?;
+        let n = l2.shape().dims2()?.1;
+        Ok((s1.matmul(s2, (1, m, n, k), l1, l2)?, (m, n).into()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = l1.shape().dims2()?;
+        let n = l2.shape().dims2()?.1;
+        Ok((s1.matmul(s2, (1, m, n, k), l1, l2)?, (m, n).into()))
+    }
+
+    fn bwd(&self, _x: &Tensor, w_t: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(&w_t.t()?)?), None))
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // Flatten leading dims into one matmul instead of broadcasting W over the batch: this is
@@ -32,7 +74,12 @@ impl Module for Linear {
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("linear input has at least one dim");
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
+        let x2 = x.reshape((rows, in_dim))?;
+        let y = if x2.track_op() && !self.weight_t.track_op() {
+            x2.contiguous()?.apply_op2(&self.weight_t, FrozenWeightMatmul)?
+        } else {
+            x2.matmul(&self.weight_t)?
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -181,4 +228,32 @@ pub fn causal_mask(t: usize, dtype: DType, device: &candle_core::Device) -> Resu
         .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
     Tensor::from_vec(mask, (t, t), device)?.to_dtype(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn linear_backward_skips_the_frozen_weight() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (3, 4), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 3, &dev).unwrap();
+        let lin = Linear::new(w.clone(), Some(b)).unwrap();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, 4), &dev).unwrap()).unwrap();
+        let target = Tensor::randn(0f32, 1.0, (2, 5, 3), &dev).unwrap();
+        let grads = (lin.forward(x.as_tensor()).unwrap() * &target).unwrap().sum_all().unwrap().backward().unwrap();
+        // No gradient was computed for the weight...
+        assert!(grads.get(&lin.weight_t).is_none());
+        // ...and the input gradient is target @ W, as for a plain matmul.
+        let expected = target.reshape((10, 3)).unwrap().matmul(&w).unwrap().reshape((2, 5, 4)).unwrap();
+        let got = grads.get(x.as_tensor()).unwrap();
+        let diff = (got - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "{diff}");
+        // The plain matmul path does store a (wasted) weight gradient: the op above is what skips it.
+        let wt = w.t().unwrap().contiguous().unwrap();
+        let g2 = x.as_tensor().reshape((10, 4)).unwrap().matmul(&wt).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(g2.get(&wt).is_some());
+    }
 }

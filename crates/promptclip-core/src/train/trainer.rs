@@ -211,7 +211,7 @@ pub fn fit<M: PromptModel>(
             };
             let labels = Tensor::from_vec(idx.iter().map(|&i| labels_all[i]).collect::<Vec<_>>(), idx.len(), &clip.device)?;
             let logits = model.logits(clip, &features)?.to_dtype(DType::F32)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+            let loss = cross_entropy(&logits, &labels)?;
             let loss_value = loss.to_scalar::<f32>()?;
             if !loss_value.is_finite() {
                 let hint = if clip.dtype == DType::F32 { String::new() } else { format!(" (training in {:?}: try fp32 or a lower learning rate)", clip.dtype) };
@@ -265,6 +265,11 @@ pub fn fit<M: PromptModel>(
     summary.global_step = global_step;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Mean cross-entropy of logits (B, K) against labels (B,), computed in f32.
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, labels)?)
 }
 
 /// Center-crop features of every image (errors name the files that failed).
