@@ -19,9 +19,9 @@ export declare class NativeClip {
   get info(): NativeModelInfo
   /** CLIP token ids ([SOS] ... [EOT], unpadded) for each text. */
   tokenize(texts: Array<string>): Array<Array<number>>
-  encodeImages(images: Array<string | Buffer>, batchSize?: number | undefined | null): Promise<NativeEncodedImages>
+  encodeImages(images: Array<ImageArg>, batchSize?: number | undefined | null): Promise<NativeEncodedImages>
   encodeTexts(texts: Array<string>): Promise<NativeEncodedTexts>
-  zeroShot(images: Array<string | Buffer>, classNames: Array<string>, templates: Array<string>, batchSize?: number | undefined | null): Promise<NativeZeroShot>
+  zeroShot(images: Array<ImageArg>, classNames: Array<string>, templates: Array<string>, batchSize?: number | undefined | null): Promise<NativeZeroShot>
 }
 
 /** A learned prompt bound to the CLIP it runs on. Training holds the lock for its duration. */
@@ -29,8 +29,8 @@ export declare class NativePromptLearner {
   get info(): NativeLearnerInfo
   /** The learned context as a flat Float32Array ((M, d) or (K, M, d), row-major). */
   context(): Float32Array
-  train(images: Array<string | Buffer>, labels: Array<number>, options: NativeTrainOptions, onProgress?: ProgressFn | undefined | null, cancel?: NativeCancelToken | undefined | null): Promise<NativeTrainSummary>
-  predict(images: Array<string | Buffer>, classNames?: Array<string> | undefined | null, batchSize?: number | undefined | null): Promise<NativeZeroShot>
+  train(images: Array<ImageArg>, labels: Array<number>, options: NativeTrainOptions, onProgress?: ProgressFn | undefined | null, cancel?: NativeCancelToken | undefined | null): Promise<NativeTrainSummary>
+  predict(images: Array<ImageArg>, classNames?: Array<string> | undefined | null, batchSize?: number | undefined | null): Promise<NativeZeroShot>
   interpret(topK?: number | undefined | null): Promise<NativeInterpretRow[]>
   save(path: string): Promise<void>
 }
@@ -102,6 +102,8 @@ export interface NativeLearnerInfo {
 export interface NativeLoadOptions {
   /** "cpu" (default), "cuda" or "cuda:N". */
   device?: string
+  /** "fp32" (default), "fp16" or "bf16": the dtype of weights and activations. */
+  dtype?: string
 }
 
 export interface NativeMetrics {
@@ -132,6 +134,7 @@ export interface NativeModelInfo {
   naming: string
   source: string
   device: string
+  dtype: string
 }
 
 export interface NativeProgress {
@@ -144,6 +147,15 @@ export interface NativeProgress {
   epochLoss: number
   epochAccuracy: number
   lr: number
+}
+
+/** Decoded 8-bit pixels, row-major. */
+export interface NativeRawImage {
+  width: number
+  height: number
+  /** 1 (grey), 3 (RGB) or 4 (RGBA). */
+  channels: number
+  data: Buffer
 }
 
 export interface NativeTrainOptions {

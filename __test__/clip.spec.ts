@@ -9,7 +9,13 @@ const REFERENCE_TEXTS = ['a photo of a dog.', 'a photo of a cat.', 'an origami c
 
 test('loads a Hugging Face folder and reports its shapes', async (t) => {
   const clip = await Clip.load(HF_MODEL)
-  t.like(clip.info, { embedDim: 16, imageSize: 32, patchSize: 8, contextLength: 77, vocabSize: 49408, textWidth: 32, naming: 'huggingface', textActivation: 'gelu', device: 'cpu' })
+  t.like(clip.info, { embedDim: 16, imageSize: 32, patchSize: 8, contextLength: 77, vocabSize: 49408, textWidth: 32, naming: 'huggingface', textActivation: 'gelu', device: 'cpu', dtype: 'fp32' })
+  const half = await Clip.load(HF_MODEL, { dtype: 'bf16' })
+  t.is(half.info.dtype, 'bf16')
+  const [a] = await clip.encodeTexts(['a photo of a dog.'])
+  const [b] = await half.encodeTexts(['a photo of a dog.'])
+  t.true(maxRelErr(b, a) < 0.05)
+  await t.throwsAsync(Clip.load(HF_MODEL, { dtype: 'fp8' as never }), { code: 'E_INVALID_ARGUMENT' } as never)
 })
 
 test('loads an OpenAI-named safetensors file', async (t) => {

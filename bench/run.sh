@@ -8,10 +8,13 @@ cd "$(dirname "$0")/.."
 arch="${1:-ViT-B/16}"
 out="bench/results"; mkdir -p "$out"
 ckpt="${TMPDIR:-/tmp}/promptclip-bench-$(echo "$arch" | tr '/' '-').safetensors"
-cargo build --release -q -p promptclip-bench
-./target/release/promptclip-bench encode "$ckpt" "$arch" fixtures/images | tee "$out/promptclip.jsonl"
+# The same --target as `napi build`, so the release dependencies are shared with the addon.
+host="$(rustc -vV | sed -n 's/^host: //p')"
+cargo build --release -q -p promptclip-bench --target "$host"
+bench_bin="./target/$host/release/promptclip-bench"
+"$bench_bin" encode "$ckpt" "$arch" fixtures/images | tee "$out/promptclip.jsonl"
 if [ "$arch" = "ViT-B/16" ]; then
-  ./target/release/promptclip-bench coop-step "$ckpt" "$arch" | tee -a "$out/promptclip.jsonl"
+  "$bench_bin" coop-step "$ckpt" "$arch" | tee -a "$out/promptclip.jsonl"
 fi
 PY="${PYTHON:-python3}"
 if "$PY" -c "import torch, transformers" 2>/dev/null; then

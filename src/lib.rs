@@ -31,14 +31,33 @@ fn guarded<T>(f: impl FnOnce() -> promptclip_core::Result<T>) -> napi::Result<T>
     }
 }
 
-/// Images arrive as file paths or encoded bytes (Buffer / Uint8Array).
-fn image_sources(images: Vec<Either<String, Buffer>>) -> Vec<ImageSource> {
+/// Decoded 8-bit pixels, row-major.
+#[napi(object)]
+pub struct NativeRawImage {
+    pub width: u32,
+    pub height: u32,
+    /// 1 (grey), 3 (RGB) or 4 (RGBA).
+    pub channels: u32,
+    pub data: Buffer,
+}
+
+type ImageArg = Either3<String, Buffer, NativeRawImage>;
+
+/// Images arrive as file paths, encoded bytes (Buffer / Uint8Array) or raw pixels.
+fn image_sources(images: Vec<ImageArg>) -> Vec<ImageSource> {
     images
         .into_iter()
         .enumerate()
         .map(|(i, img)| match img {
-            Either::A(path) => ImageSource::Path(PathBuf::from(path)),
-            Either::B(buf) => ImageSource::Bytes { name: format!("images[{i}] (buffer)"), data: Arc::from(Vec::<u8>::from(buf)) },
+            Either3::A(path) => ImageSource::Path(PathBuf::from(path)),
+            Either3::B(buf) => ImageSource::Bytes { name: format!("images[{i}] (buffer)"), data: Arc::from(Vec::<u8>::from(buf)) },
+            Either3::C(raw) => ImageSource::Pixels {
+                name: format!("images[{i}] (raw {}x{}x{})", raw.width, raw.height, raw.channels),
+                width: raw.width,
+                height: raw.height,
+                channels: raw.channels.min(255) as u8,
+                data: Arc::from(Vec::<u8>::from(raw.data)),
+            },
         })
         .collect()
 }
@@ -47,6 +66,8 @@ fn image_sources(images: Vec<Either<String, Buffer>>) -> Vec<ImageSource> {
 pub struct NativeLoadOptions {
     /// "cpu" (default), "cuda" or "cuda:N".
     pub device: Option<String>,
+    /// "fp32" (default), "fp16" or "bf16": the dtype of weights and activations.
+    pub dtype: Option<String>,
 }
 
 #[napi(object)]
@@ -66,6 +87,7 @@ pub struct NativeModelInfo {
     pub naming: String,
     pub source: String,
     pub device: String,
+    pub dtype: String,
 }
 
 #[napi(object)]
@@ -110,6 +132,18 @@ fn flat_f32(t: &candle_core_tensor::Tensor) -> promptclip_core::Result<Vec<f32>>
     Ok(t.to_dtype(candle_core_tensor::DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
+type Classified = (usize, Vec<u32>, Vec<f32>, Vec<NativeImageFailure>);
+
+/// Probabilities of each readable image against normalised class embeddings (K, E).
+fn classify(clip: &Clip, classes: &candle_core_tensor::Tensor, sources: &[ImageSource], batch_size: usize) -> promptclip_core::Result<Classified> {
+    let enc = zeroshot::encode_image_sources(clip, sources, batch_size)?;
+    let probs = match &enc.features {
+        Some(f) => flat_f32(&zeroshot::probabilities(clip, f, classes)?)?,
+        None => Vec::new(),
+    };
+    Ok((classes.dim(0)?, enc.indices.iter().map(|&i| i as u32).collect(), probs, failures(enc.failures)))
+}
+
 // The binding reaches tensors only through the core crate's re-export.
 use promptclip_core::tensor as candle_core_tensor;
 
@@ -121,6 +155,7 @@ pub struct NativeClip {
 pub struct LoadTask {
     path: String,
     device: String,
+    dtype: String,
 }
 
 impl Task for LoadTask {
@@ -128,10 +163,11 @@ impl Task for LoadTask {
     type JsValue = NativeClip;
 
     fn compute(&mut self) -> napi::Result<Self::Output> {
-        let (path, device) = (self.path.clone(), self.device.clone());
+        let (path, device, dtype) = (self.path.clone(), self.device.clone(), self.dtype.clone());
         guarded(move || {
             let device = promptclip_core::device::device_from_name(&device)?;
-            Clip::load(std::path::Path::new(&path), &device)
+            let dtype = promptclip_core::device::dtype_from_name(&dtype)?;
+            Clip::load_with_dtype(std::path::Path::new(&path), &device, dtype)
         })
     }
 
@@ -143,8 +179,11 @@ impl Task for LoadTask {
 /// Load a CLIP checkpoint (Hugging Face folder or OpenAI-named safetensors file) off the main thread.
 #[napi(ts_return_type = "Promise<NativeClip>")]
 pub fn load_clip(path: String, options: Option<NativeLoadOptions>) -> AsyncTask<LoadTask> {
-    let device = options.and_then(|o| o.device).unwrap_or_else(|| "cpu".into());
-    AsyncTask::new(LoadTask { path, device })
+    let (device, dtype) = match options {
+        Some(o) => (o.device, o.dtype),
+        None => (None, None),
+    };
+    AsyncTask::new(LoadTask { path, device: device.unwrap_or_else(|| "cpu".into()), dtype: dtype.unwrap_or_else(|| "fp32".into()) })
 }
 
 /// Whether this build was compiled with CUDA support.
@@ -208,7 +247,7 @@ pub struct ZeroShotTask {
 }
 
 impl Task for ZeroShotTask {
-    type Output = (usize, Vec<u32>, Vec<f32>, Vec<NativeImageFailure>);
+    type Output = Classified;
     type JsValue = NativeZeroShot;
 
     fn compute(&mut self) -> napi::Result<Self::Output> {
@@ -218,12 +257,7 @@ impl Task for ZeroShotTask {
         guarded(move || {
             // Validate the cheap inputs before decoding any image.
             let classes = zeroshot::class_embeddings(&clip, &names, &templates)?;
-            let enc = zeroshot::encode_image_sources(&clip, &sources, bs)?;
-            let probs = match &enc.features {
-                Some(f) => flat_f32(&zeroshot::probabilities(&clip, f, &classes)?)?,
-                None => Vec::new(),
-            };
-            Ok((names.len(), enc.indices.iter().map(|&i| i as u32).collect(), probs, failures(enc.failures)))
+            classify(&clip, &classes, &sources, bs)
         })
     }
 
@@ -256,6 +290,7 @@ impl NativeClip {
             },
             source: c.source.display().to_string(),
             device: if c.device.is_cuda() { "cuda".into() } else { "cpu".into() },
+            dtype: promptclip_core::device::dtype_name(c.dtype).into(),
         }
     }
 
@@ -267,7 +302,7 @@ impl NativeClip {
     }
 
     #[napi(ts_return_type = "Promise<NativeEncodedImages>")]
-    pub fn encode_images(&self, images: Vec<Either<String, Buffer>>, batch_size: Option<u32>) -> AsyncTask<EncodeImagesTask> {
+    pub fn encode_images(&self, images: Vec<ImageArg>, batch_size: Option<u32>) -> AsyncTask<EncodeImagesTask> {
         AsyncTask::new(EncodeImagesTask { clip: self.inner.clone(), sources: image_sources(images), batch_size: batch_size.unwrap_or(32) as usize })
     }
 
@@ -277,7 +312,7 @@ impl NativeClip {
     }
 
     #[napi(ts_return_type = "Promise<NativeZeroShot>")]
-    pub fn zero_shot(&self, images: Vec<Either<String, Buffer>>, class_names: Vec<String>, templates: Vec<String>, batch_size: Option<u32>) -> AsyncTask<ZeroShotTask> {
+    pub fn zero_shot(&self, images: Vec<ImageArg>, class_names: Vec<String>, templates: Vec<String>, batch_size: Option<u32>) -> AsyncTask<ZeroShotTask> {
         AsyncTask::new(ZeroShotTask {
             clip: self.inner.clone(),
             sources: image_sources(images),
@@ -574,7 +609,7 @@ pub struct PredictTask {
 }
 
 impl Task for PredictTask {
-    type Output = (usize, Vec<u32>, Vec<f32>, Vec<NativeImageFailure>);
+    type Output = Classified;
     type JsValue = NativeZeroShot;
     fn compute(&mut self) -> napi::Result<Self::Output> {
         let (clip, learner, bs) = (self.clip.clone(), self.learner.clone(), self.batch_size);
@@ -589,13 +624,7 @@ impl Task for PredictTask {
                 };
                 class_embeddings(&learner, &clip, &buffers)?
             };
-            let k = classes.dim(0)?;
-            let enc = zeroshot::encode_image_sources(&clip, &sources, bs)?;
-            let probs = match &enc.features {
-                Some(f) => flat_f32(&zeroshot::probabilities(&clip, f, &classes)?)?,
-                None => Vec::new(),
-            };
-            Ok((k, enc.indices.iter().map(|&i| i as u32).collect(), probs, failures(enc.failures)))
+            classify(&clip, &classes, &sources, bs)
         })
     }
     fn resolve(&mut self, _env: Env, (k, indices, probs, failures): Self::Output) -> napi::Result<Self::JsValue> {
@@ -650,7 +679,7 @@ impl NativePromptLearner {
     #[napi(ts_return_type = "Promise<NativeTrainSummary>")]
     pub fn train(
         &self,
-        images: Vec<Either<String, Buffer>>,
+        images: Vec<ImageArg>,
         labels: Vec<u32>,
         options: NativeTrainOptions,
         on_progress: Option<ProgressFn>,
@@ -667,7 +696,7 @@ impl NativePromptLearner {
     }
 
     #[napi(ts_return_type = "Promise<NativeZeroShot>")]
-    pub fn predict(&self, images: Vec<Either<String, Buffer>>, class_names: Option<Vec<String>>, batch_size: Option<u32>) -> AsyncTask<PredictTask> {
+    pub fn predict(&self, images: Vec<ImageArg>, class_names: Option<Vec<String>>, batch_size: Option<u32>) -> AsyncTask<PredictTask> {
         AsyncTask::new(PredictTask {
             clip: self.clip.clone(),
             learner: self.inner.clone(),

@@ -1,14 +1,27 @@
 import { binding, type Native } from './binding'
 import { invalidArgument, native, nativeSync, type ErrorCode } from './errors'
 
-/** An image: a file path, or encoded JPEG / PNG / WebP bytes. */
-export type ImageInput = string | Uint8Array
+/** Decoded 8-bit pixels, row-major: 1 (grey), 3 (RGB) or 4 (RGBA) channels. */
+export interface RawImage {
+  width: number
+  height: number
+  channels: 1 | 3 | 4
+  data: Uint8Array
+}
+
+/** An image: a file path, encoded JPEG / PNG / WebP bytes, or raw pixels. */
+export type ImageInput = string | Uint8Array | RawImage
 
 export type DeviceName = 'cpu' | 'cuda' | `cuda:${number}`
+
+export type Precision = 'fp32' | 'fp16' | 'bf16'
 
 export interface LoadOptions {
   /** Where to run: "cpu" (default), "cuda" or "cuda:N" (needs a CUDA build and a GPU). */
   device?: DeviceName
+  /** Weights and activations: "fp32" (default; best on CPU), "fp16" or "bf16" (GPUs). Learned
+   *  context stays fp32; training stops with E_NON_FINITE_LOSS if the loss overflows. */
+  dtype?: Precision
 }
 
 export interface ModelInfo {
@@ -26,6 +39,7 @@ export interface ModelInfo {
   naming: 'huggingface' | 'openai'
   source: string
   device: string
+  dtype: Precision
 }
 
 /** An input that could not be used, by its position in the call's `images` array. */
@@ -75,12 +89,21 @@ export interface ZeroShotPrediction {
 export const DEFAULT_TEMPLATE = 'a photo of a {}.'
 
 /** @internal */
-export function toNativeImages(images: ImageInput[]): (string | Buffer)[] {
-  if (!Array.isArray(images)) throw invalidArgument('images must be an array of file paths or Buffers')
+const asBuffer = (b: Uint8Array): Buffer => (Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength))
+
+export function toNativeImages(images: ImageInput[]): (string | Buffer | Native.NativeRawImage)[] {
+  if (!Array.isArray(images)) throw invalidArgument('images must be an array of file paths, Buffers or raw images')
   return images.map((img, i) => {
     if (typeof img === 'string') return img
-    if (img instanceof Uint8Array) return Buffer.isBuffer(img) ? img : Buffer.from(img.buffer, img.byteOffset, img.byteLength)
-    throw invalidArgument(`images[${i}] must be a file path (string) or a Buffer/Uint8Array`)
+    if (img instanceof Uint8Array) return asBuffer(img)
+    if (img && typeof img === 'object' && img.data instanceof Uint8Array) {
+      const { width, height, channels } = img
+      if (![width, height].every((v) => Number.isInteger(v) && v > 0) || ![1, 3, 4].includes(channels)) {
+        throw invalidArgument(`images[${i}]: raw images need positive integer width/height and 1, 3 or 4 channels`)
+      }
+      return { width, height, channels, data: asBuffer(img.data) }
+    }
+    throw invalidArgument(`images[${i}] must be a file path (string), a Buffer/Uint8Array or { width, height, channels, data }`)
   })
 }
 
@@ -98,6 +121,19 @@ export function rows(flat: Float32Array, dim: number, count: number): Float32Arr
 /** @internal */
 export function failuresOf(list: Native.NativeImageFailure[]): ImageFailure[] {
   return list.map((f) => ({ index: f.index, code: f.code as ErrorCode, message: f.message }))
+}
+
+/** @internal Per-image predictions from the binding's flat probabilities and failures. */
+export function toPredictions(count: number, out: Native.NativeZeroShot, classNames: string[], k: number): ZeroShotPrediction[] {
+  const labels = classNames.map((n) => n.replace(/_/g, ' ').trim())
+  const preds: ZeroShotPrediction[] = Array.from({ length: count }, (_, index) => ({ index, probabilities: null, top: [] }))
+  rows(out.probs, out.numClasses, out.indices.length).forEach((p, r) => {
+    const pred = preds[out.indices[r]]
+    pred.probabilities = p
+    pred.top = topK(p, labels, k)
+  })
+  for (const f of failuresOf(out.failures)) preds[f.index].error = f
+  return preds
 }
 
 /** Top-k labels of one probability row, best first. */
@@ -122,7 +158,7 @@ export class Clip {
    */
   static async load(path: string, options: LoadOptions = {}): Promise<Clip> {
     if (typeof path !== 'string' || path.length === 0) throw invalidArgument('path must be a non-empty string')
-    const nativeClip = await native(() => binding.loadClip(path, { device: options.device ?? 'cpu' }))
+    const nativeClip = await native(() => binding.loadClip(path, { device: options.device ?? 'cpu', dtype: options.dtype ?? 'fp32' }))
     return new Clip(nativeClip)
   }
 
@@ -160,15 +196,7 @@ export class Clip {
     const out = await native(() =>
       this.native.zeroShot(toNativeImages(images), classNames, templates, checkBatchSize(options.batchSize)),
     )
-    const labels = classNames.map((n) => n.replace(/_/g, ' ').trim())
-    const preds: ZeroShotPrediction[] = images.map((_, index) => ({ index, probabilities: null, top: [] }))
-    rows(out.probs, out.numClasses, out.indices.length).forEach((p, r) => {
-      const pred = preds[out.indices[r]]
-      pred.probabilities = p
-      pred.top = topK(p, labels, k)
-    })
-    for (const f of failuresOf(out.failures)) preds[f.index].error = f
-    return preds
+    return toPredictions(images.length, out, classNames, k)
   }
 }
 

@@ -8,6 +8,8 @@ export type {
   LabelScore,
   LoadOptions,
   ModelInfo,
+  Precision,
+  RawImage,
   ZeroShotOptions,
   ZeroShotPrediction,
 } from './clip'
@@ -19,3 +21,5 @@ export { Evaluator } from './evaluate'
 export type { ClassReport, EvaluateOptions, Evaluation } from './evaluate'
 export { PromptclipError } from './errors'
 export type { ErrorCode } from './errors'
+export { FASHION_MNIST_CLASSES, fewShot, loadFashionMnist, loadImageFolder, loadSplitFile, readIdx } from './datasets'
+export type { LabelledDataset } from './datasets'

@@ -1,5 +1,5 @@
 import { binding, type Native } from './binding'
-import { Clip, checkBatchSize, failuresOf, rows, toNativeImages, topK, type ImageInput, type ZeroShotPrediction } from './clip'
+import { Clip, checkBatchSize, toNativeImages, toPredictions, type ImageInput, type ZeroShotPrediction } from './clip'
 import { invalidArgument, native, nativeSync } from './errors'
 
 export type ClassTokenPosition = 'end' | 'middle' | 'front'
@@ -99,15 +99,7 @@ export class PromptLearner {
     const k = options.topK ?? 5
     checkPositiveInt('topK', k)
     const out = await native(() => this.native.predict(toNativeImages(images), options.classNames, checkBatchSize(options.batchSize)))
-    const labels = (options.classNames ?? this.info.classNames).map((n) => n.replace(/_/g, ' ').trim())
-    const preds: ZeroShotPrediction[] = images.map((_, index) => ({ index, probabilities: null, top: [] }))
-    rows(out.probs, out.numClasses, out.indices.length).forEach((p, r) => {
-      const pred = preds[out.indices[r]]
-      pred.probabilities = p
-      pred.top = topK(p, labels, k)
-    })
-    for (const f of failuresOf(out.failures)) preds[f.index].error = f
-    return preds
+    return toPredictions(images.length, out, options.classNames ?? this.info.classNames, k)
   }
 
   /** Nearest vocabulary words of each learned context vector (CoOp's Table 4). */

@@ -1,6 +1,6 @@
 //! Device selection. CUDA exists only when the crate is built with the `cuda` feature.
 use crate::{Error, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 /// Parse a device name as users write it: "cpu", "cuda" or "cuda:N".
 pub fn device_from_name(name: &str) -> Result<Device> {
@@ -36,4 +36,23 @@ fn cuda_device(_ordinal: usize) -> Result<Device> {
 
 pub fn cuda_compiled() -> bool {
     cfg!(feature = "cuda")
+}
+
+/// Parse a precision name: "fp32" (default), "fp16" or "bf16".
+pub fn dtype_from_name(name: &str) -> Result<DType> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "fp32" | "f32" | "float32" | "" => Ok(DType::F32),
+        "fp16" | "f16" | "float16" | "half" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => Err(Error::InvalidArgument(format!("dtype `{other}`: expected \"fp32\", \"fp16\" or \"bf16\""))),
+    }
+}
+
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "fp16",
+        DType::BF16 => "bf16",
+        DType::F64 => "fp64",
+        _ => "fp32",
+    }
 }

@@ -79,18 +79,20 @@ impl ImageConfig {
     }
 }
 
-/// An image to read: a file, or encoded bytes (JPEG, PNG, WebP) with a name for error messages.
+/// An image to read: a file, encoded bytes (JPEG, PNG, WebP), or decoded 8-bit pixels
+/// (row-major, 1 = grey, 3 = RGB, 4 = RGBA channels), with a name for error messages.
 #[derive(Debug, Clone)]
 pub enum ImageSource {
     Path(PathBuf),
     Bytes { name: String, data: Arc<[u8]> },
+    Pixels { name: String, width: u32, height: u32, channels: u8, data: Arc<[u8]> },
 }
 
 impl ImageSource {
     pub fn name(&self) -> String {
         match self {
             ImageSource::Path(p) => p.display().to_string(),
-            ImageSource::Bytes { name, .. } => name.clone(),
+            ImageSource::Bytes { name, .. } | ImageSource::Pixels { name, .. } => name.clone(),
         }
     }
 }
@@ -104,12 +106,32 @@ pub fn decode(src: &ImageSource) -> Result<RgbImage> {
             image::load_from_memory(&bytes)
         }
         ImageSource::Bytes { data, .. } => image::load_from_memory(data),
+        ImageSource::Pixels { width, height, channels, data, .. } => return pixels_to_rgb(*width, *height, *channels, data).map_err(decode_err),
     }
     .map_err(|e| decode_err(e.to_string()))?;
     if img.width() == 0 || img.height() == 0 {
         return Err(decode_err("image has no pixels".into()));
     }
     Ok(img.to_rgb8())
+}
+
+fn pixels_to_rgb(width: u32, height: u32, channels: u8, data: &[u8]) -> std::result::Result<RgbImage, String> {
+    let n = width as usize * height as usize;
+    if n == 0 {
+        return Err("image has no pixels".into());
+    }
+    if ![1, 3, 4].contains(&channels) {
+        return Err(format!("{channels} channels; raw pixels need 1 (grey), 3 (RGB) or 4 (RGBA)"));
+    }
+    if data.len() != n * channels as usize {
+        return Err(format!("{} bytes for {width}x{height}x{channels} pixels (expected {})", data.len(), n * channels as usize));
+    }
+    let c = channels as usize;
+    // Grey is replicated, alpha dropped: the same as PIL's convert("RGB").
+    Ok(RgbImage::from_fn(width, height, |x, y| {
+        let i = (y as usize * width as usize + x as usize) * c;
+        if c == 1 { image::Rgb([data[i]; 3]) } else { image::Rgb([data[i], data[i + 1], data[i + 2]]) }
+    }))
 }
 
 /// Output size of "resize the shorter side to `s`" exactly as transformers computes it

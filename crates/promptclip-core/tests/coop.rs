@@ -279,3 +279,37 @@ fn learning_beats_zero_shot_on_held_out_images() {
     assert!(last < 0.5 * first, "training loss did not fall: {:?}", summary.epoch_loss);
     assert!(coop >= zero_shot + 40.0, "held-out accuracy {coop} vs zero-shot {zero_shot}");
 }
+
+#[test]
+fn non_finite_loss_stops_training_with_a_clear_error() {
+    let clip = hf_clip();
+    let (names, data) = colour_dataset(2, 5);
+    let l = PromptLearner::new(&clip, &names, CoopConfig { n_ctx: 2, ..CoopConfig::default() }).unwrap();
+    let config = TrainConfig { epochs: 3, batch_size: 8, warmup_epochs: 0, augment: false, sgd: SgdConfig { lr: 1e38, ..SgdConfig::default() }, ..TrainConfig::default() };
+    let err = fit(&clip, &l, &data, &config, &mut |_| {}, &AtomicBool::new(false)).unwrap_err();
+    assert_eq!(err.code(), "E_NON_FINITE_LOSS", "{err}");
+    assert!(err.to_string().contains("epoch"), "{err}");
+}
+
+#[test]
+fn half_precision_runs_close_to_fp32() {
+    let f32_clip = hf_clip();
+    let names: Vec<String> = ["dog", "cat", "paper crane"].map(String::from).to_vec();
+    let (_, data) = colour_dataset(1, 8);
+    let feats32 = promptclip_core::train::trainer::encode_all(&f32_clip, &data.sources).unwrap();
+    for dtype in [DType::BF16, DType::F16] {
+        let clip = Clip::load_with_dtype(&fixtures().join("tiny-clip-hf"), &Device::Cpu, dtype).unwrap();
+        let feats = promptclip_core::train::trainer::encode_all(&clip, &data.sources).unwrap();
+        assert_eq!(feats.dtype(), dtype);
+        let err = rel_err(&feats, &feats32);
+        assert!(err < 0.05, "{dtype:?} image features rel err {err}");
+        // A training step runs and the context (kept in f32) receives a gradient.
+        let l = PromptLearner::new(&clip, &names, CoopConfig { n_ctx: 2, ..CoopConfig::default() }).unwrap();
+        let labels = Tensor::new(&[0u32, 1, 2, 0], &Device::Cpu).unwrap();
+        let logits = PromptModel::logits(&l, &clip, &feats).unwrap();
+        let loss = promptclip_core::train::trainer::cross_entropy(&logits, &labels).unwrap();
+        let g = loss.backward().unwrap().get(l.ctx.as_tensor()).cloned().expect("gradient in half precision");
+        assert_eq!(g.dtype(), DType::F32);
+        assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    }
+}

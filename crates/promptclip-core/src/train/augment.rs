@@ -58,3 +58,53 @@ pub fn augment_into(img: &RgbImage, img_cfg: &ImageConfig, cfg: &AugmentConfig, 
     normalize_into(&resized, img_cfg, out);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crop_boxes_stay_inside_and_follow_scale_and_ratio() {
+        let cfg = AugmentConfig::default();
+        let mut rng = Rng::new(1);
+        let (w, h) = (320u32, 240u32);
+        let mut areas = vec![];
+        for _ in 0..2000 {
+            let (top, left, ch, cw) = random_resized_crop_box(w, h, &cfg, &mut rng);
+            assert!(ch >= 1 && cw >= 1 && top + ch <= h && left + cw <= w);
+            let frac = (ch * cw) as f64 / (w * h) as f64;
+            let ratio = cw as f64 / ch as f64;
+            // Rounding to whole pixels can step just outside the continuous ranges.
+            assert!((0.07..=1.0).contains(&frac), "area fraction {frac}");
+            assert!((0.70..=1.45).contains(&ratio), "aspect {ratio}");
+            areas.push(frac);
+        }
+        let mean = areas.iter().sum::<f64>() / areas.len() as f64;
+        // Accepted samples of U(0.08, 1) area, biased low by rejections of tall/wide boxes.
+        assert!((0.35..0.6).contains(&mean), "mean area fraction {mean}");
+        // Same seed, same boxes.
+        assert_eq!(random_resized_crop_box(w, h, &cfg, &mut Rng::new(9)), random_resized_crop_box(w, h, &cfg, &mut Rng::new(9)));
+        // A 1-pixel-high strip cannot fit the ratio range: the central fallback crop is used.
+        let (top, left, ch, cw) = random_resized_crop_box(400, 1, &cfg, &mut Rng::new(3));
+        assert_eq!((top, ch), (0, 1));
+        assert!(cw <= 2 && left + cw <= 400);
+    }
+
+    #[test]
+    fn flips_about_half_the_time() {
+        let img = RgbImage::from_fn(64, 48, |x, _| image::Rgb([x as u8 * 4, 0, 0]));
+        let img_cfg = ImageConfig::clip(32);
+        let cfg = AugmentConfig { scale: (1.0, 1.0), ratio: (64.0 / 48.0, 64.0 / 48.0), flip_p: 0.5 };
+        let mut rng = Rng::new(4);
+        let mut flipped = 0;
+        for _ in 0..200 {
+            let mut out = vec![];
+            augment_into(&img, &img_cfg, &cfg, &mut rng, &mut out).unwrap();
+            // Red channel increases left to right unless flipped.
+            if out[0] > out[31] {
+                flipped += 1;
+            }
+        }
+        assert!((70..130).contains(&flipped), "{flipped} of 200 flipped");
+    }
+}
