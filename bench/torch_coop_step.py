@@ -63,7 +63,7 @@ def main():
         loss.backward()
         opt.step()
 
-    for what, encode, reps in (("coop_step_cached_features", False, 3), ("coop_step", True, 1)):
+    for what, encode, reps in (("coop_step_cached_features", False, 3), ("coop_step", True, 2)):
         step(encode)
         xs = []
         for _ in range(reps):

@@ -368,6 +368,14 @@ fn lock(m: &Mutex<PromptLearner>) -> promptclip_core::Result<std::sync::MutexGua
     m.lock().map_err(|_| promptclip_core::Error::Internal("prompt learner state was poisoned by an earlier failure".into()))
 }
 
+/// For synchronous calls on the main thread: never wait for a training task to finish.
+fn lock_now(m: &Mutex<PromptLearner>) -> promptclip_core::Result<std::sync::MutexGuard<'_, PromptLearner>> {
+    m.try_lock().map_err(|e| match e {
+        std::sync::TryLockError::WouldBlock => promptclip_core::Error::Busy("the prompt learner is training; read it after fit() resolves".into()),
+        std::sync::TryLockError::Poisoned(_) => promptclip_core::Error::Internal("prompt learner state was poisoned by an earlier failure".into()),
+    })
+}
+
 /// Cancellation flag shared with a running task; the TypeScript layer ties it to an AbortSignal.
 #[napi]
 pub struct NativeCancelToken {
@@ -656,7 +664,7 @@ impl NativePromptLearner {
     pub fn info(&self) -> napi::Result<NativeLearnerInfo> {
         let inner = self.inner.clone();
         guarded(move || {
-            let l = lock(&inner)?;
+            let l = lock_now(&inner)?;
             Ok(NativeLearnerInfo {
                 method: "coop".into(),
                 n_ctx: l.n_ctx() as u32,
@@ -673,7 +681,7 @@ impl NativePromptLearner {
     #[napi]
     pub fn context(&self) -> napi::Result<Float32Array> {
         let inner = self.inner.clone();
-        guarded(move || Ok(Float32Array::new(flat_f32(lock(&inner)?.ctx.as_tensor())?)))
+        guarded(move || Ok(Float32Array::new(flat_f32(lock_now(&inner)?.ctx.as_tensor())?)))
     }
 
     #[napi(ts_return_type = "Promise<NativeTrainSummary>")]

@@ -16,6 +16,7 @@ export type ErrorCode =
   | 'E_CUDA_UNAVAILABLE'
   | 'E_NON_FINITE_LOSS'
   | 'E_CANCELLED'
+  | 'E_BUSY'
   | 'E_TENSOR'
   | 'E_INTERNAL'
 

@@ -80,6 +80,7 @@ export class Trainer {
     this.options = { ...options }
   }
 
+  /** Train. While it runs, the learner's synchronous reads (`info`, `context()`) throw E_BUSY. */
   async fit(data: Dataset, fitOptions: FitOptions = {}): Promise<TrainSummary> {
     validateDataset(data, this.learner.info.classNames.length)
     const { signal, onProgress, resumeFrom } = fitOptions

@@ -66,7 +66,7 @@ fn main() {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let (k, batch, m) = (100, 32, 16);
         for (what, encode) in [("coop_step_cached_features", false), ("coop_step", true)] {
-            let s = coop_step(&clip, k, batch, m, encode, if encode { 1 } else { 3 });
+            let s = coop_step(&clip, k, batch, m, encode, if encode { 2 } else { 3 });
             println!("{}", serde_json::json!({"impl": "promptclip", "what": what, "arch": arch, "classes": k, "batch": batch, "n_ctx": m, "threads": threads, "seconds": s, "per_second": 1.0 / s}));
         }
         return;

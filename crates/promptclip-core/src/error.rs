@@ -28,6 +28,8 @@ pub enum Error {
     NonFiniteLoss { value: f32, epoch: usize, step: usize, hint: String },
     #[error("cancelled")]
     Cancelled,
+    #[error("busy: {0}")]
+    Busy(String),
     #[error("{0}")]
     Candle(#[from] candle_core::Error),
     #[error("internal error: {0}")]
@@ -50,6 +52,7 @@ impl Error {
             Error::CudaUnavailable(_) => "E_CUDA_UNAVAILABLE",
             Error::NonFiniteLoss { .. } => "E_NON_FINITE_LOSS",
             Error::Cancelled => "E_CANCELLED",
+            Error::Busy(_) => "E_BUSY",
             Error::Candle(_) => "E_TENSOR",
             Error::Internal(_) => "E_INTERNAL",
         }
