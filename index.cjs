@@ -839,6 +839,7 @@ module.exports.NativeCancelToken = nativeBinding.NativeCancelToken
 module.exports.NativeClip = nativeBinding.NativeClip
 module.exports.NativePromptLearner = nativeBinding.NativePromptLearner
 module.exports.computeMetrics = nativeBinding.computeMetrics
+module.exports.createCocoop = nativeBinding.createCocoop
 module.exports.createCoop = nativeBinding.createCoop
 module.exports.cudaCompiled = nativeBinding.cudaCompiled
 module.exports.loadClip = nativeBinding.loadClip

@@ -30,13 +30,16 @@ export declare class NativePromptLearner {
   /** The learned context as a flat Float32Array ((M, d) or (K, M, d), row-major). */
   context(): Float32Array
   train(images: Array<ImageArg>, labels: Array<number>, options: NativeTrainOptions, onProgress?: ProgressFn | undefined | null, cancel?: NativeCancelToken | undefined | null): Promise<NativeTrainSummary>
-  predict(images: Array<ImageArg>, classNames?: Array<string> | undefined | null, batchSize?: number | undefined | null): Promise<NativeZeroShot>
+  predict(images: Array<ImageArg>, classNames?: Array<string> | undefined | null, batchSize?: number | undefined | null, onProgress?: PredictProgressFn | undefined | null): Promise<NativeZeroShot>
   interpret(topK?: number | undefined | null): Promise<NativeInterpretRow[]>
   save(path: string): Promise<void>
 }
 
 /** Dassl-style metrics from row-major scores (N x numClasses) and labels. */
 export declare function computeMetrics(scores: Float32Array, numClasses: number, labels: Array<number>, topK: Array<number>): NativeMetrics
+
+/** CoCoOp: context from "a photo of a" unless `nCtx`/`ctxInit` say otherwise, plus a Meta-Net. */
+export declare function createCocoop(clip: NativeClip, options: NativeCoopOptions): NativePromptLearner
 
 export declare function createCoop(clip: NativeClip, options: NativeCoopOptions): NativePromptLearner
 
@@ -58,6 +61,10 @@ export interface NativeCoopOptions {
   ctxInit?: string
   initStd?: number
   seed?: number
+  /** CoCoOp only: Meta-Net bottleneck ratio (hidden = imageDim / ratio; default 16). */
+  metaNetRatio?: number
+  /** CoCoOp only: activation memory for the B x K prompts at once, in MiB (default 2048). */
+  memoryBudgetMb?: number
 }
 
 export interface NativeEncodedImages {
@@ -97,6 +104,7 @@ export interface NativeLearnerInfo {
   classNames: Array<string>
   promptPrefix: string
   ctxDim: number
+  metaNetHidden?: number
 }
 
 export interface NativeLoadOptions {
@@ -135,6 +143,11 @@ export interface NativeModelInfo {
   source: string
   device: string
   dtype: string
+}
+
+export interface NativePredictProgress {
+  done: number
+  total: number
 }
 
 export interface NativeProgress {

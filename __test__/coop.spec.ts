@@ -2,52 +2,8 @@ import test from 'ava'
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { deflateSync } from 'node:zlib'
 import { Clip, Evaluator, PromptLearner, PromptclipError, Trainer, type TrainProgress } from '../ts/index'
-import { HF_MODEL, OPENAI_MODEL } from './helpers'
-
-/** A solid-colour PNG with a little deterministic noise, written by hand (no image library). */
-function png(w: number, h: number, rgb: [number, number, number], seed: number): Buffer {
-  const crcTable = Array.from({ length: 256 }, (_, n) => {
-    let c = n
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1
-    return c >>> 0
-  })
-  const crc = (b: Buffer) => {
-    let c = 0xffffffff
-    for (const x of b) c = crcTable[(c ^ x) & 0xff] ^ (c >>> 8)
-    return (c ^ 0xffffffff) >>> 0
-  }
-  const chunk = (type: string, data: Buffer) => {
-    const len = Buffer.alloc(4)
-    len.writeUInt32BE(data.length)
-    const td = Buffer.concat([Buffer.from(type), data])
-    const c = Buffer.alloc(4)
-    c.writeUInt32BE(crc(td))
-    return Buffer.concat([len, td, c])
-  }
-  let s = seed
-  const rand = () => ((s = (s * 1103515245 + 12345) & 0x7fffffff), s / 0x7fffffff)
-  const raw = Buffer.alloc((w * 3 + 1) * h)
-  for (let y = 0; y < h; y++) {
-    raw[y * (w * 3 + 1)] = 0
-    for (let x = 0; x < w; x++) for (let c = 0; c < 3; c++) raw[y * (w * 3 + 1) + 1 + x * 3 + c] = Math.max(0, Math.min(255, rgb[c] + Math.round((rand() - 0.5) * 40)))
-  }
-  const ihdr = Buffer.alloc(13)
-  ihdr.writeUInt32BE(w, 0)
-  ihdr.writeUInt32BE(h, 4)
-  ihdr.set([8, 2, 0, 0, 0], 8)
-  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk('IHDR', ihdr), chunk('IDAT', deflateSync(raw)), chunk('IEND', Buffer.alloc(0))])
-}
-
-const CLASSES = ['red', 'green', 'blue', 'yellow']
-const RGB: [number, number, number][] = [[220, 40, 40], [40, 200, 60], [40, 70, 220], [230, 220, 40]]
-function dataset(perClass: number, seed: number) {
-  const images: Buffer[] = []
-  const labels: number[] = []
-  for (let i = 0; i < perClass; i++) RGB.forEach((rgb, c) => (images.push(png(36 + ((i * 7) % 20), 40, rgb, seed + i * 10 + c)), labels.push(c)))
-  return { images, labels }
-}
+import { CLASSES, HF_MODEL, OPENAI_MODEL, dataset } from './helpers'
 
 test('CoOp trains from TypeScript: loss falls, held-out accuracy beats zero-shot, progress and metrics', async (t) => {
   const clip = await Clip.load(HF_MODEL)
@@ -71,11 +27,12 @@ test('CoOp trains from TypeScript: loss falls, held-out accuracy beats zero-shot
       }
     },
   })
-  // Progress events can arrive after training ends, so either answer is valid; never a hang.
+  // The first event may be handled after training has already finished on a fast machine, so
+  // either answer is valid; what matters is that the read returned instead of blocking.
   t.true(busy === 'E_BUSY' || busy === 'none')
   t.is(summary.epochLoss.length, 30)
   t.true(summary.epochLoss[29] < 0.5 * summary.epochLoss[1], `loss ${summary.epochLoss[1]} -> ${summary.epochLoss[29]}`)
-  t.is(progress.length, 30 * 4)
+  t.is(progress.length, 30 * 4) // every event delivered before fit() resolved
   t.deepEqual(Object.keys(progress[0]).sort(), ['epoch', 'epochAccuracy', 'epochLoss', 'epochs', 'globalStep', 'loss', 'lr', 'step', 'stepsPerEpoch'].sort())
   t.is(progress[0].lr, 1e-5) // warmup epoch
   t.is(progress[4].lr, 0.01)

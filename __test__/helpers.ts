@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { deflateSync } from 'node:zlib'
 
 export const FIXTURES = join(import.meta.dirname ?? __dirname, '..', 'fixtures')
 export const HF_MODEL = join(FIXTURES, 'tiny-clip-hf')
@@ -43,3 +44,47 @@ export function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
   for (let i = 0; i < a.length; i++) s += a[i] * b[i]
   return s
 }
+
+/** A solid-colour PNG with a little deterministic noise, written by hand (no image library). */
+export function png(w: number, h: number, rgb: [number, number, number], seed: number): Buffer {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1
+    return c >>> 0
+  })
+  const crc = (b: Buffer) => {
+    let c = 0xffffffff
+    for (const x of b) c = crcTable[(c ^ x) & 0xff] ^ (c >>> 8)
+    return (c ^ 0xffffffff) >>> 0
+  }
+  const chunk = (type: string, data: Buffer) => {
+    const len = Buffer.alloc(4)
+    len.writeUInt32BE(data.length)
+    const td = Buffer.concat([Buffer.from(type), data])
+    const c = Buffer.alloc(4)
+    c.writeUInt32BE(crc(td))
+    return Buffer.concat([len, td, c])
+  }
+  let s = seed
+  const rand = () => ((s = (s * 1103515245 + 12345) & 0x7fffffff), s / 0x7fffffff)
+  const raw = Buffer.alloc((w * 3 + 1) * h)
+  for (let y = 0; y < h; y++) {
+    raw[y * (w * 3 + 1)] = 0
+    for (let x = 0; x < w; x++) for (let c = 0; c < 3; c++) raw[y * (w * 3 + 1) + 1 + x * 3 + c] = Math.max(0, Math.min(255, rgb[c] + Math.round((rand() - 0.5) * 40)))
+  }
+  const ihdr = Buffer.alloc(13)
+  ihdr.writeUInt32BE(w, 0)
+  ihdr.writeUInt32BE(h, 4)
+  ihdr.set([8, 2, 0, 0, 0], 8)
+  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk('IHDR', ihdr), chunk('IDAT', deflateSync(raw)), chunk('IEND', Buffer.alloc(0))])
+}
+
+export const CLASSES = ['red', 'green', 'blue', 'yellow']
+export const RGB: [number, number, number][] = [[220, 40, 40], [40, 200, 60], [40, 70, 220], [230, 220, 40]]
+export function dataset(perClass: number, seed: number) {
+  const images: Buffer[] = []
+  const labels: number[] = []
+  for (let i = 0; i < perClass; i++) RGB.forEach((rgb, c) => (images.push(png(36 + ((i * 7) % 20), 40, rgb, seed + i * 10 + c)), labels.push(c)))
+  return { images, labels }
+}
+

@@ -323,11 +323,11 @@ impl NativeClip {
     }
 }
 
-// ---------------------------------------------------------------- prompt learning (CoOp)
+// ---------------------------------------------------------------- prompt learning (CoOp, CoCoOp)
 
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
-use promptclip_core::prompt::coop::{class_embeddings, ClassTokenPosition, ContextInit, CoopConfig, PromptLearner};
-use promptclip_core::prompt::io::{load_prompt, save_prompt};
+use promptclip_core::prompt::io::{load_learner, save_learner};
+use promptclip_core::prompt::{ClassTokenPosition, CocoopConfig, CocoopLearner, ContextInit, CoopConfig, Learner, PromptLearner};
 use promptclip_core::train::schedule::ScheduleKind;
 use promptclip_core::train::{fit, LabelledImages, Progress, TrainConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -344,6 +344,10 @@ pub struct NativeCoopOptions {
     pub ctx_init: Option<String>,
     pub init_std: Option<f64>,
     pub seed: Option<u32>,
+    /// CoCoOp only: Meta-Net bottleneck ratio (hidden = imageDim / ratio; default 16).
+    pub meta_net_ratio: Option<u32>,
+    /// CoCoOp only: activation memory for the B x K prompts at once, in MiB (default 2048).
+    pub memory_budget_mb: Option<u32>,
 }
 
 #[napi(object)]
@@ -355,21 +359,22 @@ pub struct NativeLearnerInfo {
     pub class_names: Vec<String>,
     pub prompt_prefix: String,
     pub ctx_dim: u32,
+    pub meta_net_hidden: Option<u32>,
 }
 
 /// A learned prompt bound to the CLIP it runs on. Training holds the lock for its duration.
 #[napi]
 pub struct NativePromptLearner {
     clip: Arc<Clip>,
-    inner: Arc<Mutex<PromptLearner>>,
+    inner: Arc<Mutex<Learner>>,
 }
 
-fn lock(m: &Mutex<PromptLearner>) -> promptclip_core::Result<std::sync::MutexGuard<'_, PromptLearner>> {
+fn lock(m: &Mutex<Learner>) -> promptclip_core::Result<std::sync::MutexGuard<'_, Learner>> {
     m.lock().map_err(|_| promptclip_core::Error::Internal("prompt learner state was poisoned by an earlier failure".into()))
 }
 
 /// For synchronous calls on the main thread: never wait for a training task to finish.
-fn lock_now(m: &Mutex<PromptLearner>) -> promptclip_core::Result<std::sync::MutexGuard<'_, PromptLearner>> {
+fn lock_now(m: &Mutex<Learner>) -> promptclip_core::Result<std::sync::MutexGuard<'_, Learner>> {
     m.try_lock().map_err(|e| match e {
         std::sync::TryLockError::WouldBlock => promptclip_core::Error::Busy("the prompt learner is training; read it after fit() resolves".into()),
         std::sync::TryLockError::Poisoned(_) => promptclip_core::Error::Internal("prompt learner state was poisoned by an earlier failure".into()),
@@ -401,18 +406,40 @@ impl Default for NativeCancelToken {
     }
 }
 
+fn coop_config(o: &NativeCoopOptions, default_init: Option<&str>) -> promptclip_core::Result<CoopConfig> {
+    let position = ClassTokenPosition::parse(o.position.as_deref().unwrap_or("end"))?;
+    let words = o.ctx_init.clone().or_else(|| default_init.map(String::from)).filter(|s| !s.trim().is_empty());
+    let init = match words {
+        Some(words) => ContextInit::Words(words),
+        None => ContextInit::Random { std: o.init_std.unwrap_or(0.02), seed: o.seed.unwrap_or(1) as u64 },
+    };
+    Ok(CoopConfig { n_ctx: o.n_ctx.unwrap_or(16) as usize, class_specific: o.class_specific.unwrap_or(false), position, init })
+}
+
 #[napi]
 pub fn create_coop(clip: &NativeClip, options: NativeCoopOptions) -> napi::Result<NativePromptLearner> {
     let clip = clip.inner.clone();
     guarded(move || {
-        let position = ClassTokenPosition::parse(options.position.as_deref().unwrap_or("end"))?;
-        let init = match options.ctx_init.filter(|s| !s.trim().is_empty()) {
-            Some(words) => ContextInit::Words(words),
-            None => ContextInit::Random { std: options.init_std.unwrap_or(0.02), seed: options.seed.unwrap_or(1) as u64 },
+        let learner = PromptLearner::new(&clip, &options.class_names, coop_config(&options, None)?)?;
+        Ok(NativePromptLearner { clip, inner: Arc::new(Mutex::new(Learner::Coop(learner))) })
+    })
+}
+
+/// CoCoOp: context from "a photo of a" unless `nCtx`/`ctxInit` say otherwise, plus a Meta-Net.
+#[napi]
+pub fn create_cocoop(clip: &NativeClip, options: NativeCoopOptions) -> napi::Result<NativePromptLearner> {
+    let clip = clip.inner.clone();
+    guarded(move || {
+        let default_init = if options.n_ctx.is_some() { None } else { Some("a photo of a") };
+        let d = CocoopConfig::default();
+        let config = CocoopConfig {
+            coop: coop_config(&options, default_init)?,
+            ratio: options.meta_net_ratio.map(|r| r as usize).unwrap_or(d.ratio),
+            seed: options.seed.map(|s| s as u64).unwrap_or(d.seed),
+            memory_budget_bytes: options.memory_budget_mb.map(|m| (m as usize) << 20).unwrap_or(d.memory_budget_bytes),
         };
-        let config = CoopConfig { n_ctx: options.n_ctx.unwrap_or(16) as usize, class_specific: options.class_specific.unwrap_or(false), position, init };
-        let learner = PromptLearner::new(&clip, &options.class_names, config)?;
-        Ok(NativePromptLearner { clip, inner: Arc::new(Mutex::new(learner)) })
+        let learner = CocoopLearner::new(&clip, &options.class_names, config)?;
+        Ok(NativePromptLearner { clip, inner: Arc::new(Mutex::new(Learner::Cocoop(learner))) })
     })
 }
 
@@ -422,11 +449,11 @@ pub struct LoadPromptTask {
 }
 
 impl Task for LoadPromptTask {
-    type Output = PromptLearner;
+    type Output = Learner;
     type JsValue = NativePromptLearner;
     fn compute(&mut self) -> napi::Result<Self::Output> {
         let (clip, path) = (self.clip.clone(), self.path.clone());
-        guarded(move || Ok(load_prompt(std::path::Path::new(&path), &clip)?.0))
+        guarded(move || Ok(load_learner(std::path::Path::new(&path), &clip)?.0))
     }
     fn resolve(&mut self, _env: Env, output: Self::Output) -> napi::Result<Self::JsValue> {
         Ok(NativePromptLearner { clip: self.clip.clone(), inner: Arc::new(Mutex::new(output)) })
@@ -480,16 +507,19 @@ pub struct NativeTrainSummary {
     pub seconds: f64,
 }
 
-fn train_config(o: NativeTrainOptions) -> promptclip_core::Result<TrainConfig> {
+/// Defaults follow each method's paper: CoOp 50 epochs at batch 32 (set epochs for your shots),
+/// CoCoOp 10 epochs at batch 1; both lr 0.002.
+fn train_config(o: NativeTrainOptions, method: &str) -> promptclip_core::Result<TrainConfig> {
     let d = TrainConfig::default();
+    let (epochs, batch) = if method == "cocoop" { (10, 1) } else { (d.epochs, d.batch_size) };
     let schedule = match o.schedule.as_deref() {
         None | Some("cosine") => ScheduleKind::Cosine,
         Some("constant") => ScheduleKind::Constant,
         Some(other) => return Err(promptclip_core::Error::InvalidArgument(format!("schedule `{other}`: expected \"cosine\" or \"constant\""))),
     };
     Ok(TrainConfig {
-        epochs: o.epochs.map(|x| x as usize).unwrap_or(d.epochs),
-        batch_size: o.batch_size.map(|x| x as usize).unwrap_or(d.batch_size),
+        epochs: o.epochs.map(|x| x as usize).unwrap_or(epochs),
+        batch_size: o.batch_size.map(|x| x as usize).unwrap_or(batch),
         sgd: promptclip_core::train::optim::SgdConfig {
             lr: o.lr.unwrap_or(d.sgd.lr),
             momentum: o.momentum.unwrap_or(d.sgd.momentum),
@@ -512,7 +542,7 @@ type ProgressFn = ThreadsafeFunction<NativeProgress, Unknown<'static>, NativePro
 
 pub struct TrainTask {
     clip: Arc<Clip>,
-    learner: Arc<Mutex<PromptLearner>>,
+    learner: Arc<Mutex<Learner>>,
     data: Option<LabelledImages>,
     options: Option<NativeTrainOptions>,
     on_progress: Option<Arc<ProgressFn>>,
@@ -529,9 +559,10 @@ impl Task for TrainTask {
         let options = self.options.take();
         let on_progress = self.on_progress.clone();
         guarded(move || {
-            let data = data.ok_or_else(|| promptclip_core::Error::Internal("train task ran twice".into()))?;
-            let config = train_config(options.ok_or_else(|| promptclip_core::Error::Internal("train task ran twice".into()))?)?;
+            let ran_twice = || promptclip_core::Error::Internal("train task ran twice".into());
+            let data = data.ok_or_else(ran_twice)?;
             let learner = lock(&learner)?;
+            let config = train_config(options.ok_or_else(ran_twice)?, learner.method())?;
             let mut report = |p: &Progress| {
                 if let Some(f) = &on_progress {
                     let value = NativeProgress {
@@ -548,7 +579,10 @@ impl Task for TrainTask {
                     f.call(value, ThreadsafeFunctionCallMode::NonBlocking);
                 }
             };
-            fit(&clip, &*learner, &data, &config, &mut report, &cancel)
+            match &*learner {
+                Learner::Coop(l) => fit(&clip, l, &data, &config, &mut report, &cancel),
+                Learner::Cocoop(l) => fit(&clip, l, &data, &config, &mut report, &cancel),
+            }
         })
     }
 
@@ -576,7 +610,7 @@ pub struct NativeInterpretRow {
 
 pub struct InterpretTask {
     clip: Arc<Clip>,
-    learner: Arc<Mutex<PromptLearner>>,
+    learner: Arc<Mutex<Learner>>,
     k: usize,
 }
 
@@ -587,9 +621,10 @@ impl Task for InterpretTask {
         let (clip, learner, k) = (self.clip.clone(), self.learner.clone(), self.k);
         guarded(move || {
             let learner = lock(&learner)?;
-            let m = learner.n_ctx();
-            let csc = learner.config.class_specific;
-            Ok(learner
+            let prompt = learner.prompt();
+            let m = prompt.n_ctx();
+            let csc = prompt.config.class_specific;
+            Ok(prompt
                 .interpret(&clip, k)?
                 .into_iter()
                 .enumerate()
@@ -608,12 +643,22 @@ impl Task for InterpretTask {
     }
 }
 
+#[napi(object)]
+#[derive(Clone)]
+pub struct NativePredictProgress {
+    pub done: u32,
+    pub total: u32,
+}
+
+type PredictProgressFn = ThreadsafeFunction<NativePredictProgress, Unknown<'static>, NativePredictProgress, Status, false>;
+
 pub struct PredictTask {
     clip: Arc<Clip>,
-    learner: Arc<Mutex<PromptLearner>>,
+    learner: Arc<Mutex<Learner>>,
     sources: Vec<ImageSource>,
     class_names: Option<Vec<String>>,
     batch_size: usize,
+    on_progress: Option<Arc<PredictProgressFn>>,
 }
 
 impl Task for PredictTask {
@@ -623,16 +668,16 @@ impl Task for PredictTask {
         let (clip, learner, bs) = (self.clip.clone(), self.learner.clone(), self.batch_size);
         let sources = std::mem::take(&mut self.sources);
         let names = self.class_names.take();
+        let on_progress = self.on_progress.clone();
         guarded(move || {
-            let classes = {
-                let learner = lock(&learner)?;
-                let buffers = match &names {
-                    Some(n) => learner.buffers_for(&clip, n)?,
-                    None => learner.buffers.clone(),
-                };
-                class_embeddings(&learner, &clip, &buffers)?
+            let learner = lock(&learner)?;
+            let mut report = |done: usize, total: usize| {
+                if let Some(f) = &on_progress {
+                    f.call(NativePredictProgress { done: done as u32, total: total as u32 }, ThreadsafeFunctionCallMode::NonBlocking);
+                }
             };
-            classify(&clip, &classes, &sources, bs)
+            let p = promptclip_core::prompt::predict(&clip, &learner, &sources, names.as_deref(), bs, &mut report)?;
+            Ok((p.num_classes, p.indices.iter().map(|&i| i as u32).collect(), p.probs, failures(p.failures)))
         })
     }
     fn resolve(&mut self, _env: Env, (k, indices, probs, failures): Self::Output) -> napi::Result<Self::JsValue> {
@@ -642,7 +687,7 @@ impl Task for PredictTask {
 
 pub struct SavePromptTask {
     clip: Arc<Clip>,
-    learner: Arc<Mutex<PromptLearner>>,
+    learner: Arc<Mutex<Learner>>,
     path: String,
 }
 
@@ -651,7 +696,7 @@ impl Task for SavePromptTask {
     type JsValue = ();
     fn compute(&mut self) -> napi::Result<()> {
         let (clip, learner, path) = (self.clip.clone(), self.learner.clone(), self.path.clone());
-        guarded(move || save_prompt(std::path::Path::new(&path), &*lock(&learner)?, &clip))
+        guarded(move || save_learner(std::path::Path::new(&path), &*lock(&learner)?, &clip))
     }
     fn resolve(&mut self, _env: Env, _o: ()) -> napi::Result<()> {
         Ok(())
@@ -664,15 +709,20 @@ impl NativePromptLearner {
     pub fn info(&self) -> napi::Result<NativeLearnerInfo> {
         let inner = self.inner.clone();
         guarded(move || {
-            let l = lock_now(&inner)?;
+            let learner = lock_now(&inner)?;
+            let l = learner.prompt();
             Ok(NativeLearnerInfo {
-                method: "coop".into(),
+                method: learner.method().into(),
                 n_ctx: l.n_ctx() as u32,
                 class_specific: l.config.class_specific,
                 position: l.config.position.as_str().into(),
                 class_names: l.buffers.class_names.clone(),
                 prompt_prefix: l.prompt_prefix().into(),
                 ctx_dim: l.ctx.dims().last().copied().unwrap_or(0) as u32,
+                meta_net_hidden: match &*learner {
+                    Learner::Cocoop(c) => Some(c.meta.hidden() as u32),
+                    Learner::Coop(_) => None,
+                },
             })
         })
     }
@@ -681,7 +731,7 @@ impl NativePromptLearner {
     #[napi]
     pub fn context(&self) -> napi::Result<Float32Array> {
         let inner = self.inner.clone();
-        guarded(move || Ok(Float32Array::new(flat_f32(lock_now(&inner)?.ctx.as_tensor())?)))
+        guarded(move || Ok(Float32Array::new(flat_f32(lock_now(&inner)?.prompt().ctx.as_tensor())?)))
     }
 
     #[napi(ts_return_type = "Promise<NativeTrainSummary>")]
@@ -704,13 +754,20 @@ impl NativePromptLearner {
     }
 
     #[napi(ts_return_type = "Promise<NativeZeroShot>")]
-    pub fn predict(&self, images: Vec<ImageArg>, class_names: Option<Vec<String>>, batch_size: Option<u32>) -> AsyncTask<PredictTask> {
+    pub fn predict(
+        &self,
+        images: Vec<ImageArg>,
+        class_names: Option<Vec<String>>,
+        batch_size: Option<u32>,
+        on_progress: Option<PredictProgressFn>,
+    ) -> AsyncTask<PredictTask> {
         AsyncTask::new(PredictTask {
             clip: self.clip.clone(),
             learner: self.inner.clone(),
             sources: image_sources(images),
             class_names,
             batch_size: batch_size.unwrap_or(32) as usize,
+            on_progress: on_progress.map(Arc::new),
         })
     }
 

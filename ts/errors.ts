@@ -61,3 +61,13 @@ export function nativeSync<T>(f: () => T): T {
 export function invalidArgument(message: string): PromptclipError {
   return new PromptclipError('E_INVALID_ARGUMENT', message)
 }
+
+/**
+ * Progress events travel through a threadsafe function and can still be queued when the task's
+ * promise settles. Wait (bounded) until `delivered()` is true so that every event reaches the
+ * callback before the caller's promise resolves.
+ */
+export async function drainProgress(delivered: () => boolean, timeoutMs = 2000): Promise<void> {
+  const until = Date.now() + timeoutMs
+  while (!delivered() && Date.now() < until) await new Promise((r) => setImmediate(r))
+}

@@ -14,7 +14,7 @@ export type {
   ZeroShotPrediction,
 } from './clip'
 export { PromptLearner } from './prompt'
-export type { ClassTokenPosition, CoopOptions, InterpretRow, LearnerInfo, PredictOptions } from './prompt'
+export type { ClassTokenPosition, CocoopOptions, CoopOptions, InterpretRow, LearnerInfo, PredictOptions } from './prompt'
 export { Trainer } from './train'
 export type { Dataset, FitOptions, TrainOptions, TrainProgress, TrainSummary } from './train'
 export { Evaluator } from './evaluate'

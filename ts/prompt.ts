@@ -1,6 +1,6 @@
 import { binding, type Native } from './binding'
 import { Clip, checkBatchSize, toNativeImages, toPredictions, type ImageInput, type ZeroShotPrediction } from './clip'
-import { invalidArgument, native, nativeSync } from './errors'
+import { drainProgress, invalidArgument, native, nativeSync } from './errors'
 
 export type ClassTokenPosition = 'end' | 'middle' | 'front'
 
@@ -19,14 +19,25 @@ export interface CoopOptions {
   seed?: number
 }
 
+/** CoCoOp options: CoOp's, with the paper's defaults (context from "a photo of a", M = 4), plus
+ *  the Meta-Net. Class-specific context is CoOp-only. */
+export interface CocoopOptions extends Omit<CoopOptions, 'classSpecific'> {
+  /** Meta-Net bottleneck: hidden = image feature size / ratio (default 16, as in the paper). */
+  metaNetRatio?: number
+  /** Activation memory (MiB) for B x K prompts at once; batches are chunked to fit (default 2048). */
+  memoryBudgetMb?: number
+}
+
 export interface LearnerInfo {
-  method: 'coop'
+  method: 'coop' | 'cocoop'
   nCtx: number
   classSpecific: boolean
   position: ClassTokenPosition
   classNames: string[]
   promptPrefix: string
   ctxDim: number
+  /** CoCoOp: the Meta-Net's hidden size. */
+  metaNetHidden?: number
 }
 
 export interface PredictOptions {
@@ -35,6 +46,8 @@ export interface PredictOptions {
   classNames?: string[]
   topK?: number
   batchSize?: number
+  /** Called after each batch of images (CoCoOp runs K text-encoder passes per image). */
+  onProgress?: (p: { done: number; total: number }) => void
 }
 
 export interface InterpretRow {
@@ -75,7 +88,17 @@ export class PromptLearner {
     return new PromptLearner(clip, nativeSync(() => binding.createCoop(clip.native, options)))
   }
 
-  /** Load a prompt saved with `save()`, onto a CLIP of the same text width. */
+  /** A new CoCoOp learner: CoOp's context plus a Meta-Net that conditions it on each image. */
+  static cocoop(clip: Clip, options: CocoopOptions): PromptLearner {
+    if (!options || !Array.isArray(options.classNames)) throw invalidArgument('classNames must be an array of class names')
+    if ((options as CoopOptions).classSpecific) throw invalidArgument('classSpecific context is CoOp-only; CoCoOp learns one context')
+    checkPositiveInt('nCtx', options.nCtx)
+    checkPositiveInt('metaNetRatio', options.metaNetRatio)
+    checkPositiveInt('memoryBudgetMb', options.memoryBudgetMb)
+    return new PromptLearner(clip, nativeSync(() => binding.createCocoop(clip.native, options)))
+  }
+
+  /** Load a prompt saved with `save()` (CoOp or CoCoOp), onto a CLIP of the same text width. */
   static async load(clip: Clip, path: string): Promise<PromptLearner> {
     return new PromptLearner(clip, await native(() => binding.loadPromptLearner(clip.native, path)))
   }
@@ -98,7 +121,15 @@ export class PromptLearner {
   async predict(images: ImageInput[], options: PredictOptions = {}): Promise<ZeroShotPrediction[]> {
     const k = options.topK ?? 5
     checkPositiveInt('topK', k)
-    const out = await native(() => this.native.predict(toNativeImages(images), options.classNames, checkBatchSize(options.batchSize)))
+    let done = 0
+    const progress = options.onProgress
+      ? (p: Native.NativePredictProgress) => {
+          done = p.done
+          options.onProgress!({ done: p.done, total: p.total })
+        }
+      : undefined
+    const out = await native(() => this.native.predict(toNativeImages(images), options.classNames, checkBatchSize(options.batchSize), progress))
+    if (progress) await drainProgress(() => done >= images.length)
     return toPredictions(images.length, out, options.classNames ?? this.info.classNames, k)
   }
 

@@ -1,6 +1,6 @@
 import { binding, type Native } from './binding'
 import { toNativeImages, type ImageInput } from './clip'
-import { PromptclipError, invalidArgument, native } from './errors'
+import { PromptclipError, drainProgress, invalidArgument, native } from './errors'
 import type { PromptLearner } from './prompt'
 
 /** Labelled images: `labels[i]` indexes the learner's `classNames`. */
@@ -22,8 +22,9 @@ export interface TrainProgress {
   lr: number
 }
 
-/** The CoOp recipe by default: SGD lr 0.002, momentum 0.9, weight decay 5e-4, one warmup
- *  epoch at 1e-5, cosine per epoch, batch 32, random resized crop + flip. */
+/** Each paper's recipe by default: SGD lr 0.002, momentum 0.9, weight decay 5e-4, one warmup
+ *  epoch at 1e-5, cosine per epoch, random resized crop + flip; CoOp 50 epochs at batch 32,
+ *  CoCoOp 10 epochs at batch 1 (larger batches work: prompts are chunked to a memory budget). */
 export interface TrainOptions {
   epochs?: number
   batchSize?: number
@@ -89,10 +90,18 @@ export class Trainer {
     const abort = () => token.cancel()
     signal?.addEventListener('abort', abort, { once: true })
     try {
-      const progress = onProgress ? (p: Native.NativeProgress) => onProgress({ ...p }) : undefined
-      return await native(() =>
+      let lastStep = -1
+      const progress = onProgress
+        ? (p: Native.NativeProgress) => {
+            lastStep = p.globalStep
+            onProgress({ ...p })
+          }
+        : undefined
+      const summary = await native(() =>
         this.learner.native.train(toNativeImages(data.images), data.labels, { ...this.options, resumeFrom }, progress, token),
       )
+      if (onProgress) await drainProgress(() => lastStep >= summary.globalStep)
+      return summary
     } finally {
       signal?.removeEventListener('abort', abort)
     }

@@ -1,7 +1,9 @@
 //! Saving and loading learned prompts: safetensors for tensors, JSON in the file's metadata for
 //! everything needed to rebuild the learner (method, M, position, CSC, class names, the CLIP it
 //! was trained on, a format version).
+use super::cocoop::{CocoopConfig, CocoopLearner, MetaNet};
 use super::coop::{ClassTokenPosition, ContextInit, CoopConfig, PromptLearner};
+use super::Learner;
 use crate::clip::Clip;
 use crate::files::{read_safetensors, write_safetensors_atomic};
 use crate::{Error, Result};
@@ -27,6 +29,16 @@ pub struct PromptMeta {
     pub prompt_prefix: String,
     pub class_names: Vec<String>,
     pub clip: ClipIdentity,
+    /// CoCoOp only: the Meta-Net's shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_net: Option<MetaNetMeta>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MetaNetMeta {
+    pub vis_dim: usize,
+    pub hidden: usize,
+    pub ratio: usize,
 }
 
 /// The CLIP a prompt was learned on: shapes must match to reuse the context.
@@ -65,14 +77,33 @@ pub fn meta_of(learner: &PromptLearner, clip: &Clip, method: &str) -> PromptMeta
         prompt_prefix: learner.prompt_prefix().to_string(),
         class_names: learner.buffers.class_names.clone(),
         clip: ClipIdentity::of(clip),
+        meta_net: None,
     }
 }
 
 pub fn save_prompt(path: &Path, learner: &PromptLearner, clip: &Clip) -> Result<()> {
-    let meta = meta_of(learner, clip, "coop");
+    save_parts(path, learner, None, clip)
+}
+
+/// Save either method: `ctx` (+ `meta.*` for CoCoOp) and the JSON metadata, atomically.
+pub fn save_learner(path: &Path, learner: &Learner, clip: &Clip) -> Result<()> {
+    match learner {
+        Learner::Coop(l) => save_parts(path, l, None, clip),
+        Learner::Cocoop(c) => save_parts(path, &c.prompt, Some(c), clip),
+    }
+}
+
+fn save_parts(path: &Path, prompt: &PromptLearner, cocoop: Option<&CocoopLearner>, clip: &Clip) -> Result<()> {
+    let mut meta = meta_of(prompt, clip, if cocoop.is_some() { "cocoop" } else { "coop" });
+    let mut tensors: Vec<(String, candle_core::Tensor)> = vec![("ctx".into(), prompt.ctx.as_tensor().clone())];
+    if let Some(c) = cocoop {
+        meta.meta_net = Some(MetaNetMeta { vis_dim: clip.embed_dim(), hidden: c.meta.hidden(), ratio: c.config.ratio });
+        tensors.extend(c.meta.named().into_iter().map(|(n, v)| (n, v.as_tensor().clone())));
+    }
     let mut md = HashMap::new();
     md.insert("promptclip".to_string(), serde_json::to_string(&meta).map_err(|e| Error::Internal(e.to_string()))?);
-    write_safetensors_atomic(path, &[("ctx", learner.ctx.as_tensor())], md)
+    let refs: Vec<(&str, &candle_core::Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    write_safetensors_atomic(path, &refs, md)
 }
 
 /// Read a prompt file's metadata, checking that it is one.
@@ -101,25 +132,53 @@ pub fn check_compatible(path: &Path, meta: &PromptMeta, clip: &Clip) -> Result<(
     Ok(())
 }
 
+/// Load a CoOp prompt file (a CoCoOp file is refused with a pointer to `load_learner`).
 pub fn load_prompt(path: &Path, clip: &Clip) -> Result<(PromptLearner, PromptMeta)> {
+    match load_learner(path, clip)? {
+        (Learner::Coop(l), meta) => Ok((l, meta)),
+        (Learner::Cocoop(_), _) => Err(Error::InvalidArgument(format!("{} holds a CoCoOp prompt, not CoOp", path.display()))),
+    }
+}
+
+/// Load a prompt file of either method onto `clip`.
+pub fn load_learner(path: &Path, clip: &Clip) -> Result<(Learner, PromptMeta)> {
     let (tensors, metadata) = read_safetensors(path, &clip.device)?;
     let meta = read_meta(path, &metadata)?;
     check_compatible(path, &meta, clip)?;
-    let ctx = tensors.get("ctx").ok_or_else(|| Error::MissingTensor { name: "ctx".into(), path: path.to_path_buf() })?;
-    let expected: Vec<usize> = if meta.class_specific {
-        vec![meta.class_names.len(), meta.n_ctx, clip.text.hidden_size()]
-    } else {
-        vec![meta.n_ctx, clip.text.hidden_size()]
+    let get = |name: &str, expected: Vec<usize>| -> Result<candle_core::Tensor> {
+        let t = tensors.get(name).ok_or_else(|| Error::MissingTensor { name: name.into(), path: path.to_path_buf() })?;
+        if t.dims() != expected.as_slice() {
+            return Err(Error::ShapeMismatch { name: name.into(), path: path.to_path_buf(), expected, actual: t.dims().to_vec() });
+        }
+        Ok(t.to_dtype(candle_core::DType::F32)?)
     };
-    if ctx.dims() != expected.as_slice() {
-        return Err(Error::ShapeMismatch { name: "ctx".into(), path: path.to_path_buf(), expected, actual: ctx.dims().to_vec() });
-    }
+    let d = clip.text.hidden_size();
+    let ctx_shape = if meta.class_specific { vec![meta.class_names.len(), meta.n_ctx, d] } else { vec![meta.n_ctx, d] };
+    let ctx = get("ctx", ctx_shape)?;
     let config = CoopConfig {
         n_ctx: meta.n_ctx,
         class_specific: meta.class_specific,
         position: ClassTokenPosition::parse(&meta.position)?,
         init: if meta.init == "random" { ContextInit::Random { std: 0.02, seed: 0 } } else { ContextInit::Words(meta.init.clone()) },
     };
-    let learner = PromptLearner::from_parts(clip, &meta.class_names, config, ctx.to_dtype(candle_core::DType::F32)?, meta.prompt_prefix.clone())?;
+    let prompt = PromptLearner::from_parts(clip, &meta.class_names, config.clone(), ctx, meta.prompt_prefix.clone())?;
+    let learner = match meta.method.as_str() {
+        "coop" => Learner::Coop(prompt),
+        "cocoop" => {
+            let m = meta.meta_net.clone().ok_or_else(|| Error::InvalidArgument(format!("{}: CoCoOp prompt without Meta-Net metadata", path.display())))?;
+            if m.vis_dim != clip.embed_dim() {
+                return Err(Error::InvalidArgument(format!("{}: Meta-Net takes {}-d image features, this CLIP gives {}", path.display(), m.vis_dim, clip.embed_dim())));
+            }
+            let var = |name: &str, shape: Vec<usize>| -> Result<candle_core::Var> { Ok(candle_core::Var::from_tensor(&get(name, shape)?)?) };
+            let meta_net = MetaNet {
+                linear1_weight: var("meta.linear1.weight", vec![m.hidden, m.vis_dim])?,
+                linear1_bias: var("meta.linear1.bias", vec![m.hidden])?,
+                linear2_weight: var("meta.linear2.weight", vec![d, m.hidden])?,
+                linear2_bias: var("meta.linear2.bias", vec![d])?,
+            };
+            Learner::Cocoop(CocoopLearner::from_parts(prompt, meta_net, CocoopConfig { coop: config, ratio: m.ratio, ..CocoopConfig::default() }))
+        }
+        other => return Err(Error::Unsupported(format!("{}: prompt method `{other}`", path.display()))),
+    };
     Ok((learner, meta))
 }

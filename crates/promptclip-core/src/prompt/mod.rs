@@ -6,7 +6,86 @@
 //! embedding is kept as `prefix` and everything after the M placeholder tokens (class-name
 //! tokens, ".", EOS, padding) as `suffix`. The forward pass only concatenates those buffers with
 //! the context, so gradients reach the context vectors and nothing else.
+pub mod cocoop;
 pub mod coop;
 pub mod io;
 
+pub use cocoop::{CocoopConfig, CocoopLearner, MetaNet};
 pub use coop::{ClassTokenPosition, ContextInit, CoopConfig, PromptLearner};
+
+/// A learned prompt of either method, as stored in a prompt file.
+#[derive(Debug)]
+pub enum Learner {
+    Coop(PromptLearner),
+    Cocoop(CocoopLearner),
+}
+
+impl Learner {
+    /// The context and class buffers (CoCoOp's are CoOp's, plus the Meta-Net).
+    pub fn prompt(&self) -> &PromptLearner {
+        match self {
+            Learner::Coop(l) => l,
+            Learner::Cocoop(l) => &l.prompt,
+        }
+    }
+
+    pub fn method(&self) -> &'static str {
+        match self {
+            Learner::Coop(_) => "coop",
+            Learner::Cocoop(_) => "cocoop",
+        }
+    }
+}
+
+/// Class probabilities of images under a learned prompt, for its own classes or `class_names`.
+pub struct Predictions {
+    pub num_classes: usize,
+    /// Input index of each row of `probs`.
+    pub indices: Vec<usize>,
+    /// Row-major (indices.len(), num_classes).
+    pub probs: Vec<f32>,
+    pub failures: Vec<(usize, crate::Error)>,
+}
+
+/// Predict in batches of `batch_size` images; `on_progress(done, total)` after each batch.
+/// CoOp's class embeddings are computed once; CoCoOp builds K prompts per image, chunked to
+/// its memory budget.
+pub fn predict(
+    clip: &crate::Clip,
+    learner: &Learner,
+    sources: &[crate::preprocess::ImageSource],
+    class_names: Option<&[String]>,
+    batch_size: usize,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> crate::Result<Predictions> {
+    let prompt = learner.prompt();
+    let buffers = match class_names {
+        Some(names) => prompt.buffers_for(clip, names)?,
+        None => prompt.buffers.clone(),
+    };
+    let k = buffers.class_names.len();
+    let coop_classes = match learner {
+        Learner::Coop(l) => Some(coop::class_embeddings(l, clip, &buffers)?),
+        Learner::Cocoop(_) => None,
+    };
+    let batch_size = batch_size.max(1);
+    let mut out = Predictions { num_classes: k, indices: vec![], probs: vec![], failures: vec![] };
+    for (b, chunk) in sources.chunks(batch_size).enumerate() {
+        let enc = crate::zeroshot::encode_image_sources(clip, chunk, batch_size)?;
+        out.failures.extend(enc.failures.into_iter().map(|(i, e)| (b * batch_size + i, e)));
+        if let Some(f) = &enc.features {
+            let logits = match learner {
+                Learner::Cocoop(c) => c.logits_for(clip, f, &buffers)?,
+                Learner::Coop(_) => {
+                    let classes = coop_classes.as_ref().ok_or_else(|| crate::Error::Internal("CoOp class embeddings missing".into()))?;
+                    clip.logits(f, &classes.to_dtype(f.dtype())?)?
+                }
+            };
+            let probs = candle_nn::ops::softmax(&logits.to_dtype(candle_core::DType::F32)?, candle_core::D::Minus1)?;
+            out.probs.extend(probs.flatten_all()?.to_vec1::<f32>()?);
+            out.indices.extend(enc.indices.iter().map(|i| b * batch_size + i));
+        }
+        on_progress(((b + 1) * batch_size).min(sources.len()), sources.len());
+    }
+    Ok(out)
+}

@@ -22,6 +22,21 @@ pub trait PromptModel {
     /// Identity of the model's configuration, checked when resuming.
     fn describe(&self) -> serde_json::Value;
     fn num_classes(&self) -> usize;
+
+    /// Mean cross-entropy of a batch, its logits (detached) and the gradient of every var.
+    /// This builds the whole graph at once; models with large graphs (CoCoOp: B x K prompts)
+    /// override it to accumulate gradients chunk by chunk within a memory budget.
+    fn loss_and_grads(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor) -> Result<(f32, Tensor, Vec<Tensor>)> {
+        let logits = self.logits(clip, image_features)?;
+        let loss = cross_entropy(&logits, labels)?;
+        let grads = loss.backward()?;
+        let gs = self
+            .vars()
+            .iter()
+            .map(|(name, v)| grads.get(v.as_tensor()).cloned().ok_or_else(|| Error::Internal(format!("no gradient reached `{name}`"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((loss.to_scalar::<f32>()?, logits.detach(), gs))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -210,18 +225,11 @@ pub fn fit<M: PromptModel>(
                 None => augmented_features(clip, &data.sources, idx, config, epoch)?,
             };
             let labels = Tensor::from_vec(idx.iter().map(|&i| labels_all[i]).collect::<Vec<_>>(), idx.len(), &clip.device)?;
-            let logits = model.logits(clip, &features)?.to_dtype(DType::F32)?;
-            let loss = cross_entropy(&logits, &labels)?;
-            let loss_value = loss.to_scalar::<f32>()?;
+            let (loss_value, logits, gs) = model.loss_and_grads(clip, &features, &labels)?;
             if !loss_value.is_finite() {
                 let hint = if clip.dtype == DType::F32 { String::new() } else { format!(" (training in {:?}: try fp32 or a lower learning rate)", clip.dtype) };
                 return Err(Error::NonFiniteLoss { value: loss_value, epoch, step: step + 1, hint });
             }
-            let grads = loss.backward()?;
-            let gs = vars
-                .iter()
-                .map(|(name, v)| grads.get(v.as_tensor()).cloned().ok_or_else(|| Error::Internal(format!("no gradient reached `{name}`"))))
-                .collect::<Result<Vec<_>>>()?;
             let params: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
             sgd.step(&params, &gs, lr)?;
 

@@ -1,0 +1,215 @@
+//! CoCoOp (Zhou et al., CVPR 2022): a lightweight Meta-Net turns each image's normalised feature
+//! into a bias pi(x) added to every context vector, v_m(x) = v_m + pi(x), so every image gets its
+//! own prompts t_k(x) for all K classes (paper eq. 3-4).
+//!
+//! The official code loops over the images of a batch and runs the text encoder once per image.
+//! Here all B x K prompts of a batch go through the encoder together, in chunks sized to a
+//! memory budget; in training, gradients are accumulated chunk by chunk, so memory stays
+//! bounded while the math (mean cross-entropy over the batch) is unchanged.
+use super::coop::{ClassBuffers, ContextInit, CoopConfig, PromptLearner};
+use crate::clip::{l2_normalize, Clip};
+use crate::rng::Rng;
+use crate::train::trainer::cross_entropy;
+use crate::{Error, Result};
+use candle_core::{DType, Tensor, Var, D};
+
+/// Linear(vis_dim, vis_dim / ratio) -> ReLU -> Linear(vis_dim / ratio, ctx_dim).
+#[derive(Debug)]
+pub struct MetaNet {
+    pub linear1_weight: Var,
+    pub linear1_bias: Var,
+    pub linear2_weight: Var,
+    pub linear2_bias: Var,
+}
+
+impl MetaNet {
+    /// PyTorch's nn.Linear default initialisation: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    pub fn new(vis_dim: usize, hidden: usize, ctx_dim: usize, seed: u64, device: &candle_core::Device) -> Result<Self> {
+        let mut rng = Rng::new(seed);
+        let mut uniform = |rows: usize, cols: usize, fan_in: usize| -> Result<Var> {
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let data: Vec<f32> = (0..rows * cols).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect();
+            let shape: Vec<usize> = if cols == 1 { vec![rows] } else { vec![rows, cols] };
+            Ok(Var::from_tensor(&Tensor::from_vec(data, shape, device)?)?)
+        };
+        Ok(Self {
+            linear1_weight: uniform(hidden, vis_dim, vis_dim)?,
+            linear1_bias: uniform(hidden, 1, vis_dim)?,
+            linear2_weight: uniform(ctx_dim, hidden, hidden)?,
+            linear2_bias: uniform(ctx_dim, 1, hidden)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = x.matmul(&self.linear1_weight.as_tensor().t()?)?.broadcast_add(self.linear1_bias.as_tensor())?.relu()?;
+        Ok(h.matmul(&self.linear2_weight.as_tensor().t()?)?.broadcast_add(self.linear2_bias.as_tensor())?)
+    }
+
+    pub fn named(&self) -> Vec<(String, Var)> {
+        vec![
+            ("meta.linear1.weight".into(), self.linear1_weight.clone()),
+            ("meta.linear1.bias".into(), self.linear1_bias.clone()),
+            ("meta.linear2.weight".into(), self.linear2_weight.clone()),
+            ("meta.linear2.bias".into(), self.linear2_bias.clone()),
+        ]
+    }
+
+    pub fn hidden(&self) -> usize {
+        self.linear1_bias.dims()[0]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CocoopConfig {
+    /// Context: CoCoOp's default is the words "a photo of a" (M = 4).
+    pub coop: CoopConfig,
+    /// Meta-Net bottleneck: hidden = vis_dim / ratio (16 in the paper).
+    pub ratio: usize,
+    /// Seed of the Meta-Net initialisation.
+    pub seed: u64,
+    /// Activation memory the text encoder may use at once; B x K prompts are chunked to fit.
+    pub memory_budget_bytes: usize,
+}
+
+impl Default for CocoopConfig {
+    fn default() -> Self {
+        Self {
+            coop: CoopConfig { n_ctx: 4, init: ContextInit::Words("a photo of a".into()), ..CoopConfig::default() },
+            ratio: 16,
+            seed: 1,
+            memory_budget_bytes: 2 << 30,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct CocoopLearner {
+    /// The context vectors and class buffers (the same as CoOp's, unified).
+    pub prompt: PromptLearner,
+    pub meta: MetaNet,
+    pub config: CocoopConfig,
+}
+
+impl CocoopLearner {
+    pub fn new(clip: &Clip, class_names: &[String], config: CocoopConfig) -> Result<Self> {
+        if config.coop.class_specific {
+            return Err(Error::InvalidArgument("CoCoOp learns one unified context (classSpecific is CoOp-only)".into()));
+        }
+        if config.ratio == 0 {
+            return Err(Error::InvalidArgument("metaNetRatio must be at least 1".into()));
+        }
+        let prompt = PromptLearner::new(clip, class_names, config.coop.clone())?;
+        let vis_dim = clip.embed_dim();
+        let hidden = (vis_dim / config.ratio).max(1);
+        let meta = MetaNet::new(vis_dim, hidden, clip.text.hidden_size(), config.seed, &clip.device)?;
+        Ok(Self { prompt, meta, config })
+    }
+
+    pub fn from_parts(prompt: PromptLearner, meta: MetaNet, config: CocoopConfig) -> Self {
+        Self { prompt, meta, config }
+    }
+
+    /// How many prompts (image x class) fit the memory budget at once, from an estimate of the
+    /// text encoder's activations per prompt (kept for backward when training).
+    pub fn prompts_per_chunk(&self, clip: &Clip, buffers: &ClassBuffers, training: bool) -> usize {
+        let t = buffers.eot.iter().max().map(|e| e + 1).unwrap_or(1);
+        let c = &clip.config.text_config;
+        let (d, h, l) = (c.hidden_size, c.num_attention_heads, c.num_hidden_layers);
+        let per_layer = t * (20 * d + 3 * h * t) + 6 * t * c.intermediate_size;
+        // Training keeps every layer's activations for backward; inference only a few at a time.
+        let bytes = if training { 4 * l * per_layer } else { 4 * per_layer * 4 };
+        (self.config.memory_budget_bytes / bytes.max(1)).max(buffers.class_names.len())
+    }
+
+    /// Normalised text features (B, K, E) of each image's prompts, for images `f_norm` (B, E)
+    /// (already normalised), with `ctx_shifted` (B, M, d).
+    fn text_features(&self, clip: &Clip, ctx_shifted: &Tensor, buffers: &ClassBuffers) -> Result<Tensor> {
+        let (b, k) = (ctx_shifted.dim(0)?, buffers.class_names.len());
+        let used = buffers.eot.iter().max().map(|e| e + 1).unwrap_or(1);
+        let prompts = (0..b)
+            .map(|i| self.prompt.assemble(&ctx_shifted.get(i)?, buffers)?.narrow(1, 0, used).map_err(Error::from))
+            .collect::<Result<Vec<_>>>()?;
+        let prompts = Tensor::cat(&prompts, 0)?;
+        let eot: Vec<usize> = (0..b).flat_map(|_| buffers.eot.iter().copied()).collect();
+        let text = l2_normalize(&clip.encode_text_embeds(&prompts, &eot)?)?;
+        Ok(text.reshape((b, k, ()))?)
+    }
+
+    /// Logits (B, K) for one chunk of images; differentiable in ctx and the Meta-Net.
+    fn chunk_logits(&self, clip: &Clip, image_features: &Tensor, buffers: &ClassBuffers, ctx: &Tensor) -> Result<Tensor> {
+        let f = l2_normalize(&image_features.to_dtype(DType::F32)?)?;
+        let bias = self.meta.forward(&f)?; // (B, d): pi(x)
+        let ctx_shifted = ctx.unsqueeze(0)?.broadcast_add(&bias.unsqueeze(1)?)?; // (B, M, d)
+        let text = self.text_features(clip, &ctx_shifted, buffers)?.to_dtype(DType::F32)?;
+        let scale = (clip.logit_scale as f64).exp();
+        // Each image against its own K text features.
+        Ok((text.broadcast_mul(&f.unsqueeze(1)?)?.sum(D::Minus1)? * scale)?)
+    }
+
+    fn images_per_chunk(&self, clip: &Clip, buffers: &ClassBuffers, training: bool) -> usize {
+        (self.prompts_per_chunk(clip, buffers, training) / buffers.class_names.len()).max(1)
+    }
+
+    /// Logits (B, K) without gradients, chunked to the memory budget.
+    pub fn logits_for(&self, clip: &Clip, image_features: &Tensor, buffers: &ClassBuffers) -> Result<Tensor> {
+        let ctx = self.prompt.ctx.as_tensor().detach();
+        let n = self.images_per_chunk(clip, buffers, false);
+        let b = image_features.dim(0)?;
+        let parts = (0..b)
+            .step_by(n)
+            .map(|s| Ok(self.chunk_logits(clip, &image_features.narrow(0, s, n.min(b - s))?, buffers, &ctx)?.detach()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+}
+
+impl crate::train::PromptModel for CocoopLearner {
+    fn vars(&self) -> Vec<(String, Var)> {
+        let mut v = vec![("ctx".to_string(), self.prompt.ctx.clone())];
+        v.extend(self.meta.named());
+        v
+    }
+
+    fn logits(&self, clip: &Clip, image_features: &Tensor) -> Result<Tensor> {
+        self.chunk_logits(clip, image_features, &self.prompt.buffers, self.prompt.ctx.as_tensor())
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        let mut d = crate::train::PromptModel::describe(&self.prompt);
+        d["method"] = "cocoop".into();
+        d["meta_hidden"] = self.meta.hidden().into();
+        d
+    }
+
+    fn num_classes(&self) -> usize {
+        self.prompt.buffers.class_names.len()
+    }
+
+    /// Mean cross-entropy over the batch, with backward run per chunk of images and the
+    /// gradients summed: d(mean)/dθ = Σ_chunks (n_c / B) d(mean_c)/dθ.
+    fn loss_and_grads(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor) -> Result<(f32, Tensor, Vec<Tensor>)> {
+        let buffers = &self.prompt.buffers;
+        let n = self.images_per_chunk(clip, buffers, true);
+        let b = image_features.dim(0)?;
+        let vars = crate::train::PromptModel::vars(self);
+        let mut sums: Vec<Option<Tensor>> = vec![None; vars.len()];
+        let (mut loss_sum, mut logits_parts) = (0f64, Vec::new());
+        for s in (0..b).step_by(n) {
+            let len = n.min(b - s);
+            let logits = self.chunk_logits(clip, &image_features.narrow(0, s, len)?, buffers, self.prompt.ctx.as_tensor())?;
+            let loss = (cross_entropy(&logits, &labels.narrow(0, s, len)?)? * (len as f64 / b as f64))?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            let grads = loss.backward()?;
+            for (i, (name, v)) in vars.iter().enumerate() {
+                let g = grads.get(v.as_tensor()).ok_or_else(|| Error::Internal(format!("no gradient reached `{name}`")))?;
+                sums[i] = Some(match sums[i].take() {
+                    None => g.clone(),
+                    Some(acc) => (acc + g)?,
+                });
+            }
+            logits_parts.push(logits.detach());
+        }
+        let grads = sums.into_iter().map(|g| g.ok_or_else(|| Error::Internal("empty batch".into()))).collect::<Result<Vec<_>>>()?;
+        Ok((loss_sum as f32, Tensor::cat(&logits_parts, 0)?, grads))
+    }
+}
