@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # promptclip vs PyTorch + transformers, on this machine, in one run:
 #   encoding throughput (images/s, prompts/s, preprocessing) at the given shapes, and for
-#   ViT-B/16 the time of one CoOp training step (K = 100 classes, batch 32, M = 16).
+#   ViT-B/16 the time of one CoOp training step (K = 100 classes, batch 32, M = 16) and the time
+#   per image and peak memory of CoCoOp training (K = 50, batch 1 and 8).
 #   bash bench/run.sh [ViT-B/16]        (PYTHON=/path/to/python with torch + transformers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,12 +16,15 @@ bench_bin="./target/$host/release/promptclip-bench"
 "$bench_bin" encode "$ckpt" "$arch" fixtures/images | tee "$out/promptclip.jsonl"
 if [ "$arch" = "ViT-B/16" ]; then
   "$bench_bin" coop-step "$ckpt" "$arch" | tee -a "$out/promptclip.jsonl"
+  # CoCoOp, K = 50: each batch size in its own process, so peak memory is its own.
+  for b in 1 8; do "$bench_bin" cocoop-step "$ckpt" "$b" | tee -a "$out/promptclip.jsonl"; done
 fi
 PY="${PYTHON:-python3}"
 if "$PY" -c "import torch, transformers" 2>/dev/null; then
   "$PY" bench/torch_encode.py "$arch" fixtures/tiny-clip-hf fixtures/images | tee "$out/torch.jsonl"
   if [ "$arch" = "ViT-B/16" ]; then
     "$PY" bench/torch_coop_step.py fixtures/tiny-clip-hf | tee -a "$out/torch.jsonl"
+    for b in 1 8; do "$PY" bench/torch_cocoop_step.py fixtures/tiny-clip-hf "$b" | tee -a "$out/torch.jsonl"; done
   fi
   node bench/ratios.mjs "$out/promptclip.jsonl" "$out/torch.jsonl"
 else

@@ -53,8 +53,49 @@ fn coop_step(clip: &Clip, k: usize, batch: usize, m: usize, encode_images: bool,
     })
 }
 
+/// Peak resident memory of this process (Linux VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// One CoCoOp training step as the official code runs it (images through the frozen encoder,
+/// K prompts per image, backward to context and Meta-Net, SGD), batched here.
+fn cocoop_step(clip: &Clip, k: usize, batch: usize, reps: usize) -> f64 {
+    use promptclip_core::prompt::{CocoopConfig, CocoopLearner};
+    use promptclip_core::train::optim::{Sgd, SgdConfig};
+    use promptclip_core::train::PromptModel;
+    let learner = CocoopLearner::new(clip, &class_names(k), CocoopConfig::default()).unwrap();
+    let vars: Vec<_> = learner.vars().into_iter().map(|(_, v)| v).collect();
+    let mut sgd = Sgd::new(SgdConfig::default(), vars.len());
+    let s = clip.vision.config.image_size;
+    let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu).unwrap();
+    let labels = Tensor::from_vec((0..batch as u32).map(|i| i % k as u32).collect::<Vec<_>>(), batch, &Device::Cpu).unwrap();
+    time(reps, || {
+        let feats = clip.encode_image(&pixels).unwrap();
+        let (_, _, grads) = learner.loss_and_grads(clip, &feats, &labels).unwrap();
+        sgd.step(&vars, &grads, 0.002).unwrap();
+    })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() >= 4 && args[1] == "cocoop-step" {
+        let path = Path::new(&args[2]);
+        let batch: usize = args[3].parse().expect("batch size");
+        let spec = RandomClipSpec::VIT_B_16;
+        if !path.exists() {
+            write_random_openai_clip(path, &spec, DType::F32, 0).expect("write random checkpoint");
+        }
+        let clip = Clip::load(path, &Device::Cpu).expect("load");
+        let k = 50;
+        let s = cocoop_step(&clip, k, batch, if batch == 1 { 3 } else { 1 });
+        println!("{}", serde_json::json!({"impl": "promptclip", "what": format!("cocoop_step_b{batch}"), "arch": "ViT-B/16", "classes": k, "batch": batch, "seconds": s, "seconds_per_image": s / batch as f64, "per_second": batch as f64 / s, "peak_rss_mib": peak_rss_mib()}));
+        return;
+    }
     if args.len() >= 3 && args[1] == "coop-step" {
         let path = Path::new(&args[2]);
         let arch = args.get(3).map(String::as_str).unwrap_or("ViT-B/16");
