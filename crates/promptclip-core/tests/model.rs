@@ -219,3 +219,31 @@ fn cuda_request_without_cuda_is_a_clear_error() {
     assert_eq!(err.code(), "E_CUDA_UNAVAILABLE");
     assert!(promptclip_core::device::device_from_name("tpu").is_err());
 }
+
+#[test]
+fn shared_prefix_encoding_equals_full_sequences_in_values_and_gradients() {
+    // Six sequences in two groups; each group shares its first 5 tokens, then differs.
+    let clip = Clip::load_with_dtype(&fixtures().join("tiny-clip-openai.safetensors"), &Device::Cpu, DType::F64).unwrap();
+    let d = clip.text.hidden_size();
+    let (n, t, shared) = (6, 12, 5);
+    let prefixes = Tensor::randn(0f64, 0.3, (2, shared, d), &Device::Cpu).unwrap();
+    let group = vec![0usize, 0, 0, 1, 1, 1];
+    let g = Tensor::new(&[0u32, 0, 0, 1, 1, 1], &Device::Cpu).unwrap();
+    let suffixes = Tensor::randn(0f64, 0.3, (n, t - shared, d), &Device::Cpu).unwrap();
+    let prefix_var = Var::from_tensor(&prefixes).unwrap();
+    let suffix_var = Var::from_tensor(&suffixes).unwrap();
+    let eot = vec![7usize, 9, 11, 5, 8, 10];
+    let target = Tensor::randn(0f64, 1.0, (n, clip.embed_dim()), &Device::Cpu).unwrap();
+    let run = |shared_path: bool| {
+        let embeds = Tensor::cat(&[&prefix_var.as_tensor().index_select(&g, 0).unwrap(), suffix_var.as_tensor()], 1).unwrap();
+        let f = if shared_path { clip.encode_text_embeds_shared(&embeds, &eot, shared, &group) } else { clip.encode_text_embeds(&embeds, &eot) }.unwrap();
+        let loss = (&f * &target).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        (f, grads.get(prefix_var.as_tensor()).unwrap().clone(), grads.get(suffix_var.as_tensor()).unwrap().clone())
+    };
+    let (f_full, gp_full, gs_full) = run(false);
+    let (f_shared, gp_shared, gs_shared) = run(true);
+    assert!(rel_err(&f_shared, &f_full) < 1e-10, "features");
+    assert!(rel_err(&gp_shared, &gp_full) < 1e-10, "prefix gradients");
+    assert!(rel_err(&gs_shared, &gs_full) < 1e-10, "suffix gradients");
+}

@@ -130,6 +130,12 @@ impl Clip {
         Ok(self.text_projection.forward(&self.text.forward_embeds(embeds, eot)?)?)
     }
 
+    /// Text features of sequences sharing their first `shared` tokens within groups (see
+    /// `TextTransformer::forward_embeds_shared`); equal to `encode_text_embeds`.
+    pub fn encode_text_embeds_shared(&self, embeds: &Tensor, eot: &[usize], shared: usize, group: &[usize]) -> Result<Tensor> {
+        Ok(self.text_projection.forward(&self.text.forward_embeds_shared(embeds, eot, shared, group)?)?)
+    }
+
     /// Text features (B, E) from token ids (B, T) and EOT positions.
     pub fn encode_text_ids(&self, ids: &Tensor, eot: &[usize]) -> Result<Tensor> {
         self.encode_text_embeds(&self.text.embed_tokens(ids)?, eot)

@@ -166,24 +166,33 @@ impl Attention {
         Self { qkv, out, num_heads, head_dim: hidden / num_heads }
     }
 
-    /// `mask`: optional additive (T, T) mask (the text tower's causal mask).
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
+    /// Queries (pre-scaled), keys and values, each (B, H, T, hd).
+    pub fn qkv_heads(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = x.dims3()?;
         let qkv = self.qkv.forward(x)?.reshape((b, t, 3, self.num_heads, self.head_dim))?;
         // (3, B, H, T, hd)
         let qkv = qkv.permute((2, 0, 3, 1, 4))?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let q = (qkv.get(0)?.contiguous()? * scale)?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
+        Ok(((qkv.get(0)?.contiguous()? * scale)?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?))
+    }
+
+    /// softmax(q k^T + mask) v, heads merged and projected: (B, Tq, d). `mask` is (Tq, Tk).
+    pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, _, tq, _) = q.dims4()?;
         let scores = q.matmul(&k.t()?)?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
         let probs = softmax_last_dim(&scores)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        let ctx = probs.matmul(v)?.transpose(1, 2)?.reshape((b, tq, self.num_heads * self.head_dim))?;
         self.out.forward(&ctx)
+    }
+
+    /// `mask`: optional additive (T, T) mask (the text tower's causal mask).
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (q, k, v) = self.qkv_heads(x)?;
+        self.attend(&q, &k, &v, mask)
     }
 }
 
@@ -220,14 +229,40 @@ impl EncoderLayer {
         let x = (x + self.attn.forward(&self.ln_1.forward(x)?, mask)?)?;
         &x + self.mlp.forward(&self.ln_2.forward(&x)?)?
     }
+
+    /// One block over sequences that share their first tokens. `prefix` (G, Tp, d) holds each
+    /// group's shared tokens, `suffix` (N, Ts, d) the rest of each sequence, `group` (N,) the
+    /// group of each sequence. Prefix tokens attend causally among themselves; suffix tokens
+    /// attend to their group's prefix keys/values and causally within the suffix
+    /// (`suffix_mask`, (Ts, Tp + Ts)). Equal to running the full sequences, with the prefix's
+    /// projections and MLP computed once per group instead of once per sequence.
+    pub fn forward_shared(&self, prefix: &Tensor, suffix: &Tensor, group: &Tensor, prefix_mask: &Tensor, suffix_mask: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (qp, kp, vp) = self.attn.qkv_heads(&self.ln_1.forward(prefix)?)?;
+        let (qs, ks, vs) = self.attn.qkv_heads(&self.ln_1.forward(suffix)?)?;
+        let ap = self.attn.attend(&qp, &kp, &vp, Some(prefix_mask))?;
+        let k_all = Tensor::cat(&[&kp.index_select(group, 0)?, &ks], 2)?;
+        let v_all = Tensor::cat(&[&vp.index_select(group, 0)?, &vs], 2)?;
+        let as_ = self.attn.attend(&qs, &k_all, &v_all, Some(suffix_mask))?;
+        let p = (prefix + ap)?;
+        let s = (suffix + as_)?;
+        let p = (&p + self.mlp.forward(&self.ln_2.forward(&p)?)?)?;
+        let s = (&s + self.mlp.forward(&self.ln_2.forward(&s)?)?)?;
+        Ok((p, s))
+    }
 }
 
 /// Additive causal mask: 0 on and below the diagonal, -inf above.
 pub fn causal_mask(t: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+    offset_causal_mask(t, 0, dtype, device)
+}
+
+/// (T, offset + T) mask for T queries that follow `offset` earlier positions: every earlier
+/// position is visible, and causal order holds among the T.
+pub fn offset_causal_mask(t: usize, offset: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| (0..offset + t).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
-    Tensor::from_vec(mask, (t, t), device)?.to_dtype(dtype)
+    Tensor::from_vec(mask, (t, offset + t), device)?.to_dtype(dtype)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! CLIP's causal text transformer. `forward_embeds` takes token embeddings directly, so prompt
 //! learners can splice learned context vectors between the SOS token and the class name.
 use super::config::ClipTextConfig;
-use super::nn::{causal_mask, Attention, EncoderLayer, LayerNorm, Linear, Mlp};
+use super::nn::{causal_mask, offset_causal_mask, Attention, EncoderLayer, LayerNorm, Linear, Mlp};
 use super::weights::{Tower, Weights};
 use crate::{Error, Result};
 use candle_core::{Module, Tensor};
@@ -96,6 +96,48 @@ impl TextTransformer {
         let idx: Vec<u32> = eot.iter().enumerate().map(|(i, &e)| (i * used + e) as u32).collect();
         let idx = Tensor::from_vec(idx, b, x.device())?;
         let pooled = x.reshape((b * used, d))?.index_select(&idx, 0)?;
+        Ok(self.final_ln.forward(&pooled)?)
+    }
+
+    /// The same result as `forward_embeds`, for sequences whose first `shared` tokens are equal
+    /// within groups: `group[n]` names sequence n's group, and the prefix is read from the first
+    /// sequence of each group. The causal encoder's states over a shared prefix are the same for
+    /// every sequence of the group, so they are computed once per group (CoOp: one group of K
+    /// class prompts; CoCoOp: one group per image). Falls back to `forward_embeds` when an EOT
+    /// lies inside the shared part.
+    pub fn forward_embeds_shared(&self, embeds: &Tensor, eot: &[usize], shared: usize, group: &[usize]) -> Result<Tensor> {
+        let (n, t, d) = embeds.dims3()?;
+        if group.len() != n || eot.len() != n {
+            return Err(Error::InvalidArgument(format!("{} groups and {} EOT positions for {n} sequences", group.len(), eot.len())));
+        }
+        if shared == 0 || eot.iter().any(|&e| e < shared) || shared >= t {
+            return self.forward_embeds(embeds, eot);
+        }
+        let used = eot.iter().max().map(|&m| m + 1).unwrap_or(1).min(t);
+        let groups = group.iter().max().map(|&g| g + 1).unwrap_or(0);
+        let mut first = vec![u32::MAX; groups];
+        for (i, &g) in group.iter().enumerate() {
+            if first[g] == u32::MAX {
+                first[g] = i as u32;
+            }
+        }
+        if first.contains(&u32::MAX) {
+            return Err(Error::InvalidArgument("group indices must cover 0..number of groups".into()));
+        }
+        let dev = embeds.device();
+        let first = Tensor::from_vec(first, groups, dev)?;
+        let group_t = Tensor::from_vec(group.iter().map(|&g| g as u32).collect::<Vec<_>>(), n, dev)?;
+        let ts = used - shared;
+        let pos = &self.position_embedding;
+        let mut p = embeds.narrow(1, 0, shared)?.contiguous()?.index_select(&first, 0)?.broadcast_add(&pos.narrow(0, 0, shared)?)?;
+        let mut s = embeds.narrow(1, shared, ts)?.broadcast_add(&pos.narrow(0, shared, ts)?)?;
+        let prefix_mask = causal_mask(shared, p.dtype(), dev)?;
+        let suffix_mask = offset_causal_mask(ts, shared, s.dtype(), dev)?;
+        for layer in &self.layers {
+            (p, s) = layer.forward_shared(&p, &s, &group_t, &prefix_mask, &suffix_mask)?;
+        }
+        let idx: Vec<u32> = eot.iter().enumerate().map(|(i, &e)| (i * ts + e - shared) as u32).collect();
+        let pooled = s.reshape((n * ts, d))?.index_select(&Tensor::from_vec(idx, n, dev)?, 0)?;
         Ok(self.final_ln.forward(&pooled)?)
     }
 

@@ -131,7 +131,9 @@ impl CocoopLearner {
             .collect::<Result<Vec<_>>>()?;
         let prompts = Tensor::cat(&prompts, 0)?;
         let eot: Vec<usize> = (0..b).flat_map(|_| buffers.eot.iter().copied()).collect();
-        let text = l2_normalize(&clip.encode_text_embeds(&prompts, &eot)?)?;
+        // Each image's K prompts share SOS and its shifted context: one group per image.
+        let group: Vec<usize> = (0..b).flat_map(|i| std::iter::repeat(i).take(k)).collect();
+        let text = l2_normalize(&clip.encode_text_embeds_shared(&prompts, &eot, self.prompt.shared_len(), &group)?)?;
         Ok(text.reshape((b, k, ()))?)
     }
 

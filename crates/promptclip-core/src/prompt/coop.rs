@@ -181,10 +181,29 @@ impl PromptLearner {
         Ok(prompts)
     }
 
+    /// Leading tokens that are the same in every class prompt: SOS plus the context before the
+    /// class name when the context is unified (end: all M, middle: M/2); only SOS otherwise.
+    pub fn shared_len(&self) -> usize {
+        if self.config.class_specific {
+            return 1;
+        }
+        1 + match self.config.position {
+            ClassTokenPosition::End => self.n_ctx(),
+            ClassTokenPosition::Middle => self.n_ctx() / 2,
+            ClassTokenPosition::Front => 0,
+        }
+    }
+
+    /// Text features of assembled prompts (K, L, d) for `buffers`; the shared leading tokens are
+    /// encoded once for all classes.
+    pub fn encode_prompts(&self, clip: &Clip, prompts: &Tensor, buffers: &ClassBuffers) -> Result<Tensor> {
+        clip.encode_text_embeds_shared(prompts, &buffers.eot, self.shared_len(), &vec![0; buffers.eot.len()])
+    }
+
     /// Text features (K, E) of the learned prompts for a class list (differentiable in ctx).
     pub fn text_features(&self, clip: &Clip, buffers: &ClassBuffers) -> Result<Tensor> {
         let prompts = self.assemble(self.ctx.as_tensor(), buffers)?;
-        clip.encode_text_embeds(&prompts, &buffers.eot)
+        self.encode_prompts(clip, &prompts, buffers)
     }
 
     /// Logits (B, K) = exp(logit_scale) * cos(image, class prompt).
@@ -250,7 +269,7 @@ pub fn build_buffers(clip: &Clip, names: &[String], n_ctx: usize, prompt_prefix:
 pub fn class_embeddings(learner: &PromptLearner, clip: &Clip, buffers: &ClassBuffers) -> Result<Tensor> {
     let ctx = learner.ctx.as_tensor().detach();
     let prompts = learner.assemble(&ctx, buffers)?;
-    l2_normalize(&clip.encode_text_embeds(&prompts, &buffers.eot)?)
+    l2_normalize(&learner.encode_prompts(clip, &prompts, buffers)?)
 }
 
 impl crate::train::PromptModel for PromptLearner {
