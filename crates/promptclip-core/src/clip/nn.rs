@@ -71,8 +71,10 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // Flatten leading dims into one matmul instead of broadcasting W over the batch: this is
         // faster and keeps the backward pass from materialising a batched weight gradient.
-        let dims = x.dims().to_vec();
-        let in_dim = *dims.last().expect("linear input has at least one dim");
+        let mut dims = x.dims().to_vec();
+        let Some(&in_dim) = dims.last() else {
+            return Err(candle_core::Error::Msg("linear layer applied to a 0-d tensor".into()));
+        };
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_dim))?;
         let y = if x2.track_op() && !self.weight_t.track_op() {
@@ -84,9 +86,9 @@ impl Module for Linear {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
-        let mut out_dims = dims;
-        *out_dims.last_mut().unwrap() = self.weight_t.dim(1)?;
-        y.reshape(out_dims)
+        let last = dims.len() - 1;
+        dims[last] = self.weight_t.dim(1)?;
+        y.reshape(dims)
     }
 }
 
