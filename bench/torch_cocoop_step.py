@@ -9,25 +9,16 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizerFast
 
 sys.path.insert(0, os.path.dirname(__file__))
-from torch_coop_step import class_names  # noqa: E402
+from torch_coop_step import class_names, frozen_vit_b16  # noqa: E402
 
 
 def main():
     tok_dir, batch = sys.argv[1], int(sys.argv[2])
     k, m = 50, 4
     torch.set_num_threads(os.cpu_count())
-    cfg = CLIPConfig(
-        text_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8, hidden_act="quick_gelu", eos_token_id=49407),
-        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224, patch_size=16, hidden_act="quick_gelu"),
-        projection_dim=512,
-    )
-    model = CLIPModel(cfg).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    tok = CLIPTokenizerFast.from_pretrained(tok_dir)
+    model, tok = frozen_vit_b16(tok_dir)
     ids = tok([f"a photo of a {n}." for n in class_names(k)], padding="max_length", max_length=77, truncation=True, return_tensors="pt")["input_ids"]
     eot = (ids == 49407).int().argmax(-1)
     with torch.no_grad():

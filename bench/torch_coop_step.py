@@ -15,11 +15,8 @@ def class_names(k):
     return [f"{adj[i % 10]} {noun[(i // 10) % 10]}" for i in range(k)]
 
 
-def main():
-    tok_dir = sys.argv[1]
-    k, batch, m = 100, 32, 16
-    threads = os.cpu_count()
-    torch.set_num_threads(threads)
+def frozen_vit_b16(tok_dir):
+    """A randomly initialised ViT-B/16 CLIP with every weight frozen, and CLIP's tokenizer."""
     cfg = CLIPConfig(
         text_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8, hidden_act="quick_gelu", eos_token_id=49407),
         vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224, patch_size=16, hidden_act="quick_gelu"),
@@ -28,7 +25,15 @@ def main():
     model = CLIPModel(cfg).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    tok = CLIPTokenizerFast.from_pretrained(tok_dir)
+    return model, CLIPTokenizerFast.from_pretrained(tok_dir)
+
+
+def main():
+    tok_dir = sys.argv[1]
+    k, batch, m = 100, 32, 16
+    threads = os.cpu_count()
+    torch.set_num_threads(threads)
+    model, tok = frozen_vit_b16(tok_dir)
     texts = [" ".join(["X"] * m) + " " + n + "." for n in class_names(k)]
     ids = tok(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")["input_ids"]
     eot = (ids == 49407).int().argmax(-1)
