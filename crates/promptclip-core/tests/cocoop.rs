@@ -169,3 +169,26 @@ fn save_and_load_round_trip() {
     let err = promptclip_core::prompt::io::load_prompt(&path, &clip).unwrap_err();
     assert!(err.to_string().contains("CoCoOp"), "{err}");
 }
+
+#[test]
+fn resume_restores_meta_net_and_momentum() {
+    let clip = hf_clip();
+    let (names, data) = colours(2, 9, 0..3);
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("cocoop.ckpt");
+    let new = || CocoopLearner::new(&clip, &names, CocoopConfig { ratio: 4, ..CocoopConfig::default() }).unwrap();
+    let config = TrainConfig { epochs: 3, batch_size: 3, augment: true, sgd: SgdConfig { lr: 0.05, ..SgdConfig::default() }, seed: 4, checkpoint_path: Some(ck.clone()), ..TrainConfig::default() };
+    let full = new();
+    fit(&clip, &full, &data, &TrainConfig { checkpoint_path: None, ..config.clone() }, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    let cancel = AtomicBool::new(false);
+    let interrupted = new();
+    let err = fit(&clip, &interrupted, &data, &config, &mut |p| if p.epoch == 1 { cancel.store(true, std::sync::atomic::Ordering::Relaxed) }, &cancel).unwrap_err();
+    assert_eq!(err.code(), "E_CANCELLED");
+    let resumed = new();
+    let s = fit(&clip, &resumed, &data, &TrainConfig { resume_from: Some(ck), ..config }, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    assert_eq!(s.start_epoch, 1);
+    for ((name, a), (_, b)) in full.vars().iter().zip(resumed.vars().iter()) {
+        let (a, b) = (a.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs after resume");
+    }
+}
