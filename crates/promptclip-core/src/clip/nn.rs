@@ -30,6 +30,13 @@ impl Linear {
 /// costs as much as the forward matmul. This op's backward returns the input gradient only.
 struct FrozenWeightMatmul;
 
+/// (m, k) x (k, n) on any backend's storage.
+fn matmul_2d<S: candle_core::backend::BackendStorage>(s1: &S, l1: &candle_core::Layout, s2: &S, l2: &candle_core::Layout) -> Result<(S, candle_core::Shape)> {
+    let (m, k) = l1.shape().dims2()?;
+    let n = l2.shape().dims2()?.1;
+    Ok((s1.matmul(s2, (1, m, n, k), l1, l2)?, (m, n).into()))
+}
+
 impl candle_core::CustomOp2 for FrozenWeightMatmul {
     fn name(&self) -> &'static str {
         "frozen-weight-matmul"
@@ -42,10 +49,7 @@ impl candle_core::CustomOp2 for FrozenWeightMatmul {
         s2: &candle_core::CpuStorage,
         l2: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
-        let (m, k) = l1.shape().dims2()?;
-        let n = l2.shape().dims2()?.1;
-        Ok((s1.matmul(s2, (1, m, n, k), l1, l2)?, (m, n).into()))
+        matmul_2d(s1, l1, s2, l2)
     }
 
     #[cfg(feature = "cuda")]
@@ -56,10 +60,7 @@ impl candle_core::CustomOp2 for FrozenWeightMatmul {
         s2: &candle_core::CudaStorage,
         l2: &candle_core::Layout,
     ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
-        let (m, k) = l1.shape().dims2()?;
-        let n = l2.shape().dims2()?.1;
-        Ok((s1.matmul(s2, (1, m, n, k), l1, l2)?, (m, n).into()))
+        matmul_2d(s1, l1, s2, l2)
     }
 
     fn bwd(&self, _x: &Tensor, w_t: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
