@@ -2,9 +2,8 @@
 //! transformers' text model), the batched path against the per-image loop, chunking against no
 //! chunking, the Meta-Net's initialisation, training on base classes and use on new ones.
 mod common;
-use candle_core::{Device, Tensor};
-use common::{fixtures, rel_err};
-use promptclip_core::preprocess::ImageSource;
+use candle_core::Tensor;
+use common::{colours, dev, fixtures, rel_err};
 use promptclip_core::prompt::io::{load_learner, save_learner};
 use promptclip_core::prompt::{CocoopConfig, CocoopLearner, CoopConfig, Learner, MetaNet, PromptLearner};
 use promptclip_core::train::optim::SgdConfig;
@@ -12,14 +11,13 @@ use promptclip_core::train::{fit, LabelledImages, PromptModel, TrainConfig};
 use promptclip_core::Clip;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 fn hf_clip() -> Clip {
-    Clip::load(&fixtures().join("tiny-clip-hf"), &Device::Cpu).unwrap()
+    Clip::load(&fixtures().join("tiny-clip-hf"), &dev()).unwrap()
 }
 
 fn fixture(case: &str) -> (HashMap<String, Tensor>, HashMap<String, String>) {
-    promptclip_core::files::read_safetensors(&fixtures().join(format!("cocoop/{case}.safetensors")), &Device::Cpu).unwrap()
+    promptclip_core::files::read_safetensors(&fixtures().join(format!("cocoop/{case}.safetensors")), &dev()).unwrap()
 }
 
 fn learner_for(clip: &Clip, t: &HashMap<String, Tensor>, md: &HashMap<String, String>, budget: usize) -> CocoopLearner {
@@ -86,7 +84,7 @@ fn batched_equals_per_image_loop_and_chunking_changes_nothing() {
 #[test]
 fn meta_net_is_initialised_like_pytorch_and_sized_like_the_paper() {
     // ViT-B/16: vis_dim 512 -> 32 -> ctx_dim 512, plus M = 4 context vectors: 35,360 parameters.
-    let m = MetaNet::new(512, 512 / 16, 512, 7, &Device::Cpu).unwrap();
+    let m = MetaNet::new(512, 512 / 16, 512, 7, &dev()).unwrap();
     let count: usize = m.named().iter().map(|(_, v)| v.elem_count()).sum::<usize>() + 4 * 512;
     assert_eq!(count, 35_360);
     let max = |v: &candle_core::Var| v.as_tensor().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -94,26 +92,8 @@ fn meta_net_is_initialised_like_pytorch_and_sized_like_the_paper() {
     let b2 = 1.0 / 32f32.sqrt();
     assert!(max(&m.linear1_weight) <= b1 && max(&m.linear1_weight) > 0.95 * b1);
     assert!(max(&m.linear1_bias) <= b1 && max(&m.linear2_weight) <= b2 && max(&m.linear2_bias) <= b2);
-    let again = MetaNet::new(512, 32, 512, 7, &Device::Cpu).unwrap();
+    let again = MetaNet::new(512, 32, 512, 7, &dev()).unwrap();
     assert_eq!(rel_err(again.linear2_weight.as_tensor(), m.linear2_weight.as_tensor()), 0.0);
-}
-
-/// Six colour classes of small synthetic photos; the first three are "base", the rest "new".
-fn colours(per_class: usize, seed: u64, classes: std::ops::Range<usize>) -> (Vec<String>, LabelledImages) {
-    let names = ["red", "green", "blue", "yellow", "purple", "orange"];
-    let rgb = [[220u8, 40, 40], [40, 200, 60], [40, 70, 220], [230, 220, 40], [150, 40, 200], [250, 140, 20]];
-    let mut rng = promptclip_core::rng::Rng::new(seed);
-    let (mut sources, mut labels) = (vec![], vec![]);
-    for i in 0..per_class {
-        for (j, c) in classes.clone().enumerate() {
-            let img = image::RgbImage::from_fn(40, 40, |x, y| image::Rgb(rgb[c].map(|v| (v as i32 + ((x + y) % 16) as i32 - 8 + rng.below(30) as i32 - 15).clamp(0, 255) as u8)));
-            let mut png = Vec::new();
-            img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
-            sources.push(ImageSource::Bytes { name: format!("{}-{i}.png", names[c]), data: Arc::from(png) });
-            labels.push(j);
-        }
-    }
-    (classes.map(|c| names[c].to_string()).collect(), LabelledImages { sources, labels })
 }
 
 #[test]
