@@ -6,6 +6,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod files;
+pub mod kernels;
 pub mod preprocess;
 pub mod prompt;
 pub mod rng;
@@ -17,5 +18,8 @@ pub use clip::Clip;
 /// candle's tensor types, re-exported so dependants need no direct candle dependency.
 pub mod tensor {
     pub use candle_core::{DType, Device, Tensor};
+    /// The CUDA driver API (for the benchmark's profiler brackets and memory queries).
+    #[cfg(feature = "cuda")]
+    pub use candle_core::cuda_backend::cudarc::driver::sys as cuda_sys;
 }
 pub use error::{Error, Result};

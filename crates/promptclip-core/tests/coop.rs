@@ -2,8 +2,8 @@
 //! through transformers' text model), finite differences, the recipe's schedule and optimiser,
 //! determinism, checkpoint resume, save/load, interpretation, and learning on real data.
 mod common;
-use candle_core::{DType, Device, Tensor, Var};
-use common::{fixtures, rel_err};
+use candle_core::{DType, Tensor, Var};
+use common::{dev, fixtures, rel_err};
 use promptclip_core::clip::l2_normalize;
 use promptclip_core::preprocess::ImageSource;
 use promptclip_core::prompt::coop::{ClassTokenPosition, ContextInit, CoopConfig, PromptLearner};
@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 fn hf_clip() -> Clip {
-    Clip::load(&fixtures().join("tiny-clip-hf"), &Device::Cpu).unwrap()
+    Clip::load(&fixtures().join("tiny-clip-hf"), &dev()).unwrap()
 }
 
 fn class_names(md: &HashMap<String, String>) -> Vec<String> {
@@ -25,7 +25,7 @@ fn class_names(md: &HashMap<String, String>) -> Vec<String> {
 }
 
 fn learner_for_case(clip: &Clip, case: &str) -> (PromptLearner, HashMap<String, Tensor>) {
-    let (t, md) = promptclip_core::files::read_safetensors(&fixtures().join(format!("coop/{case}.safetensors")), &Device::Cpu).unwrap();
+    let (t, md) = promptclip_core::files::read_safetensors(&fixtures().join(format!("coop/{case}.safetensors")), &dev()).unwrap();
     let init = if md["init"] == "random" { ContextInit::Random { std: 0.02, seed: 0 } } else { ContextInit::Words(md["init"].clone()) };
     let config = CoopConfig {
         n_ctx: md["n_ctx"].parse().unwrap(),
@@ -72,14 +72,14 @@ fn prompts_logits_and_gradients_match_pytorch() {
 
 #[test]
 fn gradient_matches_finite_differences_through_the_whole_pipeline() {
-    let clip = Clip::load_with_dtype(&fixtures().join("tiny-clip-openai.safetensors"), &Device::Cpu, DType::F64).unwrap();
+    let clip = Clip::load_with_dtype(&fixtures().join("tiny-clip-openai.safetensors"), &dev(), DType::F64).unwrap();
     let names: Vec<String> = ["dog", "paper crane", "x"].map(String::from).to_vec();
     let config = CoopConfig { n_ctx: 3, class_specific: true, position: ClassTokenPosition::Middle, init: ContextInit::Random { std: 0.5, seed: 3 } };
     let learner = PromptLearner::new(&clip, &names, config).unwrap();
     let ctx64 = learner.ctx.as_tensor().to_dtype(DType::F64).unwrap();
     let ctx = Var::from_tensor(&ctx64).unwrap();
-    let feats = Tensor::randn(0f64, 1.0, (4, clip.embed_dim()), &Device::Cpu).unwrap();
-    let labels = Tensor::new(&[0u32, 1, 2, 1], &Device::Cpu).unwrap();
+    let feats = Tensor::randn(0f64, 1.0, (4, clip.embed_dim()), &dev()).unwrap();
+    let labels = Tensor::new(&[0u32, 1, 2, 1], &dev()).unwrap();
     let loss_of = |c: &Tensor| -> f64 {
         let prompts = learner.assemble(c, &learner.buffers).unwrap();
         let text = clip.encode_text_embeds(&prompts, &learner.buffers.eot).unwrap();
@@ -96,8 +96,33 @@ fn gradient_matches_finite_differences_through_the_whole_pipeline() {
         let (mut p, mut q) = (base.clone(), base.clone());
         p[k][m][d] += h;
         q[k][m][d] -= h;
-        let fd = (loss_of(&Tensor::new(p, &Device::Cpu).unwrap()) - loss_of(&Tensor::new(q, &Device::Cpu).unwrap())) / (2.0 * h);
+        let fd = (loss_of(&Tensor::new(p, &dev()).unwrap()) - loss_of(&Tensor::new(q, &dev()).unwrap())) / (2.0 * h);
         assert!((fd - g[k][m][d]).abs() < 1e-6 + 1e-5 * fd.abs(), "({k},{m},{d}): analytic {} fd {fd}", g[k][m][d]);
+    }
+}
+
+#[test]
+fn loss_and_grads_equal_autograd_for_every_variant() {
+    // The trainer's path (the text encoder's own backward pass) against candle's autograd through
+    // the same prompts, in f64.
+    let clip = Clip::load_with_dtype(&fixtures().join("tiny-clip-openai.safetensors"), &dev(), DType::F64).unwrap();
+    let names: Vec<String> = ["dog", "paper crane", "x", "golden retriever"].map(String::from).to_vec();
+    let feats = Tensor::randn(0f64, 1.0, (5, clip.embed_dim()), &dev()).unwrap();
+    let labels = Tensor::new(&[0u32, 1, 2, 3, 1], &dev()).unwrap();
+    for (class_specific, position) in [(false, ClassTokenPosition::End), (false, ClassTokenPosition::Middle), (false, ClassTokenPosition::Front), (true, ClassTokenPosition::Middle)] {
+        let config = CoopConfig { n_ctx: 3, class_specific, position, init: ContextInit::Random { std: 0.5, seed: 3 } };
+        let learner = PromptLearner::new(&clip, &names, config).unwrap();
+        learner.ctx.set(&learner.ctx.as_tensor().to_dtype(DType::F64).unwrap()).ok();
+        let ctx = candle_core::Var::from_tensor(&learner.ctx.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
+        let learner = PromptLearner::from_parts(&clip, &names, learner.config.clone(), ctx.as_tensor().clone(), learner.prompt_prefix().to_string()).unwrap();
+        let logits = PromptModel::logits(&learner, &clip, &feats).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+        let g_ref = loss.backward().unwrap().get(learner.ctx.as_tensor()).unwrap().clone();
+        let (l, logits2, grads) = learner.loss_and_grads(&clip, &feats, &labels).unwrap();
+        let e_loss = (l as f64 - loss.to_scalar::<f64>().unwrap()).abs();
+        let (e_logits, e_grad) = (rel_err(&logits2, &logits), rel_err(&grads[0], &g_ref));
+        println!("csc {class_specific} {position:?}: loss {e_loss:.1e} logits {e_logits:.1e} grad {e_grad:.1e}");
+        assert!(e_loss < 1e-6 && e_logits < 1e-10 && e_grad < 1e-10, "{class_specific} {position:?}");
     }
 }
 
@@ -113,11 +138,11 @@ fn schedule_and_sgd_follow_the_official_recipe() {
     // SGD against a torch.optim.SGD trace.
     let trace: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("coop/sgd.json")).unwrap()).unwrap();
     let v = |x: &serde_json::Value| -> Vec<f32> { serde_json::from_value(x.clone()).unwrap() };
-    let p = Var::from_vec(v(&trace["initial_param"]), 3, &Device::Cpu).unwrap();
+    let p = Var::from_vec(v(&trace["initial_param"]), 3, &dev()).unwrap();
     let mut sgd = Sgd::new(SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 5e-4, dampening: 0.0, nesterov: false }, 1);
     for (i, g) in trace["grads"].as_array().unwrap().iter().enumerate() {
-        sgd.step(&[p.clone()], &[Tensor::new(v(g).as_slice(), &Device::Cpu).unwrap()], 0.1).unwrap();
-        let expected = Tensor::new(v(&trace["params"][i]).as_slice(), &Device::Cpu).unwrap();
+        sgd.step(&[p.clone()], &[Tensor::new(v(g).as_slice(), &dev()).unwrap()], 0.1).unwrap();
+        let expected = Tensor::new(v(&trace["params"][i]).as_slice(), &dev()).unwrap();
         assert!(rel_err(p.as_tensor(), &expected) < 1e-6, "step {i}");
     }
 }
@@ -218,7 +243,7 @@ fn save_load_and_apply_to_new_classes() {
     let err = csc.buffers_for(&clip, &new_names).unwrap_err();
     assert!(err.to_string().contains("class-specific"), "{err}");
     // Another CLIP width, or a file that is not a prompt, is refused with a clear message.
-    let other = Clip::load(&fixtures().join("tiny-clip-openai.safetensors"), &Device::Cpu).unwrap();
+    let other = Clip::load(&fixtures().join("tiny-clip-openai.safetensors"), &dev()).unwrap();
     let err = load_prompt(&path, &other).unwrap_err();
     assert!(err.to_string().contains("text width 32"), "{err}");
     let err = load_prompt(&fixtures().join("reference-hf.safetensors"), &clip).unwrap_err();
@@ -298,14 +323,14 @@ fn half_precision_runs_close_to_fp32() {
     let (_, data) = colour_dataset(1, 8);
     let feats32 = promptclip_core::train::trainer::encode_all(&f32_clip, &data.sources).unwrap();
     for dtype in [DType::BF16, DType::F16] {
-        let clip = Clip::load_with_dtype(&fixtures().join("tiny-clip-hf"), &Device::Cpu, dtype).unwrap();
+        let clip = Clip::load_with_dtype(&fixtures().join("tiny-clip-hf"), &dev(), dtype).unwrap();
         let feats = promptclip_core::train::trainer::encode_all(&clip, &data.sources).unwrap();
         assert_eq!(feats.dtype(), dtype);
         let err = rel_err(&feats, &feats32);
         assert!(err < 0.05, "{dtype:?} image features rel err {err}");
         // A training step runs and the context (kept in f32) receives a gradient.
         let l = PromptLearner::new(&clip, &names, CoopConfig { n_ctx: 2, ..CoopConfig::default() }).unwrap();
-        let labels = Tensor::new(&[0u32, 1, 2, 0], &Device::Cpu).unwrap();
+        let labels = Tensor::new(&[0u32, 1, 2, 0], &dev()).unwrap();
         let logits = PromptModel::logits(&l, &clip, &feats).unwrap();
         let loss = promptclip_core::train::trainer::cross_entropy(&logits, &labels).unwrap();
         let g = loss.backward().unwrap().get(l.ctx.as_tensor()).cloned().expect("gradient in half precision");

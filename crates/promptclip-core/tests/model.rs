@@ -1,8 +1,8 @@
 //! CLIP in candle against Hugging Face transformers on the same weights (fixtures written by
 //! scripts/make_clip_fixtures.py), plus properties of the differentiable text path.
 mod common;
-use candle_core::{DType, Device, Tensor, Var};
-use common::{fixtures, load_reference, rel_err};
+use candle_core::{DType, Tensor, Var};
+use common::{dev, fixtures, load_reference, rel_err};
 use promptclip_core::clip::random::{write_random_openai_clip, RandomClipSpec};
 use promptclip_core::{Clip, Error};
 
@@ -10,8 +10,10 @@ fn eot_of(r: &std::collections::HashMap<String, Tensor>) -> Vec<usize> {
     r["eot_index"].to_dtype(DType::I64).unwrap().to_vec1::<i64>().unwrap().into_iter().map(|x| x as usize).collect()
 }
 
-fn check_against_reference(model_path: &std::path::Path, reference: &str) {
-    let clip = Clip::load(model_path, &Device::Cpu).unwrap();
+/// Relative errors of (image embeddings, pooled text, text embeddings, logits) against the
+/// transformers reference, with the model loaded in `dtype` on the test device.
+fn errors_against_reference(model_path: &std::path::Path, reference: &str, dtype: DType) -> [f32; 4] {
+    let clip = Clip::load_with_dtype(model_path, &dev(), dtype).unwrap();
     let r = load_reference(reference);
     let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
     let eot = eot_of(&r);
@@ -20,21 +22,39 @@ fn check_against_reference(model_path: &std::path::Path, reference: &str) {
         let id = ids.get(row).unwrap().get(e).unwrap().to_scalar::<u32>().unwrap();
         assert_eq!(id, clip.tokenizer.eot);
     }
-    let img = clip.encode_image(&r["pixel_values"]).unwrap();
+    let img = clip.encode_image(&r["pixel_values"].to_dtype(dtype).unwrap()).unwrap();
     let pooled = clip.text.forward_ids(&ids, &eot).unwrap();
     let txt = clip.encode_text_ids(&ids, &eot).unwrap();
     let logits = clip.logits(&img, &txt).unwrap();
-    let (e_img, e_pool, e_txt, e_log) = (
+    let errs = [
         rel_err(&img, &r["image_embeds"]),
         rel_err(&pooled, &r["text_pooled"]),
         rel_err(&txt, &r["text_embeds"]),
         rel_err(&logits, &r["logits_per_image"]),
-    );
-    println!("{reference}: rel err image {e_img:.2e} text-pooled {e_pool:.2e} text {e_txt:.2e} logits {e_log:.2e}");
+    ];
+    println!("{reference} {dtype:?} on {:?}: rel err image {:.2e} text-pooled {:.2e} text {:.2e} logits {:.2e}", dev().location(), errs[0], errs[1], errs[2], errs[3]);
+    errs
+}
+
+fn check_against_reference(model_path: &std::path::Path, reference: &str) {
+    let [e_img, e_pool, e_txt, e_log] = errors_against_reference(model_path, reference, DType::F32);
     assert!(e_img < 1e-4, "image embeddings rel err {e_img}");
     assert!(e_pool < 1e-4, "pooled text rel err {e_pool}");
     assert!(e_txt < 1e-4, "text embeddings rel err {e_txt}");
     assert!(e_log < 1e-4, "logits rel err {e_log}");
+}
+
+#[test]
+fn half_precision_stays_within_the_stated_tolerance_of_transformers() {
+    // The README states these bounds: fp16 within 1e-2 and bf16 within 5e-2 of transformers' fp32
+    // outputs (relative to the largest value). Measured: see the printed errors; fp16 keeps ~3
+    // significant digits, bf16 ~2.
+    for (dtype, tol) in [(DType::F16, 1e-2), (DType::BF16, 5e-2)] {
+        for (model, reference) in [(fixtures().join("tiny-clip-hf"), "reference-hf.safetensors"), (fixtures().join("tiny-clip-openai.safetensors"), "reference-openai.safetensors")] {
+            let errs = errors_against_reference(&model, reference, dtype);
+            assert!(errs.iter().all(|&e| e < tol), "{reference} {dtype:?}: {errs:?} over {tol}");
+        }
+    }
 }
 
 #[test]
@@ -49,9 +69,9 @@ fn openai_named_file_matches_transformers() {
 
 #[test]
 fn activation_comes_from_config() {
-    let hf = Clip::load(&fixtures().join("tiny-clip-hf"), &Device::Cpu).unwrap();
+    let hf = Clip::load(&fixtures().join("tiny-clip-hf"), &dev()).unwrap();
     assert_eq!(hf.config.text_config.hidden_act, "gelu");
-    let oa = Clip::load(&fixtures().join("tiny-clip-openai.safetensors"), &Device::Cpu).unwrap();
+    let oa = Clip::load(&fixtures().join("tiny-clip-openai.safetensors"), &dev()).unwrap();
     assert_eq!(oa.config.text_config.hidden_act, "quick_gelu");
     assert_eq!(oa.config.text_config.num_attention_heads, 1);
     assert_eq!(oa.config.vision_config.num_attention_heads, 2);
@@ -61,19 +81,19 @@ fn activation_comes_from_config() {
 
 #[test]
 fn text_encoder_accepts_embeddings_and_ignores_tokens_after_eot() {
-    let clip = Clip::load(&fixtures().join("tiny-clip-hf"), &Device::Cpu).unwrap();
+    let clip = Clip::load(&fixtures().join("tiny-clip-hf"), &dev()).unwrap();
     let batch = clip.tokenizer.encode_batch(&["a photo of a dog.", "x"]).unwrap();
-    let ids = batch.ids_tensor(&Device::Cpu).unwrap();
+    let ids = batch.ids_tensor(&dev()).unwrap();
     let from_ids = clip.encode_text_ids(&ids, &batch.eot).unwrap();
     let embeds = clip.text.embed_tokens(&ids).unwrap();
     let from_embeds = clip.encode_text_embeds(&embeds, &batch.eot).unwrap();
     assert_eq!(rel_err(&from_embeds, &from_ids), 0.0);
     // Replace everything after each EOT with noise: a causal encoder read at EOT must not care.
     let (b, t, d) = embeds.dims3().unwrap();
-    let noise = Tensor::randn(0f32, 5.0, (b, t, d), &Device::Cpu).unwrap();
+    let noise = Tensor::randn(0f32, 5.0, (b, t, d), &dev()).unwrap();
     let eot = batch.eot.clone();
     let keep: Vec<f32> = (0..b).flat_map(|i| { let e = eot[i]; (0..t).map(move |j| (j <= e) as u8 as f32) }).collect();
-    let keep = Tensor::from_vec(keep, (b, t, 1), &Device::Cpu).unwrap();
+    let keep = Tensor::from_vec(keep, (b, t, 1), &dev()).unwrap();
     let noisy = (embeds.broadcast_mul(&keep).unwrap() + noise.broadcast_mul(&(1.0 - &keep).unwrap()).unwrap()).unwrap();
     let from_noisy = clip.encode_text_embeds(&noisy, &batch.eot).unwrap();
     assert!(rel_err(&from_noisy, &from_ids) < 1e-6);
@@ -82,12 +102,12 @@ fn text_encoder_accepts_embeddings_and_ignores_tokens_after_eot() {
 #[test]
 fn gradient_reaches_input_embeddings_and_matches_finite_differences() {
     // f64 so that central differences are accurate to ~1e-8.
-    let clip = Clip::load_with_dtype(&fixtures().join("tiny-clip-openai.safetensors"), &Device::Cpu, DType::F64).unwrap();
+    let clip = Clip::load_with_dtype(&fixtures().join("tiny-clip-openai.safetensors"), &dev(), DType::F64).unwrap();
     let batch = clip.tokenizer.encode_batch(&["a photo of a dog.", "an origami crane"]).unwrap();
-    let ids = batch.ids_tensor(&Device::Cpu).unwrap();
+    let ids = batch.ids_tensor(&dev()).unwrap();
     let embeds = clip.text.embed_tokens(&ids).unwrap();
     let var = Var::from_tensor(&embeds).unwrap();
-    let target = Tensor::randn(0f64, 1.0, (2, clip.embed_dim()), &Device::Cpu).unwrap();
+    let target = Tensor::randn(0f64, 1.0, (2, clip.embed_dim()), &dev()).unwrap();
     let loss_of = |x: &Tensor| -> Tensor {
         let f = clip.encode_text_embeds(x, &batch.eot).unwrap();
         let f = promptclip_core::clip::l2_normalize(&f).unwrap();
@@ -110,8 +130,8 @@ fn gradient_reaches_input_embeddings_and_matches_finite_differences() {
         plus[b][t][d] += h;
         let mut minus = base.clone();
         minus[b][t][d] -= h;
-        let lp = loss_of(&Tensor::new(plus, &Device::Cpu).unwrap()).to_scalar::<f64>().unwrap();
-        let lm = loss_of(&Tensor::new(minus, &Device::Cpu).unwrap()).to_scalar::<f64>().unwrap();
+        let lp = loss_of(&Tensor::new(plus, &dev()).unwrap()).to_scalar::<f64>().unwrap();
+        let lm = loss_of(&Tensor::new(minus, &dev()).unwrap()).to_scalar::<f64>().unwrap();
         let fd = (lp - lm) / (2.0 * h);
         let an = gv[b][t][d];
         assert!((fd - an).abs() <= 1e-6 + 1e-4 * an.abs(), "({b},{t},{d}): analytic {an} finite-diff {fd}");
@@ -125,12 +145,12 @@ fn real_clip_shapes_load_from_weights() {
         let spec = RandomClipSpec::by_name(name).unwrap();
         let path = dir.path().join(format!("{}.safetensors", name.replace('/', "-")));
         write_random_openai_clip(&path, &spec, DType::F16, 1).unwrap();
-        let clip = Clip::load(&path, &Device::Cpu).unwrap();
+        let clip = Clip::load(&path, &dev()).unwrap();
         let (t, v) = (&clip.config.text_config, &clip.config.vision_config);
         assert_eq!((t.hidden_size, t.num_hidden_layers, t.num_attention_heads), (spec.text_width, spec.text_layers, heads_t), "{name}");
         assert_eq!((v.hidden_size, v.num_hidden_layers, v.num_attention_heads), (spec.vision_width, spec.vision_layers, heads_v), "{name}");
         assert_eq!((v.patch_size, v.image_size / v.patch_size, clip.config.projection_dim), (spec.patch_size, grid, spec.embed_dim), "{name}");
-        let px = Tensor::zeros((1, 3, 224, 224), DType::F32, &Device::Cpu).unwrap();
+        let px = Tensor::zeros((1, 3, 224, 224), DType::F32, &dev()).unwrap();
         assert_eq!(clip.encode_image(&px).unwrap().dims(), &[1, spec.embed_dim]);
         std::fs::remove_file(&path).unwrap();
     }
@@ -149,11 +169,11 @@ fn copy_hf_fixture() -> tempfile::TempDir {
 
 #[test]
 fn missing_files_are_named() {
-    let err = Clip::load(&fixtures().join("no-such-model"), &Device::Cpu).unwrap_err();
+    let err = Clip::load(&fixtures().join("no-such-model"), &dev()).unwrap_err();
     assert!(matches!(err, Error::FileNotFound(ref p) if p.ends_with("no-such-model")), "{err}");
     let dir = copy_hf_fixture();
     std::fs::remove_file(dir.path().join("config.json")).unwrap();
-    let err = Clip::load(dir.path(), &Device::Cpu).unwrap_err();
+    let err = Clip::load(dir.path(), &dev()).unwrap_err();
     assert_eq!(err.code(), "E_FILE_NOT_FOUND");
     assert!(err.to_string().contains("config.json"), "{err}");
 }
@@ -162,10 +182,10 @@ fn missing_files_are_named() {
 fn missing_tensor_is_named() {
     let dir = copy_hf_fixture();
     let st = dir.path().join("model.safetensors");
-    let mut tensors = candle_core::safetensors::load(&st, &Device::Cpu).unwrap();
+    let mut tensors = candle_core::safetensors::load(&st, &dev()).unwrap();
     tensors.remove("text_model.encoder.layers.1.mlp.fc2.bias").unwrap();
     candle_core::safetensors::save(&tensors, &st).unwrap();
-    let err = Clip::load(dir.path(), &Device::Cpu).unwrap_err();
+    let err = Clip::load(dir.path(), &dev()).unwrap_err();
     assert_eq!(err.code(), "E_MISSING_TENSOR");
     assert!(err.to_string().contains("text_model.encoder.layers.1.mlp.fc2.bias"), "{err}");
 }
@@ -177,7 +197,7 @@ fn shape_that_does_not_match_config_is_named() {
     let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["text_config"]["intermediate_size"] = serde_json::json!(96);
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let err = Clip::load(dir.path(), &Device::Cpu).unwrap_err();
+    let err = Clip::load(dir.path(), &dev()).unwrap_err();
     assert_eq!(err.code(), "E_SHAPE_MISMATCH");
     let msg = err.to_string();
     assert!(msg.contains("text_model.encoder.layers.0.mlp.fc1.weight") && msg.contains("96"), "{msg}");
@@ -190,23 +210,23 @@ fn unsupported_architectures_are_refused() {
     let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["model_type"] = serde_json::json!("siglip");
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let err = Clip::load(dir.path(), &Device::Cpu).unwrap_err();
+    let err = Clip::load(dir.path(), &dev()).unwrap_err();
     assert_eq!(err.code(), "E_UNSUPPORTED");
     assert!(err.to_string().contains("siglip"));
 
     // An OpenAI ResNet state dict (visual.layer1...) is named as such.
     let st = dir.path().join("rn50.safetensors");
-    let mut t = candle_core::safetensors::load(fixtures().join("tiny-clip-openai.safetensors"), &Device::Cpu).unwrap();
-    t.insert("visual.layer1.0.conv1.weight".into(), Tensor::zeros((4, 4, 1, 1), DType::F32, &Device::Cpu).unwrap());
+    let mut t = candle_core::safetensors::load(fixtures().join("tiny-clip-openai.safetensors"), &dev()).unwrap();
+    t.insert("visual.layer1.0.conv1.weight".into(), Tensor::zeros((4, 4, 1, 1), DType::F32, &dev()).unwrap());
     candle_core::safetensors::save(&t, &st).unwrap();
-    let err = Clip::load(&st, &Device::Cpu).unwrap_err();
+    let err = Clip::load(&st, &dev()).unwrap_err();
     assert_eq!(err.code(), "E_UNSUPPORTED");
     assert!(err.to_string().contains("ResNet"), "{err}");
 
     // A file that is not safetensors at all.
     let junk = dir.path().join("junk.safetensors");
     std::fs::write(&junk, b"definitely not a safetensors file").unwrap();
-    let err = Clip::load(&junk, &Device::Cpu).unwrap_err();
+    let err = Clip::load(&junk, &dev()).unwrap_err();
     assert!(err.to_string().contains("junk.safetensors"), "{err}");
 }
 
@@ -223,17 +243,17 @@ fn cuda_request_without_cuda_is_a_clear_error() {
 #[test]
 fn shared_prefix_encoding_equals_full_sequences_in_values_and_gradients() {
     // Six sequences in two groups; each group shares its first 5 tokens, then differs.
-    let clip = Clip::load_with_dtype(&fixtures().join("tiny-clip-openai.safetensors"), &Device::Cpu, DType::F64).unwrap();
+    let clip = Clip::load_with_dtype(&fixtures().join("tiny-clip-openai.safetensors"), &dev(), DType::F64).unwrap();
     let d = clip.text.hidden_size();
     let (n, t, shared) = (6, 12, 5);
-    let prefixes = Tensor::randn(0f64, 0.3, (2, shared, d), &Device::Cpu).unwrap();
+    let prefixes = Tensor::randn(0f64, 0.3, (2, shared, d), &dev()).unwrap();
     let group = vec![0usize, 0, 0, 1, 1, 1];
-    let g = Tensor::new(&[0u32, 0, 0, 1, 1, 1], &Device::Cpu).unwrap();
-    let suffixes = Tensor::randn(0f64, 0.3, (n, t - shared, d), &Device::Cpu).unwrap();
+    let g = Tensor::new(&[0u32, 0, 0, 1, 1, 1], &dev()).unwrap();
+    let suffixes = Tensor::randn(0f64, 0.3, (n, t - shared, d), &dev()).unwrap();
     let prefix_var = Var::from_tensor(&prefixes).unwrap();
     let suffix_var = Var::from_tensor(&suffixes).unwrap();
     let eot = vec![7usize, 9, 11, 5, 8, 10];
-    let target = Tensor::randn(0f64, 1.0, (n, clip.embed_dim()), &Device::Cpu).unwrap();
+    let target = Tensor::randn(0f64, 1.0, (n, clip.embed_dim()), &dev()).unwrap();
     let run = |shared_path: bool| {
         let embeds = Tensor::cat(&[&prefix_var.as_tensor().index_select(&g, 0).unwrap(), suffix_var.as_tensor()], 1).unwrap();
         let f = if shared_path { clip.encode_text_embeds_shared(&embeds, &eot, shared, &group) } else { clip.encode_text_embeds(&embeds, &eot) }.unwrap();
@@ -246,4 +266,34 @@ fn shared_prefix_encoding_equals_full_sequences_in_values_and_gradients() {
     assert!(rel_err(&f_shared, &f_full) < 1e-10, "features");
     assert!(rel_err(&gp_shared, &gp_full) < 1e-10, "prefix gradients");
     assert!(rel_err(&gs_shared, &gs_full) < 1e-10, "suffix gradients");
+}
+
+#[test]
+fn training_pass_equals_autograd_in_values_and_gradients() {
+    // The hand-written backward of the text encoder (fused kernels, input gradients only) against
+    // candle's autograd through the composed ops, in f64: with a shared prefix, without one, and
+    // with an EOT inside the would-be prefix (which disables sharing).
+    let clip = Clip::load_with_dtype(&fixtures().join("tiny-clip-openai.safetensors"), &dev(), DType::F64).unwrap();
+    let d = clip.text.hidden_size();
+    let (n, t) = (6, 12);
+    let embeds = Tensor::randn(0f64, 0.3, (n, t, d), &dev()).unwrap();
+    let group = vec![0usize, 0, 0, 1, 1, 1];
+    // Sequences of a group share their first 5 tokens.
+    let g = Tensor::new(&[0u32, 0, 0, 3, 3, 3], &dev()).unwrap();
+    let shared_embeds = Tensor::cat(&[&embeds.narrow(1, 0, 5).unwrap().contiguous().unwrap().index_select(&g, 0).unwrap(), &embeds.narrow(1, 5, t - 5).unwrap()], 1).unwrap();
+    let target = Tensor::randn(0f64, 1.0, (n, clip.embed_dim()), &dev()).unwrap();
+    for (case, x, eot, shared) in [
+        ("shared prefix", &shared_embeds, vec![7usize, 9, 11, 5, 8, 10], 5),
+        ("no prefix", &embeds, vec![7, 9, 11, 5, 8, 10], 0),
+        ("EOT inside the prefix", &shared_embeds, vec![7, 9, 11, 3, 8, 10], 5),
+    ] {
+        let var = Var::from_tensor(x).unwrap();
+        let f_ref = clip.encode_text_embeds_shared(var.as_tensor(), &eot, shared, &group).unwrap();
+        let g_ref = (&f_ref * &target).unwrap().sum_all().unwrap().backward().unwrap().get(var.as_tensor()).unwrap().clone();
+        let (f, tape) = clip.text_features_train(x, &eot, shared, 3).unwrap();
+        let grad = clip.text_features_backward(&tape, &target).unwrap();
+        let (e_f, e_g) = (rel_err(&f, &f_ref), rel_err(&grad, &g_ref));
+        println!("training pass vs autograd, {case}: features {e_f:.1e}, gradients {e_g:.1e}");
+        assert!(e_f < 1e-10 && e_g < 1e-10, "{case}: features {e_f}, gradients {e_g}");
+    }
 }

@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
 use nn::Linear;
 use std::path::{Path, PathBuf};
-pub use text::TextTransformer;
+pub use text::{TextTape, TextTransformer};
 pub use vision::VisionTransformer;
 use weights::{Naming, Weights};
 
@@ -116,6 +116,16 @@ impl Clip {
         })
     }
 
+    /// The dtype of the small computations after the encoders (normalisation, logits, loss):
+    /// f32 whatever the weights' dtype, as PyTorch's autocast does, or f64 for an f64 model.
+    pub fn head_dtype(&self) -> DType {
+        if self.dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        }
+    }
+
     pub fn embed_dim(&self) -> usize {
         self.config.projection_dim
     }
@@ -134,6 +144,18 @@ impl Clip {
     /// `TextTransformer::forward_embeds_shared`); equal to `encode_text_embeds`.
     pub fn encode_text_embeds_shared(&self, embeds: &Tensor, eot: &[usize], shared: usize, group: &[usize]) -> Result<Tensor> {
         Ok(self.text_projection.forward(&self.text.forward_embeds_shared(embeds, eot, shared, group)?)?)
+    }
+
+    /// Text features (N, E) through the text encoder's training pass (see
+    /// `TextTransformer::forward_train`), and its tape for `text_features_backward`.
+    pub fn text_features_train(&self, embeds: &Tensor, eot: &[usize], shared: usize, group_size: usize) -> Result<(Tensor, TextTape<'_>)> {
+        let (pooled, tape) = self.text.forward_train(embeds, eot, shared, group_size)?;
+        Ok((self.text_projection.forward(&pooled)?, tape))
+    }
+
+    /// The gradient of the embeddings given to `text_features_train`, for that of its features.
+    pub fn text_features_backward(&self, tape: &TextTape<'_>, d_features: &Tensor) -> Result<Tensor> {
+        tape.backward(&self.text_projection.backward_input(&d_features.to_dtype(self.dtype)?)?)
     }
 
     /// Text features (B, E) from token ids (B, T) and EOT positions.

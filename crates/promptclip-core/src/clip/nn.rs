@@ -23,6 +23,18 @@ impl Linear {
     pub fn out_features(&self) -> usize {
         self.weight_t.dim(1).unwrap_or(0)
     }
+
+    /// The input gradient for the output gradient `dy` (.., out): dy W. The weight is frozen, so
+    /// its own gradient is never formed.
+    pub fn backward_input(&self, dy: &Tensor) -> Result<Tensor> {
+        let mut dims = dy.dims().to_vec();
+        let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+        let dx = dy.reshape((rows, self.out_features()))?.matmul(&self.weight_t.t()?)?;
+        if let Some(last) = dims.last_mut() {
+            *last = self.weight_t.dim(0)?;
+        }
+        dx.reshape(dims)
+    }
 }
 
 /// `x (rows, in) @ w_t (in, out)` for a frozen weight. candle's matmul backward always computes
@@ -68,8 +80,46 @@ impl candle_core::CustomOp2 for FrozenWeightMatmul {
     }
 }
 
+impl Linear {
+    /// x W^T without the bias, for inputs that track no gradient (leading dims flattened into
+    /// one matmul).
+    pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        let Some(&in_dim) = dims.last() else {
+            return Err(candle_core::Error::Msg("linear layer applied to a 0-d tensor".into()));
+        };
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
+        let last = dims.len() - 1;
+        dims[last] = self.weight_t.dim(1)?;
+        y.reshape(dims)
+    }
+
+    /// act(x W^T + b) + residual, the bias, activation and residual in one pass after the matmul
+    /// (untracked inputs).
+    pub fn forward_fused(&self, x: &Tensor, act: Option<Activation>, residual: Option<&Tensor>) -> Result<Tensor> {
+        let y = self.matmul(x)?;
+        match &self.bias {
+            Some(b) => crate::kernels::bias_act(&y, b, act, residual),
+            None => {
+                let y = match act {
+                    Some(a) => crate::kernels::activation(&y, a)?,
+                    None => y,
+                };
+                match residual {
+                    Some(r) => y + r,
+                    None => Ok(y),
+                }
+            }
+        }
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !x.track_op() {
+            return self.forward_fused(x, None, None);
+        }
         // Flatten leading dims into one matmul instead of broadcasting W over the batch: this is
         // faster and keeps the backward pass from materialising a batched weight gradient.
         let mut dims = x.dims().to_vec();
@@ -106,11 +156,18 @@ impl LayerNorm {
     }
 }
 
+impl LayerNorm {
+    /// The input gradient for the output gradient `dy`, from the input `x` (statistics are
+    /// recomputed, which costs less than keeping them).
+    pub fn backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        crate::kernels::layer_norm_backward(x, &self.weight, dy, self.eps)
+    }
+}
+
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // (The fused kernel has no f64 version; f64 is used for finite-difference checks.)
-        if !x.track_op() && x.dtype() != DType::F64 {
-            return candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32);
+        if !x.track_op() {
+            return crate::kernels::layer_norm(x, &self.weight, &self.bias, self.eps);
         }
         // Differentiable layer norm over the last dim. Half types are upcast to f32 as PyTorch
         // does; f32 and f64 stay as they are.
@@ -142,6 +199,9 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 }
 
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    if !x.track_op() {
+        return crate::kernels::activation(x, act);
+    }
     match act {
         // x * sigmoid(1.702 x), from primitives so the backward pass exists.
         Activation::QuickGelu => {
@@ -158,7 +218,7 @@ pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
 #[derive(Debug, Clone)]
 pub struct Attention {
     qkv: Linear,
-    out: Linear,
+    pub(crate) out: Linear,
     num_heads: usize,
     head_dim: usize,
 }
@@ -169,41 +229,55 @@ impl Attention {
         Self { qkv, out, num_heads, head_dim: hidden / num_heads }
     }
 
+    fn scale(&self) -> f64 {
+        (self.head_dim as f64).powf(-0.5)
+    }
+
     /// Queries (pre-scaled), keys and values, each (B, H, T, hd).
     pub fn qkv_heads(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        if !x.track_op() {
+            if let Some(bias) = &self.qkv.bias {
+                return crate::kernels::qkv_split(&self.qkv.matmul(x)?, bias, self.num_heads, self.scale());
+            }
+        }
         let (b, t, _) = x.dims3()?;
         let qkv = self.qkv.forward(x)?.reshape((b, t, 3, self.num_heads, self.head_dim))?;
         // (3, B, H, T, hd)
         let qkv = qkv.permute((2, 0, 3, 1, 4))?;
-        let scale = (self.head_dim as f64).powf(-0.5);
-        Ok(((qkv.get(0)?.contiguous()? * scale)?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?))
+        Ok(((qkv.get(0)?.contiguous()? * self.scale())?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?))
     }
 
-    /// softmax(q k^T + mask) v, heads merged and projected: (B, Tq, d). `mask` is (Tq, Tk).
-    pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// softmax(q k^T) v with the heads merged, (B, Tq, d), before the out projection, and the
+    /// attention probabilities. `causal`: query i sees keys 0..=offset+i only.
+    pub fn core(&self, q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>) -> Result<(Tensor, Tensor)> {
         let (b, _, tq, _) = q.dims4()?;
         let scores = q.matmul(&k.t()?)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
+        if !scores.track_op() {
+            let probs = crate::kernels::attention_softmax(&scores, causal)?;
+            let merged = crate::kernels::transpose12(&probs.matmul(v)?)?.reshape((b, tq, self.num_heads * self.head_dim))?;
+            return Ok((merged, probs));
+        }
+        let scores = match causal {
+            Some(offset) => scores.broadcast_add(&offset_causal_mask(tq, offset, scores.dtype(), scores.device())?)?,
             None => scores,
         };
         let probs = softmax_last_dim(&scores)?;
-        let ctx = probs.matmul(v)?.transpose(1, 2)?.reshape((b, tq, self.num_heads * self.head_dim))?;
-        self.out.forward(&ctx)
+        let merged = probs.matmul(v)?.transpose(1, 2)?.reshape((b, tq, self.num_heads * self.head_dim))?;
+        Ok((merged, probs))
     }
 
-    /// `mask`: optional additive (T, T) mask (the text tower's causal mask).
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// Attention over `x` (B, T, d), projected: (B, T, d).
+    pub fn forward(&self, x: &Tensor, causal: Option<usize>) -> Result<Tensor> {
         let (q, k, v) = self.qkv_heads(x)?;
-        self.attend(&q, &k, &v, mask)
+        self.out.forward(&self.core(&q, &k, &v, causal)?.0)
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
-    act: Activation,
+    pub(crate) fc1: Linear,
+    pub(crate) fc2: Linear,
+    pub(crate) act: Activation,
 }
 
 impl Mlp {
@@ -228,35 +302,123 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, mask)?)?;
+    /// `causal`: see `Attention::core` (None for the image tower, Some(0) for the text tower).
+    pub fn forward(&self, x: &Tensor, causal: Option<usize>) -> Result<Tensor> {
+        if !x.track_op() {
+            let (q, k, v) = self.qkv_train(x)?;
+            return Ok(self.finish_train(x, &self.attn.core(&q, &k, &v, causal)?.0, false)?.0);
+        }
+        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, causal)?)?;
         &x + self.mlp.forward(&self.ln_2.forward(&x)?)?
     }
 
     /// One block over sequences that share their first tokens. `prefix` (G, Tp, d) holds each
     /// group's shared tokens, `suffix` (N, Ts, d) the rest of each sequence, `group` (N,) the
     /// group of each sequence. Prefix tokens attend causally among themselves; suffix tokens
-    /// attend to their group's prefix keys/values and causally within the suffix
-    /// (`suffix_mask`, (Ts, Tp + Ts)). Equal to running the full sequences, with the prefix's
-    /// projections and MLP computed once per group instead of once per sequence.
-    pub fn forward_shared(&self, prefix: &Tensor, suffix: &Tensor, group: &Tensor, prefix_mask: &Tensor, suffix_mask: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// attend to their group's prefix keys/values and causally within the suffix. Equal to
+    /// running the full sequences, with the prefix's projections and MLP computed once per group
+    /// instead of once per sequence.
+    pub fn forward_shared(&self, prefix: &Tensor, suffix: &Tensor, group: &Tensor) -> Result<(Tensor, Tensor)> {
+        let tp = prefix.dim(1)?;
         let (qp, kp, vp) = self.attn.qkv_heads(&self.ln_1.forward(prefix)?)?;
         let (qs, ks, vs) = self.attn.qkv_heads(&self.ln_1.forward(suffix)?)?;
-        let ap = self.attn.attend(&qp, &kp, &vp, Some(prefix_mask))?;
         let k_all = Tensor::cat(&[&kp.index_select(group, 0)?, &ks], 2)?;
         let v_all = Tensor::cat(&[&vp.index_select(group, 0)?, &vs], 2)?;
-        let as_ = self.attn.attend(&qs, &k_all, &v_all, Some(suffix_mask))?;
-        let p = (prefix + ap)?;
-        let s = (suffix + as_)?;
+        let (ap, _) = self.attn.core(&qp, &kp, &vp, Some(0))?;
+        let (as_, _) = self.attn.core(&qs, &k_all, &v_all, Some(tp))?;
+        if !suffix.track_op() && !prefix.track_op() {
+            return Ok((self.finish_train(prefix, &ap, false)?.0, self.finish_train(suffix, &as_, false)?.0));
+        }
+        let p = (prefix + self.attn.out.forward(&ap)?)?;
+        let s = (suffix + self.attn.out.forward(&as_)?)?;
         let p = (&p + self.mlp.forward(&self.ln_2.forward(&p)?)?)?;
         let s = (&s + self.mlp.forward(&self.ln_2.forward(&s)?)?)?;
         Ok((p, s))
     }
 }
 
-/// Additive causal mask: 0 on and below the diagonal, -inf above.
-pub fn causal_mask(t: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
-    offset_causal_mask(t, 0, dtype, device)
+// ---- The training pass: a forward that keeps what the backward needs, and a backward that
+// computes input gradients only (CLIP is frozen, so no weight gradient is ever wanted). This is
+// what prompt learning runs; it replaces candle's autograd through the text encoder, which
+// records ~3x more ops and also forms the gradients of frozen biases. Tests check it against
+// autograd (to 1e-10 in f64) and the PyTorch fixtures.
+
+/// One stream of sequences through a block's training forward (see `EncoderLayer::qkv_train`).
+#[derive(Debug)]
+pub struct StreamTape {
+    /// Block input, for ln_1's backward.
+    pub x: Tensor,
+    /// Queries (pre-scaled), keys and values, (B, H, T, hd).
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    /// Attention probabilities (B, H, Tq, Tk).
+    pub probs: Tensor,
+    /// x + attention, for ln_2's backward.
+    pub mid: Tensor,
+    /// fc1's output before the activation.
+    pub h: Tensor,
+}
+
+impl Attention {
+    /// Gradients of the pre-scaled queries, the keys and the values from that of `core`'s
+    /// merged output (B, Tq, d).
+    pub fn core_backward(&self, q: &Tensor, k: &Tensor, v: &Tensor, probs: &Tensor, d_merged: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, tq, _) = d_merged.dims3()?;
+        let d_out = crate::kernels::transpose12(&d_merged.reshape((b, tq, self.num_heads, self.head_dim))?)?;
+        let d_probs = d_out.matmul(&v.t()?)?;
+        let d_v = probs.t()?.matmul(&d_out)?;
+        let d_scores = crate::kernels::softmax_backward(probs, &d_probs)?;
+        let d_q = d_scores.matmul(k)?;
+        let d_k = d_scores.t()?.matmul(q)?;
+        Ok((d_q, d_k, d_v))
+    }
+
+    /// The gradient of the QKV projection's input from those of the pre-scaled queries (B, H, T,
+    /// hd) and of keys and values whose positions off..off+T are this input's (B, H, Tk, hd).
+    pub fn qkv_backward(&self, d_q: &Tensor, d_k: &Tensor, d_v: &Tensor, off: usize) -> Result<Tensor> {
+        self.qkv.backward_input(&crate::kernels::qkv_merge(d_q, d_k, d_v, off, self.scale())?)
+    }
+}
+
+impl EncoderLayer {
+    /// ln_1 and the QKV projection of a block input (no gradient tracking).
+    pub fn qkv_train(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        self.attn.qkv_heads(&self.ln_1.forward(x)?)
+    }
+
+    /// The rest of the block after attention: out projection and residual, then the MLP and its
+    /// residual, each bias, activation and residual fused after its matmul. Returns the block
+    /// output, the residual stream after attention (`mid`) and, with `keep`, fc1's
+    /// pre-activation (`h`) for the backward pass.
+    pub fn finish_train(&self, x: &Tensor, merged: &Tensor, keep: bool) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let mid = self.attn.out.forward_fused(merged, None, Some(x))?;
+        let ln = self.ln_2.forward(&mid)?;
+        let (a, h) = if keep {
+            let h = self.mlp.fc1.forward_fused(&ln, None, None)?;
+            (crate::kernels::activation(&h, self.mlp.act)?, Some(h))
+        } else {
+            (self.mlp.fc1.forward_fused(&ln, Some(self.mlp.act), None)?, None)
+        };
+        let y = self.mlp.fc2.forward_fused(&a, None, Some(&mid))?;
+        Ok((y, mid, h))
+    }
+
+    /// Backward through `finish_train`: the gradient of `mid` and of the merged attention output.
+    pub fn finish_backward(&self, tape: &StreamTape, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let d_act = self.mlp.fc2.backward_input(dy)?;
+        let d_h = crate::kernels::activation_backward(&tape.h, &d_act, self.mlp.act)?;
+        let d_mid = (dy + self.ln_2.backward(&tape.mid, &self.mlp.fc1.backward_input(&d_h)?)?)?;
+        let d_merged = self.attn.out.backward_input(&d_mid)?;
+        Ok((d_mid, d_merged))
+    }
+
+    /// Backward through `qkv_train` and the attention residual: the block input's gradient.
+    /// Keys and values hold this stream's positions at off..off+T.
+    pub fn input_backward(&self, tape: &StreamTape, d_mid: &Tensor, d_q: &Tensor, d_k: &Tensor, d_v: &Tensor, off: usize) -> Result<Tensor> {
+        let d_ln = self.attn.qkv_backward(d_q, d_k, d_v, off)?;
+        d_mid + self.ln_1.backward(&tape.x, &d_ln)?
+    }
 }
 
 /// (T, offset + T) mask for T queries that follow `offset` earlier positions: every earlier

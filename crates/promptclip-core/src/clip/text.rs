@@ -1,7 +1,7 @@
 //! CLIP's causal text transformer. `forward_embeds` takes token embeddings directly, so prompt
 //! learners can splice learned context vectors between the SOS token and the class name.
 use super::config::ClipTextConfig;
-use super::nn::{causal_mask, offset_causal_mask, Attention, EncoderLayer, LayerNorm, Linear, Mlp};
+use super::nn::{Attention, EncoderLayer, LayerNorm, Linear, Mlp, StreamTape};
 use super::weights::{Tower, Weights};
 use crate::{Error, Result};
 use candle_core::{Module, Tensor};
@@ -88,9 +88,8 @@ impl TextTransformer {
         let x = embeds.narrow(1, 0, used)?;
         let pos = self.position_embedding.narrow(0, 0, used)?;
         let mut x = x.broadcast_add(&pos)?;
-        let mask = causal_mask(used, x.dtype(), x.device())?;
         for layer in &self.layers {
-            x = layer.forward(&x, Some(&mask))?;
+            x = layer.forward(&x, Some(0))?;
         }
         // Gather the EOT rows first, then layer-norm only those (layer norm is per token).
         let idx: Vec<u32> = eot.iter().enumerate().map(|(i, &e)| (i * used + e) as u32).collect();
@@ -131,18 +130,146 @@ impl TextTransformer {
         let pos = &self.position_embedding;
         let mut p = embeds.narrow(1, 0, shared)?.contiguous()?.index_select(&first, 0)?.broadcast_add(&pos.narrow(0, 0, shared)?)?;
         let mut s = embeds.narrow(1, shared, ts)?.broadcast_add(&pos.narrow(0, shared, ts)?)?;
-        let prefix_mask = causal_mask(shared, p.dtype(), dev)?;
-        let suffix_mask = offset_causal_mask(ts, shared, s.dtype(), dev)?;
         for layer in &self.layers {
-            (p, s) = layer.forward_shared(&p, &s, &group_t, &prefix_mask, &suffix_mask)?;
+            (p, s) = layer.forward_shared(&p, &s, &group_t)?;
         }
         let idx: Vec<u32> = eot.iter().enumerate().map(|(i, &e)| (i * ts + e - shared) as u32).collect();
         let pooled = s.reshape((n * ts, d))?.index_select(&Tensor::from_vec(idx, n, dev)?, 0)?;
         Ok(self.final_ln.forward(&pooled)?)
     }
 
+    /// The training forward pass: the same result as `forward_embeds_shared` (and, with
+    /// `shared` = 0, `forward_embeds`), plus a tape from which `TextTape::backward` computes the
+    /// embeddings' gradient. Prompt learning runs this instead of candle's autograd: fused ops,
+    /// and no frozen-weight gradients. Groups are contiguous runs of `group_size` sequences
+    /// (CoOp: one group of all K prompts; CoCoOp: one group of K prompts per image) whose first
+    /// `shared` embeddings are equal; they are encoded once per group.
+    pub fn forward_train(&self, embeds: &Tensor, eot: &[usize], shared: usize, group_size: usize) -> Result<(Tensor, TextTape<'_>)> {
+        let (n, t, d) = embeds.dims3()?;
+        if eot.len() != n || group_size == 0 || n % group_size != 0 {
+            return Err(Error::InvalidArgument(format!("{} EOT positions and groups of {group_size} for {n} sequences", eot.len())));
+        }
+        if d != self.hidden_size() || t > self.context_length() {
+            return Err(Error::InvalidArgument(format!("embeddings ({n}, {t}, {d}) for a text model of width {} and {} positions", self.hidden_size(), self.context_length())));
+        }
+        let used = match eot.iter().max() {
+            Some(&m) if m < t => m + 1,
+            _ => return Err(Error::InvalidArgument(format!("EOT positions {eot:?} outside sequences of {t} tokens"))),
+        };
+        let embeds = embeds.detach();
+        let dev = embeds.device();
+        // Shared leading tokens are encoded once per group, unless an EOT lies inside them.
+        let shared = if shared > 0 && shared < used && eot.iter().all(|&e| e >= shared) { shared } else { 0 };
+        let groups = n / group_size;
+        let ts = used - shared;
+        let pos = &self.position_embedding;
+        let first: Vec<u32> = (0..groups).map(|g| (g * group_size) as u32).collect();
+        let group_t = Tensor::from_vec((0..n).map(|i| (i / group_size) as u32).collect::<Vec<_>>(), n, dev)?;
+        let mut p = if shared > 0 {
+            let firsts = Tensor::from_slice(&first, groups, dev)?;
+            Some(embeds.narrow(1, 0, shared)?.contiguous()?.index_select(&firsts, 0)?.broadcast_add(&pos.narrow(0, 0, shared)?)?)
+        } else {
+            None
+        };
+        let mut s = embeds.narrow(1, shared, ts)?.broadcast_add(&pos.narrow(0, shared, ts)?)?;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let (qs, ks, vs) = layer.qkv_train(&s)?;
+            let (prefix_tape, k_all, v_all, p_next) = match &p {
+                Some(px) => {
+                    let (qp, kp, vp) = layer.qkv_train(px)?;
+                    let (merged, probs) = layer.attn.core(&qp, &kp, &vp, Some(0))?;
+                    let (y, mid, h) = layer.finish_train(px, &merged, true)?;
+                    let k_all = Tensor::cat(&[&kp.index_select(&group_t, 0)?, &ks], 2)?;
+                    let v_all = Tensor::cat(&[&vp.index_select(&group_t, 0)?, &vs], 2)?;
+                    let h = h.ok_or_else(|| Error::Internal("fc1 pre-activation not kept".into()))?;
+                    (Some(StreamTape { x: px.clone(), q: qp, k: kp, v: vp, probs, mid, h }), k_all, v_all, Some(y))
+                }
+                None => (None, ks, vs, None),
+            };
+            let (merged, probs) = layer.attn.core(&qs, &k_all, &v_all, Some(shared))?;
+            let (y, mid, h) = layer.finish_train(&s, &merged, true)?;
+            let h = h.ok_or_else(|| Error::Internal("fc1 pre-activation not kept".into()))?;
+            // The suffix stream's keys and values are kept with the prefix's in front (k_all).
+            layers.push((prefix_tape, StreamTape { x: s, q: qs, k: k_all, v: v_all, probs, mid, h }));
+            s = y;
+            p = p_next;
+        }
+        let eot_rows: Vec<u32> = eot.iter().enumerate().map(|(i, &e)| (i * ts + e - shared) as u32).collect();
+        let pooled_in = s.reshape((n * ts, d))?.index_select(&Tensor::from_slice(&eot_rows, n, dev)?, 0)?;
+        let pooled = self.final_ln.forward(&pooled_in)?;
+        let tape = TextTape { model: self, layers, pooled_in, eot_rows, first, n, t, shared, ts };
+        Ok((pooled, tape))
+    }
+
     /// Convenience: token ids (B, T) and their EOT positions.
     pub fn forward_ids(&self, ids: &Tensor, eot: &[usize]) -> Result<Tensor> {
         self.forward_embeds(&self.embed_tokens(ids)?, eot)
+    }
+}
+
+/// What `TextTransformer::forward_train` keeps for the backward pass.
+pub struct TextTape<'a> {
+    model: &'a TextTransformer,
+    /// Per block: the shared-prefix stream (when there is one) and the per-sequence stream,
+    /// whose keys and values hold the group's prefix positions first.
+    layers: Vec<(Option<StreamTape>, StreamTape)>,
+    /// The EOT rows before the final layer norm, and where they sit in the suffix stream.
+    pooled_in: Tensor,
+    eot_rows: Vec<u32>,
+    /// The first sequence of each group.
+    first: Vec<u32>,
+    n: usize,
+    t: usize,
+    shared: usize,
+    ts: usize,
+}
+
+impl TextTape<'_> {
+    /// The gradient of the input embeddings (N, T, d) for the gradient of the pooled output
+    /// (N, d). As with autograd through `forward_embeds_shared`, a group's shared tokens receive
+    /// their gradient at the group's first sequence.
+    pub fn backward(&self, d_pooled: &Tensor) -> Result<Tensor> {
+        let m = self.model;
+        let d = m.hidden_size();
+        let (n, tp, ts) = (self.n, self.shared, self.ts);
+        let d_rows = m.final_ln.backward(&self.pooled_in, &d_pooled.to_dtype(self.pooled_in.dtype())?)?;
+        let mut ds = crate::kernels::scatter_rows(&d_rows, &self.eot_rows, n * ts)?.reshape((n, ts, d))?;
+        let groups = self.first.len();
+        let mut dp: Option<Tensor> = None;
+        for (layer, (prefix, suffix)) in m.layers.iter().zip(&self.layers).rev() {
+            let (d_mid, d_merged) = layer.finish_backward(suffix, &ds)?;
+            let (d_q, d_k_all, d_v_all) = layer.attn.core_backward(&suffix.q, &suffix.k, &suffix.v, &suffix.probs, &d_merged)?;
+            ds = layer.input_backward(suffix, &d_mid, &d_q, &d_k_all, &d_v_all, tp)?;
+            if let Some(p) = prefix {
+                // Prefix keys and values served every sequence of their group: sum those gradients.
+                let mut dk = crate::kernels::group_prefix_sum(&d_k_all, groups, tp)?;
+                let mut dv = crate::kernels::group_prefix_sum(&d_v_all, groups, tp)?;
+                let (d_mid_p, d_qp) = match &dp {
+                    // After the last block the prefix's own output feeds nothing: only its keys
+                    // and values have gradients there.
+                    None => (p.x.zeros_like()?, p.q.zeros_like()?),
+                    Some(dp_out) => {
+                        let (d_mid_p, d_merged_p) = layer.finish_backward(p, dp_out)?;
+                        let (d_qp, d_kp, d_vp) = layer.attn.core_backward(&p.q, &p.k, &p.v, &p.probs, &d_merged_p)?;
+                        dk = (dk + d_kp)?;
+                        dv = (dv + d_vp)?;
+                        (d_mid_p, d_qp)
+                    }
+                };
+                dp = Some(layer.input_backward(p, &d_mid_p, &d_qp, &dk, &dv, 0)?);
+            }
+        }
+        let used = tp + ts;
+        let mut parts = Vec::with_capacity(3);
+        if let Some(dp) = dp {
+            let dp = dp.reshape((groups, tp * d))?;
+            parts.push(crate::kernels::scatter_rows(&dp, &self.first, n)?.reshape((n, tp, d))?);
+        }
+        parts.push(ds);
+        if self.t > used {
+            parts.push(Tensor::zeros((n, self.t - used, d), parts[0].dtype(), parts[0].device())?);
+        }
+        Ok(Tensor::cat(&parts, 1)?)
     }
 }

@@ -121,31 +121,38 @@ impl CocoopLearner {
         (self.config.memory_budget_bytes / bytes.max(1)).max(buffers.class_names.len())
     }
 
-    /// Normalised text features (B, K, E) of each image's prompts, for images `f_norm` (B, E)
-    /// (already normalised), with `ctx_shifted` (B, M, d).
-    fn text_features(&self, clip: &Clip, ctx_shifted: &Tensor, buffers: &ClassBuffers) -> Result<Tensor> {
+    /// Each image's K prompts (B x K, T, d) for `ctx_shifted` (B, M, d), with their EOT
+    /// positions and groups (the K prompts of an image share SOS and its shifted context).
+    fn prompts(&self, ctx_shifted: &Tensor, buffers: &ClassBuffers) -> Result<(Tensor, Vec<usize>, Vec<usize>)> {
         let (b, k) = (ctx_shifted.dim(0)?, buffers.class_names.len());
         let used = buffers.eot.iter().max().map(|e| e + 1).unwrap_or(1);
         let prompts = (0..b)
             .map(|i| self.prompt.assemble(&ctx_shifted.get(i)?, buffers)?.narrow(1, 0, used).map_err(Error::from))
             .collect::<Result<Vec<_>>>()?;
-        let prompts = Tensor::cat(&prompts, 0)?;
         let eot: Vec<usize> = (0..b).flat_map(|_| buffers.eot.iter().copied()).collect();
-        // Each image's K prompts share SOS and its shifted context: one group per image.
         let group: Vec<usize> = (0..b).flat_map(|i| std::iter::repeat(i).take(k)).collect();
-        let text = l2_normalize(&clip.encode_text_embeds_shared(&prompts, &eot, self.prompt.shared_len(), &group)?)?;
-        Ok(text.reshape((b, k, ()))?)
+        Ok((Tensor::cat(&prompts, 0)?, eot, group))
+    }
+
+    /// pi(x) added to every context vector: (B, M, d) for normalised image features (B, E).
+    fn shifted_context(&self, f_norm: &Tensor, ctx: &Tensor) -> Result<Tensor> {
+        let bias = self.meta.forward(f_norm)?; // (B, d): pi(x)
+        Ok(ctx.unsqueeze(0)?.broadcast_add(&bias.unsqueeze(1)?)?) // (B, M, d)
+    }
+
+    /// Logits (B, K): each image's normalised feature against its own K normalised text features.
+    fn image_logits(clip: &Clip, f_norm: &Tensor, text: &Tensor, k: usize) -> Result<Tensor> {
+        let b = f_norm.dim(0)?;
+        let text = l2_normalize(&text.to_dtype(DType::F32)?)?.reshape((b, k, ()))?;
+        Ok((text.broadcast_mul(&f_norm.unsqueeze(1)?)?.sum(D::Minus1)? * (clip.logit_scale as f64).exp())?)
     }
 
     /// Logits (B, K) for one chunk of images; differentiable in ctx and the Meta-Net.
     fn chunk_logits(&self, clip: &Clip, image_features: &Tensor, buffers: &ClassBuffers, ctx: &Tensor) -> Result<Tensor> {
         let f = l2_normalize(&image_features.to_dtype(DType::F32)?)?;
-        let bias = self.meta.forward(&f)?; // (B, d): pi(x)
-        let ctx_shifted = ctx.unsqueeze(0)?.broadcast_add(&bias.unsqueeze(1)?)?; // (B, M, d)
-        let text = self.text_features(clip, &ctx_shifted, buffers)?.to_dtype(DType::F32)?;
-        let scale = (clip.logit_scale as f64).exp();
-        // Each image against its own K text features.
-        Ok((text.broadcast_mul(&f.unsqueeze(1)?)?.sum(D::Minus1)? * scale)?)
+        let (prompts, eot, group) = self.prompts(&self.shifted_context(&f, ctx)?, buffers)?;
+        let text = clip.encode_text_embeds_shared(&prompts, &eot, self.prompt.shared_len(), &group)?;
+        Self::image_logits(clip, &f, &text, buffers.class_names.len())
     }
 
     fn images_per_chunk(&self, clip: &Clip, buffers: &ClassBuffers, training: bool) -> usize {
@@ -196,20 +203,25 @@ impl crate::train::PromptModel for CocoopLearner {
         let vars = crate::train::PromptModel::vars(self);
         let mut sums: Vec<Option<Tensor>> = vec![None; vars.len()];
         let (mut loss_sum, mut logits_parts) = (0f64, Vec::new());
+        let k = buffers.class_names.len();
         for s in (0..b).step_by(n) {
             let len = n.min(b - s);
-            let logits = self.chunk_logits(clip, &image_features.narrow(0, s, len)?, buffers, self.prompt.ctx.as_tensor())?;
-            let loss = (cross_entropy(&logits, &labels.narrow(0, s, len)?)? * (len as f64 / b as f64))?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            let grads = loss.backward()?;
-            for (i, (name, v)) in vars.iter().enumerate() {
-                let g = grads.get(v.as_tensor()).ok_or_else(|| Error::Internal(format!("no gradient reached `{name}`")))?;
+            let f = l2_normalize(&image_features.narrow(0, s, len)?.to_dtype(DType::F32)?)?;
+            let (prompts, eot, _) = self.prompts(&self.shifted_context(&f, self.prompt.ctx.as_tensor())?, buffers)?;
+            let chunk_labels = labels.narrow(0, s, len)?;
+            // One group per image: its K prompts share SOS and its shifted context.
+            let (loss, logits, grads) = super::prompt_loss_and_grads(clip, &prompts, &eot, self.prompt.shared_len(), k, &vars, |text| {
+                let logits = Self::image_logits(clip, &f, text, k)?;
+                Ok(((cross_entropy(&logits, &chunk_labels)? * (len as f64 / b as f64))?, logits))
+            })?;
+            loss_sum += loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
+            for (i, g) in grads.into_iter().enumerate() {
                 sums[i] = Some(match sums[i].take() {
-                    None => g.clone(),
+                    None => g,
                     Some(acc) => (acc + g)?,
                 });
             }
-            logits_parts.push(logits.detach());
+            logits_parts.push(logits);
         }
         let grads = sums.into_iter().map(|g| g.ok_or_else(|| Error::Internal("empty batch".into()))).collect::<Result<Vec<_>>>()?;
         Ok((loss_sum as f32, Tensor::cat(&logits_parts, 0)?, grads))

@@ -296,4 +296,16 @@ impl crate::train::PromptModel for PromptLearner {
     fn num_classes(&self) -> usize {
         self.buffers.class_names.len()
     }
+
+    fn loss_and_grads(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor) -> Result<(f32, Tensor, Vec<Tensor>)> {
+        let b = &self.buffers;
+        let prompts = self.assemble(self.ctx.as_tensor(), b)?; // (K, L, d)
+        let vars = crate::train::PromptModel::vars(self);
+        let image = image_features.to_dtype(clip.head_dtype())?;
+        let (loss, logits, grads) = super::prompt_loss_and_grads(clip, &prompts, &b.eot, self.shared_len(), b.eot.len(), &vars, |text| {
+            let logits = clip.logits(&image, &text.to_dtype(clip.head_dtype())?)?; // (B, K)
+            Ok((crate::train::trainer::cross_entropy(&logits, labels)?, logits))
+        })?;
+        Ok((loss.to_dtype(DType::F32)?.to_scalar::<f32>()?, logits, grads))
+    }
 }

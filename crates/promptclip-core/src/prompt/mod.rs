@@ -37,6 +37,42 @@ impl Learner {
     }
 }
 
+/// Loss, logits and the gradient of each var for prompts built from those vars.
+///
+/// `prompts` (N, T, d) is the autograd graph from the learner's parameters to the prompt
+/// embeddings (cheap: concatenations, CoCoOp's Meta-Net); the text encoder between the prompts
+/// and `head` runs its own training pass (`Clip::text_features_train`), and `head` maps the
+/// text features (N, E) to (loss, logits) with autograd. The three pieces are chained by hand:
+/// d loss / d features from `head`, through the encoder's backward to d loss / d prompts, then
+/// through the graph to the vars, by differentiating <prompts, d loss / d prompts>.
+pub(crate) fn prompt_loss_and_grads(
+    clip: &crate::Clip,
+    prompts: &candle_core::Tensor,
+    eot: &[usize],
+    shared: usize,
+    group_size: usize,
+    vars: &[(String, candle_core::Var)],
+    head: impl FnOnce(&candle_core::Tensor) -> crate::Result<(candle_core::Tensor, candle_core::Tensor)>,
+) -> crate::Result<(candle_core::Tensor, candle_core::Tensor, Vec<candle_core::Tensor>)> {
+    let (features, tape) = clip.text_features_train(prompts, eot, shared, group_size)?;
+    let features = candle_core::Var::from_tensor(&features)?;
+    let (loss, logits) = head(features.as_tensor())?;
+    let d_features = loss
+        .backward()?
+        .remove(features.as_tensor())
+        .ok_or_else(|| crate::Error::Internal("the loss does not depend on the text features".into()))?;
+    let d_prompts = clip.text_features_backward(&tape, &d_features)?;
+    // Only the surrogate's gradient is used; summing rows first keeps its forward value cheap
+    // (candle's whole-tensor sum runs in a single block on the GPU).
+    let surrogate = (prompts * d_prompts.to_dtype(prompts.dtype())?.detach())?.sum(candle_core::D::Minus1)?.sum_all()?;
+    let mut grads = surrogate.backward()?;
+    let grads = vars
+        .iter()
+        .map(|(name, v)| grads.remove(v.as_tensor()).ok_or_else(|| crate::Error::Internal(format!("no gradient reached `{name}`"))))
+        .collect::<crate::Result<Vec<_>>>()?;
+    Ok((loss, logits.detach(), grads))
+}
+
 /// Class probabilities of images under a learned prompt, for its own classes or `class_names`.
 pub struct Predictions {
     pub num_classes: usize,

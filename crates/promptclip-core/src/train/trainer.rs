@@ -35,7 +35,7 @@ pub trait PromptModel {
             .iter()
             .map(|(name, v)| grads.get(v.as_tensor()).cloned().ok_or_else(|| Error::Internal(format!("no gradient reached `{name}`"))))
             .collect::<Result<Vec<_>>>()?;
-        Ok((loss.to_scalar::<f32>()?, logits.detach(), gs))
+        Ok((loss.to_dtype(DType::F32)?.to_scalar::<f32>()?, logits.detach(), gs))
     }
 }
 
@@ -275,9 +275,10 @@ pub fn fit<M: PromptModel>(
     Ok(summary)
 }
 
-/// Mean cross-entropy of logits (B, K) against labels (B,), computed in f32.
+/// Mean cross-entropy of logits (B, K) against labels (B,), computed in f32 (f64 stays f64).
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, labels)?)
+    let dtype = if logits.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+    Ok(candle_nn::loss::cross_entropy(&logits.to_dtype(dtype)?, labels)?)
 }
 
 /// Center-crop features of every image (errors name the files that failed).

@@ -1,0 +1,280 @@
+// Fused kernels of promptclip's CLIP blocks, for candle's CUDA backend (src/kernels/mod.rs holds
+// the CPU twins and the launch code; tests compare the two). Every kernel reads and writes
+// contiguous row-major buffers; arithmetic is in float (double for double inputs).
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+template <typename T> struct Acc { typedef float type; };
+template <> struct Acc<double> { typedef double type; };
+
+__device__ __forceinline__ float load(const float *p, size_t i) { return p[i]; }
+__device__ __forceinline__ double load(const double *p, size_t i) { return p[i]; }
+__device__ __forceinline__ float load(const __half *p, size_t i) { return __half2float(p[i]); }
+__device__ __forceinline__ float load(const __nv_bfloat16 *p, size_t i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ void store(float *p, size_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void store(double *p, size_t i, double v) { p[i] = v; }
+__device__ __forceinline__ void store(__half *p, size_t i, float v) { p[i] = __float2half(v); }
+__device__ __forceinline__ void store(__nv_bfloat16 *p, size_t i, float v) { p[i] = __float2bfloat16(v); }
+
+__device__ __forceinline__ float sigmoid_(float x) { return 1.f / (1.f + expf(-x)); }
+__device__ __forceinline__ double sigmoid_(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+// Sum over the block; every thread gets the total. blockDim.x is a multiple of 32, at most 1024.
+template <typename A>
+__device__ __forceinline__ A block_sum(A v) {
+    __shared__ A partial[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    __syncthreads();  // partial[] may still be read by a previous call
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    v = lane < warps ? partial[lane] : A(0);
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    return v;
+}
+
+// ---- LayerNorm over the last dim, one block per row: two-pass mean and variance ----------------
+
+template <typename T>
+__device__ void layer_norm_fwd(const T *x, const T *gamma, const T *beta, T *y, int d, double eps) {
+    typedef typename Acc<T>::type A;
+    const size_t row = (size_t)blockIdx.x * d;
+    A s = 0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) s += load(x, row + i);
+    const A mean = block_sum(s) / d;
+    A s2 = 0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) { A c = load(x, row + i) - mean; s2 += c * c; }
+    const A rstd = A(1) / sqrt(block_sum(s2) / d + A(eps));
+    for (int i = threadIdx.x; i < d; i += blockDim.x)
+        store(y, row + i, (load(x, row + i) - mean) * rstd * load(gamma, i) + load(beta, i));
+}
+
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * gamma,  statistics recomputed from x.
+template <typename T>
+__device__ void layer_norm_bwd(const T *x, const T *gamma, const T *dy, T *dx, int d, double eps) {
+    typedef typename Acc<T>::type A;
+    const size_t row = (size_t)blockIdx.x * d;
+    A s = 0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) s += load(x, row + i);
+    const A mean = block_sum(s) / d;
+    A s2 = 0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) { A c = load(x, row + i) - mean; s2 += c * c; }
+    const A rstd = A(1) / sqrt(block_sum(s2) / d + A(eps));
+    A sg = 0, sgx = 0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        const A g = load(dy, row + i) * load(gamma, i);
+        sg += g;
+        sgx += g * (load(x, row + i) - mean) * rstd;
+    }
+    const A mg = block_sum(sg) / d;
+    const A mgx = block_sum(sgx) / d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        const A xhat = (load(x, row + i) - mean) * rstd;
+        const A g = load(dy, row + i) * load(gamma, i);
+        store(dx, row + i, rstd * (g - mg - xhat * mgx));
+    }
+}
+
+// ---- Activations, elementwise ----------------------------------------------------------------
+// act: 0 quick_gelu x*sigmoid(1.702x), 1 gelu (erf), 2 gelu (tanh), 3 relu.
+
+template <typename A>
+__device__ __forceinline__ A act_fwd(A h, int act) {
+    switch (act) {
+        case 0: return h * sigmoid_(A(1.702) * h);
+        case 1: return A(0.5) * h * (A(1) + erf(h * A(0.70710678118654752440)));
+        case 2: { A t = tanh(A(0.79788456080286535588) * (h + A(0.044715) * h * h * h)); return A(0.5) * h * (A(1) + t); }
+        default: return h > A(0) ? h : A(0);
+    }
+}
+
+template <typename A>
+__device__ __forceinline__ A act_grad(A h, int act) {
+    switch (act) {
+        case 0: { A s = sigmoid_(A(1.702) * h); return s + A(1.702) * h * s * (A(1) - s); }
+        case 1: return A(0.5) * (A(1) + erf(h * A(0.70710678118654752440))) + h * exp(A(-0.5) * h * h) * A(0.39894228040143267794);
+        case 2: {
+            const A k = A(0.79788456080286535588);
+            A t = tanh(k * (h + A(0.044715) * h * h * h));
+            return A(0.5) * (A(1) + t) + A(0.5) * h * (A(1) - t * t) * k * (A(1) + A(3) * A(0.044715) * h * h);
+        }
+        default: return h > A(0) ? A(1) : A(0);
+    }
+}
+
+template <typename T>
+__device__ void activation_fwd(const T *h, T *y, size_t n, int act) {
+    typedef typename Acc<T>::type A;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)blockDim.x * gridDim.x)
+        store(y, i, act_fwd<A>(load(h, i), act));
+}
+
+template <typename T>
+__device__ void activation_bwd(const T *h, const T *dy, T *dh, size_t n, int act) {
+    typedef typename Acc<T>::type A;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)blockDim.x * gridDim.x)
+        store(dh, i, load(dy, i) * act_grad<A>(load(h, i), act));
+}
+
+// ---- Softmax backward over the last dim, one warp per row: dx = y * (dy - sum(dy * y)) ---------
+
+template <typename T>
+__device__ void softmax_bwd(const T *y, const T *dy, T *dx, size_t rows, int d) {
+    typedef typename Acc<T>::type A;
+    const size_t r = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    const size_t row = r * d;
+    A s = 0;
+    for (int i = lane; i < d; i += 32) s += load(y, row + i) * load(dy, row + i);
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+    for (int i = lane; i < d; i += 32) store(dx, row + i, load(y, row + i) * (load(dy, row + i) - s));
+}
+
+// ---- Bias, activation and residual after a matmul, one pass: y = act(x + b) (+ r) -------------
+// x and r are (rows, d) row-major, b is (d); act -1 means none; r may be null.
+
+template <typename T>
+__device__ void bias_act(const T *x, const T *b, const T *r, T *y, size_t n, int d, int act) {
+    typedef typename Acc<T>::type A;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)blockDim.x * gridDim.x) {
+        A v = load(x, i) + load(b, i % d);
+        if (act >= 0) v = act_fwd<A>(v, act);
+        if (r != nullptr) v += load(r, i);
+        store(y, i, v);
+    }
+}
+
+// ---- Attention layouts ----------------------------------------------------------------------
+
+// The fused QKV projection's output (B*T, 3*H*hd) plus its bias, to q (scaled), k, v stacked as
+// (3, B, H, T, hd).
+template <typename T>
+__device__ void qkv_split(const T *x, const T *bias, T *out, int B, int T_, int H, int hd, double scale) {
+    typedef typename Acc<T>::type A;
+    const size_t n = (size_t)3 * B * H * T_ * hd;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)blockDim.x * gridDim.x) {
+        size_t r = i;
+        const int e = r % hd; r /= hd;
+        const int t = r % T_; r /= T_;
+        const int h = r % H; r /= H;
+        const int b = r % B; r /= B;
+        const int s = (int)r;
+        const size_t col = ((size_t)s * H + h) * hd + e;
+        A v = load(x, ((size_t)b * T_ + t) * 3 * H * hd + col) + load(bias, col);
+        if (s == 0) v *= A(scale);
+        store(out, i, v);
+    }
+}
+
+// The inverse for gradients: dq (B, H, T, hd) times `scale`, and dk, dv read at rows
+// [t_off, t_off + T) of (B, H, tk_total, hd), to (B*T, 3*H*hd).
+template <typename T>
+__device__ void qkv_merge(const T *dq, const T *dk, const T *dv, T *out, int B, int T_, int H, int hd, int tk_total, int t_off, double scale) {
+    typedef typename Acc<T>::type A;
+    const size_t n = (size_t)3 * B * H * T_ * hd;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)blockDim.x * gridDim.x) {
+        size_t r = i;
+        const int e = r % hd; r /= hd;
+        const int h = r % H; r /= H;
+        const int s = r % 3; r /= 3;
+        const int t = r % T_; r /= T_;
+        const int b = (int)r;
+        A v;
+        if (s == 0) v = load(dq, (((size_t)b * H + h) * T_ + t) * hd + e) * A(scale);
+        else v = load(s == 1 ? dk : dv, (((size_t)b * H + h) * tk_total + t_off + t) * hd + e);
+        store(out, i, v);
+    }
+}
+
+// (A, B, C, D) -> (A, C, B, D): heads merged after attention, or split for its backward.
+template <typename T>
+__device__ void transpose12(const T *x, T *y, int A_, int B_, int C_, int D_) {
+    const size_t n = (size_t)A_ * B_ * C_ * D_;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)blockDim.x * gridDim.x) {
+        size_t r = i;
+        const int d = r % D_; r /= D_;
+        const int b = r % B_; r /= B_;
+        const int c = r % C_; r /= C_;
+        const int a = (int)r;
+        y[i] = x[(((size_t)a * B_ + b) * C_ + c) * D_ + d];
+    }
+}
+
+// ---- Softmax over rows of n, with an optional causal mask: row r is query i = r % tq, and
+// key j is masked when j > offset + i (offset < 0: no mask). One warp per row. ---------------
+
+template <typename T>
+__device__ void softmax_rows(const T *x, T *y, size_t rows, int n, int tq, int offset) {
+    typedef typename Acc<T>::type A;
+    const size_t r = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    const size_t row = r * n;
+    const int last = offset < 0 ? n - 1 : min(n - 1, offset + (int)(r % tq));
+    A m = -INFINITY;
+    for (int j = lane; j <= last; j += 32) m = max(m, (A)load(x, row + j));
+    for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffff, m, o));
+    A s = 0;
+    for (int j = lane; j <= last; j += 32) s += exp(load(x, row + j) - m);
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+    const A inv = A(1) / s;
+    for (int j = lane; j < n; j += 32) store(y, row + j, j <= last ? exp(load(x, row + j) - m) * inv : A(0));
+}
+
+// ---- Gradients of keys and values shared by a group: x (G*K, H, Tt, hd); the first Tp rows of
+// each head summed over the K sequences of each group, to (G, H, Tp, hd). ----------------------
+
+template <typename T>
+__device__ void group_prefix_sum(const T *x, T *out, int G, int K, int H, int Tt, int Tp, int hd) {
+    typedef typename Acc<T>::type A;
+    const size_t n = (size_t)G * H * Tp * hd;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)blockDim.x * gridDim.x) {
+        size_t r = i;
+        const int e = r % hd; r /= hd;
+        const int t = r % Tp; r /= Tp;
+        const int h = r % H; r /= H;
+        const int g = (int)r;
+        const size_t stride = (size_t)H * Tt * hd;
+        const T *p = x + (size_t)g * K * stride + ((size_t)h * Tt + t) * hd + e;
+        A s0 = 0, s1 = 0, s2 = 0, s3 = 0;  // independent sums keep four loads in flight
+        int k = 0;
+        for (; k + 4 <= K; k += 4) {
+            s0 += load(p, (size_t)k * stride);
+            s1 += load(p, (size_t)(k + 1) * stride);
+            s2 += load(p, (size_t)(k + 2) * stride);
+            s3 += load(p, (size_t)(k + 3) * stride);
+        }
+        for (; k < K; ++k) s0 += load(p, (size_t)k * stride);
+        store(out, i, (s0 + s1) + (s2 + s3));
+    }
+}
+
+// ---- Rows placed at given indices of a zeroed output: out[idx[i]] = src[i] (unique indices) ---
+
+template <typename T>
+__device__ void scatter_rows(const T *src, const uint32_t *idx, T *out, size_t rows, int d) {
+    const size_t n = rows * d;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)blockDim.x * gridDim.x)
+        out[(size_t)idx[i / d] * d + i % d] = src[i];
+}
+
+#define OPS(T, S)                                                                                      \
+    extern "C" __global__ void layer_norm_fwd_##S(const T *x, const T *g, const T *b, T *y, int d, double eps) { layer_norm_fwd(x, g, b, y, d, eps); } \
+    extern "C" __global__ void layer_norm_bwd_##S(const T *x, const T *g, const T *dy, T *dx, int d, double eps) { layer_norm_bwd(x, g, dy, dx, d, eps); } \
+    extern "C" __global__ void activation_fwd_##S(const T *h, T *y, size_t n, int act) { activation_fwd(h, y, n, act); } \
+    extern "C" __global__ void activation_bwd_##S(const T *h, const T *dy, T *dh, size_t n, int act) { activation_bwd(h, dy, dh, n, act); } \
+    extern "C" __global__ void softmax_bwd_##S(const T *y, const T *dy, T *dx, size_t rows, int d) { softmax_bwd(y, dy, dx, rows, d); } \
+    extern "C" __global__ void bias_act_##S(const T *x, const T *b, const T *r, T *y, size_t n, int d, int act) { bias_act(x, b, r, y, n, d, act); } \
+    extern "C" __global__ void qkv_split_##S(const T *x, const T *b, T *out, int B, int T_, int H, int hd, double scale) { qkv_split(x, b, out, B, T_, H, hd, scale); } \
+    extern "C" __global__ void qkv_merge_##S(const T *dq, const T *dk, const T *dv, T *out, int B, int T_, int H, int hd, int tk, int off, double scale) { qkv_merge(dq, dk, dv, out, B, T_, H, hd, tk, off, scale); } \
+    extern "C" __global__ void transpose12_##S(const T *x, T *y, int A_, int B_, int C_, int D_) { transpose12(x, y, A_, B_, C_, D_); } \
+    extern "C" __global__ void softmax_rows_##S(const T *x, T *y, size_t rows, int n, int tq, int offset) { softmax_rows(x, y, rows, n, tq, offset); } \
+    extern "C" __global__ void group_prefix_sum_##S(const T *x, T *out, int G, int K, int H, int Tt, int Tp, int hd) { group_prefix_sum(x, out, G, K, H, Tt, Tp, hd); } \
+    extern "C" __global__ void scatter_rows_##S(const T *src, const uint32_t *idx, T *out, size_t rows, int d) { scatter_rows(src, idx, out, rows, d); }
+
+OPS(float, f32)
+OPS(double, f64)
+OPS(__half, f16)
+OPS(__nv_bfloat16, bf16)
