@@ -25,11 +25,13 @@ fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
     v[v.len() / 2]
 }
 
-/// 100 class names of two words each (the same list as bench/torch_coop_step.py).
+/// Distinct class names: two words for the first 100 (the same list as
+/// bench/torch_coop_step.py), then a third word in front, up to 1000.
 pub fn class_names(k: usize) -> Vec<String> {
     let adj = ["red", "small", "wild", "old", "striped", "golden", "wooden", "spotted", "tiny", "giant"];
     let noun = ["dog", "car", "bird", "chair", "flower", "boat", "house", "fish", "lamp", "tree"];
-    (0..k).map(|i| format!("{} {}", adj[i % 10], noun[(i / 10) % 10])).collect()
+    let place = ["", "sea ", "mountain ", "desert ", "city ", "forest ", "river ", "snow ", "garden ", "toy "];
+    (0..k).map(|i| format!("{}{} {}", place[(i / 100) % 10], adj[i % 10], noun[(i / 10) % 10])).collect()
 }
 
 /// Median seconds of a CoOp training step: with fresh image features (`encode_images`: the
@@ -81,8 +83,19 @@ fn cocoop_step(clip: &Clip, k: usize, batch: usize, reps: usize) -> f64 {
     })
 }
 
+mod gpu;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    #[cfg(feature = "cuda")]
+    if args.len() >= 4 && args[1] == "profile" {
+        gpu::profile(Path::new(&args[2]), &args[3]);
+        return;
+    }
+    if args.len() >= 3 && args[1] == "gpu" {
+        gpu::run(Path::new(&args[2]), args.get(3).map(String::as_str).unwrap_or("cuda:0"));
+        return;
+    }
     if args.len() >= 4 && args[1] == "cocoop-step" {
         let path = Path::new(&args[2]);
         let batch: usize = args[3].parse().expect("batch size");
@@ -113,7 +126,7 @@ fn main() {
         return;
     }
     if args.len() < 3 || args[1] != "encode" {
-        eprintln!("usage: promptclip-bench encode|coop-step <checkpoint.safetensors> [ViT-B/16] [images-dir]");
+        eprintln!("usage: promptclip-bench encode|coop-step|cocoop-step <checkpoint.safetensors> [ViT-B/16] [images-dir]\n       promptclip-bench gpu <work-dir> [cuda:N]");
         std::process::exit(2);
     }
     let path = Path::new(&args[2]);

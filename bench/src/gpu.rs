@@ -1,0 +1,267 @@
+//! The GPU benchmark, promptclip's side (bench/torch_official_gpu.py is PyTorch's):
+//!
+//!   promptclip-bench gpu <work-dir> [cuda:0]
+//!
+//! (It also runs on "cpu", without peak memory: BENCH_QUICK=1 shrinks every workload, to try
+//! the two scripts here before spending GPU time.)
+//! Writes a random ViT-B/16 (OpenAI names) and the shared inputs (pixels, labels, initial context
+//! and Meta-Net, class names) into <work-dir> when they are missing, so that the PyTorch script
+//! runs the same math on the same numbers. Then, for fp16 (CLIP weights in fp16, learned
+//! parameters and optimiser in fp32) and fp32, it times image encoding, the CoOp step and the
+//! CoCoOp step at the workloads, with the peak memory of each, and the loss trajectory of
+//! a few steps for the agreement check. One JSON line per measurement.
+use crate::class_names;
+use promptclip_core::clip::random::{write_random_openai_clip, RandomClipSpec};
+use promptclip_core::prompt::coop::{CoopConfig, PromptLearner};
+use promptclip_core::prompt::{CocoopConfig, CocoopLearner};
+use promptclip_core::tensor::{DType, Device, Tensor};
+use promptclip_core::train::optim::{Sgd, SgdConfig};
+use promptclip_core::train::PromptModel;
+use promptclip_core::Clip;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+const MAX_BATCH: usize = 32;
+
+fn sync(dev: &Device) {
+    dev.synchronize().expect("synchronize");
+}
+
+fn quick() -> bool {
+    std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1")
+}
+
+/// Median milliseconds of `reps` runs after `warmup` runs, the GPU drained around each run.
+fn time_ms(dev: &Device, warmup: usize, reps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    sync(dev);
+    let mut v: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            sync(dev);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[cfg(feature = "cuda")]
+fn peak_mib(dev: &Device, f: impl FnOnce()) -> f64 {
+    if !dev.is_cuda() {
+        f();
+        return f64::NAN;
+    }
+    promptclip_core::device::cuda::reset_peak_memory(dev).expect("reset peak");
+    f();
+    sync(dev);
+    promptclip_core::device::cuda::peak_memory(dev).expect("peak") as f64 / (1 << 20) as f64
+}
+
+#[cfg(not(feature = "cuda"))]
+fn peak_mib(_dev: &Device, f: impl FnOnce()) -> f64 {
+    f();
+    f64::NAN
+}
+
+/// The inputs both implementations read: pixels (32, 3, 224, 224), labels, CoOp's initial
+/// context (M = 16, std 0.02) and CoCoOp's Meta-Net, as our own initialisers make them.
+fn write_inputs(path: &Path, clip: &Clip) {
+    let cpu = Device::Cpu;
+    let mut rng = promptclip_core::rng::Rng::new(5);
+    let pixels = Tensor::from_vec(rng.normal_vec(MAX_BATCH * 3 * 224 * 224, 1.0), (MAX_BATCH, 3, 224, 224), &cpu).unwrap();
+    let labels = Tensor::from_vec((0..MAX_BATCH as u32).map(|i| (i * 7) % 50).collect::<Vec<_>>(), MAX_BATCH, &cpu).unwrap();
+    let coop = PromptLearner::new(clip, &class_names(2), CoopConfig { n_ctx: 16, ..CoopConfig::default() }).unwrap();
+    let cocoop = CocoopLearner::new(clip, &class_names(2), CocoopConfig::default()).unwrap();
+    let mut tensors: Vec<(String, Tensor)> = vec![("pixels".into(), pixels), ("labels".into(), labels), ("coop_ctx".into(), coop.ctx.as_tensor().clone())];
+    for (name, v) in cocoop.meta.named() {
+        tensors.push((format!("cocoop.{name}"), v.as_tensor().clone()));
+    }
+    tensors.push(("cocoop.ctx".into(), cocoop.prompt.ctx.as_tensor().clone()));
+    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let md = HashMap::from([("class_names_1000".to_string(), serde_json::to_string(&class_names(1000)).unwrap())]);
+    promptclip_core::files::write_safetensors_atomic(path, &refs, md).unwrap();
+}
+
+struct Inputs {
+    pixels: Tensor,
+    labels: Tensor,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl Inputs {
+    fn pixels(&self, b: usize) -> Tensor {
+        self.pixels.narrow(0, 0, b).unwrap()
+    }
+    fn labels(&self, b: usize, k: usize) -> Tensor {
+        let l: Vec<u32> = self.labels.narrow(0, 0, b).unwrap().to_vec1::<u32>().unwrap().iter().map(|&x| x % k as u32).collect();
+        Tensor::from_vec(l, b, self.labels.device()).unwrap()
+    }
+}
+
+fn coop_learner(clip: &Clip, inputs: &Inputs, k: usize) -> PromptLearner {
+    let l = PromptLearner::new(clip, &class_names(k), CoopConfig { n_ctx: 16, ..CoopConfig::default() }).unwrap();
+    l.ctx.set(&inputs.tensors["coop_ctx"]).unwrap();
+    l
+}
+
+fn cocoop_learner(clip: &Clip, inputs: &Inputs, k: usize) -> CocoopLearner {
+    // A budget large enough that the chunking never splits the batches measured here.
+    let l = CocoopLearner::new(clip, &class_names(k), CocoopConfig { memory_budget_bytes: 48 << 30, ..CocoopConfig::default() }).unwrap();
+    for (name, v) in l.meta.named() {
+        v.set(&inputs.tensors[&format!("cocoop.{name}")]).unwrap();
+    }
+    l
+}
+
+/// One training step as the official trainers run it: images through the frozen encoder, the
+/// learner's loss and gradients, SGD. Returns the loss.
+fn step<M: PromptModel>(clip: &Clip, learner: &M, sgd: &mut Sgd, pixels: &Tensor, labels: &Tensor) -> f32 {
+    let feats = clip.encode_image(&pixels.to_dtype(clip.dtype).unwrap()).unwrap();
+    let (loss, _, grads) = learner.loss_and_grads(clip, &feats, labels).unwrap();
+    let vars: Vec<_> = learner.vars().into_iter().map(|(_, v)| v).collect();
+    sgd.step(&vars, &grads, 0.002).unwrap();
+    loss
+}
+
+/// The random ViT-B/16 and the shared inputs in `work`, written when missing. Returns the
+/// checkpoint's path.
+fn prepare(work: &Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(work).unwrap();
+    let ckpt = work.join("vit-b16.safetensors");
+    if !ckpt.exists() {
+        write_random_openai_clip(&ckpt, &RandomClipSpec::VIT_B_16, DType::F32, 0).unwrap();
+    }
+    let inputs_path = work.join("inputs.safetensors");
+    if !inputs_path.exists() {
+        write_inputs(&inputs_path, &Clip::load(&ckpt, &Device::Cpu).unwrap());
+    }
+    ckpt
+}
+
+pub fn run(work: &Path, device: &str) {
+    let dev = promptclip_core::device::device_from_name(device).expect("device");
+    let ckpt = prepare(work);
+    let (tensors, _) = promptclip_core::files::read_safetensors(&work.join("inputs.safetensors"), &dev).unwrap();
+    let inputs = Inputs { pixels: tensors["pixels"].clone(), labels: tensors["labels"].clone(), tensors };
+    let print = |v: serde_json::Value| println!("{v}");
+
+    // (Half precision on the CPU is only a slow emulation: the CPU dry run does fp32 alone.)
+    let precs: &[(&str, DType)] = if dev.is_cuda() { &[("fp16", DType::F16), ("fp32", DType::F32)] } else { &[("fp32", DType::F32)] };
+    for &(prec, dtype) in precs {
+        let clip = Clip::load_with_dtype(&ckpt, &dev, dtype).unwrap();
+        let base = serde_json::json!({"impl": "promptclip", "prec": prec, "device": device});
+        let with = |mut v: serde_json::Value, extra: serde_json::Value| {
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            v
+        };
+
+        // Image encoding, batch 100 (the official test batch).
+        let (warm, reps) = if quick() { (1, 1) } else { (3, 20) };
+        let px100 = Tensor::cat(&(0..4).map(|_| inputs.pixels(25)).collect::<Vec<_>>(), 0).unwrap().to_dtype(dtype).unwrap();
+        let ms = time_ms(&dev, warm, reps, || {
+            clip.encode_image(&px100).unwrap();
+        });
+        let mib = peak_mib(&dev, || {
+            clip.encode_image(&px100).unwrap();
+        });
+        print(with(base.clone(), serde_json::json!({"what": "image_encode", "batch": 100, "ms": ms, "per_second": 100.0 / ms * 1e3, "peak_mib": mib})));
+
+        // CoOp steps: K = 100 and 1000, batch 32, M = 16.
+        for k in if quick() { vec![10] } else { vec![100, 1000] } {
+            let learner = coop_learner(&clip, &inputs, k);
+            let mut sgd = Sgd::new(SgdConfig::default(), 1);
+            let (px, lb) = (inputs.pixels(32), inputs.labels(32, k));
+            let ms = time_ms(&dev, warm, reps, || {
+                step(&clip, &learner, &mut sgd, &px, &lb);
+            });
+            let mib = peak_mib(&dev, || {
+                step(&clip, &learner, &mut sgd, &px, &lb);
+            });
+            print(with(base.clone(), serde_json::json!({"what": format!("coop_step_k{k}"), "classes": k, "batch": 32, "n_ctx": 16, "ms": ms, "per_second": 32.0 / ms * 1e3, "peak_mib": mib})));
+        }
+
+        // CoCoOp steps: K = 50 at batch 1, 8, 32; K = 500 at batch 1 and 8.
+        let cocoop_sizes = if quick() { vec![(5, 2)] } else { vec![(50, 1), (50, 8), (50, 32), (500, 1), (500, 8)] };
+        for (k, b) in cocoop_sizes {
+            let learner = cocoop_learner(&clip, &inputs, k);
+            let mut sgd = Sgd::new(SgdConfig::default(), 5);
+            let (px, lb) = (inputs.pixels(b), inputs.labels(b, k));
+            let reps = if quick() { 1 } else if b * k >= 4000 { 5 } else { 10 };
+            let ms = time_ms(&dev, warm.min(2), reps, || {
+                step(&clip, &learner, &mut sgd, &px, &lb);
+            });
+            let mib = peak_mib(&dev, || {
+                step(&clip, &learner, &mut sgd, &px, &lb);
+            });
+            print(with(base.clone(), serde_json::json!({"what": format!("cocoop_step_k{k}_b{b}"), "classes": k, "batch": b, "ms": ms, "ms_per_image": ms / b as f64, "per_second": b as f64 / ms * 1e3, "peak_mib": mib})));
+        }
+
+        // Agreement: the same steps from the same start as bench/torch_official_gpu.py.
+        let learner = coop_learner(&clip, &inputs, 100);
+        let mut sgd = Sgd::new(SgdConfig::default(), 1);
+        let (px, lb) = (inputs.pixels(32), inputs.labels(32, 100));
+        let losses: Vec<f32> = (0..if quick() { 2 } else { 10 }).map(|_| step(&clip, &learner, &mut sgd, &px, &lb)).collect();
+        print(with(base.clone(), serde_json::json!({"what": "coop_losses_k100", "losses": losses})));
+        let learner = cocoop_learner(&clip, &inputs, 50);
+        let mut sgd = Sgd::new(SgdConfig::default(), 5);
+        let (px, lb) = (inputs.pixels(8), inputs.labels(8, 50));
+        let losses: Vec<f32> = (0..if quick() { 2 } else { 5 }).map(|_| step(&clip, &learner, &mut sgd, &px, &lb)).collect();
+        print(with(base.clone(), serde_json::json!({"what": "cocoop_losses_k50_b8", "losses": losses})));
+    }
+}
+
+/// One workload between cuProfilerStart and cuProfilerStop, after warm-up, for
+/// `ncu --profile-from-start off` (scripts/gpu.sh profile): "image", "coop" or "cocoop".
+#[cfg(feature = "cuda")]
+pub fn profile(work: &Path, what: &str) {
+    let dev = promptclip_core::device::device_from_name("cuda").expect("device");
+    let ckpt = prepare(work);
+    let (tensors, _) = promptclip_core::files::read_safetensors(&work.join("inputs.safetensors"), &dev).unwrap();
+    let inputs = Inputs { pixels: tensors["pixels"].clone(), labels: tensors["labels"].clone(), tensors };
+    let clip = Clip::load_with_dtype(&ckpt, &dev, DType::F16).unwrap();
+    let mut run: Box<dyn FnMut()> = match what {
+        "image" => {
+            let px = Tensor::cat(&(0..4).map(|_| inputs.pixels(25)).collect::<Vec<_>>(), 0).unwrap().to_dtype(DType::F16).unwrap();
+            Box::new(move || {
+                clip.encode_image(&px).unwrap();
+            })
+        }
+        "coop" => {
+            let learner = coop_learner(&clip, &inputs, 1000);
+            let mut sgd = Sgd::new(SgdConfig::default(), 1);
+            let (px, lb) = (inputs.pixels(32), inputs.labels(32, 1000));
+            Box::new(move || {
+                step(&clip, &learner, &mut sgd, &px, &lb);
+            })
+        }
+        _ => {
+            let learner = cocoop_learner(&clip, &inputs, 50);
+            let mut sgd = Sgd::new(SgdConfig::default(), 5);
+            let (px, lb) = (inputs.pixels(32), inputs.labels(32, 50));
+            Box::new(move || {
+                step(&clip, &learner, &mut sgd, &px, &lb);
+            })
+        }
+    };
+    for _ in 0..3 {
+        run();
+    }
+    sync(&dev);
+    let t = Instant::now();
+    run();
+    sync(&dev);
+    eprintln!("{what}: {:.2} ms wall (unprofiled)", t.elapsed().as_secs_f64() * 1e3);
+    use promptclip_core::tensor::cuda_sys as sys;
+    // SAFETY: plain driver calls; the profiler brackets exactly one run.
+    unsafe { sys::cuProfilerStart() };
+    run();
+    sync(&dev);
+    unsafe { sys::cuProfilerStop() };
+}
