@@ -46,5 +46,24 @@ def main():
         print(f"  {o['what']:<24}{o['prec']:<6} promptclip {o['losses'][0]:.5f} -> {o['losses'][-1]:.5f}   official {t['losses'][0]:.5f} -> {t['losses'][-1]:.5f}   max rel diff {diff:.1e}")
 
 
+
+def e2e(ours, theirs):
+    find = lambda rows, what: next((r for r in rows if r["what"] == what), None)
+    o, t = find(ours, "e2e_coop"), find(theirs, "e2e_coop")
+    if not (o or t):
+        return
+    print("\nthe whole job (16 shots x 100 classes of 500x375 JPEGs, crop + flip, batch 32, fp16):")
+    if o:
+        print(f"  promptclip: {o['epochs']} epochs in {o['seconds']:.1f} s ({o['seconds_per_epoch'] * 1e3:.0f} ms/epoch after a first epoch of {o['first_epoch_seconds']:.2f} s; loss {o['first_epoch_loss']:.3f} -> {o['last_epoch_loss']:.3f})")
+    if t:
+        print(f"  official:   {t['seconds_per_epoch']:.2f} s/epoch (first {t['first_epoch_seconds']:.2f} s) -> about {t['seconds_200_epochs_estimated']:.0f} s for 200 epochs")
+    if o and t and o["epochs"] == 200:
+        print(f"  speed-up on 200 epochs: {t['seconds_200_epochs_estimated'] / o['seconds']:.1f}x")
+    o, t = find(ours, "e2e_evaluate"), find(theirs, "e2e_evaluate")
+    if o and t:
+        print(f"  evaluation (decode, crop, encode, classify): promptclip {o['per_second']:.0f} images/s, official {t['per_second']:.0f} images/s ({o['per_second'] / t['per_second']:.2f}x)")
+
+
 if __name__ == "__main__":
     main()
+    e2e(*(read(p) for p in sys.argv[1:3]))

@@ -133,14 +133,24 @@ run() {
   if [ "${GPU_SKIP_BENCH:-}" != 1 ]; then
     "$work/b/bin/promptclip-bench" gpu "$work" cuda:0 | tee "$out/promptclip.jsonl"
     python3 bench/torch_official_gpu.py "$work" | tee "$out/official.jsonl"
+    # The whole 200-epoch job with its JPEG pipeline; the official pipeline for a few epochs.
+    "$work/b/bin/promptclip-bench" e2e "$work" cuda:0 "${GPU_E2E_EPOCHS:-200}" | tee -a "$out/promptclip.jsonl"
+    python3 bench/torch_official_e2e.py "$work" 4 | tee -a "$out/official.jsonl"
     python3 bench/gpu_report.py "$out/promptclip.jsonl" "$out/official.jsonl" | tee "$out/report.txt"
   fi
   return $status
 }
 
+# Type-check the CUDA code paths here (seconds, not the full build).
+check() {
+  toolchain
+  CARGO_TARGET_DIR="$root/target/cuda" cargo check --release --features cuda -p promptclip-core -p promptclip-bench --tests --target "$(rustc -vV | sed -n 's/^host: //p')"
+}
+
 case "${1:-}" in
   build) build ;;
+  check) check ;;
   run) run ;;
   profile) profile ;;
-  *) echo "usage: bash scripts/gpu.sh build|run|profile" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/gpu.sh build|check|run|profile" >&2; exit 2 ;;
 esac

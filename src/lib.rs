@@ -531,10 +531,10 @@ fn train_config(o: NativeTrainOptions, method: &str) -> promptclip_core::Result<
         warmup_lr: o.warmup_lr.unwrap_or(d.warmup_lr),
         seed: o.seed.map(|x| x as u64).unwrap_or(d.seed),
         augment: o.augment.unwrap_or(d.augment),
-        augment_config: d.augment_config,
         checkpoint_path: o.checkpoint_path.map(PathBuf::from),
         checkpoint_every: o.checkpoint_every.map(|x| x as usize).unwrap_or(d.checkpoint_every),
         resume_from: o.resume_from.map(PathBuf::from),
+        ..d
     })
 }
 

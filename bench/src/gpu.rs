@@ -119,10 +119,15 @@ fn cocoop_learner(clip: &Clip, inputs: &Inputs, k: usize) -> CocoopLearner {
 }
 
 /// One training step as the official trainers run it: images through the frozen encoder, the
-/// learner's loss and gradients, SGD. Returns the loss.
+/// learner's loss and gradients, SGD. In fp16, with the trainer's loss scaling and overflow check.
+/// Returns the loss.
 fn step<M: PromptModel>(clip: &Clip, learner: &M, sgd: &mut Sgd, pixels: &Tensor, labels: &Tensor) -> f32 {
     let feats = clip.encode_image(&pixels.to_dtype(clip.dtype).unwrap()).unwrap();
-    let (loss, _, grads) = learner.loss_and_grads(clip, &feats, labels).unwrap();
+    let scale = if clip.dtype == DType::F16 { 65536.0 } else { 1.0 };
+    let (loss, _, grads) = learner.loss_and_grads_scaled(clip, &feats, labels, scale).unwrap();
+    if scale != 1.0 {
+        assert!(promptclip_core::train::optim::all_finite(&grads).unwrap());
+    }
     let vars: Vec<_> = learner.vars().into_iter().map(|(_, v)| v).collect();
     sgd.step(&vars, &grads, 0.002).unwrap();
     loss
@@ -264,4 +269,95 @@ pub fn profile(work: &Path, what: &str) {
     run();
     sync(&dev);
     unsafe { sys::cuProfilerStop() };
+}
+
+/// The whole job, as the issue times the official code: CoOp on 16 shots x 100 classes of 500x375
+/// JPEGs, random resized crop and flip, batch 32, for `epochs` epochs, JPEG decoding included;
+/// then evaluation (decode, center crop, encode, classify) over the same files.
+///
+///   promptclip-bench e2e <work-dir> [cuda:0] [epochs]
+pub fn e2e(work: &Path, device: &str, epochs: usize) {
+    use promptclip_core::preprocess::ImageSource;
+    use promptclip_core::train::{fit, LabelledImages, TrainConfig};
+    let dev = promptclip_core::device::device_from_name(device).expect("device");
+    let ckpt = prepare(work);
+    let (k, shots) = if quick() { (4, 4) } else { (100, 16) };
+    let files = jpeg_dataset(&work.join(format!("jpeg-{k}x{shots}")), k, shots);
+    let data = LabelledImages { sources: files.iter().map(|(p, _)| ImageSource::Path(p.clone())).collect(), labels: files.iter().map(|(_, l)| *l).collect() };
+    let dtype = if dev.is_cuda() { DType::F16 } else { DType::F32 };
+    let clip = Clip::load_with_dtype(&ckpt, &dev, dtype).unwrap();
+    let learner = PromptLearner::new(&clip, &class_names(k), CoopConfig { n_ctx: 16, ..CoopConfig::default() }).unwrap();
+    let config = TrainConfig { epochs, encode_batch_size: 128, ..TrainConfig::default() };
+    let started = Instant::now();
+    let mut first_epoch_s = None;
+    let summary = fit(
+        &clip,
+        &learner,
+        &data,
+        &config,
+        &mut |p| {
+            if p.epoch == 0 && p.step == p.steps_per_epoch {
+                first_epoch_s = Some(started.elapsed().as_secs_f64());
+            }
+        },
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+    .unwrap();
+    let total = started.elapsed().as_secs_f64();
+    let first = first_epoch_s.unwrap_or(f64::NAN);
+    println!(
+        "{}",
+        serde_json::json!({"impl": "promptclip", "what": "e2e_coop", "prec": crate::gpu::prec_name(dtype), "device": device, "images": data.sources.len(), "classes": k, "epochs": epochs,
+            "seconds": total, "first_epoch_seconds": first, "seconds_per_epoch": (total - first) / (epochs.max(2) - 1) as f64,
+            "first_epoch_loss": summary.epoch_loss.first(), "last_epoch_loss": summary.epoch_loss.last()})
+    );
+    // Evaluation, batch 100 (the official test batch).
+    let t = Instant::now();
+    let preds = promptclip_core::prompt::predict(&clip, &promptclip_core::prompt::Learner::Coop(learner), &data.sources, None, 100, &mut |_, _| {}).unwrap();
+    let s = t.elapsed().as_secs_f64();
+    assert_eq!(preds.indices.len(), data.sources.len());
+    println!("{}", serde_json::json!({"impl": "promptclip", "what": "e2e_evaluate", "prec": crate::gpu::prec_name(dtype), "device": device, "images": data.sources.len(), "seconds": s, "per_second": data.sources.len() as f64 / s}));
+}
+
+fn prec_name(dtype: DType) -> &'static str {
+    if dtype == DType::F16 {
+        "fp16"
+    } else {
+        "fp32"
+    }
+}
+
+/// `k` classes x `shots` synthetic 500x375 JPEGs (quality 90) in `dir`, written once: a class
+/// colour, a gradient, a few shapes and noise, so that decoding costs what a photo's does.
+/// Returns (path, label) pairs, also listed in `dir/files.txt` for the PyTorch side.
+fn jpeg_dataset(dir: &Path, k: usize, shots: usize) -> Vec<(std::path::PathBuf, usize)> {
+    use rayon::prelude::*;
+    std::fs::create_dir_all(dir).unwrap();
+    let items: Vec<(std::path::PathBuf, usize)> = (0..k * shots).map(|i| (dir.join(format!("{:03}_{:02}.jpg", i / shots, i % shots)), i / shots)).collect();
+    items.par_iter().enumerate().for_each(|(i, (path, label))| {
+        if path.exists() {
+            return;
+        }
+        let mut rng = promptclip_core::rng::Rng::new(1000 + i as u64);
+        let base = [(label * 37 % 256) as f64, (label * 91 % 256) as f64, (label * 151 % 256) as f64];
+        let shapes: Vec<(f64, f64, f64, [f64; 3])> = (0..6).map(|_| (rng.uniform() * 500.0, rng.uniform() * 375.0, 20.0 + rng.uniform() * 80.0, [rng.uniform() * 255.0, rng.uniform() * 255.0, rng.uniform() * 255.0])).collect();
+        let noise = rng.normal_vec(500 * 375, 12.0);
+        let img = image::RgbImage::from_fn(500, 375, |x, y| {
+            let (xf, yf) = (x as f64, y as f64);
+            let mut c = [base[0] * (0.5 + xf / 1000.0), base[1] * (0.5 + yf / 750.0), base[2]];
+            for (cx, cy, r, col) in &shapes {
+                if (xf - cx).powi(2) + (yf - cy).powi(2) < r * r {
+                    c = *col;
+                }
+            }
+            let n = noise[(y * 500 + x) as usize] as f64;
+            image::Rgb(c.map(|v| (v + n).clamp(0.0, 255.0) as u8))
+        });
+        let mut bytes = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90).encode_image(&img).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    });
+    let list: String = items.iter().map(|(p, l)| format!("{}\t{l}\n", p.display())).collect();
+    std::fs::write(dir.join("files.txt"), list).unwrap();
+    items
 }

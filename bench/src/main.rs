@@ -92,6 +92,11 @@ fn main() {
         gpu::profile(Path::new(&args[2]), &args[3]);
         return;
     }
+    if args.len() >= 3 && args[1] == "e2e" {
+        let epochs = args.get(4).and_then(|e| e.parse().ok()).unwrap_or(200);
+        gpu::e2e(Path::new(&args[2]), args.get(3).map(String::as_str).unwrap_or("cuda:0"), epochs);
+        return;
+    }
     if args.len() >= 3 && args[1] == "gpu" {
         gpu::run(Path::new(&args[2]), args.get(3).map(String::as_str).unwrap_or("cuda:0"));
         return;
@@ -126,7 +131,7 @@ fn main() {
         return;
     }
     if args.len() < 3 || args[1] != "encode" {
-        eprintln!("usage: promptclip-bench encode|coop-step|cocoop-step <checkpoint.safetensors> [ViT-B/16] [images-dir]\n       promptclip-bench gpu <work-dir> [cuda:N]");
+        eprintln!("usage: promptclip-bench encode|coop-step|cocoop-step <checkpoint.safetensors> [ViT-B/16] [images-dir]\n       promptclip-bench gpu|e2e <work-dir> [cuda:N] [epochs]");
         std::process::exit(2);
     }
     let path = Path::new(&args[2]);

@@ -127,6 +127,26 @@ fn loss_and_grads_equal_autograd_for_every_variant() {
 }
 
 #[test]
+fn loss_scaling_by_a_power_of_two_leaves_gradients_bit_identical() {
+    // Every op between the loss and the context is linear in the incoming gradient, and scaling
+    // by 2^k is exact in floating point: scaled-then-unscaled gradients equal plain ones exactly.
+    let clip = hf_clip();
+    let names: Vec<String> = ["dog", "cat", "paper crane"].map(String::from).to_vec();
+    let feats = Tensor::randn(0f32, 1.0, (4, clip.embed_dim()), &dev()).unwrap();
+    let labels = Tensor::new(&[0u32, 1, 2, 1], &dev()).unwrap();
+    let learner = PromptLearner::new(&clip, &names, CoopConfig { n_ctx: 4, ..CoopConfig::default() }).unwrap();
+    let (l1, _, g1) = learner.loss_and_grads(&clip, &feats, &labels).unwrap();
+    let (l2, _, g2) = learner.loss_and_grads_scaled(&clip, &feats, &labels, 65536.0).unwrap();
+    assert_eq!(l1, l2);
+    assert_eq!(rel_err(&g2[0], &g1[0]), 0.0);
+    // The scaler: an overflow skips the step and halves the scale; good steps double it.
+    let mut s = promptclip_core::train::optim::LossScaler { growth_interval: 2, ..Default::default() };
+    assert!(!s.update(false) && s.scale == 32768.0);
+    assert!(s.update(true) && s.update(true) && s.scale == 65536.0 && s.good_steps == 0);
+    assert!(!promptclip_core::train::optim::all_finite(&[Tensor::new(&[1f32, f32::INFINITY], &dev()).unwrap()]).unwrap());
+}
+
+#[test]
 fn schedule_and_sgd_follow_the_official_recipe() {
     let sched: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("coop/schedule.json")).unwrap()).unwrap();
     let lrs: Vec<f64> = serde_json::from_value(sched["lrs"].clone()).unwrap();

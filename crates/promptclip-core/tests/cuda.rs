@@ -72,3 +72,52 @@ fn cocoop_trained_on_cuda_ends_within_tolerance_of_the_cpu_run() {
     println!("cocoop cpu fp32 vs cuda bf16: parameters rel diff {p:.2e}, epoch losses {l:.2e}");
     assert!(p < 5e-2 && l < 5e-2, "bf16: parameters {p}, losses {l}");
 }
+
+#[test]
+fn fused_kernels_on_cuda_equal_their_cpu_twins() {
+    use promptclip_core::clip::Activation;
+    use promptclip_core::kernels as k;
+    let gpu = cuda();
+    let cpu = Device::Cpu;
+    let r = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, &cpu).unwrap();
+    let (x, g, b, dy) = (r(&[50, 96]), r(&[96]), r(&[96]), r(&[50, 96]));
+    let on = |t: &Tensor, dt: DType| t.to_device(&gpu).unwrap().to_dtype(dt).unwrap();
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        // f32: rounding only; half types: one rounding of the output on top of it.
+        let tol = if dt == DType::F32 { 1e-5 } else { 2e-2 };
+        let check = |what: &str, cuda: candle_core::Result<Tensor>, cpu: candle_core::Result<Tensor>| {
+            let (cuda, cpu) = (cuda.unwrap(), cpu.unwrap());
+            let e = rel_err(&cuda, &cpu);
+            println!("kernel {what} {dt:?}: cuda vs cpu rel err {e:.1e}");
+            assert!(e < tol, "{what} {dt:?}: {e}");
+        };
+        let c = |t: &Tensor| t.to_dtype(dt).unwrap().to_dtype(DType::F32).unwrap(); // CPU inputs rounded like the GPU's
+        check("layer_norm", k::layer_norm(&on(&x, dt), &on(&g, dt), &on(&b, dt), 1e-5), k::layer_norm(&c(&x), &c(&g), &c(&b), 1e-5));
+        check("layer_norm_backward", k::layer_norm_backward(&on(&x, dt), &on(&g, dt), &on(&dy, dt), 1e-5), k::layer_norm_backward(&c(&x), &c(&g), &c(&dy), 1e-5));
+        for act in [Activation::QuickGelu, Activation::Gelu] {
+            check("activation", k::activation(&on(&x, dt), act), k::activation(&c(&x), act));
+            check("activation_backward", k::activation_backward(&on(&x, dt), &on(&dy, dt), act), k::activation_backward(&c(&x), &c(&dy), act));
+            check("bias_act", k::bias_act(&on(&x, dt), &on(&b, dt), Some(act), Some(&on(&dy, dt))), k::bias_act(&c(&x), &c(&b), Some(act), Some(&c(&dy))));
+        }
+        check("bias", k::bias_act(&on(&x, dt), &on(&b, dt), None, None), k::bias_act(&c(&x), &c(&b), None, None));
+        let scores = r(&[2, 3, 5, 9]);
+        check("softmax", k::attention_softmax(&on(&scores, dt), None), k::attention_softmax(&c(&scores), None));
+        check("causal softmax", k::attention_softmax(&on(&scores, dt), Some(4)), k::attention_softmax(&c(&scores), Some(4)));
+        let y = k::attention_softmax(&c(&scores), None).unwrap();
+        let dys = r(&[2, 3, 5, 9]);
+        check("softmax_backward", k::softmax_backward(&on(&y, dt), &on(&dys, dt)), k::softmax_backward(&c(&y), &c(&dys)));
+        let qkv = r(&[2, 5, 3 * 3 * 8]);
+        let bias = r(&[3 * 3 * 8]);
+        let (qg, kg, vg) = k::qkv_split(&on(&qkv, dt), &on(&bias, dt), 3, 0.35).unwrap();
+        let (qc, kc, vc) = k::qkv_split(&c(&qkv), &c(&bias), 3, 0.35).unwrap();
+        for (what, a, b) in [("qkv_split q", &qg, &qc), ("qkv_split k", &kg, &kc), ("qkv_split v", &vg, &vc)] {
+            check(what, Ok(a.clone()), Ok(b.clone()));
+        }
+        let long = r(&[2, 3, 7, 8]);
+        check("qkv_merge", k::qkv_merge(&qg, &on(&long, dt), &on(&long, dt), 2, 0.35), k::qkv_merge(&qc, &c(&long), &c(&long), 2, 0.35));
+        check("transpose12", k::transpose12(&on(&long, dt)), k::transpose12(&c(&long)));
+        let grads = r(&[6, 3, 7, 8]);
+        check("group_prefix_sum", k::group_prefix_sum(&on(&grads, dt), 2, 4), k::group_prefix_sum(&c(&grads), 2, 4));
+        check("scatter_rows", k::scatter_rows(&on(&x, dt), &(0..50u32).rev().map(|i| i * 2).collect::<Vec<_>>(), 100), k::scatter_rows(&c(&x), &(0..50u32).rev().map(|i| i * 2).collect::<Vec<_>>(), 100));
+    }
+}

@@ -135,6 +135,23 @@ impl Clip {
         Ok(self.visual_projection.forward(&self.vision.forward(pixels)?)?)
     }
 
+    /// The image side on `device` (a copy of its weights when that is another device, such as
+    /// the second stream that computes training features while the text side trains).
+    pub fn image_encoder(&self, device: &Device) -> Result<ImageEncoder> {
+        let same = device.same_device(&self.device);
+        if !same {
+            // The copy runs on the other device's stream: the weights must be in place first.
+            self.device.synchronize()?;
+        }
+        Ok(ImageEncoder {
+            vision: if same { self.vision.clone() } else { self.vision.to_device(device)? },
+            projection: if same { self.visual_projection.clone() } else { self.visual_projection.to_device(device)? },
+            image_config: self.image_config.clone(),
+            device: device.clone(),
+            dtype: self.dtype,
+        })
+    }
+
     /// Text features (B, E) from token embeddings and EOT positions (differentiable).
     pub fn encode_text_embeds(&self, embeds: &Tensor, eot: &[usize]) -> Result<Tensor> {
         Ok(self.text_projection.forward(&self.text.forward_embeds(embeds, eot)?)?)
@@ -183,6 +200,25 @@ impl Clip {
         let img = l2_normalize(image_features)?;
         let txt = l2_normalize(text_features)?;
         Ok((img.matmul(&txt.t()?)? * (self.logit_scale as f64).exp())?)
+    }
+}
+
+/// CLIP's image tower and projection on their own (see `Clip::image_encoder`).
+#[derive(Debug, Clone)]
+pub struct ImageEncoder {
+    vision: VisionTransformer,
+    projection: Linear,
+    pub image_config: ImageConfig,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl ImageEncoder {
+    /// Features (B, E) of 8-bit crops (B, S, S, 3), normalised on this encoder's device.
+    pub fn encode_crops(&self, crops: Tensor) -> Result<Tensor> {
+        let c = &self.image_config;
+        let pixels = crate::kernels::normalize_pixels(&crops.to_device(&self.device)?, c.mean, c.std, self.dtype)?;
+        Ok(self.projection.forward(&self.vision.forward(&pixels)?)?)
     }
 }
 

@@ -24,6 +24,10 @@ impl Linear {
         self.weight_t.dim(1).unwrap_or(0)
     }
 
+    pub fn to_device(&self, device: &candle_core::Device) -> Result<Self> {
+        Ok(Self { weight_t: self.weight_t.to_device(device)?, bias: self.bias.as_ref().map(|b| b.to_device(device)).transpose()? })
+    }
+
     /// The input gradient for the output gradient `dy` (.., out): dy W. The weight is frozen, so
     /// its own gradient is never formed.
     pub fn backward_input(&self, dy: &Tensor) -> Result<Tensor> {
@@ -157,6 +161,10 @@ impl LayerNorm {
 }
 
 impl LayerNorm {
+    pub fn to_device(&self, device: &candle_core::Device) -> Result<Self> {
+        Ok(Self { weight: self.weight.to_device(device)?, bias: self.bias.to_device(device)?, eps: self.eps })
+    }
+
     /// The input gradient for the output gradient `dy`, from the input `x` (statistics are
     /// recomputed, which costs less than keeping them).
     pub fn backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
@@ -302,6 +310,18 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
+    /// A copy of the block's weights on another device.
+    pub fn to_device(&self, device: &candle_core::Device) -> Result<Self> {
+        let a = &self.attn;
+        let m = &self.mlp;
+        Ok(Self {
+            ln_1: self.ln_1.to_device(device)?,
+            attn: Attention { qkv: a.qkv.to_device(device)?, out: a.out.to_device(device)?, num_heads: a.num_heads, head_dim: a.head_dim },
+            ln_2: self.ln_2.to_device(device)?,
+            mlp: Mlp { fc1: m.fc1.to_device(device)?, fc2: m.fc2.to_device(device)?, act: m.act },
+        })
+    }
+
     /// `causal`: see `Attention::core` (None for the image tower, Some(0) for the text tower).
     pub fn forward(&self, x: &Tensor, causal: Option<usize>) -> Result<Tensor> {
         if !x.track_op() {

@@ -35,6 +35,19 @@ impl VisionTransformer {
         Ok(Self { patch_weight_t, class_embedding, position_embedding, pre_ln, layers, post_ln, config: config.clone() })
     }
 
+    /// A copy of the tower's weights on another device.
+    pub fn to_device(&self, device: &candle_core::Device) -> Result<Self> {
+        Ok(Self {
+            patch_weight_t: self.patch_weight_t.to_device(device)?,
+            class_embedding: self.class_embedding.to_device(device)?,
+            position_embedding: self.position_embedding.to_device(device)?,
+            pre_ln: self.pre_ln.to_device(device)?,
+            layers: self.layers.iter().map(|l| l.to_device(device)).collect::<candle_core::Result<_>>()?,
+            post_ln: self.post_ln.to_device(device)?,
+            config: self.config.clone(),
+        })
+    }
+
     pub fn hidden_size(&self) -> usize {
         self.config.hidden_size
     }

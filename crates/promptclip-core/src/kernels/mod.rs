@@ -71,6 +71,8 @@ enum Op {
     GroupPrefixSum { g: usize, k: usize, h: usize, tt: usize, tp: usize, hd: usize },
     /// (src (rows, d), idx u32 (rows)) -> (rows_out, d), zero but at rows idx.
     ScatterRows { rows_out: usize, d: usize },
+    /// (u8 (N, S, S, 3)) -> f32 (N, 3, S, S), (x / 255 - mean) / std per channel.
+    NormalizePixels { n: usize, s: usize, mean: [f32; 3], std: [f32; 3] },
 }
 
 impl Op {
@@ -88,6 +90,7 @@ impl Op {
             Op::SoftmaxRows { .. } => "softmax_rows",
             Op::GroupPrefixSum { .. } => "group_prefix_sum",
             Op::ScatterRows { .. } => "scatter_rows",
+            Op::NormalizePixels { .. } => "normalize_pixels",
         }
     }
 
@@ -98,6 +101,7 @@ impl Op {
             Op::Transpose12 { a, b, c, d } => (a, c, b, d).into(),
             Op::GroupPrefixSum { g, h, tp, hd, .. } => (g, h, tp, hd).into(),
             Op::ScatterRows { rows_out, d } => (rows_out, d).into(),
+            Op::NormalizePixels { n, s, .. } => (n, 3, s, s).into(),
             _ => first.clone(),
         }
     }
@@ -250,6 +254,7 @@ impl Op {
                 });
                 out
             }
+            Op::NormalizePixels { .. } => unreachable!("8-bit input: see normalize_pixels_cpu"),
             Op::ScatterRows { rows_out, d } => {
                 let src = ins[0];
                 let mut out = vec![zero; rows_out * d];
@@ -264,7 +269,7 @@ impl Op {
     /// Apply to tensors: inputs made contiguous, float inputs in the first input's dtype.
     fn apply(self, ins: &[&Tensor]) -> Result<Tensor> {
         let dtype = ins[0].dtype();
-        if !supported(dtype) {
+        if !supported(dtype) && !matches!(self, Op::NormalizePixels { .. }) {
             candle_core::bail!("{}: unsupported dtype {dtype:?}", self.kernel());
         }
         let ins = ins
@@ -387,12 +392,30 @@ fn cpu_run(op: &Op, ins: &[(&CpuStorage, &Layout)], idx: &[u32]) -> Result<CpuSt
     }
 }
 
+fn normalize_pixels_cpu(x: &[u8], n: usize, s: usize, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
+    let plane = s * s;
+    let mut y = vec![0f32; n * 3 * plane];
+    y.par_chunks_mut(3 * plane).zip(x.par_chunks(3 * plane)).for_each(|(y, x)| {
+        for p in 0..plane {
+            for c in 0..3 {
+                // The same arithmetic as preprocess::normalize_into.
+                let v = (x[p * 3 + c] as f64 * (1.0 / 255.0)) as f32;
+                y[c * plane + p] = (v - mean[c]) / std[c];
+            }
+        }
+    });
+    y
+}
+
 impl candle_core::CustomOp1 for Op {
     fn name(&self) -> &'static str {
         self.kernel()
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if let (Op::NormalizePixels { n, s: size, mean, std }, CpuStorage::U8(x)) = (self, s) {
+            return Ok((CpuStorage::F32(normalize_pixels_cpu(slice(x, l)?, *n, *size, *mean, *std)), self.out_shape(l.shape())));
+        }
         Ok((cpu_run(self, &[(s, l)], &[])?, self.out_shape(l.shape())))
     }
 
@@ -546,6 +569,17 @@ pub fn group_prefix_sum(x: &Tensor, groups: usize, tp: usize) -> Result<Tensor> 
     Op::GroupPrefixSum { g: groups, k: n / groups, h, tt, tp, hd }.apply(&[x])
 }
 
+/// 8-bit crops (N, S, S, 3), HWC as decoded, to the model's normalised input (N, 3, S, S) in
+/// `dtype`: (x / 255 - mean) / std per channel, computed in f32 where the tensor lives (on a GPU,
+/// a quarter of f32's upload).
+pub fn normalize_pixels(x: &Tensor, mean: [f32; 3], std: [f32; 3], dtype: DType) -> Result<Tensor> {
+    let (n, s, s2, c) = x.dims4()?;
+    if x.dtype() != DType::U8 || s != s2 || c != 3 {
+        candle_core::bail!("normalize_pixels takes u8 (N, S, S, 3), got {:?} {:?}", x.dtype(), x.dims());
+    }
+    Op::NormalizePixels { n, s, mean, std }.apply(&[x])?.to_dtype(dtype)
+}
+
 /// A (rows_out, d) tensor of zeros with row idx[i] set to src[i] (the indices must differ).
 pub fn scatter_rows(src: &Tensor, idx: &[u32], rows_out: usize) -> Result<Tensor> {
     let (rows, d) = src.dims2()?;
@@ -598,6 +632,27 @@ mod cuda {
     }
 
     pub fn run(op: &Op, ins: &[(&CudaStorage, &Layout)]) -> Result<CudaStorage> {
+        if let Op::NormalizePixels { n, s, mean, std } = *op {
+            let dev = ins[0].0.device().clone();
+            let func = dev.get_or_load_custom_func("normalize_pixels", "promptclip_ops", PTX)?;
+            let x = view::<u8>(ins[0].0, ins[0].1)?;
+            let total = n * 3 * s * s;
+            // SAFETY: the kernel writes every element.
+            let out: CudaSlice<f32> = unsafe { dev.alloc::<f32>(total)? };
+            let (ni, si) = (n as i32, s as i32);
+            let mut b = func.builder();
+            b.arg(&x);
+            b.arg(&out);
+            b.arg(&ni);
+            b.arg(&si);
+            for v in mean.iter().chain(std.iter()) {
+                b.arg(v);
+            }
+            // SAFETY: argument order and types match normalize_pixels in ops.cu.
+            unsafe { b.launch(grid_stride(total)) }.w()?;
+            drop(b);
+            return Ok(CudaStorage::wrap_cuda_slice(out, dev));
+        }
         match ins[0].0.dtype() {
             DType::F32 => go::<f32>(op, ins, "f32"),
             DType::F64 => go::<f64>(op, ins, "f64"),
@@ -625,6 +680,7 @@ mod cuda {
             Op::SoftmaxRows { n, tq, offset } => (warp_per_row(n_in / n), vec![Scalar::Usize(n_in / n), i(n), i(tq), Scalar::I32(offset.map_or(-1, |o| o as i32))]),
             Op::GroupPrefixSum { g, k, h, tt, tp, hd } => (grid_stride(out_n), vec![i(g), i(k), i(h), i(tt), i(tp), i(hd)]),
             Op::ScatterRows { d, .. } => (grid_stride(n_in), vec![Scalar::Usize(n_in / d), i(d)]),
+            Op::NormalizePixels { .. } => candle_core::bail!("normalize_pixels takes 8-bit input"),
         };
         let dev = ins[0].0.device().clone();
         let func = dev.get_or_load_custom_func(&format!("{}_{suffix}", op.kernel()), "promptclip_ops", PTX)?;

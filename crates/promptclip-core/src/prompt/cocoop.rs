@@ -196,7 +196,7 @@ impl crate::train::PromptModel for CocoopLearner {
 
     /// Mean cross-entropy over the batch, with backward run per chunk of images and the
     /// gradients summed: d(mean)/dθ = Σ_chunks (n_c / B) d(mean_c)/dθ.
-    fn loss_and_grads(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor) -> Result<(f32, Tensor, Vec<Tensor>)> {
+    fn loss_and_grads_scaled(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor, grad_scale: f64) -> Result<(f32, Tensor, Vec<Tensor>)> {
         let buffers = &self.prompt.buffers;
         let n = self.images_per_chunk(clip, buffers, true);
         let b = image_features.dim(0)?;
@@ -210,7 +210,7 @@ impl crate::train::PromptModel for CocoopLearner {
             let (prompts, eot, _) = self.prompts(&self.shifted_context(&f, self.prompt.ctx.as_tensor())?, buffers)?;
             let chunk_labels = labels.narrow(0, s, len)?;
             // One group per image: its K prompts share SOS and its shifted context.
-            let (loss, logits, grads) = super::prompt_loss_and_grads(clip, &prompts, &eot, self.prompt.shared_len(), k, &vars, |text| {
+            let (loss, logits, grads) = super::prompt_loss_and_grads(clip, &prompts, &eot, self.prompt.shared_len(), k, &vars, grad_scale, |text| {
                 let logits = Self::image_logits(clip, &f, text, k)?;
                 Ok(((cross_entropy(&logits, &chunk_labels)? * (len as f64 / b as f64))?, logits))
             })?;

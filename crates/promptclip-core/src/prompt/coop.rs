@@ -297,12 +297,12 @@ impl crate::train::PromptModel for PromptLearner {
         self.buffers.class_names.len()
     }
 
-    fn loss_and_grads(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor) -> Result<(f32, Tensor, Vec<Tensor>)> {
+    fn loss_and_grads_scaled(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor, grad_scale: f64) -> Result<(f32, Tensor, Vec<Tensor>)> {
         let b = &self.buffers;
         let prompts = self.assemble(self.ctx.as_tensor(), b)?; // (K, L, d)
         let vars = crate::train::PromptModel::vars(self);
         let image = image_features.to_dtype(clip.head_dtype())?;
-        let (loss, logits, grads) = super::prompt_loss_and_grads(clip, &prompts, &b.eot, self.shared_len(), b.eot.len(), &vars, |text| {
+        let (loss, logits, grads) = super::prompt_loss_and_grads(clip, &prompts, &b.eot, self.shared_len(), b.eot.len(), &vars, grad_scale, |text| {
             let logits = clip.logits(&image, &text.to_dtype(clip.head_dtype())?)?; // (B, K)
             Ok((crate::train::trainer::cross_entropy(&logits, labels)?, logits))
         })?;

@@ -52,6 +52,7 @@ pub(crate) fn prompt_loss_and_grads(
     shared: usize,
     group_size: usize,
     vars: &[(String, candle_core::Var)],
+    grad_scale: f64,
     head: impl FnOnce(&candle_core::Tensor) -> crate::Result<(candle_core::Tensor, candle_core::Tensor)>,
 ) -> crate::Result<(candle_core::Tensor, candle_core::Tensor, Vec<candle_core::Tensor>)> {
     let (features, tape) = clip.text_features_train(prompts, eot, shared, group_size)?;
@@ -61,14 +62,19 @@ pub(crate) fn prompt_loss_and_grads(
         .backward()?
         .remove(features.as_tensor())
         .ok_or_else(|| crate::Error::Internal("the loss does not depend on the text features".into()))?;
-    let d_prompts = clip.text_features_backward(&tape, &d_features)?;
+    // Loss scaling (fp16): the gradient enters the encoder's backward pass scaled up...
+    let d_prompts = clip.text_features_backward(&tape, &(d_features * grad_scale)?)?;
     // Only the surrogate's gradient is used; summing rows first keeps its forward value cheap
     // (candle's whole-tensor sum runs in a single block on the GPU).
     let surrogate = (prompts * d_prompts.to_dtype(prompts.dtype())?.detach())?.sum(candle_core::D::Minus1)?.sum_all()?;
     let mut grads = surrogate.backward()?;
+    // ...and leaves it scaled down again, in the parameters' own dtype (fp32).
     let grads = vars
         .iter()
-        .map(|(name, v)| grads.remove(v.as_tensor()).ok_or_else(|| crate::Error::Internal(format!("no gradient reached `{name}`"))))
+        .map(|(name, v)| match grads.remove(v.as_tensor()) {
+            Some(g) => Ok((g / grad_scale)?),
+            None => Err(crate::Error::Internal(format!("no gradient reached `{name}`"))),
+        })
         .collect::<crate::Result<Vec<_>>>()?;
     Ok((loss, logits.detach(), grads))
 }

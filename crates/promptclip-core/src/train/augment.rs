@@ -47,15 +47,20 @@ pub fn random_resized_crop_box(width: u32, height: u32, cfg: &AugmentConfig, rng
     (((h - ch) / 2.0) as u32, ((w - cw) / 2.0) as u32, ch as u32, cw as u32)
 }
 
-/// Augment one decoded image into normalised CHW floats appended to `out`.
-pub fn augment_into(img: &RgbImage, img_cfg: &ImageConfig, cfg: &AugmentConfig, rng: &mut Rng, out: &mut Vec<f32>) -> Result<()> {
+/// The augmented 8-bit crop (S x S) of one decoded image.
+pub fn augment_crop(img: &RgbImage, img_cfg: &ImageConfig, cfg: &AugmentConfig, rng: &mut Rng) -> Result<RgbImage> {
     let (top, left, h, w) = random_resized_crop_box(img.width(), img.height(), cfg, rng);
     let crop = image::imageops::crop_imm(img, left, top, w, h).to_image();
     let mut resized = resize_rgb(&crop, img_cfg.crop, img_cfg.crop)?;
     if rng.uniform() < cfg.flip_p {
         image::imageops::flip_horizontal_in_place(&mut resized);
     }
-    normalize_into(&resized, img_cfg, out);
+    Ok(resized)
+}
+
+/// Augment one decoded image into normalised CHW floats appended to `out`.
+pub fn augment_into(img: &RgbImage, img_cfg: &ImageConfig, cfg: &AugmentConfig, rng: &mut Rng, out: &mut Vec<f32>) -> Result<()> {
+    normalize_into(&augment_crop(img, img_cfg, cfg, rng)?, img_cfg, out);
     Ok(())
 }
 

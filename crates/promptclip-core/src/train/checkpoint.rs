@@ -23,6 +23,9 @@ pub struct CheckpointMeta {
     pub batch_size: usize,
     /// The model's own description (method, M, classes, ...): resuming requires equality.
     pub model: serde_json::Value,
+    /// fp16 loss scaling's state, when training in fp16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<super::optim::LossScaler>,
 }
 
 pub fn save(path: &Path, meta: &CheckpointMeta, params: &[(String, Tensor)], momentum: &[(String, Tensor)]) -> Result<()> {

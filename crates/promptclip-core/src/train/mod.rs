@@ -4,6 +4,7 @@
 pub mod augment;
 pub mod checkpoint;
 pub mod optim;
+pub mod pipeline;
 pub mod schedule;
 pub mod trainer;
 

@@ -53,3 +53,51 @@ impl Sgd {
         Ok(())
     }
 }
+
+/// Dynamic loss scaling for fp16 training, as PyTorch's GradScaler (the official code's `amp`
+/// path): the gradient entering the backward pass is multiplied by `scale`, so that small
+/// gradients do not flush to zero in fp16, and the parameter gradients are divided by it again in
+/// fp32. A step whose gradients overflow is skipped and the scale halved; after `growth_interval`
+/// good steps in a row it doubles.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LossScaler {
+    pub scale: f64,
+    /// Good steps since the scale last changed.
+    pub good_steps: usize,
+    pub growth_interval: usize,
+}
+
+impl Default for LossScaler {
+    /// GradScaler's defaults: 2^16, doubling after 2000 good steps.
+    fn default() -> Self {
+        Self { scale: 65536.0, good_steps: 0, growth_interval: 2000 }
+    }
+}
+
+impl LossScaler {
+    /// Record a step's outcome; returns whether to apply it (its gradients are finite).
+    pub fn update(&mut self, finite: bool) -> bool {
+        if !finite {
+            self.scale *= 0.5;
+            self.good_steps = 0;
+            return false;
+        }
+        self.good_steps += 1;
+        if self.good_steps >= self.growth_interval {
+            self.scale *= 2.0;
+            self.good_steps = 0;
+        }
+        true
+    }
+}
+
+/// Whether every element of every tensor is finite (one reduction and read-back per tensor).
+pub fn all_finite(grads: &[Tensor]) -> Result<bool> {
+    for g in grads {
+        let s = g.abs()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        if !s.is_finite() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

@@ -1,15 +1,15 @@
 //! The training loop shared by CoOp and CoCoOp.
-use super::augment::{augment_into, AugmentConfig};
+use super::augment::AugmentConfig;
 use super::checkpoint::{self, CheckpointMeta, CHECKPOINT_FORMAT};
-use super::optim::{Sgd, SgdConfig};
+use super::optim::{all_finite, LossScaler, Sgd, SgdConfig};
+use super::pipeline::{epoch_features, DecodedImages};
 use super::schedule::{LrSchedule, ScheduleKind};
 use crate::clip::Clip;
-use crate::preprocess::{decode, ImageSource};
+use crate::preprocess::ImageSource;
 use crate::rng::Rng;
 use crate::zeroshot::encode_image_sources;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var, D};
-use rayon::prelude::*;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -24,16 +24,22 @@ pub trait PromptModel {
     fn num_classes(&self) -> usize;
 
     /// Mean cross-entropy of a batch, its logits (detached) and the gradient of every var.
-    /// This builds the whole graph at once; models with large graphs (CoCoOp: B x K prompts)
-    /// override it to accumulate gradients chunk by chunk within a memory budget.
     fn loss_and_grads(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor) -> Result<(f32, Tensor, Vec<Tensor>)> {
+        self.loss_and_grads_scaled(clip, image_features, labels, 1.0)
+    }
+
+    /// The same, with the backward pass run on the loss times `grad_scale` and the gradients
+    /// divided by it again (fp16 loss scaling; see `LossScaler`). This default builds the whole
+    /// graph with autograd; the learners override it with the text encoder's own backward pass
+    /// (CoCoOp also accumulates gradients chunk by chunk within a memory budget).
+    fn loss_and_grads_scaled(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor, grad_scale: f64) -> Result<(f32, Tensor, Vec<Tensor>)> {
         let logits = self.logits(clip, image_features)?;
         let loss = cross_entropy(&logits, labels)?;
-        let grads = loss.backward()?;
+        let grads = (&loss * grad_scale)?.backward()?;
         let gs = self
             .vars()
             .iter()
-            .map(|(name, v)| grads.get(v.as_tensor()).cloned().ok_or_else(|| Error::Internal(format!("no gradient reached `{name}`"))))
+            .map(|(name, v)| grads.get(v.as_tensor()).ok_or_else(|| Error::Internal(format!("no gradient reached `{name}`"))).and_then(|g| Ok((g / grad_scale)?)))
             .collect::<Result<Vec<_>>>()?;
         Ok((loss.to_dtype(DType::F32)?.to_scalar::<f32>()?, logits.detach(), gs))
     }
@@ -77,6 +83,11 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Continue from this checkpoint.
     pub resume_from: Option<PathBuf>,
+    /// Images per forward pass of the image tower when computing an epoch's augmented features.
+    pub encode_batch_size: usize,
+    /// Decoded training images are kept in memory up to this many bytes (8-bit RGB), so that
+    /// each file is read and decoded once; the rest are decoded again every epoch.
+    pub decoded_cache_bytes: usize,
 }
 
 impl Default for TrainConfig {
@@ -95,6 +106,8 @@ impl Default for TrainConfig {
             checkpoint_path: None,
             checkpoint_every: 1,
             resume_from: None,
+            encode_batch_size: 64,
+            decoded_cache_bytes: 2 << 30,
         }
     }
 }
@@ -116,6 +129,9 @@ impl TrainConfig {
         }
         if self.checkpoint_every == 0 {
             return bad("checkpointEvery must be at least 1".into());
+        }
+        if self.encode_batch_size == 0 {
+            return bad("encodeBatchSize must be at least 1".into());
         }
         Ok(())
     }
@@ -174,6 +190,8 @@ pub fn fit<M: PromptModel>(
     let started = Instant::now();
     let vars = model.vars();
     let mut sgd = Sgd::new(config.sgd, vars.len());
+    // fp16 weights: loss scaling, as the official `amp` path (bf16 has fp32's range).
+    let mut scaler = (clip.dtype == DType::F16).then(LossScaler::default);
     let mut start_epoch = 0;
     let mut global_step = 0;
 
@@ -197,41 +215,101 @@ pub fn fit<M: PromptModel>(
         }
         start_epoch = m.epochs_done;
         global_step = m.global_step;
+        if scaler.is_some() {
+            scaler = Some(m.loss_scaler.unwrap_or_default());
+        }
     }
 
+    // Image features: without augmentation every epoch sees the same center crops, encoded once;
+    // with it, each epoch's augmented features come from the input pipeline, one epoch ahead
+    // (on a GPU, on a second stream), while this thread runs the steps.
+    let fixed = if config.augment { None } else { Some(encode_all(clip, &data.sources)?) };
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Tensor>>(1);
+        if fixed.is_none() {
+            let encoder = clip.image_encoder(&crate::device::companion(&clip.device)?)?;
+            let images = DecodedImages::new(&data.sources, config.decoded_cache_bytes);
+            let (target, stop) = (clip.device.clone(), &stop);
+            scope.spawn(move || {
+                let halted = || stop.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed);
+                for epoch in start_epoch..config.epochs {
+                    let features = epoch_features(&encoder, &images, config, epoch, &target, &halted);
+                    let failed = features.is_err();
+                    if tx.send(features).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut features_for = |_epoch: usize| -> Result<Tensor> {
+            match &fixed {
+                Some(f) => Ok(f.clone()),
+                None => rx.recv().map_err(|_| Error::Internal("the training input pipeline stopped".into()))?,
+            }
+        };
+        let summary = run_epochs(clip, model, data, config, &mut sgd, &mut scaler, (start_epoch, global_step), &mut features_for, on_progress, cancel);
+        // A producer still at work stops at its next batch.
+        stop.store(true, Ordering::Relaxed);
+        summary
+    })
+    .map(|mut summary| {
+        summary.seconds = started.elapsed().as_secs_f64();
+        summary
+    })
+}
+
+/// The epochs from `start_epoch` (after `global_step` steps), with each epoch's image features
+/// (N, E) from `features_for`.
+#[allow(clippy::too_many_arguments)]
+fn run_epochs<M: PromptModel>(
+    clip: &Clip,
+    model: &M,
+    data: &LabelledImages,
+    config: &TrainConfig,
+    sgd: &mut Sgd,
+    scaler: &mut Option<LossScaler>,
+    (start_epoch, mut global_step): (usize, usize),
+    features_for: &mut dyn FnMut(usize) -> Result<Tensor>,
+    on_progress: &mut dyn FnMut(&Progress),
+    cancel: &AtomicBool,
+) -> Result<TrainSummary> {
+    let vars = model.vars();
     let n = data.sources.len();
     let bs = config.batch_size.min(n);
     // As Dassl's train loader: drop the last incomplete batch when there is more than one batch.
     let steps_per_epoch = if n >= config.batch_size { n / config.batch_size } else { 1 };
     let schedule = config.lr_schedule();
     let labels_all: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
-
-    // Without augmentation every epoch sees the same center crops: encode them once.
-    let cached = if config.augment { None } else { Some(encode_all(clip, &data.sources)?) };
-
     let mut summary = TrainSummary { epochs: config.epochs, start_epoch, global_step, epoch_loss: vec![], epoch_accuracy: vec![], seconds: 0.0 };
     for epoch in start_epoch..config.epochs {
         let lr = schedule.lr(epoch);
         let mut order: Vec<usize> = (0..n).collect();
         Rng::new(derive_seed(config.seed, epoch as u64, u64::MAX)).shuffle(&mut order);
+        let epoch_features = features_for(epoch)?;
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         for step in 0..steps_per_epoch {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
             let idx = &order[step * bs..(step + 1) * bs];
-            let features = match &cached {
-                Some(all) => all.index_select(&Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), &clip.device)?, 0)?,
-                None => augmented_features(clip, &data.sources, idx, config, epoch)?,
-            };
+            let features = epoch_features.index_select(&Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), &clip.device)?, 0)?;
             let labels = Tensor::from_vec(idx.iter().map(|&i| labels_all[i]).collect::<Vec<_>>(), idx.len(), &clip.device)?;
-            let (loss_value, logits, gs) = model.loss_and_grads(clip, &features, &labels)?;
+            let grad_scale = scaler.as_ref().map_or(1.0, |s| s.scale);
+            let (loss_value, logits, gs) = model.loss_and_grads_scaled(clip, &features, &labels, grad_scale)?;
             if !loss_value.is_finite() {
                 let hint = if clip.dtype == DType::F32 { String::new() } else { format!(" (training in {:?}: try fp32 or a lower learning rate)", clip.dtype) };
                 return Err(Error::NonFiniteLoss { value: loss_value, epoch, step: step + 1, hint });
             }
-            let params: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
-            sgd.step(&params, &gs, lr)?;
+            // With fp16 loss scaling, a step whose gradients overflowed is skipped.
+            let apply = match scaler.as_mut() {
+                Some(s) => s.update(all_finite(&gs)?),
+                None => true,
+            };
+            if apply {
+                let params: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
+                sgd.step(&params, &gs, lr)?;
+            }
 
             let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
             correct += pred.iter().zip(idx).filter(|(p, &i)| **p == labels_all[i]).count();
@@ -263,6 +341,7 @@ pub fn fit<M: PromptModel>(
                     epochs: config.epochs,
                     batch_size: config.batch_size,
                     model: model.describe(),
+                    loss_scaler: *scaler,
                 };
                 let params: Vec<(String, Tensor)> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
                 let momentum: Vec<(String, Tensor)> = vars.iter().zip(&sgd.buffers).filter_map(|((n, _), b)| b.clone().map(|b| (n.clone(), b))).collect();
@@ -271,7 +350,6 @@ pub fn fit<M: PromptModel>(
         }
     }
     summary.global_step = global_step;
-    summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
 
@@ -290,23 +368,3 @@ pub fn encode_all(clip: &Clip, sources: &[ImageSource]) -> Result<Tensor> {
     enc.features.ok_or_else(|| Error::InvalidArgument("the dataset is empty".into()))
 }
 
-/// Augmented features for a batch; each image's randomness derives from (seed, epoch, index).
-fn augmented_features(clip: &Clip, sources: &[ImageSource], idx: &[usize], config: &TrainConfig, epoch: usize) -> Result<Tensor> {
-    let size = clip.image_config.crop as usize;
-    let per_image: Vec<Result<Vec<f32>>> = idx
-        .par_iter()
-        .map(|&i| {
-            let img = decode(&sources[i])?;
-            let mut rng = Rng::new(derive_seed(config.seed, epoch as u64, i as u64));
-            let mut out = Vec::with_capacity(3 * size * size);
-            augment_into(&img, &clip.image_config, &config.augment_config, &mut rng, &mut out)?;
-            Ok(out)
-        })
-        .collect();
-    let mut data = Vec::with_capacity(idx.len() * 3 * size * size);
-    for (r, &i) in per_image.into_iter().zip(idx) {
-        data.extend(r.map_err(|e| Error::InvalidArgument(format!("training image {i} cannot be used: {e}")))?);
-    }
-    let pixels = Tensor::from_vec(data, (idx.len(), 3, size, size), &clip.device)?.to_dtype(clip.dtype)?;
-    clip.encode_image(&pixels)
-}
