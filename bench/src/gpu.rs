@@ -15,7 +15,7 @@ use promptclip_core::clip::random::{write_random_openai_clip, RandomClipSpec};
 use promptclip_core::prompt::coop::{CoopConfig, PromptLearner};
 use promptclip_core::prompt::{CocoopConfig, CocoopLearner};
 use promptclip_core::tensor::{DType, Device, Tensor};
-use promptclip_core::train::optim::{Sgd, SgdConfig};
+use promptclip_core::train::optim::{all_finite, LossScaler, Sgd, SgdConfig};
 use promptclip_core::train::PromptModel;
 use promptclip_core::Clip;
 use std::collections::HashMap;
@@ -119,18 +119,37 @@ fn cocoop_learner(clip: &Clip, inputs: &Inputs, k: usize) -> CocoopLearner {
 }
 
 /// One training step as the official trainers run it: images through the frozen encoder, the
-/// learner's loss and gradients, SGD. In fp16, with the trainer's loss scaling and overflow check.
-/// Returns the loss.
-fn step<M: PromptModel>(clip: &Clip, learner: &M, sgd: &mut Sgd, pixels: &Tensor, labels: &Tensor) -> f32 {
-    let feats = clip.encode_image(&pixels.to_dtype(clip.dtype).unwrap()).unwrap();
-    let scale = if clip.dtype == DType::F16 { 65536.0 } else { 1.0 };
-    let (loss, _, grads) = learner.loss_and_grads_scaled(clip, &feats, labels, scale).unwrap();
-    if scale != 1.0 {
-        assert!(promptclip_core::train::optim::all_finite(&grads).unwrap());
+/// learner's loss and gradients, SGD; in fp16 with the trainer's loss scaling, whose state it
+/// keeps across steps as the trainer does.
+struct Step {
+    sgd: Sgd,
+    scaler: Option<LossScaler>,
+}
+
+impl Step {
+    fn new(clip: &Clip, n_vars: usize) -> Self {
+        Self { sgd: Sgd::new(SgdConfig::default(), n_vars), scaler: (clip.dtype == DType::F16).then(LossScaler::default) }
     }
-    let vars: Vec<_> = learner.vars().into_iter().map(|(_, v)| v).collect();
-    sgd.step(&vars, &grads, 0.002).unwrap();
-    loss
+
+    /// One step; returns its loss.
+    fn run<M: PromptModel>(&mut self, clip: &Clip, learner: &M, pixels: &Tensor, labels: &Tensor) -> f32 {
+        let feats = clip.encode_image(&pixels.to_dtype(clip.dtype).unwrap()).unwrap();
+        let (loss, grads) = loop {
+            let scale = self.scaler.map_or(1.0, |s| s.scale);
+            let (loss, _, grads) = learner.loss_and_grads_scaled(clip, &feats, labels, scale).unwrap();
+            match self.scaler.as_mut() {
+                Some(s) if !all_finite(&grads).unwrap() => assert!(s.backoff()),
+                Some(s) => {
+                    s.good_step();
+                    break (loss, grads);
+                }
+                None => break (loss, grads),
+            }
+        };
+        let vars: Vec<_> = learner.vars().into_iter().map(|(_, v)| v).collect();
+        self.sgd.step(&vars, &grads, 0.002).unwrap();
+        loss
+    }
 }
 
 /// The random ViT-B/16 and the shared inputs in `work`, written when missing. Returns the
@@ -181,13 +200,13 @@ pub fn run(work: &Path, device: &str) {
         // CoOp steps: K = 100 and 1000, batch 32, M = 16.
         for k in if quick() { vec![10] } else { vec![100, 1000] } {
             let learner = coop_learner(&clip, &inputs, k);
-            let mut sgd = Sgd::new(SgdConfig::default(), 1);
+            let mut step = Step::new(&clip, 1);
             let (px, lb) = (inputs.pixels(32), inputs.labels(32, k));
             let ms = time_ms(&dev, warm, reps, || {
-                step(&clip, &learner, &mut sgd, &px, &lb);
+                step.run(&clip, &learner, &px, &lb);
             });
             let mib = peak_mib(&dev, || {
-                step(&clip, &learner, &mut sgd, &px, &lb);
+                step.run(&clip, &learner, &px, &lb);
             });
             print(with(base.clone(), serde_json::json!({"what": format!("coop_step_k{k}"), "classes": k, "batch": 32, "n_ctx": 16, "ms": ms, "per_second": 32.0 / ms * 1e3, "peak_mib": mib})));
         }
@@ -196,28 +215,28 @@ pub fn run(work: &Path, device: &str) {
         let cocoop_sizes = if quick() { vec![(5, 2)] } else { vec![(50, 1), (50, 8), (50, 32), (500, 1), (500, 8)] };
         for (k, b) in cocoop_sizes {
             let learner = cocoop_learner(&clip, &inputs, k);
-            let mut sgd = Sgd::new(SgdConfig::default(), 5);
+            let mut step = Step::new(&clip, 5);
             let (px, lb) = (inputs.pixels(b), inputs.labels(b, k));
             let reps = if quick() { 1 } else if b * k >= 4000 { 5 } else { 10 };
             let ms = time_ms(&dev, warm.min(2), reps, || {
-                step(&clip, &learner, &mut sgd, &px, &lb);
+                step.run(&clip, &learner, &px, &lb);
             });
             let mib = peak_mib(&dev, || {
-                step(&clip, &learner, &mut sgd, &px, &lb);
+                step.run(&clip, &learner, &px, &lb);
             });
             print(with(base.clone(), serde_json::json!({"what": format!("cocoop_step_k{k}_b{b}"), "classes": k, "batch": b, "ms": ms, "ms_per_image": ms / b as f64, "per_second": b as f64 / ms * 1e3, "peak_mib": mib})));
         }
 
         // Agreement: the same steps from the same start as bench/torch_official_gpu.py.
         let learner = coop_learner(&clip, &inputs, 100);
-        let mut sgd = Sgd::new(SgdConfig::default(), 1);
+        let mut step = Step::new(&clip, 1);
         let (px, lb) = (inputs.pixels(32), inputs.labels(32, 100));
-        let losses: Vec<f32> = (0..if quick() { 2 } else { 10 }).map(|_| step(&clip, &learner, &mut sgd, &px, &lb)).collect();
+        let losses: Vec<f32> = (0..if quick() { 2 } else { 10 }).map(|_| step.run(&clip, &learner, &px, &lb)).collect();
         print(with(base.clone(), serde_json::json!({"what": "coop_losses_k100", "losses": losses})));
         let learner = cocoop_learner(&clip, &inputs, 50);
-        let mut sgd = Sgd::new(SgdConfig::default(), 5);
+        let mut step = Step::new(&clip, 5);
         let (px, lb) = (inputs.pixels(8), inputs.labels(8, 50));
-        let losses: Vec<f32> = (0..if quick() { 2 } else { 5 }).map(|_| step(&clip, &learner, &mut sgd, &px, &lb)).collect();
+        let losses: Vec<f32> = (0..if quick() { 2 } else { 5 }).map(|_| step.run(&clip, &learner, &px, &lb)).collect();
         print(with(base.clone(), serde_json::json!({"what": "cocoop_losses_k50_b8", "losses": losses})));
     }
 }
@@ -238,20 +257,21 @@ pub fn profile(work: &Path, what: &str) {
                 clip.encode_image(&px).unwrap();
             })
         }
-        "coop" => {
-            let learner = coop_learner(&clip, &inputs, 1000);
-            let mut sgd = Sgd::new(SgdConfig::default(), 1);
-            let (px, lb) = (inputs.pixels(32), inputs.labels(32, 1000));
+        "coop" | "coop100" => {
+            let k = if what == "coop" { 1000 } else { 100 };
+            let learner = coop_learner(&clip, &inputs, k);
+            let mut step = Step::new(&clip, 1);
+            let (px, lb) = (inputs.pixels(32), inputs.labels(32, k));
             Box::new(move || {
-                step(&clip, &learner, &mut sgd, &px, &lb);
+                step.run(&clip, &learner, &px, &lb);
             })
         }
         _ => {
             let learner = cocoop_learner(&clip, &inputs, 50);
-            let mut sgd = Sgd::new(SgdConfig::default(), 5);
+            let mut step = Step::new(&clip, 5);
             let (px, lb) = (inputs.pixels(32), inputs.labels(32, 50));
             Box::new(move || {
-                step(&clip, &learner, &mut sgd, &px, &lb);
+                step.run(&clip, &learner, &px, &lb);
             })
         }
     };

@@ -101,9 +101,10 @@ fn fused_kernels_on_cuda_equal_their_cpu_twins() {
         }
         check("bias", k::bias_act(&on(&x, dt), &on(&b, dt), None, None), k::bias_act(&c(&x), &c(&b), None, None));
         let scores = r(&[2, 3, 5, 9]);
-        check("softmax", k::attention_softmax(&on(&scores, dt), None), k::attention_softmax(&c(&scores), None));
-        check("causal softmax", k::attention_softmax(&on(&scores, dt), Some(4)), k::attention_softmax(&c(&scores), Some(4)));
-        let y = k::attention_softmax(&c(&scores), None).unwrap();
+        check("softmax", k::attention_softmax(&on(&scores, dt), None, None), k::attention_softmax(&c(&scores), None, None));
+        check("causal softmax", k::attention_softmax(&on(&scores, dt), Some(4), None), k::attention_softmax(&c(&scores), Some(4), None));
+        check("padded softmax", k::attention_softmax(&on(&scores, dt), None, Some(6)), k::attention_softmax(&c(&scores), None, Some(6)));
+        let y = k::attention_softmax(&c(&scores), None, None).unwrap();
         let dys = r(&[2, 3, 5, 9]);
         check("softmax_backward", k::softmax_backward(&on(&y, dt), &on(&dys, dt)), k::softmax_backward(&c(&y), &c(&dys)));
         let qkv = r(&[2, 5, 3 * 3 * 8]);

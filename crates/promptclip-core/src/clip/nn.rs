@@ -256,12 +256,13 @@ impl Attention {
     }
 
     /// softmax(q k^T) v with the heads merged, (B, Tq, d), before the out projection, and the
-    /// attention probabilities. `causal`: query i sees keys 0..=offset+i only.
-    pub fn core(&self, q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>) -> Result<(Tensor, Tensor)> {
+    /// attention probabilities. `causal`: query i sees keys 0..=offset+i only. `valid_keys`:
+    /// keys from there on are padding, never seen (untracked inputs only).
+    pub fn core(&self, q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, valid_keys: Option<usize>) -> Result<(Tensor, Tensor)> {
         let (b, _, tq, _) = q.dims4()?;
         let scores = q.matmul(&k.t()?)?;
         if !scores.track_op() {
-            let probs = crate::kernels::attention_softmax(&scores, causal)?;
+            let probs = crate::kernels::attention_softmax(&scores, causal, valid_keys)?;
             let merged = crate::kernels::transpose12(&probs.matmul(v)?)?.reshape((b, tq, self.num_heads * self.head_dim))?;
             return Ok((merged, probs));
         }
@@ -277,7 +278,7 @@ impl Attention {
     /// Attention over `x` (B, T, d), projected: (B, T, d).
     pub fn forward(&self, x: &Tensor, causal: Option<usize>) -> Result<Tensor> {
         let (q, k, v) = self.qkv_heads(x)?;
-        self.out.forward(&self.core(&q, &k, &v, causal)?.0)
+        self.out.forward(&self.core(&q, &k, &v, causal, None)?.0)
     }
 }
 
@@ -322,11 +323,15 @@ impl EncoderLayer {
         })
     }
 
-    /// `causal`: see `Attention::core` (None for the image tower, Some(0) for the text tower).
-    pub fn forward(&self, x: &Tensor, causal: Option<usize>) -> Result<Tensor> {
+    /// `causal`, `valid_keys`: see `Attention::core` (the image tower pads its tokens to a
+    /// multiple of 8; the text tower is causal).
+    pub fn forward(&self, x: &Tensor, causal: Option<usize>, valid_keys: Option<usize>) -> Result<Tensor> {
         if !x.track_op() {
             let (q, k, v) = self.qkv_train(x)?;
-            return Ok(self.finish_train(x, &self.attn.core(&q, &k, &v, causal)?.0, false)?.0);
+            return Ok(self.finish_train(x, &self.attn.core(&q, &k, &v, causal, valid_keys)?.0, false)?.0);
+        }
+        if valid_keys.is_some_and(|v| v < x.dim(1).unwrap_or(0)) {
+            return Err(candle_core::Error::Msg("padded tokens are for inference only".into()));
         }
         let x = (x + self.attn.forward(&self.ln_1.forward(x)?, causal)?)?;
         &x + self.mlp.forward(&self.ln_2.forward(&x)?)?
@@ -344,8 +349,8 @@ impl EncoderLayer {
         let (qs, ks, vs) = self.attn.qkv_heads(&self.ln_1.forward(suffix)?)?;
         let k_all = Tensor::cat(&[&kp.index_select(group, 0)?, &ks], 2)?;
         let v_all = Tensor::cat(&[&vp.index_select(group, 0)?, &vs], 2)?;
-        let (ap, _) = self.attn.core(&qp, &kp, &vp, Some(0))?;
-        let (as_, _) = self.attn.core(&qs, &k_all, &v_all, Some(tp))?;
+        let (ap, _) = self.attn.core(&qp, &kp, &vp, Some(0), None)?;
+        let (as_, _) = self.attn.core(&qs, &k_all, &v_all, Some(tp), None)?;
         if !suffix.track_op() && !prefix.track_op() {
             return Ok((self.finish_train(prefix, &ap, false)?.0, self.finish_train(suffix, &as_, false)?.0));
         }

@@ -89,7 +89,7 @@ impl TextTransformer {
         let pos = self.position_embedding.narrow(0, 0, used)?;
         let mut x = x.broadcast_add(&pos)?;
         for layer in &self.layers {
-            x = layer.forward(&x, Some(0))?;
+            x = layer.forward(&x, Some(0), None)?;
         }
         // Gather the EOT rows first, then layer-norm only those (layer norm is per token).
         let idx: Vec<u32> = eot.iter().enumerate().map(|(i, &e)| (i * used + e) as u32).collect();
@@ -178,7 +178,7 @@ impl TextTransformer {
             let (prefix_tape, k_all, v_all, p_next) = match &p {
                 Some(px) => {
                     let (qp, kp, vp) = layer.qkv_train(px)?;
-                    let (merged, probs) = layer.attn.core(&qp, &kp, &vp, Some(0))?;
+                    let (merged, probs) = layer.attn.core(&qp, &kp, &vp, Some(0), None)?;
                     let (y, mid, h) = layer.finish_train(px, &merged, true)?;
                     let k_all = Tensor::cat(&[&kp.index_select(&group_t, 0)?, &ks], 2)?;
                     let v_all = Tensor::cat(&[&vp.index_select(&group_t, 0)?, &vs], 2)?;
@@ -187,7 +187,7 @@ impl TextTransformer {
                 }
                 None => (None, ks, vs, None),
             };
-            let (merged, probs) = layer.attn.core(&qs, &k_all, &v_all, Some(shared))?;
+            let (merged, probs) = layer.attn.core(&qs, &k_all, &v_all, Some(shared), None)?;
             let (y, mid, h) = layer.finish_train(&s, &merged, true)?;
             let h = h.ok_or_else(|| Error::Internal("fc1 pre-activation not kept".into()))?;
             // The suffix stream's keys and values are kept with the prefix's in front (k_all).

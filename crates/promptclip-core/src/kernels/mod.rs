@@ -65,8 +65,9 @@ enum Op {
     QkvMerge { b: usize, t: usize, h: usize, hd: usize, tk: usize, off: usize, scale: f64 },
     /// (x (A, B, C, D)) -> (A, C, B, D).
     Transpose12 { a: usize, b: usize, c: usize, d: usize },
-    /// (x) -> softmax over rows of `n`; row r is query r % tq, keys j > offset + that masked.
-    SoftmaxRows { n: usize, tq: usize, offset: Option<usize> },
+    /// (x) -> softmax over rows of `n`; keys j >= valid masked, and with a causal offset row r,
+    /// query r % tq, sees keys j <= offset + that only.
+    SoftmaxRows { n: usize, tq: usize, offset: Option<usize>, valid: usize },
     /// (x (G*K, H, tt, hd)) -> (G, H, tp, hd): the first tp rows summed over each group's K.
     GroupPrefixSum { g: usize, k: usize, h: usize, tt: usize, tp: usize, hd: usize },
     /// (src (rows, d), idx u32 (rows)) -> (rows_out, d), zero but at rows idx.
@@ -223,11 +224,11 @@ impl Op {
                 });
                 y
             }
-            Op::SoftmaxRows { n, tq, offset } => {
+            Op::SoftmaxRows { n, tq, offset, valid } => {
                 let x = ins[0];
                 let mut y = vec![zero; x.len()];
                 y.par_chunks_mut(n).zip(x.par_chunks(n)).enumerate().for_each(|(r, (y, x))| {
-                    let last = offset.map_or(n - 1, |o| (o + r % tq).min(n - 1));
+                    let last = offset.map_or(n - 1, |o| (o + r % tq).min(n - 1)).min(valid - 1);
                     let m = x[..=last].iter().fold(T::A::neg_infinity(), |m, v| m.max(v.get()));
                     let s = x[..=last].iter().map(|v| (v.get() - m).exp()).sum::<T::A>();
                     for j in 0..n {
@@ -550,13 +551,19 @@ pub fn transpose12(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Softmax over the last dim of attention scores (.., Tq, Tk). With `causal_offset` = Some(o),
-/// query i sees keys 0..=o+i only (o = the number of earlier positions before the queries).
-pub fn attention_softmax(x: &Tensor, causal_offset: Option<usize>) -> Result<Tensor> {
+/// query i sees keys 0..=o+i only (o = the number of earlier positions before the queries); keys
+/// from `valid_keys` on (padding) are never seen.
+pub fn attention_softmax(x: &Tensor, causal_offset: Option<usize>, valid_keys: Option<usize>) -> Result<Tensor> {
     let dims = x.dims();
     if dims.len() < 2 {
         candle_core::bail!("attention scores need 2 dims, got {dims:?}");
     }
-    Op::SoftmaxRows { n: dims[dims.len() - 1], tq: dims[dims.len() - 2], offset: causal_offset }.apply(&[x])
+    let n = dims[dims.len() - 1];
+    let valid = valid_keys.unwrap_or(n).min(n);
+    if valid == 0 {
+        candle_core::bail!("attention over no valid key");
+    }
+    Op::SoftmaxRows { n, tq: dims[dims.len() - 2], offset: causal_offset, valid }.apply(&[x])
 }
 
 /// For key or value gradients (G*K, H, tt, hd) of sequences grouped K by K, the sum over each
@@ -623,6 +630,11 @@ mod cuda {
         LaunchConfig { grid_dim: (n.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
     }
 
+    /// One block of 256 threads per row.
+    fn per_row(rows: usize) -> LaunchConfig {
+        LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    }
+
     fn warp_per_row(rows: usize) -> LaunchConfig {
         LaunchConfig { grid_dim: (rows.div_ceil(4).max(1) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 }
     }
@@ -673,11 +685,16 @@ mod cuda {
             }
             Op::Activation { act } | Op::ActivationBackward { act } => (grid_stride(n_in), vec![Scalar::Usize(n_in), Scalar::I32(act)]),
             Op::SoftmaxBackward { d } => (warp_per_row(n_in / d), vec![Scalar::Usize(n_in / d), i(d)]),
-            Op::BiasAct { d, act } => (grid_stride(n_in), vec![Scalar::Usize(n_in), i(d), Scalar::I32(act)]),
-            Op::QkvSplit { b, t, h, hd, scale } => (grid_stride(out_n), vec![i(b), i(t), i(h), i(hd), Scalar::F64(scale)]),
-            Op::QkvMerge { b, t, h, hd, tk, off, scale } => (grid_stride(out_n), vec![i(b), i(t), i(h), i(hd), i(tk), i(off), Scalar::F64(scale)]),
-            Op::Transpose12 { a, b, c, d } => (grid_stride(out_n), vec![i(a), i(b), i(c), i(d)]),
-            Op::SoftmaxRows { n, tq, offset } => (warp_per_row(n_in / n), vec![Scalar::Usize(n_in / n), i(n), i(tq), Scalar::I32(offset.map_or(-1, |o| o as i32))]),
+            Op::BiasAct { d, act } => {
+                // Threads along columns, blocks along rows (each block loops over rows / 65535).
+                let rows = n_in / d;
+                let cfg = LaunchConfig { grid_dim: (d.div_ceil(256) as u32, rows.clamp(1, 65535) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                (cfg, vec![i(rows), i(d), Scalar::I32(act)])
+            }
+            Op::QkvSplit { b, t, h, hd, scale } => (per_row(b * t), vec![i(b), i(t), i(h), i(hd), Scalar::F64(scale)]),
+            Op::QkvMerge { b, t, h, hd, tk, off, scale } => (per_row(b * t), vec![i(b), i(t), i(h), i(hd), i(tk), i(off), Scalar::F64(scale)]),
+            Op::Transpose12 { a, b, c, d } => (per_row(a * c), vec![i(a), i(b), i(c), i(d)]),
+            Op::SoftmaxRows { n, tq, offset, valid } => (warp_per_row(n_in / n), vec![Scalar::Usize(n_in / n), i(n), i(tq), Scalar::I32(offset.map_or(-1, |o| o as i32)), i(valid)]),
             Op::GroupPrefixSum { g, k, h, tt, tp, hd } => (grid_stride(out_n), vec![i(g), i(k), i(h), i(tt), i(tp), i(hd)]),
             Op::ScatterRows { d, .. } => (grid_stride(n_in), vec![Scalar::Usize(n_in / d), i(d)]),
             Op::NormalizePixels { .. } => candle_core::bail!("normalize_pixels takes 8-bit input"),
@@ -768,10 +785,14 @@ mod tests {
         // Softmax, plain and causal, and its backward.
         let scores = Tensor::randn(0f64, 2.0, (2, 3, 4, 7), &dev).unwrap();
         let plain = candle_nn::ops::softmax_last_dim(&scores).unwrap();
-        assert!(max_diff(&attention_softmax(&scores, None).unwrap(), &plain) < 1e-15);
+        assert!(max_diff(&attention_softmax(&scores, None, None).unwrap(), &plain) < 1e-15);
         let mask = crate::clip::nn::offset_causal_mask(4, 3, DType::F64, &dev).unwrap();
         let masked = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask).unwrap()).unwrap();
-        assert!(max_diff(&attention_softmax(&scores, Some(3)).unwrap(), &masked) < 1e-15);
+        assert!(max_diff(&attention_softmax(&scores, Some(3), None).unwrap(), &masked) < 1e-15);
+        // Padding keys are never attended to: the same as the scores without them.
+        let padded = attention_softmax(&scores, None, Some(5)).unwrap();
+        assert!(max_diff(&padded.narrow(3, 0, 5).unwrap(), &candle_nn::ops::softmax_last_dim(&scores.narrow(3, 0, 5).unwrap().contiguous().unwrap()).unwrap()) < 1e-15);
+        assert_eq!(padded.narrow(3, 5, 2).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap(), 0.0);
         let e = xt.broadcast_sub(&xt.max_keepdim(D::Minus1).unwrap().detach()).unwrap().exp().unwrap();
         let y = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
         let g = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();

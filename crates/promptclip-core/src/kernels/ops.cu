@@ -133,38 +133,39 @@ __device__ void softmax_bwd(const T *y, const T *dy, T *dx, size_t rows, int d) 
 }
 
 // ---- Bias, activation and residual after a matmul, one pass: y = act(x + b) (+ r) -------------
-// x and r are (rows, d) row-major, b is (d); act -1 means none; r may be null.
+// x and r are (rows, d) row-major, b is (d); act -1 means none; r may be null. Threads run along
+// columns (coalesced, each keeps its bias in a register), blocks along groups of rows.
 
 template <typename T>
-__device__ void bias_act(const T *x, const T *b, const T *r, T *y, size_t n, int d, int act) {
+__device__ void bias_act(const T *x, const T *b, const T *r, T *y, int rows, int d, int act) {
     typedef typename Acc<T>::type A;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)blockDim.x * gridDim.x) {
-        A v = load(x, i) + load(b, i % d);
+    const int col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= d) return;
+    const A bias = load(b, col);
+    for (int row = blockIdx.y; row < rows; row += gridDim.y) {
+        const size_t i = (size_t)row * d + col;
+        A v = load(x, i) + bias;
         if (act >= 0) v = act_fwd<A>(v, act);
         if (r != nullptr) v += load(r, i);
         store(y, i, v);
     }
 }
 
-// ---- Attention layouts ----------------------------------------------------------------------
+// ---- Attention layouts, one block per (b, t) row of the projection ---------------------------
 
 // The fused QKV projection's output (B*T, 3*H*hd) plus its bias, to q (scaled), k, v stacked as
 // (3, B, H, T, hd).
 template <typename T>
 __device__ void qkv_split(const T *x, const T *bias, T *out, int B, int T_, int H, int hd, double scale) {
     typedef typename Acc<T>::type A;
-    const size_t n = (size_t)3 * B * H * T_ * hd;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)blockDim.x * gridDim.x) {
-        size_t r = i;
-        const int e = r % hd; r /= hd;
-        const int t = r % T_; r /= T_;
-        const int h = r % H; r /= H;
-        const int b = r % B; r /= B;
-        const int s = (int)r;
-        const size_t col = ((size_t)s * H + h) * hd + e;
-        A v = load(x, ((size_t)b * T_ + t) * 3 * H * hd + col) + load(bias, col);
+    const int row = blockIdx.x, b = row / T_, t = row % T_;
+    const int w = 3 * H * hd;
+    const size_t plane = (size_t)B * H * T_ * hd;
+    for (int j = threadIdx.x; j < w; j += blockDim.x) {
+        const int s = j / (H * hd), h = (j / hd) % H, e = j % hd;
+        A v = load(x, (size_t)row * w + j) + load(bias, j);
         if (s == 0) v *= A(scale);
-        store(out, i, v);
+        store(out, s * plane + (((size_t)b * H + h) * T_ + t) * hd + e, v);
     }
 }
 
@@ -173,46 +174,40 @@ __device__ void qkv_split(const T *x, const T *bias, T *out, int B, int T_, int 
 template <typename T>
 __device__ void qkv_merge(const T *dq, const T *dk, const T *dv, T *out, int B, int T_, int H, int hd, int tk_total, int t_off, double scale) {
     typedef typename Acc<T>::type A;
-    const size_t n = (size_t)3 * B * H * T_ * hd;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)blockDim.x * gridDim.x) {
-        size_t r = i;
-        const int e = r % hd; r /= hd;
-        const int h = r % H; r /= H;
-        const int s = r % 3; r /= 3;
-        const int t = r % T_; r /= T_;
-        const int b = (int)r;
+    const int row = blockIdx.x, b = row / T_, t = row % T_;
+    const int w = 3 * H * hd;
+    for (int j = threadIdx.x; j < w; j += blockDim.x) {
+        const int s = j / (H * hd), h = (j / hd) % H, e = j % hd;
         A v;
         if (s == 0) v = load(dq, (((size_t)b * H + h) * T_ + t) * hd + e) * A(scale);
         else v = load(s == 1 ? dk : dv, (((size_t)b * H + h) * tk_total + t_off + t) * hd + e);
-        store(out, i, v);
+        store(out, (size_t)row * w + j, v);
     }
 }
 
-// (A, B, C, D) -> (A, C, B, D): heads merged after attention, or split for its backward.
+// (A, B, C, D) -> (A, C, B, D): heads merged after attention, or split for its backward. One
+// block per output row (a, c) of B*D elements.
 template <typename T>
 __device__ void transpose12(const T *x, T *y, int A_, int B_, int C_, int D_) {
-    const size_t n = (size_t)A_ * B_ * C_ * D_;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)blockDim.x * gridDim.x) {
-        size_t r = i;
-        const int d = r % D_; r /= D_;
-        const int b = r % B_; r /= B_;
-        const int c = r % C_; r /= C_;
-        const int a = (int)r;
-        y[i] = x[(((size_t)a * B_ + b) * C_ + c) * D_ + d];
+    const int a = blockIdx.x / C_, c = blockIdx.x % C_;
+    const int w = B_ * D_;
+    for (int j = threadIdx.x; j < w; j += blockDim.x) {
+        const int b = j / D_, d = j % D_;
+        y[(size_t)blockIdx.x * w + j] = x[(((size_t)a * B_ + b) * C_ + c) * D_ + d];
     }
 }
 
-// ---- Softmax over rows of n, with an optional causal mask: row r is query i = r % tq, and
-// key j is masked when j > offset + i (offset < 0: no mask). One warp per row. ---------------
+// ---- Softmax over rows of n, with masks: keys j >= valid (padding) are masked, and with a causal
+// offset (>= 0) row r, query i = r % tq, sees keys j <= offset + i only. One warp per row. -----
 
 template <typename T>
-__device__ void softmax_rows(const T *x, T *y, size_t rows, int n, int tq, int offset) {
+__device__ void softmax_rows(const T *x, T *y, size_t rows, int n, int tq, int offset, int valid) {
     typedef typename Acc<T>::type A;
     const size_t r = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     if (r >= rows) return;
     const size_t row = r * n;
-    const int last = offset < 0 ? n - 1 : min(n - 1, offset + (int)(r % tq));
+    const int last = min(valid - 1, offset < 0 ? n - 1 : min(n - 1, offset + (int)(r % tq)));
     A m = -INFINITY;
     for (int j = lane; j <= last; j += 32) m = max(m, (A)load(x, row + j));
     for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffff, m, o));
@@ -283,11 +278,11 @@ extern "C" __global__ void normalize_pixels(const uint8_t *x, float *y, int n, i
     extern "C" __global__ void activation_fwd_##S(const T *h, T *y, size_t n, int act) { activation_fwd(h, y, n, act); } \
     extern "C" __global__ void activation_bwd_##S(const T *h, const T *dy, T *dh, size_t n, int act) { activation_bwd(h, dy, dh, n, act); } \
     extern "C" __global__ void softmax_bwd_##S(const T *y, const T *dy, T *dx, size_t rows, int d) { softmax_bwd(y, dy, dx, rows, d); } \
-    extern "C" __global__ void bias_act_##S(const T *x, const T *b, const T *r, T *y, size_t n, int d, int act) { bias_act(x, b, r, y, n, d, act); } \
+    extern "C" __global__ void bias_act_##S(const T *x, const T *b, const T *r, T *y, int rows, int d, int act) { bias_act(x, b, r, y, rows, d, act); } \
     extern "C" __global__ void qkv_split_##S(const T *x, const T *b, T *out, int B, int T_, int H, int hd, double scale) { qkv_split(x, b, out, B, T_, H, hd, scale); } \
     extern "C" __global__ void qkv_merge_##S(const T *dq, const T *dk, const T *dv, T *out, int B, int T_, int H, int hd, int tk, int off, double scale) { qkv_merge(dq, dk, dv, out, B, T_, H, hd, tk, off, scale); } \
     extern "C" __global__ void transpose12_##S(const T *x, T *y, int A_, int B_, int C_, int D_) { transpose12(x, y, A_, B_, C_, D_); } \
-    extern "C" __global__ void softmax_rows_##S(const T *x, T *y, size_t rows, int n, int tq, int offset) { softmax_rows(x, y, rows, n, tq, offset); } \
+    extern "C" __global__ void softmax_rows_##S(const T *x, T *y, size_t rows, int n, int tq, int offset, int valid) { softmax_rows(x, y, rows, n, tq, offset, valid); } \
     extern "C" __global__ void group_prefix_sum_##S(const T *x, T *out, int G, int K, int H, int Tt, int Tp, int hd) { group_prefix_sum(x, out, G, K, H, Tt, Tp, hd); } \
     extern "C" __global__ void scatter_rows_##S(const T *src, const uint32_t *idx, T *out, size_t rows, int d) { scatter_rows(src, idx, out, rows, d); }
 

@@ -299,7 +299,10 @@ impl crate::train::PromptModel for PromptLearner {
 
     fn loss_and_grads_scaled(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor, grad_scale: f64) -> Result<(f32, Tensor, Vec<Tensor>)> {
         let b = &self.buffers;
-        let prompts = self.assemble(self.ctx.as_tensor(), b)?; // (K, L, d)
+        // Positions after the last EOT cannot change the result (the encoder is causal and read
+        // at EOT): they are neither assembled into the backward graph nor encoded.
+        let used = b.eot.iter().max().map_or(1, |e| e + 1);
+        let prompts = self.assemble(self.ctx.as_tensor(), b)?.narrow(1, 0, used)?; // (K, used, d)
         let vars = crate::train::PromptModel::vars(self);
         let image = image_features.to_dtype(clip.head_dtype())?;
         let (loss, logits, grads) = super::prompt_loss_and_grads(clip, &prompts, &b.eot, self.shared_len(), b.eot.len(), &vars, grad_scale, |text| {

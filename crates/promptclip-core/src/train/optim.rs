@@ -57,8 +57,9 @@ impl Sgd {
 /// Dynamic loss scaling for fp16 training, as PyTorch's GradScaler (the official code's `amp`
 /// path): the gradient entering the backward pass is multiplied by `scale`, so that small
 /// gradients do not flush to zero in fp16, and the parameter gradients are divided by it again in
-/// fp32. A step whose gradients overflow is skipped and the scale halved; after `growth_interval`
-/// good steps in a row it doubles.
+/// fp32. When the gradients overflow, the scale is halved; after `growth_interval` good steps in
+/// a row it doubles. Unlike GradScaler, the trainer then computes the same step again at the
+/// lower scale instead of skipping it, so no step is lost to an overflow.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossScaler {
     pub scale: f64,
@@ -75,19 +76,21 @@ impl Default for LossScaler {
 }
 
 impl LossScaler {
-    /// Record a step's outcome; returns whether to apply it (its gradients are finite).
-    pub fn update(&mut self, finite: bool) -> bool {
-        if !finite {
-            self.scale *= 0.5;
-            self.good_steps = 0;
-            return false;
-        }
+    /// Gradients overflowed at this scale: halve it. False once it has fallen below 2^-24, where
+    /// scaling cannot help (the loss itself is the problem).
+    pub fn backoff(&mut self) -> bool {
+        self.scale *= 0.5;
+        self.good_steps = 0;
+        self.scale >= 2f64.powi(-24)
+    }
+
+    /// A step with finite gradients: count it, and double the scale after enough of them.
+    pub fn good_step(&mut self) {
         self.good_steps += 1;
         if self.good_steps >= self.growth_interval {
             self.scale *= 2.0;
             self.good_steps = 0;
         }
-        true
     }
 }
 

@@ -295,21 +295,29 @@ fn run_epochs<M: PromptModel>(
             let idx = &order[step * bs..(step + 1) * bs];
             let features = epoch_features.index_select(&Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), &clip.device)?, 0)?;
             let labels = Tensor::from_vec(idx.iter().map(|&i| labels_all[i]).collect::<Vec<_>>(), idx.len(), &clip.device)?;
-            let grad_scale = scaler.as_ref().map_or(1.0, |s| s.scale);
-            let (loss_value, logits, gs) = model.loss_and_grads_scaled(clip, &features, &labels, grad_scale)?;
-            if !loss_value.is_finite() {
-                let hint = if clip.dtype == DType::F32 { String::new() } else { format!(" (training in {:?}: try fp32 or a lower learning rate)", clip.dtype) };
-                return Err(Error::NonFiniteLoss { value: loss_value, epoch, step: step + 1, hint });
-            }
-            // With fp16 loss scaling, a step whose gradients overflowed is skipped.
-            let apply = match scaler.as_mut() {
-                Some(s) => s.update(all_finite(&gs)?),
-                None => true,
+            let (loss_value, logits, gs) = loop {
+                let grad_scale = scaler.as_ref().map_or(1.0, |s| s.scale);
+                let (loss_value, logits, gs) = model.loss_and_grads_scaled(clip, &features, &labels, grad_scale)?;
+                if !loss_value.is_finite() {
+                    let hint = if clip.dtype == DType::F32 { String::new() } else { format!(" (training in {:?}: try fp32 or a lower learning rate)", clip.dtype) };
+                    return Err(Error::NonFiniteLoss { value: loss_value, epoch, step: step + 1, hint });
+                }
+                // fp16 loss scaling: gradients that overflowed are computed again at half the scale.
+                match scaler.as_mut() {
+                    Some(s) if !all_finite(&gs)? => {
+                        if !s.backoff() {
+                            return Err(Error::NonFiniteLoss { value: f32::INFINITY, epoch, step: step + 1, hint: " (the gradients overflow in fp16 at any loss scale: try bf16 or fp32)".into() });
+                        }
+                    }
+                    Some(s) => {
+                        s.good_step();
+                        break (loss_value, logits, gs);
+                    }
+                    None => break (loss_value, logits, gs),
+                }
             };
-            if apply {
-                let params: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
-                sgd.step(&params, &gs, lr)?;
-            }
+            let params: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
+            sgd.step(&params, &gs, lr)?;
 
             let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
             correct += pred.iter().zip(idx).filter(|(p, &i)| **p == labels_all[i]).count();
