@@ -117,6 +117,16 @@ fn fused_kernels_on_cuda_equal_their_cpu_twins() {
         let long = r(&[2, 3, 7, 8]);
         check("qkv_merge", k::qkv_merge(&qg, &on(&long, dt), &on(&long, dt), 2, 0.35), k::qkv_merge(&qc, &c(&long), &c(&long), 2, 0.35));
         check("transpose12", k::transpose12(&on(&long, dt)), k::transpose12(&c(&long)));
+        let (kp, ks) = (r(&[2, 3, 3, 8]), r(&[6, 3, 4, 8]));
+        check("gather_cat", k::gather_cat(&on(&kp, dt), &on(&ks, dt)), k::gather_cat(&c(&kp), &c(&ks)));
+        // Wide rows (the vectorised layer norm keeps a row in registers) and unaligned starts
+        // (the scalar kernels).
+        let wide = r(&[7, 768]);
+        let (gw, bw) = (r(&[768]), r(&[768]));
+        check("layer_norm 768", k::layer_norm(&on(&wide, dt), &on(&gw, dt), &on(&bw, dt), 1e-5), k::layer_norm(&c(&wide), &c(&gw), &c(&bw), 1e-5));
+        let (raw, bo) = (r(&[1 + 12 * 40]), r(&[40]));
+        let odd = |t: Tensor| t.narrow(0, 1, 12 * 40).unwrap().reshape((12, 40)).unwrap(); // starts at element 1
+        check("bias unaligned", k::bias_act(&odd(on(&raw, dt)), &on(&bo, dt), None, None), k::bias_act(&odd(c(&raw)), &c(&bo), None, None));
         let grads = r(&[6, 3, 7, 8]);
         check("group_prefix_sum", k::group_prefix_sum(&on(&grads, dt), 2, 4), k::group_prefix_sum(&c(&grads), 2, 4));
         check("scatter_rows", k::scatter_rows(&on(&x, dt), &(0..50u32).rev().map(|i| i * 2).collect::<Vec<_>>(), 100), k::scatter_rows(&c(&x), &(0..50u32).rev().map(|i| i * 2).collect::<Vec<_>>(), 100));

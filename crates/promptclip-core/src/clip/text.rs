@@ -164,7 +164,6 @@ impl TextTransformer {
         let ts = used - shared;
         let pos = &self.position_embedding;
         let first: Vec<u32> = (0..groups).map(|g| (g * group_size) as u32).collect();
-        let group_t = Tensor::from_vec((0..n).map(|i| (i / group_size) as u32).collect::<Vec<_>>(), n, dev)?;
         let mut p = if shared > 0 {
             let firsts = Tensor::from_slice(&first, groups, dev)?;
             Some(embeds.narrow(1, 0, shared)?.contiguous()?.index_select(&firsts, 0)?.broadcast_add(&pos.narrow(0, 0, shared)?)?)
@@ -180,8 +179,8 @@ impl TextTransformer {
                     let (qp, kp, vp) = layer.qkv_train(px)?;
                     let (merged, probs) = layer.attn.core(&qp, &kp, &vp, Some(0), None)?;
                     let (y, mid, h) = layer.finish_train(px, &merged, true)?;
-                    let k_all = Tensor::cat(&[&kp.index_select(&group_t, 0)?, &ks], 2)?;
-                    let v_all = Tensor::cat(&[&vp.index_select(&group_t, 0)?, &vs], 2)?;
+                    let k_all = crate::kernels::gather_cat(&kp, &ks)?;
+                    let v_all = crate::kernels::gather_cat(&vp, &vs)?;
                     let h = h.ok_or_else(|| Error::Internal("fc1 pre-activation not kept".into()))?;
                     (Some(StreamTape { x: px.clone(), q: qp, k: kp, v: vp, probs, mid, h }), k_all, v_all, Some(y))
                 }

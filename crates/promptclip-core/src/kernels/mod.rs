@@ -65,6 +65,9 @@ enum Op {
     QkvMerge { b: usize, t: usize, h: usize, hd: usize, tk: usize, off: usize, scale: f64 },
     /// (x (A, B, C, D)) -> (A, C, B, D).
     Transpose12 { a: usize, b: usize, c: usize, d: usize },
+    /// (kp (G, H, tp, hd), ks (N, H, ts, hd)) -> (N, H, tp + ts, hd), sequence n reading its
+    /// group's prefix, groups of `per_group` consecutive sequences.
+    GatherCat { n: usize, per_group: usize, h: usize, tp: usize, ts: usize, hd: usize },
     /// (x) -> softmax over rows of `n`; keys j >= valid masked, and with a causal offset row r,
     /// query r % tq, sees keys j <= offset + that only.
     SoftmaxRows { n: usize, tq: usize, offset: Option<usize>, valid: usize },
@@ -88,6 +91,7 @@ impl Op {
             Op::QkvSplit { .. } => "qkv_split",
             Op::QkvMerge { .. } => "qkv_merge",
             Op::Transpose12 { .. } => "transpose12",
+            Op::GatherCat { .. } => "gather_cat",
             Op::SoftmaxRows { .. } => "softmax_rows",
             Op::GroupPrefixSum { .. } => "group_prefix_sum",
             Op::ScatterRows { .. } => "scatter_rows",
@@ -100,6 +104,7 @@ impl Op {
             Op::QkvSplit { b, t, h, hd, .. } => (3, b, h, t, hd).into(),
             Op::QkvMerge { b, t, h, hd, .. } => (b * t, 3 * h * hd).into(),
             Op::Transpose12 { a, b, c, d } => (a, c, b, d).into(),
+            Op::GatherCat { n, h, tp, ts, hd, .. } => (n, h, tp + ts, hd).into(),
             Op::GroupPrefixSum { g, h, tp, hd, .. } => (g, h, tp, hd).into(),
             Op::ScatterRows { rows_out, d } => (rows_out, d).into(),
             Op::NormalizePixels { n, s, .. } => (n, 3, s, s).into(),
@@ -223,6 +228,17 @@ impl Op {
                     }
                 });
                 y
+            }
+            Op::GatherCat { n, per_group, h, tp, ts, hd } => {
+                let (kp, ks) = (ins[0], ins[1]);
+                let mut out = vec![zero; n * h * (tp + ts) * hd];
+                out.par_chunks_mut((tp + ts) * hd).enumerate().for_each(|(nh, o)| {
+                    let (ni, hi) = (nh / h, nh % h);
+                    let g = ni / per_group;
+                    o[..tp * hd].copy_from_slice(&kp[(g * h + hi) * tp * hd..][..tp * hd]);
+                    o[tp * hd..].copy_from_slice(&ks[(ni * h + hi) * ts * hd..][..ts * hd]);
+                });
+                out
             }
             Op::SoftmaxRows { n, tq, offset, valid } => {
                 let x = ins[0];
@@ -566,6 +582,18 @@ pub fn attention_softmax(x: &Tensor, causal_offset: Option<usize>, valid_keys: O
     Op::SoftmaxRows { n, tq: dims[dims.len() - 2], offset: causal_offset, valid }.apply(&[x])
 }
 
+/// Keys (or values) of sequences sharing a prefix, as attention reads them: the group's prefix
+/// `kp` (G, H, tp, hd) before each sequence's own `ks` (N, H, ts, hd), groups of N / G
+/// consecutive sequences: (N, H, tp + ts, hd).
+pub fn gather_cat(kp: &Tensor, ks: &Tensor) -> Result<Tensor> {
+    let (g, h, tp, hd) = kp.dims4()?;
+    let (n, h2, ts, hd2) = ks.dims4()?;
+    if g == 0 || n % g != 0 || h != h2 || hd != hd2 {
+        candle_core::bail!("gather_cat: prefix {:?} and sequences {:?}", kp.dims(), ks.dims());
+    }
+    Op::GatherCat { n, per_group: n / g, h, tp, ts, hd }.apply(&[kp, ks])
+}
+
 /// For key or value gradients (G*K, H, tt, hd) of sequences grouped K by K, the sum over each
 /// group of the first `tp` positions: (G, H, tp, hd).
 pub fn group_prefix_sum(x: &Tensor, groups: usize, tp: usize) -> Result<Tensor> {
@@ -630,9 +658,9 @@ mod cuda {
         LaunchConfig { grid_dim: (n.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
     }
 
-    /// One block of 256 threads per row.
-    fn per_row(rows: usize) -> LaunchConfig {
-        LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    /// One block of `threads` per row.
+    fn per_row(rows: usize, threads: u32) -> LaunchConfig {
+        LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
     }
 
     fn warp_per_row(rows: usize) -> LaunchConfig {
@@ -674,33 +702,62 @@ mod cuda {
         }
     }
 
+    /// Threads for rows of `elems`, V at a time: a multiple of 32, at most 256.
+    fn row_threads(elems: usize, v: usize) -> u32 {
+        (elems.div_ceil(v).div_ceil(32) * 32).clamp(32, 256) as u32
+    }
+
     fn go<T: CudaDType + DeviceRepr + ValidAsZeroBits>(op: &Op, ins: &[(&CudaStorage, &Layout)], suffix: &str) -> Result<CudaStorage> {
         let n_in = ins[0].1.shape().elem_count();
         let out_n = op.out_shape(ins[0].1.shape()).elem_count();
+        // 16-byte accesses when every input starts on a multiple of V elements (outputs are fresh
+        // allocations) and the op's innermost run is a multiple of V.
+        let v = 16 / std::mem::size_of::<T>();
+        let aligned = ins.iter().all(|(_, l)| l.start_offset() % v == 0);
+        let run = match *op {
+            Op::BiasAct { d, .. } | Op::LayerNorm { d, .. } => d,
+            Op::QkvSplit { hd, .. } | Op::QkvMerge { hd, .. } | Op::GatherCat { hd, .. } => hd,
+            Op::Transpose12 { d, .. } => d,
+            _ => 0,
+        };
+        let vec = aligned && run > 0 && run % v == 0;
+        let (kernel, v) = if vec { (format!("{}_v_{suffix}", op.kernel()), v) } else { (format!("{}_{suffix}", op.kernel()), 1) };
         // Launch shape and the scalars after the buffers, as the kernels in ops.cu declare them.
+        let mut kernel = kernel;
         let (cfg, scalars): (LaunchConfig, Vec<Scalar>) = match *op {
+            Op::LayerNorm { d, eps } if d <= 32 * 8 * v && d % v == 0 => {
+                // One warp per row, the row in registers.
+                kernel = format!("layer_norm_warp{}_{suffix}", if v > 1 { "_v" } else { "" });
+                (warp_per_row(n_in / d), vec![Scalar::Usize(n_in / d), i(d), Scalar::F64(eps)])
+            }
             Op::LayerNorm { d, eps } | Op::LayerNormBackward { d, eps } => {
+                kernel = format!("{}_{suffix}", op.kernel());
                 let threads = if d <= 1024 { 128 } else { 256 };
                 (LaunchConfig { grid_dim: ((n_in / d) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }, vec![i(d), Scalar::F64(eps)])
             }
             Op::Activation { act } | Op::ActivationBackward { act } => (grid_stride(n_in), vec![Scalar::Usize(n_in), Scalar::I32(act)]),
             Op::SoftmaxBackward { d } => (warp_per_row(n_in / d), vec![Scalar::Usize(n_in / d), i(d)]),
             Op::BiasAct { d, act } => {
-                // Threads along columns, blocks along rows (each block loops over rows / 65535).
+                // Threads along the row, blocks along rows (each block loops over rows / 65535).
                 let rows = n_in / d;
-                let cfg = LaunchConfig { grid_dim: (d.div_ceil(256) as u32, rows.clamp(1, 65535) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                let threads = row_threads(d, v);
+                let cfg = LaunchConfig { grid_dim: ((d / v).div_ceil(threads as usize) as u32, rows.clamp(1, 65535) as u32, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
                 (cfg, vec![i(rows), i(d), Scalar::I32(act)])
             }
-            Op::QkvSplit { b, t, h, hd, scale } => (per_row(b * t), vec![i(b), i(t), i(h), i(hd), Scalar::F64(scale)]),
-            Op::QkvMerge { b, t, h, hd, tk, off, scale } => (per_row(b * t), vec![i(b), i(t), i(h), i(hd), i(tk), i(off), Scalar::F64(scale)]),
-            Op::Transpose12 { a, b, c, d } => (per_row(a * c), vec![i(a), i(b), i(c), i(d)]),
+            Op::QkvSplit { b, t, h, hd, scale } => (per_row(b * t, row_threads(3 * h * hd, v)), vec![i(b), i(t), i(h), i(hd), Scalar::F64(scale)]),
+            Op::QkvMerge { b, t, h, hd, tk, off, scale } => (per_row(b * t, row_threads(3 * h * hd, v)), vec![i(b), i(t), i(h), i(hd), i(tk), i(off), Scalar::F64(scale)]),
+            Op::Transpose12 { a, b, c, d } => (per_row(a * c, row_threads(b * d, v)), vec![i(a), i(b), i(c), i(d)]),
+            Op::GatherCat { n, per_group, h, tp, ts, hd } => (per_row(n * h, row_threads((tp + ts) * hd, v)), vec![i(per_group), i(h), i(tp), i(ts), i(hd)]),
             Op::SoftmaxRows { n, tq, offset, valid } => (warp_per_row(n_in / n), vec![Scalar::Usize(n_in / n), i(n), i(tq), Scalar::I32(offset.map_or(-1, |o| o as i32)), i(valid)]),
-            Op::GroupPrefixSum { g, k, h, tt, tp, hd } => (grid_stride(out_n), vec![i(g), i(k), i(h), i(tt), i(tp), i(hd)]),
+            Op::GroupPrefixSum { g, k, h, tt, tp, hd } => {
+                let cfg = LaunchConfig { grid_dim: ((g * h * tp).max(1) as u32, 1, 1), block_dim: (32, 16, 1), shared_mem_bytes: 0 };
+                (cfg, vec![i(g), i(k), i(h), i(tt), i(tp), i(hd)])
+            }
             Op::ScatterRows { d, .. } => (grid_stride(n_in), vec![Scalar::Usize(n_in / d), i(d)]),
             Op::NormalizePixels { .. } => candle_core::bail!("normalize_pixels takes 8-bit input"),
         };
         let dev = ins[0].0.device().clone();
-        let func = dev.get_or_load_custom_func(&format!("{}_{suffix}", op.kernel()), "promptclip_ops", PTX)?;
+        let func = dev.get_or_load_custom_func(&kernel, "promptclip_ops", PTX)?;
         let scatter = matches!(op, Op::ScatterRows { .. });
         let floats = ins.iter().take(if scatter { 1 } else { ins.len() }).map(|(s, l)| view::<T>(s, l)).collect::<Result<Vec<_>>>()?;
         let idx = if scatter { Some(view::<u32>(ins[1].0, ins[1].1)?) } else { None };
@@ -819,6 +876,12 @@ mod tests {
         let v_long = Tensor::cat(&[&pad, &v], 2).unwrap();
         assert!(max_diff(&qkv_merge(&q, &k_long, &v_long, 2, 2.0).unwrap(), &merged) < 1e-12);
         assert_eq!(max_diff(&transpose12(&q).unwrap(), &q.transpose(1, 2).unwrap().contiguous().unwrap()), 0.0);
+        // Each sequence reads its group's prefix.
+        let kp = Tensor::randn(0f32, 1.0, (2, h, 3, hd), &dev).unwrap();
+        let ks = Tensor::randn(0f32, 1.0, (6, h, 2, hd), &dev).unwrap();
+        let group = Tensor::new(&[0u32, 0, 0, 1, 1, 1], &dev).unwrap();
+        let expected = Tensor::cat(&[&kp.index_select(&group, 0).unwrap(), &ks], 2).unwrap();
+        assert_eq!(max_diff(&gather_cat(&kp, &ks).unwrap(), &expected), 0.0);
         // Sum of each group's prefix rows.
         let g = Tensor::randn(0f32, 1.0, (6, h, 7, hd), &dev).unwrap();
         let s = group_prefix_sum(&g, 2, 3).unwrap();

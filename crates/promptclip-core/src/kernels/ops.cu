@@ -17,6 +17,22 @@ __device__ __forceinline__ void store(double *p, size_t i, double v) { p[i] = v;
 __device__ __forceinline__ void store(__half *p, size_t i, float v) { p[i] = __float2half(v); }
 __device__ __forceinline__ void store(__nv_bfloat16 *p, size_t i, float v) { p[i] = __float2bfloat16(v); }
 
+__device__ __forceinline__ float cvt(float x) { return x; }
+__device__ __forceinline__ double cvt(double x) { return x; }
+__device__ __forceinline__ float cvt(__half x) { return __half2float(x); }
+__device__ __forceinline__ float cvt(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T back(float v);
+template <> __device__ __forceinline__ float back<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half back<__half>(float v) { return __float2half(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 back<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+template <typename T> __device__ __forceinline__ T back(double v) { return (T)v; }
+
+// V consecutive elements moved as one access: 16 bytes when the launcher has checked that every
+// pointer and row length allows it, else V = 1.
+template <typename T, int V> struct alignas(sizeof(T) * V) Pack { T v[V]; };
+template <typename T, int V> __device__ __forceinline__ Pack<T, V> ld(const T *p) { return *reinterpret_cast<const Pack<T, V> *>(p); }
+template <typename T, int V> __device__ __forceinline__ void st(T *p, const Pack<T, V> &x) { *reinterpret_cast<Pack<T, V> *>(p) = x; }
+
 __device__ __forceinline__ float sigmoid_(float x) { return 1.f / (1.f + expf(-x)); }
 __device__ __forceinline__ double sigmoid_(double x) { return 1.0 / (1.0 + exp(-x)); }
 
@@ -48,6 +64,52 @@ __device__ void layer_norm_fwd(const T *x, const T *gamma, const T *beta, T *y, 
     const A rstd = A(1) / sqrt(block_sum(s2) / d + A(eps));
     for (int i = threadIdx.x; i < d; i += blockDim.x)
         store(y, row + i, (load(x, row + i) - mean) * rstd * load(gamma, i) + load(beta, i));
+}
+
+// The same for rows of d <= 32 * P * V elements, one warp per row: each lane keeps its P packs of
+// V in registers, so the row is read once and written once.
+template <typename T, int V, int P>
+__device__ void layer_norm_fwd_warp(const T *x, const T *gamma, const T *beta, T *y, size_t rows, int d, double eps) {
+    typedef typename Acc<T>::type A;
+    const size_t r = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    const T *xr = x + r * d;
+    Pack<T, V> v[P];
+    A s = 0;
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        const int j = (p * 32 + lane) * V;
+        if (j < d) {
+            v[p] = ld<T, V>(xr + j);
+#pragma unroll
+            for (int k = 0; k < V; ++k) s += (A)cvt(v[p].v[k]);
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+    const A mean = s / d;
+    A s2 = 0;
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        const int j = (p * 32 + lane) * V;
+        if (j < d) {
+#pragma unroll
+            for (int k = 0; k < V; ++k) { const A c = (A)cvt(v[p].v[k]) - mean; s2 += c * c; }
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) s2 += __shfl_xor_sync(0xffffffff, s2, o);
+    const A rstd = A(1) / sqrt(s2 / d + A(eps));
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        const int j = (p * 32 + lane) * V;
+        if (j < d) {
+            const Pack<T, V> gv = ld<T, V>(gamma + j), bv = ld<T, V>(beta + j);
+            Pack<T, V> o;
+#pragma unroll
+            for (int k = 0; k < V; ++k) o.v[k] = back<T>(((A)cvt(v[p].v[k]) - mean) * rstd * (A)cvt(gv.v[k]) + (A)cvt(bv.v[k]));
+            st<T, V>(y + r * d + j, o);
+        }
+    }
 }
 
 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * gamma,  statistics recomputed from x.
@@ -134,66 +196,98 @@ __device__ void softmax_bwd(const T *y, const T *dy, T *dx, size_t rows, int d) 
 
 // ---- Bias, activation and residual after a matmul, one pass: y = act(x + b) (+ r) -------------
 // x and r are (rows, d) row-major, b is (d); act -1 means none; r may be null. Threads run along
-// columns (coalesced, each keeps its bias in a register), blocks along groups of rows.
+// the row V elements at a time (each keeps its bias in registers), blocks along rows.
 
-template <typename T>
+template <typename T, int V>
 __device__ void bias_act(const T *x, const T *b, const T *r, T *y, int rows, int d, int act) {
     typedef typename Acc<T>::type A;
-    const int col = blockIdx.x * blockDim.x + threadIdx.x;
+    const int col = (blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (col >= d) return;
-    const A bias = load(b, col);
+    const Pack<T, V> bias = ld<T, V>(b + col);
     for (int row = blockIdx.y; row < rows; row += gridDim.y) {
         const size_t i = (size_t)row * d + col;
-        A v = load(x, i) + bias;
-        if (act >= 0) v = act_fwd<A>(v, act);
-        if (r != nullptr) v += load(r, i);
-        store(y, i, v);
+        const Pack<T, V> xv = ld<T, V>(x + i);
+        Pack<T, V> rv, out;
+        if (r != nullptr) rv = ld<T, V>(r + i);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            A v = (A)cvt(xv.v[k]) + (A)cvt(bias.v[k]);
+            if (act >= 0) v = act_fwd<A>(v, act);
+            if (r != nullptr) v += (A)cvt(rv.v[k]);
+            out.v[k] = back<T>(v);
+        }
+        st<T, V>(y + i, out);
     }
 }
 
-// ---- Attention layouts, one block per (b, t) row of the projection ---------------------------
+// ---- Attention layouts, one block per row, V elements at a time (V divides the head size) -----
 
 // The fused QKV projection's output (B*T, 3*H*hd) plus its bias, to q (scaled), k, v stacked as
 // (3, B, H, T, hd).
-template <typename T>
+template <typename T, int V>
 __device__ void qkv_split(const T *x, const T *bias, T *out, int B, int T_, int H, int hd, double scale) {
     typedef typename Acc<T>::type A;
     const int row = blockIdx.x, b = row / T_, t = row % T_;
     const int w = 3 * H * hd;
     const size_t plane = (size_t)B * H * T_ * hd;
-    for (int j = threadIdx.x; j < w; j += blockDim.x) {
+    for (int j = threadIdx.x * V; j < w; j += blockDim.x * V) {
         const int s = j / (H * hd), h = (j / hd) % H, e = j % hd;
-        A v = load(x, (size_t)row * w + j) + load(bias, j);
-        if (s == 0) v *= A(scale);
-        store(out, s * plane + (((size_t)b * H + h) * T_ + t) * hd + e, v);
+        const Pack<T, V> xv = ld<T, V>(x + (size_t)row * w + j), bv = ld<T, V>(bias + j);
+        Pack<T, V> o;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            A v = (A)cvt(xv.v[k]) + (A)cvt(bv.v[k]);
+            if (s == 0) v *= A(scale);
+            o.v[k] = back<T>(v);
+        }
+        st<T, V>(out + s * plane + (((size_t)b * H + h) * T_ + t) * hd + e, o);
     }
 }
 
 // The inverse for gradients: dq (B, H, T, hd) times `scale`, and dk, dv read at rows
 // [t_off, t_off + T) of (B, H, tk_total, hd), to (B*T, 3*H*hd).
-template <typename T>
+template <typename T, int V>
 __device__ void qkv_merge(const T *dq, const T *dk, const T *dv, T *out, int B, int T_, int H, int hd, int tk_total, int t_off, double scale) {
     typedef typename Acc<T>::type A;
     const int row = blockIdx.x, b = row / T_, t = row % T_;
     const int w = 3 * H * hd;
-    for (int j = threadIdx.x; j < w; j += blockDim.x) {
+    for (int j = threadIdx.x * V; j < w; j += blockDim.x * V) {
         const int s = j / (H * hd), h = (j / hd) % H, e = j % hd;
-        A v;
-        if (s == 0) v = load(dq, (((size_t)b * H + h) * T_ + t) * hd + e) * A(scale);
-        else v = load(s == 1 ? dk : dv, (((size_t)b * H + h) * tk_total + t_off + t) * hd + e);
-        store(out, (size_t)row * w + j, v);
+        Pack<T, V> o;
+        if (s == 0) {
+            const Pack<T, V> q = ld<T, V>(dq + (((size_t)b * H + h) * T_ + t) * hd + e);
+#pragma unroll
+            for (int k = 0; k < V; ++k) o.v[k] = back<T>((A)cvt(q.v[k]) * A(scale));
+        } else {
+            o = ld<T, V>((s == 1 ? dk : dv) + (((size_t)b * H + h) * tk_total + t_off + t) * hd + e);
+        }
+        st<T, V>(out + (size_t)row * w + j, o);
     }
 }
 
 // (A, B, C, D) -> (A, C, B, D): heads merged after attention, or split for its backward. One
 // block per output row (a, c) of B*D elements.
-template <typename T>
+template <typename T, int V>
 __device__ void transpose12(const T *x, T *y, int A_, int B_, int C_, int D_) {
     const int a = blockIdx.x / C_, c = blockIdx.x % C_;
     const int w = B_ * D_;
-    for (int j = threadIdx.x; j < w; j += blockDim.x) {
+    for (int j = threadIdx.x * V; j < w; j += blockDim.x * V) {
         const int b = j / D_, d = j % D_;
-        y[(size_t)blockIdx.x * w + j] = x[(((size_t)a * B_ + b) * C_ + c) * D_ + d];
+        st<T, V>(y + (size_t)blockIdx.x * w + j, ld<T, V>(x + (((size_t)a * B_ + b) * C_ + c) * D_ + d));
+    }
+}
+
+// Keys (or values) of sequences that share a prefix, as attention reads them: each sequence's
+// group prefix kp (G, H, Tp, hd) then its own ks (N, H, Ts, hd), to (N, H, Tp + Ts, hd). One
+// block per (n, h).
+template <typename T, int V>
+__device__ void gather_cat(const T *kp, const T *ks, T *out, int per_group, int H, int Tp, int Ts, int hd) {
+    const int n = blockIdx.x / H, h = blockIdx.x % H, g = n / per_group;
+    const int w = (Tp + Ts) * hd;
+    for (int j = threadIdx.x * V; j < w; j += blockDim.x * V) {
+        const int t = j / hd, e = j % hd;
+        const T *src = t < Tp ? kp + (((size_t)g * H + h) * Tp + t) * hd + e : ks + (((size_t)n * H + h) * Ts + (t - Tp)) * hd + e;
+        st<T, V>(out + (size_t)blockIdx.x * w + j, ld<T, V>(src));
     }
 }
 
@@ -219,30 +313,29 @@ __device__ void softmax_rows(const T *x, T *y, size_t rows, int n, int tq, int o
 }
 
 // ---- Gradients of keys and values shared by a group: x (G*K, H, Tt, hd); the first Tp rows of
-// each head summed over the K sequences of each group, to (G, H, Tp, hd). ----------------------
+// each head summed over the K sequences of each group, to (G, H, Tp, hd). One block per output
+// row (g, h, t): 32 threads along hd, 16 along K, summed in a fixed order (deterministic). --------
 
 template <typename T>
 __device__ void group_prefix_sum(const T *x, T *out, int G, int K, int H, int Tt, int Tp, int hd) {
     typedef typename Acc<T>::type A;
-    const size_t n = (size_t)G * H * Tp * hd;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)blockDim.x * gridDim.x) {
-        size_t r = i;
-        const int e = r % hd; r /= hd;
-        const int t = r % Tp; r /= Tp;
-        const int h = r % H; r /= H;
-        const int g = (int)r;
-        const size_t stride = (size_t)H * Tt * hd;
-        const T *p = x + (size_t)g * K * stride + ((size_t)h * Tt + t) * hd + e;
-        A s0 = 0, s1 = 0, s2 = 0, s3 = 0;  // independent sums keep four loads in flight
-        int k = 0;
-        for (; k + 4 <= K; k += 4) {
-            s0 += load(p, (size_t)k * stride);
-            s1 += load(p, (size_t)(k + 1) * stride);
-            s2 += load(p, (size_t)(k + 2) * stride);
-            s3 += load(p, (size_t)(k + 3) * stride);
+    __shared__ A part[16][32];
+    const int row = blockIdx.x, t = row % Tp, h = (row / Tp) % H, g = row / (Tp * H);
+    const size_t stride = (size_t)H * Tt * hd;
+    const T *base = x + (size_t)g * K * stride + ((size_t)h * Tt + t) * hd;
+    for (int e0 = 0; e0 < hd; e0 += 32) {
+        const int e = e0 + threadIdx.x;
+        A s = 0;
+        if (e < hd)
+            for (int k = threadIdx.y; k < K; k += 16) s += load(base, (size_t)k * stride + e);
+        part[threadIdx.y][threadIdx.x] = s;
+        __syncthreads();
+        if (threadIdx.y == 0 && e < hd) {
+            A total = 0;
+            for (int y = 0; y < 16; ++y) total += part[y][threadIdx.x];
+            store(out, (size_t)row * hd + e, total);
         }
-        for (; k < K; ++k) s0 += load(p, (size_t)k * stride);
-        store(out, i, (s0 + s1) + (s2 + s3));
+        __syncthreads();
     }
 }
 
@@ -272,19 +365,25 @@ extern "C" __global__ void normalize_pixels(const uint8_t *x, float *y, int n, i
     }
 }
 
+#define VEC(T, S, V, X)                                                                                 \
+    extern "C" __global__ void bias_act##X##_##S(const T *x, const T *b, const T *r, T *y, int rows, int d, int act) { bias_act<T, V>(x, b, r, y, rows, d, act); } \
+    extern "C" __global__ void qkv_split##X##_##S(const T *x, const T *b, T *out, int B, int T_, int H, int hd, double scale) { qkv_split<T, V>(x, b, out, B, T_, H, hd, scale); } \
+    extern "C" __global__ void qkv_merge##X##_##S(const T *dq, const T *dk, const T *dv, T *out, int B, int T_, int H, int hd, int tk, int off, double scale) { qkv_merge<T, V>(dq, dk, dv, out, B, T_, H, hd, tk, off, scale); } \
+    extern "C" __global__ void transpose12##X##_##S(const T *x, T *y, int A_, int B_, int C_, int D_) { transpose12<T, V>(x, y, A_, B_, C_, D_); } \
+    extern "C" __global__ void gather_cat##X##_##S(const T *kp, const T *ks, T *out, int per_group, int H, int Tp, int Ts, int hd) { gather_cat<T, V>(kp, ks, out, per_group, H, Tp, Ts, hd); } \
+    extern "C" __global__ void layer_norm_warp##X##_##S(const T *x, const T *g, const T *b, T *y, size_t rows, int d, double eps) { layer_norm_fwd_warp<T, V, 8>(x, g, b, y, rows, d, eps); }
+
 #define OPS(T, S)                                                                                      \
     extern "C" __global__ void layer_norm_fwd_##S(const T *x, const T *g, const T *b, T *y, int d, double eps) { layer_norm_fwd(x, g, b, y, d, eps); } \
     extern "C" __global__ void layer_norm_bwd_##S(const T *x, const T *g, const T *dy, T *dx, int d, double eps) { layer_norm_bwd(x, g, dy, dx, d, eps); } \
     extern "C" __global__ void activation_fwd_##S(const T *h, T *y, size_t n, int act) { activation_fwd(h, y, n, act); } \
     extern "C" __global__ void activation_bwd_##S(const T *h, const T *dy, T *dh, size_t n, int act) { activation_bwd(h, dy, dh, n, act); } \
     extern "C" __global__ void softmax_bwd_##S(const T *y, const T *dy, T *dx, size_t rows, int d) { softmax_bwd(y, dy, dx, rows, d); } \
-    extern "C" __global__ void bias_act_##S(const T *x, const T *b, const T *r, T *y, int rows, int d, int act) { bias_act(x, b, r, y, rows, d, act); } \
-    extern "C" __global__ void qkv_split_##S(const T *x, const T *b, T *out, int B, int T_, int H, int hd, double scale) { qkv_split(x, b, out, B, T_, H, hd, scale); } \
-    extern "C" __global__ void qkv_merge_##S(const T *dq, const T *dk, const T *dv, T *out, int B, int T_, int H, int hd, int tk, int off, double scale) { qkv_merge(dq, dk, dv, out, B, T_, H, hd, tk, off, scale); } \
-    extern "C" __global__ void transpose12_##S(const T *x, T *y, int A_, int B_, int C_, int D_) { transpose12(x, y, A_, B_, C_, D_); } \
     extern "C" __global__ void softmax_rows_##S(const T *x, T *y, size_t rows, int n, int tq, int offset, int valid) { softmax_rows(x, y, rows, n, tq, offset, valid); } \
     extern "C" __global__ void group_prefix_sum_##S(const T *x, T *out, int G, int K, int H, int Tt, int Tp, int hd) { group_prefix_sum(x, out, G, K, H, Tt, Tp, hd); } \
-    extern "C" __global__ void scatter_rows_##S(const T *src, const uint32_t *idx, T *out, size_t rows, int d) { scatter_rows(src, idx, out, rows, d); }
+    extern "C" __global__ void scatter_rows_##S(const T *src, const uint32_t *idx, T *out, size_t rows, int d) { scatter_rows(src, idx, out, rows, d); } \
+    VEC(T, S, 1, )                                                                                     \
+    VEC(T, S, (16 / sizeof(T)), _v)
 
 OPS(float, f32)
 OPS(double, f64)
