@@ -117,6 +117,12 @@ fn fused_kernels_on_cuda_equal_their_cpu_twins() {
         let long = r(&[2, 3, 7, 8]);
         check("qkv_merge", k::qkv_merge(&qg, &on(&long, dt), &on(&long, dt), 2, 0.35), k::qkv_merge(&qc, &c(&long), &c(&long), 2, 0.35));
         check("transpose12", k::transpose12(&on(&long, dt)), k::transpose12(&c(&long)));
+        // Rows as the image tower's (200 keys, 197 valid: vectorised in registers) and longer
+        // than registers hold (the three-pass kernel).
+        let vis = r(&[2, 3, 200, 200]);
+        check("softmax 200 of 197", k::attention_softmax(&on(&vis, dt), None, Some(197)), k::attention_softmax(&c(&vis), None, Some(197)));
+        let long_rows = r(&[3, 2100]);
+        check("softmax 2100", k::attention_softmax(&on(&long_rows, dt), None, None), k::attention_softmax(&c(&long_rows), None, None));
         let (kp, ks) = (r(&[2, 3, 3, 8]), r(&[6, 3, 4, 8]));
         check("gather_cat", k::gather_cat(&on(&kp, dt), &on(&ks, dt)), k::gather_cat(&c(&kp), &c(&ks)));
         // Wide rows (the vectorised layer norm keeps a row in registers) and unaligned starts

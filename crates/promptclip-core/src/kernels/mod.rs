@@ -716,6 +716,7 @@ mod cuda {
         let aligned = ins.iter().all(|(_, l)| l.start_offset() % v == 0);
         let run = match *op {
             Op::BiasAct { d, .. } | Op::LayerNorm { d, .. } => d,
+            Op::SoftmaxRows { n, .. } => n,
             Op::QkvSplit { hd, .. } | Op::QkvMerge { hd, .. } | Op::GatherCat { hd, .. } => hd,
             Op::Transpose12 { d, .. } => d,
             _ => 0,
@@ -748,7 +749,14 @@ mod cuda {
             Op::QkvMerge { b, t, h, hd, tk, off, scale } => (per_row(b * t, row_threads(3 * h * hd, v)), vec![i(b), i(t), i(h), i(hd), i(tk), i(off), Scalar::F64(scale)]),
             Op::Transpose12 { a, b, c, d } => (per_row(a * c, row_threads(b * d, v)), vec![i(a), i(b), i(c), i(d)]),
             Op::GatherCat { n, per_group, h, tp, ts, hd } => (per_row(n * h, row_threads((tp + ts) * hd, v)), vec![i(per_group), i(h), i(tp), i(ts), i(hd)]),
-            Op::SoftmaxRows { n, tq, offset, valid } => (warp_per_row(n_in / n), vec![Scalar::Usize(n_in / n), i(n), i(tq), Scalar::I32(offset.map_or(-1, |o| o as i32)), i(valid)]),
+            Op::SoftmaxRows { n, tq, offset, valid } => {
+                // A row in registers when it fits (P packs of V per lane: 4 x 16 bytes, or 8 x 1).
+                let fits = n <= 32 * v * if v > 1 { 4 } else { 8 };
+                if fits {
+                    kernel = format!("softmax_warp{}_{suffix}", if v > 1 { "_v" } else { "" });
+                }
+                (warp_per_row(n_in / n), vec![Scalar::Usize(n_in / n), i(n), i(tq), Scalar::I32(offset.map_or(-1, |o| o as i32)), i(valid)])
+            }
             Op::GroupPrefixSum { g, k, h, tt, tp, hd } => {
                 let cfg = LaunchConfig { grid_dim: ((g * h * tp).max(1) as u32, 1, 1), block_dim: (32, 16, 1), shared_mem_bytes: 0 };
                 (cfg, vec![i(g), i(k), i(h), i(tt), i(tp), i(hd)])

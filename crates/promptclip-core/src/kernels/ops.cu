@@ -312,6 +312,51 @@ __device__ void softmax_rows(const T *x, T *y, size_t rows, int n, int tq, int o
     for (int j = lane; j < n; j += 32) store(y, row + j, j <= last ? exp(load(x, row + j) - m) * inv : A(0));
 }
 
+// The same for rows of n <= 32 * P * V, the row kept in registers: read once, written once.
+template <typename T, int V, int P>
+__device__ void softmax_rows_warp(const T *x, T *y, size_t rows, int n, int tq, int offset, int valid) {
+    typedef typename Acc<T>::type A;
+    const size_t r = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    const int last = min(valid - 1, offset < 0 ? n - 1 : min(n - 1, offset + (int)(r % tq)));
+    Pack<T, V> v[P];
+    A m = -INFINITY;
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        const int j = (p * 32 + lane) * V;
+        if (j < n) {
+            v[p] = ld<T, V>(x + r * n + j);
+#pragma unroll
+            for (int k = 0; k < V; ++k) if (j + k <= last) m = max(m, (A)cvt(v[p].v[k]));
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffff, m, o));
+    A s = 0;
+    A e[P][V];
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        const int j = (p * 32 + lane) * V;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            e[p][k] = (j < n && j + k <= last) ? exp((A)cvt(v[p].v[k]) - m) : A(0);
+            s += e[p][k];
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+    const A inv = A(1) / s;
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        const int j = (p * 32 + lane) * V;
+        if (j < n) {
+            Pack<T, V> o;
+#pragma unroll
+            for (int k = 0; k < V; ++k) o.v[k] = back<T>(e[p][k] * inv);
+            st<T, V>(y + r * n + j, o);
+        }
+    }
+}
+
 // ---- Gradients of keys and values shared by a group: x (G*K, H, Tt, hd); the first Tp rows of
 // each head summed over the K sequences of each group, to (G, H, Tp, hd). One block per output
 // row (g, h, t): 32 threads along hd, 16 along K, summed in a fixed order (deterministic). --------
@@ -371,7 +416,8 @@ extern "C" __global__ void normalize_pixels(const uint8_t *x, float *y, int n, i
     extern "C" __global__ void qkv_merge##X##_##S(const T *dq, const T *dk, const T *dv, T *out, int B, int T_, int H, int hd, int tk, int off, double scale) { qkv_merge<T, V>(dq, dk, dv, out, B, T_, H, hd, tk, off, scale); } \
     extern "C" __global__ void transpose12##X##_##S(const T *x, T *y, int A_, int B_, int C_, int D_) { transpose12<T, V>(x, y, A_, B_, C_, D_); } \
     extern "C" __global__ void gather_cat##X##_##S(const T *kp, const T *ks, T *out, int per_group, int H, int Tp, int Ts, int hd) { gather_cat<T, V>(kp, ks, out, per_group, H, Tp, Ts, hd); } \
-    extern "C" __global__ void layer_norm_warp##X##_##S(const T *x, const T *g, const T *b, T *y, size_t rows, int d, double eps) { layer_norm_fwd_warp<T, V, 8>(x, g, b, y, rows, d, eps); }
+    extern "C" __global__ void layer_norm_warp##X##_##S(const T *x, const T *g, const T *b, T *y, size_t rows, int d, double eps) { layer_norm_fwd_warp<T, V, 8>(x, g, b, y, rows, d, eps); } \
+    extern "C" __global__ void softmax_warp##X##_##S(const T *x, T *y, size_t rows, int n, int tq, int offset, int valid) { softmax_rows_warp<T, V, (V > 1 ? 4 : 8)>(x, y, rows, n, tq, offset, valid); }
 
 #define OPS(T, S)                                                                                      \
     extern "C" __global__ void layer_norm_fwd_##S(const T *x, const T *g, const T *b, T *y, int d, double eps) { layer_norm_fwd(x, g, b, y, d, eps); } \
