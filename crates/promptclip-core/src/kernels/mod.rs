@@ -752,9 +752,7 @@ mod cuda {
             Op::SoftmaxRows { n, tq, offset, valid } => {
                 // A row in registers when it fits (P packs of V per lane: 4 x 16 bytes, or 8 x 1).
                 let fits = n <= 32 * v * if v > 1 { 4 } else { 8 };
-                if fits {
-                    kernel = format!("softmax_warp{}_{suffix}", if v > 1 { "_v" } else { "" });
-                }
+                kernel = if fits { format!("softmax_warp{}_{suffix}", if v > 1 { "_v" } else { "" }) } else { format!("softmax_rows_{suffix}") };
                 (warp_per_row(n_in / n), vec![Scalar::Usize(n_in / n), i(n), i(tq), Scalar::I32(offset.map_or(-1, |o| o as i32)), i(valid)])
             }
             Op::GroupPrefixSum { g, k, h, tt, tp, hd } => {
