@@ -4,6 +4,11 @@
 //! (ts/errors.ts) lifts that code into `error.code`. Panics are caught here so none crosses FFI.
 #![deny(clippy::all)]
 
+/// A caching allocator: CPU inference allocates tens of MB per op, which glibc maps fresh (and
+/// zeroes through page faults) every time.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use promptclip_core::preprocess::ImageSource;

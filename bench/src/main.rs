@@ -83,6 +83,10 @@ fn cocoop_step(clip: &Clip, k: usize, batch: usize, reps: usize) -> f64 {
     })
 }
 
+/// The same allocator as the addon's (see the workspace Cargo.toml).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod gpu;
 
 fn main() {
