@@ -46,12 +46,11 @@ fn coop_step(clip: &Clip, k: usize, batch: usize, m: usize, encode_images: bool,
     let cached = clip.encode_image(&pixels).unwrap();
     let labels = Tensor::from_vec((0..batch as u32).map(|i| i % k as u32).collect::<Vec<_>>(), batch, &Device::Cpu).unwrap();
     time(reps, || {
+        // The trainer's path: the text encoder's own backward pass.
+        use promptclip_core::train::PromptModel;
         let feats = if encode_images { clip.encode_image(&pixels).unwrap() } else { cached.clone() };
-        let logits = learner.logits(clip, &feats, &learner.buffers).unwrap();
-        let loss = promptclip_core::train::trainer::cross_entropy(&logits, &labels).unwrap();
-        let grads = loss.backward().unwrap();
-        let g = grads.get(learner.ctx.as_tensor()).unwrap().clone();
-        sgd.step(&[learner.ctx.clone()], &[g], 0.002).unwrap();
+        let (_, _, grads) = learner.loss_and_grads(clip, &feats, &labels).unwrap();
+        sgd.step(&[learner.ctx.clone()], &grads, 0.002).unwrap();
     })
 }
 

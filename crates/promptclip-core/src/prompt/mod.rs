@@ -58,12 +58,13 @@ pub(crate) fn prompt_loss_and_grads(
     let (features, tape) = clip.text_features_train(prompts, eot, shared, group_size)?;
     let features = candle_core::Var::from_tensor(&features)?;
     let (loss, logits) = head(features.as_tensor())?;
-    let d_features = loss
+    // Loss scaling (fp16): the loss is scaled before its backward pass, so the gradient is already
+    // scaled up where it is cast to the features' dtype and enters the encoder's backward pass...
+    let d_features = (&loss * grad_scale)?
         .backward()?
         .remove(features.as_tensor())
         .ok_or_else(|| crate::Error::Internal("the loss does not depend on the text features".into()))?;
-    // Loss scaling (fp16): the gradient enters the encoder's backward pass scaled up...
-    let d_prompts = clip.text_features_backward(&tape, &(d_features * grad_scale)?)?;
+    let d_prompts = clip.text_features_backward(&tape, &d_features)?;
     // Only the surrogate's gradient is used; summing rows first keeps its forward value cheap
     // (candle's whole-tensor sum runs in a single block on the GPU).
     let surrogate = (prompts * d_prompts.to_dtype(prompts.dtype())?.detach())?.sum(candle_core::D::Minus1)?.sum_all()?;
