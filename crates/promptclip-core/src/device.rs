@@ -99,11 +99,6 @@ pub mod cuda {
         )
     }
 
-    /// Wait for all queued GPU work (for timing).
-    pub fn synchronize(device: &Device) -> candle_core::Result<()> {
-        device.synchronize()
-    }
-
     /// Peak bytes held by the GPU's allocator since the last reset.
     pub fn peak_memory(device: &Device) -> candle_core::Result<u64> {
         let pool = default_pool(device)?;

@@ -242,13 +242,13 @@ pub fn fit<M: PromptModel>(
                 }
             });
         }
-        let mut features_for = |_epoch: usize| -> Result<Tensor> {
+        let mut next_features = || -> Result<Tensor> {
             match &fixed {
                 Some(f) => Ok(f.clone()),
                 None => rx.recv().map_err(|_| Error::Internal("the training input pipeline stopped".into()))?,
             }
         };
-        let summary = run_epochs(clip, model, data, config, &mut sgd, &mut scaler, (start_epoch, global_step), &mut features_for, on_progress, cancel);
+        let summary = run_epochs(clip, model, data, config, &mut sgd, &mut scaler, (start_epoch, global_step), &mut next_features, on_progress, cancel);
         // A producer still at work stops at its next batch.
         stop.store(true, Ordering::Relaxed);
         summary
@@ -260,7 +260,7 @@ pub fn fit<M: PromptModel>(
 }
 
 /// The epochs from `start_epoch` (after `global_step` steps), with each epoch's image features
-/// (N, E) from `features_for`.
+/// (N, E) from `next_features`, called once per epoch in order.
 #[allow(clippy::too_many_arguments)]
 fn run_epochs<M: PromptModel>(
     clip: &Clip,
@@ -270,7 +270,7 @@ fn run_epochs<M: PromptModel>(
     sgd: &mut Sgd,
     scaler: &mut Option<LossScaler>,
     (start_epoch, mut global_step): (usize, usize),
-    features_for: &mut dyn FnMut(usize) -> Result<Tensor>,
+    next_features: &mut dyn FnMut() -> Result<Tensor>,
     on_progress: &mut dyn FnMut(&Progress),
     cancel: &AtomicBool,
 ) -> Result<TrainSummary> {
@@ -286,7 +286,7 @@ fn run_epochs<M: PromptModel>(
         let lr = schedule.lr(epoch);
         let mut order: Vec<usize> = (0..n).collect();
         Rng::new(derive_seed(config.seed, epoch as u64, u64::MAX)).shuffle(&mut order);
-        let epoch_features = features_for(epoch)?;
+        let epoch_features = next_features()?;
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         for step in 0..steps_per_epoch {
             if cancel.load(Ordering::Relaxed) {
