@@ -124,7 +124,8 @@ fn fused_kernels_on_cuda_equal_their_cpu_twins() {
         let long_rows = r(&[3, 2100]);
         check("softmax 2100", k::attention_softmax(&on(&long_rows, dt), None, None), k::attention_softmax(&c(&long_rows), None, None));
         let (kp, ks) = (r(&[2, 3, 3, 8]), r(&[6, 3, 4, 8]));
-        check("gather_cat", k::gather_cat(&on(&kp, dt), &on(&ks, dt)), k::gather_cat(&c(&kp), &c(&ks)));
+        check("gather_cat", k::gather_cat(&on(&kp, dt), &on(&ks, dt), 7), k::gather_cat(&c(&kp), &c(&ks), 7));
+        check("gather_cat padded", k::gather_cat(&on(&kp, dt), &on(&ks, dt), 16), k::gather_cat(&c(&kp), &c(&ks), 16));
         // Wide rows (the vectorised layer norm keeps a row in registers) and unaligned starts
         // (the scalar kernels).
         let wide = r(&[7, 768]);
@@ -136,5 +137,59 @@ fn fused_kernels_on_cuda_equal_their_cpu_twins() {
         let grads = r(&[6, 3, 7, 8]);
         check("group_prefix_sum", k::group_prefix_sum(&on(&grads, dt), 2, 4), k::group_prefix_sum(&c(&grads), 2, 4));
         check("scatter_rows", k::scatter_rows(&on(&x, dt), &(0..50u32).rev().map(|i| i * 2).collect::<Vec<_>>(), 100), k::scatter_rows(&c(&x), &(0..50u32).rev().map(|i| i * 2).collect::<Vec<_>>(), 100));
+    }
+}
+
+#[test]
+fn fused_attention_on_cuda_equals_its_cpu_twin_and_the_unfused_kernels() {
+    use promptclip_core::kernels as k;
+    let gpu = cuda();
+    let scale = 0.125;
+    for dt in [DType::F16, DType::BF16] {
+        // (sequences, positions, heads, causal offset, valid keys): the image tower at ViT-B/16,
+        // the text tower, a length no multiple of 16 with padding keys, the longest, causal
+        // after earlier positions.
+        for (b, t, h, causal, valid) in [(3, 197, 2, None, None), (2, 77, 3, Some(0), None), (2, 50, 1, None, Some(37)), (1, 256, 2, None, None), (2, 9, 2, Some(3), None)] {
+            let x = Tensor::randn(0f32, 1.0, (b, t, 3 * h * 64), &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, 3 * h * 64, &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+            let (xg, bg) = (x.to_device(&gpu).unwrap(), bias.to_device(&gpu).unwrap());
+            assert!(k::fused_attention_runs(&xg, 64));
+            let fused = k::fused_attention(&xg, &bg, h, scale, causal, valid).unwrap();
+            // The CPU twin in the same element type: the same roundings, another summation order.
+            let twin = k::fused_attention(&x, &bias, h, scale, causal, valid).unwrap();
+            let (q, kk, v) = k::qkv_split(&xg, &bg, h, scale).unwrap();
+            let p = k::attention_softmax(&q.matmul(&kk.t().unwrap()).unwrap(), causal, valid).unwrap();
+            let unfused = k::transpose12(&p.matmul(&v).unwrap()).unwrap().reshape((b, t, h * 64)).unwrap();
+            let (e_twin, e_unfused) = (rel_err(&fused, &twin), rel_err(&fused, &unfused));
+            println!("fused attention {dt:?} b{b} t{t} h{h} causal {causal:?} valid {valid:?}: vs cpu twin {e_twin:.1e}, vs unfused kernels {e_unfused:.1e}");
+            // One rounding of the output (2^-11 fp16, 2^-8 bf16) and of P, plus the unfused
+            // path's rounding of the scores.
+            let tol = if dt == DType::F16 { 4e-3 } else { 3e-2 };
+            assert!(e_twin < tol && e_unfused < 2.0 * tol, "{dt:?} t{t}: twin {e_twin}, unfused {e_unfused}");
+        }
+    }
+    assert!(!k::fused_attention_runs(&Tensor::zeros((1, 4, 3 * 64), DType::F32, &gpu).unwrap(), 64), "fp32 keeps the unfused path");
+    assert!(!k::fused_attention_runs(&Tensor::zeros((1, 257, 3 * 64), DType::F16, &gpu).unwrap(), 64), "at most 256 keys");
+}
+
+#[test]
+fn encoders_with_fused_attention_stay_within_the_half_precision_tolerance_of_the_cpu() {
+    use promptclip_core::clip::random::{write_random_openai_clip, RandomClipSpec};
+    // Heads of 64 as in every OpenAI ViT (the fixture's heads are smaller, so this builds one).
+    let spec = RandomClipSpec { embed_dim: 64, image_size: 64, patch_size: 16, vision_width: 128, vision_layers: 2, text_width: 128, text_layers: 2, ..RandomClipSpec::VIT_B_16 };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clip.safetensors");
+    write_random_openai_clip(&path, &spec, DType::F32, 3).unwrap();
+    let cpu = Clip::load(&path, &Device::Cpu).unwrap();
+    let px = Tensor::randn(0f32, 1.0, (5, 3, 64, 64), &Device::Cpu).unwrap();
+    let texts: Vec<String> = ["a photo of a cat.", "a dog", "x"].iter().map(|s| s.to_string()).collect();
+    let (img_ref, txt_ref) = (cpu.encode_image(&px).unwrap(), cpu.encode_texts(&texts).unwrap());
+    for (dt, tol) in [(DType::F16, 1e-2), (DType::BF16, 5e-2)] {
+        let gpu = Clip::load_with_dtype(&path, &cuda(), dt).unwrap();
+        let img = gpu.encode_image(&px.to_device(&cuda()).unwrap().to_dtype(dt).unwrap()).unwrap();
+        let txt = gpu.encode_texts(&texts).unwrap();
+        let (ei, et) = (rel_err(&img.to_device(&Device::Cpu).unwrap(), &img_ref), rel_err(&txt.to_device(&Device::Cpu).unwrap(), &txt_ref));
+        println!("fused-attention encoders {dt:?} vs cpu fp32: image {ei:.1e}, text {et:.1e}");
+        assert!(ei < tol && et < tol, "{dt:?}: image {ei}, text {et}");
     }
 }

@@ -297,3 +297,26 @@ fn training_pass_equals_autograd_in_values_and_gradients() {
         assert!(e_f < 1e-10 && e_g < 1e-10, "{case}: features {e_f}, gradients {e_g}");
     }
 }
+
+#[test]
+fn aligned_training_pass_equals_the_unpadded_one() {
+    // What the GPU runs: suffix positions grown to a multiple of 8 and keys padded with zero rows.
+    // Both hide behind the causal mask, so features and gradients equal the unpadded pass (f64).
+    let clip = Clip::load_with_dtype(&fixtures().join("tiny-clip-openai.safetensors"), &dev(), DType::F64).unwrap();
+    let d = clip.text.hidden_size();
+    let (n, t) = (6, 20);
+    let embeds = Tensor::randn(0f64, 0.3, (n, t, d), &dev()).unwrap();
+    let g = Tensor::new(&[0u32, 0, 0, 3, 3, 3], &dev()).unwrap();
+    let shared_embeds = Tensor::cat(&[&embeds.narrow(1, 0, 5).unwrap().contiguous().unwrap().index_select(&g, 0).unwrap(), &embeds.narrow(1, 5, t - 5).unwrap()], 1).unwrap();
+    let eot = vec![7usize, 9, 6, 5, 8, 9];
+    let d_pooled = Tensor::randn(0f64, 1.0, (n, d), &dev()).unwrap();
+    for (case, x, shared) in [("shared prefix", &shared_embeds, 5), ("no prefix", &embeds, 0)] {
+        let (p1, tape1) = clip.text.forward_train_aligned(x, &eot, shared, 3, 1).unwrap();
+        let (p8, tape8) = clip.text.forward_train_aligned(x, &eot, shared, 3, 8).unwrap();
+        let (g1, g8) = (tape1.backward(&d_pooled).unwrap(), tape8.backward(&d_pooled).unwrap());
+        let (e_p, e_g) = (rel_err(&p8, &p1), rel_err(&g8, &g1));
+        println!("aligned training pass, {case}: pooled {e_p:.1e}, gradients {e_g:.1e}");
+        assert!(e_p < 1e-12 && e_g < 1e-12, "{case}: pooled {e_p}, gradients {e_g}");
+        assert_eq!(g8.dims(), &[n, t, d]);
+    }
+}

@@ -275,6 +275,19 @@ impl Attention {
         Ok((merged, probs))
     }
 
+    /// Whether `fused` runs for a block input like `x` (B, T, d): see
+    /// `kernels::fused_attention_runs`.
+    pub fn fuses(&self, x: &Tensor) -> bool {
+        self.qkv.bias.is_some() && !x.track_op() && crate::kernels::fused_attention_runs(x, self.head_dim)
+    }
+
+    /// softmax(q k^T) v with the heads merged, (B, T, d), from the layer-normed input `x` (B, T,
+    /// d) in one kernel after the QKV matmul (inference on a GPU, when `fuses`).
+    pub fn fused(&self, x: &Tensor, causal: Option<usize>, valid_keys: Option<usize>) -> Result<Tensor> {
+        let bias = self.qkv.bias.as_ref().ok_or_else(|| candle_core::Error::Msg("fused attention needs the QKV bias".into()))?;
+        crate::kernels::fused_attention(&self.qkv.matmul(x)?, bias, self.num_heads, self.scale(), causal, valid_keys)
+    }
+
     /// Attention over `x` (B, T, d), projected: (B, T, d).
     pub fn forward(&self, x: &Tensor, causal: Option<usize>) -> Result<Tensor> {
         let (q, k, v) = self.qkv_heads(x)?;
@@ -327,8 +340,14 @@ impl EncoderLayer {
     /// multiple of 8; the text tower is causal).
     pub fn forward(&self, x: &Tensor, causal: Option<usize>, valid_keys: Option<usize>) -> Result<Tensor> {
         if !x.track_op() {
-            let (q, k, v) = self.qkv_train(x)?;
-            return Ok(self.finish_train(x, &self.attn.core(&q, &k, &v, causal, valid_keys)?.0, false)?.0);
+            let ln = self.ln_1.forward(x)?;
+            let merged = if self.attn.fuses(&ln) {
+                self.attn.fused(&ln, causal, valid_keys)?
+            } else {
+                let (q, k, v) = self.attn.qkv_heads(&ln)?;
+                self.attn.core(&q, &k, &v, causal, valid_keys)?.0
+            };
+            return Ok(self.finish_train(x, &merged, false)?.0);
         }
         if valid_keys.is_some_and(|v| v < x.dim(1).unwrap_or(0)) {
             return Err(candle_core::Error::Msg("padded tokens are for inference only".into()));

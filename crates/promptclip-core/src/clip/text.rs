@@ -145,6 +145,19 @@ impl TextTransformer {
     /// (CoOp: one group of all K prompts; CoCoOp: one group of K prompts per image) whose first
     /// `shared` embeddings are equal; they are encoded once per group.
     pub fn forward_train(&self, embeds: &Tensor, eot: &[usize], shared: usize, group_size: usize) -> Result<(Tensor, TextTape<'_>)> {
+        // On a GPU, tensor-core GEMMs want every leading dimension a multiple of 8 elements; the
+        // attention matmuls over a few positions otherwise fall to kernels several times slower.
+        let align = if embeds.device().is_cuda() { 8 } else { 1 };
+        self.forward_train_aligned(embeds, eot, shared, group_size, align)
+    }
+
+    /// `forward_train` with the per-sequence positions grown to a multiple of `align` (where the
+    /// context allows) and the keys to a multiple of `align` rows. The extra positions come after
+    /// every EOT, and the extra key rows (zero) after every query's last visible key, so the
+    /// causal mask hides both from every position that is read: the result is the same, and the
+    /// gradient of those positions is zero.
+    pub fn forward_train_aligned(&self, embeds: &Tensor, eot: &[usize], shared: usize, group_size: usize, align: usize) -> Result<(Tensor, TextTape<'_>)> {
+        let align = align.max(1);
         let (n, t, d) = embeds.dims3()?;
         if eot.len() != n || group_size == 0 || n % group_size != 0 {
             return Err(Error::InvalidArgument(format!("{} EOT positions and groups of {group_size} for {n} sequences", eot.len())));
@@ -161,7 +174,7 @@ impl TextTransformer {
         // Shared leading tokens are encoded once per group, unless an EOT lies inside them.
         let shared = if shared > 0 && shared < used && eot.iter().all(|&e| e >= shared) { shared } else { 0 };
         let groups = n / group_size;
-        let ts = used - shared;
+        let ts = (used - shared).next_multiple_of(align).min(t - shared);
         let pos = &self.position_embedding;
         let first: Vec<u32> = (0..groups).map(|g| (g * group_size) as u32).collect();
         let mut p = if shared > 0 {
@@ -177,10 +190,14 @@ impl TextTransformer {
             let (prefix_tape, k_all, v_all, p_next) = match &p {
                 Some(px) => {
                     let (qp, kp, vp) = layer.qkv_train(px)?;
+                    let rows = (shared + ts).next_multiple_of(align);
+                    let k_all = crate::kernels::gather_cat(&kp, &ks, rows)?;
+                    let v_all = crate::kernels::gather_cat(&vp, &vs, rows)?;
+                    // The prefix attends among itself over keys padded the same way.
+                    let pad = shared.next_multiple_of(align) - shared;
+                    let (kp, vp) = if pad > 0 { (kp.pad_with_zeros(2, 0, pad)?, vp.pad_with_zeros(2, 0, pad)?) } else { (kp, vp) };
                     let (merged, probs) = layer.attn.core(&qp, &kp, &vp, Some(0), None)?;
                     let (y, mid, h) = layer.finish_train(px, &merged, true)?;
-                    let k_all = crate::kernels::gather_cat(&kp, &ks)?;
-                    let v_all = crate::kernels::gather_cat(&vp, &vs)?;
                     let h = h.ok_or_else(|| Error::Internal("fc1 pre-activation not kept".into()))?;
                     (Some(StreamTape { x: px.clone(), q: qp, k: kp, v: vp, probs, mid, h }), k_all, v_all, Some(y))
                 }
@@ -251,8 +268,10 @@ impl TextTape<'_> {
                     Some(dp_out) => {
                         let (d_mid_p, d_merged_p) = layer.finish_backward(p, dp_out)?;
                         let (d_qp, d_kp, d_vp) = layer.attn.core_backward(&p.q, &p.k, &p.v, &p.probs, &d_merged_p)?;
-                        dk = (dk + d_kp)?;
-                        dv = (dv + d_vp)?;
+                        // Padding key rows (see forward_train_aligned) have no gradient to pass on.
+                        // (Contiguous first: candle's strided binary kernels upload their layout.)
+                        dk = (dk + d_kp.narrow(2, 0, tp)?.contiguous()?)?;
+                        dv = (dv + d_vp.narrow(2, 0, tp)?.contiguous()?)?;
                         (d_mid_p, d_qp)
                     }
                 };

@@ -65,9 +65,9 @@ enum Op {
     QkvMerge { b: usize, t: usize, h: usize, hd: usize, tk: usize, off: usize, scale: f64 },
     /// (x (A, B, C, D)) -> (A, C, B, D).
     Transpose12 { a: usize, b: usize, c: usize, d: usize },
-    /// (kp (G, H, tp, hd), ks (N, H, ts, hd)) -> (N, H, tp + ts, hd), sequence n reading its
-    /// group's prefix, groups of `per_group` consecutive sequences.
-    GatherCat { n: usize, per_group: usize, h: usize, tp: usize, ts: usize, hd: usize },
+    /// (kp (G, H, tp, hd), ks (N, H, ts, hd)) -> (N, H, tt, hd), sequence n reading its
+    /// group's prefix, groups of `per_group` consecutive sequences, rows from tp + ts on zero.
+    GatherCat { n: usize, per_group: usize, h: usize, tp: usize, ts: usize, tt: usize, hd: usize },
     /// (x) -> softmax over rows of `n`; keys j >= valid masked, and with a causal offset row r,
     /// query r % tq, sees keys j <= offset + that only.
     SoftmaxRows { n: usize, tq: usize, offset: Option<usize>, valid: usize },
@@ -75,6 +75,11 @@ enum Op {
     GroupPrefixSum { g: usize, k: usize, h: usize, tt: usize, tp: usize, hd: usize },
     /// (src (rows, d), idx u32 (rows)) -> (rows_out, d), zero but at rows idx.
     ScatterRows { rows_out: usize, d: usize },
+    /// (x (B*T, 3*H*hd), bias (3*H*hd)) -> (B*T, H*hd): attention for inference straight from the
+    /// QKV projection, softmax(q k^T) v with q, k, v as `QkvSplit` makes them and the masks of
+    /// `SoftmaxRows`; scores and their softmax in the accumulator type, the probabilities rounded
+    /// to the element type before they weight the values (as the tensor cores take them).
+    Attention { b: usize, t: usize, h: usize, hd: usize, offset: Option<usize>, valid: usize, scale: f64 },
     /// (u8 (N, S, S, 3)) -> f32 (N, 3, S, S), (x / 255 - mean) / std per channel.
     NormalizePixels { n: usize, s: usize, mean: [f32; 3], std: [f32; 3] },
 }
@@ -95,6 +100,7 @@ impl Op {
             Op::SoftmaxRows { .. } => "softmax_rows",
             Op::GroupPrefixSum { .. } => "group_prefix_sum",
             Op::ScatterRows { .. } => "scatter_rows",
+            Op::Attention { .. } => "attention_fused",
             Op::NormalizePixels { .. } => "normalize_pixels",
         }
     }
@@ -104,10 +110,11 @@ impl Op {
             Op::QkvSplit { b, t, h, hd, .. } => (3, b, h, t, hd).into(),
             Op::QkvMerge { b, t, h, hd, .. } => (b * t, 3 * h * hd).into(),
             Op::Transpose12 { a, b, c, d } => (a, c, b, d).into(),
-            Op::GatherCat { n, h, tp, ts, hd, .. } => (n, h, tp + ts, hd).into(),
+            Op::GatherCat { n, h, tt, hd, .. } => (n, h, tt, hd).into(),
             Op::GroupPrefixSum { g, h, tp, hd, .. } => (g, h, tp, hd).into(),
             Op::ScatterRows { rows_out, d } => (rows_out, d).into(),
             Op::NormalizePixels { n, s, .. } => (n, 3, s, s).into(),
+            Op::Attention { b, t, h, hd, .. } => (b * t, h * hd).into(),
             _ => first.clone(),
         }
     }
@@ -229,14 +236,14 @@ impl Op {
                 });
                 y
             }
-            Op::GatherCat { n, per_group, h, tp, ts, hd } => {
+            Op::GatherCat { n, per_group, h, tp, ts, tt, hd } => {
                 let (kp, ks) = (ins[0], ins[1]);
-                let mut out = vec![zero; n * h * (tp + ts) * hd];
-                out.par_chunks_mut((tp + ts) * hd).enumerate().for_each(|(nh, o)| {
+                let mut out = vec![zero; n * h * tt * hd];
+                out.par_chunks_mut(tt * hd).enumerate().for_each(|(nh, o)| {
                     let (ni, hi) = (nh / h, nh % h);
                     let g = ni / per_group;
                     o[..tp * hd].copy_from_slice(&kp[(g * h + hi) * tp * hd..][..tp * hd]);
-                    o[tp * hd..].copy_from_slice(&ks[(ni * h + hi) * ts * hd..][..ts * hd]);
+                    o[tp * hd..(tp + ts) * hd].copy_from_slice(&ks[(ni * h + hi) * ts * hd..][..ts * hd]);
                 });
                 out
             }
@@ -267,6 +274,33 @@ impl Op {
                     }
                     for (o, a) in o.iter_mut().zip(acc) {
                         *o = T::put(a);
+                    }
+                });
+                out
+            }
+            Op::Attention { b, t, h, hd, offset, valid, scale } => {
+                let (x, bias) = (ins[0], ins[1]);
+                let (d, w3) = (h * hd, 3 * h * hd);
+                let round = |v: T::A| T::put(v).get();
+                let scale: T::A = cast(scale);
+                // q, k or v (s = 0, 1, 2) of head `hi`, position j of sequence bi, as QkvSplit rounds it.
+                let qkv = |s: usize, bi: usize, j: usize, hi: usize, e: usize| {
+                    let col = s * d + hi * hd + e;
+                    let v = x[(bi * t + j) * w3 + col].get() + bias[col].get();
+                    round(if s == 0 { v * scale } else { v })
+                };
+                let mut out = vec![zero; b * t * d];
+                out.par_chunks_mut(d).enumerate().for_each(|(row, o)| {
+                    let (bi, i) = (row / t, row % t);
+                    let last = offset.map_or(t - 1, |off| (off + i).min(t - 1)).min(valid - 1);
+                    for hi in 0..h {
+                        let scores: Vec<T::A> = (0..=last).map(|j| (0..hd).map(|e| qkv(0, bi, i, hi, e) * qkv(1, bi, j, hi, e)).sum()).collect();
+                        let m = scores.iter().fold(T::A::neg_infinity(), |m, &v| m.max(v));
+                        let sum = scores.iter().map(|&v| (v - m).exp()).sum::<T::A>();
+                        let p: Vec<T::A> = scores.iter().map(|&v| round((v - m).exp() / sum)).collect();
+                        for e in 0..hd {
+                            o[hi * hd + e] = T::put(p.iter().enumerate().map(|(j, &pj)| pj * qkv(2, bi, j, hi, e)).sum());
+                        }
                     }
                 });
                 out
@@ -582,16 +616,63 @@ pub fn attention_softmax(x: &Tensor, causal_offset: Option<usize>, valid_keys: O
     Op::SoftmaxRows { n, tq: dims[dims.len() - 2], offset: causal_offset, valid }.apply(&[x])
 }
 
+/// Attention heads of this size, and keys up to this many, have the fused CUDA kernel.
+pub const FUSED_ATTENTION_HEAD: usize = 64;
+pub const FUSED_ATTENTION_MAX_KEYS: usize = 256;
+
+/// Whether `fused_attention` has a CUDA kernel for a block's (B, T, ..) tensors like `x`: on a
+/// GPU, in fp16 or bf16, heads of 64 and at most 256 positions, and shared memory enough.
+pub fn fused_attention_runs(x: &Tensor, head_dim: usize) -> bool {
+    let t = x.dims().get(1).copied().unwrap_or(usize::MAX);
+    matches!(x.dtype(), DType::F16 | DType::BF16) && head_dim == FUSED_ATTENTION_HEAD && t <= FUSED_ATTENTION_MAX_KEYS && cuda_shared_memory_fits(x, t)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_shared_memory_fits(x: &Tensor, t: usize) -> bool {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+    match x.device() {
+        candle_core::Device::Cuda(d) => d
+            .cuda_stream()
+            .context()
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .is_ok_and(|max| cuda::attention_shared_bytes(t) <= max as usize),
+        _ => false,
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_shared_memory_fits(_x: &Tensor, _t: usize) -> bool {
+    false
+}
+
+/// Self-attention for inference from the QKV projection's output `qkv` (B, T, 3*H*hd) without
+/// its bias: softmax(q k^T) v with the heads merged, (B, T, H*hd). `causal` and `valid_keys` as
+/// in `attention_softmax`. Equal to `qkv_split`, scores, `attention_softmax` and `transpose12`
+/// up to rounding (the scores stay in fp32 here); one kernel on the GPU (see
+/// `fused_attention_runs`); the CPU twin is for tests.
+pub fn fused_attention(qkv: &Tensor, bias: &Tensor, heads: usize, scale: f64, causal: Option<usize>, valid_keys: Option<usize>) -> Result<Tensor> {
+    let (b, t, w) = qkv.dims3()?;
+    if heads == 0 || w % (3 * heads) != 0 || bias.elem_count() != w || t == 0 {
+        candle_core::bail!("fused attention: qkv {:?} and bias of {} for {heads} heads", qkv.dims(), bias.elem_count());
+    }
+    let valid = valid_keys.unwrap_or(t).min(t);
+    if valid == 0 {
+        candle_core::bail!("attention over no valid key");
+    }
+    let hd = w / (3 * heads);
+    Op::Attention { b, t, h: heads, hd, offset: causal, valid, scale }.apply(&[qkv, bias])?.reshape((b, t, heads * hd))
+}
+
 /// Keys (or values) of sequences sharing a prefix, as attention reads them: the group's prefix
 /// `kp` (G, H, tp, hd) before each sequence's own `ks` (N, H, ts, hd), groups of N / G
-/// consecutive sequences: (N, H, tp + ts, hd).
-pub fn gather_cat(kp: &Tensor, ks: &Tensor) -> Result<Tensor> {
+/// consecutive sequences, then zero rows up to `rows` (>= tp + ts): (N, H, rows, hd).
+pub fn gather_cat(kp: &Tensor, ks: &Tensor, rows: usize) -> Result<Tensor> {
     let (g, h, tp, hd) = kp.dims4()?;
     let (n, h2, ts, hd2) = ks.dims4()?;
-    if g == 0 || n % g != 0 || h != h2 || hd != hd2 {
-        candle_core::bail!("gather_cat: prefix {:?} and sequences {:?}", kp.dims(), ks.dims());
+    if g == 0 || n % g != 0 || h != h2 || hd != hd2 || rows < tp + ts {
+        candle_core::bail!("gather_cat: prefix {:?} and sequences {:?} into {rows} rows", kp.dims(), ks.dims());
     }
-    Op::GatherCat { n, per_group: n / g, h, tp, ts, hd }.apply(&[kp, ks])
+    Op::GatherCat { n, per_group: n / g, h, tp, ts, tt: rows, hd }.apply(&[kp, ks])
 }
 
 /// For key or value gradients (G*K, H, tt, hd) of sequences grouped K by K, the sum over each
@@ -633,6 +714,7 @@ pub fn scatter_rows(src: &Tensor, idx: &[u32], rows_out: usize) -> Result<Tensor
 mod cuda {
     use super::Op;
     use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
     use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaStorage, DType, Layout, Result};
@@ -669,6 +751,32 @@ mod cuda {
 
     fn i(x: usize) -> Scalar {
         Scalar::I32(x as i32)
+    }
+
+    /// Above 48 KiB, dynamic shared memory must be asked for per function: up to what the
+    /// longest sequence needs (or the device allows), and all of the SM's L1 as shared memory, so
+    /// that two blocks fit side by side. Once per (device, kernel): these driver calls are not
+    /// free, and at every launch they would stall the CPU's run ahead of the GPU.
+    fn allow_large_shared_memory(dev: &candle_core::CudaDevice, kernel: &str, func: &candle_core::cuda_backend::cudarc::driver::CudaFunction) -> Result<()> {
+        use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+        static DONE: std::sync::Mutex<Vec<(candle_core::cuda_backend::DeviceId, String)>> = std::sync::Mutex::new(Vec::new());
+        let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+        if done.iter().any(|(d, k)| *d == dev.id() && k == kernel) {
+            return Ok(());
+        }
+        let max = dev.cuda_stream().context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN).w()?;
+        let bytes = (attention_shared_bytes(super::FUSED_ATTENTION_MAX_KEYS) as i32).min(max);
+        func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes).w()?;
+        func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100).w()?;
+        done.push((dev.id(), kernel.to_string()));
+        Ok(())
+    }
+
+    /// `attention_fused`'s dynamic shared memory for `t` positions (2-byte elements): keys and
+    /// values padded to a multiple of 16 rows of 64 + 8, and each warp's fp32 scratch of 16 rows.
+    pub fn attention_shared_bytes(t: usize) -> usize {
+        let tk = t.next_multiple_of(16);
+        2 * tk * (super::FUSED_ATTENTION_HEAD + 8) * 2 + 4 * 16 * (tk.max(super::FUSED_ATTENTION_HEAD) + 4) * 4
     }
 
     pub fn run(op: &Op, ins: &[(&CudaStorage, &Layout)]) -> Result<CudaStorage> {
@@ -748,7 +856,7 @@ mod cuda {
             Op::QkvSplit { b, t, h, hd, scale } => (per_row(b * t, row_threads(3 * h * hd, v)), vec![i(b), i(t), i(h), i(hd), Scalar::F64(scale)]),
             Op::QkvMerge { b, t, h, hd, tk, off, scale } => (per_row(b * t, row_threads(3 * h * hd, v)), vec![i(b), i(t), i(h), i(hd), i(tk), i(off), Scalar::F64(scale)]),
             Op::Transpose12 { a, b, c, d } => (per_row(a * c, row_threads(b * d, v)), vec![i(a), i(b), i(c), i(d)]),
-            Op::GatherCat { n, per_group, h, tp, ts, hd } => (per_row(n * h, row_threads((tp + ts) * hd, v)), vec![i(per_group), i(h), i(tp), i(ts), i(hd)]),
+            Op::GatherCat { n, per_group, h, tp, ts, tt, hd } => (per_row(n * h, row_threads(tt * hd, v)), vec![i(per_group), i(h), i(tp), i(ts), i(tt), i(hd)]),
             Op::SoftmaxRows { n, tq, offset, valid } => {
                 // A row in registers when it fits (P packs of V per lane: 4 x 16 bytes, or 8 x 1).
                 let fits = n <= 32 * v * if v > 1 { 4 } else { 8 };
@@ -760,10 +868,21 @@ mod cuda {
                 (cfg, vec![i(g), i(k), i(h), i(tt), i(tp), i(hd)])
             }
             Op::ScatterRows { d, .. } => (grid_stride(n_in), vec![Scalar::Usize(n_in / d), i(d)]),
+            Op::Attention { b, t, h, hd, offset, valid, scale } => {
+                if !matches!(suffix, "f16" | "bf16") || hd != super::FUSED_ATTENTION_HEAD || t > super::FUSED_ATTENTION_MAX_KEYS || !aligned {
+                    candle_core::bail!("fused attention: no kernel for {suffix}, heads of {hd}, {t} positions (see fused_attention_runs)");
+                }
+                kernel = format!("attention_fused_{suffix}");
+                let cfg = LaunchConfig { grid_dim: (h as u32, b as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: attention_shared_bytes(t) as u32 };
+                (cfg, vec![i(t), i(h), i(t.next_multiple_of(16)), Scalar::I32(offset.map_or(-1, |o| o as i32)), i(valid), Scalar::F64(scale)])
+            }
             Op::NormalizePixels { .. } => candle_core::bail!("normalize_pixels takes 8-bit input"),
         };
         let dev = ins[0].0.device().clone();
         let func = dev.get_or_load_custom_func(&kernel, "promptclip_ops", PTX)?;
+        if matches!(op, Op::Attention { .. }) {
+            allow_large_shared_memory(&dev, &kernel, &func)?;
+        }
         let scatter = matches!(op, Op::ScatterRows { .. });
         let floats = ins.iter().take(if scatter { 1 } else { ins.len() }).map(|(s, l)| view::<T>(s, l)).collect::<Result<Vec<_>>>()?;
         let idx = if scatter { Some(view::<u32>(ins[1].0, ins[1].1)?) } else { None };
@@ -887,7 +1006,11 @@ mod tests {
         let ks = Tensor::randn(0f32, 1.0, (6, h, 2, hd), &dev).unwrap();
         let group = Tensor::new(&[0u32, 0, 0, 1, 1, 1], &dev).unwrap();
         let expected = Tensor::cat(&[&kp.index_select(&group, 0).unwrap(), &ks], 2).unwrap();
-        assert_eq!(max_diff(&gather_cat(&kp, &ks).unwrap(), &expected), 0.0);
+        assert_eq!(max_diff(&gather_cat(&kp, &ks, 5).unwrap(), &expected), 0.0);
+        let padded = gather_cat(&kp, &ks, 8).unwrap();
+        assert_eq!(max_diff(&padded.narrow(2, 0, 5).unwrap(), &expected), 0.0);
+        assert_eq!(padded.narrow(2, 5, 3).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        assert!(gather_cat(&kp, &ks, 4).is_err());
         // Sum of each group's prefix rows.
         let g = Tensor::randn(0f32, 1.0, (6, h, 7, hd), &dev).unwrap();
         let s = group_prefix_sum(&g, 2, 3).unwrap();
@@ -900,6 +1023,36 @@ mod tests {
         assert_eq!(max_diff(&out.get(2).unwrap(), &src.get(2).unwrap()), 0.0);
         assert_eq!(out.get(1).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
         assert!(scatter_rows(&src, &[1, 1, 2], 5).is_err());
+    }
+
+    /// The fused attention's CPU twin against attention composed from candle ops (f64: equal to
+    /// rounding), unmasked, with padding keys, and causal after earlier positions.
+    #[test]
+    fn fused_attention_equals_attention_composed_from_candle_ops() {
+        let dev = Device::Cpu;
+        let (b, t, h, hd) = (2, 7, 3, 4);
+        let x = Tensor::randn(0f64, 1.0, (b, t, 3 * h * hd), &dev).unwrap();
+        let bias = Tensor::randn(0f64, 1.0, 3 * h * hd, &dev).unwrap();
+        let scale = 0.5;
+        let r = x.broadcast_add(&bias).unwrap().reshape((b, t, 3, h, hd)).unwrap().permute((2, 0, 3, 1, 4)).unwrap();
+        let (q, k, v) = ((r.get(0).unwrap() * scale).unwrap(), r.get(1).unwrap(), r.get(2).unwrap());
+        let scores = q.contiguous().unwrap().matmul(&k.contiguous().unwrap().t().unwrap()).unwrap();
+        for (causal, valid) in [(None, None), (None, Some(5)), (Some(0), None), (Some(2), Some(6))] {
+            let mask: Vec<f64> = (0..t * t)
+                .map(|ij| {
+                    let (i, j) = (ij / t, ij % t);
+                    let seen = causal.is_none_or(|o| j <= o + i) && valid.is_none_or(|v| j < v);
+                    if seen { 0.0 } else { f64::NEG_INFINITY }
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (t, t), &dev).unwrap();
+            let p = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask).unwrap()).unwrap();
+            let expected = p.matmul(&v.contiguous().unwrap()).unwrap().transpose(1, 2).unwrap().reshape((b, t, h * hd)).unwrap();
+            let fused = fused_attention(&x, &bias, h, scale, causal, valid).unwrap();
+            assert!(max_diff(&fused, &expected) < 1e-12, "causal {causal:?}, valid {valid:?}");
+        }
+        assert!(fused_attention(&x, &bias, 5, scale, None, None).is_err());
+        assert!(!fused_attention_runs(&x, hd), "no CUDA kernel on the CPU");
     }
 
     #[test]
