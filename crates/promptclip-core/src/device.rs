@@ -22,37 +22,20 @@ pub fn device_from_name(name: &str) -> Result<Device> {
     }
 }
 
-/// A device for work that should overlap with `device`'s: on a GPU, a second stream of the same
-/// GPU (one per GPU, like `device_from_name`'s); on the CPU, the CPU. Tensors move between the
-/// two with `to_device`, through the host unless the caller orders the streams itself.
-pub fn companion(device: &Device) -> Result<Device> {
-    match device.location() {
-        #[cfg(feature = "cuda")]
-        candle_core::DeviceLocation::Cuda { gpu_id } => cuda_stream_device(gpu_id, 1),
-        _ => Ok(device.clone()),
-    }
-}
-
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<Device> {
-    cuda_stream_device(ordinal, 0)
-}
-
-/// Stream `slot` of GPU `ordinal`: 0 is the device every call uses, 1 its companion.
-#[cfg(feature = "cuda")]
-fn cuda_stream_device(ordinal: usize, slot: usize) -> Result<Device> {
     // One device per GPU for the whole process. candle refuses ops between tensors of two
     // `Device` values even on the same GPU, so a prompt learner, its CLIP and every call share
     // this one; and it owns a single stream, so every op is ordered without cross-stream events.
-    static DEVICES: std::sync::Mutex<Vec<(usize, usize, Device)>> = std::sync::Mutex::new(Vec::new());
+    static DEVICES: std::sync::Mutex<Vec<(usize, Device)>> = std::sync::Mutex::new(Vec::new());
     let mut devices = DEVICES.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, _, d)) = devices.iter().find(|(o, s, _)| *o == ordinal && *s == slot) {
+    if let Some((_, d)) = devices.iter().find(|(o, _)| *o == ordinal) {
         return Ok(d.clone());
     }
     let unavailable = |e: &dyn std::fmt::Display| Error::CudaUnavailable(format!("no usable GPU {ordinal}: {e}"));
     let device = Device::new_cuda_with_stream(ordinal).map_err(|e| unavailable(&e))?;
     cuda::configure(&device).map_err(|e| unavailable(&e))?;
-    devices.push((ordinal, slot, device.clone()));
+    devices.push((ordinal, device.clone()));
     Ok(device)
 }
 

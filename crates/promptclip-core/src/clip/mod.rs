@@ -135,8 +135,8 @@ impl Clip {
         Ok(self.visual_projection.forward(&self.vision.forward(pixels)?)?)
     }
 
-    /// The image side on `device` (a copy of its weights when that is another device, such as
-    /// the second stream that computes training features while the text side trains).
+    /// The image side on `device` (a copy of its weights when that is another device), with the
+    /// preprocessing that goes with it: what the training input pipeline encodes crops with.
     pub fn image_encoder(&self, device: &Device) -> Result<ImageEncoder> {
         let same = device.same_device(&self.device);
         if !same {

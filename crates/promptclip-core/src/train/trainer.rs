@@ -2,7 +2,7 @@
 use super::augment::AugmentConfig;
 use super::checkpoint::{self, CheckpointMeta, CHECKPOINT_FORMAT};
 use super::optim::{all_finite, LossScaler, Sgd, SgdConfig};
-use super::pipeline::{epoch_features, DecodedImages};
+use super::pipeline::{augmented_crops, DecodedImages};
 use super::schedule::{LrSchedule, ScheduleKind};
 use crate::clip::Clip;
 use crate::preprocess::ImageSource;
@@ -83,7 +83,8 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Continue from this checkpoint.
     pub resume_from: Option<PathBuf>,
-    /// Images per forward pass of the image tower when computing an epoch's augmented features.
+    /// Images per forward pass of the image tower: a step's batch is encoded in chunks of at most
+    /// this many.
     pub encode_batch_size: usize,
     /// Decoded training images are kept in memory up to this many bytes (8-bit RGB), so that
     /// each file is read and decoded once; the rest are decoded again every epoch.
@@ -221,34 +222,47 @@ pub fn fit<M: PromptModel>(
     }
 
     // Image features: without augmentation every epoch sees the same center crops, encoded once;
-    // with it, each epoch's augmented features come from the input pipeline, one epoch ahead
-    // (on a GPU, on a second stream), while this thread runs the steps.
+    // with it, the input pipeline's producer thread makes each step's augmented crops ahead of
+    // the step (train/pipeline.rs), and this thread encodes them just before it.
     let fixed = if config.augment { None } else { Some(encode_all(clip, &data.sources)?) };
+    let (bs, steps_per_epoch) = step_shape(data.sources.len(), config.batch_size);
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Tensor>>(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Tensor>>(PREFETCH_BATCHES);
         if fixed.is_none() {
-            let encoder = clip.image_encoder(&crate::device::companion(&clip.device)?)?;
             let images = DecodedImages::new(&data.sources, config.decoded_cache_bytes);
-            let (target, stop) = (clip.device.clone(), &stop);
+            let (image_config, stop) = (&clip.image_config, &stop);
             scope.spawn(move || {
-                let halted = || stop.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed);
                 for epoch in start_epoch..config.epochs {
-                    let features = epoch_features(&encoder, &images, config, epoch, &target, &halted);
-                    let failed = features.is_err();
-                    if tx.send(features).is_err() || failed {
-                        break;
+                    let order = epoch_order(config.seed, epoch, images.len());
+                    for step in 0..steps_per_epoch {
+                        if stop.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let crops = augmented_crops(&images, image_config, config, epoch, &order[step * bs..(step + 1) * bs]);
+                        let failed = crops.is_err();
+                        if tx.send(crops).is_err() || failed {
+                            return;
+                        }
                     }
                 }
             });
         }
-        let mut next_features = || -> Result<Tensor> {
+        let encoder = clip.image_encoder(&clip.device)?;
+        let mut features_for = |idx: &[usize]| -> Result<Tensor> {
             match &fixed {
-                Some(f) => Ok(f.clone()),
-                None => rx.recv().map_err(|_| Error::Internal("the training input pipeline stopped".into()))?,
+                Some(f) => Ok(f.index_select(&Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), &clip.device)?, 0)?),
+                None => {
+                    // The producer walks the same batches in the same order.
+                    // The producer stops early only when cancelled (or after an error it sent).
+                    let stopped = || if cancel.load(Ordering::Relaxed) { Error::Cancelled } else { Error::Internal("the training input pipeline stopped".into()) };
+                    let crops = rx.recv().map_err(|_| stopped())??;
+                    let chunks = (0..idx.len()).step_by(config.encode_batch_size).map(|i| encoder.encode_crops(crops.narrow(0, i, config.encode_batch_size.min(idx.len() - i))?)).collect::<Result<Vec<_>>>()?;
+                    Ok(Tensor::cat(&chunks, 0)?)
+                }
             }
         };
-        let summary = run_epochs(clip, model, data, config, &mut sgd, &mut scaler, (start_epoch, global_step), &mut next_features, on_progress, cancel);
+        let summary = run_epochs(clip, model, data, config, &mut sgd, &mut scaler, (start_epoch, global_step), &mut features_for, on_progress, cancel);
         // A producer still at work stops at its next batch.
         stop.store(true, Ordering::Relaxed);
         summary
@@ -259,8 +273,24 @@ pub fn fit<M: PromptModel>(
     })
 }
 
-/// The epochs from `start_epoch` (after `global_step` steps), with each epoch's image features
-/// (N, E) from `next_features`, called once per epoch in order.
+/// Batches the input pipeline keeps ready ahead of the steps.
+const PREFETCH_BATCHES: usize = 8;
+
+/// The batch size and steps per epoch for `n` images: as Dassl's train loader, the last
+/// incomplete batch is dropped when there is more than one batch.
+fn step_shape(n: usize, batch_size: usize) -> (usize, usize) {
+    (batch_size.min(n), if n >= batch_size { n / batch_size } else { 1 })
+}
+
+/// Epoch `epoch`'s order of the `n` training images.
+fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::new(derive_seed(seed, epoch as u64, u64::MAX)).shuffle(&mut order);
+    order
+}
+
+/// The epochs from `start_epoch` (after `global_step` steps), each step's image features (B, E)
+/// from `features_for` given the step's images, called in step order.
 #[allow(clippy::too_many_arguments)]
 fn run_epochs<M: PromptModel>(
     clip: &Clip,
@@ -270,30 +300,26 @@ fn run_epochs<M: PromptModel>(
     sgd: &mut Sgd,
     scaler: &mut Option<LossScaler>,
     (start_epoch, mut global_step): (usize, usize),
-    next_features: &mut dyn FnMut() -> Result<Tensor>,
+    features_for: &mut dyn FnMut(&[usize]) -> Result<Tensor>,
     on_progress: &mut dyn FnMut(&Progress),
     cancel: &AtomicBool,
 ) -> Result<TrainSummary> {
     let vars = model.vars();
     let n = data.sources.len();
-    let bs = config.batch_size.min(n);
-    // As Dassl's train loader: drop the last incomplete batch when there is more than one batch.
-    let steps_per_epoch = if n >= config.batch_size { n / config.batch_size } else { 1 };
+    let (bs, steps_per_epoch) = step_shape(n, config.batch_size);
     let schedule = config.lr_schedule();
     let labels_all: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
     let mut summary = TrainSummary { epochs: config.epochs, start_epoch, global_step, epoch_loss: vec![], epoch_accuracy: vec![], seconds: 0.0 };
     for epoch in start_epoch..config.epochs {
         let lr = schedule.lr(epoch);
-        let mut order: Vec<usize> = (0..n).collect();
-        Rng::new(derive_seed(config.seed, epoch as u64, u64::MAX)).shuffle(&mut order);
-        let epoch_features = next_features()?;
+        let order = epoch_order(config.seed, epoch, n);
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         for step in 0..steps_per_epoch {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
             let idx = &order[step * bs..(step + 1) * bs];
-            let features = epoch_features.index_select(&Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), &clip.device)?, 0)?;
+            let features = features_for(idx)?;
             let labels = Tensor::from_vec(idx.iter().map(|&i| labels_all[i]).collect::<Vec<_>>(), idx.len(), &clip.device)?;
             let (loss_value, logits, gs) = loop {
                 let grad_scale = scaler.as_ref().map_or(1.0, |s| s.scale);
