@@ -131,6 +131,8 @@ fn fused_kernels_on_cuda_equal_their_cpu_twins() {
         let wide = r(&[7, 768]);
         let (gw, bw) = (r(&[768]), r(&[768]));
         check("layer_norm 768", k::layer_norm(&on(&wide, dt), &on(&gw, dt), &on(&bw, dt), 1e-5), k::layer_norm(&c(&wide), &c(&gw), &c(&bw), 1e-5));
+        let dwide = r(&[7, 768]);
+        check("layer_norm_backward 768", k::layer_norm_backward(&on(&wide, dt), &on(&gw, dt), &on(&dwide, dt), 1e-5), k::layer_norm_backward(&c(&wide), &c(&gw), &c(&dwide), 1e-5));
         let (raw, bo) = (r(&[1 + 12 * 40]), r(&[40]));
         let odd = |t: Tensor| t.narrow(0, 1, 12 * 40).unwrap().reshape((12, 40)).unwrap(); // starts at element 1
         check("bias unaligned", k::bias_act(&odd(on(&raw, dt)), &on(&bo, dt), None, None), k::bias_act(&odd(c(&raw)), &c(&bo), None, None));

@@ -53,16 +53,23 @@ __device__ __forceinline__ A block_sum(A v) {
 
 // ---- LayerNorm over the last dim, one block per row: two-pass mean and variance ----------------
 
+// Mean and 1 / sqrt(var + eps) of the row of d elements at x + row, over the block (two passes).
+template <typename T, typename A>
+__device__ __forceinline__ void block_row_stats(const T *x, size_t row, int d, double eps, A &mean, A &rstd) {
+    A s = 0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) s += load(x, row + i);
+    mean = block_sum(s) / d;
+    A s2 = 0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) { A c = load(x, row + i) - mean; s2 += c * c; }
+    rstd = A(1) / sqrt(block_sum(s2) / d + A(eps));
+}
+
 template <typename T>
 __device__ void layer_norm_fwd(const T *x, const T *gamma, const T *beta, T *y, int d, double eps) {
     typedef typename Acc<T>::type A;
     const size_t row = (size_t)blockIdx.x * d;
-    A s = 0;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) s += load(x, row + i);
-    const A mean = block_sum(s) / d;
-    A s2 = 0;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) { A c = load(x, row + i) - mean; s2 += c * c; }
-    const A rstd = A(1) / sqrt(block_sum(s2) / d + A(eps));
+    A mean, rstd;
+    block_row_stats(x, row, d, eps, mean, rstd);
     for (int i = threadIdx.x; i < d; i += blockDim.x)
         store(y, row + i, (load(x, row + i) - mean) * rstd * load(gamma, i) + load(beta, i));
 }
@@ -118,12 +125,8 @@ template <typename T>
 __device__ void layer_norm_bwd(const T *x, const T *gamma, const T *dy, T *dx, int d, double eps) {
     typedef typename Acc<T>::type A;
     const size_t row = (size_t)blockIdx.x * d;
-    A s = 0;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) s += load(x, row + i);
-    const A mean = block_sum(s) / d;
-    A s2 = 0;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) { A c = load(x, row + i) - mean; s2 += c * c; }
-    const A rstd = A(1) / sqrt(block_sum(s2) / d + A(eps));
+    A mean, rstd;
+    block_row_stats(x, row, d, eps, mean, rstd);
     A sg = 0, sgx = 0;
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         const A g = load(dy, row + i) * load(gamma, i);
