@@ -629,13 +629,8 @@ pub fn fused_attention_runs(x: &Tensor, head_dim: usize) -> bool {
 
 #[cfg(feature = "cuda")]
 fn cuda_shared_memory_fits(x: &Tensor, t: usize) -> bool {
-    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
     match x.device() {
-        candle_core::Device::Cuda(d) => d
-            .cuda_stream()
-            .context()
-            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-            .is_ok_and(|max| cuda::attention_shared_bytes(t) <= max as usize),
+        candle_core::Device::Cuda(d) => cuda::shared_memory_per_block(d).is_ok_and(|max| cuda::attention_shared_bytes(t) <= max),
         _ => false,
     }
 }
@@ -758,18 +753,22 @@ mod cuda {
     /// that two blocks fit side by side. Once per (device, kernel): these driver calls are not
     /// free, and at every launch they would stall the CPU's run ahead of the GPU.
     fn allow_large_shared_memory(dev: &candle_core::CudaDevice, kernel: &str, func: &candle_core::cuda_backend::cudarc::driver::CudaFunction) -> Result<()> {
-        use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
         static DONE: std::sync::Mutex<Vec<(candle_core::cuda_backend::DeviceId, String)>> = std::sync::Mutex::new(Vec::new());
         let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
         if done.iter().any(|(d, k)| *d == dev.id() && k == kernel) {
             return Ok(());
         }
-        let max = dev.cuda_stream().context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN).w()?;
-        let bytes = (attention_shared_bytes(super::FUSED_ATTENTION_MAX_KEYS) as i32).min(max);
+        let bytes = attention_shared_bytes(super::FUSED_ATTENTION_MAX_KEYS).min(shared_memory_per_block(dev)?) as i32;
         func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes).w()?;
         func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100).w()?;
         done.push((dev.id(), kernel.to_string()));
         Ok(())
+    }
+
+    /// The most shared memory one block may ask for on this device.
+    pub fn shared_memory_per_block(dev: &candle_core::CudaDevice) -> Result<usize> {
+        use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+        Ok(dev.cuda_stream().context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN).w()? as usize)
     }
 
     /// `attention_fused`'s dynamic shared memory for `t` positions (2-byte elements): keys and

@@ -56,8 +56,9 @@ impl Sgd {
 
 /// Dynamic loss scaling for fp16 training, as PyTorch's GradScaler (the official code's `amp`
 /// path): the loss is multiplied by `scale` before its backward pass, so that small gradients do
-/// not flush to zero in fp16, and the parameter gradients are divided by it again in fp32. When the gradients overflow, the scale is halved; after `growth_interval` good steps in
-/// a row it doubles. Unlike GradScaler, the trainer then computes the same step again at the
+/// not flush to zero in fp16, and the parameter gradients are divided by it again in fp32. When
+/// the gradients overflow, the scale is halved; after `growth_interval` good steps in a row it
+/// doubles. Unlike GradScaler, the trainer then computes the same step again at the
 /// lower scale instead of skipping it, so no step is lost to an overflow.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossScaler {
