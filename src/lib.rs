@@ -31,7 +31,10 @@ fn guarded<T>(f: impl FnOnce() -> promptclip_core::Result<T>) -> napi::Result<T>
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(napi::Error::new(Status::GenericFailure, format!("[E_INTERNAL] internal error (please report): {msg}")))
+            Err(napi::Error::new(
+                Status::GenericFailure,
+                format!("[E_INTERNAL] internal error (please report): {msg}"),
+            ))
         }
     }
 }
@@ -55,9 +58,15 @@ fn image_sources(images: Vec<ImageArg>) -> Vec<ImageSource> {
         .enumerate()
         .map(|(i, img)| match img {
             Either3::A(path) => ImageSource::Path(PathBuf::from(path)),
-            Either3::B(buf) => ImageSource::Bytes { name: format!("images[{i}] (buffer)"), data: Arc::from(Vec::<u8>::from(buf)) },
+            Either3::B(buf) => ImageSource::Bytes {
+                name: format!("images[{i}] (buffer)"),
+                data: Arc::from(Vec::<u8>::from(buf)),
+            },
             Either3::C(raw) => ImageSource::Pixels {
-                name: format!("images[{i}] (raw {}x{}x{})", raw.width, raw.height, raw.channels),
+                name: format!(
+                    "images[{i}] (raw {}x{}x{})",
+                    raw.width, raw.height, raw.channels
+                ),
                 width: raw.width,
                 height: raw.height,
                 channels: raw.channels.min(255) as u8,
@@ -129,24 +138,40 @@ pub struct NativeZeroShot {
 
 fn failures(list: Vec<(usize, promptclip_core::Error)>) -> Vec<NativeImageFailure> {
     list.into_iter()
-        .map(|(i, e)| NativeImageFailure { index: i as u32, code: e.code().into(), message: e.to_string() })
+        .map(|(i, e)| NativeImageFailure {
+            index: i as u32,
+            code: e.code().into(),
+            message: e.to_string(),
+        })
         .collect()
 }
 
 fn flat_f32(t: &candle_core_tensor::Tensor) -> promptclip_core::Result<Vec<f32>> {
-    Ok(t.to_dtype(candle_core_tensor::DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    Ok(t.to_dtype(candle_core_tensor::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
 }
 
 type Classified = (usize, Vec<u32>, Vec<f32>, Vec<NativeImageFailure>);
 
 /// Probabilities of each readable image against normalised class embeddings (K, E).
-fn classify(clip: &Clip, classes: &candle_core_tensor::Tensor, sources: &[ImageSource], batch_size: usize) -> promptclip_core::Result<Classified> {
+fn classify(
+    clip: &Clip,
+    classes: &candle_core_tensor::Tensor,
+    sources: &[ImageSource],
+    batch_size: usize,
+) -> promptclip_core::Result<Classified> {
     let enc = zeroshot::encode_image_sources(clip, sources, batch_size)?;
     let probs = match &enc.features {
         Some(f) => flat_f32(&zeroshot::probabilities(clip, f, classes)?)?,
         None => Vec::new(),
     };
-    Ok((classes.dim(0)?, enc.indices.iter().map(|&i| i as u32).collect(), probs, failures(enc.failures)))
+    Ok((
+        classes.dim(0)?,
+        enc.indices.iter().map(|&i| i as u32).collect(),
+        probs,
+        failures(enc.failures),
+    ))
 }
 
 // The binding reaches tensors only through the core crate's re-export.
@@ -177,7 +202,9 @@ impl Task for LoadTask {
     }
 
     fn resolve(&mut self, _env: Env, output: Self::Output) -> napi::Result<Self::JsValue> {
-        Ok(NativeClip { inner: Arc::new(output) })
+        Ok(NativeClip {
+            inner: Arc::new(output),
+        })
     }
 }
 
@@ -188,7 +215,11 @@ pub fn load_clip(path: String, options: Option<NativeLoadOptions>) -> AsyncTask<
         Some(o) => (o.device, o.dtype),
         None => (None, None),
     };
-    AsyncTask::new(LoadTask { path, device: device.unwrap_or_else(|| "cpu".into()), dtype: dtype.unwrap_or_else(|| "fp32".into()) })
+    AsyncTask::new(LoadTask {
+        path,
+        device: device.unwrap_or_else(|| "cpu".into()),
+        dtype: dtype.unwrap_or_else(|| "fp32".into()),
+    })
 }
 
 /// Whether this build was compiled with CUDA support.
@@ -208,19 +239,37 @@ impl Task for EncodeImagesTask {
     type JsValue = NativeEncodedImages;
 
     fn compute(&mut self) -> napi::Result<Self::Output> {
-        let (clip, sources, bs) = (self.clip.clone(), std::mem::take(&mut self.sources), self.batch_size);
+        let (clip, sources, bs) = (
+            self.clip.clone(),
+            std::mem::take(&mut self.sources),
+            self.batch_size,
+        );
         guarded(move || {
             let enc = zeroshot::encode_image_sources(&clip, &sources, bs)?;
             let data = match &enc.features {
                 Some(f) => flat_f32(f)?,
                 None => Vec::new(),
             };
-            Ok((clip.embed_dim(), enc.indices.iter().map(|&i| i as u32).collect(), data, failures(enc.failures)))
+            Ok((
+                clip.embed_dim(),
+                enc.indices.iter().map(|&i| i as u32).collect(),
+                data,
+                failures(enc.failures),
+            ))
         })
     }
 
-    fn resolve(&mut self, _env: Env, (dim, indices, data, failures): Self::Output) -> napi::Result<Self::JsValue> {
-        Ok(NativeEncodedImages { dim: dim as u32, indices, embeddings: Float32Array::new(data), failures })
+    fn resolve(
+        &mut self,
+        _env: Env,
+        (dim, indices, data, failures): Self::Output,
+    ) -> napi::Result<Self::JsValue> {
+        Ok(NativeEncodedImages {
+            dim: dim as u32,
+            indices,
+            embeddings: Float32Array::new(data),
+            failures,
+        })
     }
 }
 
@@ -239,7 +288,10 @@ impl Task for EncodeTextsTask {
     }
 
     fn resolve(&mut self, _env: Env, (dim, data): Self::Output) -> napi::Result<Self::JsValue> {
-        Ok(NativeEncodedTexts { dim: dim as u32, embeddings: Float32Array::new(data) })
+        Ok(NativeEncodedTexts {
+            dim: dim as u32,
+            embeddings: Float32Array::new(data),
+        })
     }
 }
 
@@ -258,7 +310,11 @@ impl Task for ZeroShotTask {
     fn compute(&mut self) -> napi::Result<Self::Output> {
         let clip = self.clip.clone();
         let sources = std::mem::take(&mut self.sources);
-        let (names, templates, bs) = (self.class_names.clone(), self.templates.clone(), self.batch_size);
+        let (names, templates, bs) = (
+            self.class_names.clone(),
+            self.templates.clone(),
+            self.batch_size,
+        );
         guarded(move || {
             // Validate the cheap inputs before decoding any image.
             let classes = zeroshot::class_embeddings(&clip, &names, &templates)?;
@@ -266,8 +322,17 @@ impl Task for ZeroShotTask {
         })
     }
 
-    fn resolve(&mut self, _env: Env, (k, indices, probs, failures): Self::Output) -> napi::Result<Self::JsValue> {
-        Ok(NativeZeroShot { num_classes: k as u32, indices, probs: Float32Array::new(probs), failures })
+    fn resolve(
+        &mut self,
+        _env: Env,
+        (k, indices, probs, failures): Self::Output,
+    ) -> napi::Result<Self::JsValue> {
+        Ok(NativeZeroShot {
+            num_classes: k as u32,
+            indices,
+            probs: Float32Array::new(probs),
+            failures,
+        })
     }
 }
 
@@ -294,7 +359,11 @@ impl NativeClip {
                 promptclip_core::clip::weights::Naming::OpenAi => "openai".into(),
             },
             source: c.source.display().to_string(),
-            device: if c.device.is_cuda() { "cuda".into() } else { "cpu".into() },
+            device: if c.device.is_cuda() {
+                "cuda".into()
+            } else {
+                "cpu".into()
+            },
             dtype: promptclip_core::device::dtype_name(c.dtype).into(),
         }
     }
@@ -307,17 +376,34 @@ impl NativeClip {
     }
 
     #[napi(ts_return_type = "Promise<NativeEncodedImages>")]
-    pub fn encode_images(&self, images: Vec<ImageArg>, batch_size: Option<u32>) -> AsyncTask<EncodeImagesTask> {
-        AsyncTask::new(EncodeImagesTask { clip: self.inner.clone(), sources: image_sources(images), batch_size: batch_size.unwrap_or(32) as usize })
+    pub fn encode_images(
+        &self,
+        images: Vec<ImageArg>,
+        batch_size: Option<u32>,
+    ) -> AsyncTask<EncodeImagesTask> {
+        AsyncTask::new(EncodeImagesTask {
+            clip: self.inner.clone(),
+            sources: image_sources(images),
+            batch_size: batch_size.unwrap_or(32) as usize,
+        })
     }
 
     #[napi(ts_return_type = "Promise<NativeEncodedTexts>")]
     pub fn encode_texts(&self, texts: Vec<String>) -> AsyncTask<EncodeTextsTask> {
-        AsyncTask::new(EncodeTextsTask { clip: self.inner.clone(), texts })
+        AsyncTask::new(EncodeTextsTask {
+            clip: self.inner.clone(),
+            texts,
+        })
     }
 
     #[napi(ts_return_type = "Promise<NativeZeroShot>")]
-    pub fn zero_shot(&self, images: Vec<ImageArg>, class_names: Vec<String>, templates: Vec<String>, batch_size: Option<u32>) -> AsyncTask<ZeroShotTask> {
+    pub fn zero_shot(
+        &self,
+        images: Vec<ImageArg>,
+        class_names: Vec<String>,
+        templates: Vec<String>,
+        batch_size: Option<u32>,
+    ) -> AsyncTask<ZeroShotTask> {
         AsyncTask::new(ZeroShotTask {
             clip: self.inner.clone(),
             sources: image_sources(images),
@@ -332,7 +418,10 @@ impl NativeClip {
 
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use promptclip_core::prompt::io::{load_learner, save_learner};
-use promptclip_core::prompt::{ClassTokenPosition, CocoopConfig, CocoopLearner, ContextInit, CoopConfig, Learner, PromptLearner};
+use promptclip_core::prompt::{
+    ClassTokenPosition, CocoopConfig, CocoopLearner, ContextInit, CoopConfig, Learner,
+    PromptLearner,
+};
 use promptclip_core::train::schedule::ScheduleKind;
 use promptclip_core::train::{fit, LabelledImages, Progress, TrainConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -375,14 +464,22 @@ pub struct NativePromptLearner {
 }
 
 fn lock(m: &Mutex<Learner>) -> promptclip_core::Result<std::sync::MutexGuard<'_, Learner>> {
-    m.lock().map_err(|_| promptclip_core::Error::Internal("prompt learner state was poisoned by an earlier failure".into()))
+    m.lock().map_err(|_| {
+        promptclip_core::Error::Internal(
+            "prompt learner state was poisoned by an earlier failure".into(),
+        )
+    })
 }
 
 /// For synchronous calls on the main thread: never wait for a training task to finish.
 fn lock_now(m: &Mutex<Learner>) -> promptclip_core::Result<std::sync::MutexGuard<'_, Learner>> {
     m.try_lock().map_err(|e| match e {
-        std::sync::TryLockError::WouldBlock => promptclip_core::Error::Busy("the prompt learner is training; read it after fit() resolves".into()),
-        std::sync::TryLockError::Poisoned(_) => promptclip_core::Error::Internal("prompt learner state was poisoned by an earlier failure".into()),
+        std::sync::TryLockError::WouldBlock => promptclip_core::Error::Busy(
+            "the prompt learner is training; read it after fit() resolves".into(),
+        ),
+        std::sync::TryLockError::Poisoned(_) => promptclip_core::Error::Internal(
+            "prompt learner state was poisoned by an earlier failure".into(),
+        ),
     })
 }
 
@@ -396,7 +493,9 @@ pub struct NativeCancelToken {
 impl NativeCancelToken {
     #[napi(constructor)]
     pub fn new() -> Self {
-        Self { flag: Arc::new(AtomicBool::new(false)) }
+        Self {
+            flag: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     #[napi]
@@ -411,40 +510,78 @@ impl Default for NativeCancelToken {
     }
 }
 
-fn coop_config(o: &NativeCoopOptions, default_init: Option<&str>) -> promptclip_core::Result<CoopConfig> {
+fn coop_config(
+    o: &NativeCoopOptions,
+    default_init: Option<&str>,
+) -> promptclip_core::Result<CoopConfig> {
     let position = ClassTokenPosition::parse(o.position.as_deref().unwrap_or("end"))?;
-    let words = o.ctx_init.clone().or_else(|| default_init.map(String::from)).filter(|s| !s.trim().is_empty());
+    let words = o
+        .ctx_init
+        .clone()
+        .or_else(|| default_init.map(String::from))
+        .filter(|s| !s.trim().is_empty());
     let init = match words {
         Some(words) => ContextInit::Words(words),
-        None => ContextInit::Random { std: o.init_std.unwrap_or(0.02), seed: o.seed.unwrap_or(1) as u64 },
+        None => ContextInit::Random {
+            std: o.init_std.unwrap_or(0.02),
+            seed: o.seed.unwrap_or(1) as u64,
+        },
     };
-    Ok(CoopConfig { n_ctx: o.n_ctx.unwrap_or(16) as usize, class_specific: o.class_specific.unwrap_or(false), position, init })
+    Ok(CoopConfig {
+        n_ctx: o.n_ctx.unwrap_or(16) as usize,
+        class_specific: o.class_specific.unwrap_or(false),
+        position,
+        init,
+    })
 }
 
 #[napi]
-pub fn create_coop(clip: &NativeClip, options: NativeCoopOptions) -> napi::Result<NativePromptLearner> {
+pub fn create_coop(
+    clip: &NativeClip,
+    options: NativeCoopOptions,
+) -> napi::Result<NativePromptLearner> {
     let clip = clip.inner.clone();
     guarded(move || {
-        let learner = PromptLearner::new(&clip, &options.class_names, coop_config(&options, None)?)?;
-        Ok(NativePromptLearner { clip, inner: Arc::new(Mutex::new(Learner::Coop(learner))) })
+        let learner =
+            PromptLearner::new(&clip, &options.class_names, coop_config(&options, None)?)?;
+        Ok(NativePromptLearner {
+            clip,
+            inner: Arc::new(Mutex::new(Learner::Coop(learner))),
+        })
     })
 }
 
 /// CoCoOp: context from "a photo of a" unless `nCtx`/`ctxInit` say otherwise, plus a Meta-Net.
 #[napi]
-pub fn create_cocoop(clip: &NativeClip, options: NativeCoopOptions) -> napi::Result<NativePromptLearner> {
+pub fn create_cocoop(
+    clip: &NativeClip,
+    options: NativeCoopOptions,
+) -> napi::Result<NativePromptLearner> {
     let clip = clip.inner.clone();
     guarded(move || {
-        let default_init = if options.n_ctx.is_some() { None } else { Some("a photo of a") };
+        let default_init = if options.n_ctx.is_some() {
+            None
+        } else {
+            Some("a photo of a")
+        };
         let d = CocoopConfig::default();
         let config = CocoopConfig {
             coop: coop_config(&options, default_init)?,
-            ratio: options.meta_net_ratio.map(|r| r as usize).unwrap_or(d.ratio),
+            ratio: options
+                .meta_net_ratio
+                .map(|r| r as usize)
+                .unwrap_or(d.ratio),
             seed: options.seed.map(|s| s as u64).unwrap_or(d.seed),
-            memory_budget_bytes: options.memory_budget_mb.map(|m| (m as usize) << 20).unwrap_or(d.memory_budget_bytes),
+            memory_budget_bytes: options
+                .memory_budget_mb
+                .map(|m| (m as usize) << 20)
+                .unwrap_or(d.memory_budget_bytes),
         };
         let learner = CocoopLearner::new(&clip, &options.class_names, config)?;
-        Ok(NativePromptLearner { clip, inner: Arc::new(Mutex::new(Learner::Cocoop(learner))) })
+        Ok(NativePromptLearner {
+            clip,
+            inner: Arc::new(Mutex::new(Learner::Cocoop(learner))),
+        })
     })
 }
 
@@ -461,13 +598,19 @@ impl Task for LoadPromptTask {
         guarded(move || Ok(load_learner(std::path::Path::new(&path), &clip)?.0))
     }
     fn resolve(&mut self, _env: Env, output: Self::Output) -> napi::Result<Self::JsValue> {
-        Ok(NativePromptLearner { clip: self.clip.clone(), inner: Arc::new(Mutex::new(output)) })
+        Ok(NativePromptLearner {
+            clip: self.clip.clone(),
+            inner: Arc::new(Mutex::new(output)),
+        })
     }
 }
 
 #[napi(ts_return_type = "Promise<NativePromptLearner>")]
 pub fn load_prompt_learner(clip: &NativeClip, path: String) -> AsyncTask<LoadPromptTask> {
-    AsyncTask::new(LoadPromptTask { clip: clip.inner.clone(), path })
+    AsyncTask::new(LoadPromptTask {
+        clip: clip.inner.clone(),
+        path,
+    })
 }
 
 #[napi(object)]
@@ -516,11 +659,19 @@ pub struct NativeTrainSummary {
 /// CoCoOp 10 epochs at batch 1; both lr 0.002.
 fn train_config(o: NativeTrainOptions, method: &str) -> promptclip_core::Result<TrainConfig> {
     let d = TrainConfig::default();
-    let (epochs, batch) = if method == "cocoop" { (10, 1) } else { (d.epochs, d.batch_size) };
+    let (epochs, batch) = if method == "cocoop" {
+        (10, 1)
+    } else {
+        (d.epochs, d.batch_size)
+    };
     let schedule = match o.schedule.as_deref() {
         None | Some("cosine") => ScheduleKind::Cosine,
         Some("constant") => ScheduleKind::Constant,
-        Some(other) => return Err(promptclip_core::Error::InvalidArgument(format!("schedule `{other}`: expected \"cosine\" or \"constant\""))),
+        Some(other) => {
+            return Err(promptclip_core::Error::InvalidArgument(format!(
+                "schedule `{other}`: expected \"cosine\" or \"constant\""
+            )))
+        }
     };
     Ok(TrainConfig {
         epochs: o.epochs.map(|x| x as usize).unwrap_or(epochs),
@@ -532,18 +683,25 @@ fn train_config(o: NativeTrainOptions, method: &str) -> promptclip_core::Result<
             ..d.sgd
         },
         schedule,
-        warmup_epochs: o.warmup_epochs.map(|x| x as usize).unwrap_or(d.warmup_epochs),
+        warmup_epochs: o
+            .warmup_epochs
+            .map(|x| x as usize)
+            .unwrap_or(d.warmup_epochs),
         warmup_lr: o.warmup_lr.unwrap_or(d.warmup_lr),
         seed: o.seed.map(|x| x as u64).unwrap_or(d.seed),
         augment: o.augment.unwrap_or(d.augment),
         checkpoint_path: o.checkpoint_path.map(PathBuf::from),
-        checkpoint_every: o.checkpoint_every.map(|x| x as usize).unwrap_or(d.checkpoint_every),
+        checkpoint_every: o
+            .checkpoint_every
+            .map(|x| x as usize)
+            .unwrap_or(d.checkpoint_every),
         resume_from: o.resume_from.map(PathBuf::from),
         ..d
     })
 }
 
-type ProgressFn = ThreadsafeFunction<NativeProgress, Unknown<'static>, NativeProgress, Status, false>;
+type ProgressFn =
+    ThreadsafeFunction<NativeProgress, Unknown<'static>, NativeProgress, Status, false>;
 
 pub struct TrainTask {
     clip: Arc<Clip>,
@@ -559,7 +717,8 @@ impl Task for TrainTask {
     type JsValue = NativeTrainSummary;
 
     fn compute(&mut self) -> napi::Result<Self::Output> {
-        let (clip, learner, cancel) = (self.clip.clone(), self.learner.clone(), self.cancel.clone());
+        let (clip, learner, cancel) =
+            (self.clip.clone(), self.learner.clone(), self.cancel.clone());
         let data = self.data.take();
         let options = self.options.take();
         let on_progress = self.on_progress.clone();
@@ -655,7 +814,13 @@ pub struct NativePredictProgress {
     pub total: u32,
 }
 
-type PredictProgressFn = ThreadsafeFunction<NativePredictProgress, Unknown<'static>, NativePredictProgress, Status, false>;
+type PredictProgressFn = ThreadsafeFunction<
+    NativePredictProgress,
+    Unknown<'static>,
+    NativePredictProgress,
+    Status,
+    false,
+>;
 
 pub struct PredictTask {
     clip: Arc<Clip>,
@@ -678,15 +843,42 @@ impl Task for PredictTask {
             let learner = lock(&learner)?;
             let mut report = |done: usize, total: usize| {
                 if let Some(f) = &on_progress {
-                    f.call(NativePredictProgress { done: done as u32, total: total as u32 }, ThreadsafeFunctionCallMode::NonBlocking);
+                    f.call(
+                        NativePredictProgress {
+                            done: done as u32,
+                            total: total as u32,
+                        },
+                        ThreadsafeFunctionCallMode::NonBlocking,
+                    );
                 }
             };
-            let p = promptclip_core::prompt::predict(&clip, &learner, &sources, names.as_deref(), bs, &mut report)?;
-            Ok((p.num_classes, p.indices.iter().map(|&i| i as u32).collect(), p.probs, failures(p.failures)))
+            let p = promptclip_core::prompt::predict(
+                &clip,
+                &learner,
+                &sources,
+                names.as_deref(),
+                bs,
+                &mut report,
+            )?;
+            Ok((
+                p.num_classes,
+                p.indices.iter().map(|&i| i as u32).collect(),
+                p.probs,
+                failures(p.failures),
+            ))
         })
     }
-    fn resolve(&mut self, _env: Env, (k, indices, probs, failures): Self::Output) -> napi::Result<Self::JsValue> {
-        Ok(NativeZeroShot { num_classes: k as u32, indices, probs: Float32Array::new(probs), failures })
+    fn resolve(
+        &mut self,
+        _env: Env,
+        (k, indices, probs, failures): Self::Output,
+    ) -> napi::Result<Self::JsValue> {
+        Ok(NativeZeroShot {
+            num_classes: k as u32,
+            indices,
+            probs: Float32Array::new(probs),
+            failures,
+        })
     }
 }
 
@@ -736,7 +928,11 @@ impl NativePromptLearner {
     #[napi]
     pub fn context(&self) -> napi::Result<Float32Array> {
         let inner = self.inner.clone();
-        guarded(move || Ok(Float32Array::new(flat_f32(lock_now(&inner)?.prompt().ctx.as_tensor())?)))
+        guarded(move || {
+            Ok(Float32Array::new(flat_f32(
+                lock_now(&inner)?.prompt().ctx.as_tensor(),
+            )?))
+        })
     }
 
     #[napi(ts_return_type = "Promise<NativeTrainSummary>")]
@@ -751,7 +947,10 @@ impl NativePromptLearner {
         AsyncTask::new(TrainTask {
             clip: self.clip.clone(),
             learner: self.inner.clone(),
-            data: Some(LabelledImages { sources: image_sources(images), labels: labels.into_iter().map(|l| l as usize).collect() }),
+            data: Some(LabelledImages {
+                sources: image_sources(images),
+                labels: labels.into_iter().map(|l| l as usize).collect(),
+            }),
             options: Some(options),
             on_progress: on_progress.map(Arc::new),
             cancel: cancel.map(|c| c.flag.clone()).unwrap_or_default(),
@@ -778,12 +977,20 @@ impl NativePromptLearner {
 
     #[napi(ts_return_type = "Promise<NativeInterpretRow[]>")]
     pub fn interpret(&self, top_k: Option<u32>) -> AsyncTask<InterpretTask> {
-        AsyncTask::new(InterpretTask { clip: self.clip.clone(), learner: self.inner.clone(), k: top_k.unwrap_or(5).max(1) as usize })
+        AsyncTask::new(InterpretTask {
+            clip: self.clip.clone(),
+            learner: self.inner.clone(),
+            k: top_k.unwrap_or(5).max(1) as usize,
+        })
     }
 
     #[napi(ts_return_type = "Promise<void>")]
     pub fn save(&self, path: String) -> AsyncTask<SavePromptTask> {
-        AsyncTask::new(SavePromptTask { clip: self.clip.clone(), learner: self.inner.clone(), path })
+        AsyncTask::new(SavePromptTask {
+            clip: self.clip.clone(),
+            learner: self.inner.clone(),
+            path,
+        })
     }
 }
 
@@ -802,7 +1009,12 @@ pub struct NativeMetrics {
 
 /// Dassl-style metrics from row-major scores (N x numClasses) and labels.
 #[napi]
-pub fn compute_metrics(scores: Float32Array, num_classes: u32, labels: Vec<u32>, top_k: Vec<u32>) -> napi::Result<NativeMetrics> {
+pub fn compute_metrics(
+    scores: Float32Array,
+    num_classes: u32,
+    labels: Vec<u32>,
+    top_k: Vec<u32>,
+) -> napi::Result<NativeMetrics> {
     let scores = scores.to_vec();
     guarded(move || {
         let labels: Vec<usize> = labels.into_iter().map(|l| l as usize).collect();
@@ -814,7 +1026,11 @@ pub fn compute_metrics(scores: Float32Array, num_classes: u32, labels: Vec<u32>,
             accuracy: m.accuracy,
             error_rate: m.error_rate,
             macro_f1: m.macro_f1,
-            per_class_accuracy: m.per_class_accuracy.iter().map(|a| a.unwrap_or(f64::NAN)).collect(),
+            per_class_accuracy: m
+                .per_class_accuracy
+                .iter()
+                .map(|a| a.unwrap_or(f64::NAN))
+                .collect(),
             confusion: m.confusion,
             top_k: m.top_k.iter().map(|&(k, a)| vec![k as f64, a]).collect(),
         })

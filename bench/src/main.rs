@@ -28,27 +28,75 @@ fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
 /// Distinct class names: two words for the first 100 (the same list as
 /// bench/torch_coop_step.py), then a third word in front, up to 1000.
 pub fn class_names(k: usize) -> Vec<String> {
-    let adj = ["red", "small", "wild", "old", "striped", "golden", "wooden", "spotted", "tiny", "giant"];
-    let noun = ["dog", "car", "bird", "chair", "flower", "boat", "house", "fish", "lamp", "tree"];
-    let place = ["", "sea ", "mountain ", "desert ", "city ", "forest ", "river ", "snow ", "garden ", "toy "];
-    (0..k).map(|i| format!("{}{} {}", place[(i / 100) % 10], adj[i % 10], noun[(i / 10) % 10])).collect()
+    let adj = [
+        "red", "small", "wild", "old", "striped", "golden", "wooden", "spotted", "tiny", "giant",
+    ];
+    let noun = [
+        "dog", "car", "bird", "chair", "flower", "boat", "house", "fish", "lamp", "tree",
+    ];
+    let place = [
+        "",
+        "sea ",
+        "mountain ",
+        "desert ",
+        "city ",
+        "forest ",
+        "river ",
+        "snow ",
+        "garden ",
+        "toy ",
+    ];
+    (0..k)
+        .map(|i| {
+            format!(
+                "{}{} {}",
+                place[(i / 100) % 10],
+                adj[i % 10],
+                noun[(i / 10) % 10]
+            )
+        })
+        .collect()
 }
 
 /// Median seconds of a CoOp training step: with fresh image features (`encode_images`: the
 /// official step, images through the frozen encoder) or with cached features.
-fn coop_step(clip: &Clip, k: usize, batch: usize, m: usize, encode_images: bool, reps: usize) -> f64 {
+fn coop_step(
+    clip: &Clip,
+    k: usize,
+    batch: usize,
+    m: usize,
+    encode_images: bool,
+    reps: usize,
+) -> f64 {
     use promptclip_core::prompt::coop::{CoopConfig, PromptLearner};
     use promptclip_core::train::optim::{Sgd, SgdConfig};
-    let learner = PromptLearner::new(clip, &class_names(k), CoopConfig { n_ctx: m, ..CoopConfig::default() }).unwrap();
+    let learner = PromptLearner::new(
+        clip,
+        &class_names(k),
+        CoopConfig {
+            n_ctx: m,
+            ..CoopConfig::default()
+        },
+    )
+    .unwrap();
     let mut sgd = Sgd::new(SgdConfig::default(), 1);
     let s = clip.vision.config.image_size;
     let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu).unwrap();
     let cached = clip.encode_image(&pixels).unwrap();
-    let labels = Tensor::from_vec((0..batch as u32).map(|i| i % k as u32).collect::<Vec<_>>(), batch, &Device::Cpu).unwrap();
+    let labels = Tensor::from_vec(
+        (0..batch as u32).map(|i| i % k as u32).collect::<Vec<_>>(),
+        batch,
+        &Device::Cpu,
+    )
+    .unwrap();
     time(reps, || {
         // The trainer's path: the text encoder's own backward pass.
         use promptclip_core::train::PromptModel;
-        let feats = if encode_images { clip.encode_image(&pixels).unwrap() } else { cached.clone() };
+        let feats = if encode_images {
+            clip.encode_image(&pixels).unwrap()
+        } else {
+            cached.clone()
+        };
         let (_, _, grads) = learner.loss_and_grads(clip, &feats, &labels).unwrap();
         sgd.step(&[learner.ctx.clone()], &grads, 0.002).unwrap();
     })
@@ -58,7 +106,12 @@ fn coop_step(clip: &Clip, k: usize, batch: usize, m: usize, encode_images: bool,
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
 }
@@ -74,7 +127,12 @@ fn cocoop_step(clip: &Clip, k: usize, batch: usize, reps: usize) -> f64 {
     let mut sgd = Sgd::new(SgdConfig::default(), vars.len());
     let s = clip.vision.config.image_size;
     let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu).unwrap();
-    let labels = Tensor::from_vec((0..batch as u32).map(|i| i % k as u32).collect::<Vec<_>>(), batch, &Device::Cpu).unwrap();
+    let labels = Tensor::from_vec(
+        (0..batch as u32).map(|i| i % k as u32).collect::<Vec<_>>(),
+        batch,
+        &Device::Cpu,
+    )
+    .unwrap();
     time(reps, || {
         let feats = clip.encode_image(&pixels).unwrap();
         let (_, _, grads) = learner.loss_and_grads(clip, &feats, &labels).unwrap();
@@ -97,11 +155,18 @@ fn main() {
     }
     if args.len() >= 3 && args[1] == "e2e" {
         let epochs = args.get(4).and_then(|e| e.parse().ok()).unwrap_or(200);
-        gpu::e2e(Path::new(&args[2]), args.get(3).map(String::as_str).unwrap_or("cuda:0"), epochs);
+        gpu::e2e(
+            Path::new(&args[2]),
+            args.get(3).map(String::as_str).unwrap_or("cuda:0"),
+            epochs,
+        );
         return;
     }
     if args.len() >= 3 && args[1] == "gpu" {
-        gpu::run(Path::new(&args[2]), args.get(3).map(String::as_str).unwrap_or("cuda:0"));
+        gpu::run(
+            Path::new(&args[2]),
+            args.get(3).map(String::as_str).unwrap_or("cuda:0"),
+        );
         return;
     }
     if args.len() >= 4 && args[1] == "cocoop-step" {
@@ -114,7 +179,10 @@ fn main() {
         let clip = Clip::load(path, &Device::Cpu).expect("load");
         let k = 50;
         let s = cocoop_step(&clip, k, batch, if batch == 1 { 3 } else { 1 });
-        println!("{}", serde_json::json!({"impl": "promptclip", "what": format!("cocoop_step_b{batch}"), "arch": "ViT-B/16", "classes": k, "batch": batch, "seconds": s, "seconds_per_image": s / batch as f64, "per_second": batch as f64 / s, "peak_rss_mib": peak_rss_mib()}));
+        println!(
+            "{}",
+            serde_json::json!({"impl": "promptclip", "what": format!("cocoop_step_b{batch}"), "arch": "ViT-B/16", "classes": k, "batch": batch, "seconds": s, "seconds_per_image": s / batch as f64, "per_second": batch as f64 / s, "peak_rss_mib": peak_rss_mib()})
+        );
         return;
     }
     if args.len() >= 3 && args[1] == "coop-step" {
@@ -125,11 +193,16 @@ fn main() {
             write_random_openai_clip(path, &spec, DType::F32, 0).expect("write random checkpoint");
         }
         let clip = Clip::load(path, &Device::Cpu).expect("load");
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let (k, batch, m) = (100, 32, 16);
         for (what, encode) in [("coop_step_cached_features", false), ("coop_step", true)] {
             let s = coop_step(&clip, k, batch, m, encode, if encode { 2 } else { 3 });
-            println!("{}", serde_json::json!({"impl": "promptclip", "what": what, "arch": arch, "classes": k, "batch": batch, "n_ctx": m, "threads": threads, "seconds": s, "per_second": 1.0 / s}));
+            println!(
+                "{}",
+                serde_json::json!({"impl": "promptclip", "what": what, "arch": arch, "classes": k, "batch": batch, "n_ctx": m, "threads": threads, "seconds": s, "per_second": 1.0 / s})
+            );
         }
         return;
     }
@@ -144,24 +217,67 @@ fn main() {
         write_random_openai_clip(path, &spec, DType::F32, 0).expect("write random checkpoint");
     }
     let clip = Clip::load(path, &Device::Cpu).expect("load");
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
 
     let batch = 8;
-    let pixels = Tensor::randn(0f32, 1.0, (batch, 3, spec.image_size, spec.image_size), &Device::Cpu).unwrap();
+    let pixels = Tensor::randn(
+        0f32,
+        1.0,
+        (batch, 3, spec.image_size, spec.image_size),
+        &Device::Cpu,
+    )
+    .unwrap();
     let s = time(3, || clip.encode_image(&pixels).unwrap());
-    println!("{}", serde_json::json!({"impl": "promptclip", "what": "image_encode", "arch": arch, "batch": batch, "threads": threads, "seconds": s, "per_second": batch as f64 / s}));
+    println!(
+        "{}",
+        serde_json::json!({"impl": "promptclip", "what": "image_encode", "arch": arch, "batch": batch, "threads": threads, "seconds": s, "per_second": batch as f64 / s})
+    );
 
-    let classes = ["dog", "cat", "airplane", "golden retriever", "sea turtle", "espresso machine", "tabby cat", "fire truck"];
-    let prompts: Vec<String> = (0..256).map(|i| format!("a photo of a {}.", classes[i % classes.len()])).collect();
+    let classes = [
+        "dog",
+        "cat",
+        "airplane",
+        "golden retriever",
+        "sea turtle",
+        "espresso machine",
+        "tabby cat",
+        "fire truck",
+    ];
+    let prompts: Vec<String> = (0..256)
+        .map(|i| format!("a photo of a {}.", classes[i % classes.len()]))
+        .collect();
     let s = time(3, || clip.encode_texts(&prompts).unwrap());
-    println!("{}", serde_json::json!({"impl": "promptclip", "what": "text_encode", "arch": arch, "batch": prompts.len(), "threads": threads, "seconds": s, "per_second": prompts.len() as f64 / s}));
+    println!(
+        "{}",
+        serde_json::json!({"impl": "promptclip", "what": "text_encode", "arch": arch, "batch": prompts.len(), "threads": threads, "seconds": s, "per_second": prompts.len() as f64 / s})
+    );
 
     if let Some(dir) = args.get(4) {
-        let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok().map(|e| e.path())).filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("jpg" | "png" | "webp"))).collect();
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("jpg" | "png" | "webp")
+                )
+            })
+            .collect();
         files.sort();
-        let srcs: Vec<ImageSource> = files.iter().cycle().take(64).cloned().map(ImageSource::Path).collect();
+        let srcs: Vec<ImageSource> = files
+            .iter()
+            .cycle()
+            .take(64)
+            .cloned()
+            .map(ImageSource::Path)
+            .collect();
         let cfg = ImageConfig::clip(224);
         let s = time(3, || preprocess_batch(&srcs, &cfg));
-        println!("{}", serde_json::json!({"impl": "promptclip", "what": "preprocess", "batch": srcs.len(), "threads": threads, "seconds": s, "per_second": srcs.len() as f64 / s}));
+        println!(
+            "{}",
+            serde_json::json!({"impl": "promptclip", "what": "preprocess", "batch": srcs.len(), "threads": threads, "seconds": s, "per_second": srcs.len() as f64 / s})
+        );
     }
 }

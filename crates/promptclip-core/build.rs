@@ -17,19 +17,40 @@ fn main() {
         .map(|root| PathBuf::from(root).join("bin").join("nvcc"))
         .find(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("nvcc"));
-    let cap = std::env::var("CUDA_COMPUTE_CAP").ok().or_else(local_compute_cap).unwrap_or_else(|| "80".into());
+    let cap = std::env::var("CUDA_COMPUTE_CAP")
+        .ok()
+        .or_else(local_compute_cap)
+        .unwrap_or_else(|| "80".into());
     let cap: String = cap.chars().filter(char::is_ascii_digit).collect();
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("ops.ptx");
     let status = Command::new(&nvcc)
-        .args(["--ptx", "-O3", "-std=c++17", &format!("-arch=compute_{cap}"), "-o"])
+        .args([
+            "--ptx",
+            "-O3",
+            "-std=c++17",
+            &format!("-arch=compute_{cap}"),
+            "-o",
+        ])
         .arg(&out)
         .arg("src/kernels/ops.cu")
         .status()
-        .unwrap_or_else(|e| panic!("running {}: {e} (set CUDA_ROOT to a CUDA toolkit)", nvcc.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {}: {e} (set CUDA_ROOT to a CUDA toolkit)",
+                nvcc.display()
+            )
+        });
     assert!(status.success(), "nvcc failed on src/kernels/ops.cu");
 }
 
 fn local_compute_cap() -> Option<String> {
-    let out = Command::new("nvidia-smi").args(["--query-gpu=compute_cap", "--format=csv,noheader"]).output().ok()?;
-    String::from_utf8(out.stdout).ok()?.lines().next().map(|l| l.trim().replace('.', ""))
+    let out = Command::new("nvidia-smi")
+        .args(["--query-gpu=compute_cap", "--format=csv,noheader"])
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout)
+        .ok()?
+        .lines()
+        .next()
+        .map(|l| l.trim().replace('.', ""))
 }

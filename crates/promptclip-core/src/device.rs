@@ -32,7 +32,8 @@ fn cuda_device(ordinal: usize) -> Result<Device> {
     if let Some((_, d)) = devices.iter().find(|(o, _)| *o == ordinal) {
         return Ok(d.clone());
     }
-    let unavailable = |e: &dyn std::fmt::Display| Error::CudaUnavailable(format!("no usable GPU {ordinal}: {e}"));
+    let unavailable =
+        |e: &dyn std::fmt::Display| Error::CudaUnavailable(format!("no usable GPU {ordinal}: {e}"));
     let device = Device::new_cuda_with_stream(ordinal).map_err(|e| unavailable(&e))?;
     cuda::configure(&device).map_err(|e| unavailable(&e))?;
     devices.push((ordinal, device.clone()));
@@ -56,10 +57,14 @@ pub mod cuda {
     fn default_pool(device: &Device) -> candle_core::Result<sys::CUmemoryPool> {
         let stream = device.as_cuda_device()?.cuda_stream();
         let ctx = stream.context();
-        ctx.bind_to_thread().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        ctx.bind_to_thread()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let mut pool = std::ptr::null_mut();
         // SAFETY: plain driver calls on a live context.
-        check(unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }, "cuDeviceGetDefaultMemPool")?;
+        check(
+            unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) },
+            "cuDeviceGetDefaultMemPool",
+        )?;
         Ok(pool)
     }
 
@@ -77,7 +82,13 @@ pub mod cuda {
         let mut threshold = u64::MAX;
         // SAFETY: the attribute takes a cuuint64_t.
         check(
-            unsafe { sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, (&mut threshold as *mut u64).cast()) },
+            unsafe {
+                sys::cuMemPoolSetAttribute(
+                    pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    (&mut threshold as *mut u64).cast(),
+                )
+            },
             "cuMemPoolSetAttribute",
         )
     }
@@ -88,7 +99,13 @@ pub mod cuda {
         let mut v = 0u64;
         // SAFETY: the attribute is a cuuint64_t.
         check(
-            unsafe { sys::cuMemPoolGetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&mut v as *mut u64).cast()) },
+            unsafe {
+                sys::cuMemPoolGetAttribute(
+                    pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                    (&mut v as *mut u64).cast(),
+                )
+            },
             "cuMemPoolGetAttribute",
         )?;
         Ok(v)
@@ -101,7 +118,13 @@ pub mod cuda {
         let mut zero = 0u64;
         // SAFETY: resetting the high-water mark takes a cuuint64_t of 0.
         check(
-            unsafe { sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&mut zero as *mut u64).cast()) },
+            unsafe {
+                sys::cuMemPoolSetAttribute(
+                    pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                    (&mut zero as *mut u64).cast(),
+                )
+            },
             "cuMemPoolSetAttribute",
         )
     }
@@ -124,7 +147,9 @@ pub fn dtype_from_name(name: &str) -> Result<DType> {
         "fp32" | "f32" | "float32" | "" => Ok(DType::F32),
         "fp16" | "f16" | "float16" | "half" => Ok(DType::F16),
         "bf16" | "bfloat16" => Ok(DType::BF16),
-        other => Err(Error::InvalidArgument(format!("dtype `{other}`: expected \"fp32\", \"fp16\" or \"bf16\""))),
+        other => Err(Error::InvalidArgument(format!(
+            "dtype `{other}`: expected \"fp32\", \"fp16\" or \"bf16\""
+        ))),
     }
 }
 

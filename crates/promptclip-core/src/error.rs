@@ -7,13 +7,21 @@ pub enum Error {
     #[error("file not found: {}", .0.display())]
     FileNotFound(PathBuf),
     #[error("cannot read {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config {}: {msg}", path.display())]
     BadConfig { path: PathBuf, msg: String },
     #[error("tensor `{name}` is missing from {}", path.display())]
     MissingTensor { name: String, path: PathBuf },
     #[error("tensor `{name}` in {} has shape {actual:?}, expected {expected:?}", path.display())]
-    ShapeMismatch { name: String, path: PathBuf, expected: Vec<usize>, actual: Vec<usize> },
+    ShapeMismatch {
+        name: String,
+        path: PathBuf,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
     #[error("unsupported: {0}")]
     Unsupported(String),
     #[error("cannot decode image {source_name}: {msg}")]
@@ -25,7 +33,12 @@ pub enum Error {
     #[error("CUDA is not available: {0}")]
     CudaUnavailable(String),
     #[error("training stopped: the loss became {value} at epoch {epoch}, step {step}{hint}")]
-    NonFiniteLoss { value: f32, epoch: usize, step: usize, hint: String },
+    NonFiniteLoss {
+        value: f32,
+        epoch: usize,
+        step: usize,
+        hint: String,
+    },
     #[error("cancelled")]
     Cancelled,
     #[error("busy: {0}")]
@@ -68,7 +81,10 @@ impl Error {
     }
 
     pub(crate) fn bad_config(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::BadConfig { path: path.into(), msg: msg.into() }
+        Error::BadConfig {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
 }
 

@@ -20,16 +20,26 @@ pub struct Metrics {
 }
 
 /// Metrics from scores (N x K, row-major; probabilities or logits) and true labels.
-pub fn metrics(scores: &[f32], num_classes: usize, labels: &[usize], ks: &[usize]) -> Result<Metrics> {
+pub fn metrics(
+    scores: &[f32],
+    num_classes: usize,
+    labels: &[usize],
+    ks: &[usize],
+) -> Result<Metrics> {
     let n = labels.len();
     if n == 0 {
         return Err(Error::InvalidArgument("no examples to evaluate".into()));
     }
     if scores.len() != n * num_classes {
-        return Err(Error::InvalidArgument(format!("{} scores for {n} examples x {num_classes} classes", scores.len())));
+        return Err(Error::InvalidArgument(format!(
+            "{} scores for {n} examples x {num_classes} classes",
+            scores.len()
+        )));
     }
     if let Some((i, l)) = labels.iter().enumerate().find(|(_, &l)| l >= num_classes) {
-        return Err(Error::InvalidArgument(format!("labels[{i}] = {l} is out of range for {num_classes} classes")));
+        return Err(Error::InvalidArgument(format!(
+            "labels[{i}] = {l} is out of range for {num_classes} classes"
+        )));
     }
     let mut confusion = vec![vec![0u32; num_classes]; num_classes];
     let mut top_hits = vec![0usize; ks.len()];
@@ -38,7 +48,9 @@ pub fn metrics(scores: &[f32], num_classes: usize, labels: &[usize], ks: &[usize
         // Rank of the true class: how many classes score strictly higher (ties favour lower index).
         let pred = (0..num_classes).fold(0, |best, c| if row[c] > row[best] { c } else { best });
         confusion[y][pred] += 1;
-        let rank = (0..num_classes).filter(|&c| row[c] > row[y] || (row[c] == row[y] && c < y)).count();
+        let rank = (0..num_classes)
+            .filter(|&c| row[c] > row[y] || (row[c] == row[y] && c < y))
+            .count();
         for (j, &k) in ks.iter().enumerate() {
             if rank < k {
                 top_hits[j] += 1;
@@ -52,15 +64,27 @@ pub fn metrics(scores: &[f32], num_classes: usize, labels: &[usize], ks: &[usize
             (support > 0).then(|| 100.0 * confusion[c][c] as f64 / support as f64)
         })
         .collect::<Vec<_>>();
-    let present: Vec<usize> = (0..num_classes).filter(|&c| confusion[c].iter().sum::<u32>() > 0).collect();
+    let present: Vec<usize> = (0..num_classes)
+        .filter(|&c| confusion[c].iter().sum::<u32>() > 0)
+        .collect();
     let f1_sum: f64 = present
         .iter()
         .map(|&c| {
             let tp = confusion[c][c] as f64;
-            let fp: f64 = (0..num_classes).filter(|&r| r != c).map(|r| confusion[r][c] as f64).sum();
-            let fn_: f64 = (0..num_classes).filter(|&p| p != c).map(|p| confusion[c][p] as f64).sum();
+            let fp: f64 = (0..num_classes)
+                .filter(|&r| r != c)
+                .map(|r| confusion[r][c] as f64)
+                .sum();
+            let fn_: f64 = (0..num_classes)
+                .filter(|&p| p != c)
+                .map(|p| confusion[c][p] as f64)
+                .sum();
             let denom = 2.0 * tp + fp + fn_;
-            if denom == 0.0 { 0.0 } else { 2.0 * tp / denom }
+            if denom == 0.0 {
+                0.0
+            } else {
+                2.0 * tp / denom
+            }
         })
         .sum();
     let accuracy = 100.0 * correct as f64 / n as f64;
@@ -72,7 +96,11 @@ pub fn metrics(scores: &[f32], num_classes: usize, labels: &[usize], ks: &[usize
         macro_f1: 100.0 * f1_sum / present.len() as f64,
         per_class_accuracy,
         confusion,
-        top_k: ks.iter().zip(top_hits).map(|(&k, h)| (k, 100.0 * h as f64 / n as f64)).collect(),
+        top_k: ks
+            .iter()
+            .zip(top_hits)
+            .map(|(&k, h)| (k, 100.0 * h as f64 / n as f64))
+            .collect(),
     })
 }
 
@@ -94,10 +122,16 @@ mod tests {
         assert_eq!(m.correct, 3);
         assert!((m.accuracy - 60.0).abs() < 1e-9);
         assert!((m.error_rate - 40.0).abs() < 1e-9);
-        assert_eq!(m.confusion, vec![vec![1, 0, 0], vec![1, 1, 0], vec![0, 1, 1]]);
+        assert_eq!(
+            m.confusion,
+            vec![vec![1, 0, 0], vec![1, 1, 0], vec![0, 1, 1]]
+        );
         // F1: class 0: tp1 fp1 fn0 -> 2/3; class 1: tp1 fp1 fn1 -> 1/2; class 2: tp1 fp0 fn1 -> 2/3.
         assert!((m.macro_f1 - 100.0 * (2.0 / 3.0 + 0.5 + 2.0 / 3.0) / 3.0).abs() < 1e-9);
-        assert_eq!(m.per_class_accuracy, vec![Some(100.0), Some(50.0), Some(50.0)]);
+        assert_eq!(
+            m.per_class_accuracy,
+            vec![Some(100.0), Some(50.0), Some(50.0)]
+        );
         // top-2: example 3 (label 2, scores .2 .5 .3) is rank 1 -> hit; example 5 (label 1) rank 1 -> hit.
         assert_eq!(m.top_k, vec![(1, 60.0), (2, 100.0)]);
     }

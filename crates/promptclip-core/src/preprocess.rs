@@ -3,7 +3,9 @@
 //! bicubic (Pillow's convolution, via fast_image_resize), center crop, scale to [0, 1], normalise
 //! with CLIP's mean and std, CHW float32. Batches are decoded on all cores.
 use crate::{Error, Result};
-use fast_image_resize::{images::Image as FirImage, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::{
+    images::Image as FirImage, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
+};
 use image::RgbImage;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -24,7 +26,12 @@ pub struct ImageConfig {
 
 impl ImageConfig {
     pub fn clip(image_size: usize) -> Self {
-        Self { shortest_edge: image_size as u32, crop: image_size as u32, mean: CLIP_MEAN, std: CLIP_STD }
+        Self {
+            shortest_edge: image_size as u32,
+            crop: image_size as u32,
+            mean: CLIP_MEAN,
+            std: CLIP_STD,
+        }
     }
 
     /// Read `preprocessor_config.json` when the checkpoint has one. The crop always equals the
@@ -36,28 +43,48 @@ impl ImageConfig {
             return Ok(cfg);
         }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::bad_config(&path, format!("not valid JSON: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::bad_config(&path, format!("not valid JSON: {e}")))?;
         let side = |v: &serde_json::Value, keys: &[&str]| -> Option<u32> {
             if let Some(n) = v.as_u64() {
                 return Some(n as u32);
             }
-            keys.iter().find_map(|k| v.get(*k).and_then(|x| x.as_u64())).map(|n| n as u32)
+            keys.iter()
+                .find_map(|k| v.get(*k).and_then(|x| x.as_u64()))
+                .map(|n| n as u32)
         };
-        if let Some(s) = v.get("size").and_then(|s| side(s, &["shortest_edge", "height"])) {
+        if let Some(s) = v
+            .get("size")
+            .and_then(|s| side(s, &["shortest_edge", "height"]))
+        {
             cfg.shortest_edge = s;
         }
         if let Some(c) = v.get("crop_size").and_then(|s| side(s, &["height"])) {
             if c as usize != image_size {
-                return Err(Error::bad_config(&path, format!("crop_size {c} differs from the model's image_size {image_size}")));
+                return Err(Error::bad_config(
+                    &path,
+                    format!("crop_size {c} differs from the model's image_size {image_size}"),
+                ));
             }
         }
         let triple = |key: &str| -> Result<Option<[f32; 3]>> {
             match v.get(key) {
                 None => Ok(None),
                 Some(a) => {
-                    let xs: Vec<f32> = a.as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect()).unwrap_or_default();
+                    let xs: Vec<f32> = a
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|x| x.as_f64())
+                                .map(|x| x as f32)
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     if xs.len() != 3 {
-                        return Err(Error::bad_config(&path, format!("`{key}` must be 3 numbers")));
+                        return Err(Error::bad_config(
+                            &path,
+                            format!("`{key}` must be 3 numbers"),
+                        ));
                     }
                     Ok(Some([xs[0], xs[1], xs[2]]))
                 }
@@ -73,7 +100,13 @@ impl ImageConfig {
             cfg.std = s;
         }
         if cfg.shortest_edge < cfg.crop {
-            return Err(Error::bad_config(&path, format!("size {} is smaller than the crop {}", cfg.shortest_edge, cfg.crop)));
+            return Err(Error::bad_config(
+                &path,
+                format!(
+                    "size {} is smaller than the crop {}",
+                    cfg.shortest_edge, cfg.crop
+                ),
+            ));
         }
         Ok(cfg)
     }
@@ -84,8 +117,17 @@ impl ImageConfig {
 #[derive(Debug, Clone)]
 pub enum ImageSource {
     Path(PathBuf),
-    Bytes { name: String, data: Arc<[u8]> },
-    Pixels { name: String, width: u32, height: u32, channels: u8, data: Arc<[u8]> },
+    Bytes {
+        name: String,
+        data: Arc<[u8]>,
+    },
+    Pixels {
+        name: String,
+        width: u32,
+        height: u32,
+        channels: u8,
+        data: Arc<[u8]>,
+    },
 }
 
 impl ImageSource {
@@ -99,14 +141,23 @@ impl ImageSource {
 
 /// Decode to 8-bit RGB.
 pub fn decode(src: &ImageSource) -> Result<RgbImage> {
-    let decode_err = |msg: String| Error::ImageDecode { source_name: src.name(), msg };
+    let decode_err = |msg: String| Error::ImageDecode {
+        source_name: src.name(),
+        msg,
+    };
     let img = match src {
         ImageSource::Path(p) => {
             let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
             image::load_from_memory(&bytes)
         }
         ImageSource::Bytes { data, .. } => image::load_from_memory(data),
-        ImageSource::Pixels { width, height, channels, data, .. } => return pixels_to_rgb(*width, *height, *channels, data).map_err(decode_err),
+        ImageSource::Pixels {
+            width,
+            height,
+            channels,
+            data,
+            ..
+        } => return pixels_to_rgb(*width, *height, *channels, data).map_err(decode_err),
     }
     .map_err(|e| decode_err(e.to_string()))?;
     if img.width() == 0 || img.height() == 0 {
@@ -115,31 +166,54 @@ pub fn decode(src: &ImageSource) -> Result<RgbImage> {
     Ok(img.to_rgb8())
 }
 
-fn pixels_to_rgb(width: u32, height: u32, channels: u8, data: &[u8]) -> std::result::Result<RgbImage, String> {
+fn pixels_to_rgb(
+    width: u32,
+    height: u32,
+    channels: u8,
+    data: &[u8],
+) -> std::result::Result<RgbImage, String> {
     let n = width as usize * height as usize;
     if n == 0 {
         return Err("image has no pixels".into());
     }
     if ![1, 3, 4].contains(&channels) {
-        return Err(format!("{channels} channels; raw pixels need 1 (grey), 3 (RGB) or 4 (RGBA)"));
+        return Err(format!(
+            "{channels} channels; raw pixels need 1 (grey), 3 (RGB) or 4 (RGBA)"
+        ));
     }
     if data.len() != n * channels as usize {
-        return Err(format!("{} bytes for {width}x{height}x{channels} pixels (expected {})", data.len(), n * channels as usize));
+        return Err(format!(
+            "{} bytes for {width}x{height}x{channels} pixels (expected {})",
+            data.len(),
+            n * channels as usize
+        ));
     }
     let c = channels as usize;
     // Grey is replicated, alpha dropped: the same as PIL's convert("RGB").
     Ok(RgbImage::from_fn(width, height, |x, y| {
         let i = (y as usize * width as usize + x as usize) * c;
-        if c == 1 { image::Rgb([data[i]; 3]) } else { image::Rgb([data[i], data[i + 1], data[i + 2]]) }
+        if c == 1 {
+            image::Rgb([data[i]; 3])
+        } else {
+            image::Rgb([data[i], data[i + 1], data[i + 2]])
+        }
     }))
 }
 
 /// Output size of "resize the shorter side to `s`" exactly as transformers computes it
 /// (`int(s * long / short)`, truncating).
 pub fn resized_size(width: u32, height: u32, s: u32) -> (u32, u32) {
-    let (short, long) = if width <= height { (width, height) } else { (height, width) };
+    let (short, long) = if width <= height {
+        (width, height)
+    } else {
+        (height, width)
+    };
     let new_long = ((s as f64) * (long as f64) / (short as f64)) as u32;
-    if width <= height { (s, new_long) } else { (new_long, s) }
+    if width <= height {
+        (s, new_long)
+    } else {
+        (new_long, s)
+    }
 }
 
 /// Bicubic resize of an RGB image (Pillow's BICUBIC: Catmull-Rom with antialiasing support).
@@ -147,13 +221,23 @@ pub fn resize_rgb(img: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
     if img.width() == width && img.height() == height {
         return Ok(img.clone());
     }
-    let src = FirImage::from_vec_u8(img.width(), img.height(), img.as_raw().clone(), PixelType::U8x3)
-        .map_err(|e| Error::Internal(format!("resize source: {e}")))?;
+    let src = FirImage::from_vec_u8(
+        img.width(),
+        img.height(),
+        img.as_raw().clone(),
+        PixelType::U8x3,
+    )
+    .map_err(|e| Error::Internal(format!("resize source: {e}")))?;
     let mut dst = FirImage::new(width, height, PixelType::U8x3);
     Resizer::new()
-        .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom)))
+        .resize(
+            &src,
+            &mut dst,
+            &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom)),
+        )
         .map_err(|e| Error::Internal(format!("resize: {e}")))?;
-    RgbImage::from_raw(width, height, dst.into_vec()).ok_or_else(|| Error::Internal("resize buffer size".into()))
+    RgbImage::from_raw(width, height, dst.into_vec())
+        .ok_or_else(|| Error::Internal("resize buffer size".into()))
 }
 
 /// Center crop to `size` x `size` with transformers' offsets ((h - size) // 2); zero-pads an

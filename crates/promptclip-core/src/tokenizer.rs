@@ -17,7 +17,8 @@ pub const END_OF_TEXT: &str = "<|endoftext|>";
 static BUNDLED_MERGES_GZ: &[u8] = include_bytes!("../assets/bpe_simple_vocab_16e6.txt.gz");
 
 /// CLIP's pre-tokenisation pattern (OpenAI simple_tokenizer.py).
-const CLIP_PATTERN: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const CLIP_PATTERN: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 #[derive(Clone)]
 pub struct ClipTokenizer {
@@ -29,7 +30,10 @@ pub struct ClipTokenizer {
 
 impl std::fmt::Debug for ClipTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClipTokenizer").field("vocab_size", &self.vocab_size()).field("context_length", &self.context_length).finish()
+        f.debug_struct("ClipTokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("context_length", &self.context_length)
+            .finish()
     }
 }
 
@@ -44,13 +48,20 @@ pub struct TokenBatch {
 
 impl TokenBatch {
     pub fn ids_tensor(&self, device: &Device) -> Result<Tensor> {
-        Ok(Tensor::from_slice(&self.ids, (self.batch, self.len), device)?)
+        Ok(Tensor::from_slice(
+            &self.ids,
+            (self.batch, self.len),
+            device,
+        )?)
     }
 }
 
 /// GPT-2/CLIP byte-to-unicode table: printable bytes map to themselves, the rest to 256+n.
 pub fn bytes_to_unicode() -> Vec<(u8, char)> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -60,7 +71,10 @@ pub fn bytes_to_unicode() -> Vec<(u8, char)> {
             n += 1;
         }
     }
-    bs.into_iter().zip(cs).map(|(b, c)| (b as u8, char::from_u32(c).unwrap())).collect()
+    bs.into_iter()
+        .zip(cs)
+        .map(|(b, c)| (b as u8, char::from_u32(c).unwrap()))
+        .collect()
 }
 
 /// CLIP's vocabulary and merges from the gzipped merge list (`bpe_simple_vocab_16e6.txt.gz`):
@@ -84,7 +98,10 @@ pub fn clip_vocab_from_merge_list(gz: &[u8]) -> Result<(Vec<String>, Vec<(String
             }
         })
         .collect::<Result<_>>()?;
-    let bytes: Vec<String> = bytes_to_unicode().into_iter().map(|(_, c)| c.to_string()).collect();
+    let bytes: Vec<String> = bytes_to_unicode()
+        .into_iter()
+        .map(|(_, c)| c.to_string())
+        .collect();
     let mut vocab = bytes.clone();
     vocab.extend(bytes.iter().map(|b| format!("{b}</w>")));
     vocab.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
@@ -102,7 +119,9 @@ fn tokenizer_from_vocab(vocab: serde_json::Value, merges: Vec<String>) -> Result
     let sot = vocab.get(START_OF_TEXT).and_then(|v| v.as_u64());
     let eot = vocab.get(END_OF_TEXT).and_then(|v| v.as_u64());
     let (Some(sot), Some(eot)) = (sot, eot) else {
-        return Err(Error::Tokenizer(format!("vocabulary lacks {START_OF_TEXT} or {END_OF_TEXT}")));
+        return Err(Error::Tokenizer(format!(
+            "vocabulary lacks {START_OF_TEXT} or {END_OF_TEXT}"
+        )));
     };
     let spec = serde_json::json!({
         "version": "1.0",
@@ -122,7 +141,8 @@ fn tokenizer_from_vocab(vocab: serde_json::Value, merges: Vec<String>) -> Result
                   "continuing_subword_prefix": "", "end_of_word_suffix": "</w>",
                   "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": merges}
     });
-    Tokenizer::from_str(&spec.to_string()).map_err(|e| Error::Tokenizer(format!("cannot build the BPE tokenizer: {e}")))
+    Tokenizer::from_str(&spec.to_string())
+        .map_err(|e| Error::Tokenizer(format!("cannot build the BPE tokenizer: {e}")))
 }
 
 fn bundled_tokenizer() -> Result<Arc<Tokenizer>> {
@@ -130,9 +150,15 @@ fn bundled_tokenizer() -> Result<Arc<Tokenizer>> {
     CELL.get_or_init(|| {
         let build = || -> Result<Tokenizer> {
             let (vocab, merges) = clip_vocab_from_merge_list(BUNDLED_MERGES_GZ)?;
-            let vocab: serde_json::Map<String, serde_json::Value> =
-                vocab.into_iter().enumerate().map(|(i, t)| (t, serde_json::Value::from(i as u64))).collect();
-            let merges = merges.into_iter().map(|(a, b)| format!("{a} {b}")).collect();
+            let vocab: serde_json::Map<String, serde_json::Value> = vocab
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| (t, serde_json::Value::from(i as u64)))
+                .collect();
+            let merges = merges
+                .into_iter()
+                .map(|(a, b)| format!("{a} {b}"))
+                .collect();
             tokenizer_from_vocab(serde_json::Value::Object(vocab), merges)
         };
         build().map(Arc::new).map_err(|e| e.to_string())
@@ -154,7 +180,10 @@ pub fn clean_text(text: &str) -> String {
             c => c,
         })
         .collect();
-    text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
 }
 
 fn html_unescape(s: &str) -> String {
@@ -177,9 +206,13 @@ fn html_unescape(s: &str) -> String {
                 "apos" => Some('\''),
                 "nbsp" => Some('\u{a0}'),
                 _ if entity.starts_with("#x") || entity.starts_with("#X") => {
-                    u32::from_str_radix(&entity[2..], 16).ok().and_then(char::from_u32)
+                    u32::from_str_radix(&entity[2..], 16)
+                        .ok()
+                        .and_then(char::from_u32)
                 }
-                _ if entity.starts_with('#') => entity[1..].parse::<u32>().ok().and_then(char::from_u32),
+                _ if entity.starts_with('#') => {
+                    entity[1..].parse::<u32>().ok().and_then(char::from_u32)
+                }
                 _ => None,
             };
             c.map(|c| (c, j + 1))
@@ -204,33 +237,54 @@ impl ClipTokenizer {
         let sot = inner.token_to_id(START_OF_TEXT);
         let eot = inner.token_to_id(END_OF_TEXT);
         let (Some(sot), Some(eot)) = (sot, eot) else {
-            return Err(Error::Tokenizer(format!("{source}: vocabulary lacks {START_OF_TEXT} or {END_OF_TEXT}")));
+            return Err(Error::Tokenizer(format!(
+                "{source}: vocabulary lacks {START_OF_TEXT} or {END_OF_TEXT}"
+            )));
         };
         if context_length < 2 {
-            return Err(Error::InvalidArgument(format!("context length {context_length} is too short")));
+            return Err(Error::InvalidArgument(format!(
+                "context length {context_length} is too short"
+            )));
         }
-        Ok(Self { inner, sot, eot, context_length })
+        Ok(Self {
+            inner,
+            sot,
+            eot,
+            context_length,
+        })
     }
 
     /// CLIP's own vocabulary, shipped with the crate.
     pub fn bundled(context_length: usize) -> Result<Self> {
-        Self::from_tokenizer(bundled_tokenizer()?, context_length, "bundled CLIP vocabulary")
+        Self::from_tokenizer(
+            bundled_tokenizer()?,
+            context_length,
+            "bundled CLIP vocabulary",
+        )
     }
 
     pub fn from_tokenizer_json(path: &Path, context_length: usize) -> Result<Self> {
         if !path.is_file() {
             return Err(Error::FileNotFound(path.to_path_buf()));
         }
-        let tok = Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let tok = Tokenizer::from_file(path)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         Self::from_tokenizer(Arc::new(tok), context_length, &path.display().to_string())
     }
 
     pub fn from_vocab_merges(vocab: &Path, merges: &Path, context_length: usize) -> Result<Self> {
         let vocab_text = std::fs::read_to_string(vocab).map_err(|e| Error::io(vocab, e))?;
-        let vocab_json: serde_json::Value = serde_json::from_str(&vocab_text)
-            .map_err(|e| Error::Tokenizer(format!("{}: not a JSON token->id map: {e}", vocab.display())))?;
+        let vocab_json: serde_json::Value = serde_json::from_str(&vocab_text).map_err(|e| {
+            Error::Tokenizer(format!(
+                "{}: not a JSON token->id map: {e}",
+                vocab.display()
+            ))
+        })?;
         if !vocab_json.is_object() {
-            return Err(Error::Tokenizer(format!("{}: not a JSON token->id map", vocab.display())));
+            return Err(Error::Tokenizer(format!(
+                "{}: not a JSON token->id map",
+                vocab.display()
+            )));
         }
         let merges_text = std::fs::read_to_string(merges).map_err(|e| Error::io(merges, e))?;
         let merges: Vec<String> = merges_text
@@ -289,7 +343,12 @@ impl ClipTokenizer {
             ids[i * len..i * len + row.len()].copy_from_slice(&row);
             eot.push(row.len() - 1);
         }
-        Ok(TokenBatch { ids, eot, batch: texts.len(), len })
+        Ok(TokenBatch {
+            ids,
+            eot,
+            batch: texts.len(),
+            len,
+        })
     }
 
     pub fn id_to_token(&self, id: u32) -> Option<String> {
@@ -300,13 +359,21 @@ impl ClipTokenizer {
     /// `</w>` word-end marker dropped. Independent of the checkpoint's decoder settings.
     pub fn decode_token(&self, id: u32) -> Option<String> {
         static INVERSE: OnceLock<std::collections::HashMap<char, u8>> = OnceLock::new();
-        let inverse = INVERSE.get_or_init(|| bytes_to_unicode().into_iter().map(|(b, c)| (c, b)).collect());
+        let inverse = INVERSE.get_or_init(|| {
+            bytes_to_unicode()
+                .into_iter()
+                .map(|(b, c)| (c, b))
+                .collect()
+        });
         let token = self.inner.id_to_token(id)?;
         let token = token.strip_suffix("</w>").unwrap_or(&token);
         if token.starts_with("<|") {
             return Some(token.to_string());
         }
-        let bytes: Vec<u8> = token.chars().map(|c| inverse.get(&c).copied().unwrap_or(b'?')).collect();
+        let bytes: Vec<u8> = token
+            .chars()
+            .map(|c| inverse.get(&c).copied().unwrap_or(b'?'))
+            .collect();
         Some(String::from_utf8_lossy(&bytes).into_owned())
     }
 }

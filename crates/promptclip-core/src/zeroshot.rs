@@ -13,14 +13,20 @@ pub fn validate_class_names(names: &[String]) -> Result<Vec<String>> {
     if names.is_empty() {
         return Err(Error::InvalidArgument("classNames is empty".into()));
     }
-    let cleaned: Vec<String> = names.iter().map(|n| n.replace('_', " ").trim().to_string()).collect();
+    let cleaned: Vec<String> = names
+        .iter()
+        .map(|n| n.replace('_', " ").trim().to_string())
+        .collect();
     let mut seen = std::collections::HashSet::new();
     for (i, n) in cleaned.iter().enumerate() {
         if n.is_empty() {
             return Err(Error::InvalidArgument(format!("classNames[{i}] is empty")));
         }
         if !seen.insert(n.to_lowercase()) {
-            return Err(Error::InvalidArgument(format!("classNames[{i}] `{}` is a duplicate", names[i])));
+            return Err(Error::InvalidArgument(format!(
+                "classNames[{i}] `{}` is a duplicate",
+                names[i]
+            )));
         }
     }
     Ok(cleaned)
@@ -32,7 +38,9 @@ pub fn validate_templates(templates: &[String]) -> Result<()> {
     }
     for (i, t) in templates.iter().enumerate() {
         if t.matches("{}").count() != 1 {
-            return Err(Error::InvalidArgument(format!("templates[{i}] `{t}` must contain `{{}}` exactly once")));
+            return Err(Error::InvalidArgument(format!(
+                "templates[{i}] `{t}` must contain `{{}}` exactly once"
+            )));
         }
     }
     Ok(())
@@ -40,7 +48,11 @@ pub fn validate_templates(templates: &[String]) -> Result<()> {
 
 /// Normalised class embeddings (K, E): for each class, the mean of its normalised template
 /// features, normalised again.
-pub fn class_embeddings(clip: &Clip, class_names: &[String], templates: &[String]) -> Result<Tensor> {
+pub fn class_embeddings(
+    clip: &Clip,
+    class_names: &[String],
+    templates: &[String],
+) -> Result<Tensor> {
     let names = validate_class_names(class_names)?;
     validate_templates(templates)?;
     let prompts: Vec<String> = names
@@ -63,7 +75,11 @@ pub struct EncodedImages {
     pub failures: Vec<(usize, Error)>,
 }
 
-pub fn encode_image_sources(clip: &Clip, sources: &[ImageSource], batch_size: usize) -> Result<EncodedImages> {
+pub fn encode_image_sources(
+    clip: &Clip,
+    sources: &[ImageSource],
+    batch_size: usize,
+) -> Result<EncodedImages> {
     let batch_size = batch_size.max(1);
     let size = clip.image_config.crop as usize;
     let mut parts = Vec::new();
@@ -85,16 +101,29 @@ pub fn encode_image_sources(clip: &Clip, sources: &[ImageSource], batch_size: us
             }
         }
         if n > 0 {
-            let t = Tensor::from_vec(data, (n, 3, size, size), &clip.device)?.to_dtype(clip.dtype)?;
+            let t =
+                Tensor::from_vec(data, (n, 3, size, size), &clip.device)?.to_dtype(clip.dtype)?;
             parts.push(clip.encode_image(&t)?);
         }
     }
-    let features = if parts.is_empty() { None } else { Some(Tensor::cat(&parts, 0)?) };
-    Ok(EncodedImages { features, indices, failures })
+    let features = if parts.is_empty() {
+        None
+    } else {
+        Some(Tensor::cat(&parts, 0)?)
+    };
+    Ok(EncodedImages {
+        features,
+        indices,
+        failures,
+    })
 }
 
 /// Probabilities (B, K): softmax over exp(logit_scale) * cos(image, class).
-pub fn probabilities(clip: &Clip, image_features: &Tensor, class_embeddings: &Tensor) -> Result<Tensor> {
+pub fn probabilities(
+    clip: &Clip,
+    image_features: &Tensor,
+    class_embeddings: &Tensor,
+) -> Result<Tensor> {
     let logits = clip.logits(image_features, class_embeddings)?;
     Ok(candle_nn::ops::softmax(&logits, D::Minus1)?)
 }

@@ -5,7 +5,9 @@ mod common;
 use candle_core::Tensor;
 use common::{colours, dev, fixtures, rel_err};
 use promptclip_core::prompt::io::{load_learner, save_learner};
-use promptclip_core::prompt::{CocoopConfig, CocoopLearner, CoopConfig, Learner, MetaNet, PromptLearner};
+use promptclip_core::prompt::{
+    CocoopConfig, CocoopLearner, CoopConfig, Learner, MetaNet, PromptLearner,
+};
 use promptclip_core::train::optim::SgdConfig;
 use promptclip_core::train::{fit, LabelledImages, PromptModel, TrainConfig};
 use promptclip_core::Clip;
@@ -17,21 +19,44 @@ fn hf_clip() -> Clip {
 }
 
 fn fixture(case: &str) -> (HashMap<String, Tensor>, HashMap<String, String>) {
-    promptclip_core::files::read_safetensors(&fixtures().join(format!("cocoop/{case}.safetensors")), &dev()).unwrap()
+    promptclip_core::files::read_safetensors(
+        &fixtures().join(format!("cocoop/{case}.safetensors")),
+        &dev(),
+    )
+    .unwrap()
 }
 
-fn learner_for(clip: &Clip, t: &HashMap<String, Tensor>, md: &HashMap<String, String>, budget: usize) -> CocoopLearner {
+fn learner_for(
+    clip: &Clip,
+    t: &HashMap<String, Tensor>,
+    md: &HashMap<String, String>,
+    budget: usize,
+) -> CocoopLearner {
     let names: Vec<String> = serde_json::from_str(&md["class_names"]).unwrap();
-    let config = CocoopConfig { ratio: md["ratio"].parse().unwrap(), memory_budget_bytes: budget, ..CocoopConfig::default() };
+    let config = CocoopConfig {
+        ratio: md["ratio"].parse().unwrap(),
+        memory_budget_bytes: budget,
+        ..CocoopConfig::default()
+    };
     let l = CocoopLearner::new(clip, &names, config).unwrap();
-    assert_eq!(rel_err(l.prompt.ctx.as_tensor(), &t["ctx"]), 0.0, "ctx from \"a photo of a\"");
+    assert_eq!(
+        rel_err(l.prompt.ctx.as_tensor(), &t["ctx"]),
+        0.0,
+        "ctx from \"a photo of a\""
+    );
     for (name, var) in l.meta.named() {
         var.set(&t[&name]).unwrap();
     }
     l
 }
 
-const NAMES: [&str; 5] = ["ctx", "meta.linear1.weight", "meta.linear1.bias", "meta.linear2.weight", "meta.linear2.bias"];
+const NAMES: [&str; 5] = [
+    "ctx",
+    "meta.linear1.weight",
+    "meta.linear1.bias",
+    "meta.linear2.weight",
+    "meta.linear2.bias",
+];
 
 #[test]
 fn logits_loss_and_gradients_match_pytorch_for_one_and_several_images() {
@@ -40,10 +65,16 @@ fn logits_loss_and_gradients_match_pytorch_for_one_and_several_images() {
         let (t, md) = fixture(case);
         let l = learner_for(&clip, &t, &md, 2 << 30);
         let labels = t["labels"].to_dtype(candle_core::DType::U32).unwrap();
-        let (loss, logits, grads) = l.loss_and_grads(&clip, &t["image_features"], &labels).unwrap();
+        let (loss, logits, grads) = l
+            .loss_and_grads(&clip, &t["image_features"], &labels)
+            .unwrap();
         let e_logits = rel_err(&logits, &t["logits"]);
-        let e_loss = (loss - t["loss"].to_scalar::<f32>().unwrap()).abs() / t["loss"].to_scalar::<f32>().unwrap().abs();
-        assert!(e_logits < 1e-4 && e_loss < 1e-4, "{case}: logits {e_logits} loss {e_loss}");
+        let e_loss = (loss - t["loss"].to_scalar::<f32>().unwrap()).abs()
+            / t["loss"].to_scalar::<f32>().unwrap().abs();
+        assert!(
+            e_logits < 1e-4 && e_loss < 1e-4,
+            "{case}: logits {e_logits} loss {e_loss}"
+        );
         for (name, g) in NAMES.iter().zip(&grads) {
             let e = rel_err(g, &t[&format!("grad.{name}")]);
             println!("{case}: grad {name} rel err {e:.1e}");
@@ -58,19 +89,40 @@ fn batched_equals_per_image_loop_and_chunking_changes_nothing() {
     let (t, md) = fixture("batch3");
     let labels = t["labels"].to_dtype(candle_core::DType::U32).unwrap();
     let big = learner_for(&clip, &t, &md, 2 << 30);
-    let (loss, logits, grads) = big.loss_and_grads(&clip, &t["image_features"], &labels).unwrap();
+    let (loss, logits, grads) = big
+        .loss_and_grads(&clip, &t["image_features"], &labels)
+        .unwrap();
     // A budget that fits one image's K prompts at a time: three chunks, gradients accumulated.
     let small = learner_for(&clip, &t, &md, 1);
-    assert_eq!(small.prompts_per_chunk(&clip, &small.prompt.buffers, true), 3);
-    let (loss_c, logits_c, grads_c) = small.loss_and_grads(&clip, &t["image_features"], &labels).unwrap();
+    assert_eq!(
+        small.prompts_per_chunk(&clip, &small.prompt.buffers, true),
+        3
+    );
+    let (loss_c, logits_c, grads_c) = small
+        .loss_and_grads(&clip, &t["image_features"], &labels)
+        .unwrap();
     assert!((loss - loss_c).abs() < 1e-6 && rel_err(&logits_c, &logits) < 1e-6);
     // The official loop: one image at a time, loss averaged.
     let mut per_image: Vec<Tensor> = vec![];
     let mut loss_loop = 0f32;
     for i in 0..3 {
-        let (l_i, _, g_i) = big.loss_and_grads(&clip, &t["image_features"].narrow(0, i, 1).unwrap(), &labels.narrow(0, i, 1).unwrap()).unwrap();
+        let (l_i, _, g_i) = big
+            .loss_and_grads(
+                &clip,
+                &t["image_features"].narrow(0, i, 1).unwrap(),
+                &labels.narrow(0, i, 1).unwrap(),
+            )
+            .unwrap();
         loss_loop += l_i / 3.0;
-        per_image = if per_image.is_empty() { g_i } else { per_image.iter().zip(&g_i).map(|(a, b)| (a + b).unwrap()).collect() };
+        per_image = if per_image.is_empty() {
+            g_i
+        } else {
+            per_image
+                .iter()
+                .zip(&g_i)
+                .map(|(a, b)| (a + b).unwrap())
+                .collect()
+        };
     }
     assert!((loss - loss_loop).abs() < 1e-6);
     for ((g, gc), gl) in grads.iter().zip(&grads_c).zip(&per_image) {
@@ -78,7 +130,14 @@ fn batched_equals_per_image_loop_and_chunking_changes_nothing() {
         assert!(rel_err(&(gl / 3.0).unwrap(), g) < 1e-5);
     }
     // Inference (no gradients) takes the same chunked path.
-    assert!(rel_err(&small.logits_for(&clip, &t["image_features"], &small.prompt.buffers).unwrap(), &logits) < 1e-6);
+    assert!(
+        rel_err(
+            &small
+                .logits_for(&clip, &t["image_features"], &small.prompt.buffers)
+                .unwrap(),
+            &logits
+        ) < 1e-6
+    );
 }
 
 #[test]
@@ -87,13 +146,29 @@ fn meta_net_is_initialised_like_pytorch_and_sized_like_the_paper() {
     let m = MetaNet::new(512, 512 / 16, 512, 7, &dev()).unwrap();
     let count: usize = m.named().iter().map(|(_, v)| v.elem_count()).sum::<usize>() + 4 * 512;
     assert_eq!(count, 35_360);
-    let max = |v: &candle_core::Var| v.as_tensor().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let max = |v: &candle_core::Var| {
+        v.as_tensor()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
     let b1 = 1.0 / 512f32.sqrt();
     let b2 = 1.0 / 32f32.sqrt();
     assert!(max(&m.linear1_weight) <= b1 && max(&m.linear1_weight) > 0.95 * b1);
-    assert!(max(&m.linear1_bias) <= b1 && max(&m.linear2_weight) <= b2 && max(&m.linear2_bias) <= b2);
+    assert!(
+        max(&m.linear1_bias) <= b1 && max(&m.linear2_weight) <= b2 && max(&m.linear2_bias) <= b2
+    );
     let again = MetaNet::new(512, 32, 512, 7, &dev()).unwrap();
-    assert_eq!(rel_err(again.linear2_weight.as_tensor(), m.linear2_weight.as_tensor()), 0.0);
+    assert_eq!(
+        rel_err(
+            again.linear2_weight.as_tensor(),
+            m.linear2_weight.as_tensor()
+        ),
+        0.0
+    );
 }
 
 #[test]
@@ -104,30 +179,118 @@ fn trains_on_base_classes_and_predicts_new_ones() {
     let (new_names, new_test) = colours(5, 60, 3..6);
     let acc = |logits: &Tensor, data: &LabelledImages| -> f64 {
         let p = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap();
-        100.0 * p.iter().zip(&data.labels).filter(|(p, l)| **p as usize == **l).count() as f64 / data.labels.len() as f64
+        100.0
+            * p.iter()
+                .zip(&data.labels)
+                .filter(|(p, l)| **p as usize == **l)
+                .count() as f64
+            / data.labels.len() as f64
     };
-    let feats = |d: &LabelledImages| promptclip_core::train::trainer::encode_all(&clip, &d.sources).unwrap();
+    let feats = |d: &LabelledImages| {
+        promptclip_core::train::trainer::encode_all(&clip, &d.sources).unwrap()
+    };
     let (fb, fnw) = (feats(&base_test), feats(&new_test));
     let tpl = vec!["a photo of a {}.".to_string()];
-    let zs = |names: &[String], f: &Tensor, d: &LabelledImages| acc(&clip.logits(f, &promptclip_core::zeroshot::class_embeddings(&clip, names, &tpl).unwrap()).unwrap(), d);
+    let zs = |names: &[String], f: &Tensor, d: &LabelledImages| {
+        acc(
+            &clip
+                .logits(
+                    f,
+                    &promptclip_core::zeroshot::class_embeddings(&clip, names, &tpl).unwrap(),
+                )
+                .unwrap(),
+            d,
+        )
+    };
     // Learning rates that suit each method on this tiny random CLIP (no claim about which wins).
-    let config = |lr: f64| TrainConfig { epochs: 20, batch_size: 6, augment: false, sgd: SgdConfig { lr, ..SgdConfig::default() }, seed: 2, ..TrainConfig::default() };
+    let config = |lr: f64| TrainConfig {
+        epochs: 20,
+        batch_size: 6,
+        augment: false,
+        sgd: SgdConfig {
+            lr,
+            ..SgdConfig::default()
+        },
+        seed: 2,
+        ..TrainConfig::default()
+    };
 
-    let co = CocoopLearner::new(&clip, &base_names, CocoopConfig { ratio: 4, ..CocoopConfig::default() }).unwrap();
-    let s = fit(&clip, &co, &base_train, &config(0.1), &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    let co = CocoopLearner::new(
+        &clip,
+        &base_names,
+        CocoopConfig {
+            ratio: 4,
+            ..CocoopConfig::default()
+        },
+    )
+    .unwrap();
+    let s = fit(
+        &clip,
+        &co,
+        &base_train,
+        &config(0.1),
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     let new_buffers = co.prompt.buffers_for(&clip, &new_names).unwrap();
-    let (co_base, co_new) = (acc(&co.logits_for(&clip, &fb, &co.prompt.buffers).unwrap(), &base_test), acc(&co.logits_for(&clip, &fnw, &new_buffers).unwrap(), &new_test));
+    let (co_base, co_new) = (
+        acc(
+            &co.logits_for(&clip, &fb, &co.prompt.buffers).unwrap(),
+            &base_test,
+        ),
+        acc(
+            &co.logits_for(&clip, &fnw, &new_buffers).unwrap(),
+            &new_test,
+        ),
+    );
 
-    let coop = PromptLearner::new(&clip, &base_names, CoopConfig { n_ctx: 4, init: promptclip_core::prompt::ContextInit::Words("a photo of a".into()), ..CoopConfig::default() }).unwrap();
-    fit(&clip, &coop, &base_train, &config(0.01), &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    let coop = PromptLearner::new(
+        &clip,
+        &base_names,
+        CoopConfig {
+            n_ctx: 4,
+            init: promptclip_core::prompt::ContextInit::Words("a photo of a".into()),
+            ..CoopConfig::default()
+        },
+    )
+    .unwrap();
+    fit(
+        &clip,
+        &coop,
+        &base_train,
+        &config(0.01),
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     let coop_new_b = coop.buffers_for(&clip, &new_names).unwrap();
-    let (coop_base, coop_new) = (acc(&coop.logits(&clip, &fb, &coop.buffers).unwrap(), &base_test), acc(&coop.logits(&clip, &fnw, &coop_new_b).unwrap(), &new_test));
-    let (zs_base, zs_new) = (zs(&base_names, &fb, &base_test), zs(&new_names, &fnw, &new_test));
-    let h = |b: f64, n: f64| if b + n == 0.0 { 0.0 } else { 2.0 * b * n / (b + n) };
+    let (coop_base, coop_new) = (
+        acc(&coop.logits(&clip, &fb, &coop.buffers).unwrap(), &base_test),
+        acc(&coop.logits(&clip, &fnw, &coop_new_b).unwrap(), &new_test),
+    );
+    let (zs_base, zs_new) = (
+        zs(&base_names, &fb, &base_test),
+        zs(&new_names, &fnw, &new_test),
+    );
+    let h = |b: f64, n: f64| {
+        if b + n == 0.0 {
+            0.0
+        } else {
+            2.0 * b * n / (b + n)
+        }
+    };
     println!("base/new/H: zero-shot {zs_base:.1}/{zs_new:.1}/{:.1}  CoOp {coop_base:.1}/{coop_new:.1}/{:.1}  CoCoOp {co_base:.1}/{co_new:.1}/{:.1}", h(zs_base, zs_new), h(coop_base, coop_new), h(co_base, co_new));
     println!("CoCoOp epoch loss {:?}", s.epoch_loss);
-    assert!(s.epoch_loss.last().unwrap() < &(0.2 * s.epoch_loss[1]), "CoCoOp loss did not fall: {:?}", s.epoch_loss);
-    assert!(co_base >= zs_base + 50.0, "CoCoOp base accuracy {co_base} vs zero-shot {zs_base}");
+    assert!(
+        s.epoch_loss.last().unwrap() < &(0.2 * s.epoch_loss[1]),
+        "CoCoOp loss did not fall: {:?}",
+        s.epoch_loss
+    );
+    assert!(
+        co_base >= zs_base + 50.0,
+        "CoCoOp base accuracy {co_base} vs zero-shot {zs_base}"
+    );
     assert!((0.0..=100.0).contains(&co_new));
 }
 
@@ -135,14 +298,34 @@ fn trains_on_base_classes_and_predicts_new_ones() {
 fn save_and_load_round_trip() {
     let clip = hf_clip();
     let names: Vec<String> = ["dog", "cat"].map(String::from).to_vec();
-    let co = CocoopLearner::new(&clip, &names, CocoopConfig { ratio: 4, seed: 3, ..CocoopConfig::default() }).unwrap();
+    let co = CocoopLearner::new(
+        &clip,
+        &names,
+        CocoopConfig {
+            ratio: 4,
+            seed: 3,
+            ..CocoopConfig::default()
+        },
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.safetensors");
     save_learner(&path, &Learner::Cocoop(co), &clip).unwrap();
     let (loaded, meta) = load_learner(&path, &clip).unwrap();
     assert_eq!(meta.method, "cocoop");
-    let Learner::Cocoop(l) = loaded else { panic!("expected CoCoOp") };
-    let original = CocoopLearner::new(&clip, &names, CocoopConfig { ratio: 4, seed: 3, ..CocoopConfig::default() }).unwrap();
+    let Learner::Cocoop(l) = loaded else {
+        panic!("expected CoCoOp")
+    };
+    let original = CocoopLearner::new(
+        &clip,
+        &names,
+        CocoopConfig {
+            ratio: 4,
+            seed: 3,
+            ..CocoopConfig::default()
+        },
+    )
+    .unwrap();
     for ((_, a), (_, b)) in l.meta.named().iter().zip(original.meta.named().iter()) {
         assert_eq!(rel_err(a.as_tensor(), b.as_tensor()), 0.0);
     }
@@ -156,19 +339,88 @@ fn resume_restores_meta_net_and_momentum() {
     let (names, data) = colours(2, 9, 0..3);
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("cocoop.ckpt");
-    let new = || CocoopLearner::new(&clip, &names, CocoopConfig { ratio: 4, ..CocoopConfig::default() }).unwrap();
-    let config = TrainConfig { epochs: 3, batch_size: 3, augment: true, sgd: SgdConfig { lr: 0.05, ..SgdConfig::default() }, seed: 4, checkpoint_path: Some(ck.clone()), ..TrainConfig::default() };
+    let new = || {
+        CocoopLearner::new(
+            &clip,
+            &names,
+            CocoopConfig {
+                ratio: 4,
+                ..CocoopConfig::default()
+            },
+        )
+        .unwrap()
+    };
+    let config = TrainConfig {
+        epochs: 3,
+        batch_size: 3,
+        augment: true,
+        sgd: SgdConfig {
+            lr: 0.05,
+            ..SgdConfig::default()
+        },
+        seed: 4,
+        checkpoint_path: Some(ck.clone()),
+        ..TrainConfig::default()
+    };
     let full = new();
-    fit(&clip, &full, &data, &TrainConfig { checkpoint_path: None, ..config.clone() }, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    fit(
+        &clip,
+        &full,
+        &data,
+        &TrainConfig {
+            checkpoint_path: None,
+            ..config.clone()
+        },
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     let cancel = AtomicBool::new(false);
     let interrupted = new();
-    let err = fit(&clip, &interrupted, &data, &config, &mut |p| if p.epoch == 1 { cancel.store(true, std::sync::atomic::Ordering::Relaxed) }, &cancel).unwrap_err();
+    let err = fit(
+        &clip,
+        &interrupted,
+        &data,
+        &config,
+        &mut |p| {
+            if p.epoch == 1 {
+                cancel.store(true, std::sync::atomic::Ordering::Relaxed)
+            }
+        },
+        &cancel,
+    )
+    .unwrap_err();
     assert_eq!(err.code(), "E_CANCELLED");
     let resumed = new();
-    let s = fit(&clip, &resumed, &data, &TrainConfig { resume_from: Some(ck), ..config }, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    let s = fit(
+        &clip,
+        &resumed,
+        &data,
+        &TrainConfig {
+            resume_from: Some(ck),
+            ..config
+        },
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     assert_eq!(s.start_epoch, 1);
     for ((name, a), (_, b)) in full.vars().iter().zip(resumed.vars().iter()) {
-        let (a, b) = (a.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap());
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs after resume");
+        let (a, b) = (
+            a.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            b.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name} differs after resume"
+        );
     }
 }

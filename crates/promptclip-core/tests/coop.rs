@@ -25,8 +25,16 @@ fn class_names(md: &HashMap<String, String>) -> Vec<String> {
 }
 
 fn learner_for_case(clip: &Clip, case: &str) -> (PromptLearner, HashMap<String, Tensor>) {
-    let (t, md) = promptclip_core::files::read_safetensors(&fixtures().join(format!("coop/{case}.safetensors")), &dev()).unwrap();
-    let init = if md["init"] == "random" { ContextInit::Random { std: 0.02, seed: 0 } } else { ContextInit::Words(md["init"].clone()) };
+    let (t, md) = promptclip_core::files::read_safetensors(
+        &fixtures().join(format!("coop/{case}.safetensors")),
+        &dev(),
+    )
+    .unwrap();
+    let init = if md["init"] == "random" {
+        ContextInit::Random { std: 0.02, seed: 0 }
+    } else {
+        ContextInit::Words(md["init"].clone())
+    };
     let config = CoopConfig {
         n_ctx: md["n_ctx"].parse().unwrap(),
         class_specific: md["csc"] == "true",
@@ -38,7 +46,11 @@ fn learner_for_case(clip: &Clip, case: &str) -> (PromptLearner, HashMap<String, 
         learner.ctx.set(&t["ctx"]).unwrap();
     } else {
         // Initialised from words, our context must already equal the fixture's.
-        assert_eq!(rel_err(learner.ctx.as_tensor(), &t["ctx"]), 0.0, "{case}: ctx from words");
+        assert_eq!(
+            rel_err(learner.ctx.as_tensor(), &t["ctx"]),
+            0.0,
+            "{case}: ctx from words"
+        );
     }
     (learner, t)
 }
@@ -46,17 +58,35 @@ fn learner_for_case(clip: &Clip, case: &str) -> (PromptLearner, HashMap<String, 
 #[test]
 fn prompts_logits_and_gradients_match_pytorch() {
     let clip = hf_clip();
-    for case in ["unified_end", "csc_middle", "unified_front", "unified_end_words"] {
+    for case in [
+        "unified_end",
+        "csc_middle",
+        "unified_front",
+        "unified_end_words",
+    ] {
         let (learner, t) = learner_for_case(&clip, case);
-        let eot: Vec<usize> = t["eot_index"].to_vec1::<i64>().unwrap().into_iter().map(|x| x as usize).collect();
+        let eot: Vec<usize> = t["eot_index"]
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|x| x as usize)
+            .collect();
         assert_eq!(learner.buffers.eot, eot, "{case}: EOT positions");
-        let prompts = learner.assemble(learner.ctx.as_tensor(), &learner.buffers).unwrap();
-        assert_eq!(rel_err(&prompts, &t["prompts"]), 0.0, "{case}: prompt assembly");
+        let prompts = learner
+            .assemble(learner.ctx.as_tensor(), &learner.buffers)
+            .unwrap();
+        assert_eq!(
+            rel_err(&prompts, &t["prompts"]),
+            0.0,
+            "{case}: prompt assembly"
+        );
         let labels = t["labels"].to_dtype(DType::U32).unwrap();
         let logits = PromptModel::logits(&learner, &clip, &t["image_features"]).unwrap();
         let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
         let grads = loss.backward().unwrap();
-        let g = grads.get(learner.ctx.as_tensor()).expect("gradient reaches ctx");
+        let g = grads
+            .get(learner.ctx.as_tensor())
+            .expect("gradient reaches ctx");
         let text = learner.text_features(&clip, &learner.buffers).unwrap();
         let (e_text, e_logits, e_loss, e_grad) = (
             rel_err(&text, &t["text_features"]),
@@ -65,16 +95,29 @@ fn prompts_logits_and_gradients_match_pytorch() {
             rel_err(g, &t["grad_ctx"]),
         );
         println!("{case}: rel err text {e_text:.1e} logits {e_logits:.1e} loss {e_loss:.1e} grad {e_grad:.1e}");
-        assert!(e_text < 1e-4 && e_logits < 1e-4 && e_loss < 1e-4, "{case}: forward differs");
+        assert!(
+            e_text < 1e-4 && e_logits < 1e-4 && e_loss < 1e-4,
+            "{case}: forward differs"
+        );
         assert!(e_grad < 1e-3, "{case}: gradient rel err {e_grad}");
     }
 }
 
 #[test]
 fn gradient_matches_finite_differences_through_the_whole_pipeline() {
-    let clip = Clip::load_with_dtype(&fixtures().join("tiny-clip-openai.safetensors"), &dev(), DType::F64).unwrap();
+    let clip = Clip::load_with_dtype(
+        &fixtures().join("tiny-clip-openai.safetensors"),
+        &dev(),
+        DType::F64,
+    )
+    .unwrap();
     let names: Vec<String> = ["dog", "paper crane", "x"].map(String::from).to_vec();
-    let config = CoopConfig { n_ctx: 3, class_specific: true, position: ClassTokenPosition::Middle, init: ContextInit::Random { std: 0.5, seed: 3 } };
+    let config = CoopConfig {
+        n_ctx: 3,
+        class_specific: true,
+        position: ClassTokenPosition::Middle,
+        init: ContextInit::Random { std: 0.5, seed: 3 },
+    };
     let learner = PromptLearner::new(&clip, &names, config).unwrap();
     let ctx64 = learner.ctx.as_tensor().to_dtype(DType::F64).unwrap();
     let ctx = Var::from_tensor(&ctx64).unwrap();
@@ -82,22 +125,42 @@ fn gradient_matches_finite_differences_through_the_whole_pipeline() {
     let labels = Tensor::new(&[0u32, 1, 2, 1], &dev()).unwrap();
     let loss_of = |c: &Tensor| -> f64 {
         let prompts = learner.assemble(c, &learner.buffers).unwrap();
-        let text = clip.encode_text_embeds(&prompts, &learner.buffers.eot).unwrap();
+        let text = clip
+            .encode_text_embeds(&prompts, &learner.buffers.eot)
+            .unwrap();
         let logits = clip.logits(&feats, &text).unwrap();
-        candle_nn::loss::cross_entropy(&logits, &labels).unwrap().to_scalar::<f64>().unwrap()
+        candle_nn::loss::cross_entropy(&logits, &labels)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
     };
     let prompts = learner.assemble(ctx.as_tensor(), &learner.buffers).unwrap();
-    let text = clip.encode_text_embeds(&prompts, &learner.buffers.eot).unwrap();
-    let loss = candle_nn::loss::cross_entropy(&clip.logits(&feats, &text).unwrap(), &labels).unwrap();
-    let g = loss.backward().unwrap().get(ctx.as_tensor()).unwrap().to_vec3::<f64>().unwrap();
+    let text = clip
+        .encode_text_embeds(&prompts, &learner.buffers.eot)
+        .unwrap();
+    let loss =
+        candle_nn::loss::cross_entropy(&clip.logits(&feats, &text).unwrap(), &labels).unwrap();
+    let g = loss
+        .backward()
+        .unwrap()
+        .get(ctx.as_tensor())
+        .unwrap()
+        .to_vec3::<f64>()
+        .unwrap();
     let base = ctx64.to_vec3::<f64>().unwrap();
     for &(k, m, d) in &[(0usize, 0usize, 0usize), (1, 1, 5), (2, 2, 63), (1, 2, 17)] {
         let h = 1e-6;
         let (mut p, mut q) = (base.clone(), base.clone());
         p[k][m][d] += h;
         q[k][m][d] -= h;
-        let fd = (loss_of(&Tensor::new(p, &dev()).unwrap()) - loss_of(&Tensor::new(q, &dev()).unwrap())) / (2.0 * h);
-        assert!((fd - g[k][m][d]).abs() < 1e-6 + 1e-5 * fd.abs(), "({k},{m},{d}): analytic {} fd {fd}", g[k][m][d]);
+        let fd = (loss_of(&Tensor::new(p, &dev()).unwrap())
+            - loss_of(&Tensor::new(q, &dev()).unwrap()))
+            / (2.0 * h);
+        assert!(
+            (fd - g[k][m][d]).abs() < 1e-6 + 1e-5 * fd.abs(),
+            "({k},{m},{d}): analytic {} fd {fd}",
+            g[k][m][d]
+        );
     }
 }
 
@@ -105,24 +168,61 @@ fn gradient_matches_finite_differences_through_the_whole_pipeline() {
 fn loss_and_grads_equal_autograd_for_every_variant() {
     // The trainer's path (the text encoder's own backward pass) against candle's autograd through
     // the same prompts, in f64.
-    let clip = Clip::load_with_dtype(&fixtures().join("tiny-clip-openai.safetensors"), &dev(), DType::F64).unwrap();
-    let names: Vec<String> = ["dog", "paper crane", "x", "golden retriever"].map(String::from).to_vec();
+    let clip = Clip::load_with_dtype(
+        &fixtures().join("tiny-clip-openai.safetensors"),
+        &dev(),
+        DType::F64,
+    )
+    .unwrap();
+    let names: Vec<String> = ["dog", "paper crane", "x", "golden retriever"]
+        .map(String::from)
+        .to_vec();
     let feats = Tensor::randn(0f64, 1.0, (5, clip.embed_dim()), &dev()).unwrap();
     let labels = Tensor::new(&[0u32, 1, 2, 3, 1], &dev()).unwrap();
-    for (class_specific, position) in [(false, ClassTokenPosition::End), (false, ClassTokenPosition::Middle), (false, ClassTokenPosition::Front), (true, ClassTokenPosition::Middle)] {
-        let config = CoopConfig { n_ctx: 3, class_specific, position, init: ContextInit::Random { std: 0.5, seed: 3 } };
+    for (class_specific, position) in [
+        (false, ClassTokenPosition::End),
+        (false, ClassTokenPosition::Middle),
+        (false, ClassTokenPosition::Front),
+        (true, ClassTokenPosition::Middle),
+    ] {
+        let config = CoopConfig {
+            n_ctx: 3,
+            class_specific,
+            position,
+            init: ContextInit::Random { std: 0.5, seed: 3 },
+        };
         let learner = PromptLearner::new(&clip, &names, config).unwrap();
-        learner.ctx.set(&learner.ctx.as_tensor().to_dtype(DType::F64).unwrap()).ok();
-        let ctx = candle_core::Var::from_tensor(&learner.ctx.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
-        let learner = PromptLearner::from_parts(&clip, &names, learner.config.clone(), ctx.as_tensor().clone(), learner.prompt_prefix().to_string()).unwrap();
+        learner
+            .ctx
+            .set(&learner.ctx.as_tensor().to_dtype(DType::F64).unwrap())
+            .ok();
+        let ctx =
+            candle_core::Var::from_tensor(&learner.ctx.as_tensor().to_dtype(DType::F64).unwrap())
+                .unwrap();
+        let learner = PromptLearner::from_parts(
+            &clip,
+            &names,
+            learner.config.clone(),
+            ctx.as_tensor().clone(),
+            learner.prompt_prefix().to_string(),
+        )
+        .unwrap();
         let logits = PromptModel::logits(&learner, &clip, &feats).unwrap();
         let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
-        let g_ref = loss.backward().unwrap().get(learner.ctx.as_tensor()).unwrap().clone();
+        let g_ref = loss
+            .backward()
+            .unwrap()
+            .get(learner.ctx.as_tensor())
+            .unwrap()
+            .clone();
         let (l, logits2, grads) = learner.loss_and_grads(&clip, &feats, &labels).unwrap();
         let e_loss = (l as f64 - loss.to_scalar::<f64>().unwrap()).abs();
         let (e_logits, e_grad) = (rel_err(&logits2, &logits), rel_err(&grads[0], &g_ref));
         println!("csc {class_specific} {position:?}: loss {e_loss:.1e} logits {e_logits:.1e} grad {e_grad:.1e}");
-        assert!(e_loss < 1e-6 && e_logits < 1e-10 && e_grad < 1e-10, "{class_specific} {position:?}");
+        assert!(
+            e_loss < 1e-6 && e_logits < 1e-10 && e_grad < 1e-10,
+            "{class_specific} {position:?}"
+        );
     }
 }
 
@@ -134,38 +234,88 @@ fn loss_scaling_by_a_power_of_two_leaves_gradients_bit_identical() {
     let names: Vec<String> = ["dog", "cat", "paper crane"].map(String::from).to_vec();
     let feats = Tensor::randn(0f32, 1.0, (4, clip.embed_dim()), &dev()).unwrap();
     let labels = Tensor::new(&[0u32, 1, 2, 1], &dev()).unwrap();
-    let learner = PromptLearner::new(&clip, &names, CoopConfig { n_ctx: 4, ..CoopConfig::default() }).unwrap();
+    let learner = PromptLearner::new(
+        &clip,
+        &names,
+        CoopConfig {
+            n_ctx: 4,
+            ..CoopConfig::default()
+        },
+    )
+    .unwrap();
     let (l1, _, g1) = learner.loss_and_grads(&clip, &feats, &labels).unwrap();
-    let (l2, _, g2) = learner.loss_and_grads_scaled(&clip, &feats, &labels, 65536.0).unwrap();
+    let (l2, _, g2) = learner
+        .loss_and_grads_scaled(&clip, &feats, &labels, 65536.0)
+        .unwrap();
     assert_eq!(l1, l2);
     assert_eq!(rel_err(&g2[0], &g1[0]), 0.0);
     // The scaler: an overflow halves the scale; enough good steps double it.
-    let mut s = promptclip_core::train::optim::LossScaler { growth_interval: 2, ..Default::default() };
+    let mut s = promptclip_core::train::optim::LossScaler {
+        growth_interval: 2,
+        ..Default::default()
+    };
     assert!(s.backoff() && s.scale == 32768.0);
     s.good_step();
     s.good_step();
     assert!(s.scale == 65536.0 && s.good_steps == 0);
-    let mut tiny = promptclip_core::train::optim::LossScaler { scale: 2f64.powi(-24), ..Default::default() };
+    let mut tiny = promptclip_core::train::optim::LossScaler {
+        scale: 2f64.powi(-24),
+        ..Default::default()
+    };
     assert!(!tiny.backoff());
-    assert!(!promptclip_core::train::optim::all_finite(&[Tensor::new(&[1f32, f32::INFINITY], &dev()).unwrap()]).unwrap());
+    assert!(!promptclip_core::train::optim::all_finite(&[Tensor::new(
+        &[1f32, f32::INFINITY],
+        &dev()
+    )
+    .unwrap()])
+    .unwrap());
 }
 
 #[test]
 fn schedule_and_sgd_follow_the_official_recipe() {
-    let sched: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("coop/schedule.json")).unwrap()).unwrap();
+    let sched: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("coop/schedule.json")).unwrap(),
+    )
+    .unwrap();
     let lrs: Vec<f64> = serde_json::from_value(sched["lrs"].clone()).unwrap();
-    let s = LrSchedule { kind: ScheduleKind::Cosine, base_lr: 0.002, max_epochs: 10, warmup_epochs: 1, warmup_lr: 1e-5 };
+    let s = LrSchedule {
+        kind: ScheduleKind::Cosine,
+        base_lr: 0.002,
+        max_epochs: 10,
+        warmup_epochs: 1,
+        warmup_lr: 1e-5,
+    };
     assert_eq!(lrs.len(), 10);
     for (e, lr) in lrs.iter().enumerate() {
-        assert!((s.lr(e) - lr).abs() < 1e-12, "epoch {e}: {} vs {lr}", s.lr(e));
+        assert!(
+            (s.lr(e) - lr).abs() < 1e-12,
+            "epoch {e}: {} vs {lr}",
+            s.lr(e)
+        );
     }
     // SGD against a torch.optim.SGD trace.
-    let trace: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("coop/sgd.json")).unwrap()).unwrap();
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("coop/sgd.json")).unwrap())
+            .unwrap();
     let v = |x: &serde_json::Value| -> Vec<f32> { serde_json::from_value(x.clone()).unwrap() };
     let p = Var::from_vec(v(&trace["initial_param"]), 3, &dev()).unwrap();
-    let mut sgd = Sgd::new(SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 5e-4, dampening: 0.0, nesterov: false }, 1);
+    let mut sgd = Sgd::new(
+        SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            dampening: 0.0,
+            nesterov: false,
+        },
+        1,
+    );
     for (i, g) in trace["grads"].as_array().unwrap().iter().enumerate() {
-        sgd.step(&[p.clone()], &[Tensor::new(v(g).as_slice(), &dev()).unwrap()], 0.1).unwrap();
+        sgd.step(
+            &[p.clone()],
+            &[Tensor::new(v(g).as_slice(), &dev()).unwrap()],
+            0.1,
+        )
+        .unwrap();
         let expected = Tensor::new(v(&trace["params"][i]).as_slice(), &dev()).unwrap();
         assert!(rel_err(p.as_tensor(), &expected) < 1e-6, "step {i}");
     }
@@ -175,7 +325,12 @@ fn schedule_and_sgd_follow_the_official_recipe() {
 /// random CLIP's features to separate once the prompts are learned.
 fn colour_dataset(per_class: usize, seed: u64) -> (Vec<String>, LabelledImages) {
     let classes = ["red", "green", "blue", "yellow"];
-    let base = [[220u8, 40, 40], [40, 200, 60], [40, 70, 220], [230, 220, 40]];
+    let base = [
+        [220u8, 40, 40],
+        [40, 200, 60],
+        [40, 70, 220],
+        [230, 220, 40],
+    ];
     let mut rng = promptclip_core::rng::Rng::new(seed);
     let (mut sources, mut labels) = (vec![], vec![]);
     for i in 0..per_class {
@@ -183,19 +338,37 @@ fn colour_dataset(per_class: usize, seed: u64) -> (Vec<String>, LabelledImages) 
             let (w, h) = (40 + rng.below(30) as u32, 40 + rng.below(30) as u32);
             let img = image::RgbImage::from_fn(w, h, |x, y| {
                 let shade = ((x + y) % 16) as i32 - 8;
-                image::Rgb(rgb.map(|v| (v as i32 + shade + rng.below(30) as i32 - 15).clamp(0, 255) as u8))
+                image::Rgb(
+                    rgb.map(|v| (v as i32 + shade + rng.below(30) as i32 - 15).clamp(0, 255) as u8),
+                )
             });
             let mut png = Vec::new();
-            img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
-            sources.push(ImageSource::Bytes { name: format!("{}-{i}.png", classes[c]), data: Arc::from(png) });
+            img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                .unwrap();
+            sources.push(ImageSource::Bytes {
+                name: format!("{}-{i}.png", classes[c]),
+                data: Arc::from(png),
+            });
             labels.push(c);
         }
     }
-    (classes.map(String::from).to_vec(), LabelledImages { sources, labels })
+    (
+        classes.map(String::from).to_vec(),
+        LabelledImages { sources, labels },
+    )
 }
 
 fn small_config(epochs: usize) -> TrainConfig {
-    TrainConfig { epochs, batch_size: 8, sgd: SgdConfig { lr: 0.05, ..SgdConfig::default() }, seed: 7, ..TrainConfig::default() }
+    TrainConfig {
+        epochs,
+        batch_size: 8,
+        sgd: SgdConfig {
+            lr: 0.05,
+            ..SgdConfig::default()
+        },
+        seed: 7,
+        ..TrainConfig::default()
+    }
 }
 
 #[test]
@@ -203,9 +376,30 @@ fn same_seed_same_context_bit_for_bit() {
     let clip = hf_clip();
     let (names, data) = colour_dataset(3, 1);
     let run = || {
-        let l = PromptLearner::new(&clip, &names, CoopConfig { n_ctx: 4, ..CoopConfig::default() }).unwrap();
-        fit(&clip, &l, &data, &small_config(2), &mut |_| {}, &AtomicBool::new(false)).unwrap();
-        l.ctx.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        let l = PromptLearner::new(
+            &clip,
+            &names,
+            CoopConfig {
+                n_ctx: 4,
+                ..CoopConfig::default()
+            },
+        )
+        .unwrap();
+        fit(
+            &clip,
+            &l,
+            &data,
+            &small_config(2),
+            &mut |_| {},
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        l.ctx
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
     };
     let (a, b) = (run(), run());
     assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
@@ -217,30 +411,111 @@ fn resume_from_checkpoint_equals_uninterrupted_run() {
     let (names, data) = colour_dataset(4, 2); // 16 images: two steps per epoch
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("run.ckpt");
-    let new_learner = || PromptLearner::new(&clip, &names, CoopConfig { n_ctx: 4, ..CoopConfig::default() }).unwrap();
+    let new_learner = || {
+        PromptLearner::new(
+            &clip,
+            &names,
+            CoopConfig {
+                n_ctx: 4,
+                ..CoopConfig::default()
+            },
+        )
+        .unwrap()
+    };
 
     let full = new_learner();
-    fit(&clip, &full, &data, &small_config(3), &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    fit(
+        &clip,
+        &full,
+        &data,
+        &small_config(3),
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
 
     // Interrupted: cancel during the second epoch, after the first epoch's checkpoint.
     let interrupted = new_learner();
     let cancel = AtomicBool::new(false);
-    let config = TrainConfig { checkpoint_path: Some(ck.clone()), ..small_config(3) };
-    let err = fit(&clip, &interrupted, &data, &config, &mut |p| if p.epoch == 1 && p.step == 1 { cancel.store(true, Ordering::Relaxed) }, &cancel).unwrap_err();
+    let config = TrainConfig {
+        checkpoint_path: Some(ck.clone()),
+        ..small_config(3)
+    };
+    let err = fit(
+        &clip,
+        &interrupted,
+        &data,
+        &config,
+        &mut |p| {
+            if p.epoch == 1 && p.step == 1 {
+                cancel.store(true, Ordering::Relaxed)
+            }
+        },
+        &cancel,
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::Cancelled));
     assert!(ck.exists());
 
     let resumed = new_learner();
-    let summary = fit(&clip, &resumed, &data, &TrainConfig { resume_from: Some(ck.clone()), ..config.clone() }, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    let summary = fit(
+        &clip,
+        &resumed,
+        &data,
+        &TrainConfig {
+            resume_from: Some(ck.clone()),
+            ..config.clone()
+        },
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     assert_eq!(summary.start_epoch, 1);
-    let a = full.ctx.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = resumed.ctx.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "resumed context differs");
+    let a = full
+        .ctx
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let b = resumed
+        .ctx
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "resumed context differs"
+    );
 
     // A checkpoint of another configuration is refused by name.
-    let other = PromptLearner::new(&clip, &names, CoopConfig { n_ctx: 5, ..CoopConfig::default() }).unwrap();
-    let err = fit(&clip, &other, &data, &TrainConfig { resume_from: Some(ck), ..small_config(3) }, &mut |_| {}, &AtomicBool::new(false)).unwrap_err();
-    assert!(err.to_string().contains("different prompt learner"), "{err}");
+    let other = PromptLearner::new(
+        &clip,
+        &names,
+        CoopConfig {
+            n_ctx: 5,
+            ..CoopConfig::default()
+        },
+    )
+    .unwrap();
+    let err = fit(
+        &clip,
+        &other,
+        &data,
+        &TrainConfig {
+            resume_from: Some(ck),
+            ..small_config(3)
+        },
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("different prompt learner"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -248,22 +523,45 @@ fn save_load_and_apply_to_new_classes() {
     let clip = hf_clip();
     let names: Vec<String> = ["dog", "cat"].map(String::from).to_vec();
     let dir = tempfile::tempdir().unwrap();
-    let learner = PromptLearner::new(&clip, &names, CoopConfig { n_ctx: 4, position: ClassTokenPosition::Middle, ..CoopConfig::default() }).unwrap();
+    let learner = PromptLearner::new(
+        &clip,
+        &names,
+        CoopConfig {
+            n_ctx: 4,
+            position: ClassTokenPosition::Middle,
+            ..CoopConfig::default()
+        },
+    )
+    .unwrap();
     let path = dir.path().join("p.safetensors");
     save_prompt(&path, &learner, &clip).unwrap();
     let (loaded, meta) = load_prompt(&path, &clip).unwrap();
     assert_eq!(meta.method, "coop");
     assert_eq!(meta.class_names, names);
     assert_eq!(loaded.config.position, ClassTokenPosition::Middle);
-    assert_eq!(rel_err(loaded.ctx.as_tensor(), learner.ctx.as_tensor()), 0.0);
+    assert_eq!(
+        rel_err(loaded.ctx.as_tensor(), learner.ctx.as_tensor()),
+        0.0
+    );
     // Unified context transfers to new class names: buffers are rebuilt for them.
-    let new_names: Vec<String> = ["golden retriever", "paper crane", "x"].map(String::from).to_vec();
+    let new_names: Vec<String> = ["golden retriever", "paper crane", "x"]
+        .map(String::from)
+        .to_vec();
     let b = loaded.buffers_for(&clip, &new_names).unwrap();
     assert_eq!(b.class_names, new_names);
     let f = l2_normalize(&loaded.text_features(&clip, &b).unwrap()).unwrap();
     assert_eq!(f.dims(), &[3, 16]);
     // Class-specific context does not.
-    let csc = PromptLearner::new(&clip, &names, CoopConfig { n_ctx: 2, class_specific: true, ..CoopConfig::default() }).unwrap();
+    let csc = PromptLearner::new(
+        &clip,
+        &names,
+        CoopConfig {
+            n_ctx: 2,
+            class_specific: true,
+            ..CoopConfig::default()
+        },
+    )
+    .unwrap();
     let err = csc.buffers_for(&clip, &new_names).unwrap_err();
     assert!(err.to_string().contains("class-specific"), "{err}");
     // Another CLIP width, or a file that is not a prompt, is refused with a clear message.
@@ -271,33 +569,98 @@ fn save_load_and_apply_to_new_classes() {
     let err = load_prompt(&path, &other).unwrap_err();
     assert!(err.to_string().contains("text width 32"), "{err}");
     let err = load_prompt(&fixtures().join("reference-hf.safetensors"), &clip).unwrap_err();
-    assert!(err.to_string().contains("not a promptclip prompt file"), "{err}");
+    assert!(
+        err.to_string().contains("not a promptclip prompt file"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_options_are_named() {
     let clip = hf_clip();
     let names: Vec<String> = ["dog", "cat"].map(String::from).to_vec();
-    let err = PromptLearner::new(&clip, &names, CoopConfig { n_ctx: 0, ..CoopConfig::default() }).unwrap_err();
+    let err = PromptLearner::new(
+        &clip,
+        &names,
+        CoopConfig {
+            n_ctx: 0,
+            ..CoopConfig::default()
+        },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("nCtx"), "{err}");
-    assert!(PromptLearner::new(&clip, &[], CoopConfig::default()).unwrap_err().to_string().contains("empty"));
+    assert!(PromptLearner::new(&clip, &[], CoopConfig::default())
+        .unwrap_err()
+        .to_string()
+        .contains("empty"));
     let dup: Vec<String> = ["dog", "dog"].map(String::from).to_vec();
-    assert!(PromptLearner::new(&clip, &dup, CoopConfig::default()).unwrap_err().to_string().contains("duplicate"));
-    assert!(PromptLearner::new(&clip, &names, CoopConfig { n_ctx: 80, ..CoopConfig::default() }).is_err());
+    assert!(PromptLearner::new(&clip, &dup, CoopConfig::default())
+        .unwrap_err()
+        .to_string()
+        .contains("duplicate"));
+    assert!(PromptLearner::new(
+        &clip,
+        &names,
+        CoopConfig {
+            n_ctx: 80,
+            ..CoopConfig::default()
+        }
+    )
+    .is_err());
     assert!(ClassTokenPosition::parse("left").is_err());
-    let l = PromptLearner::new(&clip, &names, CoopConfig { n_ctx: 2, ..CoopConfig::default() }).unwrap();
-    let bad = LabelledImages { sources: vec![ImageSource::Path("a.png".into())], labels: vec![2] };
-    let err = fit(&clip, &l, &bad, &small_config(1), &mut |_| {}, &AtomicBool::new(false)).unwrap_err();
+    let l = PromptLearner::new(
+        &clip,
+        &names,
+        CoopConfig {
+            n_ctx: 2,
+            ..CoopConfig::default()
+        },
+    )
+    .unwrap();
+    let bad = LabelledImages {
+        sources: vec![ImageSource::Path("a.png".into())],
+        labels: vec![2],
+    };
+    let err = fit(
+        &clip,
+        &l,
+        &bad,
+        &small_config(1),
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("labels[0] = 2"), "{err}");
-    let empty = LabelledImages { sources: vec![], labels: vec![] };
-    assert!(fit(&clip, &l, &empty, &small_config(1), &mut |_| {}, &AtomicBool::new(false)).unwrap_err().to_string().contains("empty"));
+    let empty = LabelledImages {
+        sources: vec![],
+        labels: vec![],
+    };
+    assert!(fit(
+        &clip,
+        &l,
+        &empty,
+        &small_config(1),
+        &mut |_| {},
+        &AtomicBool::new(false)
+    )
+    .unwrap_err()
+    .to_string()
+    .contains("empty"));
 }
 
 #[test]
 fn interpret_finds_the_init_words() {
     let clip = hf_clip();
     let names: Vec<String> = ["dog", "cat"].map(String::from).to_vec();
-    let l = PromptLearner::new(&clip, &names, CoopConfig { init: ContextInit::Words("a photo of a".into()), ..CoopConfig::default() }).unwrap();
+    let l = PromptLearner::new(
+        &clip,
+        &names,
+        CoopConfig {
+            init: ContextInit::Words("a photo of a".into()),
+            ..CoopConfig::default()
+        },
+    )
+    .unwrap();
     assert_eq!(l.n_ctx(), 4);
     let rows = l.interpret(&clip, 3).unwrap();
     let nearest: Vec<&str> = rows.iter().map(|r| r[0].1.as_str()).collect();
@@ -312,30 +675,101 @@ fn learning_beats_zero_shot_on_held_out_images() {
     let (_, test) = colour_dataset(6, 99);
     let accuracy = |scores: &Tensor| -> f64 {
         let pred = scores.argmax(1).unwrap().to_vec1::<u32>().unwrap();
-        100.0 * pred.iter().zip(&test.labels).filter(|(p, l)| **p as usize == **l).count() as f64 / test.labels.len() as f64
+        100.0
+            * pred
+                .iter()
+                .zip(&test.labels)
+                .filter(|(p, l)| **p as usize == **l)
+                .count() as f64
+            / test.labels.len() as f64
     };
     let test_feats = promptclip_core::train::trainer::encode_all(&clip, &test.sources).unwrap();
     let templates = vec!["a photo of a {}.".to_string()];
     let zs = promptclip_core::zeroshot::class_embeddings(&clip, &names, &templates).unwrap();
     let zero_shot = accuracy(&clip.logits(&test_feats, &zs).unwrap());
 
-    let learner = PromptLearner::new(&clip, &names, CoopConfig { n_ctx: 4, class_specific: true, ..CoopConfig::default() }).unwrap();
-    let config = TrainConfig { epochs: 30, batch_size: 8, augment: false, sgd: SgdConfig { lr: 0.01, ..SgdConfig::default() }, seed: 3, ..TrainConfig::default() };
-    let summary = fit(&clip, &learner, &train, &config, &mut |_| {}, &AtomicBool::new(false)).unwrap();
-    let coop = accuracy(&learner.logits(&clip, &test_feats, &learner.buffers).unwrap().detach());
+    let learner = PromptLearner::new(
+        &clip,
+        &names,
+        CoopConfig {
+            n_ctx: 4,
+            class_specific: true,
+            ..CoopConfig::default()
+        },
+    )
+    .unwrap();
+    let config = TrainConfig {
+        epochs: 30,
+        batch_size: 8,
+        augment: false,
+        sgd: SgdConfig {
+            lr: 0.01,
+            ..SgdConfig::default()
+        },
+        seed: 3,
+        ..TrainConfig::default()
+    };
+    let summary = fit(
+        &clip,
+        &learner,
+        &train,
+        &config,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let coop = accuracy(
+        &learner
+            .logits(&clip, &test_feats, &learner.buffers)
+            .unwrap()
+            .detach(),
+    );
     let (first, last) = (summary.epoch_loss[1], *summary.epoch_loss.last().unwrap());
     println!("train loss {first:.3} -> {last:.3}; held-out accuracy zero-shot {zero_shot:.1}% -> CoOp {coop:.1}%");
-    assert!(last < 0.5 * first, "training loss did not fall: {:?}", summary.epoch_loss);
-    assert!(coop >= zero_shot + 40.0, "held-out accuracy {coop} vs zero-shot {zero_shot}");
+    assert!(
+        last < 0.5 * first,
+        "training loss did not fall: {:?}",
+        summary.epoch_loss
+    );
+    assert!(
+        coop >= zero_shot + 40.0,
+        "held-out accuracy {coop} vs zero-shot {zero_shot}"
+    );
 }
 
 #[test]
 fn non_finite_loss_stops_training_with_a_clear_error() {
     let clip = hf_clip();
     let (names, data) = colour_dataset(2, 5);
-    let l = PromptLearner::new(&clip, &names, CoopConfig { n_ctx: 2, ..CoopConfig::default() }).unwrap();
-    let config = TrainConfig { epochs: 3, batch_size: 8, warmup_epochs: 0, augment: false, sgd: SgdConfig { lr: 1e38, ..SgdConfig::default() }, ..TrainConfig::default() };
-    let err = fit(&clip, &l, &data, &config, &mut |_| {}, &AtomicBool::new(false)).unwrap_err();
+    let l = PromptLearner::new(
+        &clip,
+        &names,
+        CoopConfig {
+            n_ctx: 2,
+            ..CoopConfig::default()
+        },
+    )
+    .unwrap();
+    let config = TrainConfig {
+        epochs: 3,
+        batch_size: 8,
+        warmup_epochs: 0,
+        augment: false,
+        sgd: SgdConfig {
+            lr: 1e38,
+            ..SgdConfig::default()
+        },
+        ..TrainConfig::default()
+    };
+    let err = fit(
+        &clip,
+        &l,
+        &data,
+        &config,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
     assert_eq!(err.code(), "E_NON_FINITE_LOSS", "{err}");
     assert!(err.to_string().contains("epoch"), "{err}");
 }
@@ -353,12 +787,33 @@ fn half_precision_runs_close_to_fp32() {
         let err = rel_err(&feats, &feats32);
         assert!(err < 0.05, "{dtype:?} image features rel err {err}");
         // A training step runs and the context (kept in f32) receives a gradient.
-        let l = PromptLearner::new(&clip, &names, CoopConfig { n_ctx: 2, ..CoopConfig::default() }).unwrap();
+        let l = PromptLearner::new(
+            &clip,
+            &names,
+            CoopConfig {
+                n_ctx: 2,
+                ..CoopConfig::default()
+            },
+        )
+        .unwrap();
         let labels = Tensor::new(&[0u32, 1, 2, 0], &dev()).unwrap();
         let logits = PromptModel::logits(&l, &clip, &feats).unwrap();
         let loss = promptclip_core::train::trainer::cross_entropy(&logits, &labels).unwrap();
-        let g = loss.backward().unwrap().get(l.ctx.as_tensor()).cloned().expect("gradient in half precision");
+        let g = loss
+            .backward()
+            .unwrap()
+            .get(l.ctx.as_tensor())
+            .cloned()
+            .expect("gradient in half precision");
         assert_eq!(g.dtype(), DType::F32);
-        assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+        assert!(
+            g.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
     }
 }

@@ -11,7 +11,8 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("tokenizer/cases.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("tokenizer/cases.json")).unwrap())
+        .unwrap()
 }
 
 fn check_all(tok: &ClipTokenizer, label: &str) {
@@ -21,16 +22,28 @@ fn check_all(tok: &ClipTokenizer, label: &str) {
     for c in &cases {
         let ids = tok.encode(&c.text).unwrap();
         if ids != c.ids {
-            failures.push(format!("{:?}\n  ours {:?}\n  ref  {:?}", c.text, ids, c.ids));
+            failures.push(format!(
+                "{:?}\n  ours {:?}\n  ref  {:?}",
+                c.text, ids, c.ids
+            ));
         }
     }
-    assert!(failures.is_empty(), "{label}: {} of {} differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{label}: {} of {} differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn known_sentence() {
     let tok = ClipTokenizer::bundled(77).unwrap();
-    assert_eq!(tok.encode("a photo of a dog.").unwrap(), vec![49406, 320, 1125, 539, 320, 1929, 269, 49407]);
+    assert_eq!(
+        tok.encode("a photo of a dog.").unwrap(),
+        vec![49406, 320, 1125, 539, 320, 1929, 269, 49407]
+    );
     assert_eq!(tok.vocab_size(), 49408);
 }
 
@@ -41,22 +54,44 @@ fn bundled_vocabulary_matches_independent_implementation() {
 
 #[test]
 fn checkpoint_tokenizer_json_matches_independent_implementation() {
-    check_all(&ClipTokenizer::from_tokenizer_json(&fixtures().join("tiny-clip-hf/tokenizer.json"), 77).unwrap(), "tokenizer.json");
+    check_all(
+        &ClipTokenizer::from_tokenizer_json(&fixtures().join("tiny-clip-hf/tokenizer.json"), 77)
+            .unwrap(),
+        "tokenizer.json",
+    );
 }
 
 #[test]
 fn vocab_and_merges_files_match() {
     // Write vocab.json + merges.txt the way Hugging Face folders hold them, from the shipped list.
-    let gz = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/bpe_simple_vocab_16e6.txt.gz")).unwrap();
+    let gz = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/assets/bpe_simple_vocab_16e6.txt.gz"
+    ))
+    .unwrap();
     let (vocab, merges) = clip_vocab_from_merge_list(&gz).unwrap();
     assert_eq!(vocab.len(), 49408);
     assert_eq!(merges.len(), 48894);
     let dir = tempfile::tempdir().unwrap();
-    let map: serde_json::Map<String, serde_json::Value> = vocab.iter().enumerate().map(|(i, t)| (t.clone(), i.into())).collect();
-    std::fs::write(dir.path().join("vocab.json"), serde_json::Value::Object(map).to_string()).unwrap();
-    let merges_txt: String = std::iter::once("#version: 0.2".to_string()).chain(merges.iter().map(|(a, b)| format!("{a} {b}"))).collect::<Vec<_>>().join("\n");
+    let map: serde_json::Map<String, serde_json::Value> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i.into()))
+        .collect();
+    std::fs::write(
+        dir.path().join("vocab.json"),
+        serde_json::Value::Object(map).to_string(),
+    )
+    .unwrap();
+    let merges_txt: String = std::iter::once("#version: 0.2".to_string())
+        .chain(merges.iter().map(|(a, b)| format!("{a} {b}")))
+        .collect::<Vec<_>>()
+        .join("\n");
     std::fs::write(dir.path().join("merges.txt"), merges_txt).unwrap();
-    check_all(&ClipTokenizer::from_dir_or_bundled(dir.path(), 77).unwrap(), "vocab.json+merges.txt");
+    check_all(
+        &ClipTokenizer::from_dir_or_bundled(dir.path(), 77).unwrap(),
+        "vocab.json+merges.txt",
+    );
 }
 
 #[test]
@@ -70,13 +105,22 @@ fn truncation_keeps_end_token() {
     let batch = tok.encode_batch(&[long.as_str(), "dog"]).unwrap();
     assert_eq!(batch.eot, vec![76, 2]);
     assert_eq!(batch.ids.len(), 2 * 77);
-    assert!(batch.ids[77 + 3..].iter().all(|&x| x == 0), "padding is 0 as in CLIP's tokenize");
+    assert!(
+        batch.ids[77 + 3..].iter().all(|&x| x == 0),
+        "padding is 0 as in CLIP's tokenize"
+    );
 }
 
 #[test]
 fn cleanup_like_openai() {
     let tok = ClipTokenizer::bundled(77).unwrap();
-    let same = |a: &str, b: &str| assert_eq!(tok.encode(a).unwrap(), tok.encode(b).unwrap(), "{a:?} vs {b:?}");
+    let same = |a: &str, b: &str| {
+        assert_eq!(
+            tok.encode(a).unwrap(),
+            tok.encode(b).unwrap(),
+            "{a:?} vs {b:?}"
+        )
+    };
     same("  A   Photo\tof a\nDOG. ", "a photo of a dog.");
     same("don\u{2019}t", "don't");
     same("rock &amp; roll", "rock & roll");

@@ -57,12 +57,24 @@ pub struct ClipTextConfig {
 
 struct TextDefaults;
 impl TextDefaults {
-    fn vocab_size() -> usize { 49408 }
-    fn hidden_size() -> usize { 512 }
-    fn intermediate_size() -> usize { 2048 }
-    fn num_hidden_layers() -> usize { 12 }
-    fn num_attention_heads() -> usize { 8 }
-    fn max_position_embeddings() -> usize { 77 }
+    fn vocab_size() -> usize {
+        49408
+    }
+    fn hidden_size() -> usize {
+        512
+    }
+    fn intermediate_size() -> usize {
+        2048
+    }
+    fn num_hidden_layers() -> usize {
+        12
+    }
+    fn num_attention_heads() -> usize {
+        8
+    }
+    fn max_position_embeddings() -> usize {
+        77
+    }
 }
 
 /// Vision tower settings (Hugging Face `vision_config`).
@@ -90,13 +102,27 @@ pub struct ClipVisionConfig {
 
 struct VisionDefaults;
 impl VisionDefaults {
-    fn hidden_size() -> usize { 768 }
-    fn intermediate_size() -> usize { 3072 }
-    fn num_hidden_layers() -> usize { 12 }
-    fn num_attention_heads() -> usize { 12 }
-    fn num_channels() -> usize { 3 }
-    fn image_size() -> usize { 224 }
-    fn patch_size() -> usize { 32 }
+    fn hidden_size() -> usize {
+        768
+    }
+    fn intermediate_size() -> usize {
+        3072
+    }
+    fn num_hidden_layers() -> usize {
+        12
+    }
+    fn num_attention_heads() -> usize {
+        12
+    }
+    fn num_channels() -> usize {
+        3
+    }
+    fn image_size() -> usize {
+        224
+    }
+    fn patch_size() -> usize {
+        32
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,9 +177,13 @@ impl ClipConfig {
         let config = ClipConfig {
             text_config,
             vision_config,
-            projection_dim: raw.projection_dim.unwrap_or_else(Self::default_projection_dim),
+            projection_dim: raw
+                .projection_dim
+                .unwrap_or_else(Self::default_projection_dim),
         };
-        config.validate().map_err(|msg| Error::bad_config(path, msg))?;
+        config
+            .validate()
+            .map_err(|msg| Error::bad_config(path, msg))?;
         Ok(config)
     }
 
@@ -179,7 +209,10 @@ impl ClipConfig {
                 v.image_size, v.patch_size
             ));
         }
-        for (field, act) in [("text_config.hidden_act", &t.hidden_act), ("vision_config.hidden_act", &v.hidden_act)] {
+        for (field, act) in [
+            ("text_config.hidden_act", &t.hidden_act),
+            ("vision_config.hidden_act", &v.hidden_act),
+        ] {
             if Activation::from_name(act).is_none() {
                 return Err(format!("{field} `{act}` is not supported (quick_gelu, gelu, gelu_new, gelu_pytorch_tanh, relu)"));
             }

@@ -50,7 +50,10 @@ fn locate(path: &Path) -> Result<CheckpointFiles> {
     if path.is_dir() {
         let st = path.join("model.safetensors");
         if st.is_file() {
-            return Ok(CheckpointFiles { weights: st, dir: path.to_path_buf() });
+            return Ok(CheckpointFiles {
+                weights: st,
+                dir: path.to_path_buf(),
+            });
         }
         if path.join("pytorch_model.bin").is_file() {
             return Err(Error::Unsupported(format!(
@@ -60,8 +63,14 @@ fn locate(path: &Path) -> Result<CheckpointFiles> {
         }
         return Err(Error::FileNotFound(st));
     }
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    Ok(CheckpointFiles { weights: path.to_path_buf(), dir })
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ok(CheckpointFiles {
+        weights: path.to_path_buf(),
+        dir,
+    })
 }
 
 impl Clip {
@@ -89,14 +98,33 @@ impl Clip {
         let text = TextTransformer::load(&w, &config.text_config)?;
         let vision = VisionTransformer::load(&w, &config.vision_config)?;
         let e = config.projection_dim;
-        let text_projection = Linear::new(w.top("text_projection.weight", &[e, config.text_config.hidden_size])?, None)?;
-        let visual_projection = Linear::new(w.top("visual_projection.weight", &[e, config.vision_config.hidden_size])?, None)?;
+        let text_projection = Linear::new(
+            w.top(
+                "text_projection.weight",
+                &[e, config.text_config.hidden_size],
+            )?,
+            None,
+        )?;
+        let visual_projection = Linear::new(
+            w.top(
+                "visual_projection.weight",
+                &[e, config.vision_config.hidden_size],
+            )?,
+            None,
+        )?;
         let logit_scale = w.logit_scale()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        let tokenizer = ClipTokenizer::from_dir_or_bundled(&files.dir, config.text_config.max_position_embeddings)?;
+        let tokenizer = ClipTokenizer::from_dir_or_bundled(
+            &files.dir,
+            config.text_config.max_position_embeddings,
+        )?;
         if tokenizer.vocab_size() > config.text_config.vocab_size {
             return Err(Error::bad_config(
                 &files.weights,
-                format!("tokenizer has {} tokens but the token embedding only {}", tokenizer.vocab_size(), config.text_config.vocab_size),
+                format!(
+                    "tokenizer has {} tokens but the token embedding only {}",
+                    tokenizer.vocab_size(),
+                    config.text_config.vocab_size
+                ),
             ));
         }
         let image_config = ImageConfig::from_dir(&files.dir, config.vision_config.image_size)?;
@@ -132,7 +160,9 @@ impl Clip {
 
     /// Image features (B, E), not normalised: visual projection of the pooled class token.
     pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
-        Ok(self.visual_projection.forward(&self.vision.forward(pixels)?)?)
+        Ok(self
+            .visual_projection
+            .forward(&self.vision.forward(pixels)?)?)
     }
 
     /// The image side on `device` (a copy of its weights when that is another device), with the
@@ -144,8 +174,16 @@ impl Clip {
             self.device.synchronize()?;
         }
         Ok(ImageEncoder {
-            vision: if same { self.vision.clone() } else { self.vision.to_device(device)? },
-            projection: if same { self.visual_projection.clone() } else { self.visual_projection.to_device(device)? },
+            vision: if same {
+                self.vision.clone()
+            } else {
+                self.vision.to_device(device)?
+            },
+            projection: if same {
+                self.visual_projection.clone()
+            } else {
+                self.visual_projection.to_device(device)?
+            },
             image_config: self.image_config.clone(),
             device: device.clone(),
             dtype: self.dtype,
@@ -154,25 +192,51 @@ impl Clip {
 
     /// Text features (B, E) from token embeddings and EOT positions (differentiable).
     pub fn encode_text_embeds(&self, embeds: &Tensor, eot: &[usize]) -> Result<Tensor> {
-        Ok(self.text_projection.forward(&self.text.forward_embeds(embeds, eot)?)?)
+        Ok(self
+            .text_projection
+            .forward(&self.text.forward_embeds(embeds, eot)?)?)
     }
 
     /// Text features of sequences sharing their first `shared` tokens within groups (see
     /// `TextTransformer::forward_embeds_shared`); equal to `encode_text_embeds`.
-    pub fn encode_text_embeds_shared(&self, embeds: &Tensor, eot: &[usize], shared: usize, group: &[usize]) -> Result<Tensor> {
-        Ok(self.text_projection.forward(&self.text.forward_embeds_shared(embeds, eot, shared, group)?)?)
+    pub fn encode_text_embeds_shared(
+        &self,
+        embeds: &Tensor,
+        eot: &[usize],
+        shared: usize,
+        group: &[usize],
+    ) -> Result<Tensor> {
+        Ok(self.text_projection.forward(
+            &self
+                .text
+                .forward_embeds_shared(embeds, eot, shared, group)?,
+        )?)
     }
 
     /// Text features (N, E) through the text encoder's training pass (see
     /// `TextTransformer::forward_train`), and its tape for `text_features_backward`.
-    pub fn text_features_train(&self, embeds: &Tensor, eot: &[usize], shared: usize, group_size: usize) -> Result<(Tensor, TextTape<'_>)> {
+    pub fn text_features_train(
+        &self,
+        embeds: &Tensor,
+        eot: &[usize],
+        shared: usize,
+        group_size: usize,
+    ) -> Result<(Tensor, TextTape<'_>)> {
         let (pooled, tape) = self.text.forward_train(embeds, eot, shared, group_size)?;
         Ok((self.text_projection.forward(&pooled)?, tape))
     }
 
     /// The gradient of the embeddings given to `text_features_train`, for that of its features.
-    pub fn text_features_backward(&self, tape: &TextTape<'_>, d_features: &Tensor) -> Result<Tensor> {
-        tape.backward(&self.text_projection.backward_input(&d_features.to_dtype(self.dtype)?)?)
+    pub fn text_features_backward(
+        &self,
+        tape: &TextTape<'_>,
+        d_features: &Tensor,
+    ) -> Result<Tensor> {
+        tape.backward(
+            &self
+                .text_projection
+                .backward_input(&d_features.to_dtype(self.dtype)?)?,
+        )
     }
 
     /// Text features (B, E) from token ids (B, T) and EOT positions.
@@ -217,7 +281,12 @@ impl ImageEncoder {
     /// Features (B, E) of 8-bit crops (B, S, S, 3), normalised on this encoder's device.
     pub fn encode_crops(&self, crops: Tensor) -> Result<Tensor> {
         let c = &self.image_config;
-        let pixels = crate::kernels::normalize_pixels(&crops.to_device(&self.device)?, c.mean, c.std, self.dtype)?;
+        let pixels = crate::kernels::normalize_pixels(
+            &crops.to_device(&self.device)?,
+            c.mean,
+            c.std,
+            self.dtype,
+        )?;
         Ok(self.projection.forward(&self.vision.forward(&pixels)?)?)
     }
 }

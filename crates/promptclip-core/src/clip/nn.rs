@@ -17,7 +17,10 @@ pub struct Linear {
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         // Keep W^T contiguous once, so every forward is a plain (.., in) x (in, out) matmul.
-        Ok(Self { weight_t: weight.t()?.contiguous()?, bias })
+        Ok(Self {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
     }
 
     pub fn out_features(&self) -> usize {
@@ -25,7 +28,14 @@ impl Linear {
     }
 
     pub fn to_device(&self, device: &candle_core::Device) -> Result<Self> {
-        Ok(Self { weight_t: self.weight_t.to_device(device)?, bias: self.bias.as_ref().map(|b| b.to_device(device)).transpose()? })
+        Ok(Self {
+            weight_t: self.weight_t.to_device(device)?,
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| b.to_device(device))
+                .transpose()?,
+        })
     }
 
     /// The input gradient for the output gradient `dy` (.., out): dy W. The weight is frozen, so
@@ -33,7 +43,9 @@ impl Linear {
     pub fn backward_input(&self, dy: &Tensor) -> Result<Tensor> {
         let mut dims = dy.dims().to_vec();
         let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-        let dx = dy.reshape((rows, self.out_features()))?.matmul(&self.weight_t.t()?)?;
+        let dx = dy
+            .reshape((rows, self.out_features()))?
+            .matmul(&self.weight_t.t()?)?;
         if let Some(last) = dims.last_mut() {
             *last = self.weight_t.dim(0)?;
         }
@@ -47,7 +59,12 @@ impl Linear {
 struct FrozenWeightMatmul;
 
 /// (m, k) x (k, n) on any backend's storage.
-fn matmul_2d<S: candle_core::backend::BackendStorage>(s1: &S, l1: &candle_core::Layout, s2: &S, l2: &candle_core::Layout) -> Result<(S, candle_core::Shape)> {
+fn matmul_2d<S: candle_core::backend::BackendStorage>(
+    s1: &S,
+    l1: &candle_core::Layout,
+    s2: &S,
+    l2: &candle_core::Layout,
+) -> Result<(S, candle_core::Shape)> {
     let (m, k) = l1.shape().dims2()?;
     let n = l2.shape().dims2()?.1;
     Ok((s1.matmul(s2, (1, m, n, k), l1, l2)?, (m, n).into()))
@@ -79,7 +96,13 @@ impl candle_core::CustomOp2 for FrozenWeightMatmul {
         matmul_2d(s1, l1, s2, l2)
     }
 
-    fn bwd(&self, _x: &Tensor, w_t: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        w_t: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(grad.matmul(&w_t.t()?)?), None))
     }
 }
@@ -90,7 +113,9 @@ impl Linear {
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let mut dims = x.dims().to_vec();
         let Some(&in_dim) = dims.last() else {
-            return Err(candle_core::Error::Msg("linear layer applied to a 0-d tensor".into()));
+            return Err(candle_core::Error::Msg(
+                "linear layer applied to a 0-d tensor".into(),
+            ));
         };
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let y = x.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
@@ -101,7 +126,12 @@ impl Linear {
 
     /// act(x W^T + b) + residual, the bias, activation and residual in one pass after the matmul
     /// (untracked inputs).
-    pub fn forward_fused(&self, x: &Tensor, act: Option<Activation>, residual: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward_fused(
+        &self,
+        x: &Tensor,
+        act: Option<Activation>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let y = self.matmul(x)?;
         match &self.bias {
             Some(b) => crate::kernels::bias_act(&y, b, act, residual),
@@ -128,12 +158,15 @@ impl Module for Linear {
         // faster and keeps the backward pass from materialising a batched weight gradient.
         let mut dims = x.dims().to_vec();
         let Some(&in_dim) = dims.last() else {
-            return Err(candle_core::Error::Msg("linear layer applied to a 0-d tensor".into()));
+            return Err(candle_core::Error::Msg(
+                "linear layer applied to a 0-d tensor".into(),
+            ));
         };
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_dim))?;
         let y = if x2.track_op() && !self.weight_t.track_op() {
-            x2.contiguous()?.apply_op2(&self.weight_t, FrozenWeightMatmul)?
+            x2.contiguous()?
+                .apply_op2(&self.weight_t, FrozenWeightMatmul)?
         } else {
             x2.matmul(&self.weight_t)?
         };
@@ -162,7 +195,11 @@ impl LayerNorm {
 
 impl LayerNorm {
     pub fn to_device(&self, device: &candle_core::Device) -> Result<Self> {
-        Ok(Self { weight: self.weight.to_device(device)?, bias: self.bias.to_device(device)?, eps: self.eps })
+        Ok(Self {
+            weight: self.weight.to_device(device)?,
+            bias: self.bias.to_device(device)?,
+            eps: self.eps,
+        })
     }
 
     /// The input gradient for the output gradient `dy`, from the input `x` (statistics are
@@ -234,7 +271,12 @@ pub struct Attention {
 impl Attention {
     pub fn new(qkv: Linear, out: Linear, num_heads: usize) -> Self {
         let hidden = out.out_features();
-        Self { qkv, out, num_heads, head_dim: hidden / num_heads }
+        Self {
+            qkv,
+            out,
+            num_heads,
+            head_dim: hidden / num_heads,
+        }
     }
 
     fn scale(&self) -> f64 {
@@ -245,47 +287,96 @@ impl Attention {
     pub fn qkv_heads(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         if !x.track_op() {
             if let Some(bias) = &self.qkv.bias {
-                return crate::kernels::qkv_split(&self.qkv.matmul(x)?, bias, self.num_heads, self.scale());
+                return crate::kernels::qkv_split(
+                    &self.qkv.matmul(x)?,
+                    bias,
+                    self.num_heads,
+                    self.scale(),
+                );
             }
         }
         let (b, t, _) = x.dims3()?;
-        let qkv = self.qkv.forward(x)?.reshape((b, t, 3, self.num_heads, self.head_dim))?;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, t, 3, self.num_heads, self.head_dim))?;
         // (3, B, H, T, hd)
         let qkv = qkv.permute((2, 0, 3, 1, 4))?;
-        Ok(((qkv.get(0)?.contiguous()? * self.scale())?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?))
+        Ok((
+            (qkv.get(0)?.contiguous()? * self.scale())?,
+            qkv.get(1)?.contiguous()?,
+            qkv.get(2)?.contiguous()?,
+        ))
     }
 
     /// softmax(q k^T) v with the heads merged, (B, Tq, d), before the out projection, and the
     /// attention probabilities. `causal`: query i sees keys 0..=offset+i only. `valid_keys`:
     /// keys from there on are padding, never seen (untracked inputs only).
-    pub fn core(&self, q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, valid_keys: Option<usize>) -> Result<(Tensor, Tensor)> {
+    pub fn core(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        causal: Option<usize>,
+        valid_keys: Option<usize>,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, _, tq, _) = q.dims4()?;
         let scores = q.matmul(&k.t()?)?;
         if !scores.track_op() {
             let probs = crate::kernels::attention_softmax(&scores, causal, valid_keys)?;
-            let merged = crate::kernels::transpose12(&probs.matmul(v)?)?.reshape((b, tq, self.num_heads * self.head_dim))?;
+            let merged = crate::kernels::transpose12(&probs.matmul(v)?)?.reshape((
+                b,
+                tq,
+                self.num_heads * self.head_dim,
+            ))?;
             return Ok((merged, probs));
         }
         let scores = match causal {
-            Some(offset) => scores.broadcast_add(&offset_causal_mask(tq, offset, scores.dtype(), scores.device())?)?,
+            Some(offset) => scores.broadcast_add(&offset_causal_mask(
+                tq,
+                offset,
+                scores.dtype(),
+                scores.device(),
+            )?)?,
             None => scores,
         };
         let probs = softmax_last_dim(&scores)?;
-        let merged = probs.matmul(v)?.transpose(1, 2)?.reshape((b, tq, self.num_heads * self.head_dim))?;
+        let merged =
+            probs
+                .matmul(v)?
+                .transpose(1, 2)?
+                .reshape((b, tq, self.num_heads * self.head_dim))?;
         Ok((merged, probs))
     }
 
     /// Whether `fused` runs for a block input like `x` (B, T, d): see
     /// `kernels::fused_attention_runs`.
     pub fn fuses(&self, x: &Tensor) -> bool {
-        self.qkv.bias.is_some() && !x.track_op() && crate::kernels::fused_attention_runs(x, self.head_dim)
+        self.qkv.bias.is_some()
+            && !x.track_op()
+            && crate::kernels::fused_attention_runs(x, self.head_dim)
     }
 
     /// softmax(q k^T) v with the heads merged, (B, T, d), from the layer-normed input `x` (B, T,
     /// d) in one kernel after the QKV matmul (inference on a GPU, when `fuses`).
-    pub fn fused(&self, x: &Tensor, causal: Option<usize>, valid_keys: Option<usize>) -> Result<Tensor> {
-        let bias = self.qkv.bias.as_ref().ok_or_else(|| candle_core::Error::Msg("fused attention needs the QKV bias".into()))?;
-        crate::kernels::fused_attention(&self.qkv.matmul(x)?, bias, self.num_heads, self.scale(), causal, valid_keys)
+    pub fn fused(
+        &self,
+        x: &Tensor,
+        causal: Option<usize>,
+        valid_keys: Option<usize>,
+    ) -> Result<Tensor> {
+        let bias =
+            self.qkv.bias.as_ref().ok_or_else(|| {
+                candle_core::Error::Msg("fused attention needs the QKV bias".into())
+            })?;
+        crate::kernels::fused_attention(
+            &self.qkv.matmul(x)?,
+            bias,
+            self.num_heads,
+            self.scale(),
+            causal,
+            valid_keys,
+        )
     }
 
     /// Attention over `x` (B, T, d), projected: (B, T, d).
@@ -310,7 +401,8 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&activate(&self.fc1.forward(x)?, self.act)?)
+        self.fc2
+            .forward(&activate(&self.fc1.forward(x)?, self.act)?)
     }
 }
 
@@ -330,15 +422,29 @@ impl EncoderLayer {
         let m = &self.mlp;
         Ok(Self {
             ln_1: self.ln_1.to_device(device)?,
-            attn: Attention { qkv: a.qkv.to_device(device)?, out: a.out.to_device(device)?, num_heads: a.num_heads, head_dim: a.head_dim },
+            attn: Attention {
+                qkv: a.qkv.to_device(device)?,
+                out: a.out.to_device(device)?,
+                num_heads: a.num_heads,
+                head_dim: a.head_dim,
+            },
             ln_2: self.ln_2.to_device(device)?,
-            mlp: Mlp { fc1: m.fc1.to_device(device)?, fc2: m.fc2.to_device(device)?, act: m.act },
+            mlp: Mlp {
+                fc1: m.fc1.to_device(device)?,
+                fc2: m.fc2.to_device(device)?,
+                act: m.act,
+            },
         })
     }
 
     /// `causal`, `valid_keys`: see `Attention::core` (the image tower pads its tokens to a
     /// multiple of 8; the text tower is causal).
-    pub fn forward(&self, x: &Tensor, causal: Option<usize>, valid_keys: Option<usize>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        causal: Option<usize>,
+        valid_keys: Option<usize>,
+    ) -> Result<Tensor> {
         if !x.track_op() {
             let ln = self.ln_1.forward(x)?;
             let merged = if self.attn.fuses(&ln) {
@@ -350,7 +456,9 @@ impl EncoderLayer {
             return Ok(self.finish_train(x, &merged, false)?.0);
         }
         if valid_keys.is_some_and(|v| v < x.dim(1).unwrap_or(0)) {
-            return Err(candle_core::Error::Msg("padded tokens are for inference only".into()));
+            return Err(candle_core::Error::Msg(
+                "padded tokens are for inference only".into(),
+            ));
         }
         let x = (x + self.attn.forward(&self.ln_1.forward(x)?, causal)?)?;
         &x + self.mlp.forward(&self.ln_2.forward(&x)?)?
@@ -362,7 +470,12 @@ impl EncoderLayer {
     /// attend to their group's prefix keys/values and causally within the suffix. Equal to
     /// running the full sequences, with the prefix's projections and MLP computed once per group
     /// instead of once per sequence.
-    pub fn forward_shared(&self, prefix: &Tensor, suffix: &Tensor, group: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub fn forward_shared(
+        &self,
+        prefix: &Tensor,
+        suffix: &Tensor,
+        group: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let tp = prefix.dim(1)?;
         let (qp, kp, vp) = self.attn.qkv_heads(&self.ln_1.forward(prefix)?)?;
         let (qs, ks, vs) = self.attn.qkv_heads(&self.ln_1.forward(suffix)?)?;
@@ -371,7 +484,10 @@ impl EncoderLayer {
         let (ap, _) = self.attn.core(&qp, &kp, &vp, Some(0), None)?;
         let (as_, _) = self.attn.core(&qs, &k_all, &v_all, Some(tp), None)?;
         if !suffix.track_op() && !prefix.track_op() {
-            return Ok((self.finish_train(prefix, &ap, false)?.0, self.finish_train(suffix, &as_, false)?.0));
+            return Ok((
+                self.finish_train(prefix, &ap, false)?.0,
+                self.finish_train(suffix, &as_, false)?.0,
+            ));
         }
         let p = (prefix + self.attn.out.forward(&ap)?)?;
         let s = (suffix + self.attn.out.forward(&as_)?)?;
@@ -407,9 +523,21 @@ pub struct StreamTape {
 impl Attention {
     /// Gradients of the pre-scaled queries, the keys and the values from that of `core`'s
     /// merged output (B, Tq, d).
-    pub fn core_backward(&self, q: &Tensor, k: &Tensor, v: &Tensor, probs: &Tensor, d_merged: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    pub fn core_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        probs: &Tensor,
+        d_merged: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, tq, _) = d_merged.dims3()?;
-        let d_out = crate::kernels::transpose12(&d_merged.reshape((b, tq, self.num_heads, self.head_dim))?)?;
+        let d_out = crate::kernels::transpose12(&d_merged.reshape((
+            b,
+            tq,
+            self.num_heads,
+            self.head_dim,
+        ))?)?;
         let d_probs = d_out.matmul(&v.t()?)?;
         let d_v = probs.t()?.matmul(&d_out)?;
         let d_scores = crate::kernels::softmax_backward(probs, &d_probs)?;
@@ -420,8 +548,20 @@ impl Attention {
 
     /// The gradient of the QKV projection's input from those of the pre-scaled queries (B, H, T,
     /// hd) and of keys and values whose positions off..off+T are this input's (B, H, Tk, hd).
-    pub fn qkv_backward(&self, d_q: &Tensor, d_k: &Tensor, d_v: &Tensor, off: usize) -> Result<Tensor> {
-        self.qkv.backward_input(&crate::kernels::qkv_merge(d_q, d_k, d_v, off, self.scale())?)
+    pub fn qkv_backward(
+        &self,
+        d_q: &Tensor,
+        d_k: &Tensor,
+        d_v: &Tensor,
+        off: usize,
+    ) -> Result<Tensor> {
+        self.qkv.backward_input(&crate::kernels::qkv_merge(
+            d_q,
+            d_k,
+            d_v,
+            off,
+            self.scale(),
+        )?)
     }
 }
 
@@ -435,14 +575,22 @@ impl EncoderLayer {
     /// residual, each bias, activation and residual fused after its matmul. Returns the block
     /// output, the residual stream after attention (`mid`) and, with `keep`, fc1's
     /// pre-activation (`h`) for the backward pass.
-    pub fn finish_train(&self, x: &Tensor, merged: &Tensor, keep: bool) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    pub fn finish_train(
+        &self,
+        x: &Tensor,
+        merged: &Tensor,
+        keep: bool,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let mid = self.attn.out.forward_fused(merged, None, Some(x))?;
         let ln = self.ln_2.forward(&mid)?;
         let (a, h) = if keep {
             let h = self.mlp.fc1.forward_fused(&ln, None, None)?;
             (crate::kernels::activation(&h, self.mlp.act)?, Some(h))
         } else {
-            (self.mlp.fc1.forward_fused(&ln, Some(self.mlp.act), None)?, None)
+            (
+                self.mlp.fc1.forward_fused(&ln, Some(self.mlp.act), None)?,
+                None,
+            )
         };
         let y = self.mlp.fc2.forward_fused(&a, None, Some(&mid))?;
         Ok((y, mid, h))
@@ -452,14 +600,25 @@ impl EncoderLayer {
     pub fn finish_backward(&self, tape: &StreamTape, dy: &Tensor) -> Result<(Tensor, Tensor)> {
         let d_act = self.mlp.fc2.backward_input(dy)?;
         let d_h = crate::kernels::activation_backward(&tape.h, &d_act, self.mlp.act)?;
-        let d_mid = (dy + self.ln_2.backward(&tape.mid, &self.mlp.fc1.backward_input(&d_h)?)?)?;
+        let d_mid = (dy
+            + self
+                .ln_2
+                .backward(&tape.mid, &self.mlp.fc1.backward_input(&d_h)?)?)?;
         let d_merged = self.attn.out.backward_input(&d_mid)?;
         Ok((d_mid, d_merged))
     }
 
     /// Backward through `qkv_train` and the attention residual: the block input's gradient.
     /// Keys and values hold this stream's positions at off..off+T.
-    pub fn input_backward(&self, tape: &StreamTape, d_mid: &Tensor, d_q: &Tensor, d_k: &Tensor, d_v: &Tensor, off: usize) -> Result<Tensor> {
+    pub fn input_backward(
+        &self,
+        tape: &StreamTape,
+        d_mid: &Tensor,
+        d_q: &Tensor,
+        d_k: &Tensor,
+        d_v: &Tensor,
+        off: usize,
+    ) -> Result<Tensor> {
         let d_ln = self.attn.qkv_backward(d_q, d_k, d_v, off)?;
         d_mid + self.ln_1.backward(&tape.x, &d_ln)?
     }
@@ -467,9 +626,22 @@ impl EncoderLayer {
 
 /// (T, offset + T) mask for T queries that follow `offset` earlier positions: every earlier
 /// position is visible, and causal order holds among the T.
-pub fn offset_causal_mask(t: usize, offset: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+pub fn offset_causal_mask(
+    t: usize,
+    offset: usize,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..offset + t).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..offset + t).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(mask, (t, offset + t), device)?.to_dtype(dtype)
 }
@@ -487,17 +659,44 @@ mod tests {
         let lin = Linear::new(w.clone(), Some(b)).unwrap();
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, 4), &dev).unwrap()).unwrap();
         let target = Tensor::randn(0f32, 1.0, (2, 5, 3), &dev).unwrap();
-        let grads = (lin.forward(x.as_tensor()).unwrap() * &target).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = (lin.forward(x.as_tensor()).unwrap() * &target)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         // No gradient was computed for the weight...
         assert!(grads.get(&lin.weight_t).is_none());
         // ...and the input gradient is target @ W, as for a plain matmul.
-        let expected = target.reshape((10, 3)).unwrap().matmul(&w).unwrap().reshape((2, 5, 4)).unwrap();
+        let expected = target
+            .reshape((10, 3))
+            .unwrap()
+            .matmul(&w)
+            .unwrap()
+            .reshape((2, 5, 4))
+            .unwrap();
         let got = grads.get(x.as_tensor()).unwrap();
-        let diff = (got - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (got - expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-5, "{diff}");
         // The plain matmul path does store a (wasted) weight gradient: the op above is what skips it.
         let wt = w.t().unwrap().contiguous().unwrap();
-        let g2 = x.as_tensor().reshape((10, 4)).unwrap().matmul(&wt).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = x
+            .as_tensor()
+            .reshape((10, 4))
+            .unwrap()
+            .matmul(&wt)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         assert!(g2.get(&wt).is_some());
     }
 }

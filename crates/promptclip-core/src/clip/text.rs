@@ -15,7 +15,16 @@ pub struct TextTransformer {
     pub config: ClipTextConfig,
 }
 
-pub(crate) fn load_layers(w: &Weights, tower: Tower, n: usize, d: usize, ff: usize, heads: usize, eps: f64, act: super::config::Activation) -> Result<Vec<EncoderLayer>> {
+pub(crate) fn load_layers(
+    w: &Weights,
+    tower: Tower,
+    n: usize,
+    d: usize,
+    ff: usize,
+    heads: usize,
+    eps: f64,
+    act: super::config::Activation,
+) -> Result<Vec<EncoderLayer>> {
     (0..n)
         .map(|i| {
             let (qkv_w, qkv_b) = w.block_qkv(tower, i, d)?;
@@ -26,9 +35,17 @@ pub(crate) fn load_layers(w: &Weights, tower: Tower, n: usize, d: usize, ff: usi
             let (f2w, f2b) = w.block_param(tower, i, "mlp.fc2", &[d, ff], &[d])?;
             Ok(EncoderLayer {
                 ln_1: LayerNorm::new(l1w, l1b, eps),
-                attn: Attention::new(Linear::new(qkv_w, Some(qkv_b))?, Linear::new(ow, Some(ob))?, heads),
+                attn: Attention::new(
+                    Linear::new(qkv_w, Some(qkv_b))?,
+                    Linear::new(ow, Some(ob))?,
+                    heads,
+                ),
                 ln_2: LayerNorm::new(l2w, l2b, eps),
-                mlp: Mlp::new(Linear::new(f1w, Some(f1b))?, Linear::new(f2w, Some(f2b))?, act),
+                mlp: Mlp::new(
+                    Linear::new(f1w, Some(f1b))?,
+                    Linear::new(f2w, Some(f2b))?,
+                    act,
+                ),
             })
         })
         .collect()
@@ -37,15 +54,36 @@ pub(crate) fn load_layers(w: &Weights, tower: Tower, n: usize, d: usize, ff: usi
 impl TextTransformer {
     pub fn load(w: &Weights, config: &ClipTextConfig) -> Result<Self> {
         let d = config.hidden_size;
-        let token_embedding = w.top("text_model.embeddings.token_embedding.weight", &[config.vocab_size, d])?;
-        let position_embedding = w.top("text_model.embeddings.position_embedding.weight", &[config.max_position_embeddings, d])?;
-        let layers = load_layers(w, Tower::Text, config.num_hidden_layers, d, config.intermediate_size, config.num_attention_heads, config.layer_norm_eps, config.activation())?;
+        let token_embedding = w.top(
+            "text_model.embeddings.token_embedding.weight",
+            &[config.vocab_size, d],
+        )?;
+        let position_embedding = w.top(
+            "text_model.embeddings.position_embedding.weight",
+            &[config.max_position_embeddings, d],
+        )?;
+        let layers = load_layers(
+            w,
+            Tower::Text,
+            config.num_hidden_layers,
+            d,
+            config.intermediate_size,
+            config.num_attention_heads,
+            config.layer_norm_eps,
+            config.activation(),
+        )?;
         let final_ln = LayerNorm::new(
             w.top("text_model.final_layer_norm.weight", &[d])?,
             w.top("text_model.final_layer_norm.bias", &[d])?,
             config.layer_norm_eps,
         );
-        Ok(Self { token_embedding, position_embedding, layers, final_ln, config: config.clone() })
+        Ok(Self {
+            token_embedding,
+            position_embedding,
+            layers,
+            final_ln,
+            config: config.clone(),
+        })
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -72,17 +110,30 @@ impl TextTransformer {
     pub fn forward_embeds(&self, embeds: &Tensor, eot: &[usize]) -> Result<Tensor> {
         let (b, t, d) = embeds.dims3()?;
         if eot.len() != b {
-            return Err(Error::InvalidArgument(format!("{} EOT positions for a batch of {b}", eot.len())));
+            return Err(Error::InvalidArgument(format!(
+                "{} EOT positions for a batch of {b}",
+                eot.len()
+            )));
         }
         if d != self.hidden_size() {
-            return Err(Error::InvalidArgument(format!("embedding width {d}, text model width {}", self.hidden_size())));
+            return Err(Error::InvalidArgument(format!(
+                "embedding width {d}, text model width {}",
+                self.hidden_size()
+            )));
         }
         if t > self.context_length() {
-            return Err(Error::InvalidArgument(format!("{t} tokens exceed the context length {}", self.context_length())));
+            return Err(Error::InvalidArgument(format!(
+                "{t} tokens exceed the context length {}",
+                self.context_length()
+            )));
         }
         let used = match eot.iter().max() {
             Some(&m) if m < t => m + 1,
-            Some(&m) => return Err(Error::InvalidArgument(format!("EOT position {m} outside a sequence of {t} tokens"))),
+            Some(&m) => {
+                return Err(Error::InvalidArgument(format!(
+                    "EOT position {m} outside a sequence of {t} tokens"
+                )))
+            }
             None => return Err(Error::InvalidArgument("empty batch".into())),
         };
         let x = embeds.narrow(1, 0, used)?;
@@ -92,7 +143,11 @@ impl TextTransformer {
             x = layer.forward(&x, Some(0), None)?;
         }
         // Gather the EOT rows first, then layer-norm only those (layer norm is per token).
-        let idx: Vec<u32> = eot.iter().enumerate().map(|(i, &e)| (i * used + e) as u32).collect();
+        let idx: Vec<u32> = eot
+            .iter()
+            .enumerate()
+            .map(|(i, &e)| (i * used + e) as u32)
+            .collect();
         let idx = Tensor::from_vec(idx, b, x.device())?;
         let pooled = x.reshape((b * used, d))?.index_select(&idx, 0)?;
         Ok(self.final_ln.forward(&pooled)?)
@@ -104,10 +159,20 @@ impl TextTransformer {
     /// every sequence of the group, so they are computed once per group (CoOp: one group of K
     /// class prompts; CoCoOp: one group per image). Falls back to `forward_embeds` when an EOT
     /// lies inside the shared part.
-    pub fn forward_embeds_shared(&self, embeds: &Tensor, eot: &[usize], shared: usize, group: &[usize]) -> Result<Tensor> {
+    pub fn forward_embeds_shared(
+        &self,
+        embeds: &Tensor,
+        eot: &[usize],
+        shared: usize,
+        group: &[usize],
+    ) -> Result<Tensor> {
         let (n, t, d) = embeds.dims3()?;
         if group.len() != n || eot.len() != n {
-            return Err(Error::InvalidArgument(format!("{} groups and {} EOT positions for {n} sequences", group.len(), eot.len())));
+            return Err(Error::InvalidArgument(format!(
+                "{} groups and {} EOT positions for {n} sequences",
+                group.len(),
+                eot.len()
+            )));
         }
         if shared == 0 || eot.iter().any(|&e| e < shared) || shared >= t {
             return self.forward_embeds(embeds, eot);
@@ -121,20 +186,35 @@ impl TextTransformer {
             }
         }
         if first.contains(&u32::MAX) {
-            return Err(Error::InvalidArgument("group indices must cover 0..number of groups".into()));
+            return Err(Error::InvalidArgument(
+                "group indices must cover 0..number of groups".into(),
+            ));
         }
         let dev = embeds.device();
         let first = Tensor::from_vec(first, groups, dev)?;
-        let group_t = Tensor::from_vec(group.iter().map(|&g| g as u32).collect::<Vec<_>>(), n, dev)?;
+        let group_t =
+            Tensor::from_vec(group.iter().map(|&g| g as u32).collect::<Vec<_>>(), n, dev)?;
         let ts = used - shared;
         let pos = &self.position_embedding;
-        let mut p = embeds.narrow(1, 0, shared)?.contiguous()?.index_select(&first, 0)?.broadcast_add(&pos.narrow(0, 0, shared)?)?;
-        let mut s = embeds.narrow(1, shared, ts)?.broadcast_add(&pos.narrow(0, shared, ts)?)?;
+        let mut p = embeds
+            .narrow(1, 0, shared)?
+            .contiguous()?
+            .index_select(&first, 0)?
+            .broadcast_add(&pos.narrow(0, 0, shared)?)?;
+        let mut s = embeds
+            .narrow(1, shared, ts)?
+            .broadcast_add(&pos.narrow(0, shared, ts)?)?;
         for layer in &self.layers {
             (p, s) = layer.forward_shared(&p, &s, &group_t)?;
         }
-        let idx: Vec<u32> = eot.iter().enumerate().map(|(i, &e)| (i * ts + e - shared) as u32).collect();
-        let pooled = s.reshape((n * ts, d))?.index_select(&Tensor::from_vec(idx, n, dev)?, 0)?;
+        let idx: Vec<u32> = eot
+            .iter()
+            .enumerate()
+            .map(|(i, &e)| (i * ts + e - shared) as u32)
+            .collect();
+        let pooled = s
+            .reshape((n * ts, d))?
+            .index_select(&Tensor::from_vec(idx, n, dev)?, 0)?;
         Ok(self.final_ln.forward(&pooled)?)
     }
 
@@ -144,7 +224,13 @@ impl TextTransformer {
     /// and no frozen-weight gradients. Groups are contiguous runs of `group_size` sequences
     /// (CoOp: one group of all K prompts; CoCoOp: one group of K prompts per image) whose first
     /// `shared` embeddings are equal; they are encoded once per group.
-    pub fn forward_train(&self, embeds: &Tensor, eot: &[usize], shared: usize, group_size: usize) -> Result<(Tensor, TextTape<'_>)> {
+    pub fn forward_train(
+        &self,
+        embeds: &Tensor,
+        eot: &[usize],
+        shared: usize,
+        group_size: usize,
+    ) -> Result<(Tensor, TextTape<'_>)> {
         // On a GPU, tensor-core GEMMs want every leading dimension a multiple of 8 elements; the
         // attention matmuls over a few positions otherwise fall to kernels several times slower.
         let align = if embeds.device().is_cuda() { 8 } else { 1 };
@@ -156,34 +242,64 @@ impl TextTransformer {
     /// every EOT, and the extra key rows (zero) after every query's last visible key, so the
     /// causal mask hides both from every position that is read: the result is the same, and the
     /// gradient of those positions is zero.
-    pub fn forward_train_aligned(&self, embeds: &Tensor, eot: &[usize], shared: usize, group_size: usize, align: usize) -> Result<(Tensor, TextTape<'_>)> {
+    pub fn forward_train_aligned(
+        &self,
+        embeds: &Tensor,
+        eot: &[usize],
+        shared: usize,
+        group_size: usize,
+        align: usize,
+    ) -> Result<(Tensor, TextTape<'_>)> {
         let align = align.max(1);
         let (n, t, d) = embeds.dims3()?;
         if eot.len() != n || group_size == 0 || n % group_size != 0 {
-            return Err(Error::InvalidArgument(format!("{} EOT positions and groups of {group_size} for {n} sequences", eot.len())));
+            return Err(Error::InvalidArgument(format!(
+                "{} EOT positions and groups of {group_size} for {n} sequences",
+                eot.len()
+            )));
         }
         if d != self.hidden_size() || t > self.context_length() {
-            return Err(Error::InvalidArgument(format!("embeddings ({n}, {t}, {d}) for a text model of width {} and {} positions", self.hidden_size(), self.context_length())));
+            return Err(Error::InvalidArgument(format!(
+                "embeddings ({n}, {t}, {d}) for a text model of width {} and {} positions",
+                self.hidden_size(),
+                self.context_length()
+            )));
         }
         let used = match eot.iter().max() {
             Some(&m) if m < t => m + 1,
-            _ => return Err(Error::InvalidArgument(format!("EOT positions {eot:?} outside sequences of {t} tokens"))),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "EOT positions {eot:?} outside sequences of {t} tokens"
+                )))
+            }
         };
         let embeds = embeds.detach();
         let dev = embeds.device();
         // Shared leading tokens are encoded once per group, unless an EOT lies inside them.
-        let shared = if shared > 0 && shared < used && eot.iter().all(|&e| e >= shared) { shared } else { 0 };
+        let shared = if shared > 0 && shared < used && eot.iter().all(|&e| e >= shared) {
+            shared
+        } else {
+            0
+        };
         let groups = n / group_size;
         let ts = (used - shared).next_multiple_of(align).min(t - shared);
         let pos = &self.position_embedding;
         let first: Vec<u32> = (0..groups).map(|g| (g * group_size) as u32).collect();
         let mut p = if shared > 0 {
             let firsts = Tensor::from_slice(&first, groups, dev)?;
-            Some(embeds.narrow(1, 0, shared)?.contiguous()?.index_select(&firsts, 0)?.broadcast_add(&pos.narrow(0, 0, shared)?)?)
+            Some(
+                embeds
+                    .narrow(1, 0, shared)?
+                    .contiguous()?
+                    .index_select(&firsts, 0)?
+                    .broadcast_add(&pos.narrow(0, 0, shared)?)?,
+            )
         } else {
             None
         };
-        let mut s = embeds.narrow(1, shared, ts)?.broadcast_add(&pos.narrow(0, shared, ts)?)?;
+        let mut s = embeds
+            .narrow(1, shared, ts)?
+            .broadcast_add(&pos.narrow(0, shared, ts)?)?;
         let mut layers = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             let (qs, ks, vs) = layer.qkv_train(&s)?;
@@ -195,11 +311,29 @@ impl TextTransformer {
                     let v_all = crate::kernels::gather_cat(&vp, &vs, rows)?;
                     // The prefix attends among itself over keys padded the same way.
                     let pad = shared.next_multiple_of(align) - shared;
-                    let (kp, vp) = if pad > 0 { (kp.pad_with_zeros(2, 0, pad)?, vp.pad_with_zeros(2, 0, pad)?) } else { (kp, vp) };
+                    let (kp, vp) = if pad > 0 {
+                        (kp.pad_with_zeros(2, 0, pad)?, vp.pad_with_zeros(2, 0, pad)?)
+                    } else {
+                        (kp, vp)
+                    };
                     let (merged, probs) = layer.attn.core(&qp, &kp, &vp, Some(0), None)?;
                     let (y, mid, h) = layer.finish_train(px, &merged, true)?;
-                    let h = h.ok_or_else(|| Error::Internal("fc1 pre-activation not kept".into()))?;
-                    (Some(StreamTape { x: px.clone(), q: qp, k: kp, v: vp, probs, mid, h }), k_all, v_all, Some(y))
+                    let h =
+                        h.ok_or_else(|| Error::Internal("fc1 pre-activation not kept".into()))?;
+                    (
+                        Some(StreamTape {
+                            x: px.clone(),
+                            q: qp,
+                            k: kp,
+                            v: vp,
+                            probs,
+                            mid,
+                            h,
+                        }),
+                        k_all,
+                        v_all,
+                        Some(y),
+                    )
                 }
                 None => (None, ks, vs, None),
             };
@@ -207,14 +341,41 @@ impl TextTransformer {
             let (y, mid, h) = layer.finish_train(&s, &merged, true)?;
             let h = h.ok_or_else(|| Error::Internal("fc1 pre-activation not kept".into()))?;
             // The suffix stream's keys and values are kept with the prefix's in front (k_all).
-            layers.push((prefix_tape, StreamTape { x: s, q: qs, k: k_all, v: v_all, probs, mid, h }));
+            layers.push((
+                prefix_tape,
+                StreamTape {
+                    x: s,
+                    q: qs,
+                    k: k_all,
+                    v: v_all,
+                    probs,
+                    mid,
+                    h,
+                },
+            ));
             s = y;
             p = p_next;
         }
-        let eot_rows: Vec<u32> = eot.iter().enumerate().map(|(i, &e)| (i * ts + e - shared) as u32).collect();
-        let pooled_in = s.reshape((n * ts, d))?.index_select(&Tensor::from_slice(&eot_rows, n, dev)?, 0)?;
+        let eot_rows: Vec<u32> = eot
+            .iter()
+            .enumerate()
+            .map(|(i, &e)| (i * ts + e - shared) as u32)
+            .collect();
+        let pooled_in = s
+            .reshape((n * ts, d))?
+            .index_select(&Tensor::from_slice(&eot_rows, n, dev)?, 0)?;
         let pooled = self.final_ln.forward(&pooled_in)?;
-        let tape = TextTape { model: self, layers, pooled_in, eot_rows, first, n, t, shared, ts };
+        let tape = TextTape {
+            model: self,
+            layers,
+            pooled_in,
+            eot_rows,
+            first,
+            n,
+            t,
+            shared,
+            ts,
+        };
         Ok((pooled, tape))
     }
 
@@ -249,13 +410,22 @@ impl TextTape<'_> {
         let m = self.model;
         let d = m.hidden_size();
         let (n, tp, ts) = (self.n, self.shared, self.ts);
-        let d_rows = m.final_ln.backward(&self.pooled_in, &d_pooled.to_dtype(self.pooled_in.dtype())?)?;
-        let mut ds = crate::kernels::scatter_rows(&d_rows, &self.eot_rows, n * ts)?.reshape((n, ts, d))?;
+        let d_rows = m
+            .final_ln
+            .backward(&self.pooled_in, &d_pooled.to_dtype(self.pooled_in.dtype())?)?;
+        let mut ds =
+            crate::kernels::scatter_rows(&d_rows, &self.eot_rows, n * ts)?.reshape((n, ts, d))?;
         let groups = self.first.len();
         let mut dp: Option<Tensor> = None;
         for (layer, (prefix, suffix)) in m.layers.iter().zip(&self.layers).rev() {
             let (d_mid, d_merged) = layer.finish_backward(suffix, &ds)?;
-            let (d_q, d_k_all, d_v_all) = layer.attn.core_backward(&suffix.q, &suffix.k, &suffix.v, &suffix.probs, &d_merged)?;
+            let (d_q, d_k_all, d_v_all) = layer.attn.core_backward(
+                &suffix.q,
+                &suffix.k,
+                &suffix.v,
+                &suffix.probs,
+                &d_merged,
+            )?;
             ds = layer.input_backward(suffix, &d_mid, &d_q, &d_k_all, &d_v_all, tp)?;
             if let Some(p) = prefix {
                 // Prefix keys and values served every sequence of their group: sum those gradients.
@@ -267,7 +437,10 @@ impl TextTape<'_> {
                     None => (p.x.zeros_like()?, p.q.zeros_like()?),
                     Some(dp_out) => {
                         let (d_mid_p, d_merged_p) = layer.finish_backward(p, dp_out)?;
-                        let (d_qp, d_kp, d_vp) = layer.attn.core_backward(&p.q, &p.k, &p.v, &p.probs, &d_merged_p)?;
+                        let (d_qp, d_kp, d_vp) =
+                            layer
+                                .attn
+                                .core_backward(&p.q, &p.k, &p.v, &p.probs, &d_merged_p)?;
                         // Padding key rows (see forward_train_aligned) have no gradient to pass on.
                         // (Contiguous first: candle's strided binary kernels upload their layout.)
                         dk = (dk + d_kp.narrow(2, 0, tp)?.contiguous()?)?;
@@ -286,7 +459,11 @@ impl TextTape<'_> {
         }
         parts.push(ds);
         if self.t > used {
-            parts.push(Tensor::zeros((n, self.t - used, d), parts[0].dtype(), parts[0].device())?);
+            parts.push(Tensor::zeros(
+                (n, self.t - used, d),
+                parts[0].dtype(),
+                parts[0].device(),
+            )?);
         }
         Ok(Tensor::cat(&parts, 1)?)
     }

@@ -43,7 +43,9 @@ impl Weights {
         let has = |n: &str| names.iter().any(|x| x == n);
         let naming = if has("text_model.embeddings.token_embedding.weight") {
             Naming::HuggingFace
-        } else if has("token_embedding.weight") && has("transformer.resblocks.0.attn.in_proj_weight") {
+        } else if has("token_embedding.weight")
+            && has("transformer.resblocks.0.attn.in_proj_weight")
+        {
             Naming::OpenAi
         } else {
             return Err(Error::Unsupported(format!(
@@ -57,7 +59,13 @@ impl Weights {
                 path.display()
             )));
         }
-        Ok(Self { st, path: path.to_path_buf(), naming, device: device.clone(), dtype })
+        Ok(Self {
+            st,
+            path: path.to_path_buf(),
+            naming,
+            device: device.clone(),
+            dtype,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -69,8 +77,10 @@ impl Weights {
     }
 
     fn require_shape(&self, name: &str) -> Result<Vec<usize>> {
-        self.shape_of(name)
-            .ok_or_else(|| Error::MissingTensor { name: name.into(), path: self.path.clone() })
+        self.shape_of(name).ok_or_else(|| Error::MissingTensor {
+            name: name.into(),
+            path: self.path.clone(),
+        })
     }
 
     /// Load a tensor by its file name, checking its shape, converted to the compute dtype.
@@ -88,7 +98,9 @@ impl Weights {
     }
 
     fn count_layers(&self, prefix: &str, suffix: &str) -> usize {
-        (0..).take_while(|i| self.shape_of(&format!("{prefix}{i}{suffix}")).is_some()).count()
+        (0..)
+            .take_while(|i| self.shape_of(&format!("{prefix}{i}{suffix}")).is_some())
+            .count()
     }
 
     /// Infer the configuration of an OpenAI-named state dict from tensor shapes.
@@ -101,20 +113,28 @@ impl Weights {
         let vpos = self.require_shape("visual.positional_embedding")?;
         let vfc = self.require_shape("visual.transformer.resblocks.0.mlp.c_fc.weight")?;
         let bad = |msg: String| Error::bad_config(&self.path, msg);
-        if emb.len() != 2 || pos.len() != 2 || proj.len() != 2 || conv.len() != 4 || vpos.len() != 2 {
-            return Err(bad("unexpected tensor ranks for an OpenAI CLIP state dict".into()));
+        if emb.len() != 2 || pos.len() != 2 || proj.len() != 2 || conv.len() != 4 || vpos.len() != 2
+        {
+            return Err(bad(
+                "unexpected tensor ranks for an OpenAI CLIP state dict".into()
+            ));
         }
         let width = emb[1];
         let vision_width = conv[0];
         let patch = conv[2];
         let grid = ((vpos[0] - 1) as f64).sqrt().round() as usize;
         if grid * grid + 1 != vpos[0] {
-            return Err(bad(format!("visual.positional_embedding has {} rows, not a square grid + 1", vpos[0])));
+            return Err(bad(format!(
+                "visual.positional_embedding has {} rows, not a square grid + 1",
+                vpos[0]
+            )));
         }
         // OpenAI's build_model: heads = width / 64 for both towers.
         let heads = |w: usize, which: &str| {
             if w % 64 != 0 {
-                Err(bad(format!("{which} width {w} is not a multiple of 64 (OpenAI CLIP uses 64-dim heads)")))
+                Err(bad(format!(
+                    "{which} width {w} is not a multiple of 64 (OpenAI CLIP uses 64-dim heads)"
+                )))
             } else {
                 Ok(w / 64)
             }
@@ -124,7 +144,8 @@ impl Weights {
                 vocab_size: emb[0],
                 hidden_size: width,
                 intermediate_size: fc[0],
-                num_hidden_layers: self.count_layers("transformer.resblocks.", ".attn.in_proj_weight"),
+                num_hidden_layers: self
+                    .count_layers("transformer.resblocks.", ".attn.in_proj_weight"),
                 num_attention_heads: heads(width, "text")?,
                 max_position_embeddings: pos[0],
                 hidden_act: "quick_gelu".into(),
@@ -133,7 +154,8 @@ impl Weights {
             vision_config: ClipVisionConfig {
                 hidden_size: vision_width,
                 intermediate_size: vfc[0],
-                num_hidden_layers: self.count_layers("visual.transformer.resblocks.", ".attn.in_proj_weight"),
+                num_hidden_layers: self
+                    .count_layers("visual.transformer.resblocks.", ".attn.in_proj_weight"),
                 num_attention_heads: heads(vision_width, "vision")?,
                 num_channels: conv[1],
                 image_size: grid * patch,
@@ -180,7 +202,14 @@ impl Weights {
 
     /// Weight and bias of a named linear/norm inside a block, by its Hugging Face role name
     /// (`self_attn.out_proj`, `layer_norm1`, `layer_norm2`, `mlp.fc1`, `mlp.fc2`).
-    pub fn block_param(&self, tower: Tower, layer: usize, role: &str, wshape: &[usize], bshape: &[usize]) -> Result<(Tensor, Tensor)> {
+    pub fn block_param(
+        &self,
+        tower: Tower,
+        layer: usize,
+        role: &str,
+        wshape: &[usize],
+        bshape: &[usize],
+    ) -> Result<(Tensor, Tensor)> {
         let p = self.block_prefix(tower, layer);
         let name = match self.naming {
             Naming::HuggingFace => role.to_string(),
@@ -209,14 +238,22 @@ impl Weights {
             Ok(self.get(name, &[shape[1], shape[0]])?.t()?.contiguous()?)
         };
         match hf_name {
-            "text_model.embeddings.token_embedding.weight" => self.get("token_embedding.weight", shape),
-            "text_model.embeddings.position_embedding.weight" => self.get("positional_embedding", shape),
+            "text_model.embeddings.token_embedding.weight" => {
+                self.get("token_embedding.weight", shape)
+            }
+            "text_model.embeddings.position_embedding.weight" => {
+                self.get("positional_embedding", shape)
+            }
             "text_model.final_layer_norm.weight" => self.get("ln_final.weight", shape),
             "text_model.final_layer_norm.bias" => self.get("ln_final.bias", shape),
             "text_projection.weight" => transposed("text_projection"),
             "vision_model.embeddings.class_embedding" => self.get("visual.class_embedding", shape),
-            "vision_model.embeddings.patch_embedding.weight" => self.get("visual.conv1.weight", shape),
-            "vision_model.embeddings.position_embedding.weight" => self.get("visual.positional_embedding", shape),
+            "vision_model.embeddings.patch_embedding.weight" => {
+                self.get("visual.conv1.weight", shape)
+            }
+            "vision_model.embeddings.position_embedding.weight" => {
+                self.get("visual.positional_embedding", shape)
+            }
             "vision_model.pre_layrnorm.weight" => self.get("visual.ln_pre.weight", shape),
             "vision_model.pre_layrnorm.bias" => self.get("visual.ln_pre.bias", shape),
             "vision_model.post_layernorm.weight" => self.get("visual.ln_post.weight", shape),
@@ -232,7 +269,12 @@ impl Weights {
         let shape = self.require_shape("logit_scale")?;
         let t = self.top("logit_scale", &shape)?;
         if t.elem_count() != 1 {
-            return Err(Error::ShapeMismatch { name: "logit_scale".into(), path: self.path.clone(), expected: vec![], actual: shape });
+            return Err(Error::ShapeMismatch {
+                name: "logit_scale".into(),
+                path: self.path.clone(),
+                expected: vec![],
+                actual: shape,
+            });
         }
         Ok(t.flatten_all()?.get(0)?)
     }

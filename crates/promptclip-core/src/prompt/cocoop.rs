@@ -24,12 +24,24 @@ pub struct MetaNet {
 
 impl MetaNet {
     /// PyTorch's nn.Linear default initialisation: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-    pub fn new(vis_dim: usize, hidden: usize, ctx_dim: usize, seed: u64, device: &candle_core::Device) -> Result<Self> {
+    pub fn new(
+        vis_dim: usize,
+        hidden: usize,
+        ctx_dim: usize,
+        seed: u64,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
         let mut rng = Rng::new(seed);
         let mut uniform = |rows: usize, cols: usize, fan_in: usize| -> Result<Var> {
             let bound = 1.0 / (fan_in as f64).sqrt();
-            let data: Vec<f32> = (0..rows * cols).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect();
-            let shape: Vec<usize> = if cols == 1 { vec![rows] } else { vec![rows, cols] };
+            let data: Vec<f32> = (0..rows * cols)
+                .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
+                .collect();
+            let shape: Vec<usize> = if cols == 1 {
+                vec![rows]
+            } else {
+                vec![rows, cols]
+            };
             Ok(Var::from_tensor(&Tensor::from_vec(data, shape, device)?)?)
         };
         Ok(Self {
@@ -41,8 +53,12 @@ impl MetaNet {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = x.matmul(&self.linear1_weight.as_tensor().t()?)?.broadcast_add(self.linear1_bias.as_tensor())?.relu()?;
-        Ok(h.matmul(&self.linear2_weight.as_tensor().t()?)?.broadcast_add(self.linear2_bias.as_tensor())?)
+        let h = x
+            .matmul(&self.linear1_weight.as_tensor().t()?)?
+            .broadcast_add(self.linear1_bias.as_tensor())?
+            .relu()?;
+        Ok(h.matmul(&self.linear2_weight.as_tensor().t()?)?
+            .broadcast_add(self.linear2_bias.as_tensor())?)
     }
 
     pub fn named(&self) -> Vec<(String, Var)> {
@@ -74,7 +90,11 @@ pub struct CocoopConfig {
 impl Default for CocoopConfig {
     fn default() -> Self {
         Self {
-            coop: CoopConfig { n_ctx: 4, init: ContextInit::Words("a photo of a".into()), ..CoopConfig::default() },
+            coop: CoopConfig {
+                n_ctx: 4,
+                init: ContextInit::Words("a photo of a".into()),
+                ..CoopConfig::default()
+            },
             ratio: 16,
             seed: 1,
             memory_budget_bytes: 2 << 30,
@@ -93,20 +113,38 @@ pub struct CocoopLearner {
 impl CocoopLearner {
     pub fn new(clip: &Clip, class_names: &[String], config: CocoopConfig) -> Result<Self> {
         if config.coop.class_specific {
-            return Err(Error::InvalidArgument("CoCoOp learns one unified context (classSpecific is CoOp-only)".into()));
+            return Err(Error::InvalidArgument(
+                "CoCoOp learns one unified context (classSpecific is CoOp-only)".into(),
+            ));
         }
         if config.ratio == 0 {
-            return Err(Error::InvalidArgument("metaNetRatio must be at least 1".into()));
+            return Err(Error::InvalidArgument(
+                "metaNetRatio must be at least 1".into(),
+            ));
         }
         let prompt = PromptLearner::new(clip, class_names, config.coop.clone())?;
         let vis_dim = clip.embed_dim();
         let hidden = (vis_dim / config.ratio).max(1);
-        let meta = MetaNet::new(vis_dim, hidden, clip.text.hidden_size(), config.seed, &clip.device)?;
-        Ok(Self { prompt, meta, config })
+        let meta = MetaNet::new(
+            vis_dim,
+            hidden,
+            clip.text.hidden_size(),
+            config.seed,
+            &clip.device,
+        )?;
+        Ok(Self {
+            prompt,
+            meta,
+            config,
+        })
     }
 
     pub fn from_parts(prompt: PromptLearner, meta: MetaNet, config: CocoopConfig) -> Self {
-        Self { prompt, meta, config }
+        Self {
+            prompt,
+            meta,
+            config,
+        }
     }
 
     /// How many prompts (image x class) fit the memory budget at once, from an estimate of the
@@ -117,17 +155,30 @@ impl CocoopLearner {
         let (d, h, l) = (c.hidden_size, c.num_attention_heads, c.num_hidden_layers);
         let per_layer = t * (20 * d + 3 * h * t) + 6 * t * c.intermediate_size;
         // Training keeps every layer's activations for backward; inference only a few at a time.
-        let bytes = if training { 4 * l * per_layer } else { 4 * per_layer * 4 };
+        let bytes = if training {
+            4 * l * per_layer
+        } else {
+            4 * per_layer * 4
+        };
         (self.config.memory_budget_bytes / bytes.max(1)).max(buffers.class_names.len())
     }
 
     /// Each image's K prompts (B x K, T, d) for `ctx_shifted` (B, M, d), with their EOT
     /// positions and groups (the K prompts of an image share SOS and its shifted context).
-    fn prompts(&self, ctx_shifted: &Tensor, buffers: &ClassBuffers) -> Result<(Tensor, Vec<usize>, Vec<usize>)> {
+    fn prompts(
+        &self,
+        ctx_shifted: &Tensor,
+        buffers: &ClassBuffers,
+    ) -> Result<(Tensor, Vec<usize>, Vec<usize>)> {
         let (b, k) = (ctx_shifted.dim(0)?, buffers.class_names.len());
         let used = buffers.eot.iter().max().map(|e| e + 1).unwrap_or(1);
         let prompts = (0..b)
-            .map(|i| self.prompt.assemble(&ctx_shifted.get(i)?, buffers)?.narrow(1, 0, used).map_err(Error::from))
+            .map(|i| {
+                self.prompt
+                    .assemble(&ctx_shifted.get(i)?, buffers)?
+                    .narrow(1, 0, used)
+                    .map_err(Error::from)
+            })
             .collect::<Result<Vec<_>>>()?;
         let eot: Vec<usize> = (0..b).flat_map(|_| buffers.eot.iter().copied()).collect();
         let group: Vec<usize> = (0..b).flat_map(|i| std::iter::repeat(i).take(k)).collect();
@@ -144,14 +195,22 @@ impl CocoopLearner {
     fn image_logits(clip: &Clip, f_norm: &Tensor, text: &Tensor, k: usize) -> Result<Tensor> {
         let b = f_norm.dim(0)?;
         let text = l2_normalize(&text.to_dtype(DType::F32)?)?.reshape((b, k, ()))?;
-        Ok((text.broadcast_mul(&f_norm.unsqueeze(1)?)?.sum(D::Minus1)? * (clip.logit_scale as f64).exp())?)
+        Ok((text.broadcast_mul(&f_norm.unsqueeze(1)?)?.sum(D::Minus1)?
+            * (clip.logit_scale as f64).exp())?)
     }
 
     /// Logits (B, K) for one chunk of images; differentiable in ctx and the Meta-Net.
-    fn chunk_logits(&self, clip: &Clip, image_features: &Tensor, buffers: &ClassBuffers, ctx: &Tensor) -> Result<Tensor> {
+    fn chunk_logits(
+        &self,
+        clip: &Clip,
+        image_features: &Tensor,
+        buffers: &ClassBuffers,
+        ctx: &Tensor,
+    ) -> Result<Tensor> {
         let f = l2_normalize(&image_features.to_dtype(DType::F32)?)?;
         let (prompts, eot, group) = self.prompts(&self.shifted_context(&f, ctx)?, buffers)?;
-        let text = clip.encode_text_embeds_shared(&prompts, &eot, self.prompt.shared_len(), &group)?;
+        let text =
+            clip.encode_text_embeds_shared(&prompts, &eot, self.prompt.shared_len(), &group)?;
         Self::image_logits(clip, &f, &text, buffers.class_names.len())
     }
 
@@ -160,13 +219,27 @@ impl CocoopLearner {
     }
 
     /// Logits (B, K) without gradients, chunked to the memory budget.
-    pub fn logits_for(&self, clip: &Clip, image_features: &Tensor, buffers: &ClassBuffers) -> Result<Tensor> {
+    pub fn logits_for(
+        &self,
+        clip: &Clip,
+        image_features: &Tensor,
+        buffers: &ClassBuffers,
+    ) -> Result<Tensor> {
         let ctx = self.prompt.ctx.as_tensor().detach();
         let n = self.images_per_chunk(clip, buffers, false);
         let b = image_features.dim(0)?;
         let parts = (0..b)
             .step_by(n)
-            .map(|s| Ok(self.chunk_logits(clip, &image_features.narrow(0, s, n.min(b - s))?, buffers, &ctx)?.detach()))
+            .map(|s| {
+                Ok(self
+                    .chunk_logits(
+                        clip,
+                        &image_features.narrow(0, s, n.min(b - s))?,
+                        buffers,
+                        &ctx,
+                    )?
+                    .detach())
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&parts, 0)?)
     }
@@ -180,7 +253,12 @@ impl crate::train::PromptModel for CocoopLearner {
     }
 
     fn logits(&self, clip: &Clip, image_features: &Tensor) -> Result<Tensor> {
-        self.chunk_logits(clip, image_features, &self.prompt.buffers, self.prompt.ctx.as_tensor())
+        self.chunk_logits(
+            clip,
+            image_features,
+            &self.prompt.buffers,
+            self.prompt.ctx.as_tensor(),
+        )
     }
 
     fn describe(&self) -> serde_json::Value {
@@ -196,7 +274,13 @@ impl crate::train::PromptModel for CocoopLearner {
 
     /// Mean cross-entropy over the batch, with backward run per chunk of images and the
     /// gradients summed: d(mean)/dθ = Σ_chunks (n_c / B) d(mean_c)/dθ.
-    fn loss_and_grads_scaled(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor, grad_scale: f64) -> Result<(f32, Tensor, Vec<Tensor>)> {
+    fn loss_and_grads_scaled(
+        &self,
+        clip: &Clip,
+        image_features: &Tensor,
+        labels: &Tensor,
+        grad_scale: f64,
+    ) -> Result<(f32, Tensor, Vec<Tensor>)> {
         let buffers = &self.prompt.buffers;
         let n = self.images_per_chunk(clip, buffers, true);
         let b = image_features.dim(0)?;
@@ -207,13 +291,28 @@ impl crate::train::PromptModel for CocoopLearner {
         for s in (0..b).step_by(n) {
             let len = n.min(b - s);
             let f = l2_normalize(&image_features.narrow(0, s, len)?.to_dtype(DType::F32)?)?;
-            let (prompts, eot, _) = self.prompts(&self.shifted_context(&f, self.prompt.ctx.as_tensor())?, buffers)?;
+            let (prompts, eot, _) = self.prompts(
+                &self.shifted_context(&f, self.prompt.ctx.as_tensor())?,
+                buffers,
+            )?;
             let chunk_labels = labels.narrow(0, s, len)?;
             // One group per image: its K prompts share SOS and its shifted context.
-            let (loss, logits, grads) = super::prompt_loss_and_grads(clip, &prompts, &eot, self.prompt.shared_len(), k, &vars, grad_scale, |text| {
-                let logits = Self::image_logits(clip, &f, text, k)?;
-                Ok(((cross_entropy(&logits, &chunk_labels)? * (len as f64 / b as f64))?, logits))
-            })?;
+            let (loss, logits, grads) = super::prompt_loss_and_grads(
+                clip,
+                &prompts,
+                &eot,
+                self.prompt.shared_len(),
+                k,
+                &vars,
+                grad_scale,
+                |text| {
+                    let logits = Self::image_logits(clip, &f, text, k)?;
+                    Ok((
+                        (cross_entropy(&logits, &chunk_labels)? * (len as f64 / b as f64))?,
+                        logits,
+                    ))
+                },
+            )?;
             loss_sum += loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
             for (i, g) in grads.into_iter().enumerate() {
                 sums[i] = Some(match sums[i].take() {
@@ -223,7 +322,10 @@ impl crate::train::PromptModel for CocoopLearner {
             }
             logits_parts.push(logits);
         }
-        let grads = sums.into_iter().map(|g| g.ok_or_else(|| Error::Internal("empty batch".into()))).collect::<Result<Vec<_>>>()?;
+        let grads = sums
+            .into_iter()
+            .map(|g| g.ok_or_else(|| Error::Internal("empty batch".into())))
+            .collect::<Result<Vec<_>>>()?;
         Ok((loss_sum as f32, Tensor::cat(&logits_parts, 0)?, grads))
     }
 }

@@ -21,7 +21,9 @@ impl ClassTokenPosition {
             "end" => Ok(Self::End),
             "middle" => Ok(Self::Middle),
             "front" => Ok(Self::Front),
-            _ => Err(Error::InvalidArgument(format!("position `{s}`: expected \"end\", \"middle\" or \"front\""))),
+            _ => Err(Error::InvalidArgument(format!(
+                "position `{s}`: expected \"end\", \"middle\" or \"front\""
+            ))),
         }
     }
 
@@ -54,7 +56,12 @@ pub struct CoopConfig {
 
 impl Default for CoopConfig {
     fn default() -> Self {
-        Self { n_ctx: 16, class_specific: false, position: ClassTokenPosition::End, init: ContextInit::Random { std: 0.02, seed: 1 } }
+        Self {
+            n_ctx: 16,
+            class_specific: false,
+            position: ClassTokenPosition::End,
+            init: ContextInit::Random { std: 0.02, seed: 1 },
+        }
     }
 }
 
@@ -91,36 +98,74 @@ impl PromptLearner {
                 if config.n_ctx == 0 {
                     return Err(Error::InvalidArgument("nCtx (M) must be at least 1".into()));
                 }
-                let k = if config.class_specific { names.len() } else { 1 };
+                let k = if config.class_specific {
+                    names.len()
+                } else {
+                    1
+                };
                 let data = Rng::new(*seed).normal_vec(k * config.n_ctx * d, *std);
-                (Tensor::from_vec(data, (k, config.n_ctx, d), &clip.device)?, config.n_ctx, vec!["X"; config.n_ctx].join(" "))
+                (
+                    Tensor::from_vec(data, (k, config.n_ctx, d), &clip.device)?,
+                    config.n_ctx,
+                    vec!["X"; config.n_ctx].join(" "),
+                )
             }
             ContextInit::Words(words) => {
                 let words = words.replace('_', " ").trim().to_string();
                 let ids = clip.tokenizer.encode_words(&words)?;
                 if ids.is_empty() {
-                    return Err(Error::InvalidArgument(format!("ctxInit `{words}` has no tokens")));
+                    return Err(Error::InvalidArgument(format!(
+                        "ctxInit `{words}` has no tokens"
+                    )));
                 }
                 let ids_t = Tensor::new(ids.as_slice(), &clip.device)?;
-                let emb = clip.text.token_embedding.index_select(&ids_t, 0)?.to_dtype(DType::F32)?;
-                let k = if config.class_specific { names.len() } else { 1 };
+                let emb = clip
+                    .text
+                    .token_embedding
+                    .index_select(&ids_t, 0)?
+                    .to_dtype(DType::F32)?;
+                let k = if config.class_specific {
+                    names.len()
+                } else {
+                    1
+                };
                 (emb.unsqueeze(0)?.repeat((k, 1, 1))?, ids.len(), words)
             }
         };
-        let ctx = if config.class_specific { ctx_rows } else { ctx_rows.squeeze(0)? };
+        let ctx = if config.class_specific {
+            ctx_rows
+        } else {
+            ctx_rows.squeeze(0)?
+        };
         let config = CoopConfig { n_ctx, ..config };
         let buffers = build_buffers(clip, &names, n_ctx, &prompt_prefix)?;
         if buffers.eot.iter().any(|&e| e >= clip.text.context_length()) {
             return Err(Error::InvalidArgument(format!("M = {n_ctx} context tokens plus the longest class name do not fit CLIP's {} tokens", clip.text.context_length())));
         }
-        Ok(Self { config, ctx: Var::from_tensor(&ctx)?, prompt_prefix, buffers })
+        Ok(Self {
+            config,
+            ctx: Var::from_tensor(&ctx)?,
+            prompt_prefix,
+            buffers,
+        })
     }
 
     /// Restore a learner from saved context (see `crate::prompt::io`).
-    pub fn from_parts(clip: &Clip, class_names: &[String], config: CoopConfig, ctx: Tensor, prompt_prefix: String) -> Result<Self> {
+    pub fn from_parts(
+        clip: &Clip,
+        class_names: &[String],
+        config: CoopConfig,
+        ctx: Tensor,
+        prompt_prefix: String,
+    ) -> Result<Self> {
         let names = validate_class_names(class_names)?;
         let buffers = build_buffers(clip, &names, config.n_ctx, &prompt_prefix)?;
-        Ok(Self { config, ctx: Var::from_tensor(&ctx.to_device(&clip.device)?)?, prompt_prefix, buffers })
+        Ok(Self {
+            config,
+            ctx: Var::from_tensor(&ctx.to_device(&clip.device)?)?,
+            prompt_prefix,
+            buffers,
+        })
     }
 
     pub fn n_ctx(&self) -> usize {
@@ -153,13 +198,21 @@ impl PromptLearner {
         let k = buffers.class_names.len();
         let m = self.n_ctx();
         let d = ctx.dim(D::Minus1)?;
-        let ctx = if ctx.rank() == 2 { ctx.unsqueeze(0)?.broadcast_as((k, m, d))? } else { ctx.clone() };
+        let ctx = if ctx.rank() == 2 {
+            ctx.unsqueeze(0)?.broadcast_as((k, m, d))?
+        } else {
+            ctx.clone()
+        };
         let ctx = ctx.to_dtype(buffers.prefix.dtype())?;
         let (prefix, suffix) = (&buffers.prefix, &buffers.suffix);
         let prompts = match self.config.position {
             ClassTokenPosition::End => Tensor::cat(&[prefix, &ctx, suffix], 1)?,
             ClassTokenPosition::Middle | ClassTokenPosition::Front => {
-                let half = if self.config.position == ClassTokenPosition::Middle { m / 2 } else { 0 };
+                let half = if self.config.position == ClassTokenPosition::Middle {
+                    m / 2
+                } else {
+                    0
+                };
                 let rows = (0..k)
                     .map(|i| {
                         let n = buffers.name_lens[i];
@@ -196,8 +249,18 @@ impl PromptLearner {
 
     /// Text features of assembled prompts (K, L, d) for `buffers`; the shared leading tokens are
     /// encoded once for all classes.
-    pub fn encode_prompts(&self, clip: &Clip, prompts: &Tensor, buffers: &ClassBuffers) -> Result<Tensor> {
-        clip.encode_text_embeds_shared(prompts, &buffers.eot, self.shared_len(), &vec![0; buffers.eot.len()])
+    pub fn encode_prompts(
+        &self,
+        clip: &Clip,
+        prompts: &Tensor,
+        buffers: &ClassBuffers,
+    ) -> Result<Tensor> {
+        clip.encode_text_embeds_shared(
+            prompts,
+            &buffers.eot,
+            self.shared_len(),
+            &vec![0; buffers.eot.len()],
+        )
     }
 
     /// Text features (K, E) of the learned prompts for a class list (differentiable in ctx).
@@ -207,7 +270,12 @@ impl PromptLearner {
     }
 
     /// Logits (B, K) = exp(logit_scale) * cos(image, class prompt).
-    pub fn logits(&self, clip: &Clip, image_features: &Tensor, buffers: &ClassBuffers) -> Result<Tensor> {
+    pub fn logits(
+        &self,
+        clip: &Clip,
+        image_features: &Tensor,
+        buffers: &ClassBuffers,
+    ) -> Result<Tensor> {
         let text = self.text_features(clip, buffers)?;
         clip.logits(&image_features.to_dtype(text.dtype())?, &text)
     }
@@ -222,7 +290,9 @@ impl PromptLearner {
         // |a - b|^2 = |a|^2 + |b|^2 - 2 a.b, for all pairs at once.
         let a2 = ctx.sqr()?.sum_keepdim(1)?;
         let b2 = vocab.sqr()?.sum_keepdim(1)?.t()?;
-        let dist2 = a2.broadcast_add(&b2)?.broadcast_sub(&(ctx.matmul(&vocab.t()?)? * 2.0)?)?;
+        let dist2 = a2
+            .broadcast_add(&b2)?
+            .broadcast_sub(&(ctx.matmul(&vocab.t()?)? * 2.0)?)?;
         let rows = dist2.to_vec2::<f32>()?;
         Ok(rows
             .into_iter()
@@ -233,7 +303,13 @@ impl PromptLearner {
                 idx.truncate(k);
                 idx.sort_by(|&a, &b| row[a].total_cmp(&row[b]));
                 idx.into_iter()
-                    .map(|i| (i as u32, clip.tokenizer.decode_token(i as u32).unwrap_or_default(), row[i].max(0.0).sqrt()))
+                    .map(|i| {
+                        (
+                            i as u32,
+                            clip.tokenizer.decode_token(i as u32).unwrap_or_default(),
+                            row[i].max(0.0).sqrt(),
+                        )
+                    })
                     .collect()
             })
             .collect())
@@ -241,16 +317,28 @@ impl PromptLearner {
 }
 
 /// Tokenize "{prefix} {name}." for each class, embed, and split into SOS / suffix buffers.
-pub fn build_buffers(clip: &Clip, names: &[String], n_ctx: usize, prompt_prefix: &str) -> Result<ClassBuffers> {
-    let texts: Vec<String> = names.iter().map(|n| format!("{prompt_prefix} {n}.")).collect();
+pub fn build_buffers(
+    clip: &Clip,
+    names: &[String],
+    n_ctx: usize,
+    prompt_prefix: &str,
+) -> Result<ClassBuffers> {
+    let texts: Vec<String> = names
+        .iter()
+        .map(|n| format!("{prompt_prefix} {n}."))
+        .collect();
     let batch = clip.tokenizer.encode_batch(&texts)?;
-    let name_lens = names.iter().map(|n| clip.tokenizer.encode_words(n).map(|ids| ids.len())).collect::<Result<Vec<_>>>()?;
+    let name_lens = names
+        .iter()
+        .map(|n| clip.tokenizer.encode_words(n).map(|ids| ids.len()))
+        .collect::<Result<Vec<_>>>()?;
     for (i, &e) in batch.eot.iter().enumerate() {
         // SOS + M + name + "." + EOS must fit; otherwise truncation ate the class name.
         if e != n_ctx + name_lens[i] + 2 {
             return Err(Error::InvalidArgument(format!(
                 "class `{}` does not fit in CLIP's {} tokens with {n_ctx} context tokens",
-                names[i], clip.text.context_length()
+                names[i],
+                clip.text.context_length()
             )));
         }
     }
@@ -266,7 +354,11 @@ pub fn build_buffers(clip: &Clip, names: &[String], n_ctx: usize, prompt_prefix:
 }
 
 /// Normalised text features of the learned prompts, without gradient tracking.
-pub fn class_embeddings(learner: &PromptLearner, clip: &Clip, buffers: &ClassBuffers) -> Result<Tensor> {
+pub fn class_embeddings(
+    learner: &PromptLearner,
+    clip: &Clip,
+    buffers: &ClassBuffers,
+) -> Result<Tensor> {
     let ctx = learner.ctx.as_tensor().detach();
     let prompts = learner.assemble(&ctx, buffers)?;
     l2_normalize(&learner.encode_prompts(clip, &prompts, buffers)?)
@@ -297,7 +389,13 @@ impl crate::train::PromptModel for PromptLearner {
         self.buffers.class_names.len()
     }
 
-    fn loss_and_grads_scaled(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor, grad_scale: f64) -> Result<(f32, Tensor, Vec<Tensor>)> {
+    fn loss_and_grads_scaled(
+        &self,
+        clip: &Clip,
+        image_features: &Tensor,
+        labels: &Tensor,
+        grad_scale: f64,
+    ) -> Result<(f32, Tensor, Vec<Tensor>)> {
         let b = &self.buffers;
         // Positions after the last EOT cannot change the result (the encoder is causal and read
         // at EOT): they are neither assembled into the backward graph nor encoded.
@@ -305,10 +403,26 @@ impl crate::train::PromptModel for PromptLearner {
         let prompts = self.assemble(self.ctx.as_tensor(), b)?.narrow(1, 0, used)?; // (K, used, d)
         let vars = crate::train::PromptModel::vars(self);
         let image = image_features.to_dtype(clip.head_dtype())?;
-        let (loss, logits, grads) = super::prompt_loss_and_grads(clip, &prompts, &b.eot, self.shared_len(), b.eot.len(), &vars, grad_scale, |text| {
-            let logits = clip.logits(&image, &text.to_dtype(clip.head_dtype())?)?; // (B, K)
-            Ok((crate::train::trainer::cross_entropy(&logits, labels)?, logits))
-        })?;
-        Ok((loss.to_dtype(DType::F32)?.to_scalar::<f32>()?, logits, grads))
+        let (loss, logits, grads) = super::prompt_loss_and_grads(
+            clip,
+            &prompts,
+            &b.eot,
+            self.shared_len(),
+            b.eot.len(),
+            &vars,
+            grad_scale,
+            |text| {
+                let logits = clip.logits(&image, &text.to_dtype(clip.head_dtype())?)?; // (B, K)
+                Ok((
+                    crate::train::trainer::cross_entropy(&logits, labels)?,
+                    logits,
+                ))
+            },
+        )?;
+        Ok((
+            loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
+            logits,
+            grads,
+        ))
     }
 }

@@ -54,7 +54,11 @@ pub(crate) fn prompt_loss_and_grads(
     vars: &[(String, candle_core::Var)],
     grad_scale: f64,
     head: impl FnOnce(&candle_core::Tensor) -> crate::Result<(candle_core::Tensor, candle_core::Tensor)>,
-) -> crate::Result<(candle_core::Tensor, candle_core::Tensor, Vec<candle_core::Tensor>)> {
+) -> crate::Result<(
+    candle_core::Tensor,
+    candle_core::Tensor,
+    Vec<candle_core::Tensor>,
+)> {
     let (features, tape) = clip.text_features_train(prompts, eot, shared, group_size)?;
     let features = candle_core::Var::from_tensor(&features)?;
     let (loss, logits) = head(features.as_tensor())?;
@@ -63,18 +67,24 @@ pub(crate) fn prompt_loss_and_grads(
     let d_features = (&loss * grad_scale)?
         .backward()?
         .remove(features.as_tensor())
-        .ok_or_else(|| crate::Error::Internal("the loss does not depend on the text features".into()))?;
+        .ok_or_else(|| {
+            crate::Error::Internal("the loss does not depend on the text features".into())
+        })?;
     let d_prompts = clip.text_features_backward(&tape, &d_features)?;
     // Only the surrogate's gradient is used; summing rows first keeps its forward value cheap
     // (candle's whole-tensor sum runs in a single block on the GPU).
-    let surrogate = (prompts * d_prompts.to_dtype(prompts.dtype())?.detach())?.sum(candle_core::D::Minus1)?.sum_all()?;
+    let surrogate = (prompts * d_prompts.to_dtype(prompts.dtype())?.detach())?
+        .sum(candle_core::D::Minus1)?
+        .sum_all()?;
     let mut grads = surrogate.backward()?;
     // ...and leaves it scaled down again, in the parameters' own dtype (fp32).
     let grads = vars
         .iter()
         .map(|(name, v)| match grads.remove(v.as_tensor()) {
             Some(g) => Ok((g / grad_scale)?),
-            None => Err(crate::Error::Internal(format!("no gradient reached `{name}`"))),
+            None => Err(crate::Error::Internal(format!(
+                "no gradient reached `{name}`"
+            ))),
         })
         .collect::<crate::Result<Vec<_>>>()?;
     Ok((loss, logits.detach(), grads))
@@ -112,21 +122,36 @@ pub fn predict(
         Learner::Cocoop(_) => None,
     };
     let batch_size = batch_size.max(1);
-    let mut out = Predictions { num_classes: k, indices: vec![], probs: vec![], failures: vec![] };
+    let mut out = Predictions {
+        num_classes: k,
+        indices: vec![],
+        probs: vec![],
+        failures: vec![],
+    };
     for (b, chunk) in sources.chunks(batch_size).enumerate() {
         let enc = crate::zeroshot::encode_image_sources(clip, chunk, batch_size)?;
-        out.failures.extend(enc.failures.into_iter().map(|(i, e)| (b * batch_size + i, e)));
+        out.failures.extend(
+            enc.failures
+                .into_iter()
+                .map(|(i, e)| (b * batch_size + i, e)),
+        );
         if let Some(f) = &enc.features {
             let logits = match learner {
                 Learner::Cocoop(c) => c.logits_for(clip, f, &buffers)?,
                 Learner::Coop(_) => {
-                    let classes = coop_classes.as_ref().ok_or_else(|| crate::Error::Internal("CoOp class embeddings missing".into()))?;
+                    let classes = coop_classes.as_ref().ok_or_else(|| {
+                        crate::Error::Internal("CoOp class embeddings missing".into())
+                    })?;
                     clip.logits(f, &classes.to_dtype(f.dtype())?)?
                 }
             };
-            let probs = candle_nn::ops::softmax(&logits.to_dtype(candle_core::DType::F32)?, candle_core::D::Minus1)?;
+            let probs = candle_nn::ops::softmax(
+                &logits.to_dtype(candle_core::DType::F32)?,
+                candle_core::D::Minus1,
+            )?;
             out.probs.extend(probs.flatten_all()?.to_vec1::<f32>()?);
-            out.indices.extend(enc.indices.iter().map(|i| b * batch_size + i));
+            out.indices
+                .extend(enc.indices.iter().map(|i| b * batch_size + i));
         }
         on_progress(((b + 1) * batch_size).min(sources.len()), sources.len());
     }

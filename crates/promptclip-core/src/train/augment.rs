@@ -15,12 +15,21 @@ pub struct AugmentConfig {
 
 impl Default for AugmentConfig {
     fn default() -> Self {
-        Self { scale: (0.08, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0), flip_p: 0.5 }
+        Self {
+            scale: (0.08, 1.0),
+            ratio: (3.0 / 4.0, 4.0 / 3.0),
+            flip_p: 0.5,
+        }
     }
 }
 
 /// torchvision's RandomResizedCrop.get_params: (top, left, height, width).
-pub fn random_resized_crop_box(width: u32, height: u32, cfg: &AugmentConfig, rng: &mut Rng) -> (u32, u32, u32, u32) {
+pub fn random_resized_crop_box(
+    width: u32,
+    height: u32,
+    cfg: &AugmentConfig,
+    rng: &mut Rng,
+) -> (u32, u32, u32, u32) {
     let (w, h) = (width as f64, height as f64);
     let area = w * h;
     let (log_lo, log_hi) = (cfg.ratio.0.ln(), cfg.ratio.1.ln());
@@ -44,11 +53,21 @@ pub fn random_resized_crop_box(width: u32, height: u32, cfg: &AugmentConfig, rng
     } else {
         (w, h)
     };
-    (((h - ch) / 2.0) as u32, ((w - cw) / 2.0) as u32, ch as u32, cw as u32)
+    (
+        ((h - ch) / 2.0) as u32,
+        ((w - cw) / 2.0) as u32,
+        ch as u32,
+        cw as u32,
+    )
 }
 
 /// The augmented 8-bit crop (S x S) of one decoded image.
-pub fn augment_crop(img: &RgbImage, img_cfg: &ImageConfig, cfg: &AugmentConfig, rng: &mut Rng) -> Result<RgbImage> {
+pub fn augment_crop(
+    img: &RgbImage,
+    img_cfg: &ImageConfig,
+    cfg: &AugmentConfig,
+    rng: &mut Rng,
+) -> Result<RgbImage> {
     let (top, left, h, w) = random_resized_crop_box(img.width(), img.height(), cfg, rng);
     let crop = image::imageops::crop_imm(img, left, top, w, h).to_image();
     let mut resized = resize_rgb(&crop, img_cfg.crop, img_cfg.crop)?;
@@ -59,7 +78,13 @@ pub fn augment_crop(img: &RgbImage, img_cfg: &ImageConfig, cfg: &AugmentConfig, 
 }
 
 /// Augment one decoded image into normalised CHW floats appended to `out`.
-pub fn augment_into(img: &RgbImage, img_cfg: &ImageConfig, cfg: &AugmentConfig, rng: &mut Rng, out: &mut Vec<f32>) -> Result<()> {
+pub fn augment_into(
+    img: &RgbImage,
+    img_cfg: &ImageConfig,
+    cfg: &AugmentConfig,
+    rng: &mut Rng,
+    out: &mut Vec<f32>,
+) -> Result<()> {
     normalize_into(&augment_crop(img, img_cfg, cfg, rng)?, img_cfg, out);
     Ok(())
 }
@@ -88,7 +113,10 @@ mod tests {
         // Accepted samples of U(0.08, 1) area, biased low by rejections of tall/wide boxes.
         assert!((0.35..0.6).contains(&mean), "mean area fraction {mean}");
         // Same seed, same boxes.
-        assert_eq!(random_resized_crop_box(w, h, &cfg, &mut Rng::new(9)), random_resized_crop_box(w, h, &cfg, &mut Rng::new(9)));
+        assert_eq!(
+            random_resized_crop_box(w, h, &cfg, &mut Rng::new(9)),
+            random_resized_crop_box(w, h, &cfg, &mut Rng::new(9))
+        );
         // A 1-pixel-high strip cannot fit the ratio range: the central fallback crop is used.
         let (top, left, ch, cw) = random_resized_crop_box(400, 1, &cfg, &mut Rng::new(3));
         assert_eq!((top, ch), (0, 1));
@@ -99,7 +127,11 @@ mod tests {
     fn flips_about_half_the_time() {
         let img = RgbImage::from_fn(64, 48, |x, _| image::Rgb([x as u8 * 4, 0, 0]));
         let img_cfg = ImageConfig::clip(32);
-        let cfg = AugmentConfig { scale: (1.0, 1.0), ratio: (64.0 / 48.0, 64.0 / 48.0), flip_p: 0.5 };
+        let cfg = AugmentConfig {
+            scale: (1.0, 1.0),
+            ratio: (64.0 / 48.0, 64.0 / 48.0),
+            flip_p: 0.5,
+        };
         let mut rng = Rng::new(4);
         let mut flipped = 0;
         for _ in 0..200 {

@@ -28,12 +28,23 @@ pub struct CheckpointMeta {
     pub loss_scaler: Option<super::optim::LossScaler>,
 }
 
-pub fn save(path: &Path, meta: &CheckpointMeta, params: &[(String, Tensor)], momentum: &[(String, Tensor)]) -> Result<()> {
-    let mut named: Vec<(String, &Tensor)> = params.iter().map(|(n, t)| (format!("param.{n}"), t)).collect();
+pub fn save(
+    path: &Path,
+    meta: &CheckpointMeta,
+    params: &[(String, Tensor)],
+    momentum: &[(String, Tensor)],
+) -> Result<()> {
+    let mut named: Vec<(String, &Tensor)> = params
+        .iter()
+        .map(|(n, t)| (format!("param.{n}"), t))
+        .collect();
     named.extend(momentum.iter().map(|(n, t)| (format!("momentum.{n}"), t)));
     let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
     let mut md = HashMap::new();
-    md.insert("promptclip_checkpoint".into(), serde_json::to_string(meta).map_err(|e| Error::Internal(e.to_string()))?);
+    md.insert(
+        "promptclip_checkpoint".into(),
+        serde_json::to_string(meta).map_err(|e| Error::Internal(e.to_string()))?,
+    );
     write_safetensors_atomic(path, &refs, md)
 }
 
@@ -46,12 +57,22 @@ pub struct Loaded {
 pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
     let (tensors, md) = read_safetensors(path, device)?;
     let json = md.get("promptclip_checkpoint").ok_or_else(|| {
-        Error::InvalidArgument(format!("{} is not a promptclip training checkpoint", path.display()))
+        Error::InvalidArgument(format!(
+            "{} is not a promptclip training checkpoint",
+            path.display()
+        ))
     })?;
-    let meta: CheckpointMeta = serde_json::from_str(json)
-        .map_err(|e| Error::InvalidArgument(format!("{}: unreadable checkpoint metadata: {e}", path.display())))?;
+    let meta: CheckpointMeta = serde_json::from_str(json).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "{}: unreadable checkpoint metadata: {e}",
+            path.display()
+        ))
+    })?;
     if meta.format != CHECKPOINT_FORMAT {
-        return Err(Error::InvalidArgument(format!("{} is not a promptclip training checkpoint", path.display())));
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a promptclip training checkpoint",
+            path.display()
+        )));
     }
     let mut params = HashMap::new();
     let mut momentum = HashMap::new();
@@ -62,5 +83,9 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
             momentum.insert(n.to_string(), t);
         }
     }
-    Ok(Loaded { meta, params, momentum })
+    Ok(Loaded {
+        meta,
+        params,
+        momentum,
+    })
 }

@@ -15,7 +15,13 @@ pub struct SgdConfig {
 impl Default for SgdConfig {
     /// The CoOp recipe: lr 0.002, momentum 0.9, weight decay 5e-4.
     fn default() -> Self {
-        Self { lr: 0.002, momentum: 0.9, weight_decay: 5e-4, dampening: 0.0, nesterov: false }
+        Self {
+            lr: 0.002,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            dampening: 0.0,
+            nesterov: false,
+        }
     }
 }
 
@@ -27,7 +33,10 @@ pub struct Sgd {
 
 impl Sgd {
     pub fn new(config: SgdConfig, n_params: usize) -> Self {
-        Self { config, buffers: vec![None; n_params] }
+        Self {
+            config,
+            buffers: vec![None; n_params],
+        }
     }
 
     /// One update with learning rate `lr` (the schedule's value for this epoch):
@@ -45,7 +54,11 @@ impl Sgd {
                     None => d.clone(),
                     Some(b) => ((b * c.momentum)? + (&d * (1.0 - c.dampening))?)?,
                 };
-                d = if c.nesterov { (d + (&buf * c.momentum)?)? } else { buf.clone() };
+                d = if c.nesterov {
+                    (d + (&buf * c.momentum)?)?
+                } else {
+                    buf.clone()
+                };
                 self.buffers[i] = Some(buf);
             }
             p.set(&(p.as_tensor() - (d * lr)?)?.detach())?;
@@ -71,7 +84,11 @@ pub struct LossScaler {
 impl Default for LossScaler {
     /// GradScaler's defaults: 2^16, doubling after 2000 good steps.
     fn default() -> Self {
-        Self { scale: 65536.0, good_steps: 0, growth_interval: 2000 }
+        Self {
+            scale: 65536.0,
+            good_steps: 0,
+            growth_interval: 2000,
+        }
     }
 }
 
@@ -97,7 +114,11 @@ impl LossScaler {
 /// Whether every element of every tensor is finite (one reduction and read-back per tensor).
 pub fn all_finite(grads: &[Tensor]) -> Result<bool> {
     for g in grads {
-        let s = g.abs()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let s = g
+            .abs()?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
         if !s.is_finite() {
             return Ok(false);
         }

@@ -33,7 +33,12 @@ pub struct DecodedImages<'a> {
 
 impl<'a> DecodedImages<'a> {
     pub fn new(sources: &'a [ImageSource], budget_bytes: usize) -> Self {
-        Self { sources, cache: (0..sources.len()).map(|_| OnceLock::new()).collect(), kept: AtomicUsize::new(0), budget: budget_bytes }
+        Self {
+            sources,
+            cache: (0..sources.len()).map(|_| OnceLock::new()).collect(),
+            kept: AtomicUsize::new(0),
+            budget: budget_bytes,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -61,18 +66,38 @@ impl<'a> DecodedImages<'a> {
 
 /// The 8-bit crops (B, S, S, 3) of the images `idx` for `epoch`, augmented on all cores; errors
 /// name the image that failed.
-pub fn augmented_crops(images: &DecodedImages<'_>, image_config: &ImageConfig, config: &TrainConfig, epoch: usize, idx: &[usize]) -> Result<Tensor> {
+pub fn augmented_crops(
+    images: &DecodedImages<'_>,
+    image_config: &ImageConfig,
+    config: &TrainConfig,
+    epoch: usize,
+    idx: &[usize],
+) -> Result<Tensor> {
     let size = image_config.crop as usize;
     let crops: Vec<Result<RgbImage>> = idx
         .par_iter()
         .map(|&i| {
             let mut rng = Rng::new(derive_seed(config.seed, epoch as u64, i as u64));
-            augment_crop(images.get(i)?.as_ref(), image_config, &config.augment_config, &mut rng)
+            augment_crop(
+                images.get(i)?.as_ref(),
+                image_config,
+                &config.augment_config,
+                &mut rng,
+            )
         })
         .collect();
     let mut data = Vec::with_capacity(idx.len() * size * size * 3);
     for (crop, &i) in crops.into_iter().zip(idx) {
-        data.extend_from_slice(crop.map_err(|e| Error::InvalidArgument(format!("training image {i} cannot be used: {e}")))?.as_raw());
+        data.extend_from_slice(
+            crop.map_err(|e| {
+                Error::InvalidArgument(format!("training image {i} cannot be used: {e}"))
+            })?
+            .as_raw(),
+        );
     }
-    Ok(Tensor::from_vec(data, (idx.len(), size, size, 3), &Device::Cpu)?)
+    Ok(Tensor::from_vec(
+        data,
+        (idx.len(), size, size, 3),
+        &Device::Cpu,
+    )?)
 }

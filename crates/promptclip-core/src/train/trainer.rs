@@ -24,7 +24,12 @@ pub trait PromptModel {
     fn num_classes(&self) -> usize;
 
     /// Mean cross-entropy of a batch, its logits (detached) and the gradient of every var.
-    fn loss_and_grads(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor) -> Result<(f32, Tensor, Vec<Tensor>)> {
+    fn loss_and_grads(
+        &self,
+        clip: &Clip,
+        image_features: &Tensor,
+        labels: &Tensor,
+    ) -> Result<(f32, Tensor, Vec<Tensor>)> {
         self.loss_and_grads_scaled(clip, image_features, labels, 1.0)
     }
 
@@ -32,16 +37,31 @@ pub trait PromptModel {
     /// divided by it again (fp16 loss scaling; see `LossScaler`). This default builds the whole
     /// graph with autograd; the learners override it with the text encoder's own backward pass
     /// (CoCoOp also accumulates gradients chunk by chunk within a memory budget).
-    fn loss_and_grads_scaled(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor, grad_scale: f64) -> Result<(f32, Tensor, Vec<Tensor>)> {
+    fn loss_and_grads_scaled(
+        &self,
+        clip: &Clip,
+        image_features: &Tensor,
+        labels: &Tensor,
+        grad_scale: f64,
+    ) -> Result<(f32, Tensor, Vec<Tensor>)> {
         let logits = self.logits(clip, image_features)?;
         let loss = cross_entropy(&logits, labels)?;
         let grads = (&loss * grad_scale)?.backward()?;
         let gs = self
             .vars()
             .iter()
-            .map(|(name, v)| grads.get(v.as_tensor()).ok_or_else(|| Error::Internal(format!("no gradient reached `{name}`"))).and_then(|g| Ok((g / grad_scale)?)))
+            .map(|(name, v)| {
+                grads
+                    .get(v.as_tensor())
+                    .ok_or_else(|| Error::Internal(format!("no gradient reached `{name}`")))
+                    .and_then(|g| Ok((g / grad_scale)?))
+            })
             .collect::<Result<Vec<_>>>()?;
-        Ok((loss.to_dtype(DType::F32)?.to_scalar::<f32>()?, logits.detach(), gs))
+        Ok((
+            loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
+            logits.detach(),
+            gs,
+        ))
     }
 }
 
@@ -57,10 +77,21 @@ impl LabelledImages {
             return Err(Error::InvalidArgument("the dataset is empty".into()));
         }
         if self.sources.len() != self.labels.len() {
-            return Err(Error::InvalidArgument(format!("{} images but {} labels", self.sources.len(), self.labels.len())));
+            return Err(Error::InvalidArgument(format!(
+                "{} images but {} labels",
+                self.sources.len(),
+                self.labels.len()
+            )));
         }
-        if let Some((i, l)) = self.labels.iter().enumerate().find(|(_, &l)| l >= num_classes) {
-            return Err(Error::InvalidArgument(format!("labels[{i}] = {l} is out of range for {num_classes} classes")));
+        if let Some((i, l)) = self
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l >= num_classes)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "labels[{i}] = {l} is out of range for {num_classes} classes"
+            )));
         }
         Ok(())
     }
@@ -125,7 +156,10 @@ impl TrainConfig {
         if !(self.sgd.lr > 0.0 && self.sgd.lr.is_finite()) {
             return bad(format!("lr must be a positive number, got {}", self.sgd.lr));
         }
-        if !(0.0..1.0).contains(&self.sgd.momentum) || self.sgd.weight_decay < 0.0 || self.warmup_lr < 0.0 {
+        if !(0.0..1.0).contains(&self.sgd.momentum)
+            || self.sgd.weight_decay < 0.0
+            || self.warmup_lr < 0.0
+        {
             return bad("momentum must be in [0, 1), weightDecay and warmupLr non-negative".into());
         }
         if self.checkpoint_every == 0 {
@@ -138,7 +172,13 @@ impl TrainConfig {
     }
 
     pub fn lr_schedule(&self) -> LrSchedule {
-        LrSchedule { kind: self.schedule, base_lr: self.sgd.lr, max_epochs: self.epochs, warmup_epochs: self.warmup_epochs, warmup_lr: self.warmup_lr }
+        LrSchedule {
+            kind: self.schedule,
+            base_lr: self.sgd.lr,
+            max_epochs: self.epochs,
+            warmup_epochs: self.warmup_epochs,
+            warmup_lr: self.warmup_lr,
+        }
     }
 }
 
@@ -172,7 +212,9 @@ pub struct TrainSummary {
 
 /// Independent random stream per (seed, a, b): order of work across threads never matters.
 pub fn derive_seed(seed: u64, a: u64, b: u64) -> u64 {
-    let mut r = Rng::new(seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
+    let mut r = Rng::new(
+        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F),
+    );
     r.next_u64()
 }
 
@@ -199,17 +241,32 @@ pub fn fit<M: PromptModel>(
     if let Some(path) = &config.resume_from {
         let ck = checkpoint::load(path, &clip.device)?;
         let m = &ck.meta;
-        let mismatch = |what: &str| Error::InvalidArgument(format!("{}: cannot resume, the checkpoint was made with a different {what}", path.display()));
+        let mismatch = |what: &str| {
+            Error::InvalidArgument(format!(
+                "{}: cannot resume, the checkpoint was made with a different {what}",
+                path.display()
+            ))
+        };
         if m.model != model.describe() {
-            return Err(mismatch("prompt learner (method, context length, position or classes)"));
+            return Err(mismatch(
+                "prompt learner (method, context length, position or classes)",
+            ));
         }
         if m.seed != config.seed || m.epochs != config.epochs || m.batch_size != config.batch_size {
             return Err(mismatch("seed, epoch count or batch size"));
         }
         for (i, (name, var)) in vars.iter().enumerate() {
-            let p = ck.params.get(name).ok_or_else(|| Error::MissingTensor { name: format!("param.{name}"), path: path.clone() })?;
+            let p = ck.params.get(name).ok_or_else(|| Error::MissingTensor {
+                name: format!("param.{name}"),
+                path: path.clone(),
+            })?;
             if p.dims() != var.dims() {
-                return Err(Error::ShapeMismatch { name: format!("param.{name}"), path: path.clone(), expected: var.dims().to_vec(), actual: p.dims().to_vec() });
+                return Err(Error::ShapeMismatch {
+                    name: format!("param.{name}"),
+                    path: path.clone(),
+                    expected: var.dims().to_vec(),
+                    actual: p.dims().to_vec(),
+                });
             }
             var.set(&p.to_dtype(var.dtype())?)?;
             sgd.buffers[i] = ck.momentum.get(name).cloned();
@@ -224,7 +281,11 @@ pub fn fit<M: PromptModel>(
     // Image features: without augmentation every epoch sees the same center crops, encoded once;
     // with it, the input pipeline's producer thread makes each step's augmented crops ahead of
     // the step (train/pipeline.rs), and this thread encodes them just before it.
-    let fixed = if config.augment { None } else { Some(encode_all(clip, &data.sources)?) };
+    let fixed = if config.augment {
+        None
+    } else {
+        Some(encode_all(clip, &data.sources)?)
+    };
     let (bs, steps_per_epoch) = step_shape(data.sources.len(), config.batch_size);
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
@@ -239,7 +300,13 @@ pub fn fit<M: PromptModel>(
                         if stop.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed) {
                             return;
                         }
-                        let crops = augmented_crops(&images, image_config, config, epoch, &order[step * bs..(step + 1) * bs]);
+                        let crops = augmented_crops(
+                            &images,
+                            image_config,
+                            config,
+                            epoch,
+                            &order[step * bs..(step + 1) * bs],
+                        );
                         let failed = crops.is_err();
                         if tx.send(crops).is_err() || failed {
                             return;
@@ -251,18 +318,51 @@ pub fn fit<M: PromptModel>(
         let encoder = clip.image_encoder(&clip.device)?;
         let mut features_for = |idx: &[usize]| -> Result<Tensor> {
             match &fixed {
-                Some(f) => Ok(f.index_select(&Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), &clip.device)?, 0)?),
+                Some(f) => Ok(f.index_select(
+                    &Tensor::from_vec(
+                        idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                        idx.len(),
+                        &clip.device,
+                    )?,
+                    0,
+                )?),
                 None => {
                     // The producer walks the same batches in the same order.
                     // The producer stops early only when cancelled (or after an error it sent).
-                    let stopped = || if cancel.load(Ordering::Relaxed) { Error::Cancelled } else { Error::Internal("the training input pipeline stopped".into()) };
+                    let stopped = || {
+                        if cancel.load(Ordering::Relaxed) {
+                            Error::Cancelled
+                        } else {
+                            Error::Internal("the training input pipeline stopped".into())
+                        }
+                    };
                     let crops = rx.recv().map_err(|_| stopped())??;
-                    let chunks = (0..idx.len()).step_by(config.encode_batch_size).map(|i| encoder.encode_crops(crops.narrow(0, i, config.encode_batch_size.min(idx.len() - i))?)).collect::<Result<Vec<_>>>()?;
+                    let chunks = (0..idx.len())
+                        .step_by(config.encode_batch_size)
+                        .map(|i| {
+                            encoder.encode_crops(crops.narrow(
+                                0,
+                                i,
+                                config.encode_batch_size.min(idx.len() - i),
+                            )?)
+                        })
+                        .collect::<Result<Vec<_>>>()?;
                     Ok(Tensor::cat(&chunks, 0)?)
                 }
             }
         };
-        let summary = run_epochs(clip, model, data, config, &mut sgd, &mut scaler, (start_epoch, global_step), &mut features_for, on_progress, cancel);
+        let summary = run_epochs(
+            clip,
+            model,
+            data,
+            config,
+            &mut sgd,
+            &mut scaler,
+            (start_epoch, global_step),
+            &mut features_for,
+            on_progress,
+            cancel,
+        );
         // A producer still at work stops at its next batch.
         stop.store(true, Ordering::Relaxed);
         summary
@@ -279,7 +379,10 @@ const PREFETCH_BATCHES: usize = 8;
 /// The batch size and steps per epoch for `n` images: as Dassl's train loader, the last
 /// incomplete batch is dropped when there is more than one batch.
 fn step_shape(n: usize, batch_size: usize) -> (usize, usize) {
-    (batch_size.min(n), if n >= batch_size { n / batch_size } else { 1 })
+    (
+        batch_size.min(n),
+        if n >= batch_size { n / batch_size } else { 1 },
+    )
 }
 
 /// Epoch `epoch`'s order of the `n` training images.
@@ -309,7 +412,14 @@ fn run_epochs<M: PromptModel>(
     let (bs, steps_per_epoch) = step_shape(n, config.batch_size);
     let schedule = config.lr_schedule();
     let labels_all: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
-    let mut summary = TrainSummary { epochs: config.epochs, start_epoch, global_step, epoch_loss: vec![], epoch_accuracy: vec![], seconds: 0.0 };
+    let mut summary = TrainSummary {
+        epochs: config.epochs,
+        start_epoch,
+        global_step,
+        epoch_loss: vec![],
+        epoch_accuracy: vec![],
+        seconds: 0.0,
+    };
     for epoch in start_epoch..config.epochs {
         let lr = schedule.lr(epoch);
         let order = epoch_order(config.seed, epoch, n);
@@ -320,13 +430,30 @@ fn run_epochs<M: PromptModel>(
             }
             let idx = &order[step * bs..(step + 1) * bs];
             let features = features_for(idx)?;
-            let labels = Tensor::from_vec(idx.iter().map(|&i| labels_all[i]).collect::<Vec<_>>(), idx.len(), &clip.device)?;
+            let labels = Tensor::from_vec(
+                idx.iter().map(|&i| labels_all[i]).collect::<Vec<_>>(),
+                idx.len(),
+                &clip.device,
+            )?;
             let (loss_value, logits, gs) = loop {
                 let grad_scale = scaler.as_ref().map_or(1.0, |s| s.scale);
-                let (loss_value, logits, gs) = model.loss_and_grads_scaled(clip, &features, &labels, grad_scale)?;
+                let (loss_value, logits, gs) =
+                    model.loss_and_grads_scaled(clip, &features, &labels, grad_scale)?;
                 if !loss_value.is_finite() {
-                    let hint = if clip.dtype == DType::F32 { String::new() } else { format!(" (training in {:?}: try fp32 or a lower learning rate)", clip.dtype) };
-                    return Err(Error::NonFiniteLoss { value: loss_value, epoch, step: step + 1, hint });
+                    let hint = if clip.dtype == DType::F32 {
+                        String::new()
+                    } else {
+                        format!(
+                            " (training in {:?}: try fp32 or a lower learning rate)",
+                            clip.dtype
+                        )
+                    };
+                    return Err(Error::NonFiniteLoss {
+                        value: loss_value,
+                        epoch,
+                        step: step + 1,
+                        hint,
+                    });
                 }
                 // fp16 loss scaling: gradients that overflowed are computed again at half the scale.
                 match scaler.as_mut() {
@@ -346,7 +473,11 @@ fn run_epochs<M: PromptModel>(
             sgd.step(&params, &gs, lr)?;
 
             let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-            correct += pred.iter().zip(idx).filter(|(p, &i)| **p == labels_all[i]).count();
+            correct += pred
+                .iter()
+                .zip(idx)
+                .filter(|(p, &i)| **p == labels_all[i])
+                .count();
             seen += idx.len();
             loss_sum += loss_value as f64 * idx.len() as f64;
             global_step += 1;
@@ -377,8 +508,15 @@ fn run_epochs<M: PromptModel>(
                     model: model.describe(),
                     loss_scaler: *scaler,
                 };
-                let params: Vec<(String, Tensor)> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-                let momentum: Vec<(String, Tensor)> = vars.iter().zip(&sgd.buffers).filter_map(|((n, _), b)| b.clone().map(|b| (n.clone(), b))).collect();
+                let params: Vec<(String, Tensor)> = vars
+                    .iter()
+                    .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+                    .collect();
+                let momentum: Vec<(String, Tensor)> = vars
+                    .iter()
+                    .zip(&sgd.buffers)
+                    .filter_map(|((n, _), b)| b.clone().map(|b| (n.clone(), b)))
+                    .collect();
                 checkpoint::save(path, &meta, &params, &momentum)?;
             }
         }
@@ -389,16 +527,25 @@ fn run_epochs<M: PromptModel>(
 
 /// Mean cross-entropy of logits (B, K) against labels (B,), computed in f32 (f64 stays f64).
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    let dtype = if logits.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-    Ok(candle_nn::loss::cross_entropy(&logits.to_dtype(dtype)?, labels)?)
+    let dtype = if logits.dtype() == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    Ok(candle_nn::loss::cross_entropy(
+        &logits.to_dtype(dtype)?,
+        labels,
+    )?)
 }
 
 /// Center-crop features of every image (errors name the files that failed).
 pub fn encode_all(clip: &Clip, sources: &[ImageSource]) -> Result<Tensor> {
     let enc = encode_image_sources(clip, sources, 32)?;
     if let Some((i, e)) = enc.failures.into_iter().next() {
-        return Err(Error::InvalidArgument(format!("training image {i} cannot be used: {e}")));
+        return Err(Error::InvalidArgument(format!(
+            "training image {i} cannot be used: {e}"
+        )));
     }
-    enc.features.ok_or_else(|| Error::InvalidArgument("the dataset is empty".into()))
+    enc.features
+        .ok_or_else(|| Error::InvalidArgument("the dataset is empty".into()))
 }
-

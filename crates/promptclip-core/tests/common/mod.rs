@@ -32,26 +32,64 @@ pub fn load_reference(name: &str) -> HashMap<String, Tensor> {
 /// Computed in f64, so that f64 results are compared at their own precision.
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let a = a.to_dtype(candle_core::DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let b = b.to_dtype(candle_core::DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let a = a
+        .to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let b = b
+        .to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     let scale = b.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-300);
-    (a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale) as f32
+    (a.iter()
+        .zip(&b)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale) as f32
 }
 
 /// Six colour classes of small synthetic photos; the first three are "base", the rest "new".
-pub fn colours(per_class: usize, seed: u64, classes: std::ops::Range<usize>) -> (Vec<String>, promptclip_core::train::LabelledImages) {
+pub fn colours(
+    per_class: usize,
+    seed: u64,
+    classes: std::ops::Range<usize>,
+) -> (Vec<String>, promptclip_core::train::LabelledImages) {
     let names = ["red", "green", "blue", "yellow", "purple", "orange"];
-    let rgb = [[220u8, 40, 40], [40, 200, 60], [40, 70, 220], [230, 220, 40], [150, 40, 200], [250, 140, 20]];
+    let rgb = [
+        [220u8, 40, 40],
+        [40, 200, 60],
+        [40, 70, 220],
+        [230, 220, 40],
+        [150, 40, 200],
+        [250, 140, 20],
+    ];
     let mut rng = promptclip_core::rng::Rng::new(seed);
     let (mut sources, mut labels) = (vec![], vec![]);
     for i in 0..per_class {
         for (j, c) in classes.clone().enumerate() {
-            let img = image::RgbImage::from_fn(40, 40, |x, y| image::Rgb(rgb[c].map(|v| (v as i32 + ((x + y) % 16) as i32 - 8 + rng.below(30) as i32 - 15).clamp(0, 255) as u8)));
+            let img = image::RgbImage::from_fn(40, 40, |x, y| {
+                image::Rgb(rgb[c].map(|v| {
+                    (v as i32 + ((x + y) % 16) as i32 - 8 + rng.below(30) as i32 - 15).clamp(0, 255)
+                        as u8
+                }))
+            });
             let mut png = Vec::new();
-            img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
-            sources.push(promptclip_core::preprocess::ImageSource::Bytes { name: format!("{}-{i}.png", names[c]), data: std::sync::Arc::from(png) });
+            img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                .unwrap();
+            sources.push(promptclip_core::preprocess::ImageSource::Bytes {
+                name: format!("{}-{i}.png", names[c]),
+                data: std::sync::Arc::from(png),
+            });
             labels.push(j);
         }
     }
-    (classes.map(|c| names[c].to_string()).collect(), promptclip_core::train::LabelledImages { sources, labels })
+    (
+        classes.map(|c| names[c].to_string()).collect(),
+        promptclip_core::train::LabelledImages { sources, labels },
+    )
 }
