@@ -247,8 +247,8 @@ def check_encoder_path(tok, model, setup, n_ctx, csc, position, init):
     return err
 
 
-def fd_check(model, setup, ctx32, position, image_features, labels, grad32, seed):
-    """float64 autograd vs central finite differences; float32 grad vs float64 grad."""
+def model_float64(model):
+    """A float64 copy of the frozen model, for the gradient checks."""
     m64 = copy.deepcopy(model).double()
     # transformers' eager attention always takes the softmax in float32
     # (softmax(..., dtype=torch.float32).to(query.dtype)), which would leave float32 noise in a
@@ -259,12 +259,25 @@ def fd_check(model, setup, ctx32, position, image_features, labels, grad32, seed
         m64.config._attn_implementation = "sdpa"
         m64.text_model.config._attn_implementation = "sdpa"
     assert m64.text_model.config._attn_implementation == "sdpa"
-    ctx64 = ctx32.detach().double().requires_grad_(True)
+    return m64
+
+
+def fd_check(model, setup, ctx32, position, image_features, labels, grad32, seed):
+    """float64 autograd vs central finite differences; float32 grad vs float64 grad."""
+    m64 = model_float64(model)
     img64, lab = image_features.double(), labels
 
     def loss_of(c):
         return forward(m64, setup, c, position, img64, lab)[3]
 
+    return check_gradient(loss_of, ctx32, grad32, seed)
+
+
+def check_gradient(loss_of, ctx32, grad32, seed):
+    """loss_of: float64 ctx -> float64 scalar loss. Its autograd gradient at ctx32 vs grad32
+    (relative, < 1e-4) and vs central finite differences (three coordinates: the largest, a
+    seeded random one, the last; and a seeded random direction)."""
+    ctx64 = ctx32.detach().double().requires_grad_(True)
     loss = loss_of(ctx64)
     (g64,) = torch.autograd.grad(loss, ctx64)
     rel32 = ((grad32.double() - g64).norm() / g64.norm()).item()
@@ -308,15 +321,51 @@ def canonical_header(path):
         f.write(len(h).to_bytes(8, "little") + h + raw[8 + n:])
 
 
-def make_case(tok, model, image_features, labels, name, n_ctx, csc, position, init, seed):
+def word_init(tok, model, init):
+    """CoOp's word initialisation: n_ctx = the number of words (which must equal their BPE
+    token count), ctx = their token embeddings (M,d) (embedding of clip.tokenize(words) rows
+    1..M)."""
+    words = init.replace("_", " ")
+    n_words = len(words.split(" "))  # CoOp: n_ctx = len(ctx_init.split(" "))
+    n_bpe = len(bpe(tok, words))
+    assert n_words == n_bpe, (n_words, n_bpe)
+    init_ids = tokenize(tok, words)
+    with torch.no_grad():
+        emb = model.text_model.embeddings.token_embedding(init_ids[None])
+    return n_bpe, emb[0, 1:1 + n_bpe, :].clone()
+
+
+def case_metadata(model, setup, position, n_ctx, csc, init):
+    return {
+        "position": position,
+        "n_ctx": str(n_ctx),
+        "csc": "true" if csc else "false",
+        "class_names": json.dumps(CLASS_NAMES),
+        "init": init,
+        "prompt_texts": json.dumps(setup.texts),
+        "logit_scale_exp": repr(model.logit_scale.exp().item()),
+    }
+
+
+def save(tensors, meta, path):
+    """save_file, then the canonical (sorted-metadata) header."""
     from safetensors.torch import save_file
 
+    save_file(tensors, path, metadata=meta)
+    canonical_header(path)
+    print(f"wrote {os.path.relpath(path, ROOT)} ({os.path.getsize(path)} bytes)")
+
+
+def make_batch(model):
+    """The 6 image features (randn, seeded, dim = projection) and their labels."""
+    image_features = torch.randn(len(LABELS), model.text_projection.out_features,
+                                 generator=torch.Generator().manual_seed(IMAGE_SEED))
+    return image_features, torch.tensor(LABELS, dtype=torch.int64)
+
+
+def make_case(tok, model, image_features, labels, name, n_ctx, csc, position, init, seed):
     if init != "random":
-        words = init.replace("_", " ")
-        n_words = len(words.split(" "))  # CoOp: n_ctx = len(ctx_init.split(" "))
-        n_bpe = len(bpe(tok, words))
-        assert n_words == n_bpe, (n_words, n_bpe)
-        n_ctx = n_bpe
+        n_ctx, ctx_words = word_init(tok, model, init)
     setup = PromptSetup(tok, model, n_ctx, init, CLASS_NAMES)
     k, d = setup.token_ids.shape[0], setup.embedding.shape[-1]
     enc_err = check_encoder_path(tok, model, setup, n_ctx, csc, position, init)
@@ -326,10 +375,7 @@ def make_case(tok, model, image_features, labels, name, n_ctx, csc, position, in
         g = torch.Generator().manual_seed(seed)
         ctx0 = torch.randn(shape, generator=g, dtype=torch.float32) * 0.02
     else:
-        init_ids = tokenize(tok, init.replace("_", " "))
-        with torch.no_grad():
-            emb = model.text_model.embeddings.token_embedding(init_ids[None])
-        ctx0 = emb[0, 1:1 + n_ctx, :].clone()
+        ctx0 = ctx_words
         assert not csc
 
     ctx = ctx0.clone().requires_grad_(True)
@@ -360,19 +406,9 @@ def make_case(tok, model, image_features, labels, name, n_ctx, csc, position, in
     }
     for key, v in tensors.items():
         assert v.dtype in (torch.float32, torch.int64), key
-    meta = {
-        "position": position,
-        "n_ctx": str(n_ctx),
-        "csc": "true" if csc else "false",
-        "class_names": json.dumps(CLASS_NAMES),
-        "init": init,
-        "prompt_texts": json.dumps(setup.texts),
-        "logit_scale_exp": repr(model.logit_scale.exp().item()),
-    }
+    meta = case_metadata(model, setup, position, n_ctx, csc, init)
     path = os.path.join(OUT, f"{name}.safetensors")
-    save_file(tensors, path, metadata=meta)
-    canonical_header(path)
-    print(f"wrote {os.path.relpath(path, ROOT)} ({os.path.getsize(path)} bytes)")
+    save(tensors, meta, path)
     print(f"    texts {setup.texts}, name_lens {setup.name_lens}, "
           f"eot_index {setup.eot_index.tolist()}")
     print(f"    loss {loss.item():.6f}, |grad_ctx| max {grad.abs().max().item():.3e}, "
@@ -486,9 +522,7 @@ def main():
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")
     os.makedirs(OUT, exist_ok=True)
     tok, model = load()
-    image_features = torch.randn(len(LABELS), model.text_projection.out_features,
-                                 generator=torch.Generator().manual_seed(IMAGE_SEED))
-    labels = torch.tensor(LABELS, dtype=torch.int64)
+    image_features, labels = make_batch(model)
     for case in CASES:
         make_case(tok, model, image_features, labels, *case)
     make_schedule()
