@@ -32,6 +32,7 @@ pub enum Error {
     InvalidArgument(String),
     #[error("CUDA is not available: {0}")]
     CudaUnavailable(String),
+    /// `epoch` and `step` count from 1.
     #[error("training stopped: the loss became {value} at epoch {epoch}, step {step}{hint}")]
     NonFiniteLoss {
         value: f32,
@@ -39,12 +40,14 @@ pub enum Error {
         step: usize,
         hint: String,
     },
+    #[error("{0}")]
+    NonFiniteParams(String),
     #[error("cancelled")]
     Cancelled,
     #[error("busy: {0}")]
     Busy(String),
     #[error("{0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -64,6 +67,7 @@ impl Error {
             Error::InvalidArgument(_) => "E_INVALID_ARGUMENT",
             Error::CudaUnavailable(_) => "E_CUDA_UNAVAILABLE",
             Error::NonFiniteLoss { .. } => "E_NON_FINITE_LOSS",
+            Error::NonFiniteParams(_) => "E_NON_FINITE_PARAMS",
             Error::Cancelled => "E_CANCELLED",
             Error::Busy(_) => "E_BUSY",
             Error::Candle(_) => "E_TENSOR",
@@ -85,6 +89,29 @@ impl Error {
             path: path.into(),
             msg: msg.into(),
         }
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    /// candle attaches a backtrace when RUST_BACKTRACE is set; it belongs in a debugger, not in
+    /// the message users read.
+    fn from(e: candle_core::Error) -> Self {
+        fn strip(e: candle_core::Error) -> candle_core::Error {
+            use candle_core::Error as E;
+            match e {
+                E::WithBacktrace { inner, .. } => strip(*inner),
+                E::Context { inner, context } => E::Context {
+                    inner: Box::new(strip(*inner)),
+                    context,
+                },
+                E::WithPath { inner, path } => E::WithPath {
+                    inner: Box::new(strip(*inner)),
+                    path,
+                },
+                e => e,
+            }
+        }
+        Error::Candle(strip(e))
     }
 }
 

@@ -3,6 +3,11 @@
 //! per-class accuracy, confusion matrix, top-k accuracy.
 use crate::{Error, Result};
 
+/// How many labels a prediction lists, and how many nearest words interpretation shows.
+pub const TOP_K: usize = 5;
+/// The top-k accuracies an evaluation reports (each capped at the number of classes).
+pub const EVAL_TOP_K: [usize; 2] = [1, 5];
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metrics {
     pub total: usize,
@@ -19,13 +24,24 @@ pub struct Metrics {
     pub top_k: Vec<(usize, f64)>,
 }
 
-/// Metrics from scores (N x K, row-major; probabilities or logits) and true labels.
+/// Metrics from scores (N x K, row-major; probabilities or logits) and true labels. Each k of
+/// `ks` is capped at the number of classes (top-5 of 3 classes is top-3); repeats are reported once.
 pub fn metrics(
     scores: &[f32],
     num_classes: usize,
     labels: &[usize],
     ks: &[usize],
 ) -> Result<Metrics> {
+    if let Some(i) = ks.iter().position(|&k| k == 0) {
+        return Err(Error::InvalidArgument(format!("topK[{i}] must be at least 1")));
+    }
+    let mut capped: Vec<usize> = Vec::new();
+    for &k in ks {
+        if !capped.contains(&k.min(num_classes)) {
+            capped.push(k.min(num_classes));
+        }
+    }
+    let ks = capped.as_slice();
     let n = labels.len();
     if n == 0 {
         return Err(Error::InvalidArgument("no examples to evaluate".into()));

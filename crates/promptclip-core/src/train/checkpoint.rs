@@ -1,5 +1,6 @@
-//! Training checkpoints: parameters, momentum buffers, schedule position and the random seed
-//! stream, in one safetensors file replaced atomically at each save.
+//! Training checkpoints: parameters, momentum buffers, the schedule position and the seed (from
+//! which every epoch's shuffling and augmentation derive), in one safetensors file replaced
+//! atomically at each save.
 use crate::files::{read_safetensors, write_safetensors_atomic};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -21,8 +22,8 @@ pub struct CheckpointMeta {
     pub seed: u64,
     pub epochs: usize,
     pub batch_size: usize,
-    /// The model's own description (method, M, classes, ...): resuming requires equality.
-    pub model: serde_json::Value,
+    /// The learner's description (method, options, classes): resuming requires equality.
+    pub model: crate::methods::LearnerMeta,
     /// fp16 loss scaling's state, when training in fp16.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scaler: Option<super::optim::LossScaler>,

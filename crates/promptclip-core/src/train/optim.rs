@@ -13,10 +13,10 @@ pub struct SgdConfig {
 }
 
 impl Default for SgdConfig {
-    /// The CoOp recipe: lr 0.002, momentum 0.9, weight decay 5e-4.
+    /// The CoOp recipe: lr 0.002 (`Recipe`'s), momentum 0.9, weight decay 5e-4.
     fn default() -> Self {
         Self {
-            lr: 0.002,
+            lr: crate::methods::Recipe::default().lr,
             momentum: 0.9,
             weight_decay: 5e-4,
             dampening: 0.0,

@@ -1,7 +1,8 @@
 //! Learning-rate schedules as Dassl builds them for CoOp/CoCoOp: stepped once per epoch,
 //! `warmup_epochs` at a constant `warmup_lr`, then cosine annealing over `max_epochs`
 //! (Dassl's ConstantWarmupScheduler wrapping CosineAnnealingLR(T_max = max_epochs)).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ScheduleKind {
     Cosine,
     Constant,

@@ -1,69 +1,23 @@
-//! The training loop shared by CoOp and CoCoOp.
+//! The training loop every method shares: the Dassl recipe of CoOp and its successors (SGD with
+//! momentum and weight decay, constant warmup then cosine per epoch, random resized crop + flip),
+//! seeded end to end, with atomic checkpoints that resume to the same result as an uninterrupted
+//! run. Methods fitted on fixed features (the linear probe) take their own path.
 use super::augment::AugmentConfig;
 use super::checkpoint::{self, CheckpointMeta, CHECKPOINT_FORMAT};
 use super::optim::{all_finite, LossScaler, Sgd, SgdConfig};
 use super::pipeline::{augmented_crops, DecodedImages};
 use super::schedule::{LrSchedule, ScheduleKind};
 use crate::clip::Clip;
+use crate::methods::io::first_non_finite;
+use crate::methods::{FeatureFit, Method, Recipe, StepOutput};
 use crate::preprocess::ImageSource;
 use crate::rng::Rng;
-use crate::zeroshot::encode_image_sources;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var, D};
+use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-
-/// A prompt learner the trainer can fit: named trainable tensors and logits for a batch of
-/// image features against the learner's own class list.
-pub trait PromptModel {
-    fn vars(&self) -> Vec<(String, Var)>;
-    fn logits(&self, clip: &Clip, image_features: &Tensor) -> Result<Tensor>;
-    /// Identity of the model's configuration, checked when resuming.
-    fn describe(&self) -> serde_json::Value;
-    fn num_classes(&self) -> usize;
-
-    /// Mean cross-entropy of a batch, its logits (detached) and the gradient of every var.
-    fn loss_and_grads(
-        &self,
-        clip: &Clip,
-        image_features: &Tensor,
-        labels: &Tensor,
-    ) -> Result<(f32, Tensor, Vec<Tensor>)> {
-        self.loss_and_grads_scaled(clip, image_features, labels, 1.0)
-    }
-
-    /// The same, with the backward pass run on the loss times `grad_scale` and the gradients
-    /// divided by it again (fp16 loss scaling; see `LossScaler`). This default builds the whole
-    /// graph with autograd; the learners override it with the text encoder's own backward pass
-    /// (CoCoOp also accumulates gradients chunk by chunk within a memory budget).
-    fn loss_and_grads_scaled(
-        &self,
-        clip: &Clip,
-        image_features: &Tensor,
-        labels: &Tensor,
-        grad_scale: f64,
-    ) -> Result<(f32, Tensor, Vec<Tensor>)> {
-        let logits = self.logits(clip, image_features)?;
-        let loss = cross_entropy(&logits, labels)?;
-        let grads = (&loss * grad_scale)?.backward()?;
-        let gs = self
-            .vars()
-            .iter()
-            .map(|(name, v)| {
-                grads
-                    .get(v.as_tensor())
-                    .ok_or_else(|| Error::Internal(format!("no gradient reached `{name}`")))
-                    .and_then(|g| Ok((g / grad_scale)?))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok((
-            loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
-            logits.detach(),
-            gs,
-        ))
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct LabelledImages {
@@ -123,12 +77,78 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
-    /// The CoOp recipe (few-shot: 200 epochs for 16 shots; set `epochs` for your data).
+    /// CoOp's recipe; see [`TrainConfig::for_recipe`].
     fn default() -> Self {
+        Self::for_recipe(&Recipe::default())
+    }
+}
+
+/// Training options as callers give them (JSON from Node): every field may be left out, and then
+/// takes the method's recipe or the shared defaults. Unknown fields are refused by name.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrainOptions {
+    pub epochs: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub lr: Option<f64>,
+    pub momentum: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub schedule: Option<ScheduleKind>,
+    pub warmup_epochs: Option<usize>,
+    pub warmup_lr: Option<f64>,
+    pub seed: Option<u64>,
+    pub augment: Option<bool>,
+    pub checkpoint_path: Option<PathBuf>,
+    pub checkpoint_every: Option<usize>,
+    pub resume_from: Option<PathBuf>,
+    pub encode_batch_size: Option<usize>,
+}
+
+impl TrainOptions {
+    /// Parse from JSON, naming the field of any error.
+    pub fn from_json(options: serde_json::Value) -> Result<Self> {
+        crate::methods::parse_options("train", options)
+    }
+
+    /// The config these options give on top of a method's recipe.
+    pub fn resolve(self, recipe: &Recipe) -> Result<TrainConfig> {
+        let d = TrainConfig::for_recipe(recipe);
+        let config = TrainConfig {
+            epochs: self.epochs.unwrap_or(d.epochs),
+            batch_size: self.batch_size.unwrap_or(d.batch_size),
+            sgd: SgdConfig {
+                lr: self.lr.unwrap_or(d.sgd.lr),
+                momentum: self.momentum.unwrap_or(d.sgd.momentum),
+                weight_decay: self.weight_decay.unwrap_or(d.sgd.weight_decay),
+                ..d.sgd
+            },
+            schedule: self.schedule.unwrap_or(d.schedule),
+            warmup_epochs: self.warmup_epochs.unwrap_or(d.warmup_epochs),
+            warmup_lr: self.warmup_lr.unwrap_or(d.warmup_lr),
+            seed: self.seed.unwrap_or(d.seed),
+            augment: self.augment.unwrap_or(d.augment),
+            checkpoint_path: self.checkpoint_path,
+            checkpoint_every: self.checkpoint_every.unwrap_or(d.checkpoint_every),
+            resume_from: self.resume_from,
+            encode_batch_size: self.encode_batch_size.unwrap_or(d.encode_batch_size),
+            ..d
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl TrainConfig {
+    /// A method's recipe on the shared defaults: SGD momentum 0.9, weight decay 5e-4, one
+    /// constant warmup epoch at 1e-5, cosine per epoch, random resized crop + flip, seed 1.
+    pub fn for_recipe(recipe: &Recipe) -> Self {
         Self {
-            epochs: 50,
-            batch_size: 32,
-            sgd: SgdConfig::default(),
+            epochs: recipe.epochs,
+            batch_size: recipe.batch_size,
+            sgd: SgdConfig {
+                lr: recipe.lr,
+                ..SgdConfig::default()
+            },
             schedule: ScheduleKind::Cosine,
             warmup_epochs: 1,
             warmup_lr: 1e-5,
@@ -142,9 +162,7 @@ impl Default for TrainConfig {
             decoded_cache_bytes: 2 << 30,
         }
     }
-}
 
-impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
         if self.epochs == 0 {
@@ -184,6 +202,7 @@ impl TrainConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Progress {
+    /// The epoch this step belongs to, 1-based (1..=epochs).
     pub epoch: usize,
     pub epochs: usize,
     /// Step within the epoch, 1-based.
@@ -192,7 +211,7 @@ pub struct Progress {
     pub global_step: usize,
     /// This batch's loss.
     pub loss: f32,
-    /// Mean loss and accuracy over the epoch so far.
+    /// Mean loss and accuracy (percent, as every accuracy here) over the epoch so far.
     pub epoch_loss: f32,
     pub epoch_accuracy: f32,
     pub lr: f64,
@@ -201,13 +220,16 @@ pub struct Progress {
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
     pub epochs: usize,
-    /// The epoch training started at (> 0 when resumed).
+    /// Epochs already done when this run started (0 for a fresh run, k after resuming from a
+    /// checkpoint written after epoch k).
     pub start_epoch: usize,
     pub global_step: usize,
-    /// Mean loss and accuracy of each epoch run.
+    /// Mean loss and accuracy (percent) of each epoch run.
     pub epoch_loss: Vec<f32>,
     pub epoch_accuracy: Vec<f32>,
     pub seconds: f64,
+    /// What a method fitted on features reports (the linear probe's C search).
+    pub details: Option<serde_json::Value>,
 }
 
 /// Independent random stream per (seed, a, b): order of work across threads never matters.
@@ -220,17 +242,38 @@ pub fn derive_seed(seed: u64, a: u64, b: u64) -> u64 {
 
 /// Train `model` on `data`. `on_progress` is called after every step; `cancel` stops training
 /// (with `Error::Cancelled`) at the next step boundary.
-pub fn fit<M: PromptModel>(
+pub fn fit(
     clip: &Clip,
-    model: &M,
+    model: &dyn Method,
     data: &LabelledImages,
     config: &TrainConfig,
     on_progress: &mut dyn FnMut(&Progress),
     cancel: &AtomicBool,
 ) -> Result<TrainSummary> {
+    fit_with_validation(clip, model, data, None, config, on_progress, cancel)
+}
+
+/// `fit`, with a validation split for methods that choose hyperparameters on one (the linear
+/// probe's C); SGD methods ignore it.
+pub fn fit_with_validation(
+    clip: &Clip,
+    model: &dyn Method,
+    data: &LabelledImages,
+    validation: Option<&LabelledImages>,
+    config: &TrainConfig,
+    on_progress: &mut dyn FnMut(&Progress),
+    cancel: &AtomicBool,
+) -> Result<TrainSummary> {
     config.validate()?;
-    data.validate(model.num_classes())?;
+    let k = model.class_names().len();
+    data.validate(k)?;
+    if let Some(v) = validation {
+        v.validate(k).map_err(|e| Error::InvalidArgument(format!("validation set: {e}")))?;
+    }
     let started = Instant::now();
+    if model.fits_on_features() {
+        return fit_on_features(clip, model, data, validation, started);
+    }
     let vars = model.vars();
     let mut sgd = Sgd::new(config.sgd, vars.len());
     // fp16 weights: loss scaling, as the official `amp` path (bf16 has fp32's range).
@@ -247,10 +290,8 @@ pub fn fit<M: PromptModel>(
                 path.display()
             ))
         };
-        if m.model != model.describe() {
-            return Err(mismatch(
-                "prompt learner (method, context length, position or classes)",
-            ));
+        if m.model != model.meta() {
+            return Err(mismatch("learner (method, options or classes)"));
         }
         if m.seed != config.seed || m.epochs != config.epochs || m.batch_size != config.batch_size {
             return Err(mismatch("seed, epoch count or batch size"));
@@ -284,7 +325,7 @@ pub fn fit<M: PromptModel>(
     let fixed = if config.augment {
         None
     } else {
-        Some(encode_all(clip, &data.sources)?)
+        Some(crate::features::encode_all(clip, &data.sources, "training image")?)
     };
     let (bs, steps_per_epoch) = step_shape(data.sources.len(), config.batch_size);
     let stop = AtomicBool::new(false);
@@ -373,6 +414,38 @@ pub fn fit<M: PromptModel>(
     })
 }
 
+/// Encode the center crops once and let the method fit itself on them.
+fn fit_on_features(
+    clip: &Clip,
+    model: &dyn Method,
+    data: &LabelledImages,
+    validation: Option<&LabelledImages>,
+    started: Instant,
+) -> Result<TrainSummary> {
+    let train = crate::features::encode_all(clip, &data.sources, "training image")?;
+    let val = match validation {
+        Some(v) => Some((crate::features::encode_all(clip, &v.sources, "validation image")?, v)),
+        None => None,
+    };
+    let fit = FeatureFit {
+        train: (&train, &data.labels),
+        validation: val.as_ref().map(|(f, v)| (f, v.labels.as_slice())),
+    };
+    let s = model.fit_features(fit)?;
+    if let Some(name) = first_non_finite(&model.vars())? {
+        return Err(Error::NonFiniteParams(format!("the fit left parameter `{name}` non-finite")));
+    }
+    Ok(TrainSummary {
+        epochs: 0,
+        start_epoch: 0,
+        global_step: 0,
+        epoch_loss: vec![s.loss],
+        epoch_accuracy: vec![s.accuracy],
+        seconds: started.elapsed().as_secs_f64(),
+        details: Some(s.details),
+    })
+}
+
 /// Batches the input pipeline keeps ready ahead of the steps.
 const PREFETCH_BATCHES: usize = 8;
 
@@ -395,9 +468,9 @@ fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
 /// The epochs from `start_epoch` (after `global_step` steps), each step's image features (B, E)
 /// from `features_for` given the step's images, called in step order.
 #[allow(clippy::too_many_arguments)]
-fn run_epochs<M: PromptModel>(
+fn run_epochs(
     clip: &Clip,
-    model: &M,
+    model: &dyn Method,
     data: &LabelledImages,
     config: &TrainConfig,
     sgd: &mut Sgd,
@@ -419,6 +492,7 @@ fn run_epochs<M: PromptModel>(
         epoch_loss: vec![],
         epoch_accuracy: vec![],
         seconds: 0.0,
+        details: None,
     };
     for epoch in start_epoch..config.epochs {
         let lr = schedule.lr(epoch);
@@ -437,8 +511,11 @@ fn run_epochs<M: PromptModel>(
             )?;
             let (loss_value, logits, gs) = loop {
                 let grad_scale = scaler.as_ref().map_or(1.0, |s| s.scale);
-                let (loss_value, logits, gs) =
-                    model.loss_and_grads_scaled(clip, &features, &labels, grad_scale)?;
+                let StepOutput {
+                    loss: loss_value,
+                    logits,
+                    grads: gs,
+                } = model.loss_and_grads_scaled(clip, &features, &labels, grad_scale)?;
                 if !loss_value.is_finite() {
                     let hint = if clip.dtype == DType::F32 {
                         String::new()
@@ -450,7 +527,7 @@ fn run_epochs<M: PromptModel>(
                     };
                     return Err(Error::NonFiniteLoss {
                         value: loss_value,
-                        epoch,
+                        epoch: epoch + 1,
                         step: step + 1,
                         hint,
                     });
@@ -459,7 +536,12 @@ fn run_epochs<M: PromptModel>(
                 match scaler.as_mut() {
                     Some(s) if !all_finite(&gs)? => {
                         if !s.backoff() {
-                            return Err(Error::NonFiniteLoss { value: f32::INFINITY, epoch, step: step + 1, hint: " (the gradients overflow in fp16 at any loss scale: try bf16 or fp32)".into() });
+                            return Err(Error::NonFiniteLoss {
+                                value: f32::INFINITY,
+                                epoch: epoch + 1,
+                                step: step + 1,
+                                hint: " (the gradients overflow in fp16 at any loss scale: try bf16 or fp32)".into(),
+                            });
                         }
                     }
                     Some(s) => {
@@ -471,6 +553,15 @@ fn run_epochs<M: PromptModel>(
             };
             let params: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
             sgd.step(&params, &gs, lr)?;
+            // A finite loss can still come with an update that overflows (a huge learning rate):
+            // stop before the parameters are used, saved or checkpointed.
+            if let Some(name) = first_non_finite(&vars)? {
+                return Err(Error::NonFiniteParams(format!(
+                    "training stopped: parameter `{name}` became NaN or infinite at epoch {}, step {} (lr {lr:e}: try a lower learning rate)",
+                    epoch + 1,
+                    step + 1
+                )));
+            }
 
             let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
             correct += pred
@@ -482,19 +573,19 @@ fn run_epochs<M: PromptModel>(
             loss_sum += loss_value as f64 * idx.len() as f64;
             global_step += 1;
             on_progress(&Progress {
-                epoch,
+                epoch: epoch + 1,
                 epochs: config.epochs,
                 step: step + 1,
                 steps_per_epoch,
                 global_step,
                 loss: loss_value,
                 epoch_loss: (loss_sum / seen as f64) as f32,
-                epoch_accuracy: correct as f32 / seen as f32,
+                epoch_accuracy: 100.0 * correct as f32 / seen as f32,
                 lr,
             });
         }
         summary.epoch_loss.push((loss_sum / seen as f64) as f32);
-        summary.epoch_accuracy.push(correct as f32 / seen as f32);
+        summary.epoch_accuracy.push(100.0 * correct as f32 / seen as f32);
         if let Some(path) = &config.checkpoint_path {
             if (epoch + 1) % config.checkpoint_every == 0 || epoch + 1 == config.epochs {
                 let meta = CheckpointMeta {
@@ -505,7 +596,7 @@ fn run_epochs<M: PromptModel>(
                     seed: config.seed,
                     epochs: config.epochs,
                     batch_size: config.batch_size,
-                    model: model.describe(),
+                    model: model.meta(),
                     loss_scaler: *scaler,
                 };
                 let params: Vec<(String, Tensor)> = vars
@@ -523,29 +614,4 @@ fn run_epochs<M: PromptModel>(
     }
     summary.global_step = global_step;
     Ok(summary)
-}
-
-/// Mean cross-entropy of logits (B, K) against labels (B,), computed in f32 (f64 stays f64).
-pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    let dtype = if logits.dtype() == DType::F64 {
-        DType::F64
-    } else {
-        DType::F32
-    };
-    Ok(candle_nn::loss::cross_entropy(
-        &logits.to_dtype(dtype)?,
-        labels,
-    )?)
-}
-
-/// Center-crop features of every image (errors name the files that failed).
-pub fn encode_all(clip: &Clip, sources: &[ImageSource]) -> Result<Tensor> {
-    let enc = encode_image_sources(clip, sources, 32)?;
-    if let Some((i, e)) = enc.failures.into_iter().next() {
-        return Err(Error::InvalidArgument(format!(
-            "training image {i} cannot be used: {e}"
-        )));
-    }
-    enc.features
-        .ok_or_else(|| Error::InvalidArgument("the dataset is empty".into()))
 }

@@ -6,12 +6,14 @@
 //! Here all B x K prompts of a batch go through the encoder together, in chunks sized to a
 //! memory budget; in training, gradients are accumulated chunk by chunk, so memory stays
 //! bounded while the math (mean cross-entropy over the batch) is unchanged.
-use super::coop::{ClassBuffers, ContextInit, CoopConfig, PromptLearner};
+use super::coop::{ClassBuffers, CoopConfig, PromptLearner, PHOTO_CTX_INIT};
+use super::{LearnerMeta, Method, MethodSpec, Recipe, Runtime, Scorer, StepOutput};
 use crate::clip::{l2_normalize, Clip};
+use crate::loss::cross_entropy;
 use crate::rng::Rng;
-use crate::train::trainer::cross_entropy;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var, D};
+use serde::{Deserialize, Serialize};
 
 /// Linear(vis_dim, vis_dim / ratio) -> ReLU -> Linear(vis_dim / ratio, ctx_dim).
 #[derive(Debug)]
@@ -24,31 +26,19 @@ pub struct MetaNet {
 
 impl MetaNet {
     /// PyTorch's nn.Linear default initialisation: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-    pub fn new(
-        vis_dim: usize,
-        hidden: usize,
-        ctx_dim: usize,
-        seed: u64,
-        device: &candle_core::Device,
-    ) -> Result<Self> {
+    pub fn new(vis_dim: usize, hidden: usize, ctx_dim: usize, seed: u64, device: &candle_core::Device) -> Result<Self> {
         let mut rng = Rng::new(seed);
-        let mut uniform = |rows: usize, cols: usize, fan_in: usize| -> Result<Var> {
+        let mut uniform = |shape: &[usize], fan_in: usize| -> Result<Var> {
             let bound = 1.0 / (fan_in as f64).sqrt();
-            let data: Vec<f32> = (0..rows * cols)
-                .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
-                .collect();
-            let shape: Vec<usize> = if cols == 1 {
-                vec![rows]
-            } else {
-                vec![rows, cols]
-            };
+            let n = shape.iter().product();
+            let data: Vec<f32> = (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect();
             Ok(Var::from_tensor(&Tensor::from_vec(data, shape, device)?)?)
         };
         Ok(Self {
-            linear1_weight: uniform(hidden, vis_dim, vis_dim)?,
-            linear1_bias: uniform(hidden, 1, vis_dim)?,
-            linear2_weight: uniform(ctx_dim, hidden, hidden)?,
-            linear2_bias: uniform(ctx_dim, 1, hidden)?,
+            linear1_weight: uniform(&[hidden, vis_dim], vis_dim)?,
+            linear1_bias: uniform(&[hidden], vis_dim)?,
+            linear2_weight: uniform(&[ctx_dim, hidden], hidden)?,
+            linear2_bias: uniform(&[ctx_dim], hidden)?,
         })
     }
 
@@ -75,75 +65,68 @@ impl MetaNet {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// CoCoOp's options: CoOp's context options (one unified context; by default the words
+/// "a photo of a", M = 4) plus the Meta-Net's bottleneck.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct CocoopConfig {
-    /// Context: CoCoOp's default is the words "a photo of a" (M = 4).
-    pub coop: CoopConfig,
-    /// Meta-Net bottleneck: hidden = vis_dim / ratio (16 in the paper).
-    pub ratio: usize,
-    /// Seed of the Meta-Net initialisation.
-    pub seed: u64,
-    /// Activation memory the text encoder may use at once; B x K prompts are chunked to fit.
-    pub memory_budget_bytes: usize,
+    #[serde(flatten)]
+    pub context: CoopConfig,
+    /// Meta-Net bottleneck: hidden = image feature size / ratio, at least 1 (16 in the paper).
+    pub meta_net_ratio: usize,
 }
 
 impl Default for CocoopConfig {
     fn default() -> Self {
         Self {
-            coop: CoopConfig {
-                n_ctx: 4,
-                init: ContextInit::Words("a photo of a".into()),
-                ..CoopConfig::default()
-            },
-            ratio: 16,
-            seed: 1,
-            memory_budget_bytes: 2 << 30,
+            context: CoopConfig::default(),
+            meta_net_ratio: 16,
         }
     }
 }
 
 #[derive(Debug)]
 pub struct CocoopLearner {
-    /// The context vectors and class buffers (the same as CoOp's, unified).
+    /// The context vectors and class buffers (CoOp's, unified); its config is the resolved one.
     pub prompt: PromptLearner,
     pub meta: MetaNet,
-    pub config: CocoopConfig,
+    pub meta_net_ratio: usize,
+    /// Activation memory the text encoder may use at once; B x K prompts are chunked to fit.
+    pub memory_budget_bytes: usize,
 }
 
 impl CocoopLearner {
-    pub fn new(clip: &Clip, class_names: &[String], config: CocoopConfig) -> Result<Self> {
-        if config.coop.class_specific {
+    pub fn new(clip: &Clip, class_names: &[String], config: CocoopConfig, runtime: Runtime) -> Result<Self> {
+        if config.context.class_specific {
             return Err(Error::InvalidArgument(
                 "CoCoOp learns one unified context (classSpecific is CoOp-only)".into(),
             ));
         }
-        if config.ratio == 0 {
-            return Err(Error::InvalidArgument(
-                "metaNetRatio must be at least 1".into(),
-            ));
+        if config.meta_net_ratio == 0 {
+            return Err(Error::InvalidArgument("metaNetRatio must be at least 1".into()));
         }
-        let prompt = PromptLearner::new(clip, class_names, config.coop.clone())?;
+        let seed = config.context.seed;
+        let prompt = PromptLearner::with_default_init(clip, class_names, config.context, Some(PHOTO_CTX_INIT))?;
         let vis_dim = clip.embed_dim();
-        let hidden = (vis_dim / config.ratio).max(1);
-        let meta = MetaNet::new(
-            vis_dim,
-            hidden,
-            clip.text.hidden_size(),
-            config.seed,
-            &clip.device,
-        )?;
-        Ok(Self {
-            prompt,
-            meta,
-            config,
-        })
+        let hidden = (vis_dim / config.meta_net_ratio).max(1);
+        let meta = MetaNet::new(vis_dim, hidden, clip.text.hidden_size(), seed, &clip.device)?;
+        Ok(Self::from_parts(prompt, meta, config.meta_net_ratio, runtime))
     }
 
-    pub fn from_parts(prompt: PromptLearner, meta: MetaNet, config: CocoopConfig) -> Self {
+    pub fn from_parts(prompt: PromptLearner, meta: MetaNet, meta_net_ratio: usize, runtime: Runtime) -> Self {
         Self {
             prompt,
             meta,
-            config,
+            meta_net_ratio,
+            memory_budget_bytes: runtime.memory_budget_mb << 20,
+        }
+    }
+
+    /// The resolved options, as saved.
+    pub fn config(&self) -> CocoopConfig {
+        CocoopConfig {
+            context: self.prompt.config.clone(),
+            meta_net_ratio: self.meta_net_ratio,
         }
     }
 
@@ -160,7 +143,7 @@ impl CocoopLearner {
         } else {
             4 * per_layer * 4
         };
-        (self.config.memory_budget_bytes / bytes.max(1)).max(buffers.class_names.len())
+        (self.memory_budget_bytes / bytes.max(1)).max(buffers.class_names.len())
     }
 
     /// Each image's K prompts (B x K, T, d) for `ctx_shifted` (B, M, d), with their EOT
@@ -245,31 +228,67 @@ impl CocoopLearner {
     }
 }
 
-impl crate::train::PromptModel for CocoopLearner {
+/// CoCoOp scoring: each image builds its own K prompts, so only the class buffers are prepared.
+struct PerImageScorer<'a> {
+    learner: &'a CocoopLearner,
+    clip: &'a Clip,
+    buffers: ClassBuffers,
+}
+
+impl Scorer for PerImageScorer<'_> {
+    fn logits(&self, image_features: &Tensor) -> Result<Tensor> {
+        self.learner.logits_for(self.clip, image_features, &self.buffers)
+    }
+}
+
+impl Method for CocoopLearner {
+    fn meta(&self) -> LearnerMeta {
+        LearnerMeta {
+            method: SPEC.name.into(),
+            class_names: self.prompt.buffers.class_names.clone(),
+            options: super::options_json(&self.config()),
+            params: super::param_shapes(&self.vars()),
+        }
+    }
+
     fn vars(&self) -> Vec<(String, Var)> {
         let mut v = vec![("ctx".to_string(), self.prompt.ctx.clone())];
         v.extend(self.meta.named());
         v
     }
 
+    fn class_names(&self) -> &[String] {
+        &self.prompt.buffers.class_names
+    }
+
+    /// The paper's: 10 epochs at batch 1 (the official loop builds prompts image by image; here
+    /// larger batches work too, chunked to the memory budget).
+    fn recipe(&self) -> Recipe {
+        Recipe {
+            epochs: 10,
+            batch_size: 1,
+            ..Recipe::default()
+        }
+    }
+
     fn logits(&self, clip: &Clip, image_features: &Tensor) -> Result<Tensor> {
-        self.chunk_logits(
+        self.chunk_logits(clip, image_features, &self.prompt.buffers, self.prompt.ctx.as_tensor())
+    }
+
+    fn scorer<'a>(&'a self, clip: &'a Clip, class_names: Option<&[String]>) -> Result<Box<dyn Scorer + 'a>> {
+        let buffers = match class_names {
+            Some(names) => self.prompt.buffers_for(clip, names)?,
+            None => self.prompt.buffers.clone(),
+        };
+        Ok(Box::new(PerImageScorer {
+            learner: self,
             clip,
-            image_features,
-            &self.prompt.buffers,
-            self.prompt.ctx.as_tensor(),
-        )
+            buffers,
+        }))
     }
 
-    fn describe(&self) -> serde_json::Value {
-        let mut d = crate::train::PromptModel::describe(&self.prompt);
-        d["method"] = "cocoop".into();
-        d["meta_hidden"] = self.meta.hidden().into();
-        d
-    }
-
-    fn num_classes(&self) -> usize {
-        self.prompt.buffers.class_names.len()
+    fn prompt(&self) -> Option<&PromptLearner> {
+        Some(&self.prompt)
     }
 
     /// Mean cross-entropy over the batch, with backward run per chunk of images and the
@@ -280,11 +299,11 @@ impl crate::train::PromptModel for CocoopLearner {
         image_features: &Tensor,
         labels: &Tensor,
         grad_scale: f64,
-    ) -> Result<(f32, Tensor, Vec<Tensor>)> {
+    ) -> Result<StepOutput> {
         let buffers = &self.prompt.buffers;
         let n = self.images_per_chunk(clip, buffers, true);
         let b = image_features.dim(0)?;
-        let vars = crate::train::PromptModel::vars(self);
+        let vars = self.vars();
         let mut sums: Vec<Option<Tensor>> = vec![None; vars.len()];
         let (mut loss_sum, mut logits_parts) = (0f64, Vec::new());
         let k = buffers.class_names.len();
@@ -326,6 +345,31 @@ impl crate::train::PromptModel for CocoopLearner {
             .into_iter()
             .map(|g| g.ok_or_else(|| Error::Internal("empty batch".into())))
             .collect::<Result<Vec<_>>>()?;
-        Ok((loss_sum as f32, Tensor::cat(&logits_parts, 0)?, grads))
+        Ok(StepOutput {
+            loss: loss_sum as f32,
+            logits: Tensor::cat(&logits_parts, 0)?,
+            grads,
+        })
     }
 }
+
+pub const SPEC: MethodSpec = MethodSpec {
+    name: "cocoop",
+    create: |clip, names, options, runtime| {
+        let config: CocoopConfig = super::parse_options("cocoop", options)?;
+        Ok(Box::new(CocoopLearner::new(clip, names, config, runtime)?))
+    },
+    restore: |clip, meta, tensors, runtime| {
+        let config: CocoopConfig = super::parse_options("cocoop", meta.options.clone())?;
+        let ctx = super::saved(tensors, "ctx")?;
+        let prompt = PromptLearner::from_parts(clip, &meta.class_names, config.context, ctx)?;
+        let var = |name: &str| -> Result<Var> { Ok(Var::from_tensor(&super::saved(tensors, name)?)?) };
+        let meta_net = MetaNet {
+            linear1_weight: var("meta.linear1.weight")?,
+            linear1_bias: var("meta.linear1.bias")?,
+            linear2_weight: var("meta.linear2.weight")?,
+            linear2_bias: var("meta.linear2.bias")?,
+        };
+        Ok(Box::new(CocoopLearner::from_parts(prompt, meta_net, config.meta_net_ratio, runtime)))
+    },
+};

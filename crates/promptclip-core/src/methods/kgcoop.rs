@@ -1,0 +1,133 @@
+//! KgCoOp (Yao et al., CVPR 2023): CoOp with a knowledge-guided term that keeps the learned
+//! prompts' text features near those of the hand-made prompt, so that they forget less of what
+//! CLIP knows about classes never seen in training:
+//!
+//!   loss = CE(logits, y) + w * (1 - mean_k cos(g(t_k), g(t_k^clip)))
+//!
+//! where g(t_k) are the learned prompts' text features and g(t_k^clip) the frozen text features of
+//! the template filled with class k. Prediction is CoOp's.
+use super::coop::{CoopConfig, PromptLearner, PHOTO_CTX_INIT};
+use super::{LearnerMeta, Method, MethodSpec, Runtime, Scorer, StepOutput};
+use crate::clip::{l2_normalize, Clip};
+use crate::{Error, Result};
+use candle_core::{DType, Tensor, Var, D};
+use serde::{Deserialize, Serialize};
+
+/// KgCoOp's options: CoOp's (context from "a photo of a" by default, as its scripts) plus the
+/// weight of the knowledge-guided term and the hand-made template it anchors to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct KgcoopConfig {
+    #[serde(flatten)]
+    pub context: CoopConfig,
+    /// w, the weight of 1 - mean cosine (8.0 in the official scripts).
+    pub w: f64,
+    /// The hand-made template, `{}` standing for the class name (the dataset's, as in zero-shot).
+    pub template: String,
+}
+
+impl Default for KgcoopConfig {
+    fn default() -> Self {
+        Self {
+            context: CoopConfig::default(),
+            w: 8.0,
+            template: crate::zeroshot::DEFAULT_TEMPLATE.into(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct KgcoopLearner {
+    pub prompt: PromptLearner,
+    pub w: f64,
+    pub template: String,
+    /// (K, E) normalised, frozen: g(t_k^clip) of the learner's own classes.
+    pub clip_text: Tensor,
+}
+
+impl KgcoopLearner {
+    pub fn new(clip: &Clip, class_names: &[String], config: KgcoopConfig) -> Result<Self> {
+        let prompt = PromptLearner::with_default_init(clip, class_names, config.context, Some(PHOTO_CTX_INIT))?;
+        Self::from_parts(clip, prompt, config.w, config.template)
+    }
+
+    pub fn from_parts(clip: &Clip, prompt: PromptLearner, w: f64, template: String) -> Result<Self> {
+        if !(w.is_finite() && w >= 0.0) {
+            return Err(Error::InvalidArgument(format!("w must be a non-negative number, got {w}")));
+        }
+        let templates = [template.clone()];
+        let clip_text = crate::zeroshot::class_embeddings(clip, prompt.class_names(), &templates)?;
+        Ok(Self {
+            prompt,
+            w,
+            template,
+            clip_text: clip_text.to_dtype(DType::F32)?,
+        })
+    }
+
+    pub fn config(&self) -> KgcoopConfig {
+        KgcoopConfig {
+            context: self.prompt.config.clone(),
+            w: self.w,
+            template: self.template.clone(),
+        }
+    }
+
+    /// w * (1 - mean_k cos(g(t_k), g(t_k^clip))) for text features (K, E), in f32.
+    pub fn knowledge_term(&self, text_features: &Tensor) -> Result<Tensor> {
+        let text = l2_normalize(&text_features.to_dtype(DType::F32)?)?;
+        let mean_cos = (text * &self.clip_text)?.sum(D::Minus1)?.mean_all()?;
+        Ok(((1.0 - mean_cos)? * self.w)?)
+    }
+}
+
+impl Method for KgcoopLearner {
+    fn meta(&self) -> LearnerMeta {
+        LearnerMeta {
+            method: SPEC.name.into(),
+            class_names: self.prompt.class_names().to_vec(),
+            options: super::options_json(&self.config()),
+            params: super::param_shapes(&self.vars()),
+        }
+    }
+
+    fn vars(&self) -> Vec<(String, Var)> {
+        Method::vars(&self.prompt)
+    }
+
+    fn class_names(&self) -> &[String] {
+        self.prompt.class_names()
+    }
+
+    fn logits(&self, clip: &Clip, image_features: &Tensor) -> Result<Tensor> {
+        Method::logits(&self.prompt, clip, image_features)
+    }
+
+    fn loss_and_grads_scaled(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor, grad_scale: f64) -> Result<StepOutput> {
+        let term = |text: &Tensor| self.knowledge_term(text);
+        self.prompt
+            .step(clip, image_features, labels, grad_scale, &self.vars(), Some(&term))
+    }
+
+    fn scorer<'a>(&'a self, clip: &'a Clip, class_names: Option<&[String]>) -> Result<Box<dyn Scorer + 'a>> {
+        Ok(Box::new(self.prompt.embedding_scorer(clip, class_names)?))
+    }
+
+    fn prompt(&self) -> Option<&PromptLearner> {
+        Some(&self.prompt)
+    }
+}
+
+pub const SPEC: MethodSpec = MethodSpec {
+    name: "kgcoop",
+    create: |clip, names, options, _runtime: Runtime| {
+        let config: KgcoopConfig = super::parse_options("kgcoop", options)?;
+        Ok(Box::new(KgcoopLearner::new(clip, names, config)?))
+    },
+    restore: |clip, meta, tensors, _runtime| {
+        let config: KgcoopConfig = super::parse_options("kgcoop", meta.options.clone())?;
+        let ctx = super::saved(tensors, "ctx")?;
+        let prompt = PromptLearner::from_parts(clip, &meta.class_names, config.context, ctx)?;
+        Ok(Box::new(KgcoopLearner::from_parts(clip, prompt, config.w, config.template)?))
+    },
+};

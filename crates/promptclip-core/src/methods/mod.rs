@@ -1,0 +1,331 @@
+//! Methods: what a learner on a frozen CLIP is, and the registry of the ones promptclip has.
+//!
+//! A method is one module here that implements [`Method`] and registers one [`MethodSpec`] in
+//! [`METHODS`]; the trainer, prompt files, checkpoints, prediction and the Node binding go through
+//! this seam and know no method by name.
+//!
+//! - `coop`: learned context vectors in token-embedding space (Zhou et al., IJCV 2022);
+//! - `cocoop`: CoOp plus a Meta-Net that shifts the context per image (CVPR 2022);
+//! - `kgcoop`: CoOp plus a pull towards the hand-made prompt's text features (CVPR 2023);
+//! - `linear-probe`: logistic regression on image features (CoOp's baseline).
+//!
+//! Dependencies point one way: methods use the CLIP model; training uses methods.
+pub mod cocoop;
+pub mod coop;
+pub mod io;
+pub mod kgcoop;
+
+use crate::clip::Clip;
+use crate::{Error, Result};
+use candle_core::{DType, Tensor, Var, D};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+pub use cocoop::{CocoopConfig, CocoopLearner, MetaNet};
+pub use coop::{ClassTokenPosition, CoopConfig, PromptLearner};
+pub use kgcoop::{KgcoopConfig, KgcoopLearner};
+
+/// A method's training defaults: what its paper's scripts set on top of the shared recipe
+/// (SGD with momentum 0.9 and weight decay 5e-4, one constant warmup epoch, then cosine).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recipe {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+}
+
+impl Default for Recipe {
+    /// CoOp's: lr 0.002 and batch 32. Its scripts train 50 to 200 epochs depending on the shots;
+    /// 50 is the 1-shot and ImageNet setting.
+    fn default() -> Self {
+        Self {
+            epochs: 50,
+            batch_size: 32,
+            lr: 0.002,
+        }
+    }
+}
+
+/// The one description of a learner: written into prompt files and checkpoints, compared on
+/// resume, and shown to users as `info`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LearnerMeta {
+    /// The registry name ("coop", "cocoop", "kgcoop", "linear-probe").
+    pub method: String,
+    /// The class names as the caller gave them (labels echo these; prompts use their cleaned
+    /// text, see `crate::classnames`).
+    pub class_names: Vec<String>,
+    /// The method's options, resolved (defaults filled in, M as built): its config serialised.
+    pub options: serde_json::Value,
+    /// Shape of each trainable tensor, by name.
+    pub params: Vec<(String, Vec<usize>)>,
+}
+
+/// A learner bound to one class list, scoring batches of image features.
+pub trait Scorer {
+    /// Logits (B, K) for image features (B, E), without gradients.
+    fn logits(&self, image_features: &Tensor) -> Result<Tensor>;
+}
+
+/// Loss, logits (detached) and the gradient of each trainable tensor, for one batch.
+pub struct StepOutput {
+    pub loss: f32,
+    pub logits: Tensor,
+    pub grads: Vec<Tensor>,
+}
+
+/// What the trainer needs of a method that is fitted on fixed image features in one go
+/// (closed form or full batch) instead of by SGD.
+pub struct FeatureFit<'a> {
+    pub train: (&'a Tensor, &'a [usize]),
+    pub validation: Option<(&'a Tensor, &'a [usize])>,
+}
+
+/// A learner on a frozen CLIP.
+pub trait Method: Send + Sync + std::fmt::Debug {
+    /// Registry name and resolved options; see [`LearnerMeta`].
+    fn meta(&self) -> LearnerMeta;
+
+    /// The trainable tensors, by name (also their names in prompt files and checkpoints).
+    fn vars(&self) -> Vec<(String, Var)>;
+
+    /// The class list the learner was built for.
+    fn class_names(&self) -> &[String];
+
+    /// Training defaults from the method's paper.
+    fn recipe(&self) -> Recipe {
+        Recipe::default()
+    }
+
+    /// Logits (B, K) of image features against the learner's own classes, differentiable in
+    /// `vars()` (used by tests and by the default `loss_and_grads_scaled`).
+    fn logits(&self, clip: &Clip, image_features: &Tensor) -> Result<Tensor>;
+
+    /// Mean loss of a batch with the backward pass run on the loss times `grad_scale` and the
+    /// gradients divided by it again (fp16 loss scaling). This default builds the whole graph with
+    /// autograd; prompt methods override it with the text encoder's own backward pass.
+    fn loss_and_grads_scaled(
+        &self,
+        clip: &Clip,
+        image_features: &Tensor,
+        labels: &Tensor,
+        grad_scale: f64,
+    ) -> Result<StepOutput> {
+        let logits = self.logits(clip, image_features)?;
+        let loss = crate::loss::cross_entropy(&logits, labels)?;
+        let grads = (&loss * grad_scale)?.backward()?;
+        let grads = self
+            .vars()
+            .iter()
+            .map(|(name, v)| match grads.get(v.as_tensor()) {
+                Some(g) => Ok((g / grad_scale)?),
+                None => Err(Error::Internal(format!("no gradient reached `{name}`"))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(StepOutput {
+            loss: loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
+            logits: logits.detach(),
+            grads,
+        })
+    }
+
+    /// The same without loss scaling.
+    fn loss_and_grads(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor) -> Result<StepOutput> {
+        self.loss_and_grads_scaled(clip, image_features, labels, 1.0)
+    }
+
+    /// The learner applied to `class_names` (its own when `None`). Prompt methods rebuild the
+    /// class-token buffers for new names; methods whose parameters belong to their classes refuse
+    /// a different list.
+    fn scorer<'a>(&'a self, clip: &'a Clip, class_names: Option<&[String]>) -> Result<Box<dyn Scorer + 'a>>;
+
+    /// The learned prompt context, for methods that have one (interpretation, `context()`).
+    fn prompt(&self) -> Option<&PromptLearner> {
+        None
+    }
+
+    /// Whether the method is fitted on fixed center-crop features in one go (`fit_features`)
+    /// instead of by SGD steps; the trainer then encodes the images once.
+    fn fits_on_features(&self) -> bool {
+        false
+    }
+
+    fn fit_features(&self, _fit: FeatureFit<'_>) -> Result<FeatureFitSummary> {
+        Err(Error::Unsupported(format!("{} is trained by SGD, not fitted on features", self.meta().method)))
+    }
+}
+
+/// What a feature fit reports (the linear probe's C search).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureFitSummary {
+    /// Free-form, method-specific details (for the linear probe: the C search).
+    pub details: serde_json::Value,
+    /// Training loss and accuracy (%) of the final model.
+    pub loss: f32,
+    pub accuracy: f32,
+}
+
+/// A learner of any method.
+pub type Learner = Box<dyn Method>;
+
+/// Runtime settings that are not part of what a learner is (not saved with it).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Runtime {
+    /// Activation memory (MiB) the text encoder may use at once when a method builds prompts per
+    /// image (CoCoOp); batches are chunked to fit.
+    pub memory_budget_mb: usize,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self { memory_budget_mb: 2048 }
+    }
+}
+
+/// One registry entry: how to build a method's learner from options or from a saved file.
+pub struct MethodSpec {
+    pub name: &'static str,
+    /// A new learner for `class_names` from the method's options (JSON; missing fields take the
+    /// method's defaults, unknown ones are refused).
+    pub create: fn(&Clip, &[String], serde_json::Value, Runtime) -> Result<Learner>,
+    /// A learner from saved metadata and tensors (shapes already checked against `meta.params`).
+    pub restore: fn(&Clip, &LearnerMeta, &HashMap<String, Tensor>, Runtime) -> Result<Learner>,
+}
+
+/// Every method promptclip has.
+pub static METHODS: &[MethodSpec] = &[coop::SPEC, cocoop::SPEC, kgcoop::SPEC];
+
+pub fn spec(name: &str) -> Result<&'static MethodSpec> {
+    METHODS.iter().find(|s| s.name == name).ok_or_else(|| {
+        let known: Vec<&str> = METHODS.iter().map(|s| s.name).collect();
+        Error::InvalidArgument(format!("method `{name}`: expected one of {}", known.join(", ")))
+    })
+}
+
+/// A new learner of method `name`.
+pub fn create(
+    clip: &Clip,
+    name: &str,
+    class_names: &[String],
+    options: serde_json::Value,
+    runtime: Runtime,
+) -> Result<Learner> {
+    (spec(name)?.create)(clip, class_names, options, runtime)
+}
+
+/// A method's options from JSON: missing fields take the defaults, a wrong type or an unknown
+/// field is an error that names the field.
+pub fn parse_options<T: serde::de::DeserializeOwned>(method: &str, options: serde_json::Value) -> Result<T> {
+    let options = if options.is_null() { serde_json::json!({}) } else { options };
+    serde_path_to_error::deserialize(options)
+        .map_err(|e| Error::InvalidArgument(format!("{method} options: {}: {}", e.path(), e.inner())))
+}
+
+/// A config back to the JSON stored in [`LearnerMeta::options`].
+pub(crate) fn options_json<T: Serialize>(config: &T) -> serde_json::Value {
+    serde_json::to_value(config).unwrap_or(serde_json::Value::Null)
+}
+
+/// A restored tensor by name (`io` has checked every name and shape in `meta.params`).
+pub(crate) fn saved(tensors: &HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
+    tensors
+        .get(name)
+        .cloned()
+        .ok_or_else(|| Error::Internal(format!("restored tensor `{name}` is missing")))
+}
+
+pub(crate) fn param_shapes(vars: &[(String, Var)]) -> Vec<(String, Vec<usize>)> {
+    vars.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect()
+}
+
+/// Loss, logits and the gradient of each var for prompts built from those vars.
+///
+/// `prompts` (N, T, d) is the autograd graph from the learner's parameters to the prompt
+/// embeddings (cheap: concatenations, CoCoOp's Meta-Net); the text encoder between the prompts
+/// and `head` runs its own training pass (`Clip::text_features_train`), and `head` maps the
+/// text features (N, E) to (loss, logits) with autograd. The three pieces are chained by hand:
+/// d loss / d features from `head`, through the encoder's backward to d loss / d prompts, then
+/// through the graph to the vars, by differentiating <prompts, d loss / d prompts>.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn prompt_loss_and_grads(
+    clip: &Clip,
+    prompts: &Tensor,
+    eot: &[usize],
+    shared: usize,
+    group_size: usize,
+    vars: &[(String, Var)],
+    grad_scale: f64,
+    head: impl FnOnce(&Tensor) -> Result<(Tensor, Tensor)>,
+) -> Result<(Tensor, Tensor, Vec<Tensor>)> {
+    let (features, tape) = clip.text_features_train(prompts, eot, shared, group_size)?;
+    let features = Var::from_tensor(&features)?;
+    let (loss, logits) = head(features.as_tensor())?;
+    // Loss scaling (fp16): the loss is scaled before its backward pass, so the gradient is already
+    // scaled up where it is cast to the features' dtype and enters the encoder's backward pass...
+    let d_features = (&loss * grad_scale)?
+        .backward()?
+        .remove(features.as_tensor())
+        .ok_or_else(|| Error::Internal("the loss does not depend on the text features".into()))?;
+    let d_prompts = clip.text_features_backward(&tape, &d_features)?;
+    // Only the surrogate's gradient is used; summing rows first keeps its forward value cheap
+    // (candle's whole-tensor sum runs in a single block on the GPU).
+    let surrogate = (prompts * d_prompts.to_dtype(prompts.dtype())?.detach())?
+        .sum(D::Minus1)?
+        .sum_all()?;
+    let mut grads = surrogate.backward()?;
+    // ...and leaves it scaled down again, in the parameters' own dtype (fp32).
+    let grads = vars
+        .iter()
+        .map(|(name, v)| match grads.remove(v.as_tensor()) {
+            Some(g) => Ok((g / grad_scale)?),
+            None => Err(Error::Internal(format!("no gradient reached `{name}`"))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((loss, logits.detach(), grads))
+}
+
+/// Class probabilities of images under a learner, for its own classes or `class_names`.
+pub struct Predictions {
+    pub num_classes: usize,
+    /// Input index of each row of `probs`.
+    pub indices: Vec<usize>,
+    /// Row-major (indices.len(), num_classes).
+    pub probs: Vec<f32>,
+    pub failures: Vec<(usize, Error)>,
+}
+
+/// Predict in batches of `batch_size` images; `on_progress(done, total)` after each batch.
+pub fn predict(
+    clip: &Clip,
+    learner: &dyn Method,
+    sources: &[crate::preprocess::ImageSource],
+    class_names: Option<&[String]>,
+    batch_size: usize,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<Predictions> {
+    let scorer = learner.scorer(clip, class_names)?;
+    let num_classes = class_names.map_or(learner.class_names().len(), |n| n.len());
+    let batch_size = batch_size.max(1);
+    let mut out = Predictions {
+        num_classes,
+        indices: vec![],
+        probs: vec![],
+        failures: vec![],
+    };
+    for (b, chunk) in sources.chunks(batch_size).enumerate() {
+        let enc = crate::features::encode(clip, chunk, batch_size)?;
+        out.failures
+            .extend(enc.failures.into_iter().map(|(i, e)| (b * batch_size + i, e)));
+        if let Some(f) = &enc.features {
+            let logits = scorer.logits(f)?.to_dtype(DType::F32)?;
+            let probs = candle_nn::ops::softmax(&logits, D::Minus1)?;
+            out.probs.extend(probs.flatten_all()?.to_vec1::<f32>()?);
+            out.indices.extend(enc.indices.iter().map(|i| b * batch_size + i));
+        }
+        on_progress(((b + 1) * batch_size).min(sources.len()), sources.len());
+    }
+    Ok(out)
+}

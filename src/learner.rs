@@ -1,0 +1,214 @@
+//! Learners of every registered method, through the core's one seam: create by method name with
+//! the method's own options, load, save, read `info` and the context, predict, interpret.
+use crate::clip::{batch_size, flat_f32, image_sources, Classified, NativeClip, NativePredictions, NativeRawImage};
+use crate::errors::sync;
+use crate::tasks::CoreTask;
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+use promptclip_core::methods::{self, io, Learner, Runtime};
+use promptclip_core::{Clip, Error};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+
+/// A learner bound to the CLIP it runs on. Training holds the lock for its duration.
+#[napi]
+pub struct NativeLearner {
+    pub(crate) clip: Arc<Clip>,
+    pub(crate) inner: Arc<Mutex<Learner>>,
+}
+
+const POISONED: &str = "the learner's state was poisoned by an earlier failure";
+
+pub(crate) fn lock(m: &Mutex<Learner>) -> promptclip_core::Result<MutexGuard<'_, Learner>> {
+    m.lock().map_err(|_| Error::Internal(POISONED.into()))
+}
+
+/// For synchronous calls on the main thread: never wait for a training task to finish.
+fn lock_now(m: &Mutex<Learner>) -> promptclip_core::Result<MutexGuard<'_, Learner>> {
+    m.try_lock().map_err(|e| match e {
+        TryLockError::WouldBlock => Error::Busy("the learner is training; read it after fit() resolves".into()),
+        TryLockError::Poisoned(_) => Error::Internal(POISONED.into()),
+    })
+}
+
+fn runtime(options: Option<serde_json::Value>) -> promptclip_core::Result<Runtime> {
+    methods::parse_options("runtime", options.unwrap_or(serde_json::Value::Null))
+}
+
+/// A new learner of `method` ("coop", "cocoop", "kgcoop", "linear-probe") for `classNames`, with
+/// the method's options (missing ones take its defaults) and runtime settings (memoryBudgetMb).
+#[napi]
+pub fn create_learner(
+    env: Env,
+    clip: &NativeClip,
+    method: String,
+    class_names: Vec<String>,
+    options: Option<serde_json::Value>,
+    runtime_options: Option<serde_json::Value>,
+) -> napi::Result<NativeLearner> {
+    let clip = clip.inner.clone();
+    sync(&env, || {
+        let options = options.unwrap_or(serde_json::Value::Null);
+        let learner = methods::create(&clip, &method, &class_names, options, runtime(runtime_options)?)?;
+        Ok(NativeLearner {
+            clip,
+            inner: Arc::new(Mutex::new(learner)),
+        })
+    })
+}
+
+/// The registered methods' names.
+#[napi]
+pub fn method_names() -> Vec<String> {
+    methods::METHODS.iter().map(|m| m.name.to_string()).collect()
+}
+
+/// Load a learner file of any method onto `clip`, with runtime settings (memoryBudgetMb).
+#[napi(ts_return_type = "Promise<NativeLearner>")]
+pub fn load_learner(
+    clip: &NativeClip,
+    path: String,
+    runtime_options: Option<serde_json::Value>,
+) -> AsyncTask<CoreTask<(Arc<Clip>, Learner), NativeLearner>> {
+    let clip = clip.inner.clone();
+    CoreTask::new(
+        move || {
+            let (learner, _) = io::load(std::path::Path::new(&path), &clip, runtime(runtime_options)?)?;
+            Ok((clip, learner))
+        },
+        |(clip, learner)| NativeLearner {
+            clip,
+            inner: Arc::new(Mutex::new(learner)),
+        },
+    )
+}
+
+#[napi(object)]
+pub struct NativeInterpretRow {
+    /// Context position (0-based); with class-specific context, rows run class by class.
+    pub position: u32,
+    pub class_index: Option<u32>,
+    pub tokens: Vec<String>,
+    pub token_ids: Vec<u32>,
+    pub distances: Vec<f64>,
+}
+
+#[napi(object)]
+#[derive(Clone)]
+pub struct NativePredictProgress {
+    pub done: u32,
+    pub total: u32,
+}
+
+fn no_context(learner: &Learner) -> Error {
+    Error::Unsupported(format!("a {} learner has no prompt context", learner.meta().method))
+}
+
+#[napi]
+impl NativeLearner {
+    /// The learner's one description (method, class names, resolved options, parameter shapes).
+    #[napi(getter)]
+    pub fn info(&self, env: Env) -> napi::Result<NativeLearnerMeta> {
+        sync(&env, || {
+            let m = lock_now(&self.inner)?.meta();
+            Ok(NativeLearnerMeta {
+                method: m.method,
+                class_names: m.class_names,
+                options: m.options,
+                params: m.params.into_iter().map(|(n, s)| (n, s.into_iter().map(|d| d as u32).collect())).collect(),
+            })
+        })
+    }
+
+    /// The learned context as a flat Float32Array ((M, d) or (K, M, d), row-major).
+    #[napi]
+    pub fn context(&self, env: Env) -> napi::Result<Float32Array> {
+        sync(&env, || {
+            let learner = lock_now(&self.inner)?;
+            let prompt = learner.prompt().ok_or_else(|| no_context(&learner))?;
+            Ok(Float32Array::new(flat_f32(prompt.ctx.as_tensor())?))
+        })
+    }
+
+    #[napi(ts_return_type = "Promise<NativePredictions>")]
+    pub fn predict(
+        &self,
+        images: Vec<Either3<String, Uint8Array, NativeRawImage>>,
+        class_names: Option<Vec<String>>,
+        batch: Option<u32>,
+        on_progress: Option<ThreadsafeFunction<NativePredictProgress, Unknown<'static>, NativePredictProgress, Status, false>>,
+    ) -> AsyncTask<CoreTask<Classified, NativePredictions>> {
+        let (clip, learner) = (self.clip.clone(), self.inner.clone());
+        let (sources, bs) = (image_sources(images), batch_size(batch));
+        CoreTask::new(
+            move || {
+                let learner = lock(&learner)?;
+                let mut report = |done: usize, total: usize| {
+                    if let Some(f) = &on_progress {
+                        let p = NativePredictProgress {
+                            done: done as u32,
+                            total: total as u32,
+                        };
+                        f.call(p, ThreadsafeFunctionCallMode::NonBlocking);
+                    }
+                };
+                let names = class_names.as_deref();
+                let p = methods::predict(&clip, learner.as_ref(), &sources, names, bs, &mut report)?;
+                Ok(Classified {
+                    class_names: class_names.unwrap_or_else(|| learner.class_names().to_vec()),
+                    indices: p.indices,
+                    probs: p.probs,
+                    failures: p.failures,
+                })
+            },
+            Classified::into_js,
+        )
+    }
+
+    /// The `topK` nearest vocabulary tokens of each context vector (CoOp's Table 4).
+    #[napi(ts_return_type = "Promise<NativeInterpretRow[]>")]
+    pub fn interpret(&self, top_k: Option<u32>) -> AsyncTask<CoreTask<Vec<NativeInterpretRow>, Vec<NativeInterpretRow>>> {
+        let (clip, learner) = (self.clip.clone(), self.inner.clone());
+        let k = top_k.map_or(promptclip_core::eval::TOP_K, |k| k as usize);
+        CoreTask::new(
+            move || {
+                let learner = lock(&learner)?;
+                let prompt = learner.prompt().ok_or_else(|| no_context(&learner))?;
+                let m = prompt.n_ctx();
+                let csc = prompt.config.class_specific;
+                let rows = prompt.interpret(&clip, k)?.into_iter().enumerate();
+                Ok(rows
+                    .map(|(r, near)| NativeInterpretRow {
+                        position: (r % m) as u32,
+                        class_index: csc.then_some((r / m) as u32),
+                        token_ids: near.iter().map(|n| n.0).collect(),
+                        tokens: near.iter().map(|n| n.1.clone()).collect(),
+                        distances: near.iter().map(|n| n.2 as f64).collect(),
+                    })
+                    .collect())
+            },
+            |rows| rows,
+        )
+    }
+
+    /// Save as safetensors with the learner's metadata, atomically.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn save(&self, path: String) -> AsyncTask<CoreTask<(), ()>> {
+        let (clip, learner) = (self.clip.clone(), self.inner.clone());
+        CoreTask::new(
+            move || io::save(std::path::Path::new(&path), lock(&learner)?.as_ref(), &clip),
+            |()| (),
+        )
+    }
+}
+
+/// What `info` returns: the core's `LearnerMeta`.
+#[napi(object)]
+pub struct NativeLearnerMeta {
+    pub method: String,
+    pub class_names: Vec<String>,
+    /// The method's options, resolved (defaults filled in).
+    pub options: serde_json::Value,
+    /// [name, shape] of each trainable tensor.
+    pub params: Vec<(String, Vec<u32>)>,
+}
