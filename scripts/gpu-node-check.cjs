@@ -1,4 +1,4 @@
-// The CUDA addon used as a user uses it, through the package's own entry (dist/index.cjs): the
+// The CUDA addon used as a user uses it, through the package's own entry (dist/index.js): the
 // same zero-shot call and the same CoOp and CoCoOp training runs on "cpu" and on "cuda", and the
 // two compared. scripts/gpu.sh runs it on the GPU machine with a package folder that holds the
 // CUDA build under the name the loader expects.
@@ -8,7 +8,7 @@ const { join } = require('node:path')
 const { readdirSync } = require('node:fs')
 
 const [pkg, fixtures] = process.argv.slice(2)
-const { Clip, PromptLearner, Trainer, cudaCompiled } = require(join(pkg, 'dist', 'index.cjs'))
+const { Clip, PromptLearner, Trainer, cudaCompiled } = require(join(pkg, 'dist', 'index.js'))
 
 const maxRel = (a, b) => {
   let scale = 1e-12
