@@ -1,7 +1,7 @@
 import test from 'ava'
 import { readFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
-import { Clip, PromptclipError, cudaCompiled } from '../ts/index'
+import { Clip, PromptclipError, cudaCompiled } from 'promptclip'
 import { HF_MODEL, IMAGES, OPENAI_MODEL, FIXTURES, dot, maxRelErr, normalize, readSafetensors } from './helpers'
 
 const images = readdirSync(IMAGES).filter((f) => /\.(png|jpe?g|webp)$/.test(f)).sort().map((f) => join(IMAGES, f))

@@ -2,7 +2,7 @@ import test from 'ava'
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Clip, Evaluator, PromptLearner, PromptclipError, Trainer } from '../ts/index'
+import { Clip, Evaluator, PromptLearner, PromptclipError, Trainer } from 'promptclip'
 import { CLASSES, HF_MODEL, dataset } from './helpers'
 
 test('CoCoOp: paper defaults, batched training, progress, new classes, save/load', async (t) => {

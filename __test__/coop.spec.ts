@@ -2,7 +2,7 @@ import test from 'ava'
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Clip, Evaluator, PromptLearner, PromptclipError, Trainer, type TrainProgress } from '../ts/index'
+import { Clip, Evaluator, PromptLearner, PromptclipError, Trainer, type TrainProgress } from 'promptclip'
 import { CLASSES, HF_MODEL, OPENAI_MODEL, dataset } from './helpers'
 
 test('CoOp trains from TypeScript: loss falls, held-out accuracy beats zero-shot, progress and metrics', async (t) => {

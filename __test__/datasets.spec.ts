@@ -3,7 +3,7 @@ import { copyFileSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { gzipSync } from 'node:zlib'
-import { Clip, fewShot, loadImageFolder, loadSplitFile, readIdx } from '../ts/index'
+import { Clip, fewShot, loadImageFolder, loadSplitFile, readIdx } from 'promptclip'
 import { HF_MODEL, IMAGES } from './helpers'
 
 test('readIdx reads gzipped and plain IDX files and rejects others', (t) => {
