@@ -19,7 +19,9 @@ export default defineConfig([
     format: ['cjs', 'esm'],
     // dist/index.d.ts (CJS) and dist/index.d.mts (ESM).
     // ignoreDeprecations: tsup 8's dts worker sets `baseUrl`, which TypeScript 6 rejects (TS5101).
-    dts: { compilerOptions: { ignoreDeprecations: '6.0' } },
+    // stripInternal: members marked @internal (the `native` handles on Clip and PromptLearner) stay
+    // out of the public types, so dist/*.d.ts do not import the napi loader's types (../index.js).
+    dts: { compilerOptions: { ignoreDeprecations: '6.0', stripInternal: true } },
     // The two configs build in parallel: this one empties dist/ but leaves the CLI's files.
     clean: ['!cli.js', '!cli.js.map'],
   },
