@@ -1,4 +1,4 @@
-import { defineConfig } from 'tsup';
+import { defineConfig } from 'tsup'
 
 const common = {
   // Shims `import.meta.url` in the CJS output, so createRequire(import.meta.url) works there too.
@@ -9,7 +9,7 @@ const common = {
   // The napi-generated loader (../index.js) and its .node files are loaded at runtime via
   // createRequire; never bundle them.
   external: [/\.node$/, /^\.\.\/index\.js$/],
-} as const;
+} as const
 
 export default defineConfig([
   {
@@ -32,4 +32,4 @@ export default defineConfig([
     format: ['cjs'],
     clean: false,
   },
-]);
+])

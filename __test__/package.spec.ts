@@ -3,11 +3,12 @@
  * the built dist/ (package.json "exports"), and that the CommonJS and ESM entries and the CLI all
  * load the native addon.
  */
-import test from 'ava'
+
 import { execFileSync } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
+import test from 'ava'
 
 const ROOT = join(import.meta.dirname ?? __dirname, '..')
 const require_ = createRequire(join(ROOT, 'package.json'))
@@ -24,8 +25,12 @@ test('"promptclip" resolves to dist/, CommonJS and ESM export the same API', asy
 })
 
 test('the CLI (package.json "bin") runs from dist/', (t) => {
-  const out = execFileSync(process.execPath, [join(ROOT, 'dist', 'cli.js'), 'info', join(ROOT, 'fixtures', 'tiny-clip-hf')], {
-    encoding: 'utf8',
-  })
+  const out = execFileSync(
+    process.execPath,
+    [join(ROOT, 'dist', 'cli.js'), 'info', join(ROOT, 'fixtures', 'tiny-clip-hf')],
+    {
+      encoding: 'utf8',
+    },
+  )
   t.like(JSON.parse(out), { embedDim: 16, naming: 'huggingface' })
 })

@@ -3,12 +3,13 @@
  * package, install the tarball into a temporary project (strict, skipLibCheck off, nodenext) and
  * type-check a CommonJS and an ESM file that use the public API.
  */
-import test from 'ava'
+
 import { execFileSync, spawnSync } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
+import test from 'ava'
 
 const ROOT = join(import.meta.dirname ?? __dirname, '..')
 const require_ = createRequire(join(ROOT, 'package.json'))
@@ -51,7 +52,10 @@ export async function main(model: string, folder: string): Promise<number> {
   const raw: ImageInput = { width: 2, height: 1, channels: 3, data: new Uint8Array(6) }
   const encoded = await clip.encodeImages([raw, Buffer.alloc(0), 'x.png'], { batchSize: 2 })
   const first: Float32Array | null = encoded.embeddings[0]
-  const zs: ZeroShotPrediction[] = await clip.zeroShot(['x.png'], ['dog', 'cat'], { templates: [DEFAULT_TEMPLATE], topK: 1 })
+  const zs: ZeroShotPrediction[] = await clip.zeroShot(['x.png'], ['dog', 'cat'], {
+    templates: [DEFAULT_TEMPLATE],
+    topK: 1,
+  })
   const best: string | undefined = zs[0]?.top[0]?.label
   const ranked = topK([0.1, 0.9], ['a', 'b'], 1)
 
@@ -61,11 +65,17 @@ export async function main(model: string, folder: string): Promise<number> {
   const idx: { dims: number[]; data: Uint8Array } = readIdx('labels.idx')
   const classNames: string[] = FASHION_MNIST_CLASSES
 
-  const coop = PromptLearner.coop(clip, { classNames: data.classNames, nCtx: 16, classSpecific: false, position: 'end' })
+  const coop = PromptLearner.coop(clip, {
+    classNames: data.classNames,
+    nCtx: 16,
+    classSpecific: false,
+    position: 'end',
+  })
   const cocoop = PromptLearner.cocoop(clip, { classNames: data.classNames, metaNetRatio: 16, memoryBudgetMb: 512 })
   const controller = new AbortController()
   const steps: TrainProgress[] = []
-  const summary: TrainSummary = await new Trainer(coop, { epochs: 1, batchSize: 4, lr: 0.002, schedule: 'cosine' }).fit(data, {
+  const trainer = new Trainer(coop, { epochs: 1, batchSize: 4, lr: 0.002, schedule: 'cosine' })
+  const summary: TrainSummary = await trainer.fit(data, {
     onProgress: (p) => steps.push(p),
     signal: controller.signal,
   })
@@ -74,7 +84,11 @@ export async function main(model: string, folder: string): Promise<number> {
   await coop.save('prompt.safetensors')
   const loaded: PromptLearner = await PromptLearner.load(clip, 'prompt.safetensors')
   const words = await loaded.interpret({ topK: 1 })
-  const preds = await cocoop.predict(fashion.images, { classNames, batchSize: 8, onProgress: ({ done, total }) => done / total })
+  const preds = await cocoop.predict(fashion.images, {
+    classNames,
+    batchSize: 8,
+    onProgress: ({ done, total }) => done / total,
+  })
   const ev: Evaluation = await new Evaluator(coop, { topK: [1, 5] }).evaluate(split.test)
   const zsEval: Evaluation = await new Evaluator(clip, { classNames: data.classNames }).evaluate(data)
   try {
@@ -104,7 +118,11 @@ test.before(() => {
   }
   // The consumer's own @types/node (after npm install, which would prune it as extraneous).
   mkdirSync(join(dir, 'node_modules', '@types'), { recursive: true })
-  symlinkSync(dirname(require_.resolve('@types/node/package.json')), join(dir, 'node_modules', '@types', 'node'), 'junction')
+  symlinkSync(
+    dirname(require_.resolve('@types/node/package.json')),
+    join(dir, 'node_modules', '@types', 'node'),
+    'junction',
+  )
   writeFileSync(join(dir, 'tsconfig.json'), JSON.stringify(TSCONFIG, null, 2))
   const loaderOnly = { ...TSCONFIG, files: [join('node_modules', 'promptclip', 'index.d.ts')] }
   writeFileSync(join(dir, 'tsconfig.loader.json'), JSON.stringify(loaderOnly, null, 2))
@@ -125,14 +143,16 @@ test('the packed package holds the loader, its types and dist/', (t) => {
   t.is(installError, undefined)
   const pkg = join(dir, 'node_modules', 'promptclip')
   const files = readdirSync(pkg)
-  t.true(['index.js', 'index.d.ts', 'package.json'].every((f) => files.includes(f)), files.join(' '))
-  t.deepEqual(readdirSync(join(pkg, 'dist')).filter((f) => /^(index|cli)\.[cm]?(js|d\.[cm]?ts)$/.test(f)).sort(), [
-    'cli.js',
-    'index.d.mts',
-    'index.d.ts',
-    'index.js',
-    'index.mjs',
-  ])
+  t.true(
+    ['index.js', 'index.d.ts', 'package.json'].every((f) => files.includes(f)),
+    files.join(' '),
+  )
+  t.deepEqual(
+    readdirSync(join(pkg, 'dist'))
+      .filter((f) => /^(index|cli)\.[cm]?(js|d\.[cm]?ts)$/.test(f))
+      .sort(),
+    ['cli.js', 'index.d.mts', 'index.d.ts', 'index.js', 'index.mjs'],
+  )
 })
 
 test('the public API type-checks in a strict consumer (CommonJS and ESM, skipLibCheck off)', (t) => {
