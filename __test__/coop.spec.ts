@@ -1,9 +1,9 @@
-import test from 'ava'
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Clip, Evaluator, PromptLearner, PromptclipError, Trainer, type TrainProgress } from '../ts/index'
-import { CLASSES, HF_MODEL, OPENAI_MODEL, dataset } from './helpers'
+import test from 'ava'
+import { Clip, Evaluator, PromptclipError, PromptLearner, Trainer, type TrainProgress } from 'promptclip'
+import { CLASSES, dataset, HF_MODEL, OPENAI_MODEL } from './helpers'
 
 test('CoOp trains from TypeScript: loss falls, held-out accuracy beats zero-shot, progress and metrics', async (t) => {
   const clip = await Clip.load(HF_MODEL)
@@ -14,26 +14,32 @@ test('CoOp trains from TypeScript: loss falls, held-out accuracy beats zero-shot
   t.like(learner.info, { method: 'coop', nCtx: 4, classSpecific: true, position: 'end', ctxDim: 32 })
   const progress: TrainProgress[] = []
   let busy: string | undefined
-  const summary = await new Trainer(learner, { epochs: 30, batchSize: 8, lr: 0.01, augment: false, seed: 3 }).fit(train, {
-    onProgress: (p) => {
-      progress.push(p)
-      if (busy === undefined) {
-        try {
-          learner.context() // the training task holds the learner: this must not block the event loop
-          busy = 'none'
-        } catch (e) {
-          busy = (e as PromptclipError).code
+  const summary = await new Trainer(learner, { epochs: 30, batchSize: 8, lr: 0.01, augment: false, seed: 3 }).fit(
+    train,
+    {
+      onProgress: (p) => {
+        progress.push(p)
+        if (busy === undefined) {
+          try {
+            learner.context() // the training task holds the learner: this must not block the event loop
+            busy = 'none'
+          } catch (e) {
+            busy = (e as PromptclipError).code
+          }
         }
-      }
+      },
     },
-  })
+  )
   // The first event may be handled after training has already finished on a fast machine, so
   // either answer is valid; what matters is that the read returned instead of blocking.
   t.true(busy === 'E_BUSY' || busy === 'none')
   t.is(summary.epochLoss.length, 30)
   t.true(summary.epochLoss[29] < 0.5 * summary.epochLoss[1], `loss ${summary.epochLoss[1]} -> ${summary.epochLoss[29]}`)
   t.is(progress.length, 30 * 4) // every event delivered before fit() resolved
-  t.deepEqual(Object.keys(progress[0]).sort(), ['epoch', 'epochAccuracy', 'epochLoss', 'epochs', 'globalStep', 'loss', 'lr', 'step', 'stepsPerEpoch'].sort())
+  t.deepEqual(
+    Object.keys(progress[0]).sort(),
+    ['epoch', 'epochAccuracy', 'epochLoss', 'epochs', 'globalStep', 'loss', 'lr', 'step', 'stepsPerEpoch'].sort(),
+  )
   t.is(progress[0].lr, 1e-5) // warmup epoch
   t.is(progress[4].lr, 0.01)
   const ev = await new Evaluator(learner, { topK: [1, 2] }).evaluate(test_)
@@ -41,9 +47,15 @@ test('CoOp trains from TypeScript: loss falls, held-out accuracy beats zero-shot
   t.true(ev.accuracy >= zeroShot.accuracy + 20)
   t.is(ev.total, 20)
   t.is(ev.perClass.length, 4)
-  t.is(ev.confusion.flat().reduce((a, b) => a + b, 0), 20)
+  t.is(
+    ev.confusion.flat().reduce((a, b) => a + b, 0),
+    20,
+  )
   t.true(Math.abs(ev.errorRate + ev.accuracy - 100) < 1e-9)
-  t.deepEqual(ev.topK.map((x) => x.k), [1, 2])
+  t.deepEqual(
+    ev.topK.map((x) => x.k),
+    [1, 2],
+  )
   const preds = await learner.predict(test_.images.slice(0, 3), { topK: 2 })
   t.is(preds[0].top.length, 2)
   t.true(CLASSES.includes(preds[0].top[0].label))
@@ -54,7 +66,10 @@ test('save, load, predict with new class names, interpret', async (t) => {
   const learner = PromptLearner.coop(clip, { classNames: CLASSES, ctxInit: 'a photo of a', position: 'middle' })
   t.is(learner.info.nCtx, 4)
   const rows = await learner.interpret({ topK: 2 })
-  t.deepEqual(rows.map((r) => r.tokens[0].token), ['a', 'photo', 'of', 'a'])
+  t.deepEqual(
+    rows.map((r) => r.tokens[0].token),
+    ['a', 'photo', 'of', 'a'],
+  )
   const path = join(mkdtempSync(join(tmpdir(), 'promptclip-')), 'prompt.safetensors')
   await learner.save(path)
   const loaded = await PromptLearner.load(clip, path)
@@ -64,8 +79,7 @@ test('save, load, predict with new class names, interpret', async (t) => {
   const preds = await loaded.predict(images, { classNames: ['crimson', 'lime'], topK: 1 })
   t.true(preds.every((p) => p.probabilities?.length === 2))
   const other = await Clip.load(OPENAI_MODEL)
-  const err = await t.throwsAsync(PromptLearner.load(other, path), { instanceOf: PromptclipError })
-  t.regex(err!.message, /text width/)
+  await t.throwsAsync(PromptLearner.load(other, path), { instanceOf: PromptclipError, message: /text width/ })
 })
 
 test('cancel with an AbortSignal, then resume from the checkpoint', async (t) => {
@@ -99,10 +113,22 @@ test('bad options get coded errors', async (t) => {
     }
     return 'none'
   }
-  t.is(codeOf(() => PromptLearner.coop(clip, { classNames: CLASSES, nCtx: 0 })), 'E_INVALID_ARGUMENT')
-  t.is(codeOf(() => PromptLearner.coop(clip, { classNames: CLASSES, position: 'left' as never })), 'E_INVALID_ARGUMENT')
-  t.is(codeOf(() => PromptLearner.coop(clip, { classNames: [] })), 'E_INVALID_ARGUMENT')
-  t.is(codeOf(() => PromptLearner.coop(clip, { classNames: ['a', 'a'] })), 'E_INVALID_ARGUMENT')
+  t.is(
+    codeOf(() => PromptLearner.coop(clip, { classNames: CLASSES, nCtx: 0 })),
+    'E_INVALID_ARGUMENT',
+  )
+  t.is(
+    codeOf(() => PromptLearner.coop(clip, { classNames: CLASSES, position: 'left' as never })),
+    'E_INVALID_ARGUMENT',
+  )
+  t.is(
+    codeOf(() => PromptLearner.coop(clip, { classNames: [] })),
+    'E_INVALID_ARGUMENT',
+  )
+  t.is(
+    codeOf(() => PromptLearner.coop(clip, { classNames: ['a', 'a'] })),
+    'E_INVALID_ARGUMENT',
+  )
   const learner = PromptLearner.coop(clip, { classNames: CLASSES, nCtx: 2 })
   await t.throwsAsync(new Trainer(learner).fit({ images: [], labels: [] }), { message: /empty/ })
   await t.throwsAsync(new Trainer(learner).fit({ images: ['a.png'], labels: [7] }), { message: /labels\[0\] = 7/ })

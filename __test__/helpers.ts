@@ -11,7 +11,10 @@ export const IMAGES = join(FIXTURES, 'images')
 export function readSafetensors(path: string): Record<string, { shape: number[]; data: number[] }> {
   const buf = readFileSync(path)
   const n = Number(buf.readBigUInt64LE(0))
-  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<
+    string,
+    { dtype: string; shape: number[]; data_offsets: [number, number] }
+  >
   const out: Record<string, { shape: number[]; data: number[] }> = {}
   for (const [name, t] of Object.entries(header)) {
     if (name === '__metadata__') continue
@@ -24,6 +27,12 @@ export function readSafetensors(path: string): Record<string, { shape: number[];
     out[name] = { shape: t.shape, data }
   }
   return out
+}
+
+/** A non-null assertion checked at run time: `value`, or an error naming what is missing. */
+export function present<T>(value: T | null | undefined, what = 'a value'): T {
+  if (value === null || value === undefined) throw new Error(`expected ${what}, got ${value}`)
+  return value
 }
 
 export function maxRelErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -66,25 +75,46 @@ export function png(w: number, h: number, rgb: [number, number, number], seed: n
     return Buffer.concat([len, td, c])
   }
   let s = seed
-  const rand = () => ((s = (s * 1103515245 + 12345) & 0x7fffffff), s / 0x7fffffff)
+  const rand = () => {
+    s = (s * 1103515245 + 12345) & 0x7fffffff
+    return s / 0x7fffffff
+  }
   const raw = Buffer.alloc((w * 3 + 1) * h)
   for (let y = 0; y < h; y++) {
     raw[y * (w * 3 + 1)] = 0
-    for (let x = 0; x < w; x++) for (let c = 0; c < 3; c++) raw[y * (w * 3 + 1) + 1 + x * 3 + c] = Math.max(0, Math.min(255, rgb[c] + Math.round((rand() - 0.5) * 40)))
+    for (let x = 0; x < w; x++) {
+      for (let c = 0; c < 3; c++) {
+        raw[y * (w * 3 + 1) + 1 + x * 3 + c] = Math.max(0, Math.min(255, rgb[c] + Math.round((rand() - 0.5) * 40)))
+      }
+    }
   }
   const ihdr = Buffer.alloc(13)
   ihdr.writeUInt32BE(w, 0)
   ihdr.writeUInt32BE(h, 4)
   ihdr.set([8, 2, 0, 0, 0], 8)
-  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk('IHDR', ihdr), chunk('IDAT', deflateSync(raw)), chunk('IEND', Buffer.alloc(0))])
+  return Buffer.concat([
+    Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]),
+    chunk('IHDR', ihdr),
+    chunk('IDAT', deflateSync(raw)),
+    chunk('IEND', Buffer.alloc(0)),
+  ])
 }
 
 export const CLASSES = ['red', 'green', 'blue', 'yellow']
-export const RGB: [number, number, number][] = [[220, 40, 40], [40, 200, 60], [40, 70, 220], [230, 220, 40]]
+export const RGB: [number, number, number][] = [
+  [220, 40, 40],
+  [40, 200, 60],
+  [40, 70, 220],
+  [230, 220, 40],
+]
 export function dataset(perClass: number, seed: number) {
   const images: Buffer[] = []
   const labels: number[] = []
-  for (let i = 0; i < perClass; i++) RGB.forEach((rgb, c) => (images.push(png(36 + ((i * 7) % 20), 40, rgb, seed + i * 10 + c)), labels.push(c)))
+  for (let i = 0; i < perClass; i++) {
+    for (const [c, rgb] of RGB.entries()) {
+      images.push(png(36 + ((i * 7) % 20), 40, rgb, seed + i * 10 + c))
+      labels.push(c)
+    }
+  }
   return { images, labels }
 }
-

@@ -52,7 +52,7 @@ build() {
   local host; host="$(rustc -vV | sed -n 's/^host: //p')"
   # The addon, exactly as users build it (napi build --features cuda), into .gpu/addon.
   mkdir -p "$gpu/addon"
-  npx napi build --platform --release --features cuda --target "$host" --output-dir "$gpu/addon" --no-js --dts "$gpu/addon/index.d.cts"
+  npx napi build --platform --release --features cuda --target "$host" --output-dir "$gpu/addon" --no-js --dts "$gpu/addon/index.d.ts"
   # The core's test binaries and the benchmark, with CUDA.
   cargo test --release -p promptclip-core --features cuda --target "$host" --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import json,sys
@@ -74,8 +74,8 @@ bundle() {
   done < "$gpu/tests.txt"
   cp "$CARGO_TARGET_DIR/$host/release/promptclip-bench" "$(command -v node)" "$b/bin/"
   # The package as users install it, with the CUDA build under the loader's own name.
-  [ -f dist/index.cjs ] || npm run build:ts >/dev/null
-  cp -r dist index.cjs package.json "$b/pkg/"
+  [ -f dist/index.js ] || npm run build:ts >/dev/null
+  cp -r dist index.js package.json "$b/pkg/"
   cp "$gpu"/addon/promptclip.*.node "$b/pkg/"
   strip "$b"/bin/* "$b"/tests/* "$b"/pkg/*.node
   # The binaries share most of their bytes (candle's kernels): a dictionary larger than one of

@@ -3,10 +3,14 @@
  * (index.js picks the right prebuilt .node for this platform). Users never import this directly.
  */
 import { createRequire } from 'node:module'
-import type * as Native from '../index.cjs'
+import type * as Native from '../index.js'
 
-// tsup's CJS stand-in for import.meta.url breaks on paths with '#' or '%', so prefer __filename.
+// The loader is CommonJS and lives outside dist/, so it is required at run time, never bundled.
+// Prefer __filename: in the CJS build (dist/index.js) it is the real path, while tsup's stand-in
+// for import.meta.url there breaks on paths with '#' or '%'. The ESM build (dist/index.mjs) gets
+// __filename from tsup's shim (fileURLToPath(import.meta.url)); import.meta.url is the fallback
+// for an ESM runner without that shim.
 const nativeRequire = createRequire(typeof __filename === 'string' ? __filename : import.meta.url)
 
-export const binding: typeof Native = nativeRequire('../index.cjs')
+export const binding: typeof Native = nativeRequire('../index.js')
 export type { Native }

@@ -29,13 +29,13 @@ const USAGE = `usage:
 
 function expandImages(inputs: string[]): string[] {
   return inputs.flatMap((p) => {
-    let st
+    let isDir: boolean
     try {
-      st = statSync(p)
+      isDir = statSync(p).isDirectory()
     } catch {
       return [p] // let the core report it as a missing file, by name
     }
-    if (!st.isDirectory()) return [p]
+    if (!isDir) return [p]
     return readdirSync(p)
       .filter((f) => IMAGE_EXT.test(f))
       .sort()
@@ -68,34 +68,63 @@ async function demo(rest: string[]): Promise<number> {
   })
   const num = (k: keyof typeof values) => Number(values[k])
   const t0 = Date.now()
-  const clip = await Clip.load(values.model!)
+  const clip = await Clip.load(values.model)
   const full = loadFashionMnist('train', values.data)
   const train = fewShot(full, num('shots'), num('seed'))
   const testAll = loadFashionMnist('test', values.data)
   const test = { images: testAll.images.slice(0, num('test')), labels: testAll.labels.slice(0, num('test')) }
   const classNames = full.classNames
-  console.log(`CLIP ${values.model} (${clip.info.naming}, width ${clip.info.textWidth}); Fashion-MNIST ${num('shots')}-shot: ${train.images.length} training, ${test.images.length} test images`)
+  console.log(
+    `CLIP ${values.model} (${clip.info.naming}, width ${clip.info.textWidth}); ` +
+      `Fashion-MNIST ${num('shots')}-shot: ${train.images.length} training, ${test.images.length} test images`,
+  )
 
   const zs = await new Evaluator(clip, { classNames, topK: [1, 3] }).evaluate(test)
-  if (values.context !== 'unified' && values.context !== 'class-specific') throw new PromptclipError('E_INVALID_ARGUMENT', `--context must be "unified" or "class-specific"`)
-  const learner = PromptLearner.coop(clip, { classNames, nCtx: num('n-ctx'), classSpecific: values.context === 'class-specific', seed: num('seed') })
-  const trainer = new Trainer(learner, { epochs: num('epochs'), lr: num('lr'), seed: num('seed'), checkpointPath: join(values.out!, 'train.ckpt') })
+  if (values.context !== 'unified' && values.context !== 'class-specific') {
+    throw new PromptclipError('E_INVALID_ARGUMENT', `--context must be "unified" or "class-specific"`)
+  }
+  const learner = PromptLearner.coop(clip, {
+    classNames,
+    nCtx: num('n-ctx'),
+    classSpecific: values.context === 'class-specific',
+    seed: num('seed'),
+  })
+  const trainer = new Trainer(learner, {
+    epochs: num('epochs'),
+    lr: num('lr'),
+    seed: num('seed'),
+    checkpointPath: join(values.out, 'train.ckpt'),
+  })
   const summary = await trainer.fit(train, {
     onProgress: (p) => {
-      if (p.step === p.stepsPerEpoch) console.log(`epoch ${p.epoch + 1}/${p.epochs}  loss ${p.epochLoss.toFixed(4)}  acc ${(100 * p.epochAccuracy).toFixed(1)}%  lr ${p.lr.toExponential(2)}`)
+      if (p.step === p.stepsPerEpoch) {
+        const acc = (100 * p.epochAccuracy).toFixed(1)
+        console.log(
+          `epoch ${p.epoch + 1}/${p.epochs}  loss ${p.epochLoss.toFixed(4)}  acc ${acc}%  lr ${p.lr.toExponential(2)}`,
+        )
+      }
     },
   })
   const coop = await new Evaluator(learner, { topK: [1, 3] }).evaluate(test)
-  const promptPath = join(values.out!, 'fashion-mnist.prompt.safetensors')
+  const promptPath = join(values.out, 'fashion-mnist.prompt.safetensors')
   await learner.save(promptPath)
   const words = await learner.interpret({ topK: 1 })
   console.log(`\n${'method'.padEnd(16)}${'acc %'.padStart(8)}${'macro-F1'.padStart(10)}${'top-3 %'.padStart(9)}`)
-  for (const [name, r] of [['zero-shot CLIP', zs], ['CoOp', coop]] as const) {
-    console.log(`${name.padEnd(16)}${r.accuracy.toFixed(1).padStart(8)}${r.macroF1.toFixed(1).padStart(10)}${r.topK[1].accuracy.toFixed(1).padStart(9)}`)
+  for (const [name, r] of [
+    ['zero-shot CLIP', zs],
+    ['CoOp', coop],
+  ] as const) {
+    const cells = [
+      r.accuracy.toFixed(1).padStart(8),
+      r.macroF1.toFixed(1).padStart(10),
+      r.topK[1].accuracy.toFixed(1).padStart(9),
+    ]
+    console.log(`${name.padEnd(16)}${cells.join('')}`)
   }
   console.log(`\nper class (CoOp): ${coop.perClass.map((c) => `${c.name} ${c.accuracy?.toFixed(0)}%`).join(', ')}`)
   console.log(`learned context as nearest words: ${words.map((w) => w.tokens[0].token).join(' ')}`)
-  console.log(`saved ${promptPath}; training loss ${summary.epochLoss[0].toFixed(3)} -> ${summary.epochLoss.at(-1)!.toFixed(3)}; ${((Date.now() - t0) / 1000).toFixed(1)} s`)
+  const loss = `${summary.epochLoss[0].toFixed(3)} -> ${summary.epochLoss.at(-1)?.toFixed(3)}`
+  console.log(`saved ${promptPath}; training loss ${loss}; ${((Date.now() - t0) / 1000).toFixed(1)} s`)
   return 0
 }
 
@@ -129,10 +158,18 @@ async function main(argv: string[]): Promise<number> {
     const clip = await Clip.load(values.model, { device: values.device as DeviceName })
     const preds = await clip.zeroShot(images, classes, { templates: values.template, topK: Number(values['top-k']) })
     if (values.json) {
-      console.log(JSON.stringify(preds.map((p) => ({ image: images[p.index], top: p.top, error: p.error })), null, 2))
+      console.log(
+        JSON.stringify(
+          preds.map((p) => ({ image: images[p.index], top: p.top, error: p.error })),
+          null,
+          2,
+        ),
+      )
     } else {
       for (const p of preds) {
-        const what = p.error ? `error ${p.error.code}: ${p.error.message}` : p.top.map((t) => `${t.label} ${(100 * t.probability).toFixed(1)}%`).join(', ')
+        const what = p.error
+          ? `error ${p.error.code}: ${p.error.message}`
+          : p.top.map((t) => `${t.label} ${(100 * t.probability).toFixed(1)}%`).join(', ')
         console.log(`${images[p.index]}: ${what}`)
       }
     }

@@ -1,5 +1,5 @@
 import { binding, type Native } from './binding'
-import { invalidArgument, native, nativeSync, type ErrorCode } from './errors'
+import { type ErrorCode, invalidArgument, native, nativeSync } from './errors'
 
 /** Decoded 8-bit pixels, row-major: 1 (grey), 3 (RGB) or 4 (RGBA) channels. */
 export interface RawImage {
@@ -103,13 +103,17 @@ export function toNativeImages(images: ImageInput[]): (string | Buffer | Native.
       }
       return { width, height, channels, data: asBuffer(img.data) }
     }
-    throw invalidArgument(`images[${i}] must be a file path (string), a Buffer/Uint8Array or { width, height, channels, data }`)
+    throw invalidArgument(
+      `images[${i}] must be a file path (string), a Buffer/Uint8Array or { width, height, channels, data }`,
+    )
   })
 }
 
 /** @internal */
 export function checkBatchSize(n: number | undefined): number | undefined {
-  if (n !== undefined && (!Number.isInteger(n) || n < 1)) throw invalidArgument(`batchSize must be a positive integer, got ${n}`)
+  if (n !== undefined && (!Number.isInteger(n) || n < 1)) {
+    throw invalidArgument(`batchSize must be a positive integer, got ${n}`)
+  }
   return n
 }
 
@@ -124,9 +128,18 @@ export function failuresOf(list: Native.NativeImageFailure[]): ImageFailure[] {
 }
 
 /** @internal Per-image predictions from the binding's flat probabilities and failures. */
-export function toPredictions(count: number, out: Native.NativeZeroShot, classNames: string[], k: number): ZeroShotPrediction[] {
+export function toPredictions(
+  count: number,
+  out: Native.NativeZeroShot,
+  classNames: string[],
+  k: number,
+): ZeroShotPrediction[] {
   const labels = classNames.map((n) => n.replace(/_/g, ' ').trim())
-  const preds: ZeroShotPrediction[] = Array.from({ length: count }, (_, index) => ({ index, probabilities: null, top: [] }))
+  const preds: ZeroShotPrediction[] = Array.from({ length: count }, (_, index) => ({
+    index,
+    probabilities: null,
+    top: [],
+  }))
   rows(out.probs, out.numClasses, out.indices.length).forEach((p, r) => {
     const pred = preds[out.indices[r]]
     pred.probabilities = p
@@ -140,7 +153,9 @@ export function toPredictions(count: number, out: Native.NativeZeroShot, classNa
 export function topK(probabilities: ArrayLike<number>, labels: string[], k: number): LabelScore[] {
   const order = Array.from({ length: probabilities.length }, (_, i) => i)
   order.sort((a, b) => probabilities[b] - probabilities[a] || a - b)
-  return order.slice(0, Math.min(k, order.length)).map((i) => ({ label: labels[i], index: i, probability: probabilities[i] }))
+  return order
+    .slice(0, Math.min(k, order.length))
+    .map((i) => ({ label: labels[i], index: i, probability: probabilities[i] }))
 }
 
 /** A frozen CLIP model: image and text encoders, tokenizer and preprocessing. */
@@ -158,7 +173,9 @@ export class Clip {
    */
   static async load(path: string, options: LoadOptions = {}): Promise<Clip> {
     if (typeof path !== 'string' || path.length === 0) throw invalidArgument('path must be a non-empty string')
-    const nativeClip = await native(() => binding.loadClip(path, { device: options.device ?? 'cpu', dtype: options.dtype ?? 'fp32' }))
+    const nativeClip = await native(() =>
+      binding.loadClip(path, { device: options.device ?? 'cpu', dtype: options.dtype ?? 'fp32' }),
+    )
     return new Clip(nativeClip)
   }
 
@@ -174,7 +191,7 @@ export class Clip {
   async encodeImages(images: ImageInput[], options: EncodeImagesOptions = {}): Promise<EncodedImages> {
     const out = await native(() => this.native.encodeImages(toNativeImages(images), checkBatchSize(options.batchSize)))
     const embeddings: (Float32Array | null)[] = new Array(images.length).fill(null)
-    rows(out.embeddings, out.dim, out.indices.length).forEach((row, r) => (embeddings[out.indices[r]] = row))
+    for (const [r, row] of rows(out.embeddings, out.dim, out.indices.length).entries()) embeddings[out.indices[r]] = row
     return { embeddings, failures: failuresOf(out.failures) }
   }
 
@@ -189,7 +206,11 @@ export class Clip {
    * Zero-shot classification: each image against `classNames` through the templates. Images that
    * cannot be read are reported in their prediction's `error` instead of failing the batch.
    */
-  async zeroShot(images: ImageInput[], classNames: string[], options: ZeroShotOptions = {}): Promise<ZeroShotPrediction[]> {
+  async zeroShot(
+    images: ImageInput[],
+    classNames: string[],
+    options: ZeroShotOptions = {},
+  ): Promise<ZeroShotPrediction[]> {
     const templates = options.templates ?? [DEFAULT_TEMPLATE]
     const k = options.topK ?? 5
     if (!Number.isInteger(k) || k < 1) throw invalidArgument(`topK must be a positive integer, got ${k}`)

@@ -2,7 +2,7 @@
  * Dataset IO: folders of images, the official CoOp split files, IDX files (MNIST / Fashion-MNIST,
  * e.g. Debian's dataset-fashion-mnist), and the few-shot sampling of the papers' protocol.
  */
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { gunzipSync } from 'node:zlib'
 import type { ImageInput, RawImage } from './clip'
@@ -19,12 +19,16 @@ const IMAGE_EXT = /\.(jpe?g|png|webp)$/i
 /** One sub-folder per class (sorted names become labels 0..K-1), images inside. */
 export function loadImageFolder(dir: string): LabelledDataset {
   if (!existsSync(dir)) throw invalidArgument(`dataset folder ${dir} does not exist`)
-  const classNames = readdirSync(dir).filter((d) => statSync(join(dir, d)).isDirectory()).sort()
+  const classNames = readdirSync(dir)
+    .filter((d) => statSync(join(dir, d)).isDirectory())
+    .sort()
   if (classNames.length === 0) throw invalidArgument(`${dir} has no class sub-folders`)
   const images: string[] = []
   const labels: number[] = []
   classNames.forEach((c, label) => {
-    for (const f of readdirSync(join(dir, c)).filter((f) => IMAGE_EXT.test(f)).sort()) {
+    for (const f of readdirSync(join(dir, c))
+      .filter((f) => IMAGE_EXT.test(f))
+      .sort()) {
       images.push(join(dir, c, f))
       labels.push(label)
     }
@@ -33,7 +37,10 @@ export function loadImageFolder(dir: string): LabelledDataset {
 }
 
 /** The official code's `split_zhou_<Dataset>.json`: {"train"|"val"|"test": [[relpath, label, classname], ...]}. */
-export function loadSplitFile(jsonPath: string, imageRoot: string): { train: LabelledDataset; val: LabelledDataset; test: LabelledDataset } {
+export function loadSplitFile(
+  jsonPath: string,
+  imageRoot: string,
+): { train: LabelledDataset; val: LabelledDataset; test: LabelledDataset } {
   let raw: Record<string, [string, number, string][]>
   try {
     raw = JSON.parse(readFileSync(jsonPath, 'utf8'))
@@ -64,30 +71,55 @@ export function loadSplitFile(jsonPath: string, imageRoot: string): { train: Lab
 export function readIdx(path: string): { dims: number[]; data: Uint8Array } {
   let buf = readFileSync(path)
   if (buf[0] === 0x1f && buf[1] === 0x8b) buf = gunzipSync(buf)
-  if (buf.length < 4 || buf[0] !== 0 || buf[1] !== 0 || buf[2] !== 0x08) throw invalidArgument(`${path}: not an unsigned-byte IDX file`)
+  if (buf.length < 4 || buf[0] !== 0 || buf[1] !== 0 || buf[2] !== 0x08) {
+    throw invalidArgument(`${path}: not an unsigned-byte IDX file`)
+  }
   const ndim = buf[3]
   const dims = Array.from({ length: ndim }, (_, i) => buf.readUInt32BE(4 + 4 * i))
   const offset = 4 + 4 * ndim
   const n = dims.reduce((a, b) => a * b, 1)
-  if (buf.length !== offset + n) throw invalidArgument(`${path}: ${buf.length - offset} data bytes for dims ${dims.join('x')}`)
+  if (buf.length !== offset + n) {
+    throw invalidArgument(`${path}: ${buf.length - offset} data bytes for dims ${dims.join('x')}`)
+  }
   return { dims, data: new Uint8Array(buf.buffer, buf.byteOffset + offset, n) }
 }
 
-export const FASHION_MNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
+export const FASHION_MNIST_CLASSES = [
+  'T-shirt/top',
+  'Trouser',
+  'Pullover',
+  'Dress',
+  'Coat',
+  'Sandal',
+  'Shirt',
+  'Sneaker',
+  'Bag',
+  'Ankle boot',
+]
 export const FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 
 /** Fashion-MNIST from its IDX files (Debian: `apt-get install dataset-fashion-mnist`). */
 export function loadFashionMnist(split: 'train' | 'test', dir = FASHION_MNIST_DIR): LabelledDataset {
   const prefix = split === 'train' ? 'train' : 't10k'
   const file = (kind: string) => {
-    for (const f of [`${prefix}-${kind}-ubyte.gz`, `${prefix}-${kind}-ubyte`]) if (existsSync(join(dir, f))) return join(dir, f)
-    throw invalidArgument(`Fashion-MNIST not found in ${dir} (${prefix}-${kind}-ubyte[.gz]); on Debian: apt-get install dataset-fashion-mnist`)
+    for (const f of [`${prefix}-${kind}-ubyte.gz`, `${prefix}-${kind}-ubyte`]) {
+      if (existsSync(join(dir, f))) return join(dir, f)
+    }
+    throw invalidArgument(
+      `Fashion-MNIST not found in ${dir} (${prefix}-${kind}-ubyte[.gz]); ` +
+        'on Debian: apt-get install dataset-fashion-mnist',
+    )
   }
   const imgs = readIdx(file('images-idx3'))
   const labels = readIdx(file('labels-idx1'))
   const [n, h, w] = imgs.dims
   if (labels.dims[0] !== n) throw invalidArgument(`${dir}: ${n} images but ${labels.dims[0]} labels`)
-  const images: RawImage[] = Array.from({ length: n }, (_, i) => ({ width: w, height: h, channels: 1, data: imgs.data.subarray(i * w * h, (i + 1) * w * h) }))
+  const images: RawImage[] = Array.from({ length: n }, (_, i) => ({
+    width: w,
+    height: h,
+    channels: 1,
+    data: imgs.data.subarray(i * w * h, (i + 1) * w * h),
+  }))
   return { images, labels: Array.from(labels.data), classNames: FASHION_MNIST_CLASSES }
 }
 
@@ -108,10 +140,13 @@ export function fewShot<T extends { images: ImageInput[]; labels: number[] }>(da
   if (!Number.isInteger(shots) || shots < 1) throw invalidArgument(`shots must be a positive integer, got ${shots}`)
   const random = rng(seed)
   const byClass = new Map<number, number[]>()
-  data.labels.forEach((l, i) => byClass.set(l, [...(byClass.get(l) ?? []), i]))
+  for (const [i, l] of data.labels.entries()) {
+    const members = byClass.get(l)
+    if (members) members.push(i)
+    else byClass.set(l, [i])
+  }
   const picked: number[] = []
-  for (const label of [...byClass.keys()].sort((a, b) => a - b)) {
-    const idx = byClass.get(label)!
+  for (const [, idx] of [...byClass.entries()].sort(([a], [b]) => a - b)) {
     for (let i = idx.length - 1; i > 0; i--) {
       const j = Math.floor(random() * (i + 1))
       ;[idx[i], idx[j]] = [idx[j], idx[i]]

@@ -1,8 +1,8 @@
 import { binding } from './binding'
-import { Clip, DEFAULT_TEMPLATE, type ImageFailure, type ZeroShotPrediction } from './clip'
+import { type Clip, DEFAULT_TEMPLATE, type ImageFailure, type ZeroShotPrediction } from './clip'
 import { invalidArgument, nativeSync } from './errors'
 import { PromptLearner } from './prompt'
-import { validateDataset, type Dataset } from './train'
+import { type Dataset, validateDataset } from './train'
 
 export interface EvaluateOptions {
   /** Classes the labels refer to (default: the learner's; required for zero-shot CLIP). */
@@ -58,14 +58,25 @@ export class Evaluator {
     const preds: ZeroShotPrediction[] =
       this.model instanceof PromptLearner
         ? await this.model.predict(data.images, { classNames: o.classNames, topK: 1, batchSize: o.batchSize })
-        : await this.model.zeroShot(data.images, classNames, { templates: o.templates ?? [DEFAULT_TEMPLATE], topK: 1, batchSize: o.batchSize })
-    const ok = preds.filter((p) => p.probabilities)
+        : await this.model.zeroShot(data.images, classNames, {
+            templates: o.templates ?? [DEFAULT_TEMPLATE],
+            topK: 1,
+            batchSize: o.batchSize,
+          })
+    const ok = preds.filter((p): p is ZeroShotPrediction & { probabilities: Float32Array } => p.probabilities !== null)
     if (ok.length === 0) throw invalidArgument('no image of the dataset could be read')
     const k = classNames.length
     const scores = new Float32Array(ok.length * k)
-    ok.forEach((p, i) => scores.set(p.probabilities!, i * k))
+    for (const [i, p] of ok.entries()) scores.set(p.probabilities, i * k)
     const ks = (o.topK ?? [1, 5]).filter((x) => x <= k)
-    const m = nativeSync(() => binding.computeMetrics(scores, k, ok.map((p) => data.labels[p.index]), ks))
+    const m = nativeSync(() =>
+      binding.computeMetrics(
+        scores,
+        k,
+        ok.map((p) => data.labels[p.index]),
+        ks,
+      ),
+    )
     return {
       total: m.total,
       correct: m.correct,

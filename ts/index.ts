@@ -1,8 +1,7 @@
-export { Clip, DEFAULT_TEMPLATE, cudaCompiled, topK } from './clip'
 export type {
   DeviceName,
-  EncodeImagesOptions,
   EncodedImages,
+  EncodeImagesOptions,
   ImageFailure,
   ImageInput,
   LabelScore,
@@ -13,13 +12,21 @@ export type {
   ZeroShotOptions,
   ZeroShotPrediction,
 } from './clip'
-export { PromptLearner } from './prompt'
-export type { ClassTokenPosition, CocoopOptions, CoopOptions, InterpretRow, LearnerInfo, PredictOptions } from './prompt'
-export { Trainer } from './train'
-export type { Dataset, FitOptions, TrainOptions, TrainProgress, TrainSummary } from './train'
-export { Evaluator } from './evaluate'
-export type { ClassReport, EvaluateOptions, Evaluation } from './evaluate'
-export { PromptclipError } from './errors'
-export type { ErrorCode } from './errors'
-export { FASHION_MNIST_CLASSES, fewShot, loadFashionMnist, loadImageFolder, loadSplitFile, readIdx } from './datasets'
+export { Clip, cudaCompiled, DEFAULT_TEMPLATE, topK } from './clip'
 export type { LabelledDataset } from './datasets'
+export { FASHION_MNIST_CLASSES, fewShot, loadFashionMnist, loadImageFolder, loadSplitFile, readIdx } from './datasets'
+export type { ErrorCode } from './errors'
+export { PromptclipError } from './errors'
+export type { ClassReport, EvaluateOptions, Evaluation } from './evaluate'
+export { Evaluator } from './evaluate'
+export type {
+  ClassTokenPosition,
+  CocoopOptions,
+  CoopOptions,
+  InterpretRow,
+  LearnerInfo,
+  PredictOptions,
+} from './prompt'
+export { PromptLearner } from './prompt'
+export type { Dataset, FitOptions, TrainOptions, TrainProgress, TrainSummary } from './train'
+export { Trainer } from './train'

@@ -1,5 +1,12 @@
 import { binding, type Native } from './binding'
-import { Clip, checkBatchSize, toNativeImages, toPredictions, type ImageInput, type ZeroShotPrediction } from './clip'
+import {
+  type Clip,
+  checkBatchSize,
+  type ImageInput,
+  toNativeImages,
+  toPredictions,
+  type ZeroShotPrediction,
+} from './clip'
 import { drainProgress, invalidArgument, native, nativeSync } from './errors'
 
 export type ClassTokenPosition = 'end' | 'middle' | 'front'
@@ -60,7 +67,9 @@ export interface InterpretRow {
 }
 
 function checkPositiveInt(name: string, v: number | undefined): void {
-  if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw invalidArgument(`${name} must be a positive integer, got ${v}`)
+  if (v !== undefined && (!Number.isInteger(v) || v < 1)) {
+    throw invalidArgument(`${name} must be a positive integer, got ${v}`)
+  }
 }
 
 /**
@@ -79,23 +88,37 @@ export class PromptLearner {
 
   /** A new CoOp learner for `classNames`. */
   static coop(clip: Clip, options: CoopOptions): PromptLearner {
-    if (!options || !Array.isArray(options.classNames)) throw invalidArgument('classNames must be an array of class names')
+    if (!options || !Array.isArray(options.classNames)) {
+      throw invalidArgument('classNames must be an array of class names')
+    }
     checkPositiveInt('nCtx', options.nCtx)
     if (options.position !== undefined && !['end', 'middle', 'front'].includes(options.position)) {
       throw invalidArgument(`position must be "end", "middle" or "front", got ${JSON.stringify(options.position)}`)
     }
-    if (options.seed !== undefined && (!Number.isInteger(options.seed) || options.seed < 0)) throw invalidArgument(`seed must be a non-negative integer, got ${options.seed}`)
-    return new PromptLearner(clip, nativeSync(() => binding.createCoop(clip.native, options)))
+    if (options.seed !== undefined && (!Number.isInteger(options.seed) || options.seed < 0)) {
+      throw invalidArgument(`seed must be a non-negative integer, got ${options.seed}`)
+    }
+    return new PromptLearner(
+      clip,
+      nativeSync(() => binding.createCoop(clip.native, options)),
+    )
   }
 
   /** A new CoCoOp learner: CoOp's context plus a Meta-Net that conditions it on each image. */
   static cocoop(clip: Clip, options: CocoopOptions): PromptLearner {
-    if (!options || !Array.isArray(options.classNames)) throw invalidArgument('classNames must be an array of class names')
-    if ((options as CoopOptions).classSpecific) throw invalidArgument('classSpecific context is CoOp-only; CoCoOp learns one context')
+    if (!options || !Array.isArray(options.classNames)) {
+      throw invalidArgument('classNames must be an array of class names')
+    }
+    if ((options as CoopOptions).classSpecific) {
+      throw invalidArgument('classSpecific context is CoOp-only; CoCoOp learns one context')
+    }
     checkPositiveInt('nCtx', options.nCtx)
     checkPositiveInt('metaNetRatio', options.metaNetRatio)
     checkPositiveInt('memoryBudgetMb', options.memoryBudgetMb)
-    return new PromptLearner(clip, nativeSync(() => binding.createCocoop(clip.native, options)))
+    return new PromptLearner(
+      clip,
+      nativeSync(() => binding.createCocoop(clip.native, options)),
+    )
   }
 
   /** Load a prompt saved with `save()` (CoOp or CoCoOp), onto a CLIP of the same text width. */
@@ -122,13 +145,16 @@ export class PromptLearner {
     const k = options.topK ?? 5
     checkPositiveInt('topK', k)
     let done = 0
-    const progress = options.onProgress
+    const onProgress = options.onProgress
+    const progress = onProgress
       ? (p: Native.NativePredictProgress) => {
           done = p.done
-          options.onProgress!({ done: p.done, total: p.total })
+          onProgress({ done: p.done, total: p.total })
         }
       : undefined
-    const out = await native(() => this.native.predict(toNativeImages(images), options.classNames, checkBatchSize(options.batchSize), progress))
+    const out = await native(() =>
+      this.native.predict(toNativeImages(images), options.classNames, checkBatchSize(options.batchSize), progress),
+    )
     if (progress) await drainProgress(() => done >= images.length)
     return toPredictions(images.length, out, options.classNames ?? this.info.classNames, k)
   }
@@ -144,4 +170,3 @@ export class PromptLearner {
     }))
   }
 }
-

@@ -1,6 +1,6 @@
 import { binding, type Native } from './binding'
-import { toNativeImages, type ImageInput } from './clip'
-import { PromptclipError, drainProgress, invalidArgument, native } from './errors'
+import { type ImageInput, toNativeImages } from './clip'
+import { drainProgress, invalidArgument, native, PromptclipError } from './errors'
 import type { PromptLearner } from './prompt'
 
 /** Labelled images: `labels[i]` indexes the learner's `classNames`. */
@@ -59,11 +59,17 @@ export interface TrainSummary {
 }
 
 export function validateDataset(data: Dataset, numClasses: number): void {
-  if (!data || !Array.isArray(data.images) || !Array.isArray(data.labels)) throw invalidArgument('dataset must be { images: [...], labels: [...] }')
+  if (!data || !Array.isArray(data.images) || !Array.isArray(data.labels)) {
+    throw invalidArgument('dataset must be { images: [...], labels: [...] }')
+  }
   if (data.images.length === 0) throw invalidArgument('the dataset is empty')
-  if (data.images.length !== data.labels.length) throw invalidArgument(`${data.images.length} images but ${data.labels.length} labels`)
+  if (data.images.length !== data.labels.length) {
+    throw invalidArgument(`${data.images.length} images but ${data.labels.length} labels`)
+  }
   data.labels.forEach((l, i) => {
-    if (!Number.isInteger(l) || l < 0 || l >= numClasses) throw invalidArgument(`labels[${i}] = ${l} is out of range for ${numClasses} classes`)
+    if (!Number.isInteger(l) || l < 0 || l >= numClasses) {
+      throw invalidArgument(`labels[${i}] = ${l} is out of range for ${numClasses} classes`)
+    }
   })
 }
 
@@ -75,7 +81,9 @@ export class Trainer {
   constructor(learner: PromptLearner, options: TrainOptions = {}) {
     for (const k of ['epochs', 'batchSize', 'warmupEpochs', 'checkpointEvery'] as const) {
       const v = options[k]
-      if (v !== undefined && (!Number.isInteger(v) || v < (k === 'warmupEpochs' ? 0 : 1))) throw invalidArgument(`${k} must be a ${k === 'warmupEpochs' ? 'non-negative' : 'positive'} integer, got ${v}`)
+      if (v !== undefined && (!Number.isInteger(v) || v < (k === 'warmupEpochs' ? 0 : 1))) {
+        throw invalidArgument(`${k} must be a ${k === 'warmupEpochs' ? 'non-negative' : 'positive'} integer, got ${v}`)
+      }
     }
     this.learner = learner
     this.options = { ...options }
@@ -98,7 +106,13 @@ export class Trainer {
           }
         : undefined
       const summary = await native(() =>
-        this.learner.native.train(toNativeImages(data.images), data.labels, { ...this.options, resumeFrom }, progress, token),
+        this.learner.native.train(
+          toNativeImages(data.images),
+          data.labels,
+          { ...this.options, resumeFrom },
+          progress,
+          token,
+        ),
       )
       if (onProgress) await drainProgress(() => lastStep >= summary.globalStep)
       return summary
