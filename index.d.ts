@@ -9,7 +9,7 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
-/** Cancellation flag shared with a running task; the TypeScript layer ties it to an AbortSignal. */
+/** Cancellation flag shared with a running task. */
 export declare class NativeCancelToken {
   constructor()
   cancel(): void
@@ -19,52 +19,61 @@ export declare class NativeClip {
   get info(): NativeModelInfo
   /** CLIP token ids ([SOS] ... [EOT], unpadded) for each text. */
   tokenize(texts: Array<string>): Array<Array<number>>
-  encodeImages(images: Array<ImageArg>, batchSize?: number | undefined | null): Promise<NativeEncodedImages>
+  encodeImages(images: Array<string | Uint8Array | NativeRawImage>, batch?: number | undefined | null): Promise<NativeEncodedImages>
   encodeTexts(texts: Array<string>): Promise<NativeEncodedTexts>
-  zeroShot(images: Array<ImageArg>, classNames: Array<string>, templates: Array<string>, batchSize?: number | undefined | null): Promise<NativeZeroShot>
+  /** Zero-shot probabilities: each class's templates ensembled (mean of normalised features). */
+  zeroShot(images: Array<string | Uint8Array | NativeRawImage>, classNames: Array<string>, templates?: Array<string> | undefined | null, batch?: number | undefined | null): Promise<NativePredictions>
 }
 
-/** A learned prompt bound to the CLIP it runs on. Training holds the lock for its duration. */
-export declare class NativePromptLearner {
-  get info(): NativeLearnerInfo
+/** A learner bound to the CLIP it runs on. Training holds the lock for its duration. */
+export declare class NativeLearner {
+  /** The learner's one description (method, class names, resolved options, parameter shapes). */
+  get info(): NativeLearnerMeta
   /** The learned context as a flat Float32Array ((M, d) or (K, M, d), row-major). */
   context(): Float32Array
-  train(images: Array<ImageArg>, labels: Array<number>, options: NativeTrainOptions, onProgress?: ProgressFn | undefined | null, cancel?: NativeCancelToken | undefined | null): Promise<NativeTrainSummary>
-  predict(images: Array<ImageArg>, classNames?: Array<string> | undefined | null, batchSize?: number | undefined | null, onProgress?: PredictProgressFn | undefined | null): Promise<NativeZeroShot>
+  predict(images: Array<string | Uint8Array | NativeRawImage>, classNames?: Array<string> | undefined | null, batch?: number | undefined | null, onProgress?: (((arg: NativePredictProgress) => unknown)) | undefined | null): Promise<NativePredictions>
+  /** The `topK` nearest vocabulary tokens of each context vector (CoOp's Table 4). */
   interpret(topK?: number | undefined | null): Promise<NativeInterpretRow[]>
+  /** Save as safetensors with the learner's metadata, atomically. */
   save(path: string): Promise<void>
+  /** Train with `options` (the core's TrainOptions: missing fields take the method's recipe). */
+  train(data: NativeDataset, validation?: NativeDataset | undefined | null, options?: any | undefined | null, onProgress?: (((arg: NativeProgress) => unknown)) | undefined | null, cancel?: NativeCancelToken | undefined | null): Promise<NativeTrainSummary>
 }
 
-/** Dassl-style metrics from row-major scores (N x numClasses) and labels. */
-export declare function computeMetrics(scores: Float32Array, numClasses: number, labels: Array<number>, topK: Array<number>): NativeMetrics
+/** Metrics from row-major scores (N x numClasses) and labels; `topK` defaults to the core's. */
+export declare function computeMetrics(scores: Float32Array, numClasses: number, labels: Array<number>, topK?: Array<number> | undefined | null): NativeMetrics
 
-/** CoCoOp: context from "a photo of a" unless `nCtx`/`ctxInit` say otherwise, plus a Meta-Net. */
-export declare function createCocoop(clip: NativeClip, options: NativeCoopOptions): NativePromptLearner
-
-export declare function createCoop(clip: NativeClip, options: NativeCoopOptions): NativePromptLearner
+/**
+ * A new learner of `method` ("coop", "cocoop", "kgcoop", "linear-probe") for `classNames`, with
+ * the method's options (missing ones take its defaults) and runtime settings (memoryBudgetMb).
+ */
+export declare function createLearner(clip: NativeClip, method: string, classNames: Array<string>, options?: any | undefined | null, runtimeOptions?: any | undefined | null): NativeLearner
 
 /** Whether this build was compiled with CUDA support. */
 export declare function cudaCompiled(): boolean
 
+export declare function defaults(): NativeDefaults
+
 /** Load a CLIP checkpoint (Hugging Face folder or OpenAI-named safetensors file) off the main thread. */
 export declare function loadClip(path: string, options?: NativeLoadOptions | undefined | null): Promise<NativeClip>
 
-export declare function loadPromptLearner(clip: NativeClip, path: string): Promise<NativePromptLearner>
+/** Load a learner file of any method onto `clip`, with runtime settings (memoryBudgetMb). */
+export declare function loadLearner(clip: NativeClip, path: string, runtimeOptions?: any | undefined | null): Promise<NativeLearner>
 
-export interface NativeCoopOptions {
-  classNames: Array<string>
-  nCtx?: number
-  classSpecific?: boolean
-  /** "end" | "middle" | "front" */
-  position?: string
-  /** Initialise the context from these words (sets nCtx to their token count). */
-  ctxInit?: string
-  initStd?: number
-  seed?: number
-  /** CoCoOp only: Meta-Net bottleneck ratio (hidden = imageDim / ratio; default 16). */
-  metaNetRatio?: number
-  /** CoCoOp only: activation memory for the B x K prompts at once, in MiB (default 2048). */
-  memoryBudgetMb?: number
+/** The registered methods' names. */
+export declare function methodNames(): Array<string>
+
+export interface NativeDataset {
+  images: Array<string | Uint8Array | NativeRawImage>
+  labels: Array<number>
+}
+
+/** Defaults of the calls whose options the TypeScript layer may leave out. */
+export interface NativeDefaults {
+  batchSize: number
+  topK: number
+  evalTopK: Array<number>
+  template: string
 }
 
 export interface NativeEncodedImages {
@@ -96,15 +105,14 @@ export interface NativeInterpretRow {
   distances: Array<number>
 }
 
-export interface NativeLearnerInfo {
+/** What `info` returns: the core's `LearnerMeta`. */
+export interface NativeLearnerMeta {
   method: string
-  nCtx: number
-  classSpecific: boolean
-  position: string
   classNames: Array<string>
-  promptPrefix: string
-  ctxDim: number
-  metaNetHidden?: number
+  /** The method's options, resolved (defaults filled in). */
+  options: any
+  /** [name, shape] of each trainable tensor. */
+  params: Array<[string, Array<number>]>
 }
 
 export interface NativeLoadOptions {
@@ -117,12 +125,14 @@ export interface NativeLoadOptions {
 export interface NativeMetrics {
   total: number
   correct: number
+  /** Percentages, as the papers report them. */
   accuracy: number
   errorRate: number
   macroF1: number
   /** NaN for classes without examples. */
   perClassAccuracy: Array<number>
   confusion: Array<Array<number>>
+  /** [k, accuracy %] with each k capped at the number of classes. */
   topK: Array<Array<number>>
 }
 
@@ -137,6 +147,7 @@ export interface NativeModelInfo {
   textLayers: number
   visionLayers: number
   textActivation: string
+  /** The multiplier of the cosine similarities, exp(logit_scale) (about 100 in real models). */
   logitScale: number
   /** "huggingface" or "openai": the parameter names the weights file uses. */
   naming: string
@@ -145,11 +156,22 @@ export interface NativeModelInfo {
   dtype: string
 }
 
+/** Probabilities of the readable images over a class list. */
+export interface NativePredictions {
+  /** The classes the columns stand for, as the caller named them. */
+  classNames: Array<string>
+  indices: Array<number>
+  /** Row-major (indices.length, classNames.length). */
+  probs: Float32Array
+  failures: Array<NativeImageFailure>
+}
+
 export interface NativePredictProgress {
   done: number
   total: number
 }
 
+/** One training step's report. `epoch` and `step` count from 1; accuracies are percentages. */
 export interface NativeProgress {
   epoch: number
   epochs: number
@@ -168,39 +190,18 @@ export interface NativeRawImage {
   height: number
   /** 1 (grey), 3 (RGB) or 4 (RGBA). */
   channels: number
-  data: Buffer
-}
-
-export interface NativeTrainOptions {
-  epochs?: number
-  batchSize?: number
-  lr?: number
-  momentum?: number
-  weightDecay?: number
-  /** "cosine" | "constant" */
-  schedule?: string
-  warmupEpochs?: number
-  warmupLr?: number
-  seed?: number
-  augment?: boolean
-  checkpointPath?: string
-  checkpointEvery?: number
-  resumeFrom?: string
+  data: Uint8Array
 }
 
 export interface NativeTrainSummary {
   epochs: number
-  startEpoch: number
+  /** Epochs already done when this run started (0 unless resumed). */
+  resumedAfterEpoch: number
   globalStep: number
   epochLoss: Array<number>
+  /** Percentages. */
   epochAccuracy: Array<number>
   seconds: number
-}
-
-export interface NativeZeroShot {
-  numClasses: number
-  indices: Array<number>
-  /** Row-major (indices.length, num_classes) probabilities. */
-  probs: Float32Array
-  failures: Array<NativeImageFailure>
+  /** What a method fitted on features reports (the linear probe's C search). */
+  details?: any
 }

@@ -3,7 +3,7 @@
  * promptclip command line.
  *
  *   promptclip demo [--model fixtures/tiny-clip-hf] [--data /usr/share/datasets/fashion-mnist]
- *                   [--shots 16] [--epochs 20] [--test 1000] [--out promptclip-demo]
+ *                   [--shots 16] [--epochs 50] [--test 1000] [--out promptclip-demo]
  *   promptclip info <model>
  *   promptclip zeroshot --model <path> --classes cat,dog [--template "a photo of a {}."]...
  *                       [--top-k 3] [--device cpu] [--json] <image or folder>...
@@ -98,9 +98,9 @@ async function demo(rest: string[]): Promise<number> {
   const summary = await trainer.fit(train, {
     onProgress: (p) => {
       if (p.step === p.stepsPerEpoch) {
-        const acc = (100 * p.epochAccuracy).toFixed(1)
+        const acc = p.epochAccuracy.toFixed(1)
         console.log(
-          `epoch ${p.epoch + 1}/${p.epochs}  loss ${p.epochLoss.toFixed(4)}  acc ${acc}%  lr ${p.lr.toExponential(2)}`,
+          `epoch ${p.epoch}/${p.epochs}  loss ${p.epochLoss.toFixed(4)}  acc ${acc}%  lr ${p.lr.toExponential(2)}`,
         )
       }
     },

@@ -1,16 +1,8 @@
 import { binding, type Native } from './binding'
 import { type ErrorCode, invalidArgument, native, nativeSync } from './errors'
+import { defaults, type ImageInput, positiveInt, toNativeImages } from './options'
 
-/** Decoded 8-bit pixels, row-major: 1 (grey), 3 (RGB) or 4 (RGBA) channels. */
-export interface RawImage {
-  width: number
-  height: number
-  channels: 1 | 3 | 4
-  data: Uint8Array
-}
-
-/** An image: a file path, encoded JPEG / PNG / WebP bytes, or raw pixels. */
-export type ImageInput = string | Uint8Array | RawImage
+export type { ImageInput, RawImage } from './options'
 
 export type DeviceName = 'cpu' | 'cuda' | `cuda:${number}`
 
@@ -35,6 +27,7 @@ export interface ModelInfo {
   textLayers: number
   visionLayers: number
   textActivation: string
+  /** The multiplier of cosine similarities in the logits, exp(logit_scale): about 100 in real CLIPs. */
   logitScale: number
   naming: 'huggingface' | 'openai'
   source: string
@@ -86,35 +79,12 @@ export interface ZeroShotPrediction {
   error?: ImageFailure
 }
 
-export const DEFAULT_TEMPLATE = 'a photo of a {}.'
-
-/** @internal */
-const asBuffer = (b: Uint8Array): Buffer => (Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength))
-
-export function toNativeImages(images: ImageInput[]): (string | Buffer | Native.NativeRawImage)[] {
-  if (!Array.isArray(images)) throw invalidArgument('images must be an array of file paths, Buffers or raw images')
-  return images.map((img, i) => {
-    if (typeof img === 'string') return img
-    if (img instanceof Uint8Array) return asBuffer(img)
-    if (img && typeof img === 'object' && img.data instanceof Uint8Array) {
-      const { width, height, channels } = img
-      if (![width, height].every((v) => Number.isInteger(v) && v > 0) || ![1, 3, 4].includes(channels)) {
-        throw invalidArgument(`images[${i}]: raw images need positive integer width/height and 1, 3 or 4 channels`)
-      }
-      return { width, height, channels, data: asBuffer(img.data) }
-    }
-    throw invalidArgument(
-      `images[${i}] must be a file path (string), a Buffer/Uint8Array or { width, height, channels, data }`,
-    )
-  })
-}
+/** The hand-made template used when none is given ("a photo of a {}."). */
+export const DEFAULT_TEMPLATE: string = defaults().template
 
 /** @internal */
 export function checkBatchSize(n: number | undefined): number | undefined {
-  if (n !== undefined && (!Number.isInteger(n) || n < 1)) {
-    throw invalidArgument(`batchSize must be a positive integer, got ${n}`)
-  }
-  return n
+  return positiveInt('batchSize', n)
 }
 
 /** @internal */
@@ -127,24 +97,20 @@ export function failuresOf(list: Native.NativeImageFailure[]): ImageFailure[] {
   return list.map((f) => ({ index: f.index, code: f.code as ErrorCode, message: f.message }))
 }
 
-/** @internal Per-image predictions from the binding's flat probabilities and failures. */
-export function toPredictions(
-  count: number,
-  out: Native.NativeZeroShot,
-  classNames: string[],
-  k: number,
-): ZeroShotPrediction[] {
-  const labels = classNames.map((n) => n.replace(/_/g, ' ').trim())
+/** @internal Per-image predictions from the binding's flat probabilities and failures. Labels
+ *  are the class names exactly as the caller gave them. */
+export function toPredictions(count: number, out: Native.NativePredictions, k: number): ZeroShotPrediction[] {
   const preds: ZeroShotPrediction[] = Array.from({ length: count }, (_, index) => ({
     index,
     probabilities: null,
     top: [],
   }))
-  rows(out.probs, out.numClasses, out.indices.length).forEach((p, r) => {
+  const numClasses = out.classNames.length
+  for (const [r, p] of rows(out.probs, numClasses, out.indices.length).entries()) {
     const pred = preds[out.indices[r]]
     pred.probabilities = p
-    pred.top = topK(p, labels, k)
-  })
+    pred.top = topK(p, out.classNames, k)
+  }
   for (const f of failuresOf(out.failures)) preds[f.index].error = f
   return preds
 }
@@ -211,13 +177,11 @@ export class Clip {
     classNames: string[],
     options: ZeroShotOptions = {},
   ): Promise<ZeroShotPrediction[]> {
-    const templates = options.templates ?? [DEFAULT_TEMPLATE]
-    const k = options.topK ?? 5
-    if (!Number.isInteger(k) || k < 1) throw invalidArgument(`topK must be a positive integer, got ${k}`)
+    const k = positiveInt('topK', options.topK) ?? defaults().topK
     const out = await native(() =>
-      this.native.zeroShot(toNativeImages(images), classNames, templates, checkBatchSize(options.batchSize)),
+      this.native.zeroShot(toNativeImages(images), classNames, options.templates, checkBatchSize(options.batchSize)),
     )
-    return toPredictions(images.length, out, classNames, k)
+    return toPredictions(images.length, out, k)
   }
 }
 

@@ -5,8 +5,8 @@
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { gunzipSync } from 'node:zlib'
-import type { ImageInput, RawImage } from './clip'
-import { invalidArgument } from './errors'
+import { invalidArgument, nativeSync, PromptclipError } from './errors'
+import type { ImageInput, RawImage } from './options'
 
 export interface LabelledDataset {
   images: ImageInput[]
@@ -18,7 +18,7 @@ const IMAGE_EXT = /\.(jpe?g|png|webp)$/i
 
 /** One sub-folder per class (sorted names become labels 0..K-1), images inside. */
 export function loadImageFolder(dir: string): LabelledDataset {
-  if (!existsSync(dir)) throw invalidArgument(`dataset folder ${dir} does not exist`)
+  if (!existsSync(dir)) throw new PromptclipError('E_FILE_NOT_FOUND', `dataset folder ${dir} does not exist`)
   const classNames = readdirSync(dir)
     .filter((d) => statSync(join(dir, d)).isDirectory())
     .sort()
@@ -41,9 +41,10 @@ export function loadSplitFile(
   jsonPath: string,
   imageRoot: string,
 ): { train: LabelledDataset; val: LabelledDataset; test: LabelledDataset } {
+  const text = nativeSync(() => readFileSync(jsonPath, 'utf8'))
   let raw: Record<string, [string, number, string][]>
   try {
-    raw = JSON.parse(readFileSync(jsonPath, 'utf8'))
+    raw = JSON.parse(text)
   } catch (e) {
     throw invalidArgument(`${jsonPath}: not a readable split file (${(e as Error).message})`)
   }
@@ -69,7 +70,7 @@ export function loadSplitFile(
 
 /** Read an IDX file (optionally gzipped): the format of MNIST and Fashion-MNIST. */
 export function readIdx(path: string): { dims: number[]; data: Uint8Array } {
-  let buf = readFileSync(path)
+  let buf = nativeSync(() => readFileSync(path))
   if (buf[0] === 0x1f && buf[1] === 0x8b) buf = gunzipSync(buf)
   if (buf.length < 4 || buf[0] !== 0 || buf[1] !== 0 || buf[2] !== 0x08) {
     throw invalidArgument(`${path}: not an unsigned-byte IDX file`)
@@ -105,7 +106,8 @@ export function loadFashionMnist(split: 'train' | 'test', dir = FASHION_MNIST_DI
     for (const f of [`${prefix}-${kind}-ubyte.gz`, `${prefix}-${kind}-ubyte`]) {
       if (existsSync(join(dir, f))) return join(dir, f)
     }
-    throw invalidArgument(
+    throw new PromptclipError(
+      'E_FILE_NOT_FOUND',
       `Fashion-MNIST not found in ${dir} (${prefix}-${kind}-ubyte[.gz]); ` +
         'on Debian: apt-get install dataset-fashion-mnist',
     )

@@ -1,7 +1,8 @@
 /**
- * Errors thrown by promptclip. The native core prefixes each message with a stable code in
- * brackets (`[E_MISSING_TENSOR] tensor ... is missing from ...`); this module lifts it into
- * `error.code` so callers can branch on it.
+ * Errors thrown by promptclip. The native core gives each error a stable code, carried on the
+ * JS error object itself (`error.code`); this module wraps those in `PromptclipError`, and maps
+ * the few errors that do not come from the core (argument conversion in the binding, Node's file
+ * system) onto the same codes, so that every error a caller sees is a `PromptclipError`.
  */
 export type ErrorCode =
   | 'E_FILE_NOT_FOUND'
@@ -15,6 +16,7 @@ export type ErrorCode =
   | 'E_INVALID_ARGUMENT'
   | 'E_CUDA_UNAVAILABLE'
   | 'E_NON_FINITE_LOSS'
+  | 'E_NON_FINITE_PARAMS'
   | 'E_CANCELLED'
   | 'E_BUSY'
   | 'E_TENSOR'
@@ -30,14 +32,36 @@ export class PromptclipError extends Error {
   }
 }
 
-const CODED = /^\[(E_[A-Z_]+)\] ([\s\S]*)$/
+/** A cancelled call (its AbortSignal fired): `name` is 'AbortError', as on the web platform. */
+export class AbortError extends PromptclipError {
+  constructor(message = 'cancelled', options?: { cause?: unknown }) {
+    super('E_CANCELLED', message, options)
+    this.name = 'AbortError'
+  }
+}
 
-/** Turn an error from the native addon into a PromptclipError (other errors pass through). */
-export function fromNative(err: unknown): unknown {
+const NODE_CODES: Record<string, ErrorCode> = {
+  ENOENT: 'E_FILE_NOT_FOUND',
+  ENOTDIR: 'E_FILE_NOT_FOUND',
+  EISDIR: 'E_IO',
+  EACCES: 'E_IO',
+  EPERM: 'E_IO',
+}
+
+/** Any error from the addon or from Node's file system as a PromptclipError. */
+export function toPromptclipError(err: unknown): unknown {
   if (err instanceof PromptclipError || !(err instanceof Error)) return err
-  const m = CODED.exec(err.message)
-  if (!m) return err
-  return new PromptclipError(m[1] as ErrorCode, m[2], { cause: err })
+  const code = (err as { code?: unknown }).code
+  if (typeof code === 'string' && code.startsWith('E_') && !(code in NODE_CODES)) {
+    return code === 'E_CANCELLED'
+      ? new AbortError(err.message, { cause: err })
+      : new PromptclipError(code as ErrorCode, err.message, { cause: err })
+  }
+  if (typeof code === 'string' && code in NODE_CODES) {
+    return new PromptclipError(NODE_CODES[code], err.message, { cause: err })
+  }
+  // The binding's own argument conversion (a value of the wrong type reached it).
+  return new PromptclipError('E_INVALID_ARGUMENT', err.message, { cause: err })
 }
 
 /** Await a native promise, converting its rejection. */
@@ -45,16 +69,16 @@ export async function native<T>(p: Promise<T> | (() => Promise<T>)): Promise<T> 
   try {
     return await (typeof p === 'function' ? p() : p)
   } catch (err) {
-    throw fromNative(err)
+    throw toPromptclipError(err)
   }
 }
 
-/** Run a synchronous native call, converting its error. */
+/** Run a synchronous native (or file-system) call, converting its error. */
 export function nativeSync<T>(f: () => T): T {
   try {
     return f()
   } catch (err) {
-    throw fromNative(err)
+    throw toPromptclipError(err)
   }
 }
 

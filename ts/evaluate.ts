@@ -1,11 +1,12 @@
 import { binding } from './binding'
-import { type Clip, DEFAULT_TEMPLATE, type ImageFailure, type ZeroShotPrediction } from './clip'
+import type { Clip, ImageFailure, ZeroShotPrediction } from './clip'
 import { invalidArgument, nativeSync } from './errors'
 import { PromptLearner } from './prompt'
-import { type Dataset, validateDataset } from './train'
+import { alignLabels, type Dataset } from './train'
 
 export interface EvaluateOptions {
-  /** Classes the labels refer to (default: the learner's; required for zero-shot CLIP). */
+  /** Classes to score against (default: the learner's; for zero-shot CLIP, the dataset's).
+   *  Labels are mapped onto them by name when the dataset carries class names. */
   classNames?: string[]
   /** Zero-shot templates (ensembled); ignored for prompt learners. */
   templates?: string[]
@@ -52,14 +53,16 @@ export class Evaluator {
 
   async evaluate(data: Dataset, options: EvaluateOptions = {}): Promise<Evaluation> {
     const o = { ...this.options, ...options }
-    const classNames = o.classNames ?? (this.model instanceof PromptLearner ? this.model.info.classNames : undefined)
-    if (!classNames) throw invalidArgument('classNames are required to evaluate zero-shot CLIP')
-    validateDataset(data, classNames.length)
+    const classNames =
+      o.classNames ?? (this.model instanceof PromptLearner ? this.model.info.classNames : data?.classNames)
+    if (!classNames)
+      throw invalidArgument('classNames are required to evaluate zero-shot CLIP on a dataset without them')
+    const labels = alignLabels(data, classNames)
     const preds: ZeroShotPrediction[] =
       this.model instanceof PromptLearner
         ? await this.model.predict(data.images, { classNames: o.classNames, topK: 1, batchSize: o.batchSize })
         : await this.model.zeroShot(data.images, classNames, {
-            templates: o.templates ?? [DEFAULT_TEMPLATE],
+            templates: o.templates,
             topK: 1,
             batchSize: o.batchSize,
           })
@@ -68,13 +71,12 @@ export class Evaluator {
     const k = classNames.length
     const scores = new Float32Array(ok.length * k)
     for (const [i, p] of ok.entries()) scores.set(p.probabilities, i * k)
-    const ks = (o.topK ?? [1, 5]).filter((x) => x <= k)
     const m = nativeSync(() =>
       binding.computeMetrics(
         scores,
         k,
-        ok.map((p) => data.labels[p.index]),
-        ks,
+        ok.map((p) => labels[p.index]),
+        o.topK,
       ),
     )
     return {

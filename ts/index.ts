@@ -16,7 +16,7 @@ export { Clip, cudaCompiled, DEFAULT_TEMPLATE, topK } from './clip'
 export type { LabelledDataset } from './datasets'
 export { FASHION_MNIST_CLASSES, fewShot, loadFashionMnist, loadImageFolder, loadSplitFile, readIdx } from './datasets'
 export type { ErrorCode } from './errors'
-export { PromptclipError } from './errors'
+export { AbortError, PromptclipError } from './errors'
 export type { ClassReport, EvaluateOptions, Evaluation } from './evaluate'
 export { Evaluator } from './evaluate'
 export type {
@@ -24,8 +24,13 @@ export type {
   CocoopOptions,
   CoopOptions,
   InterpretRow,
+  KgcoopOptions,
   LearnerInfo,
+  LinearProbeOptions,
+  Method,
+  MethodOptions,
   PredictOptions,
+  RuntimeOptions,
 } from './prompt'
 export { PromptLearner } from './prompt'
 export type { Dataset, FitOptions, TrainOptions, TrainProgress, TrainSummary } from './train'

@@ -1,59 +1,98 @@
 import { binding, type Native } from './binding'
+import { type Clip, checkBatchSize, toPredictions, type ZeroShotPrediction } from './clip'
+import { drainProgress, native, nativeSync, PromptclipError } from './errors'
 import {
-  type Clip,
-  checkBatchSize,
+  defaults,
   type ImageInput,
+  positiveInt,
   toNativeImages,
-  toPredictions,
-  type ZeroShotPrediction,
-} from './clip'
-import { drainProgress, invalidArgument, native, nativeSync } from './errors'
+  toNativeLearnerOptions,
+  toNativeRuntime,
+} from './options'
 
 export type ClassTokenPosition = 'end' | 'middle' | 'front'
 
-/** CoOp options (defaults follow the paper: M = 16, unified context, class token at the end). */
-export interface CoopOptions {
-  classNames: string[]
-  /** M, the number of learned context tokens (default 16; ignored with `ctxInit`). */
-  nCtx?: number
-  /** One context per class (K x M x d) instead of one shared context (M x d). */
-  classSpecific?: boolean
-  position?: ClassTokenPosition
-  /** Initialise the context from these words, e.g. "a photo of a" (M = their token count). */
-  ctxInit?: string
-  /** Std of the random normal initialisation (default 0.02). */
-  initStd?: number
-  seed?: number
-}
+/** The methods promptclip has; each is a learner on a frozen CLIP. */
+export type Method = 'coop' | 'cocoop' | 'kgcoop' | 'linear-probe'
 
-/** CoCoOp options: CoOp's, with the paper's defaults (context from "a photo of a", M = 4), plus
- *  the Meta-Net. Class-specific context is CoOp-only. */
-export interface CocoopOptions extends Omit<CoopOptions, 'classSpecific'> {
-  /** Meta-Net bottleneck: hidden = image feature size / ratio (default 16, as in the paper). */
-  metaNetRatio?: number
-  /** Activation memory (MiB) for B x K prompts at once; batches are chunked to fit (default 2048). */
+/** Runtime settings: how a learner runs, not what it is (not saved with it). */
+export interface RuntimeOptions {
+  /** Activation memory (MiB) for CoCoOp's B x K prompts at once; batches are chunked to fit
+   *  (default 2048). */
   memoryBudgetMb?: number
 }
 
-export interface LearnerInfo {
-  method: 'coop' | 'cocoop'
-  nCtx: number
-  classSpecific: boolean
-  position: ClassTokenPosition
+/** CoOp's learned context. Defaults follow the paper: M = 16 random vectors (std 0.02), one
+ *  context shared by all classes, the class token at the end. */
+export interface CoopOptions extends RuntimeOptions {
   classNames: string[]
-  promptPrefix: string
-  ctxDim: number
-  /** CoCoOp: the Meta-Net's hidden size. */
-  metaNetHidden?: number
+  /** M, the number of learned context tokens (default 16; with `ctxInit`, the words' token count). */
+  nCtx?: number
+  /** Initialise the context from these words, e.g. "a photo of a" (M = their token count). */
+  ctxInit?: string
+  /** One context per class (K x M x d) instead of one shared context (M x d). */
+  classSpecific?: boolean
+  position?: ClassTokenPosition
+  /** Std of the random initialisation (default 0.02). */
+  initStd?: number
+  /** Seed of every random initialisation of the learner (default 1). */
+  seed?: number
+}
+
+/** CoCoOp: CoOp's context (by default from "a photo of a", M = 4; unified only) plus a Meta-Net
+ *  that shifts it per image. */
+export interface CocoopOptions extends Omit<CoopOptions, 'classSpecific'> {
+  /** Meta-Net bottleneck: hidden = image feature size / ratio, at least 1 (default 16). */
+  metaNetRatio?: number
+}
+
+/** KgCoOp: CoOp (context from "a photo of a" by default) plus w * (1 - mean cosine) between the
+ *  learned prompts' and the hand-made prompt's text features. */
+export interface KgcoopOptions extends CoopOptions {
+  /** Weight of the knowledge-guided term (default 8, the official scripts'). */
+  w?: number
+  /** The hand-made template, `{}` for the class name (default "a photo of a {}."). */
+  template?: string
+}
+
+/** The linear probe: logistic regression on image features (CoOp's baseline). */
+export interface LinearProbeOptions {
+  classNames: string[]
+  /** Inverse L2 strength; default: searched on the validation set passed to `fit` (the
+   *  official script's search). */
+  c?: number
+  /** L-BFGS iterations per fit (default 1000). */
+  maxIter?: number
+  /** Stop when the largest gradient entry is at most this (default 1e-4). */
+  tol?: number
+}
+
+export interface MethodOptions {
+  coop: CoopOptions
+  cocoop: CocoopOptions
+  kgcoop: KgcoopOptions
+  'linear-probe': LinearProbeOptions
+}
+
+/** What a learner is: written into its file, checked when resuming, shown as `info`. */
+export interface LearnerInfo {
+  method: Method
+  /** The class names as given (labels echo these; prompts use them with `_` read as a space). */
+  classNames: string[]
+  /** The method's options, resolved: defaults filled in, `nCtx` as built. */
+  options: Record<string, unknown>
+  /** [name, shape] of each learned tensor. */
+  params: [string, number[]][]
 }
 
 export interface PredictOptions {
   /** Classes to score against (default: the learner's own). Unified context transfers to new
-   *  class names; class-specific context does not. */
+   *  class names; class-specific context and the linear probe do not. */
   classNames?: string[]
+  /** How many labels to list per image (default 5, at most the number of classes). */
   topK?: number
   batchSize?: number
-  /** Called after each batch of images (CoCoOp runs K text-encoder passes per image). */
+  /** Called after each batch of images. */
   onProgress?: (p: { done: number; total: number }) => void
 }
 
@@ -66,84 +105,84 @@ export interface InterpretRow {
   tokens: { token: string; id: number; distance: number }[]
 }
 
-function checkPositiveInt(name: string, v: number | undefined): void {
-  if (v !== undefined && (!Number.isInteger(v) || v < 1)) {
-    throw invalidArgument(`${name} must be a positive integer, got ${v}`)
-  }
-}
-
 /**
- * Learned prompt context on a frozen CLIP (CoOp). Train it with a `Trainer`, measure it with an
- * `Evaluator`, save it, load it elsewhere, and predict labels for new images.
+ * A learner on a frozen CLIP: learned prompt context (CoOp, CoCoOp, KgCoOp) or a linear probe.
+ * Train it with a `Trainer`, measure it with an `Evaluator`, save it, load it elsewhere, and
+ * predict labels for new images.
  */
 export class PromptLearner {
   /** @internal */
-  readonly native: Native.NativePromptLearner
+  readonly native: Native.NativeLearner
   readonly clip: Clip
+  /** @internal Set by `Trainer.fit` while it runs: synchronous reads fail fast with E_BUSY. */
+  training = false
 
-  private constructor(clip: Clip, nativeLearner: Native.NativePromptLearner) {
+  private constructor(clip: Clip, nativeLearner: Native.NativeLearner) {
     this.clip = clip
     this.native = nativeLearner
   }
 
-  /** A new CoOp learner for `classNames`. */
+  /** A new learner of `method` for `options.classNames`. */
+  static create<M extends Method>(clip: Clip, method: M, options: MethodOptions[M]): PromptLearner {
+    const o = toNativeLearnerOptions(options)
+    return new PromptLearner(
+      clip,
+      nativeSync(() => binding.createLearner(clip.native, method, o.classNames, o.options, o.runtime)),
+    )
+  }
+
+  /** CoOp (Zhou et al., IJCV 2022). */
   static coop(clip: Clip, options: CoopOptions): PromptLearner {
-    if (!options || !Array.isArray(options.classNames)) {
-      throw invalidArgument('classNames must be an array of class names')
-    }
-    checkPositiveInt('nCtx', options.nCtx)
-    if (options.position !== undefined && !['end', 'middle', 'front'].includes(options.position)) {
-      throw invalidArgument(`position must be "end", "middle" or "front", got ${JSON.stringify(options.position)}`)
-    }
-    if (options.seed !== undefined && (!Number.isInteger(options.seed) || options.seed < 0)) {
-      throw invalidArgument(`seed must be a non-negative integer, got ${options.seed}`)
-    }
-    return new PromptLearner(
-      clip,
-      nativeSync(() => binding.createCoop(clip.native, options)),
-    )
+    return PromptLearner.create(clip, 'coop', options)
   }
 
-  /** A new CoCoOp learner: CoOp's context plus a Meta-Net that conditions it on each image. */
+  /** CoCoOp (Zhou et al., CVPR 2022). */
   static cocoop(clip: Clip, options: CocoopOptions): PromptLearner {
-    if (!options || !Array.isArray(options.classNames)) {
-      throw invalidArgument('classNames must be an array of class names')
-    }
-    if ((options as CoopOptions).classSpecific) {
-      throw invalidArgument('classSpecific context is CoOp-only; CoCoOp learns one context')
-    }
-    checkPositiveInt('nCtx', options.nCtx)
-    checkPositiveInt('metaNetRatio', options.metaNetRatio)
-    checkPositiveInt('memoryBudgetMb', options.memoryBudgetMb)
-    return new PromptLearner(
-      clip,
-      nativeSync(() => binding.createCocoop(clip.native, options)),
-    )
+    return PromptLearner.create(clip, 'cocoop', options)
   }
 
-  /** Load a prompt saved with `save()` (CoOp or CoCoOp), onto a CLIP of the same text width. */
-  static async load(clip: Clip, path: string): Promise<PromptLearner> {
-    return new PromptLearner(clip, await native(() => binding.loadPromptLearner(clip.native, path)))
+  /** KgCoOp (Yao et al., CVPR 2023). */
+  static kgcoop(clip: Clip, options: KgcoopOptions): PromptLearner {
+    return PromptLearner.create(clip, 'kgcoop', options)
   }
 
+  /** The linear probe. */
+  static linearProbe(clip: Clip, options: LinearProbeOptions): PromptLearner {
+    return PromptLearner.create(clip, 'linear-probe', options)
+  }
+
+  /** Load a learner saved with `save()` (any method) onto a CLIP of the same shapes. */
+  static async load(clip: Clip, path: string, options: RuntimeOptions = {}): Promise<PromptLearner> {
+    const runtime = toNativeRuntime(options)
+    return new PromptLearner(clip, await native(() => binding.loadLearner(clip.native, path, runtime)))
+  }
+
+  /** What the learner is. Throws E_BUSY while it trains. */
   get info(): LearnerInfo {
+    this.checkIdle()
     return nativeSync(() => this.native.info) as LearnerInfo
   }
 
-  /** The learned context vectors, row-major: (nCtx, ctxDim) or (K, nCtx, ctxDim). */
+  /** The learned context vectors, row-major: (nCtx, ctxDim) or (K, nCtx, ctxDim). Throws E_BUSY
+   *  while the learner trains, and E_UNSUPPORTED for the linear probe. */
   context(): Float32Array {
+    this.checkIdle()
     return nativeSync(() => this.native.context())
   }
 
-  /** Save as safetensors with JSON metadata (written atomically). */
+  /** @internal */
+  checkIdle(): void {
+    if (this.training) throw new PromptclipError('E_BUSY', 'the learner is training; read it after fit() resolves')
+  }
+
+  /** Save as safetensors with the learner's metadata (written atomically). */
   async save(path: string): Promise<void> {
     await native(() => this.native.save(path))
   }
 
   /** Labels and probabilities for new images, with the learned classes or other class names. */
   async predict(images: ImageInput[], options: PredictOptions = {}): Promise<ZeroShotPrediction[]> {
-    const k = options.topK ?? 5
-    checkPositiveInt('topK', k)
+    const k = positiveInt('topK', options.topK) ?? defaults().topK
     let done = 0
     const onProgress = options.onProgress
     const progress = onProgress
@@ -156,13 +195,12 @@ export class PromptLearner {
       this.native.predict(toNativeImages(images), options.classNames, checkBatchSize(options.batchSize), progress),
     )
     if (progress) await drainProgress(() => done >= images.length)
-    return toPredictions(images.length, out, options.classNames ?? this.info.classNames, k)
+    return toPredictions(images.length, out, k)
   }
 
   /** Nearest vocabulary words of each learned context vector (CoOp's Table 4). */
   async interpret(options: { topK?: number } = {}): Promise<InterpretRow[]> {
-    checkPositiveInt('topK', options.topK)
-    const rowsOut = await native(() => this.native.interpret(options.topK))
+    const rowsOut = await native(() => this.native.interpret(positiveInt('topK', options.topK)))
     return rowsOut.map((r) => ({
       position: r.position,
       ...(r.classIndex != null ? { classIndex: r.classIndex } : {}),

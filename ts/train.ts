@@ -1,14 +1,21 @@
 import { binding, type Native } from './binding'
-import { type ImageInput, toNativeImages } from './clip'
-import { drainProgress, invalidArgument, native, PromptclipError } from './errors'
+import { AbortError, drainProgress, invalidArgument, native } from './errors'
+import { type ImageInput, toNativeImages, toNativeTrainOptions } from './options'
 import type { PromptLearner } from './prompt'
 
-/** Labelled images: `labels[i]` indexes the learner's `classNames`. */
+/**
+ * Labelled images. `labels[i]` indexes `classNames` when the dataset carries them (as
+ * `loadImageFolder` and `loadSplitFile` do), else the learner's class names. A dataset whose class
+ * names are the learner's in another order is mapped by name; one with a class the learner does
+ * not have is refused.
+ */
 export interface Dataset {
   images: ImageInput[]
   labels: number[]
+  classNames?: string[]
 }
 
+/** One training step. `epoch` and `step` count from 1; accuracies are percentages. */
 export interface TrainProgress {
   epoch: number
   epochs: number
@@ -16,15 +23,16 @@ export interface TrainProgress {
   stepsPerEpoch: number
   globalStep: number
   loss: number
-  /** Mean loss and accuracy (0..1) over the epoch so far. */
+  /** Mean loss and accuracy (%) over the epoch so far. */
   epochLoss: number
   epochAccuracy: number
   lr: number
 }
 
-/** Each paper's recipe by default: SGD lr 0.002, momentum 0.9, weight decay 5e-4, one warmup
- *  epoch at 1e-5, cosine per epoch, random resized crop + flip; CoOp 50 epochs at batch 32,
- *  CoCoOp 10 epochs at batch 1 (larger batches work: prompts are chunked to a memory budget). */
+/** Each method's paper recipe by default: SGD lr 0.002, momentum 0.9, weight decay 5e-4, one
+ *  warmup epoch at 1e-5, cosine per epoch, random resized crop + flip; CoOp and KgCoOp 50 epochs
+ *  at batch 32, CoCoOp 10 epochs at batch 1 (larger batches work: prompts are chunked to a memory
+ *  budget). The linear probe is fitted on features in one go and takes none of these. */
 export interface TrainOptions {
   epochs?: number
   batchSize?: number
@@ -40,6 +48,8 @@ export interface TrainOptions {
   /** Write a training checkpoint (atomically) every `checkpointEvery` epochs. */
   checkpointPath?: string
   checkpointEvery?: number
+  /** Images per forward pass of the image tower within a step (default 64). */
+  encodeBatchSize?: number
 }
 
 export interface FitOptions {
@@ -47,56 +57,78 @@ export interface FitOptions {
   signal?: AbortSignal
   /** Continue from a checkpoint written by an earlier run with the same options. */
   resumeFrom?: string
+  /** A validation split: the linear probe searches C on it. */
+  validation?: Dataset
 }
 
 export interface TrainSummary {
   epochs: number
-  startEpoch: number
+  /** Epochs already done when this run started (0 unless resumed from a checkpoint). */
+  resumedAfterEpoch: number
   globalStep: number
   epochLoss: number[]
+  /** Percentages. */
   epochAccuracy: number[]
   seconds: number
+  /** What a method fitted on features reports (the linear probe: the C search). */
+  details?: Record<string, unknown>
 }
 
-export function validateDataset(data: Dataset, numClasses: number): void {
+/** Labels indexing `classNames` (the learner's), checked, with a dataset's own class names mapped
+ *  onto them by name. */
+export function alignLabels(data: Dataset, classNames: string[], what = 'dataset'): number[] {
   if (!data || !Array.isArray(data.images) || !Array.isArray(data.labels)) {
-    throw invalidArgument('dataset must be { images: [...], labels: [...] }')
+    throw invalidArgument(`${what} must be { images: [...], labels: [...] }`)
   }
-  if (data.images.length === 0) throw invalidArgument('the dataset is empty')
+  if (data.images.length === 0) throw invalidArgument(`the ${what} is empty`)
   if (data.images.length !== data.labels.length) {
-    throw invalidArgument(`${data.images.length} images but ${data.labels.length} labels`)
+    throw invalidArgument(`${what}: ${data.images.length} images but ${data.labels.length} labels`)
   }
-  data.labels.forEach((l, i) => {
-    if (!Number.isInteger(l) || l < 0 || l >= numClasses) {
-      throw invalidArgument(`labels[${i}] = ${l} is out of range for ${numClasses} classes`)
+  const own = data.classNames ?? classNames
+  for (const [i, l] of data.labels.entries()) {
+    if (!Number.isInteger(l) || l < 0 || l >= own.length) {
+      throw invalidArgument(`${what}: labels[${i}] = ${l} is out of range for ${own.length} classes`)
     }
-  })
+  }
+  if (!data.classNames || data.classNames.every((n, i) => n === classNames[i])) return data.labels
+  const index = new Map(classNames.map((n, i) => [n, i]))
+  const unknown = data.classNames.filter((n) => !index.has(n))
+  if (unknown.length > 0) {
+    const list = unknown.slice(0, 5).map((n) => JSON.stringify(n))
+    throw invalidArgument(
+      `${what}: class ${list.join(', ')}${unknown.length > 5 ? ', ...' : ''} ` +
+        `is not among the learner's ${classNames.length} classes (${classNames.slice(0, 5).join(', ')}, ...)`,
+    )
+  }
+  const map = data.classNames.map((n) => index.get(n) as number)
+  return data.labels.map((l) => map[l])
 }
 
-/** Trains a PromptLearner's context (CLIP stays frozen). Training runs off the main thread. */
+function toNativeDataset(data: Dataset, classNames: string[], what: string): Native.NativeDataset {
+  return { images: toNativeImages(data.images, `${what}.images`), labels: alignLabels(data, classNames, what) }
+}
+
+/** Trains a learner (CLIP stays frozen). Training runs off the main thread. */
 export class Trainer {
   readonly learner: PromptLearner
   readonly options: TrainOptions
 
   constructor(learner: PromptLearner, options: TrainOptions = {}) {
-    for (const k of ['epochs', 'batchSize', 'warmupEpochs', 'checkpointEvery'] as const) {
-      const v = options[k]
-      if (v !== undefined && (!Number.isInteger(v) || v < (k === 'warmupEpochs' ? 0 : 1))) {
-        throw invalidArgument(`${k} must be a ${k === 'warmupEpochs' ? 'non-negative' : 'positive'} integer, got ${v}`)
-      }
-    }
     this.learner = learner
     this.options = { ...options }
   }
 
   /** Train. While it runs, the learner's synchronous reads (`info`, `context()`) throw E_BUSY. */
   async fit(data: Dataset, fitOptions: FitOptions = {}): Promise<TrainSummary> {
-    validateDataset(data, this.learner.info.classNames.length)
-    const { signal, onProgress, resumeFrom } = fitOptions
-    if (signal?.aborted) throw new PromptclipError('E_CANCELLED', 'cancelled before training started')
+    const { signal, onProgress, resumeFrom, validation } = fitOptions
+    const classNames = this.learner.info.classNames // E_BUSY if another fit is running
+    const train = toNativeDataset(data, classNames, 'dataset')
+    const val = validation ? toNativeDataset(validation, classNames, 'validation') : undefined
+    if (signal?.aborted) throw new AbortError('cancelled before training started')
     const token = new binding.NativeCancelToken()
     const abort = () => token.cancel()
     signal?.addEventListener('abort', abort, { once: true })
+    this.learner.training = true
     try {
       let lastStep = -1
       const progress = onProgress
@@ -105,18 +137,13 @@ export class Trainer {
             onProgress({ ...p })
           }
         : undefined
-      const summary = await native(() =>
-        this.learner.native.train(
-          toNativeImages(data.images),
-          data.labels,
-          { ...this.options, resumeFrom },
-          progress,
-          token,
-        ),
-      )
+      const options = toNativeTrainOptions(this.options, resumeFrom)
+      const summary = await native(() => this.learner.native.train(train, val, options, progress, token))
       if (onProgress) await drainProgress(() => lastStep >= summary.globalStep)
-      return summary
+      const { details, ...rest } = summary
+      return details == null ? rest : { ...rest, details: details as Record<string, unknown> }
     } finally {
+      this.learner.training = false
       signal?.removeEventListener('abort', abort)
     }
   }

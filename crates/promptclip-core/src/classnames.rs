@@ -24,13 +24,13 @@ pub fn validate(names: &[String]) -> Result<Vec<String>> {
             return Err(Error::InvalidArgument(format!("classNames[{i}] is empty")));
         }
         if let Some(j) = seen.insert(t.to_lowercase(), i) {
-            let what = if names[i] == names[j] {
-                "is a duplicate of".to_string()
+            let why = if names[i] == names[j] {
+                String::new()
             } else {
-                format!("reads as `{t}` in a prompt, as does")
+                format!(" (in a prompt both read `{}`, ignoring case)", texts[j])
             };
             return Err(Error::InvalidArgument(format!(
-                "classNames[{i}] `{}` {what} classNames[{j}] `{}`",
+                "classNames[{i}] `{}` is a duplicate of classNames[{j}] `{}`{why}",
                 names[i], names[j]
             )));
         }
@@ -54,7 +54,7 @@ mod tests {
     #[test]
     fn collisions_name_both_entries_as_given() {
         let e = validate(&s(&["a b", "a_b"])).unwrap_err().to_string();
-        assert!(e.contains("classNames[1] `a_b` reads as `a b`") && e.contains("classNames[0] `a b`"), "{e}");
+        assert!(e.contains("classNames[1] `a_b` is a duplicate of classNames[0] `a b` (in a prompt both read `a b`"), "{e}");
         let e = validate(&s(&["dog", "cat", "dog"])).unwrap_err().to_string();
         assert!(e.contains("classNames[2] `dog` is a duplicate of classNames[0] `dog`"), "{e}");
         assert!(validate(&s(&["x", "_"])).unwrap_err().to_string().contains("classNames[1] is empty"));

@@ -1,0 +1,75 @@
+/**
+ * The one place where public options become the binding's. The core parses and checks every
+ * method's and training's options itself (unknown fields and wrong types are refused by name), and
+ * holds every default; this module only splits what the binding takes apart (callbacks, signals,
+ * runtime settings), converts images, and asks the core for the defaults of the calls it makes.
+ */
+import { binding, type Native } from './binding'
+import { invalidArgument } from './errors'
+
+/** Decoded 8-bit pixels, row-major: 1 (grey), 3 (RGB) or 4 (RGBA) channels. */
+export interface RawImage {
+  width: number
+  height: number
+  channels: 1 | 3 | 4
+  data: Uint8Array
+}
+
+/** An image: a file path, encoded JPEG / PNG / WebP bytes, or raw pixels. */
+export type ImageInput = string | Uint8Array | RawImage
+
+type NativeImage = string | Uint8Array | Native.NativeRawImage
+
+/** The core's defaults for calls whose options leave them out (batch size, top-k, template). */
+let cachedDefaults: Native.NativeDefaults | undefined
+export function defaults(): Native.NativeDefaults {
+  cachedDefaults ??= binding.defaults()
+  return cachedDefaults
+}
+
+export function toNativeImages(images: ImageInput[], what = 'images'): NativeImage[] {
+  if (!Array.isArray(images)) throw invalidArgument(`${what} must be an array of file paths, Buffers or raw images`)
+  return images.map((img, i) => {
+    if (typeof img === 'string') return img
+    if (img instanceof Uint8Array) return img
+    if (img && typeof img === 'object' && img.data instanceof Uint8Array) {
+      const { width, height, channels, data } = img
+      if (![width, height].every((v) => Number.isInteger(v) && v > 0) || ![1, 3, 4].includes(channels)) {
+        throw invalidArgument(`${what}[${i}]: raw images need positive integer width/height and 1, 3 or 4 channels`)
+      }
+      return { width, height, channels, data }
+    }
+    throw invalidArgument(
+      `${what}[${i}] must be a file path (string), a Buffer/Uint8Array or { width, height, channels, data }`,
+    )
+  })
+}
+
+export function positiveInt(name: string, v: number | undefined): number | undefined {
+  if (v !== undefined && (!Number.isInteger(v) || v < 1))
+    throw invalidArgument(`${name} must be a positive integer, got ${v}`)
+  return v
+}
+
+/** A learner's class list, options and runtime settings, as `createLearner` takes them. */
+export function toNativeLearnerOptions<O extends { classNames: string[]; memoryBudgetMb?: number }>(
+  options: O,
+): { classNames: string[]; options: Omit<O, 'classNames' | 'memoryBudgetMb'>; runtime: Record<string, number> } {
+  if (!options || !Array.isArray(options.classNames))
+    throw invalidArgument('classNames must be an array of class names')
+  const { classNames, memoryBudgetMb, ...rest } = options
+  return { classNames, options: rest, runtime: toNativeRuntime({ memoryBudgetMb }) }
+}
+
+export function toNativeRuntime(options: { memoryBudgetMb?: number } = {}): Record<string, number> {
+  const memoryBudgetMb = positiveInt('memoryBudgetMb', options.memoryBudgetMb)
+  return memoryBudgetMb === undefined ? {} : { memoryBudgetMb }
+}
+
+/** Training options for the core: `resumeFrom` joins them; callbacks and signals stay here. */
+export function toNativeTrainOptions(options: object, resumeFrom: string | undefined): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...options }
+  if (resumeFrom !== undefined) out.resumeFrom = resumeFrom
+  for (const [k, v] of Object.entries(out)) if (v === undefined) delete out[k]
+  return out
+}
