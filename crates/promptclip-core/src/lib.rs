@@ -7,6 +7,7 @@ pub mod error;
 pub mod eval;
 pub mod files;
 pub mod kernels;
+pub mod logreg;
 pub mod preprocess;
 pub mod prompt;
 pub mod rng;
