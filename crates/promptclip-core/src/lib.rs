@@ -12,6 +12,7 @@ pub mod eval;
 pub mod features;
 pub mod files;
 pub mod kernels;
+pub mod logreg;
 pub mod loss;
 pub mod methods;
 pub mod preprocess;
