@@ -14,6 +14,7 @@ pub mod cocoop;
 pub mod coop;
 pub mod io;
 pub mod kgcoop;
+pub mod linear_probe;
 
 use crate::clip::Clip;
 use crate::{Error, Result};
@@ -24,6 +25,7 @@ use std::collections::HashMap;
 pub use cocoop::{CocoopConfig, CocoopLearner, MetaNet};
 pub use coop::{ClassTokenPosition, CoopConfig, PromptLearner};
 pub use kgcoop::{KgcoopConfig, KgcoopLearner};
+pub use linear_probe::{LinearProbe, LinearProbeConfig};
 
 /// A method's training defaults: what its paper's scripts set on top of the shared recipe
 /// (SGD with momentum 0.9 and weight decay 5e-4, one constant warmup epoch, then cosine).
@@ -172,7 +174,7 @@ pub type Learner = Box<dyn Method>;
 
 /// Runtime settings that are not part of what a learner is (not saved with it).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Runtime {
     /// Activation memory (MiB) the text encoder may use at once when a method builds prompts per
     /// image (CoCoOp); batches are chunked to fit.
@@ -196,7 +198,7 @@ pub struct MethodSpec {
 }
 
 /// Every method promptclip has.
-pub static METHODS: &[MethodSpec] = &[coop::SPEC, cocoop::SPEC, kgcoop::SPEC];
+pub static METHODS: &[MethodSpec] = &[coop::SPEC, cocoop::SPEC, kgcoop::SPEC, linear_probe::SPEC];
 
 pub fn spec(name: &str) -> Result<&'static MethodSpec> {
     METHODS.iter().find(|s| s.name == name).ok_or_else(|| {
@@ -217,11 +219,25 @@ pub fn create(
 }
 
 /// A method's options from JSON: missing fields take the defaults, a wrong type or an unknown
-/// field is an error that names the field.
-pub fn parse_options<T: serde::de::DeserializeOwned>(method: &str, options: serde_json::Value) -> Result<T> {
+/// field is an error that names the field. (Unknown fields are found by comparing with the
+/// parsed options serialised back, because serde's own check does not work with the flattened
+/// context options that CoCoOp and KgCoOp share with CoOp.)
+pub fn parse_options<T: serde::de::DeserializeOwned + Serialize>(what: &str, options: serde_json::Value) -> Result<T> {
     let options = if options.is_null() { serde_json::json!({}) } else { options };
-    serde_path_to_error::deserialize(options)
-        .map_err(|e| Error::InvalidArgument(format!("{method} options: {}: {}", e.path(), e.inner())))
+    let parsed: T = serde_path_to_error::deserialize(options.clone())
+        .map_err(|e| Error::InvalidArgument(format!("{what} options: {}: {}", e.path(), e.inner())))?;
+    let known = options_json(&parsed);
+    if let (Some(given), Some(known)) = (options.as_object(), known.as_object()) {
+        if let Some(field) = given.keys().find(|k| !known.contains_key(*k)) {
+            let mut names: Vec<&str> = known.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            return Err(Error::InvalidArgument(format!(
+                "{what} options: unknown field `{field}`, expected one of {}",
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(parsed)
 }
 
 /// A config back to the JSON stored in [`LearnerMeta::options`].

@@ -1,7 +1,7 @@
 //! Learning-rate schedules as Dassl builds them for CoOp/CoCoOp: stepped once per epoch,
 //! `warmup_epochs` at a constant `warmup_lr`, then cosine annealing over `max_epochs`
 //! (Dassl's ConstantWarmupScheduler wrapping CosineAnnealingLR(T_max = max_epochs)).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScheduleKind {
     Cosine,

@@ -14,7 +14,7 @@ use crate::preprocess::ImageSource;
 use crate::rng::Rng;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var, D};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -85,8 +85,8 @@ impl Default for TrainConfig {
 
 /// Training options as callers give them (JSON from Node): every field may be left out, and then
 /// takes the method's recipe or the shared defaults. Unknown fields are refused by name.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TrainOptions {
     pub epochs: Option<usize>,
     pub batch_size: Option<usize>,
