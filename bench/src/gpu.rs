@@ -12,11 +12,11 @@
 //! a few steps for the agreement check. One JSON line per measurement.
 use crate::class_names;
 use promptclip_core::clip::random::{write_random_openai_clip, RandomClipSpec};
-use promptclip_core::prompt::coop::{CoopConfig, PromptLearner};
-use promptclip_core::prompt::{CocoopConfig, CocoopLearner};
+use promptclip_core::methods::{
+    CocoopConfig, CocoopLearner, CoopConfig, Method, PromptLearner, Runtime, StepOutput,
+};
 use promptclip_core::tensor::{DType, Device, Tensor};
 use promptclip_core::train::optim::{all_finite, LossScaler, Sgd, SgdConfig};
-use promptclip_core::train::PromptModel;
 use promptclip_core::Clip;
 use std::collections::HashMap;
 use std::path::Path;
@@ -91,12 +91,18 @@ fn write_inputs(path: &Path, clip: &Clip) {
         clip,
         &class_names(2),
         CoopConfig {
-            n_ctx: 16,
+            n_ctx: Some(16),
             ..CoopConfig::default()
         },
     )
     .unwrap();
-    let cocoop = CocoopLearner::new(clip, &class_names(2), CocoopConfig::default()).unwrap();
+    let cocoop = CocoopLearner::new(
+        clip,
+        &class_names(2),
+        CocoopConfig::default(),
+        Runtime::default(),
+    )
+    .unwrap();
     let mut tensors: Vec<(String, Tensor)> = vec![
         ("pixels".into(), pixels),
         ("labels".into(), labels),
@@ -143,7 +149,7 @@ fn coop_learner(clip: &Clip, inputs: &Inputs, k: usize) -> PromptLearner {
         clip,
         &class_names(k),
         CoopConfig {
-            n_ctx: 16,
+            n_ctx: Some(16),
             ..CoopConfig::default()
         },
     )
@@ -157,9 +163,9 @@ fn cocoop_learner(clip: &Clip, inputs: &Inputs, k: usize) -> CocoopLearner {
     let l = CocoopLearner::new(
         clip,
         &class_names(k),
-        CocoopConfig {
-            memory_budget_bytes: 48 << 30,
-            ..CocoopConfig::default()
+        CocoopConfig::default(),
+        Runtime {
+            memory_budget_mb: 48 << 10,
         },
     )
     .unwrap();
@@ -186,7 +192,7 @@ impl Step {
     }
 
     /// One step; returns its loss.
-    fn run<M: PromptModel>(
+    fn run<M: Method>(
         &mut self,
         clip: &Clip,
         learner: &M,
@@ -198,7 +204,7 @@ impl Step {
             .unwrap();
         let (loss, grads) = loop {
             let scale = self.scaler.map_or(1.0, |s| s.scale);
-            let (loss, _, grads) = learner
+            let StepOutput { loss, grads, .. } = learner
                 .loss_and_grads_scaled(clip, &feats, labels, scale)
                 .unwrap();
             match self.scaler.as_mut() {
@@ -436,7 +442,7 @@ pub fn e2e(work: &Path, device: &str, epochs: usize) {
         &clip,
         &class_names(k),
         CoopConfig {
-            n_ctx: 16,
+            n_ctx: Some(16),
             ..CoopConfig::default()
         },
     )
@@ -454,7 +460,8 @@ pub fn e2e(work: &Path, device: &str, epochs: usize) {
         &data,
         &config,
         &mut |p| {
-            if p.epoch == 0 && p.step == p.steps_per_epoch {
+            // Epochs count from 1.
+            if p.epoch == 1 && p.step == p.steps_per_epoch {
                 first_epoch_s = Some(started.elapsed().as_secs_f64());
             }
         },
@@ -471,9 +478,9 @@ pub fn e2e(work: &Path, device: &str, epochs: usize) {
     );
     // Evaluation, batch 100 (the official test batch).
     let t = Instant::now();
-    let preds = promptclip_core::prompt::predict(
+    let preds = promptclip_core::methods::predict(
         &clip,
-        &promptclip_core::prompt::Learner::Coop(learner),
+        &learner,
         &data.sources,
         None,
         100,

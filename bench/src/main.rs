@@ -68,13 +68,13 @@ fn coop_step(
     encode_images: bool,
     reps: usize,
 ) -> f64 {
-    use promptclip_core::prompt::coop::{CoopConfig, PromptLearner};
+    use promptclip_core::methods::{CoopConfig, Method, PromptLearner};
     use promptclip_core::train::optim::{Sgd, SgdConfig};
     let learner = PromptLearner::new(
         clip,
         &class_names(k),
         CoopConfig {
-            n_ctx: m,
+            n_ctx: Some(m),
             ..CoopConfig::default()
         },
     )
@@ -91,13 +91,12 @@ fn coop_step(
     .unwrap();
     time(reps, || {
         // The trainer's path: the text encoder's own backward pass.
-        use promptclip_core::train::PromptModel;
         let feats = if encode_images {
             clip.encode_image(&pixels).unwrap()
         } else {
             cached.clone()
         };
-        let (_, _, grads) = learner.loss_and_grads(clip, &feats, &labels).unwrap();
+        let grads = learner.loss_and_grads(clip, &feats, &labels).unwrap().grads;
         sgd.step(&[learner.ctx.clone()], &grads, 0.002).unwrap();
     })
 }
@@ -119,10 +118,15 @@ fn peak_rss_mib() -> f64 {
 /// One CoCoOp training step as the official code runs it (images through the frozen encoder,
 /// K prompts per image, backward to context and Meta-Net, SGD), batched here.
 fn cocoop_step(clip: &Clip, k: usize, batch: usize, reps: usize) -> f64 {
-    use promptclip_core::prompt::{CocoopConfig, CocoopLearner};
+    use promptclip_core::methods::{CocoopConfig, CocoopLearner, Method, Runtime};
     use promptclip_core::train::optim::{Sgd, SgdConfig};
-    use promptclip_core::train::PromptModel;
-    let learner = CocoopLearner::new(clip, &class_names(k), CocoopConfig::default()).unwrap();
+    let learner = CocoopLearner::new(
+        clip,
+        &class_names(k),
+        CocoopConfig::default(),
+        Runtime::default(),
+    )
+    .unwrap();
     let vars: Vec<_> = learner.vars().into_iter().map(|(_, v)| v).collect();
     let mut sgd = Sgd::new(SgdConfig::default(), vars.len());
     let s = clip.vision.config.image_size;
@@ -135,7 +139,7 @@ fn cocoop_step(clip: &Clip, k: usize, batch: usize, reps: usize) -> f64 {
     .unwrap();
     time(reps, || {
         let feats = clip.encode_image(&pixels).unwrap();
-        let (_, _, grads) = learner.loss_and_grads(clip, &feats, &labels).unwrap();
+        let grads = learner.loss_and_grads(clip, &feats, &labels).unwrap().grads;
         sgd.step(&vars, &grads, 0.002).unwrap();
     })
 }

@@ -4,12 +4,12 @@
 mod common;
 use candle_core::Tensor;
 use common::{colours, dev, fixtures, rel_err};
-use promptclip_core::prompt::io::{load_learner, save_learner};
-use promptclip_core::prompt::{
-    CocoopConfig, CocoopLearner, CoopConfig, Learner, MetaNet, PromptLearner,
+use promptclip_core::methods::io::{load, save};
+use promptclip_core::methods::{
+    CocoopConfig, CocoopLearner, CoopConfig, MetaNet, Method, PromptLearner, Runtime, StepOutput,
 };
 use promptclip_core::train::optim::SgdConfig;
-use promptclip_core::train::{fit, LabelledImages, PromptModel, TrainConfig};
+use promptclip_core::train::{fit, LabelledImages, TrainConfig};
 use promptclip_core::Clip;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -34,11 +34,17 @@ fn learner_for(
 ) -> CocoopLearner {
     let names: Vec<String> = serde_json::from_str(&md["class_names"]).unwrap();
     let config = CocoopConfig {
-        ratio: md["ratio"].parse().unwrap(),
-        memory_budget_bytes: budget,
+        meta_net_ratio: md["ratio"].parse().unwrap(),
         ..CocoopConfig::default()
     };
-    let l = CocoopLearner::new(clip, &names, config).unwrap();
+    let mut l = CocoopLearner::new(clip, &names, config, Runtime::default()).unwrap();
+    assert_eq!(
+        l.meta.hidden().to_string(),
+        md["hidden"],
+        "Meta-Net hidden size"
+    );
+    // The budget in bytes, finer than `Runtime`'s MiB (one byte: one image per chunk).
+    l.memory_budget_bytes = budget;
     assert_eq!(
         rel_err(l.prompt.ctx.as_tensor(), &t["ctx"]),
         0.0,
@@ -65,7 +71,11 @@ fn logits_loss_and_gradients_match_pytorch_for_one_and_several_images() {
         let (t, md) = fixture(case);
         let l = learner_for(&clip, &t, &md, 2 << 30);
         let labels = t["labels"].to_dtype(candle_core::DType::U32).unwrap();
-        let (loss, logits, grads) = l
+        let StepOutput {
+            loss,
+            logits,
+            grads,
+        } = l
             .loss_and_grads(&clip, &t["image_features"], &labels)
             .unwrap();
         let e_logits = rel_err(&logits, &t["logits"]);
@@ -89,7 +99,11 @@ fn batched_equals_per_image_loop_and_chunking_changes_nothing() {
     let (t, md) = fixture("batch3");
     let labels = t["labels"].to_dtype(candle_core::DType::U32).unwrap();
     let big = learner_for(&clip, &t, &md, 2 << 30);
-    let (loss, logits, grads) = big
+    let StepOutput {
+        loss,
+        logits,
+        grads,
+    } = big
         .loss_and_grads(&clip, &t["image_features"], &labels)
         .unwrap();
     // A budget that fits one image's K prompts at a time: three chunks, gradients accumulated.
@@ -98,7 +112,11 @@ fn batched_equals_per_image_loop_and_chunking_changes_nothing() {
         small.prompts_per_chunk(&clip, &small.prompt.buffers, true),
         3
     );
-    let (loss_c, logits_c, grads_c) = small
+    let StepOutput {
+        loss: loss_c,
+        logits: logits_c,
+        grads: grads_c,
+    } = small
         .loss_and_grads(&clip, &t["image_features"], &labels)
         .unwrap();
     assert!((loss - loss_c).abs() < 1e-6 && rel_err(&logits_c, &logits) < 1e-6);
@@ -106,7 +124,11 @@ fn batched_equals_per_image_loop_and_chunking_changes_nothing() {
     let mut per_image: Vec<Tensor> = vec![];
     let mut loss_loop = 0f32;
     for i in 0..3 {
-        let (l_i, _, g_i) = big
+        let StepOutput {
+            loss: l_i,
+            grads: g_i,
+            ..
+        } = big
             .loss_and_grads(
                 &clip,
                 &t["image_features"].narrow(0, i, 1).unwrap(),
@@ -187,7 +209,7 @@ fn trains_on_base_classes_and_predicts_new_ones() {
             / data.labels.len() as f64
     };
     let feats = |d: &LabelledImages| {
-        promptclip_core::train::trainer::encode_all(&clip, &d.sources).unwrap()
+        promptclip_core::features::encode_all(&clip, &d.sources, "test image").unwrap()
     };
     let (fb, fnw) = (feats(&base_test), feats(&new_test));
     let tpl = vec!["a photo of a {}.".to_string()];
@@ -219,9 +241,10 @@ fn trains_on_base_classes_and_predicts_new_ones() {
         &clip,
         &base_names,
         CocoopConfig {
-            ratio: 4,
+            meta_net_ratio: 4,
             ..CocoopConfig::default()
         },
+        Runtime::default(),
     )
     .unwrap();
     let s = fit(
@@ -234,23 +257,20 @@ fn trains_on_base_classes_and_predicts_new_ones() {
     )
     .unwrap();
     let new_buffers = co.prompt.buffers_for(&clip, &new_names).unwrap();
+    let co_new_logits = co.logits_for(&clip, &fnw, &new_buffers).unwrap();
     let (co_base, co_new) = (
         acc(
             &co.logits_for(&clip, &fb, &co.prompt.buffers).unwrap(),
             &base_test,
         ),
-        acc(
-            &co.logits_for(&clip, &fnw, &new_buffers).unwrap(),
-            &new_test,
-        ),
+        acc(&co_new_logits, &new_test),
     );
 
     let coop = PromptLearner::new(
         &clip,
         &base_names,
         CoopConfig {
-            n_ctx: 4,
-            init: promptclip_core::prompt::ContextInit::Words("a photo of a".into()),
+            ctx_init: Some("a photo of a".into()),
             ..CoopConfig::default()
         },
     )
@@ -291,46 +311,130 @@ fn trains_on_base_classes_and_predicts_new_ones() {
         co_base >= zs_base + 50.0,
         "CoCoOp base accuracy {co_base} vs zero-shot {zs_base}"
     );
-    assert!((0.0..=100.0).contains(&co_new));
+    // New classes go through the learner's scorer: the prompts are rebuilt for the new names
+    // (the base names' prompts score the same images differently), and the result is exactly the
+    // per-image path with the new buffers.
+    let scored = co
+        .scorer(&clip, Some(&new_names))
+        .unwrap()
+        .logits(&fnw)
+        .unwrap();
+    assert_eq!(scored.dims(), &[new_test.labels.len(), new_names.len()]);
+    assert_eq!(
+        rel_err(&scored, &co_new_logits),
+        0.0,
+        "scorer vs logits_for"
+    );
+    let with_base_names = co.logits_for(&clip, &fnw, &co.prompt.buffers).unwrap();
+    let e = rel_err(&with_base_names, &scored);
+    assert!(
+        e > 1e-3,
+        "new-class logits equal the base-class ones (rel diff {e})"
+    );
+    // New-class accuracy is over the 3 new classes: the metrics agree with the accuracy above,
+    // and top-5 is capped at top-3, which every image hits.
+    let m = promptclip_core::eval::metrics(
+        &scored.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        new_names.len(),
+        &new_test.labels,
+        &promptclip_core::eval::EVAL_TOP_K,
+    )
+    .unwrap();
+    assert_eq!((m.total, m.confusion.len()), (15, 3));
+    assert!(
+        (m.accuracy - co_new).abs() < 1e-9,
+        "{} vs {co_new}",
+        m.accuracy
+    );
+    assert_eq!(m.top_k, vec![(1, m.accuracy), (3, 100.0)]);
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
 }
 
 #[test]
 fn save_and_load_round_trip() {
     let clip = hf_clip();
     let names: Vec<String> = ["dog", "cat"].map(String::from).to_vec();
-    let co = CocoopLearner::new(
-        &clip,
-        &names,
-        CocoopConfig {
-            ratio: 4,
-            seed: 3,
-            ..CocoopConfig::default()
+    let config = |seed: u64| CocoopConfig {
+        context: CoopConfig {
+            seed,
+            ..CoopConfig::default()
         },
-    )
-    .unwrap();
+        meta_net_ratio: 4,
+    };
+    let co = CocoopLearner::new(&clip, &names, config(3), Runtime::default()).unwrap();
+    // Trained-like parameters: not the initial ones, so that a load that re-initialised from the
+    // seed would be caught.
+    for (_, v) in co.vars() {
+        v.set(&(v.as_tensor() * 1.5).unwrap()).unwrap();
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.safetensors");
-    save_learner(&path, &Learner::Cocoop(co), &clip).unwrap();
-    let (loaded, meta) = load_learner(&path, &clip).unwrap();
-    assert_eq!(meta.method, "cocoop");
-    let Learner::Cocoop(l) = loaded else {
-        panic!("expected CoCoOp")
-    };
-    let original = CocoopLearner::new(
+    save(&path, &co, &clip).unwrap();
+    let (loaded, meta) = load(
+        &path,
         &clip,
-        &names,
-        CocoopConfig {
-            ratio: 4,
-            seed: 3,
-            ..CocoopConfig::default()
+        Runtime {
+            memory_budget_mb: 3,
         },
     )
     .unwrap();
-    for ((_, a), (_, b)) in l.meta.named().iter().zip(original.meta.named().iter()) {
-        assert_eq!(rel_err(a.as_tensor(), b.as_tensor()), 0.0);
+    assert_eq!(meta, co.meta());
+    assert_eq!(loaded.meta(), co.meta());
+    assert_eq!(meta.method, "cocoop");
+    // The seed and the M that "a photo of a" resolved to are part of the saved options.
+    assert_eq!(meta.options["seed"], 3);
+    assert_eq!(meta.options["nCtx"], 4);
+    assert_eq!(meta.options["ctxInit"], "a photo of a");
+    assert_eq!(meta.options["metaNetRatio"], 4);
+    let prompt = loaded.prompt().expect("CoCoOp has a prompt");
+    assert_eq!((prompt.n_ctx(), prompt.config.seed), (4, 3));
+    let names_loaded: Vec<String> = loaded.vars().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names_loaded, NAMES.map(String::from).to_vec());
+    for ((name, a), (_, b)) in loaded.vars().iter().zip(co.vars().iter()) {
+        assert_eq!(
+            bits(a.as_tensor()),
+            bits(b.as_tensor()),
+            "{name} after load"
+        );
     }
-    let err = promptclip_core::prompt::io::load_prompt(&path, &clip).unwrap_err();
-    assert!(err.to_string().contains("CoCoOp"), "{err}");
+    // The budget is the caller's runtime setting, not the saver's (not saved with the learner).
+    let shown = format!("{loaded:?}");
+    assert!(
+        shown.contains(&format!("memory_budget_bytes: {}", 3usize << 20)),
+        "loaded learner's budget: {}",
+        &shown[shown.find("memory_budget_bytes").unwrap_or(0)..]
+    );
+    // The seed determines the Meta-Net's initialisation.
+    let again = CocoopLearner::new(&clip, &names, config(3), Runtime::default()).unwrap();
+    let other = CocoopLearner::new(&clip, &names, config(4), Runtime::default()).unwrap();
+    let fresh = CocoopLearner::new(&clip, &names, config(3), Runtime::default()).unwrap();
+    for (((name, a), (_, b)), (_, c)) in again
+        .meta
+        .named()
+        .iter()
+        .zip(fresh.meta.named().iter())
+        .zip(other.meta.named().iter())
+    {
+        assert_eq!(
+            bits(a.as_tensor()),
+            bits(b.as_tensor()),
+            "{name}: same seed"
+        );
+        assert_ne!(
+            bits(a.as_tensor()),
+            bits(c.as_tensor()),
+            "{name}: other seed"
+        );
+    }
 }
 
 #[test]
@@ -344,9 +448,10 @@ fn resume_restores_meta_net_and_momentum() {
             &clip,
             &names,
             CocoopConfig {
-                ratio: 4,
+                meta_net_ratio: 4,
                 ..CocoopConfig::default()
             },
+            Runtime::default(),
         )
         .unwrap()
     };
@@ -383,7 +488,8 @@ fn resume_restores_meta_net_and_momentum() {
         &data,
         &config,
         &mut |p| {
-            if p.epoch == 1 {
+            // The second epoch (epochs count from 1), after the first one's checkpoint.
+            if p.epoch == 2 {
                 cancel.store(true, std::sync::atomic::Ordering::Relaxed)
             }
         },
@@ -423,4 +529,93 @@ fn resume_restores_meta_net_and_momentum() {
             "{name} differs after resume"
         );
     }
+}
+
+#[test]
+fn default_options_work_on_a_clip_narrower_than_the_ratio() {
+    // The tiny CLIP's features have 16 dimensions: the paper's ratio 16 leaves a Meta-Net hidden
+    // layer of one unit, and a ratio above 16 is clamped to one unit too.
+    let clip = hf_clip();
+    assert_eq!(clip.embed_dim(), 16);
+    let (names, data) = colours(1, 3, 0..3);
+    for (ratio, hidden) in [(16, 1), (64, 1), (8, 2)] {
+        let options = serde_json::json!({ "metaNetRatio": ratio });
+        let co = CocoopLearner::new(
+            &clip,
+            &names,
+            serde_json::from_value(options.clone()).unwrap(),
+            Runtime::default(),
+        )
+        .unwrap();
+        assert_eq!(co.meta.hidden(), hidden, "ratio {ratio}");
+        let shapes: Vec<Vec<usize>> = co.vars().iter().map(|(_, v)| v.dims().to_vec()).collect();
+        assert_eq!(
+            shapes,
+            vec![
+                vec![4, 32],
+                vec![hidden, 16],
+                vec![hidden],
+                vec![32, hidden],
+                vec![32]
+            ],
+            "ratio {ratio}"
+        );
+        // Through the registry the same options give the same learner.
+        let made =
+            promptclip_core::methods::create(&clip, "cocoop", &names, options, Runtime::default())
+                .unwrap();
+        assert_eq!(made.meta(), co.meta());
+    }
+    // All defaults: "a photo of a", ratio 16, seed 1.
+    let co =
+        CocoopLearner::new(&clip, &names, CocoopConfig::default(), Runtime::default()).unwrap();
+    assert_eq!(
+        (co.meta.hidden(), co.meta_net_ratio, co.prompt.n_ctx()),
+        (1, 16, 4)
+    );
+    let feats = Tensor::randn(0f32, 1.0, (2, 16), &dev()).unwrap();
+    let labels = Tensor::new(&[0u32, 2], &dev()).unwrap();
+    let out = co.loss_and_grads(&clip, &feats, &labels).unwrap();
+    assert!(out.loss.is_finite() && out.loss > 0.0, "loss {}", out.loss);
+    assert_eq!(out.logits.dims(), &[2, 3]);
+    assert_eq!(out.grads.len(), 5);
+    for ((name, v), g) in co.vars().iter().zip(&out.grads) {
+        assert_eq!(g.dims(), v.dims(), "{name}");
+    }
+    let g_ctx = out.grads[0]
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(g_ctx.is_finite() && g_ctx > 0.0, "grad ctx {g_ctx}");
+    // One epoch of the method's own recipe (batch 1).
+    let recipe = co.recipe();
+    let config = TrainConfig {
+        epochs: 1,
+        augment: false,
+        ..TrainConfig::for_recipe(&recipe)
+    };
+    assert_eq!(config.batch_size, 1);
+    let before = co.prompt.ctx.as_tensor().copy().unwrap();
+    let mut steps = 0;
+    let s = fit(
+        &clip,
+        &co,
+        &data,
+        &config,
+        &mut |p| {
+            steps += 1;
+            assert_eq!((p.epoch, p.step, p.steps_per_epoch), (1, steps, 3));
+        },
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!((steps, s.global_step, s.epoch_loss.len()), (3, 3, 1));
+    assert!(s.epoch_loss[0].is_finite());
+    assert!(
+        rel_err(co.prompt.ctx.as_tensor(), &before) > 0.0,
+        "ctx did not move"
+    );
 }

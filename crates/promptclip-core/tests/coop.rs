@@ -5,12 +5,13 @@ mod common;
 use candle_core::{DType, Tensor, Var};
 use common::{dev, fixtures, rel_err};
 use promptclip_core::clip::l2_normalize;
+use promptclip_core::methods::coop::{ClassTokenPosition, CoopConfig, PromptLearner};
+use promptclip_core::methods::io::{load, save};
+use promptclip_core::methods::{Method, Runtime, StepOutput};
 use promptclip_core::preprocess::ImageSource;
-use promptclip_core::prompt::coop::{ClassTokenPosition, ContextInit, CoopConfig, PromptLearner};
-use promptclip_core::prompt::io::{load_prompt, save_prompt};
 use promptclip_core::train::optim::{Sgd, SgdConfig};
 use promptclip_core::train::schedule::{LrSchedule, ScheduleKind};
-use promptclip_core::train::{fit, LabelledImages, PromptModel, TrainConfig};
+use promptclip_core::train::{fit, LabelledImages, TrainConfig};
 use promptclip_core::{Clip, Error};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,18 +31,19 @@ fn learner_for_case(clip: &Clip, case: &str) -> (PromptLearner, HashMap<String, 
         &dev(),
     )
     .unwrap();
-    let init = if md["init"] == "random" {
-        ContextInit::Random { std: 0.02, seed: 0 }
-    } else {
-        ContextInit::Words(md["init"].clone())
-    };
+    let n_ctx: usize = md["n_ctx"].parse().unwrap();
+    let ctx_init = (md["init"] != "random").then(|| md["init"].clone());
     let config = CoopConfig {
-        n_ctx: md["n_ctx"].parse().unwrap(),
+        n_ctx: Some(n_ctx),
+        ctx_init,
         class_specific: md["csc"] == "true",
-        position: ClassTokenPosition::parse(&md["position"]).unwrap(),
-        init,
+        position: serde_json::from_value(serde_json::json!(md["position"])).unwrap(),
+        init_std: 0.02,
+        seed: 0,
     };
     let learner = PromptLearner::new(clip, &class_names(&md), config).unwrap();
+    assert_eq!(learner.n_ctx(), n_ctx, "{case}: M");
+    assert_eq!(learner.config.n_ctx, Some(n_ctx), "{case}: resolved nCtx");
     if md["init"] == "random" {
         learner.ctx.set(&t["ctx"]).unwrap();
     } else {
@@ -81,7 +83,7 @@ fn prompts_logits_and_gradients_match_pytorch() {
             "{case}: prompt assembly"
         );
         let labels = t["labels"].to_dtype(DType::U32).unwrap();
-        let logits = PromptModel::logits(&learner, &clip, &t["image_features"]).unwrap();
+        let logits = Method::logits(&learner, &clip, &t["image_features"]).unwrap();
         let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
         let grads = loss.backward().unwrap();
         let g = grads
@@ -113,10 +115,12 @@ fn gradient_matches_finite_differences_through_the_whole_pipeline() {
     .unwrap();
     let names: Vec<String> = ["dog", "paper crane", "x"].map(String::from).to_vec();
     let config = CoopConfig {
-        n_ctx: 3,
+        n_ctx: Some(3),
         class_specific: true,
         position: ClassTokenPosition::Middle,
-        init: ContextInit::Random { std: 0.5, seed: 3 },
+        init_std: 0.5,
+        seed: 3,
+        ..CoopConfig::default()
     };
     let learner = PromptLearner::new(&clip, &names, config).unwrap();
     let ctx64 = learner.ctx.as_tensor().to_dtype(DType::F64).unwrap();
@@ -186,28 +190,19 @@ fn loss_and_grads_equal_autograd_for_every_variant() {
         (true, ClassTokenPosition::Middle),
     ] {
         let config = CoopConfig {
-            n_ctx: 3,
+            n_ctx: Some(3),
             class_specific,
             position,
-            init: ContextInit::Random { std: 0.5, seed: 3 },
+            init_std: 0.5,
+            seed: 3,
+            ..CoopConfig::default()
         };
-        let learner = PromptLearner::new(&clip, &names, config).unwrap();
-        learner
-            .ctx
-            .set(&learner.ctx.as_tensor().to_dtype(DType::F64).unwrap())
-            .ok();
-        let ctx =
-            candle_core::Var::from_tensor(&learner.ctx.as_tensor().to_dtype(DType::F64).unwrap())
-                .unwrap();
-        let learner = PromptLearner::from_parts(
-            &clip,
-            &names,
-            learner.config.clone(),
-            ctx.as_tensor().clone(),
-            learner.prompt_prefix().to_string(),
-        )
-        .unwrap();
-        let logits = PromptModel::logits(&learner, &clip, &feats).unwrap();
+        let mut learner = PromptLearner::new(&clip, &names, config).unwrap();
+        // The context in f64 too, so that the whole comparison runs in f64 (learners keep their
+        // parameters in f32; the field is public for tests like this one).
+        learner.ctx =
+            Var::from_tensor(&learner.ctx.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
+        let logits = Method::logits(&learner, &clip, &feats).unwrap();
         let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
         let g_ref = loss
             .backward()
@@ -215,7 +210,11 @@ fn loss_and_grads_equal_autograd_for_every_variant() {
             .get(learner.ctx.as_tensor())
             .unwrap()
             .clone();
-        let (l, logits2, grads) = learner.loss_and_grads(&clip, &feats, &labels).unwrap();
+        let StepOutput {
+            loss: l,
+            logits: logits2,
+            grads,
+        } = learner.loss_and_grads(&clip, &feats, &labels).unwrap();
         let e_loss = (l as f64 - loss.to_scalar::<f64>().unwrap()).abs();
         let (e_logits, e_grad) = (rel_err(&logits2, &logits), rel_err(&grads[0], &g_ref));
         println!("csc {class_specific} {position:?}: loss {e_loss:.1e} logits {e_logits:.1e} grad {e_grad:.1e}");
@@ -238,13 +237,21 @@ fn loss_scaling_by_a_power_of_two_leaves_gradients_bit_identical() {
         &clip,
         &names,
         CoopConfig {
-            n_ctx: 4,
+            n_ctx: Some(4),
             ..CoopConfig::default()
         },
     )
     .unwrap();
-    let (l1, _, g1) = learner.loss_and_grads(&clip, &feats, &labels).unwrap();
-    let (l2, _, g2) = learner
+    let StepOutput {
+        loss: l1,
+        grads: g1,
+        ..
+    } = learner.loss_and_grads(&clip, &feats, &labels).unwrap();
+    let StepOutput {
+        loss: l2,
+        grads: g2,
+        ..
+    } = learner
         .loss_and_grads_scaled(&clip, &feats, &labels, 65536.0)
         .unwrap();
     assert_eq!(l1, l2);
@@ -311,7 +318,7 @@ fn schedule_and_sgd_follow_the_official_recipe() {
     );
     for (i, g) in trace["grads"].as_array().unwrap().iter().enumerate() {
         sgd.step(
-            &[p.clone()],
+            std::slice::from_ref(&p),
             &[Tensor::new(v(g).as_slice(), &dev()).unwrap()],
             0.1,
         )
@@ -380,7 +387,7 @@ fn same_seed_same_context_bit_for_bit() {
             &clip,
             &names,
             CoopConfig {
-                n_ctx: 4,
+                n_ctx: Some(4),
                 ..CoopConfig::default()
             },
         )
@@ -416,7 +423,7 @@ fn resume_from_checkpoint_equals_uninterrupted_run() {
             &clip,
             &names,
             CoopConfig {
-                n_ctx: 4,
+                n_ctx: Some(4),
                 ..CoopConfig::default()
             },
         )
@@ -434,7 +441,8 @@ fn resume_from_checkpoint_equals_uninterrupted_run() {
     )
     .unwrap();
 
-    // Interrupted: cancel during the second epoch, after the first epoch's checkpoint.
+    // Interrupted: cancel during the second epoch (epochs count from 1), after the first epoch's
+    // checkpoint.
     let interrupted = new_learner();
     let cancel = AtomicBool::new(false);
     let config = TrainConfig {
@@ -447,7 +455,7 @@ fn resume_from_checkpoint_equals_uninterrupted_run() {
         &data,
         &config,
         &mut |p| {
-            if p.epoch == 1 && p.step == 1 {
+            if p.epoch == 2 && p.step == 1 {
                 cancel.store(true, Ordering::Relaxed)
             }
         },
@@ -495,7 +503,7 @@ fn resume_from_checkpoint_equals_uninterrupted_run() {
         &clip,
         &names,
         CoopConfig {
-            n_ctx: 5,
+            n_ctx: Some(5),
             ..CoopConfig::default()
         },
     )
@@ -512,10 +520,7 @@ fn resume_from_checkpoint_equals_uninterrupted_run() {
         &AtomicBool::new(false),
     )
     .unwrap_err();
-    assert!(
-        err.to_string().contains("different prompt learner"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("different learner"), "{err}");
 }
 
 #[test]
@@ -527,17 +532,18 @@ fn save_load_and_apply_to_new_classes() {
         &clip,
         &names,
         CoopConfig {
-            n_ctx: 4,
+            n_ctx: Some(4),
             position: ClassTokenPosition::Middle,
             ..CoopConfig::default()
         },
     )
     .unwrap();
     let path = dir.path().join("p.safetensors");
-    save_prompt(&path, &learner, &clip).unwrap();
-    let (loaded, meta) = load_prompt(&path, &clip).unwrap();
+    save(&path, &learner, &clip).unwrap();
+    let (loaded, meta) = load(&path, &clip, Runtime::default()).unwrap();
     assert_eq!(meta.method, "coop");
     assert_eq!(meta.class_names, names);
+    let loaded = loaded.prompt().expect("CoOp has a prompt");
     assert_eq!(loaded.config.position, ClassTokenPosition::Middle);
     assert_eq!(
         rel_err(loaded.ctx.as_tensor(), learner.ctx.as_tensor()),
@@ -556,7 +562,7 @@ fn save_load_and_apply_to_new_classes() {
         &clip,
         &names,
         CoopConfig {
-            n_ctx: 2,
+            n_ctx: Some(2),
             class_specific: true,
             ..CoopConfig::default()
         },
@@ -566,11 +572,16 @@ fn save_load_and_apply_to_new_classes() {
     assert!(err.to_string().contains("class-specific"), "{err}");
     // Another CLIP width, or a file that is not a prompt, is refused with a clear message.
     let other = Clip::load(&fixtures().join("tiny-clip-openai.safetensors"), &dev()).unwrap();
-    let err = load_prompt(&path, &other).unwrap_err();
+    let err = load(&path, &other, Runtime::default()).unwrap_err();
     assert!(err.to_string().contains("text width 32"), "{err}");
-    let err = load_prompt(&fixtures().join("reference-hf.safetensors"), &clip).unwrap_err();
+    let err = load(
+        &fixtures().join("reference-hf.safetensors"),
+        &clip,
+        Runtime::default(),
+    )
+    .unwrap_err();
     assert!(
-        err.to_string().contains("not a promptclip prompt file"),
+        err.to_string().contains("not a promptclip learner file"),
         "{err}"
     );
 }
@@ -583,7 +594,7 @@ fn bad_options_are_named() {
         &clip,
         &names,
         CoopConfig {
-            n_ctx: 0,
+            n_ctx: Some(0),
             ..CoopConfig::default()
         },
     )
@@ -602,17 +613,21 @@ fn bad_options_are_named() {
         &clip,
         &names,
         CoopConfig {
-            n_ctx: 80,
+            n_ctx: Some(80),
             ..CoopConfig::default()
         }
     )
     .is_err());
-    assert!(ClassTokenPosition::parse("left").is_err());
+    assert!(serde_json::from_value::<ClassTokenPosition>(serde_json::json!("left")).is_err());
+    assert_eq!(
+        serde_json::from_value::<ClassTokenPosition>(serde_json::json!("middle")).unwrap(),
+        ClassTokenPosition::Middle
+    );
     let l = PromptLearner::new(
         &clip,
         &names,
         CoopConfig {
-            n_ctx: 2,
+            n_ctx: Some(2),
             ..CoopConfig::default()
         },
     )
@@ -656,7 +671,7 @@ fn interpret_finds_the_init_words() {
         &clip,
         &names,
         CoopConfig {
-            init: ContextInit::Words("a photo of a".into()),
+            ctx_init: Some("a photo of a".into()),
             ..CoopConfig::default()
         },
     )
@@ -683,7 +698,8 @@ fn learning_beats_zero_shot_on_held_out_images() {
                 .count() as f64
             / test.labels.len() as f64
     };
-    let test_feats = promptclip_core::train::trainer::encode_all(&clip, &test.sources).unwrap();
+    let test_feats =
+        promptclip_core::features::encode_all(&clip, &test.sources, "test image").unwrap();
     let templates = vec!["a photo of a {}.".to_string()];
     let zs = promptclip_core::zeroshot::class_embeddings(&clip, &names, &templates).unwrap();
     let zero_shot = accuracy(&clip.logits(&test_feats, &zs).unwrap());
@@ -692,7 +708,7 @@ fn learning_beats_zero_shot_on_held_out_images() {
         &clip,
         &names,
         CoopConfig {
-            n_ctx: 4,
+            n_ctx: Some(4),
             class_specific: true,
             ..CoopConfig::default()
         },
@@ -739,26 +755,26 @@ fn learning_beats_zero_shot_on_held_out_images() {
 
 #[test]
 fn non_finite_loss_stops_training_with_a_clear_error() {
+    // Finite parameters whose loss is not: a context at f32's largest value overflows in the text
+    // encoder, so the very first loss is NaN.
     let clip = hf_clip();
     let (names, data) = colour_dataset(2, 5);
     let l = PromptLearner::new(
         &clip,
         &names,
         CoopConfig {
-            n_ctx: 2,
+            n_ctx: Some(2),
             ..CoopConfig::default()
         },
     )
     .unwrap();
+    l.ctx
+        .set(&Tensor::full(f32::MAX, l.ctx.dims(), &dev()).unwrap())
+        .unwrap();
     let config = TrainConfig {
         epochs: 3,
         batch_size: 8,
-        warmup_epochs: 0,
         augment: false,
-        sgd: SgdConfig {
-            lr: 1e38,
-            ..SgdConfig::default()
-        },
         ..TrainConfig::default()
     };
     let err = fit(
@@ -771,7 +787,92 @@ fn non_finite_loss_stops_training_with_a_clear_error() {
     )
     .unwrap_err();
     assert_eq!(err.code(), "E_NON_FINITE_LOSS", "{err}");
-    assert!(err.to_string().contains("epoch"), "{err}");
+    // Epochs and steps count from 1.
+    assert!(
+        matches!(
+            err,
+            Error::NonFiniteLoss {
+                epoch: 1,
+                step: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("at epoch 1, step 1"), "{err}");
+}
+
+#[test]
+fn diverging_update_stops_training_before_it_is_saved_or_checkpointed() {
+    // A huge learning rate: the losses stay finite, but the second epoch's update overflows the
+    // context. Training stops there with the parameters' error, deterministically at epoch 2,
+    // step 1 (one step per epoch), and the checkpoint keeps the finite first epoch.
+    let clip = hf_clip();
+    let (names, data) = colour_dataset(2, 5);
+    let l = PromptLearner::new(
+        &clip,
+        &names,
+        CoopConfig {
+            n_ctx: Some(2),
+            ..CoopConfig::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("run.ckpt");
+    let config = TrainConfig {
+        epochs: 3,
+        batch_size: 8,
+        warmup_epochs: 0,
+        augment: false,
+        sgd: SgdConfig {
+            lr: 1e38,
+            ..SgdConfig::default()
+        },
+        checkpoint_path: Some(ck.clone()),
+        ..TrainConfig::default()
+    };
+    let mut losses = vec![];
+    let err = fit(
+        &clip,
+        &l,
+        &data,
+        &config,
+        &mut |p| losses.push(p.loss),
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
+    assert_eq!(err.code(), "E_NON_FINITE_PARAMS", "{err}");
+    assert!(matches!(err, Error::NonFiniteParams(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("parameter `ctx`") && msg.contains("at epoch 2, step 1"),
+        "{msg}"
+    );
+    // Only the first epoch's step was reported, with a finite loss.
+    assert_eq!(losses.len(), 1, "{losses:?}");
+    assert!(losses[0].is_finite());
+    let saved = promptclip_core::train::checkpoint::load(&ck, &dev()).unwrap();
+    assert_eq!(saved.meta.epochs_done, 1);
+    let finite = |t: &Tensor| {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|x| x.is_finite())
+    };
+    assert!(finite(&saved.params["ctx"]), "checkpointed ctx");
+    assert!(
+        !finite(l.ctx.as_tensor()),
+        "the learner's ctx after the overflow"
+    );
+    // The diverged learner cannot be saved; no file is left behind.
+    let path = dir.path().join("diverged.safetensors");
+    let err = save(&path, &l, &clip).unwrap_err();
+    assert_eq!(err.code(), "E_NON_FINITE_PARAMS", "{err}");
+    assert!(err.to_string().contains("`ctx`"), "{err}");
+    assert!(!path.exists());
 }
 
 #[test]
@@ -779,10 +880,10 @@ fn half_precision_runs_close_to_fp32() {
     let f32_clip = hf_clip();
     let names: Vec<String> = ["dog", "cat", "paper crane"].map(String::from).to_vec();
     let (_, data) = colour_dataset(1, 8);
-    let feats32 = promptclip_core::train::trainer::encode_all(&f32_clip, &data.sources).unwrap();
+    let feats32 = promptclip_core::features::encode_all(&f32_clip, &data.sources, "image").unwrap();
     for dtype in [DType::BF16, DType::F16] {
         let clip = Clip::load_with_dtype(&fixtures().join("tiny-clip-hf"), &dev(), dtype).unwrap();
-        let feats = promptclip_core::train::trainer::encode_all(&clip, &data.sources).unwrap();
+        let feats = promptclip_core::features::encode_all(&clip, &data.sources, "image").unwrap();
         assert_eq!(feats.dtype(), dtype);
         let err = rel_err(&feats, &feats32);
         assert!(err < 0.05, "{dtype:?} image features rel err {err}");
@@ -791,14 +892,14 @@ fn half_precision_runs_close_to_fp32() {
             &clip,
             &names,
             CoopConfig {
-                n_ctx: 2,
+                n_ctx: Some(2),
                 ..CoopConfig::default()
             },
         )
         .unwrap();
         let labels = Tensor::new(&[0u32, 1, 2, 0], &dev()).unwrap();
-        let logits = PromptModel::logits(&l, &clip, &feats).unwrap();
-        let loss = promptclip_core::train::trainer::cross_entropy(&logits, &labels).unwrap();
+        let logits = Method::logits(&l, &clip, &feats).unwrap();
+        let loss = promptclip_core::loss::cross_entropy(&logits, &labels).unwrap();
         let g = loss
             .backward()
             .unwrap()

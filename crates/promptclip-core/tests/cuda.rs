@@ -5,10 +5,11 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{colours, fixtures, rel_err};
-use promptclip_core::prompt::coop::{CoopConfig, PromptLearner};
-use promptclip_core::prompt::{CocoopConfig, CocoopLearner};
+use promptclip_core::methods::{
+    CocoopConfig, CocoopLearner, CoopConfig, Method, PromptLearner, Runtime,
+};
 use promptclip_core::train::optim::SgdConfig;
-use promptclip_core::train::{fit, PromptModel, TrainConfig};
+use promptclip_core::train::{fit, TrainConfig};
 use promptclip_core::Clip;
 use std::sync::atomic::AtomicBool;
 
@@ -31,7 +32,7 @@ fn flat(t: &Tensor) -> Tensor {
 
 /// Train `make`'s learner with the same seed on CPU (fp32) and on CUDA (`dtype`); return the
 /// largest relative difference of the final parameters and of the epoch losses.
-fn cpu_vs_cuda<M: PromptModel>(
+fn cpu_vs_cuda<M: Method>(
     dtype: DType,
     make: impl Fn(&Clip) -> M,
     config: &TrainConfig,
@@ -90,7 +91,7 @@ fn coop_trained_on_cuda_ends_within_tolerance_of_the_cpu_run() {
             clip,
             &names(),
             CoopConfig {
-                n_ctx: 4,
+                n_ctx: Some(4),
                 ..CoopConfig::default()
             },
         )
@@ -113,9 +114,10 @@ fn cocoop_trained_on_cuda_ends_within_tolerance_of_the_cpu_run() {
             clip,
             &names(),
             CocoopConfig {
-                ratio: 4,
+                meta_net_ratio: 4,
                 ..CocoopConfig::default()
             },
+            Runtime::default(),
         )
         .unwrap()
     };
