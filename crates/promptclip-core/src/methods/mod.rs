@@ -224,8 +224,23 @@ pub fn create(
 /// context options that CoCoOp and KgCoOp share with CoOp.)
 pub fn parse_options<T: serde::de::DeserializeOwned + Serialize>(what: &str, options: serde_json::Value) -> Result<T> {
     let options = if options.is_null() { serde_json::json!({}) } else { options };
-    let parsed: T = serde_path_to_error::deserialize(options.clone())
-        .map_err(|e| Error::InvalidArgument(format!("{what} options: {}: {}", e.path(), e.inner())))?;
+    // serde would read an array positionally, as the fields in declaration order.
+    if !options.is_object() {
+        return Err(Error::InvalidArgument(format!("{what} options must be an object, got {options}")));
+    }
+    let parsed: T = serde_path_to_error::deserialize(options.clone()).map_err(|e| {
+        // Inside the flattened context options serde loses the path (it reports `.`): the field
+        // at fault is then the given one that fails on its own.
+        let path = match (e.path().iter().next(), options.as_object()) {
+            (None, Some(given)) => given.iter().find(|(k, v)| {
+                let alone: serde_json::Map<String, serde_json::Value> = [((*k).clone(), (*v).clone())].into_iter().collect();
+                serde_json::from_value::<T>(serde_json::Value::Object(alone)).is_err()
+            }),
+            _ => None,
+        }
+        .map_or_else(|| e.path().to_string(), |(k, _)| k.clone());
+        Error::InvalidArgument(format!("{what} options: {path}: {}", e.inner()))
+    })?;
     let known = options_json(&parsed);
     if let (Some(given), Some(known)) = (options.as_object(), known.as_object()) {
         if let Some(field) = given.keys().find(|k| !known.contains_key(*k)) {

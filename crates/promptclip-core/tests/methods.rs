@@ -1,0 +1,382 @@
+//! The method seam: the registry and its option parsing, recipes and training options, learner
+//! files of every method (round trip, non-finite parameters refused), resume across methods.
+mod common;
+use candle_core::Tensor;
+use common::{colours, dev, fixtures};
+use promptclip_core::methods::io::{load, save};
+use promptclip_core::methods::{self, Learner, Recipe, Runtime};
+use promptclip_core::train::{fit, TrainConfig, TrainOptions};
+use promptclip_core::{Clip, Error};
+use serde_json::json;
+use std::sync::atomic::AtomicBool;
+
+fn hf_clip() -> Clip {
+    Clip::load(&fixtures().join("tiny-clip-hf"), &dev()).unwrap()
+}
+
+fn names() -> Vec<String> {
+    ["dog", "paper_crane", "golden retriever"]
+        .map(String::from)
+        .to_vec()
+}
+
+const PROMPT_METHODS: [&str; 3] = ["coop", "cocoop", "kgcoop"];
+
+fn create(
+    clip: &Clip,
+    method: &str,
+    options: serde_json::Value,
+) -> promptclip_core::Result<Learner> {
+    methods::create(clip, method, &names(), options, Runtime::default())
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}
+
+fn invalid(r: promptclip_core::Result<impl std::fmt::Debug>) -> String {
+    let err = r.unwrap_err();
+    assert_eq!(err.code(), "E_INVALID_ARGUMENT", "{err}");
+    err.to_string()
+}
+
+#[test]
+fn the_registry_builds_each_method_and_names_an_unknown_one() {
+    let clip = hf_clip();
+    let registered: Vec<&str> = methods::METHODS.iter().map(|s| s.name).collect();
+    for m in PROMPT_METHODS {
+        assert!(
+            registered.contains(&m),
+            "{m} is not registered: {registered:?}"
+        );
+        let l = create(&clip, m, json!({})).unwrap();
+        let meta = l.meta();
+        assert_eq!(meta.method, m);
+        // Labels keep the caller's names (underscore and all).
+        assert_eq!(meta.class_names, names());
+        assert_eq!(l.class_names(), names().as_slice());
+        // Null options are the defaults.
+        assert_eq!(
+            create(&clip, m, serde_json::Value::Null).unwrap().meta(),
+            meta
+        );
+    }
+    let msg = invalid(create(&clip, "cocop", json!({})));
+    assert!(msg.contains("method `cocop`"), "{msg}");
+    for m in PROMPT_METHODS {
+        assert!(msg.contains(m), "{msg}");
+    }
+}
+
+#[test]
+fn bad_options_name_the_field() {
+    let clip = hf_clip();
+    for m in PROMPT_METHODS {
+        // An unknown field (a misspelt nCtx), by name, with the known ones listed.
+        let msg = invalid(create(&clip, m, json!({ "nctx": 4 })));
+        assert!(
+            msg.contains(&format!("{m} options"))
+                && msg.contains("unknown field `nctx`")
+                && msg.contains("nCtx"),
+            "{m}: {msg}"
+        );
+        // A wrong type, at its field.
+        let msg = invalid(create(&clip, m, json!({ "nCtx": "four" })));
+        assert!(msg.contains("options: nCtx: invalid type"), "{m}: {msg}");
+        // An unknown class-token position.
+        let msg = invalid(create(&clip, m, json!({ "position": "top" })));
+        assert!(
+            msg.contains("options: position: ") && msg.contains("`top`"),
+            "{m}: {msg}"
+        );
+        // Values of the right type that make no learner.
+        let msg = invalid(create(&clip, m, json!({ "nCtx": 0 })));
+        assert!(msg.contains("nCtx"), "{m}: {msg}");
+    }
+    let msg = invalid(create(&clip, "cocoop", json!({ "metaNetRatio": "x" })));
+    assert!(msg.contains("options: metaNetRatio: invalid type"), "{msg}");
+    let msg = invalid(create(&clip, "cocoop", json!({ "metaNetRatio": 0 })));
+    assert!(msg.contains("metaNetRatio"), "{msg}");
+    let msg = invalid(create(&clip, "cocoop", json!({ "classSpecific": true })));
+    assert!(msg.contains("classSpecific"), "{msg}");
+    let msg = invalid(create(&clip, "kgcoop", json!({ "w": "heavy" })));
+    assert!(msg.contains("options: w: invalid type"), "{msg}");
+    // Fields of one method are unknown to another.
+    let msg = invalid(create(&clip, "coop", json!({ "metaNetRatio": 4 })));
+    assert!(msg.contains("unknown field `metaNetRatio`"), "{msg}");
+    let msg = invalid(create(&clip, "cocoop", json!({ "template": "a {}." })));
+    assert!(msg.contains("unknown field `template`"), "{msg}");
+    // Options that are not an object (an array would otherwise be read positionally: nCtx 4).
+    let msg = invalid(create(&clip, "coop", json!([4])));
+    assert!(msg.contains("coop options must be an object"), "{msg}");
+    let msg = invalid(TrainOptions::from_json(json!([3])));
+    assert!(msg.contains("train options must be an object"), "{msg}");
+}
+
+#[test]
+fn train_options_name_the_field() {
+    let msg = invalid(TrainOptions::from_json(json!({ "epoch": 3 })));
+    assert!(
+        msg.contains("unknown field `epoch`") && msg.contains("epochs"),
+        "{msg}"
+    );
+    let msg = invalid(TrainOptions::from_json(json!({ "epochs": "ten" })));
+    assert!(msg.contains("epochs: invalid type"), "{msg}");
+    let msg = invalid(TrainOptions::from_json(json!({ "schedule": "linear" })));
+    assert!(
+        msg.contains("schedule: ") && msg.contains("`linear`"),
+        "{msg}"
+    );
+    let msg = invalid(TrainOptions::from_json(json!({ "batchSize": -1 })));
+    assert!(msg.contains("batchSize: "), "{msg}");
+    // Parsed, but no valid config: refused when resolved, by name.
+    let zero = TrainOptions::from_json(json!({ "epochs": 0 })).unwrap();
+    let msg = invalid(zero.resolve(&Recipe::default()));
+    assert!(msg.contains("epochs must be at least 1"), "{msg}");
+    let msg = invalid(
+        TrainOptions::from_json(json!({ "lr": -0.1 }))
+            .unwrap()
+            .resolve(&Recipe::default()),
+    );
+    assert!(msg.contains("lr must be a positive number"), "{msg}");
+}
+
+#[test]
+fn recipes_are_the_papers_and_options_override_them_field_by_field() {
+    let clip = hf_clip();
+    let coop = create(&clip, "coop", json!({})).unwrap().recipe();
+    let cocoop = create(&clip, "cocoop", json!({})).unwrap().recipe();
+    assert_eq!(
+        coop,
+        Recipe {
+            epochs: 50,
+            batch_size: 32,
+            lr: 0.002
+        }
+    );
+    assert_eq!(
+        cocoop,
+        Recipe {
+            epochs: 10,
+            batch_size: 1,
+            lr: 0.002
+        }
+    );
+    for recipe in [coop, cocoop] {
+        let c = TrainOptions::default().resolve(&recipe).unwrap();
+        assert_eq!(
+            (c.epochs, c.batch_size, c.sgd.lr),
+            (recipe.epochs, recipe.batch_size, recipe.lr)
+        );
+        // The shared recipe underneath: momentum 0.9, weight decay 5e-4, one warmup epoch.
+        assert_eq!(
+            (c.sgd.momentum, c.sgd.weight_decay, c.warmup_epochs),
+            (0.9, 5e-4, 1)
+        );
+        let from_json = TrainOptions::from_json(json!({}))
+            .unwrap()
+            .resolve(&recipe)
+            .unwrap();
+        assert_eq!(
+            (from_json.epochs, from_json.batch_size, from_json.sgd.lr),
+            (recipe.epochs, recipe.batch_size, recipe.lr)
+        );
+        let c = TrainConfig::for_recipe(&recipe);
+        assert_eq!(
+            (c.epochs, c.batch_size, c.sgd.lr),
+            (recipe.epochs, recipe.batch_size, recipe.lr)
+        );
+    }
+    // One field given: that field changes, the rest stay the method's.
+    let c = TrainOptions::from_json(json!({ "epochs": 3, "augment": false }))
+        .unwrap()
+        .resolve(&cocoop)
+        .unwrap();
+    assert_eq!(
+        (c.epochs, c.batch_size, c.sgd.lr, c.augment),
+        (3, 1, 0.002, false)
+    );
+}
+
+#[test]
+fn learner_files_round_trip_for_every_method() {
+    let clip = hf_clip();
+    let dir = tempfile::tempdir().unwrap();
+    let feats = Tensor::randn(0f32, 1.0, (4, clip.embed_dim()), &dev()).unwrap();
+    let new_names: Vec<String> = ["cat", "paper crane", "x", "sea turtle"]
+        .map(String::from)
+        .to_vec();
+    for (m, options) in [
+        (
+            "coop",
+            json!({ "nCtx": 3, "position": "middle", "seed": 5 }),
+        ),
+        ("cocoop", json!({ "metaNetRatio": 4, "seed": 3 })),
+        (
+            "kgcoop",
+            json!({ "w": 2.5, "template": "a blurry photo of a {}." }),
+        ),
+    ] {
+        let l = create(&clip, m, options.clone()).unwrap();
+        // Parameters that are not the initial ones: a load that re-initialised would be caught.
+        for (_, v) in l.vars() {
+            v.set(&((v.as_tensor() * 1.5).unwrap() + 0.01).unwrap())
+                .unwrap();
+        }
+        let path = dir.path().join(format!("{m}.safetensors"));
+        save(&path, l.as_ref(), &clip).unwrap();
+        let (loaded, meta) = load(
+            &path,
+            &clip,
+            Runtime {
+                memory_budget_mb: 5,
+            },
+        )
+        .unwrap();
+        assert_eq!(meta, l.meta(), "{m}");
+        assert_eq!(loaded.meta(), l.meta(), "{m}");
+        for (key, value) in options.as_object().unwrap() {
+            assert_eq!(&meta.options[key], value, "{m}: option {key}");
+        }
+        let (a, b) = (loaded.vars(), l.vars());
+        assert_eq!(a.len(), b.len());
+        for ((name, x), (name_b, y)) in a.iter().zip(&b) {
+            assert_eq!(name, name_b);
+            assert_eq!(bits(x.as_tensor()), bits(y.as_tensor()), "{m}: {name}");
+        }
+        // Both score images alike, on their own classes and on new ones.
+        for class_names in [None, Some(new_names.as_slice())] {
+            let (p, q) = (
+                loaded
+                    .scorer(&clip, class_names)
+                    .unwrap()
+                    .logits(&feats)
+                    .unwrap(),
+                l.scorer(&clip, class_names)
+                    .unwrap()
+                    .logits(&feats)
+                    .unwrap(),
+            );
+            assert_eq!(bits(&p), bits(&q), "{m}: scores for {class_names:?}");
+        }
+    }
+}
+
+#[test]
+fn non_finite_parameters_are_not_saved() {
+    let clip = hf_clip();
+    let dir = tempfile::tempdir().unwrap();
+    for (m, bad) in [
+        ("coop", "ctx"),
+        ("cocoop", "meta.linear2.bias"),
+        ("cocoop", "ctx"),
+        ("kgcoop", "ctx"),
+    ] {
+        let l = create(&clip, m, json!({})).unwrap();
+        let (_, var) = l.vars().into_iter().find(|(n, _)| n == bad).unwrap();
+        let mut values = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let i = values.len() / 2;
+        values[i] = f32::NAN;
+        var.set(&Tensor::from_vec(values, var.dims(), &dev()).unwrap())
+            .unwrap();
+        let path = dir.path().join(format!("{m}-{bad}.safetensors"));
+        let err = save(&path, l.as_ref(), &clip).unwrap_err();
+        assert!(matches!(err, Error::NonFiniteParams(_)), "{m}: {err:?}");
+        assert_eq!(err.code(), "E_NON_FINITE_PARAMS");
+        assert!(err.to_string().contains(&format!("`{bad}`")), "{m}: {err}");
+        assert!(!path.exists(), "{m}: a file was written");
+        // An infinity is refused as well.
+        var.set(&Tensor::full(f32::INFINITY, var.dims(), &dev()).unwrap())
+            .unwrap();
+        assert_eq!(
+            save(&path, l.as_ref(), &clip).unwrap_err().code(),
+            "E_NON_FINITE_PARAMS"
+        );
+    }
+}
+
+#[test]
+fn resume_refuses_a_checkpoint_of_another_method_with_the_same_shapes() {
+    // CoOp from "a photo of a" and KgCoOp (whose default context is those words) both train one
+    // (4, d) context: only the learner description tells the checkpoints apart.
+    let clip = hf_clip();
+    let (class_names, data) = colours(1, 5, 0..3);
+    let make = |m: &str, options: serde_json::Value| {
+        methods::create(&clip, m, &class_names, options, Runtime::default()).unwrap()
+    };
+    let coop_options = json!({ "ctxInit": "a photo of a" });
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("coop.ckpt");
+    let config = TrainConfig {
+        epochs: 2,
+        batch_size: 3,
+        augment: false,
+        checkpoint_path: Some(ck.clone()),
+        ..TrainConfig::default()
+    };
+    let coop = make("coop", coop_options.clone());
+    let kgcoop = make("kgcoop", json!({}));
+    assert_eq!(coop.meta().params, kgcoop.meta().params);
+    fit(
+        &clip,
+        coop.as_ref(),
+        &data,
+        &config,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let resume = TrainConfig {
+        resume_from: Some(ck.clone()),
+        ..config
+    };
+    let err = fit(
+        &clip,
+        kgcoop.as_ref(),
+        &data,
+        &resume,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("different learner"), "{err}");
+    // The same method with other options is refused too; the same learner resumes.
+    let other = make("coop", json!({ "ctxInit": "a photo of a", "seed": 2 }));
+    let err = fit(
+        &clip,
+        other.as_ref(),
+        &data,
+        &resume,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("different learner"), "{err}");
+    let same = make("coop", coop_options);
+    let s = fit(
+        &clip,
+        same.as_ref(),
+        &data,
+        &resume,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    // The checkpoint is the finished run's: nothing is left to do.
+    assert_eq!((s.start_epoch, s.epoch_loss.len()), (2, 0));
+    assert_eq!(
+        bits(same.vars()[0].1.as_tensor()),
+        bits(coop.vars()[0].1.as_tensor())
+    );
+}
