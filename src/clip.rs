@@ -32,7 +32,10 @@ pub fn image_sources(images: Vec<Either3<String, Uint8Array, NativeRawImage>>) -
                 data: Arc::from(bytes.to_vec()),
             },
             Either3::C(raw) => ImageSource::Pixels {
-                name: format!("images[{i}] (raw {}x{}x{})", raw.width, raw.height, raw.channels),
+                name: format!(
+                    "images[{i}] (raw {}x{}x{})",
+                    raw.width, raw.height, raw.channels
+                ),
                 width: raw.width,
                 height: raw.height,
                 channels: raw.channels.min(255) as u8,
@@ -126,7 +129,10 @@ pub fn defaults() -> NativeDefaults {
     NativeDefaults {
         batch_size: features::BATCH_SIZE as u32,
         top_k: promptclip_core::eval::TOP_K as u32,
-        eval_top_k: promptclip_core::eval::EVAL_TOP_K.iter().map(|&k| k as u32).collect(),
+        eval_top_k: promptclip_core::eval::EVAL_TOP_K
+            .iter()
+            .map(|&k| k as u32)
+            .collect(),
         template: zeroshot::DEFAULT_TEMPLATE.into(),
     }
 }
@@ -150,15 +156,22 @@ pub struct NativeLoadOptions {
 
 /// Load a CLIP checkpoint (Hugging Face folder or OpenAI-named safetensors file) off the main thread.
 #[napi(ts_return_type = "Promise<NativeClip>")]
-pub fn load_clip(path: String, options: Option<NativeLoadOptions>) -> AsyncTask<CoreTask<Clip, NativeClip>> {
+pub fn load_clip(
+    path: String,
+    options: Option<NativeLoadOptions>,
+) -> AsyncTask<CoreTask<Clip, NativeClip>> {
     let (device, dtype) = options.map_or((None, None), |o| (o.device, o.dtype));
     CoreTask::new(
         move || {
-            let device = promptclip_core::device::device_from_name(device.as_deref().unwrap_or("cpu"))?;
-            let dtype = promptclip_core::device::dtype_from_name(dtype.as_deref().unwrap_or("fp32"))?;
+            let device =
+                promptclip_core::device::device_from_name(device.as_deref().unwrap_or("cpu"))?;
+            let dtype =
+                promptclip_core::device::dtype_from_name(dtype.as_deref().unwrap_or("fp32"))?;
             Clip::load_with_dtype(std::path::Path::new(&path), &device, dtype)
         },
-        |clip| NativeClip { inner: Arc::new(clip) },
+        |clip| NativeClip {
+            inner: Arc::new(clip),
+        },
     )
 }
 
@@ -191,7 +204,11 @@ impl NativeClip {
                 promptclip_core::clip::weights::Naming::OpenAi => "openai".into(),
             },
             source: c.source.display().to_string(),
-            device: if c.device.is_cuda() { "cuda".into() } else { "cpu".into() },
+            device: if c.device.is_cuda() {
+                "cuda".into()
+            } else {
+                "cpu".into()
+            },
             dtype: promptclip_core::device::dtype_name(c.dtype).into(),
         }
     }
@@ -199,7 +216,12 @@ impl NativeClip {
     /// CLIP token ids ([SOS] ... [EOT], unpadded) for each text.
     #[napi]
     pub fn tokenize(&self, env: Env, texts: Vec<String>) -> napi::Result<Vec<Vec<u32>>> {
-        sync(&env, || texts.iter().map(|t| self.inner.tokenizer.encode(t)).collect())
+        sync(&env, || {
+            texts
+                .iter()
+                .map(|t| self.inner.tokenizer.encode(t))
+                .collect()
+        })
     }
 
     #[napi(ts_return_type = "Promise<NativeEncodedImages>")]
@@ -207,29 +229,41 @@ impl NativeClip {
         &self,
         images: Vec<Either3<String, Uint8Array, NativeRawImage>>,
         batch: Option<u32>,
-    ) -> AsyncTask<CoreTask<(u32, Vec<u32>, Vec<f32>, Vec<NativeImageFailure>), NativeEncodedImages>> {
+    ) -> AsyncTask<CoreTask<NativeEncodedImages, NativeEncodedImages>> {
         let (clip, sources, bs) = (self.inner.clone(), image_sources(images), batch_size(batch));
         CoreTask::new(
             move || {
                 let enc = features::encode(&clip, &sources, bs)?;
-                let data = enc.features.as_ref().map(flat_f32).transpose()?.unwrap_or_default();
-                let indices = enc.indices.iter().map(|&i| i as u32).collect();
-                Ok((clip.embed_dim() as u32, indices, data, failures(enc.failures)))
+                let data = enc
+                    .features
+                    .as_ref()
+                    .map(flat_f32)
+                    .transpose()?
+                    .unwrap_or_default();
+                Ok(NativeEncodedImages {
+                    dim: clip.embed_dim() as u32,
+                    indices: enc.indices.iter().map(|&i| i as u32).collect(),
+                    embeddings: Float32Array::new(data),
+                    failures: failures(enc.failures),
+                })
             },
-            |(dim, indices, data, failures)| NativeEncodedImages {
-                dim,
-                indices,
-                embeddings: Float32Array::new(data),
-                failures,
-            },
+            |encoded| encoded,
         )
     }
 
     #[napi(ts_return_type = "Promise<NativeEncodedTexts>")]
-    pub fn encode_texts(&self, texts: Vec<String>) -> AsyncTask<CoreTask<(u32, Vec<f32>), NativeEncodedTexts>> {
+    pub fn encode_texts(
+        &self,
+        texts: Vec<String>,
+    ) -> AsyncTask<CoreTask<(u32, Vec<f32>), NativeEncodedTexts>> {
         let clip = self.inner.clone();
         CoreTask::new(
-            move || Ok((clip.embed_dim() as u32, flat_f32(&clip.encode_texts(&texts)?)?)),
+            move || {
+                Ok((
+                    clip.embed_dim() as u32,
+                    flat_f32(&clip.encode_texts(&texts)?)?,
+                ))
+            },
             |(dim, data)| NativeEncodedTexts {
                 dim,
                 embeddings: Float32Array::new(data),

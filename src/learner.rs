@@ -1,6 +1,8 @@
 //! Learners of every registered method, through the core's one seam: create by method name with
 //! the method's own options, load, save, read `info` and the context, predict, interpret.
-use crate::clip::{batch_size, flat_f32, image_sources, Classified, NativeClip, NativePredictions, NativeRawImage};
+use crate::clip::{
+    batch_size, flat_f32, image_sources, Classified, NativeClip, NativePredictions, NativeRawImage,
+};
 use crate::errors::sync;
 use crate::tasks::CoreTask;
 use napi::bindgen_prelude::*;
@@ -26,7 +28,9 @@ pub(crate) fn lock(m: &Mutex<Learner>) -> promptclip_core::Result<MutexGuard<'_,
 /// For synchronous calls on the main thread: never wait for a training task to finish.
 fn lock_now(m: &Mutex<Learner>) -> promptclip_core::Result<MutexGuard<'_, Learner>> {
     m.try_lock().map_err(|e| match e {
-        TryLockError::WouldBlock => Error::Busy("the learner is training; read it after fit() resolves".into()),
+        TryLockError::WouldBlock => {
+            Error::Busy("the learner is training; read it after fit() resolves".into())
+        }
         TryLockError::Poisoned(_) => Error::Internal(POISONED.into()),
     })
 }
@@ -49,7 +53,13 @@ pub fn create_learner(
     let clip = clip.inner.clone();
     sync(&env, || {
         let options = options.unwrap_or(serde_json::Value::Null);
-        let learner = methods::create(&clip, &method, &class_names, options, runtime(runtime_options)?)?;
+        let learner = methods::create(
+            &clip,
+            &method,
+            &class_names,
+            options,
+            runtime(runtime_options)?,
+        )?;
         Ok(NativeLearner {
             clip,
             inner: Arc::new(Mutex::new(learner)),
@@ -60,7 +70,10 @@ pub fn create_learner(
 /// The registered methods' names.
 #[napi]
 pub fn method_names() -> Vec<String> {
-    methods::METHODS.iter().map(|m| m.name.to_string()).collect()
+    methods::METHODS
+        .iter()
+        .map(|m| m.name.to_string())
+        .collect()
 }
 
 /// Load a learner file of any method onto `clip`, with runtime settings (memoryBudgetMb).
@@ -73,7 +86,11 @@ pub fn load_learner(
     let clip = clip.inner.clone();
     CoreTask::new(
         move || {
-            let (learner, _) = io::load(std::path::Path::new(&path), &clip, runtime(runtime_options)?)?;
+            let (learner, _) = io::load(
+                std::path::Path::new(&path),
+                &clip,
+                runtime(runtime_options)?,
+            )?;
             Ok((clip, learner))
         },
         |(clip, learner)| NativeLearner {
@@ -101,7 +118,10 @@ pub struct NativePredictProgress {
 }
 
 fn no_context(learner: &Learner) -> Error {
-    Error::Unsupported(format!("a {} learner has no prompt context", learner.meta().method))
+    Error::Unsupported(format!(
+        "a {} learner has no prompt context",
+        learner.meta().method
+    ))
 }
 
 #[napi]
@@ -115,7 +135,11 @@ impl NativeLearner {
                 method: m.method,
                 class_names: m.class_names,
                 options: m.options,
-                params: m.params.into_iter().map(|(n, s)| (n, s.into_iter().map(|d| d as u32).collect())).collect(),
+                params: m
+                    .params
+                    .into_iter()
+                    .map(|(n, s)| (n, s.into_iter().map(|d| d as u32).collect()))
+                    .collect(),
             })
         })
     }
@@ -136,7 +160,15 @@ impl NativeLearner {
         images: Vec<Either3<String, Uint8Array, NativeRawImage>>,
         class_names: Option<Vec<String>>,
         batch: Option<u32>,
-        on_progress: Option<ThreadsafeFunction<NativePredictProgress, Unknown<'static>, NativePredictProgress, Status, false>>,
+        on_progress: Option<
+            ThreadsafeFunction<
+                NativePredictProgress,
+                Unknown<'static>,
+                NativePredictProgress,
+                Status,
+                false,
+            >,
+        >,
     ) -> AsyncTask<CoreTask<Classified, NativePredictions>> {
         let (clip, learner) = (self.clip.clone(), self.inner.clone());
         let (sources, bs) = (image_sources(images), batch_size(batch));
@@ -153,7 +185,8 @@ impl NativeLearner {
                     }
                 };
                 let names = class_names.as_deref();
-                let p = methods::predict(&clip, learner.as_ref(), &sources, names, bs, &mut report)?;
+                let p =
+                    methods::predict(&clip, learner.as_ref(), &sources, names, bs, &mut report)?;
                 Ok(Classified {
                     class_names: class_names.unwrap_or_else(|| learner.class_names().to_vec()),
                     indices: p.indices,
@@ -167,7 +200,10 @@ impl NativeLearner {
 
     /// The `topK` nearest vocabulary tokens of each context vector (CoOp's Table 4).
     #[napi(ts_return_type = "Promise<NativeInterpretRow[]>")]
-    pub fn interpret(&self, top_k: Option<u32>) -> AsyncTask<CoreTask<Vec<NativeInterpretRow>, Vec<NativeInterpretRow>>> {
+    pub fn interpret(
+        &self,
+        top_k: Option<u32>,
+    ) -> AsyncTask<CoreTask<Vec<NativeInterpretRow>, Vec<NativeInterpretRow>>> {
         let (clip, learner) = (self.clip.clone(), self.inner.clone());
         let k = top_k.map_or(promptclip_core::eval::TOP_K, |k| k as usize);
         CoreTask::new(

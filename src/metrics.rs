@@ -40,7 +40,11 @@ pub fn compute_metrics(
             accuracy: m.accuracy,
             error_rate: m.error_rate,
             macro_f1: m.macro_f1,
-            per_class_accuracy: m.per_class_accuracy.iter().map(|a| a.unwrap_or(f64::NAN)).collect(),
+            per_class_accuracy: m
+                .per_class_accuracy
+                .iter()
+                .map(|a| a.unwrap_or(f64::NAN))
+                .collect(),
             confusion: m.confusion,
             top_k: m.top_k.iter().map(|&(k, a)| vec![k as f64, a]).collect(),
         })

@@ -11,7 +11,10 @@ pub struct CoreTask<T: Send + 'static, J> {
 }
 
 impl<T: Send + 'static, J: ToNapiValue + TypeName> CoreTask<T, J> {
-    pub fn new(work: impl FnOnce() -> promptclip_core::Result<T> + Send + 'static, to_js: fn(T) -> J) -> AsyncTask<Self> {
+    pub fn new(
+        work: impl FnOnce() -> promptclip_core::Result<T> + Send + 'static,
+        to_js: fn(T) -> J,
+    ) -> AsyncTask<Self> {
         AsyncTask::new(Self {
             work: Some(Box::new(work)),
             to_js,

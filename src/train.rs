@@ -7,7 +7,9 @@ use crate::tasks::CoreTask;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
-use promptclip_core::train::{fit_with_validation, LabelledImages, Progress, TrainOptions, TrainSummary};
+use promptclip_core::train::{
+    fit_with_validation, LabelledImages, Progress, TrainOptions, TrainSummary,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -116,11 +118,16 @@ impl NativeLearner {
         data: NativeDataset,
         validation: Option<NativeDataset>,
         options: Option<serde_json::Value>,
-        on_progress: Option<ThreadsafeFunction<NativeProgress, Unknown<'static>, NativeProgress, Status, false>>,
+        on_progress: Option<
+            ThreadsafeFunction<NativeProgress, Unknown<'static>, NativeProgress, Status, false>,
+        >,
         cancel: Option<&NativeCancelToken>,
     ) -> AsyncTask<CoreTask<TrainSummary, NativeTrainSummary>> {
         let (clip, learner) = (self.clip.clone(), self.inner.clone());
-        let (data, validation) = (LabelledImages::from(data), validation.map(LabelledImages::from));
+        let (data, validation) = (
+            LabelledImages::from(data),
+            validation.map(LabelledImages::from),
+        );
         let cancel = cancel.map(|c| c.flag.clone()).unwrap_or_default();
         CoreTask::new(
             move || {
@@ -129,11 +136,22 @@ impl NativeLearner {
                 let config = options.resolve(&learner.recipe())?;
                 let mut report = |p: &Progress| {
                     if let Some(f) = &on_progress {
-                        f.call(NativeProgress::from(p), ThreadsafeFunctionCallMode::NonBlocking);
+                        f.call(
+                            NativeProgress::from(p),
+                            ThreadsafeFunctionCallMode::NonBlocking,
+                        );
                     }
                 };
                 let learner = learner.as_ref();
-                fit_with_validation(&clip, learner, &data, validation.as_ref(), &config, &mut report, &cancel)
+                fit_with_validation(
+                    &clip,
+                    learner,
+                    &data,
+                    validation.as_ref(),
+                    &config,
+                    &mut report,
+                    &cancel,
+                )
             },
             NativeTrainSummary::from,
         )

@@ -13,7 +13,7 @@ fn main() {
     }
     let nvcc = ["CUDA_ROOT", "CUDA_PATH", "CUDA_HOME"]
         .iter()
-        .filter_map(|v| std::env::var_os(v))
+        .filter_map(std::env::var_os)
         .map(|root| PathBuf::from(root).join("bin").join("nvcc"))
         .find(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("nvcc"));

@@ -48,16 +48,27 @@ mod tests {
 
     #[test]
     fn underscores_become_spaces_in_prompts_only() {
-        assert_eq!(validate(&s(&["golden_retriever", " cat "])).unwrap(), s(&["golden retriever", "cat"]));
+        assert_eq!(
+            validate(&s(&["golden_retriever", " cat "])).unwrap(),
+            s(&["golden retriever", "cat"])
+        );
     }
 
     #[test]
     fn collisions_name_both_entries_as_given() {
         let e = validate(&s(&["a b", "a_b"])).unwrap_err().to_string();
         assert!(e.contains("classNames[1] `a_b` is a duplicate of classNames[0] `a b` (in a prompt both read `a b`"), "{e}");
-        let e = validate(&s(&["dog", "cat", "dog"])).unwrap_err().to_string();
-        assert!(e.contains("classNames[2] `dog` is a duplicate of classNames[0] `dog`"), "{e}");
-        assert!(validate(&s(&["x", "_"])).unwrap_err().to_string().contains("classNames[1] is empty"));
+        let e = validate(&s(&["dog", "cat", "dog"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("classNames[2] `dog` is a duplicate of classNames[0] `dog`"),
+            "{e}"
+        );
+        assert!(validate(&s(&["x", "_"]))
+            .unwrap_err()
+            .to_string()
+            .contains("classNames[1] is empty"));
         assert!(validate(&[]).is_err());
     }
 }

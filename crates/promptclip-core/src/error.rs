@@ -116,3 +116,20 @@ impl From<candle_core::Error> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candle_backtraces_stay_out_of_messages() {
+        let with_bt = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("shape mismatch".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        let wrapped = with_bt.context("in layer 3");
+        let e = Error::from(wrapped);
+        assert_eq!(e.to_string(), "in layer 3\nshape mismatch");
+        assert_eq!(e.code(), "E_TENSOR");
+    }
+}

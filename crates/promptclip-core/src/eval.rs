@@ -33,7 +33,9 @@ pub fn metrics(
     ks: &[usize],
 ) -> Result<Metrics> {
     if let Some(i) = ks.iter().position(|&k| k == 0) {
-        return Err(Error::InvalidArgument(format!("topK[{i}] must be at least 1")));
+        return Err(Error::InvalidArgument(format!(
+            "topK[{i}] must be at least 1"
+        )));
     }
     let mut capped: Vec<usize> = Vec::new();
     for &k in ks {

@@ -18,11 +18,7 @@ pub struct EncodedImages {
     pub failures: Vec<(usize, Error)>,
 }
 
-pub fn encode(
-    clip: &Clip,
-    sources: &[ImageSource],
-    batch_size: usize,
-) -> Result<EncodedImages> {
+pub fn encode(clip: &Clip, sources: &[ImageSource], batch_size: usize) -> Result<EncodedImages> {
     let batch_size = batch_size.max(1);
     let size = clip.image_config.crop as usize;
     let mut parts = Vec::new();
@@ -66,7 +62,10 @@ pub fn encode(
 pub fn encode_all(clip: &Clip, sources: &[ImageSource], what: &str) -> Result<Tensor> {
     let enc = encode(clip, sources, BATCH_SIZE)?;
     if let Some((i, e)) = enc.failures.into_iter().next() {
-        return Err(Error::InvalidArgument(format!("{what} {i} cannot be used: {e}")));
+        return Err(Error::InvalidArgument(format!(
+            "{what} {i} cannot be used: {e}"
+        )));
     }
-    enc.features.ok_or_else(|| Error::InvalidArgument(format!("no {what}s were given")))
+    enc.features
+        .ok_or_else(|| Error::InvalidArgument(format!("no {what}s were given")))
 }

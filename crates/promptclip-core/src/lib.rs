@@ -24,9 +24,9 @@ pub mod zeroshot;
 pub use clip::Clip;
 /// candle's tensor types, re-exported so dependants need no direct candle dependency.
 pub mod tensor {
-    pub use candle_core::{DType, Device, Tensor};
     /// The CUDA driver API (for the benchmark's profiler brackets and memory queries).
     #[cfg(feature = "cuda")]
     pub use candle_core::cuda_backend::cudarc::driver::sys as cuda_sys;
+    pub use candle_core::{DType, Device, Tensor};
 }
 pub use error::{Error, Result};

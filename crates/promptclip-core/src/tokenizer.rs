@@ -79,7 +79,10 @@ pub fn bytes_to_unicode() -> Vec<(u8, char)> {
 
 /// CLIP's vocabulary and merges from the gzipped merge list (`bpe_simple_vocab_16e6.txt.gz`):
 /// 256 byte tokens, the same with `</w>`, one token per merge, then the two special tokens.
-pub fn clip_vocab_from_merge_list(gz: &[u8]) -> Result<(Vec<String>, Vec<(String, String)>)> {
+/// A BPE vocabulary (tokens in id order) and its merges.
+pub type VocabAndMerges = (Vec<String>, Vec<(String, String)>);
+
+pub fn clip_vocab_from_merge_list(gz: &[u8]) -> Result<VocabAndMerges> {
     use std::io::Read;
     let mut text = String::new();
     flate2::read::GzDecoder::new(gz)
@@ -349,10 +352,6 @@ impl ClipTokenizer {
             batch: texts.len(),
             len,
         })
-    }
-
-    pub fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
     }
 
     /// Readable text of one token: the byte-level characters mapped back to bytes, and the

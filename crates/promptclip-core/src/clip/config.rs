@@ -191,19 +191,19 @@ impl ClipConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
         let t = &self.text_config;
         let v = &self.vision_config;
-        if t.num_attention_heads == 0 || t.hidden_size % t.num_attention_heads != 0 {
+        if t.num_attention_heads == 0 || !t.hidden_size.is_multiple_of(t.num_attention_heads) {
             return Err(format!(
                 "text_config.hidden_size {} is not divisible by num_attention_heads {}",
                 t.hidden_size, t.num_attention_heads
             ));
         }
-        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return Err(format!(
                 "vision_config.hidden_size {} is not divisible by num_attention_heads {}",
                 v.hidden_size, v.num_attention_heads
             ));
         }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return Err(format!(
                 "vision_config.image_size {} is not a multiple of patch_size {}",
                 v.image_size, v.patch_size

@@ -15,6 +15,7 @@ pub struct TextTransformer {
     pub config: ClipTextConfig,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn load_layers(
     w: &Weights,
     tower: Tower,

@@ -68,10 +68,6 @@ impl Weights {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
         self.st.get(name).ok().map(|v| v.shape().to_vec())
     }
@@ -131,7 +127,7 @@ impl Weights {
         }
         // OpenAI's build_model: heads = width / 64 for both towers.
         let heads = |w: usize, which: &str| {
-            if w % 64 != 0 {
+            if !w.is_multiple_of(64) {
                 Err(bad(format!(
                     "{which} width {w} is not a multiple of 64 (OpenAI CLIP uses 64-dim heads)"
                 )))

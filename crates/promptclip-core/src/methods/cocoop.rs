@@ -26,12 +26,20 @@ pub struct MetaNet {
 
 impl MetaNet {
     /// PyTorch's nn.Linear default initialisation: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-    pub fn new(vis_dim: usize, hidden: usize, ctx_dim: usize, seed: u64, device: &candle_core::Device) -> Result<Self> {
+    pub fn new(
+        vis_dim: usize,
+        hidden: usize,
+        ctx_dim: usize,
+        seed: u64,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
         let mut rng = Rng::new(seed);
         let mut uniform = |shape: &[usize], fan_in: usize| -> Result<Var> {
             let bound = 1.0 / (fan_in as f64).sqrt();
             let n = shape.iter().product();
-            let data: Vec<f32> = (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect();
+            let data: Vec<f32> = (0..n)
+                .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
+                .collect();
             Ok(Var::from_tensor(&Tensor::from_vec(data, shape, device)?)?)
         };
         Ok(Self {
@@ -96,24 +104,46 @@ pub struct CocoopLearner {
 }
 
 impl CocoopLearner {
-    pub fn new(clip: &Clip, class_names: &[String], config: CocoopConfig, runtime: Runtime) -> Result<Self> {
+    pub fn new(
+        clip: &Clip,
+        class_names: &[String],
+        config: CocoopConfig,
+        runtime: Runtime,
+    ) -> Result<Self> {
         if config.context.class_specific {
             return Err(Error::InvalidArgument(
                 "CoCoOp learns one unified context (classSpecific is CoOp-only)".into(),
             ));
         }
         if config.meta_net_ratio == 0 {
-            return Err(Error::InvalidArgument("metaNetRatio must be at least 1".into()));
+            return Err(Error::InvalidArgument(
+                "metaNetRatio must be at least 1".into(),
+            ));
         }
         let seed = config.context.seed;
-        let prompt = PromptLearner::with_default_init(clip, class_names, config.context, Some(PHOTO_CTX_INIT))?;
+        let prompt = PromptLearner::with_default_init(
+            clip,
+            class_names,
+            config.context,
+            Some(PHOTO_CTX_INIT),
+        )?;
         let vis_dim = clip.embed_dim();
         let hidden = (vis_dim / config.meta_net_ratio).max(1);
         let meta = MetaNet::new(vis_dim, hidden, clip.text.hidden_size(), seed, &clip.device)?;
-        Ok(Self::from_parts(prompt, meta, config.meta_net_ratio, runtime))
+        Ok(Self::from_parts(
+            prompt,
+            meta,
+            config.meta_net_ratio,
+            runtime,
+        ))
     }
 
-    pub fn from_parts(prompt: PromptLearner, meta: MetaNet, meta_net_ratio: usize, runtime: Runtime) -> Self {
+    pub fn from_parts(
+        prompt: PromptLearner,
+        meta: MetaNet,
+        meta_net_ratio: usize,
+        runtime: Runtime,
+    ) -> Self {
         Self {
             prompt,
             meta,
@@ -164,7 +194,7 @@ impl CocoopLearner {
             })
             .collect::<Result<Vec<_>>>()?;
         let eot: Vec<usize> = (0..b).flat_map(|_| buffers.eot.iter().copied()).collect();
-        let group: Vec<usize> = (0..b).flat_map(|i| std::iter::repeat(i).take(k)).collect();
+        let group: Vec<usize> = (0..b).flat_map(|i| std::iter::repeat_n(i, k)).collect();
         Ok((Tensor::cat(&prompts, 0)?, eot, group))
     }
 
@@ -237,7 +267,8 @@ struct PerImageScorer<'a> {
 
 impl Scorer for PerImageScorer<'_> {
     fn logits(&self, image_features: &Tensor) -> Result<Tensor> {
-        self.learner.logits_for(self.clip, image_features, &self.buffers)
+        self.learner
+            .logits_for(self.clip, image_features, &self.buffers)
     }
 }
 
@@ -272,10 +303,19 @@ impl Method for CocoopLearner {
     }
 
     fn logits(&self, clip: &Clip, image_features: &Tensor) -> Result<Tensor> {
-        self.chunk_logits(clip, image_features, &self.prompt.buffers, self.prompt.ctx.as_tensor())
+        self.chunk_logits(
+            clip,
+            image_features,
+            &self.prompt.buffers,
+            self.prompt.ctx.as_tensor(),
+        )
     }
 
-    fn scorer<'a>(&'a self, clip: &'a Clip, class_names: Option<&[String]>) -> Result<Box<dyn Scorer + 'a>> {
+    fn scorer<'a>(
+        &'a self,
+        clip: &'a Clip,
+        class_names: Option<&[String]>,
+    ) -> Result<Box<dyn Scorer + 'a>> {
         let buffers = match class_names {
             Some(names) => self.prompt.buffers_for(clip, names)?,
             None => self.prompt.buffers.clone(),
@@ -363,13 +403,19 @@ pub const SPEC: MethodSpec = MethodSpec {
         let config: CocoopConfig = super::parse_options("cocoop", meta.options.clone())?;
         let ctx = super::saved(tensors, "ctx")?;
         let prompt = PromptLearner::from_parts(clip, &meta.class_names, config.context, ctx)?;
-        let var = |name: &str| -> Result<Var> { Ok(Var::from_tensor(&super::saved(tensors, name)?)?) };
+        let var =
+            |name: &str| -> Result<Var> { Ok(Var::from_tensor(&super::saved(tensors, name)?)?) };
         let meta_net = MetaNet {
             linear1_weight: var("meta.linear1.weight")?,
             linear1_bias: var("meta.linear1.bias")?,
             linear2_weight: var("meta.linear2.weight")?,
             linear2_bias: var("meta.linear2.bias")?,
         };
-        Ok(Box::new(CocoopLearner::from_parts(prompt, meta_net, config.meta_net_ratio, runtime)))
+        Ok(Box::new(CocoopLearner::from_parts(
+            prompt,
+            meta_net,
+            config.meta_net_ratio,
+            runtime,
+        )))
     },
 };

@@ -134,16 +134,25 @@ impl PromptLearner {
                 let words = crate::classnames::prompt_text(&words);
                 let ids = clip.tokenizer.encode_words(&words)?;
                 if ids.is_empty() {
-                    return Err(Error::InvalidArgument(format!("ctxInit `{words}` has no tokens")));
+                    return Err(Error::InvalidArgument(format!(
+                        "ctxInit `{words}` has no tokens"
+                    )));
                 }
                 let ids_t = Tensor::new(ids.as_slice(), &clip.device)?;
                 let emb = clip.text.token_embedding.index_select(&ids_t, 0)?;
-                let emb = emb.to_dtype(DType::F32)?.unsqueeze(0)?.repeat((rows, 1, 1))?;
+                let emb = emb
+                    .to_dtype(DType::F32)?
+                    .unsqueeze(0)?
+                    .repeat((rows, 1, 1))?;
                 (emb, Some(words))
             }
         };
         let m = ctx_rows.dim(1)?;
-        let ctx = if config.class_specific { ctx_rows } else { ctx_rows.squeeze(0)? };
+        let ctx = if config.class_specific {
+            ctx_rows
+        } else {
+            ctx_rows.squeeze(0)?
+        };
         let config = CoopConfig {
             n_ctx: Some(m),
             ctx_init,
@@ -154,11 +163,16 @@ impl PromptLearner {
 
     /// A learner with the given context; `config` must be resolved (as `config` of a built
     /// learner is: `n_ctx` set, `ctx_init` the words the context started from, if any).
-    pub fn from_parts(clip: &Clip, class_names: &[String], config: CoopConfig, ctx: Tensor) -> Result<Self> {
+    pub fn from_parts(
+        clip: &Clip,
+        class_names: &[String],
+        config: CoopConfig,
+        ctx: Tensor,
+    ) -> Result<Self> {
         let texts = crate::classnames::validate(class_names)?;
-        let m = config
-            .n_ctx
-            .ok_or_else(|| Error::Internal("PromptLearner::from_parts needs a resolved nCtx".into()))?;
+        let m = config.n_ctx.ok_or_else(|| {
+            Error::Internal("PromptLearner::from_parts needs a resolved nCtx".into())
+        })?;
         let prompt_prefix = match &config.ctx_init {
             Some(words) => words.clone(),
             None => vec!["X"; m].join(" "),
@@ -191,7 +205,10 @@ impl PromptLearner {
             return Ok(self.buffers.clone());
         }
         if self.config.class_specific {
-            return Err(own_classes_only("class-specific context", &self.buffers.class_names));
+            return Err(own_classes_only(
+                "class-specific context",
+                &self.buffers.class_names,
+            ));
         }
         let texts = crate::classnames::validate(class_names)?;
         build_buffers(clip, class_names, &texts, self.n_ctx(), &self.prompt_prefix)
@@ -329,7 +346,10 @@ pub fn build_buffers(
     n_ctx: usize,
     prompt_prefix: &str,
 ) -> Result<ClassBuffers> {
-    let prompts: Vec<String> = texts.iter().map(|n| format!("{prompt_prefix} {n}.")).collect();
+    let prompts: Vec<String> = texts
+        .iter()
+        .map(|n| format!("{prompt_prefix} {n}."))
+        .collect();
     let batch = clip.tokenizer.encode_batch(&prompts)?;
     let name_lens = texts
         .iter()
@@ -366,11 +386,18 @@ pub(crate) fn own_classes_only(what: &str, own: &[String]) -> Error {
 }
 
 /// Normalised text features of the learned prompts, without gradient tracking.
-pub fn class_embeddings(learner: &PromptLearner, clip: &Clip, buffers: &ClassBuffers) -> Result<Tensor> {
+pub fn class_embeddings(
+    learner: &PromptLearner,
+    clip: &Clip,
+    buffers: &ClassBuffers,
+) -> Result<Tensor> {
     let ctx = learner.ctx.as_tensor().detach();
     let prompts = learner.assemble(&ctx, buffers)?;
     l2_normalize(&learner.encode_prompts(clip, &prompts, buffers)?)
 }
+
+/// A term added to CoOp's loss, a function of the class text features (K, E) (KgCoOp's).
+pub(crate) type ExtraLoss<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
 
 /// CoOp scoring: the class embeddings of a class list are computed once.
 pub(crate) struct EmbeddingScorer<'a> {
@@ -381,12 +408,19 @@ pub(crate) struct EmbeddingScorer<'a> {
 
 impl Scorer for EmbeddingScorer<'_> {
     fn logits(&self, image_features: &Tensor) -> Result<Tensor> {
-        self.clip.logits(image_features, &self.classes.to_dtype(image_features.dtype())?)
+        self.clip.logits(
+            image_features,
+            &self.classes.to_dtype(image_features.dtype())?,
+        )
     }
 }
 
 impl PromptLearner {
-    pub(crate) fn embedding_scorer<'a>(&self, clip: &'a Clip, names: Option<&[String]>) -> Result<EmbeddingScorer<'a>> {
+    pub(crate) fn embedding_scorer<'a>(
+        &self,
+        clip: &'a Clip,
+        names: Option<&[String]>,
+    ) -> Result<EmbeddingScorer<'a>> {
         let buffers = match names {
             Some(names) => self.buffers_for(clip, names)?,
             None => self.buffers.clone(),
@@ -406,7 +440,7 @@ impl PromptLearner {
         labels: &Tensor,
         grad_scale: f64,
         vars: &[(String, Var)],
-        extra: Option<&dyn Fn(&Tensor) -> Result<Tensor>>,
+        extra: Option<ExtraLoss<'_>>,
     ) -> Result<StepOutput> {
         let b = &self.buffers;
         // Positions after the last EOT cannot change the result (the encoder is causal and read
@@ -415,15 +449,23 @@ impl PromptLearner {
         let prompts = self.assemble(self.ctx.as_tensor(), b)?.narrow(1, 0, used)?; // (K, used, d)
         let image = image_features.to_dtype(clip.head_dtype())?;
         let k = b.eot.len();
-        let (loss, logits, grads) =
-            super::prompt_loss_and_grads(clip, &prompts, &b.eot, self.shared_len(), k, vars, grad_scale, |text| {
+        let (loss, logits, grads) = super::prompt_loss_and_grads(
+            clip,
+            &prompts,
+            &b.eot,
+            self.shared_len(),
+            k,
+            vars,
+            grad_scale,
+            |text| {
                 let logits = clip.logits(&image, &text.to_dtype(clip.head_dtype())?)?; // (B, K)
                 let mut loss = crate::loss::cross_entropy(&logits, labels)?;
                 if let Some(extra) = extra {
                     loss = (loss + extra(text)?)?;
                 }
                 Ok((loss, logits))
-            })?;
+            },
+        )?;
         Ok(StepOutput {
             loss: loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
             logits,
@@ -455,11 +497,28 @@ impl Method for PromptLearner {
         PromptLearner::logits(self, clip, image_features, &self.buffers)
     }
 
-    fn loss_and_grads_scaled(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor, grad_scale: f64) -> Result<StepOutput> {
-        self.step(clip, image_features, labels, grad_scale, &Method::vars(self), None)
+    fn loss_and_grads_scaled(
+        &self,
+        clip: &Clip,
+        image_features: &Tensor,
+        labels: &Tensor,
+        grad_scale: f64,
+    ) -> Result<StepOutput> {
+        self.step(
+            clip,
+            image_features,
+            labels,
+            grad_scale,
+            &Method::vars(self),
+            None,
+        )
     }
 
-    fn scorer<'a>(&'a self, clip: &'a Clip, class_names: Option<&[String]>) -> Result<Box<dyn Scorer + 'a>> {
+    fn scorer<'a>(
+        &'a self,
+        clip: &'a Clip,
+        class_names: Option<&[String]>,
+    ) -> Result<Box<dyn Scorer + 'a>> {
         Ok(Box::new(self.embedding_scorer(clip, class_names)?))
     }
 
@@ -476,6 +535,11 @@ pub const SPEC: MethodSpec = MethodSpec {
     },
     restore: |clip, meta, tensors, _runtime| {
         let config: CoopConfig = super::parse_options("coop", meta.options.clone())?;
-        Ok(Box::new(PromptLearner::from_parts(clip, &meta.class_names, config, super::saved(tensors, "ctx")?)?))
+        Ok(Box::new(PromptLearner::from_parts(
+            clip,
+            &meta.class_names,
+            config,
+            super::saved(tensors, "ctx")?,
+        )?))
     },
 };

@@ -1,7 +1,7 @@
 //! Learner files: safetensors holding the trainable tensors, and JSON in the file's metadata with
 //! everything needed to rebuild the learner (its [`LearnerMeta`], the CLIP it was learned on, a
 //! format version). Any registered method saves and loads through here.
-use super::{LearnerMeta, Learner, Method, Runtime};
+use super::{Learner, LearnerMeta, Method, Runtime};
 use crate::clip::Clip;
 use crate::files::{read_safetensors, write_safetensors_atomic};
 use crate::{Error, Result};
@@ -50,10 +50,10 @@ impl ClipIdentity {
 /// The first trainable tensor that holds NaN or an infinity, by name.
 pub fn first_non_finite(vars: &[(String, Var)]) -> Result<Option<String>> {
     for (name, v) in vars {
-        let t = v.as_tensor();
-        // x - x is 0 for finite x and NaN for NaN and the infinities.
-        let bad = (t - t)?.ne(0f64)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
-        if bad != 0.0 {
+        // |x| <= MAX holds for every finite x, and for neither NaN nor the infinities.
+        let finite = v.as_tensor().abs()?.le(f32::MAX as f64)?;
+        let count = finite.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?;
+        if count as usize != v.elem_count() {
             return Ok(Some(name.clone()));
         }
     }
@@ -81,7 +81,10 @@ pub fn save(path: &Path, learner: &dyn Method, clip: &Clip) -> Result<()> {
         META_KEY.to_string(),
         serde_json::to_string(&file).map_err(|e| Error::Internal(e.to_string()))?,
     );
-    let tensors: Vec<(String, Tensor)> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    let tensors: Vec<(String, Tensor)> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
     let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     write_safetensors_atomic(path, &refs, md)
 }
@@ -95,12 +98,18 @@ pub fn read_meta(path: &Path, metadata: &HashMap<String, String>) -> Result<Prom
         ))
     };
     let json = metadata.get(META_KEY).ok_or_else(not_prompt)?;
-    let head: serde_json::Value = serde_json::from_str(json)
-        .map_err(|e| Error::InvalidArgument(format!("{}: unreadable learner metadata: {e}", path.display())))?;
+    let head: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "{}: unreadable learner metadata: {e}",
+            path.display()
+        ))
+    })?;
     if head.get("format").and_then(|f| f.as_str()) != Some(PROMPT_FORMAT) {
         return Err(not_prompt());
     }
-    let version = head.get("formatVersion").or_else(|| head.get("format_version"));
+    let version = head
+        .get("formatVersion")
+        .or_else(|| head.get("format_version"));
     let version = version.and_then(|v| v.as_u64()).unwrap_or(0);
     if version != PROMPT_FORMAT_VERSION as u64 {
         return Err(Error::Unsupported(format!(
@@ -108,8 +117,12 @@ pub fn read_meta(path: &Path, metadata: &HashMap<String, String>) -> Result<Prom
             path.display()
         )));
     }
-    serde_json::from_value(head)
-        .map_err(|e| Error::InvalidArgument(format!("{}: unreadable learner metadata: {e}", path.display())))
+    serde_json::from_value(head).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "{}: unreadable learner metadata: {e}",
+            path.display()
+        ))
+    })
 }
 
 /// Check that a learner learned on `file.clip` can run on `clip`.
@@ -139,8 +152,13 @@ pub fn load(path: &Path, clip: &Clip, runtime: Runtime) -> Result<(Learner, Lear
     let file = read_meta(path, &metadata)?;
     check_compatible(path, &file, clip)?;
     let meta = file.learner;
-    let spec = super::spec(&meta.method)
-        .map_err(|_| Error::Unsupported(format!("{}: learner method `{}`", path.display(), meta.method)))?;
+    let spec = super::spec(&meta.method).map_err(|_| {
+        Error::Unsupported(format!(
+            "{}: learner method `{}`",
+            path.display(),
+            meta.method
+        ))
+    })?;
     let mut params = HashMap::new();
     for (name, shape) in &meta.params {
         let t = tensors.remove(name).ok_or_else(|| Error::MissingTensor {

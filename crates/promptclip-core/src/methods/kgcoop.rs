@@ -47,13 +47,25 @@ pub struct KgcoopLearner {
 
 impl KgcoopLearner {
     pub fn new(clip: &Clip, class_names: &[String], config: KgcoopConfig) -> Result<Self> {
-        let prompt = PromptLearner::with_default_init(clip, class_names, config.context, Some(PHOTO_CTX_INIT))?;
+        let prompt = PromptLearner::with_default_init(
+            clip,
+            class_names,
+            config.context,
+            Some(PHOTO_CTX_INIT),
+        )?;
         Self::from_parts(clip, prompt, config.w, config.template)
     }
 
-    pub fn from_parts(clip: &Clip, prompt: PromptLearner, w: f64, template: String) -> Result<Self> {
+    pub fn from_parts(
+        clip: &Clip,
+        prompt: PromptLearner,
+        w: f64,
+        template: String,
+    ) -> Result<Self> {
         if !(w.is_finite() && w >= 0.0) {
-            return Err(Error::InvalidArgument(format!("w must be a non-negative number, got {w}")));
+            return Err(Error::InvalidArgument(format!(
+                "w must be a non-negative number, got {w}"
+            )));
         }
         let templates = [template.clone()];
         let clip_text = crate::zeroshot::class_embeddings(clip, prompt.class_names(), &templates)?;
@@ -103,13 +115,29 @@ impl Method for KgcoopLearner {
         Method::logits(&self.prompt, clip, image_features)
     }
 
-    fn loss_and_grads_scaled(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor, grad_scale: f64) -> Result<StepOutput> {
+    fn loss_and_grads_scaled(
+        &self,
+        clip: &Clip,
+        image_features: &Tensor,
+        labels: &Tensor,
+        grad_scale: f64,
+    ) -> Result<StepOutput> {
         let term = |text: &Tensor| self.knowledge_term(text);
-        self.prompt
-            .step(clip, image_features, labels, grad_scale, &self.vars(), Some(&term))
+        self.prompt.step(
+            clip,
+            image_features,
+            labels,
+            grad_scale,
+            &self.vars(),
+            Some(&term),
+        )
     }
 
-    fn scorer<'a>(&'a self, clip: &'a Clip, class_names: Option<&[String]>) -> Result<Box<dyn Scorer + 'a>> {
+    fn scorer<'a>(
+        &'a self,
+        clip: &'a Clip,
+        class_names: Option<&[String]>,
+    ) -> Result<Box<dyn Scorer + 'a>> {
         Ok(Box::new(self.prompt.embedding_scorer(clip, class_names)?))
     }
 
@@ -128,6 +156,11 @@ pub const SPEC: MethodSpec = MethodSpec {
         let config: KgcoopConfig = super::parse_options("kgcoop", meta.options.clone())?;
         let ctx = super::saved(tensors, "ctx")?;
         let prompt = PromptLearner::from_parts(clip, &meta.class_names, config.context, ctx)?;
-        Ok(Box::new(KgcoopLearner::from_parts(clip, prompt, config.w, config.template)?))
+        Ok(Box::new(KgcoopLearner::from_parts(
+            clip,
+            prompt,
+            config.w,
+            config.template,
+        )?))
     },
 };

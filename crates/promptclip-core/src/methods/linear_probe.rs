@@ -48,11 +48,13 @@ impl LinearProbe {
     /// An unfitted probe (zero weights) for `class_names` on `clip`'s image features.
     pub fn new(clip: &Clip, class_names: &[String], config: LinearProbeConfig) -> Result<Self> {
         if let Some(c) = config.c {
-            if !(c > 0.0) {
-                return Err(Error::InvalidArgument(format!("c must be a positive number, got {c}")));
+            if c.is_nan() || c <= 0.0 {
+                return Err(Error::InvalidArgument(format!(
+                    "c must be a positive number, got {c}"
+                )));
             }
         }
-        if config.max_iter == 0 || !(config.tol > 0.0) {
+        if config.max_iter == 0 || config.tol.is_nan() || config.tol <= 0.0 {
             return Err(Error::InvalidArgument(format!(
                 "maxIter must be at least 1 and tol positive, got {} and {}",
                 config.max_iter, config.tol
@@ -64,7 +66,12 @@ impl LinearProbe {
         Self::from_parts(class_names, config, weight, bias)
     }
 
-    pub fn from_parts(class_names: &[String], config: LinearProbeConfig, weight: Tensor, bias: Tensor) -> Result<Self> {
+    pub fn from_parts(
+        class_names: &[String],
+        config: LinearProbeConfig,
+        weight: Tensor,
+        bias: Tensor,
+    ) -> Result<Self> {
         crate::classnames::validate(class_names)?;
         Ok(Self {
             config,
@@ -106,7 +113,10 @@ impl Method for LinearProbe {
     }
 
     fn vars(&self) -> Vec<(String, Var)> {
-        vec![("weight".into(), self.weight.clone()), ("bias".into(), self.bias.clone())]
+        vec![
+            ("weight".into(), self.weight.clone()),
+            ("bias".into(), self.bias.clone()),
+        ]
     }
 
     fn class_names(&self) -> &[String] {
@@ -117,9 +127,15 @@ impl Method for LinearProbe {
         ProbeScorer(self).logits(image_features)
     }
 
-    fn scorer<'a>(&'a self, _clip: &'a Clip, class_names: Option<&[String]>) -> Result<Box<dyn Scorer + 'a>> {
+    fn scorer<'a>(
+        &'a self,
+        _clip: &'a Clip,
+        class_names: Option<&[String]>,
+    ) -> Result<Box<dyn Scorer + 'a>> {
         match class_names {
-            Some(names) if names != self.class_names.as_slice() => Err(own_classes_only("a linear probe", &self.class_names)),
+            Some(names) if names != self.class_names.as_slice() => {
+                Err(own_classes_only("a linear probe", &self.class_names))
+            }
             _ => Ok(Box::new(ProbeScorer(self))),
         }
     }
@@ -132,7 +148,10 @@ impl Method for LinearProbe {
         let (x, y) = fit.train;
         let k = self.class_names.len();
         let (model, details) = match (self.config.c, fit.validation) {
-            (Some(c), _) => (LogReg::fit(x, y, k, &self.fit_config(c))?, serde_json::json!({ "c": c })),
+            (Some(c), _) => (
+                LogReg::fit(x, y, k, &self.fit_config(c))?,
+                serde_json::json!({ "c": c }),
+            ),
             (None, Some((vx, vy))) => {
                 let search = SearchConfig {
                     fit: self.fit_config(1.0),
@@ -159,14 +178,26 @@ impl Method for LinearProbe {
             }
         };
         let device = self.weight.device().clone();
-        self.weight.set(&model.weight.to_dtype(DType::F32)?.to_device(&device)?)?;
-        self.bias.set(&model.bias.to_dtype(DType::F32)?.to_device(&device)?)?;
+        self.weight
+            .set(&model.weight.to_dtype(DType::F32)?.to_device(&device)?)?;
+        self.bias
+            .set(&model.bias.to_dtype(DType::F32)?.to_device(&device)?)?;
         // Training loss (cross-entropy, without the penalty) and accuracy of the final model.
         let logits = model.logits(x)?;
-        let labels = Tensor::from_vec(y.iter().map(|&l| l as u32).collect::<Vec<_>>(), y.len(), logits.device())?;
-        let loss = crate::loss::cross_entropy(&logits, &labels)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let labels = Tensor::from_vec(
+            y.iter().map(|&l| l as u32).collect::<Vec<_>>(),
+            y.len(),
+            logits.device(),
+        )?;
+        let loss = crate::loss::cross_entropy(&logits, &labels)?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?;
         let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-        let correct = pred.iter().zip(y).filter(|(p, &l)| **p as usize == l).count();
+        let correct = pred
+            .iter()
+            .zip(y)
+            .filter(|(p, &l)| **p as usize == l)
+            .count();
         let mut details = details;
         details["iterations"] = model.n_iter.into();
         details["converged"] = model.converged.into();
@@ -186,7 +217,15 @@ pub const SPEC: MethodSpec = MethodSpec {
     },
     restore: |_clip, meta, tensors, _runtime| {
         let config: LinearProbeConfig = super::parse_options("linear-probe", meta.options.clone())?;
-        let (w, b) = (super::saved(tensors, "weight")?, super::saved(tensors, "bias")?);
-        Ok(Box::new(LinearProbe::from_parts(&meta.class_names, config, w, b)?))
+        let (w, b) = (
+            super::saved(tensors, "weight")?,
+            super::saved(tensors, "bias")?,
+        );
+        Ok(Box::new(LinearProbe::from_parts(
+            &meta.class_names,
+            config,
+            w,
+            b,
+        )?))
     },
 };

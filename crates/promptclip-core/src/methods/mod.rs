@@ -133,14 +133,23 @@ pub trait Method: Send + Sync + std::fmt::Debug {
     }
 
     /// The same without loss scaling.
-    fn loss_and_grads(&self, clip: &Clip, image_features: &Tensor, labels: &Tensor) -> Result<StepOutput> {
+    fn loss_and_grads(
+        &self,
+        clip: &Clip,
+        image_features: &Tensor,
+        labels: &Tensor,
+    ) -> Result<StepOutput> {
         self.loss_and_grads_scaled(clip, image_features, labels, 1.0)
     }
 
     /// The learner applied to `class_names` (its own when `None`). Prompt methods rebuild the
     /// class-token buffers for new names; methods whose parameters belong to their classes refuse
     /// a different list.
-    fn scorer<'a>(&'a self, clip: &'a Clip, class_names: Option<&[String]>) -> Result<Box<dyn Scorer + 'a>>;
+    fn scorer<'a>(
+        &'a self,
+        clip: &'a Clip,
+        class_names: Option<&[String]>,
+    ) -> Result<Box<dyn Scorer + 'a>>;
 
     /// The learned prompt context, for methods that have one (interpretation, `context()`).
     fn prompt(&self) -> Option<&PromptLearner> {
@@ -154,7 +163,10 @@ pub trait Method: Send + Sync + std::fmt::Debug {
     }
 
     fn fit_features(&self, _fit: FeatureFit<'_>) -> Result<FeatureFitSummary> {
-        Err(Error::Unsupported(format!("{} is trained by SGD, not fitted on features", self.meta().method)))
+        Err(Error::Unsupported(format!(
+            "{} is trained by SGD, not fitted on features",
+            self.meta().method
+        )))
     }
 }
 
@@ -183,7 +195,9 @@ pub struct Runtime {
 
 impl Default for Runtime {
     fn default() -> Self {
-        Self { memory_budget_mb: 2048 }
+        Self {
+            memory_budget_mb: 2048,
+        }
     }
 }
 
@@ -203,7 +217,10 @@ pub static METHODS: &[MethodSpec] = &[coop::SPEC, cocoop::SPEC, kgcoop::SPEC, li
 pub fn spec(name: &str) -> Result<&'static MethodSpec> {
     METHODS.iter().find(|s| s.name == name).ok_or_else(|| {
         let known: Vec<&str> = METHODS.iter().map(|s| s.name).collect();
-        Error::InvalidArgument(format!("method `{name}`: expected one of {}", known.join(", ")))
+        Error::InvalidArgument(format!(
+            "method `{name}`: expected one of {}",
+            known.join(", ")
+        ))
     })
 }
 
@@ -222,18 +239,28 @@ pub fn create(
 /// field is an error that names the field. (Unknown fields are found by comparing with the
 /// parsed options serialised back, because serde's own check does not work with the flattened
 /// context options that CoCoOp and KgCoOp share with CoOp.)
-pub fn parse_options<T: serde::de::DeserializeOwned + Serialize>(what: &str, options: serde_json::Value) -> Result<T> {
-    let options = if options.is_null() { serde_json::json!({}) } else { options };
+pub fn parse_options<T: serde::de::DeserializeOwned + Serialize>(
+    what: &str,
+    options: serde_json::Value,
+) -> Result<T> {
+    let options = if options.is_null() {
+        serde_json::json!({})
+    } else {
+        options
+    };
     // serde would read an array positionally, as the fields in declaration order.
     if !options.is_object() {
-        return Err(Error::InvalidArgument(format!("{what} options must be an object, got {options}")));
+        return Err(Error::InvalidArgument(format!(
+            "{what} options must be an object, got {options}"
+        )));
     }
     let parsed: T = serde_path_to_error::deserialize(options.clone()).map_err(|e| {
         // Inside the flattened context options serde loses the path (it reports `.`): the field
         // at fault is then the given one that fails on its own.
         let path = match (e.path().iter().next(), options.as_object()) {
             (None, Some(given)) => given.iter().find(|(k, v)| {
-                let alone: serde_json::Map<String, serde_json::Value> = [((*k).clone(), (*v).clone())].into_iter().collect();
+                let alone: serde_json::Map<String, serde_json::Value> =
+                    [((*k).clone(), (*v).clone())].into_iter().collect();
                 serde_json::from_value::<T>(serde_json::Value::Object(alone)).is_err()
             }),
             _ => None,
@@ -269,7 +296,9 @@ pub(crate) fn saved(tensors: &HashMap<String, Tensor>, name: &str) -> Result<Ten
 }
 
 pub(crate) fn param_shapes(vars: &[(String, Var)]) -> Vec<(String, Vec<usize>)> {
-    vars.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect()
+    vars.iter()
+        .map(|(n, v)| (n.clone(), v.dims().to_vec()))
+        .collect()
 }
 
 /// Loss, logits and the gradient of each var for prompts built from those vars.
@@ -348,13 +377,17 @@ pub fn predict(
     };
     for (b, chunk) in sources.chunks(batch_size).enumerate() {
         let enc = crate::features::encode(clip, chunk, batch_size)?;
-        out.failures
-            .extend(enc.failures.into_iter().map(|(i, e)| (b * batch_size + i, e)));
+        out.failures.extend(
+            enc.failures
+                .into_iter()
+                .map(|(i, e)| (b * batch_size + i, e)),
+        );
         if let Some(f) = &enc.features {
             let logits = scorer.logits(f)?.to_dtype(DType::F32)?;
             let probs = candle_nn::ops::softmax(&logits, D::Minus1)?;
             out.probs.extend(probs.flatten_all()?.to_vec1::<f32>()?);
-            out.indices.extend(enc.indices.iter().map(|i| b * batch_size + i));
+            out.indices
+                .extend(enc.indices.iter().map(|i| b * batch_size + i));
         }
         on_progress(((b + 1) * batch_size).min(sources.len()), sources.len());
     }

@@ -8,4 +8,6 @@ pub mod pipeline;
 pub mod schedule;
 pub mod trainer;
 
-pub use trainer::{fit, fit_with_validation, LabelledImages, Progress, TrainConfig, TrainOptions, TrainSummary};
+pub use trainer::{
+    fit, fit_with_validation, LabelledImages, Progress, TrainConfig, TrainOptions, TrainSummary,
+};

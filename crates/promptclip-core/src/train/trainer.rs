@@ -268,7 +268,8 @@ pub fn fit_with_validation(
     let k = model.class_names().len();
     data.validate(k)?;
     if let Some(v) = validation {
-        v.validate(k).map_err(|e| Error::InvalidArgument(format!("validation set: {e}")))?;
+        v.validate(k)
+            .map_err(|e| Error::InvalidArgument(format!("validation set: {e}")))?;
     }
     let started = Instant::now();
     if model.fits_on_features() {
@@ -325,7 +326,11 @@ pub fn fit_with_validation(
     let fixed = if config.augment {
         None
     } else {
-        Some(crate::features::encode_all(clip, &data.sources, "training image")?)
+        Some(crate::features::encode_all(
+            clip,
+            &data.sources,
+            "training image",
+        )?)
     };
     let (bs, steps_per_epoch) = step_shape(data.sources.len(), config.batch_size);
     let stop = AtomicBool::new(false);
@@ -424,7 +429,10 @@ fn fit_on_features(
 ) -> Result<TrainSummary> {
     let train = crate::features::encode_all(clip, &data.sources, "training image")?;
     let val = match validation {
-        Some(v) => Some((crate::features::encode_all(clip, &v.sources, "validation image")?, v)),
+        Some(v) => Some((
+            crate::features::encode_all(clip, &v.sources, "validation image")?,
+            v,
+        )),
         None => None,
     };
     let fit = FeatureFit {
@@ -433,7 +441,9 @@ fn fit_on_features(
     };
     let s = model.fit_features(fit)?;
     if let Some(name) = first_non_finite(&model.vars())? {
-        return Err(Error::NonFiniteParams(format!("the fit left parameter `{name}` non-finite")));
+        return Err(Error::NonFiniteParams(format!(
+            "the fit left parameter `{name}` non-finite"
+        )));
     }
     Ok(TrainSummary {
         epochs: 0,
@@ -585,7 +595,9 @@ fn run_epochs(
             });
         }
         summary.epoch_loss.push((loss_sum / seen as f64) as f32);
-        summary.epoch_accuracy.push(100.0 * correct as f32 / seen as f32);
+        summary
+            .epoch_accuracy
+            .push(100.0 * correct as f32 / seen as f32);
         if let Some(path) = &config.checkpoint_path {
             if (epoch + 1) % config.checkpoint_every == 0 || epoch + 1 == config.epochs {
                 let meta = CheckpointMeta {
