@@ -97,7 +97,8 @@ fn coop_step(
             cached.clone()
         };
         let grads = learner.loss_and_grads(clip, &feats, &labels).unwrap().grads;
-        sgd.step(&[learner.ctx.clone()], &grads, 0.002).unwrap();
+        sgd.step(std::slice::from_ref(&learner.ctx), &grads, 0.002)
+            .unwrap();
     })
 }
 
