@@ -60,9 +60,6 @@ export declare function loadClip(path: string, options?: NativeLoadOptions | und
 /** Load a learner file of any method onto `clip`, with runtime settings (memoryBudgetMb). */
 export declare function loadLearner(clip: NativeClip, path: string, runtimeOptions?: any | undefined | null): Promise<NativeLearner>
 
-/** The registered methods' names. */
-export declare function methodNames(): Array<string>
-
 export interface NativeDataset {
   images: Array<string | Uint8Array | NativeRawImage>
   labels: Array<number>

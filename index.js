@@ -844,4 +844,3 @@ module.exports.cudaCompiled = nativeBinding.cudaCompiled
 module.exports.defaults = nativeBinding.defaults
 module.exports.loadClip = nativeBinding.loadClip
 module.exports.loadLearner = nativeBinding.loadLearner
-module.exports.methodNames = nativeBinding.methodNames

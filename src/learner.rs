@@ -67,15 +67,6 @@ pub fn create_learner(
     })
 }
 
-/// The registered methods' names.
-#[napi]
-pub fn method_names() -> Vec<String> {
-    methods::METHODS
-        .iter()
-        .map(|m| m.name.to_string())
-        .collect()
-}
-
 /// Load a learner file of any method onto `clip`, with runtime settings (memoryBudgetMb).
 #[napi(ts_return_type = "Promise<NativeLearner>")]
 pub fn load_learner(

@@ -380,3 +380,52 @@ fn resume_refuses_a_checkpoint_of_another_method_with_the_same_shapes() {
         bits(coop.vars()[0].1.as_tensor())
     );
 }
+
+#[test]
+fn linear_probe_through_the_trainer_is_the_official_search_on_center_crop_features() {
+    use promptclip_core::logreg::{search_c, SearchConfig};
+    use promptclip_core::train::fit_with_validation;
+    let clip = hf_clip();
+    let (names, train) = colours(4, 5, 0..3);
+    let (_, val) = colours(2, 6, 0..3);
+    let probe =
+        methods::create(&clip, "linear-probe", &names, json!({}), Runtime::default()).unwrap();
+    assert!(probe.fits_on_features());
+    let config = TrainConfig::default();
+    let cancel = AtomicBool::new(false);
+    let err = fit(&clip, probe.as_ref(), &train, &config, &mut |_| {}, &cancel).unwrap_err();
+    assert!(err.to_string().contains("validation set"), "{err}");
+    let s = fit_with_validation(
+        &clip,
+        probe.as_ref(),
+        &train,
+        Some(&val),
+        &config,
+        &mut |_| {},
+        &cancel,
+    )
+    .unwrap();
+    // The same search, run directly on the features the official feat_extractor would write.
+    let f = |d: &promptclip_core::train::LabelledImages, what: &str| {
+        promptclip_core::features::encode_all(&clip, &d.sources, what).unwrap()
+    };
+    let (model, search) = search_c(
+        &f(&train, "training image"),
+        &train.labels,
+        &f(&val, "validation image"),
+        &val.labels,
+        3,
+        &SearchConfig::default(),
+    )
+    .unwrap();
+    let details = s.details.unwrap();
+    assert_eq!(details["c"].as_f64().unwrap(), search.c);
+    assert_eq!(details["rounds"].as_array().unwrap().len(), 8);
+    let vars = probe.vars();
+    let w = model.weight.to_dtype(candle_core::DType::F32).unwrap();
+    assert_eq!(bits(vars[0].1.as_tensor()), bits(&w));
+    // Its own classes only.
+    let other: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    assert!(probe.scorer(&clip, Some(&other)).is_err());
+    assert!(probe.scorer(&clip, Some(&names)).is_ok());
+}
