@@ -75,6 +75,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from fixture_files import canonical_header  # noqa: F401  (also used by the scripts that import this one)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 HF_DIR = os.path.join(ROOT, "fixtures", "tiny-clip-hf")
@@ -304,21 +306,6 @@ def check_gradient(loss_of, ctx32, grad32, seed):
         rel_dir = abs(fd - an) / abs(an)
         assert rel_dir < 1e-5, (fd, an)
     return rel32, worst, rel_dir, coords
-
-
-def canonical_header(path):
-    """safetensors writes __metadata__ in hash-map order (differs run to run); rewrite the
-    header with sorted metadata keys so the file is byte-for-byte reproducible. The tensor
-    entries and data (offsets are relative to the data section) are unchanged."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + n])
-    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(len(h).to_bytes(8, "little") + h + raw[8 + n:])
 
 
 def word_init(tok, model, init):

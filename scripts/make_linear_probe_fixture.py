@@ -44,6 +44,8 @@ from safetensors.numpy import save_file
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
+from fixture_files import canonical_header
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OUT = os.path.join(ROOT, "fixtures", "linear_probe")
@@ -154,20 +156,6 @@ def official_search(tx, ty, vx, vy):
         rounds[-1]["winner"] = float(c_final)
         c_left, c_right = np.power(10, lo), np.power(10, hi)
     return grid_acc, rounds, float(c_final), clf_final
-
-
-def canonical_header(path):
-    """safetensors writes __metadata__ in hash-map order; rewrite the header with sorted keys
-    so the file is byte-for-byte reproducible (same as make_coop_fixture.py)."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + n])
-    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(len(h).to_bytes(8, "little") + h + raw[8 + n:])
 
 
 def main():
