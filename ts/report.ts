@@ -1,0 +1,630 @@
+/**
+ * The demo's HTML report: one self-contained page (no network needed to open it) with the
+ * base-to-new table, Vega-Lite charts (rendered by vega-embed, whose minified builds are inlined
+ * from node_modules), the example test images as PNG data URIs, and CoOp's context as words.
+ * Internal to the CLI; not part of the package's API.
+ */
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { basename, dirname, join } from 'node:path'
+import { deflateSync } from 'node:zlib'
+import type { RawImage } from './options'
+
+export interface DemoResults {
+  /** Model path, or 'built-in'. */
+  model: string
+  shots: number
+  seeds: number[]
+  /** All classes, in label order. */
+  classNames: string[]
+  /** Label indices of the base half. */
+  baseClasses: number[]
+  /** Label indices of the new half. */
+  newClasses: number[]
+  methods: {
+    name: string
+    /** Accuracy % per seed on the base classes. */
+    base: number[]
+    /** Accuracy % per seed on the new classes; null when the method cannot score unseen classes. */
+    new: number[] | null
+    /** Harmonic mean of base and new per seed. */
+    h: number[] | null
+  }[]
+  /** Accuracy % per class (all classes, label order), first seed; null = no test images. */
+  perClass: { method: string; accuracy: (number | null)[] }[]
+  /** One method on one half: matrix[true][predicted] counts. */
+  confusion: { method: string; classNames: string[]; matrix: number[][] }
+  /** Test images with the true label and the predictions before (zero-shot) and after prompt learning. */
+  examples: { image: RawImage; label: string; before: string; after: string }[]
+  /** CoOp's learned context: for each position, its nearest words. */
+  contextWords: string[][]
+  seconds: number
+}
+
+// Same choice as binding.ts: __filename in the CJS build, import.meta.url for an ESM runner.
+const localRequire = createRequire(typeof __filename === 'string' ? __filename : import.meta.url)
+
+/** The minified UMD builds, in load order, and the global each defines. */
+const LIBRARIES = [
+  { pkg: 'vega', file: 'vega.min.js' },
+  { pkg: 'vega-lite', file: 'vega-lite.min.js' },
+  { pkg: 'vega-embed', file: 'vega-embed.min.js' },
+] as const
+
+interface Library {
+  name: string
+  version: string
+  source: string
+}
+let libraries: Library[] | undefined
+
+/**
+ * Reads the three builds once. Their package "exports" only expose the main entry, which lives in
+ * build/ next to the minified UMD file, so resolve that and look beside it (works from an installed
+ * package as well as from this repository).
+ */
+export function vegaLibraries(): Library[] {
+  libraries ??= LIBRARIES.map(({ pkg, file }) => {
+    const buildDir = dirname(localRequire.resolve(pkg))
+    const version = (JSON.parse(readFileSync(join(buildDir, '..', 'package.json'), 'utf8')) as { version: string })
+      .version
+    let source = readFileSync(join(buildDir, file), 'utf8')
+      .replace(/\n\/\/# sourceMappingURL=\S*\s*$/, '\n')
+      // Inside a <script> element the only text that needs care is "</script" (and "<!--"): both can
+      // only occur in strings, regexes or comments of valid code, where "<\/" means the same.
+      .replace(/<\/(script)/gi, '<\\/$1')
+    if (source.includes('<!--')) throw new Error(`${pkg}/${file} contains "<!--"; cannot inline it in a <script>`)
+    source = source.trimEnd()
+    return { name: pkg, version, source }
+  })
+  return libraries
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+export function escapeHtml(text: unknown): string {
+  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
+}
+
+/** JSON for a <script type="application/json"> element: no "<" can end or disturb the element. */
+function scriptJson(value: unknown): string {
+  return JSON.stringify(value)
+    .replace(/</g, '\\u003c')
+    .replace(/\u2028/g, '\\u2028')
+    .replace(/\u2029/g, '\\u2029')
+}
+
+export function mean(xs: number[]): number {
+  return xs.reduce((a, b) => a + b, 0) / xs.length
+}
+
+/** Sample standard deviation (n - 1), as Vega's "stdev" aggregate; 0 for a single value. */
+export function std(xs: number[]): number {
+  if (xs.length < 2) return 0
+  const m = mean(xs)
+  return Math.sqrt(xs.reduce((a, x) => a + (x - m) ** 2, 0) / (xs.length - 1))
+}
+
+/** "mean ± std" with one decimal; just the value for one seed; "—" for none. */
+export function formatMeanStd(xs: number[] | null): string {
+  if (!xs || xs.length === 0) return '—'
+  if (xs.length === 1) return xs[0].toFixed(1)
+  return `${mean(xs).toFixed(1)} ± ${std(xs).toFixed(1)}`
+}
+
+function formatSeconds(s: number): string {
+  if (!Number.isFinite(s)) return '?'
+  if (s < 60) return `${s.toFixed(1)} s`
+  const m = Math.floor(s / 60)
+  if (m < 60) return `${m} min ${Math.round(s - 60 * m)} s`
+  return `${Math.floor(m / 60)} h ${m % 60} min`
+}
+
+// ---------------------------------------------------------------------------------------------
+// PNG (greyscale, RGB or RGBA, 8 bits, no interlace), for the example images' data URIs
+
+const CRC_TABLE = (() => {
+  const table = new Uint32Array(256)
+  for (let n = 0; n < 256; n++) {
+    let c = n
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1
+    table[n] = c >>> 0
+  }
+  return table
+})()
+
+function crc32(bytes: Uint8Array): number {
+  let c = 0xffffffff
+  for (const b of bytes) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8)
+  return (c ^ 0xffffffff) >>> 0
+}
+
+function pngChunk(type: string, data: Uint8Array): Buffer {
+  const out = Buffer.alloc(12 + data.length)
+  out.writeUInt32BE(data.length, 0)
+  out.write(type, 4, 'latin1')
+  out.set(data, 8)
+  out.writeUInt32BE(crc32(out.subarray(4, 8 + data.length)), 8 + data.length)
+  return out
+}
+
+/** Encodes raw 8-bit pixels as a PNG file (filter 0 on every row, zlib via node:zlib). */
+export function encodePng(image: RawImage): Buffer {
+  const { width, height, channels, data } = image
+  if (![width, height].every((v) => Number.isInteger(v) && v > 0) || ![1, 3, 4].includes(channels)) {
+    throw new TypeError('encodePng: an image needs positive integer width/height and 1, 3 or 4 channels')
+  }
+  const row = width * channels
+  if (!(data instanceof Uint8Array) || data.length < row * height) {
+    throw new TypeError(`encodePng: ${width}x${height}x${channels} needs ${row * height} bytes, got ${data?.length}`)
+  }
+  const raw = Buffer.alloc((row + 1) * height)
+  for (let y = 0; y < height; y++) raw.set(data.subarray(y * row, (y + 1) * row), y * (row + 1) + 1)
+  const ihdr = Buffer.alloc(13)
+  ihdr.writeUInt32BE(width, 0)
+  ihdr.writeUInt32BE(height, 4)
+  ihdr[8] = 8 // bit depth
+  ihdr[9] = channels === 1 ? 0 : channels === 3 ? 2 : 6 // colour type: grey, RGB, RGBA
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    pngChunk('IHDR', ihdr),
+    pngChunk('IDAT', deflateSync(raw)),
+    pngChunk('IEND', new Uint8Array(0)),
+  ])
+}
+
+export function pngDataUri(image: RawImage): string {
+  return `data:image/png;base64,${encodePng(image).toString('base64')}`
+}
+
+// ---------------------------------------------------------------------------------------------
+// The charts (Vega-Lite specs)
+
+const SCHEMA = 'https://vega.github.io/schema/vega-lite/v6.json'
+const SPLIT_COLOURS = { base: '#4c78a8', new: '#f58518', H: '#54a24b' }
+const CONFIG = {
+  font: 'system-ui, -apple-system, "Segoe UI", Roboto, sans-serif',
+  view: { stroke: null },
+  axis: { labelFontSize: 11, titleFontSize: 12, grid: true, gridColor: '#eee' },
+  legend: { labelFontSize: 11, titleFontSize: 12 },
+}
+
+/** Grouped bars of base / new / H per method: mean over seeds, ± std rules, one dot per seed. */
+function summarySpec(r: DemoResults): object {
+  const methods = r.methods.map((m) => m.name)
+  const splits = ['base', 'new', 'H'] as const
+  const stats: object[] = []
+  const points: object[] = []
+  for (const m of r.methods) {
+    for (const split of splits) {
+      const xs = split === 'base' ? m.base : split === 'new' ? m.new : m.h
+      if (!xs || xs.length === 0) continue
+      const mu = mean(xs)
+      const sd = std(xs)
+      stats.push({ method: m.name, split, mean: mu, lo: mu - sd, hi: mu + sd, text: formatMeanStd(xs) })
+      xs.forEach((acc, i) => {
+        points.push({ method: m.name, split, seed: r.seeds[i] ?? i, acc })
+      })
+    }
+  }
+  const x = { field: 'method', type: 'nominal', sort: methods, title: null, axis: { labelAngle: 0, labelLimit: 140 } }
+  const xOffset = { field: 'split', type: 'nominal', sort: [...splits] }
+  const y = { type: 'quantitative', scale: { domain: [0, 100] }, title: 'accuracy (%)' }
+  return {
+    $schema: SCHEMA,
+    config: CONFIG,
+    // The step is per method (the x band), not per bar of the group.
+    width: { step: 120, for: 'position' },
+    height: 260,
+    layer: [
+      {
+        data: { values: stats },
+        mark: { type: 'bar', width: { band: 0.9 } },
+        encoding: {
+          x,
+          xOffset,
+          y: { ...y, field: 'mean' },
+          color: {
+            field: 'split',
+            type: 'nominal',
+            scale: { domain: [...splits], range: splits.map((s) => SPLIT_COLOURS[s]) },
+            legend: { title: null, orient: 'top' },
+          },
+          tooltip: [
+            { field: 'method', title: 'method' },
+            { field: 'split', title: 'classes' },
+            { field: 'text', title: 'mean ± std' },
+          ],
+        },
+      },
+      {
+        data: { values: stats },
+        mark: { type: 'rule', strokeWidth: 1.5, color: '#333' },
+        encoding: { x, xOffset, y: { ...y, field: 'lo' }, y2: { field: 'hi' } },
+      },
+      {
+        data: { values: points },
+        mark: { type: 'point', filled: true, size: 22, color: '#fff', stroke: '#222', strokeWidth: 1, opacity: 0.9 },
+        encoding: {
+          x,
+          xOffset,
+          y: { ...y, field: 'acc' },
+          tooltip: [
+            { field: 'method' },
+            { field: 'split', title: 'classes' },
+            { field: 'seed' },
+            { field: 'acc', title: 'accuracy (%)', format: '.1f' },
+          ],
+        },
+      },
+    ],
+  }
+}
+
+/** Bars per class (base classes, then new), coloured by half; one method at a time, chosen in a select. */
+function perClassSpec(r: DemoResults): object {
+  const isBase = new Set(r.baseClasses)
+  const order = [...r.baseClasses, ...r.newClasses].map((i) => r.classNames[i])
+  const methods = r.perClass.map((p) => p.method)
+  const values = r.perClass.flatMap((p) =>
+    r.classNames.map((cls, i) => ({
+      method: p.method,
+      cls,
+      half: isBase.has(i) ? 'base' : 'new',
+      acc: p.accuracy[i] ?? null,
+    })),
+  )
+  const x = {
+    field: 'cls',
+    type: 'nominal',
+    sort: order,
+    scale: { domain: order },
+    title: null,
+    axis: { labelAngle: -40, labelLimit: 120 },
+  }
+  const y = { field: 'acc', type: 'quantitative', scale: { domain: [0, 100] }, title: 'accuracy (%)' }
+  return {
+    $schema: SCHEMA,
+    config: CONFIG,
+    params: [
+      {
+        name: 'method',
+        value: methods.includes('CoOp') ? 'CoOp' : methods[0],
+        bind: { input: 'select', options: methods, name: 'method: ' },
+      },
+    ],
+    data: { values },
+    transform: [{ filter: 'datum.method === method' }],
+    width: { step: 34 },
+    height: 220,
+    layer: [
+      {
+        mark: { type: 'bar', width: { band: 0.8 } },
+        encoding: {
+          x,
+          y,
+          color: {
+            field: 'half',
+            type: 'nominal',
+            scale: { domain: ['base', 'new'], range: [SPLIT_COLOURS.base, SPLIT_COLOURS.new] },
+            legend: { title: 'classes', orient: 'top' },
+          },
+          tooltip: [
+            { field: 'cls', title: 'class' },
+            { field: 'half', title: 'half' },
+            { field: 'acc', title: 'accuracy (%)', format: '.1f' },
+          ],
+        },
+      },
+      {
+        mark: { type: 'text', dy: -6, fontSize: 9, color: '#444' },
+        encoding: { x, y, text: { field: 'acc', type: 'quantitative', format: '.0f' } },
+      },
+    ],
+  }
+}
+
+/** Heatmap of confusion[true][predicted]: colour = share of the true class's images, text = count. */
+function confusionSpec(r: DemoResults): object {
+  const { classNames, matrix } = r.confusion
+  const values = matrix.flatMap((row, t) => {
+    const total = row.reduce((a, b) => a + b, 0)
+    return row.map((count, p) => ({
+      true: classNames[t],
+      pred: classNames[p],
+      count,
+      share: total > 0 ? (100 * count) / total : 0,
+    }))
+  })
+  const x = { field: 'pred', type: 'nominal', sort: classNames, title: 'predicted', axis: { labelAngle: -40 } }
+  const y = { field: 'true', type: 'nominal', sort: classNames, title: 'true class' }
+  return {
+    $schema: SCHEMA,
+    config: { ...CONFIG, axis: { ...CONFIG.axis, grid: false } },
+    data: { values },
+    width: { step: 38 },
+    height: { step: 30 },
+    layer: [
+      {
+        mark: { type: 'rect', stroke: '#e1e6eb', strokeWidth: 1 },
+        encoding: {
+          x,
+          y,
+          color: {
+            field: 'share',
+            type: 'quantitative',
+            // From white (none of the row) to dark blue (all of it); Vega's "blues" starts too dark.
+            scale: { domain: [0, 100], range: ['#f7fbff', '#08519c'], interpolate: 'rgb' },
+            legend: { title: '% of row', orient: 'right' },
+          },
+          tooltip: [
+            { field: 'true', title: 'true class' },
+            { field: 'pred', title: 'predicted' },
+            { field: 'count', title: 'images' },
+            { field: 'share', title: '% of true class', format: '.1f' },
+          ],
+        },
+      },
+      {
+        transform: [{ filter: 'datum.count > 0' }],
+        mark: { type: 'text', fontSize: 10 },
+        encoding: {
+          x,
+          y,
+          text: { field: 'count', type: 'quantitative' },
+          color: { condition: { test: 'datum.share > 45', value: '#fff' }, value: '#222' },
+        },
+      },
+    ],
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The page
+
+const CSS = `
+:root { color-scheme: light; --base: ${SPLIT_COLOURS.base}; --new: ${SPLIT_COLOURS.new}; --ok: #1a7f37; --bad: #cf222e; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328; background: #f6f8fa; }
+main { max-width: 1120px; margin: 0 auto; padding: 24px 28px 40px; background: #fff; }
+h1 { font-size: 22px; margin: 0 0 6px; }
+h2 { font-size: 17px; margin: 32px 0 10px; padding-top: 12px; border-top: 1px solid #d0d7de; }
+.meta { color: #57606a; margin: 0 0 4px; }
+.meta b { color: #1f2328; font-weight: 600; }
+.classes { margin: 8px 0 0; display: grid; grid-template-columns: max-content 1fr; gap: 2px 10px; font-size: 13px; }
+.classes dt { font-weight: 600; }
+.classes dd { margin: 0; }
+.swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 5px; vertical-align: -1px; }
+table.results { border-collapse: collapse; margin: 6px 0 4px; font-variant-numeric: tabular-nums; }
+table.results th, table.results td { padding: 5px 14px; border-bottom: 1px solid #d8dee4; }
+table.results th { text-align: left; background: #f6f8fa; font-weight: 600; }
+table.results td.num, table.results th.num { text-align: right; }
+table.results td.best { font-weight: 700; }
+.note { color: #57606a; font-size: 12.5px; margin: 4px 0 12px; }
+.chart { margin: 8px 0; overflow-x: auto; }
+.chart .vega-bindings { margin: 4px 0 8px; font-size: 13px; }
+.chart .error { color: var(--bad); font-family: ui-monospace, monospace; white-space: pre-wrap; }
+.examples { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 12px; }
+.example { margin: 0; padding: 8px; border: 1px solid #d0d7de; border-radius: 6px; background: #fff; }
+.example img { display: block; width: 112px; height: auto; margin: 0 auto 6px; image-rendering: pixelated; background: #000; }
+.example figcaption { font-size: 12px; line-height: 1.35; }
+.example .label { font-weight: 600; }
+.example .pred { display: block; overflow-wrap: anywhere; }
+.example .ok { color: var(--ok); }
+.example .bad { color: var(--bad); }
+.example.fixed { border-color: var(--ok); box-shadow: inset 0 0 0 1px var(--ok); }
+.example.broken { border-color: var(--bad); box-shadow: inset 0 0 0 1px var(--bad); }
+ol.context { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 13px; padding-left: 2.5em; }
+ol.context li { margin: 2px 0; }
+ol.context .first { font-weight: 700; }
+ol.context .rest { color: #57606a; }
+footer { margin-top: 36px; color: #8c959f; font-size: 12px; }
+`
+
+function resultsTable(r: DemoResults): string {
+  // The best mean per column is set in bold.
+  const best = (pick: (m: DemoResults['methods'][number]) => number[] | null) => {
+    const means = r.methods.map((m) => {
+      const xs = pick(m)
+      return xs && xs.length > 0 ? mean(xs) : Number.NEGATIVE_INFINITY
+    })
+    return Math.max(...means)
+  }
+  const cols = [
+    { title: 'Base', pick: (m: DemoResults['methods'][number]) => m.base },
+    { title: 'New', pick: (m: DemoResults['methods'][number]) => m.new },
+    { title: 'H', pick: (m: DemoResults['methods'][number]) => m.h },
+  ]
+  const bests = cols.map((c) => best(c.pick))
+  const rows = r.methods.map((m) => {
+    const cells = cols.map((c, j) => {
+      const xs = c.pick(m)
+      if (!xs || xs.length === 0) return '<td class="num na">—</td>'
+      const perSeed = xs.map((v, i) => `seed ${r.seeds[i] ?? i}: ${v.toFixed(1)}`).join(', ')
+      const cls = mean(xs) === bests[j] && Number.isFinite(bests[j]) ? 'num best' : 'num'
+      return `<td class="${cls}" title="${escapeHtml(perSeed)}">${escapeHtml(formatMeanStd(xs))}</td>`
+    })
+    return `<tr><th scope="row">${escapeHtml(m.name)}</th>${cells.join('')}</tr>`
+  })
+  return `<table class="results">
+<thead><tr><th scope="col">Method</th>${cols.map((c) => `<th scope="col" class="num">${c.title}</th>`).join('')}</tr></thead>
+<tbody>
+${rows.join('\n')}
+</tbody>
+</table>`
+}
+
+function examplesGrid(r: DemoResults): string {
+  if (r.examples.length === 0) return '<p class="note">No example images in this run.</p>'
+  const figures = r.examples.map((ex, i) => {
+    const okBefore = ex.before === ex.label
+    const okAfter = ex.after === ex.label
+    const state = !okBefore && okAfter ? ' fixed' : okBefore && !okAfter ? ' broken' : ''
+    const pred = (when: string, p: string, ok: boolean) =>
+      `<span class="pred ${ok ? 'ok' : 'bad'}" title="${escapeHtml(`${when}: ${p}`)}">${ok ? '✓' : '✗'} ${when}: ${escapeHtml(p)}</span>`
+    return `<figure class="example${state}">
+<img src="${pngDataUri(ex.image)}" width="${ex.image.width * 4}" height="${ex.image.height * 4}" alt="${escapeHtml(`test image ${i + 1}, a ${ex.label}`)}">
+<figcaption><span class="label">${escapeHtml(ex.label)}</span>${pred('before', ex.before, okBefore)}${pred('after', ex.after, okAfter)}</figcaption>
+</figure>`
+  })
+  const fixed = r.examples.filter((e) => e.before !== e.label && e.after === e.label).length
+  const broken = r.examples.filter((e) => e.before === e.label && e.after !== e.label).length
+  const before = r.examples.filter((e) => e.before === e.label).length
+  const after = r.examples.filter((e) => e.after === e.label).length
+  return `<p class="note">Before = zero-shot CLIP, after = prompt learning. Correct before: ${before} of ${r.examples.length}, after: ${after}; fixed ${fixed} (green frame), broke ${broken} (red frame).</p>
+<div class="examples">
+${figures.join('\n')}
+</div>`
+}
+
+function contextList(r: DemoResults): string {
+  if (r.contextWords.length === 0) return '<p class="note">No learned context in this run.</p>'
+  const items = r.contextWords.map((words) => {
+    if (words.length === 0) return '<li><span class="rest">(no words)</span></li>'
+    const [first, ...rest] = words
+    const tail = rest.length > 0 ? ` <span class="rest">· ${rest.map(escapeHtml).join(' · ')}</span>` : ''
+    return `<li><span class="first">${escapeHtml(first)}</span>${tail}</li>`
+  })
+  return `<p class="note">For each of the ${r.contextWords.length} context vectors, the vocabulary words whose embeddings are nearest (closest first). The vectors are continuous, so these words are only an approximate reading.</p>
+<ol class="context">
+${items.join('\n')}
+</ol>`
+}
+
+function halfOf(r: DemoResults, names: string[]): string {
+  const base = new Set(r.baseClasses.map((i) => r.classNames[i]))
+  const neu = new Set(r.newClasses.map((i) => r.classNames[i]))
+  if (names.length > 0 && names.every((n) => base.has(n))) return 'base classes'
+  if (names.length > 0 && names.every((n) => neu.has(n))) return 'new classes'
+  return `${names.length} classes`
+}
+
+function check(r: DemoResults): void {
+  const n = r.classNames.length
+  const bad = (what: string) => {
+    throw new TypeError(`renderReport: ${what}`)
+  }
+  for (const i of [...r.baseClasses, ...r.newClasses])
+    if (!(Number.isInteger(i) && i >= 0 && i < n)) bad(`class index ${i}`)
+  for (const m of r.methods) {
+    for (const [k, xs] of [
+      ['base', m.base],
+      ['new', m.new],
+      ['h', m.h],
+    ] as const) {
+      if (xs && xs.length !== r.seeds.length) bad(`${m.name}.${k} has ${xs.length} values for ${r.seeds.length} seeds`)
+    }
+  }
+  for (const p of r.perClass) if (p.accuracy.length !== n) bad(`perClass ${p.method} has ${p.accuracy.length} of ${n}`)
+  const k = r.confusion.classNames.length
+  if (r.confusion.matrix.length !== k || r.confusion.matrix.some((row) => row.length !== k)) {
+    bad(`the confusion matrix is not ${k}x${k}`)
+  }
+}
+
+/** The report as one self-contained HTML page (scripts, data and images inline; works offline). */
+export function renderReport(results: DemoResults): string {
+  const r = results
+  check(r)
+  const libs = vegaLibraries()
+  const specs = {
+    'chart-summary': summarySpec(r),
+    'chart-per-class': perClassSpec(r),
+    'chart-confusion': confusionSpec(r),
+  }
+  const names = (idx: number[]) => idx.map((i) => escapeHtml(r.classNames[i])).join(', ')
+  const seed0 = r.seeds[0]
+  const seeds = r.seeds.length
+  const confusionHalf = halfOf(r, r.confusion.classNames)
+  const generated = new Date()
+    .toISOString()
+    .replace('T', ' ')
+    .replace(/\.\d+Z$/, ' UTC')
+  return `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>promptclip demo: base-to-new, ${escapeHtml(r.shots)} shots</title>
+<style>${CSS}</style>
+</head>
+<body>
+<main>
+<header>
+<h1>promptclip demo: base-to-new generalisation</h1>
+<p class="meta">Model <b>${escapeHtml(r.model)}</b> · <b>${escapeHtml(r.shots)}</b> shots per base class · seeds <b>${escapeHtml(r.seeds.join(', '))}</b> · ${r.classNames.length} classes (${r.baseClasses.length} base, ${r.newClasses.length} new) · ran in <b>${escapeHtml(formatSeconds(r.seconds))}</b></p>
+<dl class="classes">
+<dt><span class="swatch" style="background:var(--base)"></span>base</dt><dd>${names(r.baseClasses)}</dd>
+<dt><span class="swatch" style="background:var(--new)"></span>new</dt><dd>${names(r.newClasses)}</dd>
+</dl>
+</header>
+
+<section id="summary">
+<h2>Accuracy on base and new classes</h2>
+${resultsTable(r)}
+<p class="note">Accuracy in %, mean ± standard deviation (n − 1) over ${seeds} seed${seeds === 1 ? '' : 's'}; hover a cell for the per-seed values. Methods learn on the base classes only and are tested on each half separately; H is the harmonic mean 2·base·new / (base + new), per seed. “—”: the method cannot score classes it has not seen. Best mean in each column in bold.</p>
+<div class="chart" id="chart-summary"></div>
+<p class="note">Bars: mean over seeds; black line: ± one standard deviation; dots: the individual seeds.</p>
+</section>
+
+<section id="per-class">
+<h2>Per-class accuracy (seed ${escapeHtml(seed0)})</h2>
+<p class="note">Base classes from the base-class evaluation, new classes from the new-class one. Choose the method below; a missing bar means the method gave no accuracy for that class.</p>
+<div class="chart" id="chart-per-class"></div>
+</section>
+
+<section id="confusion">
+<h2>Confusion matrix: ${escapeHtml(r.confusion.method)} on the ${escapeHtml(confusionHalf)} (seed ${escapeHtml(seed0)})</h2>
+<p class="note">Rows: true class; columns: predicted class. Numbers are image counts, colour is the share of the row.</p>
+<div class="chart" id="chart-confusion"></div>
+</section>
+
+<section id="examples">
+<h2>Test images, before and after prompt learning</h2>
+${examplesGrid(r)}
+</section>
+
+<section id="context">
+<h2>CoOp's learned context, as nearest words</h2>
+${contextList(r)}
+</section>
+
+<footer>Generated by promptclip on ${escapeHtml(generated)}. Charts: ${libs.map((l) => `${escapeHtml(l.name)} ${escapeHtml(l.version)}`).join(', ')}, inlined; the page needs no network.</footer>
+</main>
+${libs.map((l) => `<script>/* ${l.name} ${l.version} */\n${l.source}\n</script>`).join('\n')}
+<script type="application/json" id="chart-specs">${scriptJson(specs)}</script>
+<script>
+(function () {
+  var specs = JSON.parse(document.getElementById('chart-specs').textContent);
+  window.chartsReady = Promise.all(Object.keys(specs).map(function (id) {
+    var el = document.getElementById(id);
+    return vegaEmbed(el, specs[id], { renderer: 'svg', actions: false }).catch(function (err) {
+      console.error('chart ' + id + ' failed:', err);
+      var msg = document.createElement('p');
+      msg.className = 'error';
+      msg.textContent = 'This chart could not be drawn: ' + (err && err.message ? err.message : err);
+      el.appendChild(msg);
+    });
+  })).then(function () { document.body.setAttribute('data-charts', 'done'); });
+})();
+</script>
+</body>
+</html>
+`
+}
+
+/** Writes the report to `path` (creating its folder), atomically: a temporary file, then a rename. */
+export function writeReport(results: DemoResults, path: string): void {
+  const html = renderReport(results)
+  const dir = dirname(path)
+  mkdirSync(dir, { recursive: true })
+  const tmp = join(dir, `.${basename(path)}.${process.pid}.${Date.now().toString(36)}.tmp`)
+  try {
+    writeFileSync(tmp, html)
+    renameSync(tmp, path)
+  } catch (err) {
+    rmSync(tmp, { force: true })
+    throw err
+  }
+}
