@@ -118,7 +118,7 @@ test.before(() => {
     const packOut = npm(['pack', '--json', '--pack-destination', dir], ROOT)
     const tarball = join(dir, (JSON.parse(packOut) as { filename: string }[])[0].filename)
     writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'consumer', private: true }))
-    npm(['install', tarball, '--offline', '--no-save', '--no-audit', '--no-fund', '--ignore-scripts'], dir)
+    npm(['install', tarball, '--prefer-offline', '--no-save', '--no-audit', '--no-fund', '--ignore-scripts'], dir)
   } catch (e) {
     installError = String((e as { stderr?: string }).stderr || e)
     return
