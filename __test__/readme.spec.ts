@@ -5,21 +5,12 @@
  * following the README would.
  */
 
-import { execFileSync, spawnSync } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
-import { createRequire } from 'node:module'
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
+import { join } from 'node:path'
 import test from 'ava'
-
-const ROOT = join(import.meta.dirname ?? __dirname, '..')
-const require_ = createRequire(join(ROOT, 'package.json'))
-const TSC = require_.resolve('typescript/bin/tsc')
-const NPM_CLI = process.env.npm_execpath?.endsWith('js') ? process.env.npm_execpath : undefined
-function npm(args: string[], cwd: string): string {
-  const [cmd, argv] = NPM_CLI ? [process.execPath, [NPM_CLI, ...args]] : ['npm', args]
-  return execFileSync(cmd, argv, { cwd, encoding: 'utf8', shell: !NPM_CLI && process.platform === 'win32' })
-}
+import { installPacked, ROOT, TSC } from './packed'
 
 /** The ```ts blocks of the README, in order. */
 function snippets(markdown: string): string[] {
@@ -31,16 +22,7 @@ let dir = ''
 
 test.before(() => {
   dir = mkdtempSync(join(tmpdir(), 'promptclip-readme-'))
-  const packOut = npm(['pack', '--json', '--pack-destination', dir], ROOT)
-  const tarball = join(dir, (JSON.parse(packOut) as { filename: string }[])[0].filename)
-  writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'reader', private: true, type: 'module' }))
-  npm(['install', tarball, '--prefer-offline', '--no-save', '--no-audit', '--no-fund', '--ignore-scripts'], dir)
-  mkdirSync(join(dir, 'node_modules', '@types'), { recursive: true })
-  symlinkSync(
-    dirname(require_.resolve('@types/node/package.json')),
-    join(dir, 'node_modules', '@types', 'node'),
-    'junction',
-  )
+  installPacked(dir, { name: 'reader', private: true, type: 'module' })
   const files = blocks.map((code, i) => {
     writeFileSync(join(dir, `snippet${i + 1}.mts`), code)
     return `snippet${i + 1}.mts`

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { inflateSync } from 'node:zlib'
 import test from 'ava'
+import { rng } from '../ts/datasets'
 import type { RawImage } from '../ts/options'
 import { type DemoResults, encodePng, escapeHtml, formatMeanStd, renderReport, writeReport } from '../ts/report'
 
@@ -32,18 +33,6 @@ const CLASSES = [
 const BASE = [0, 1, 2, 3, 4, 10, 11, 12, 13, 14]
 const NEW = [5, 6, 7, 8, 9, 15, 16, 17, 18, 19]
 const SEEDS = [1, 2, 3]
-
-/** A small deterministic generator (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 /** A 28x28 grey image: a ring whose radius depends on `k`, plus noise. */
 function ring(k: number, rand: () => number): RawImage {

@@ -4,22 +4,12 @@
  * type-check a CommonJS and an ESM file that use the public API.
  */
 
-import { execFileSync, spawnSync } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
-import { createRequire } from 'node:module'
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
+import { join } from 'node:path'
 import test from 'ava'
-
-const ROOT = join(import.meta.dirname ?? __dirname, '..')
-const require_ = createRequire(join(ROOT, 'package.json'))
-const TSC = require_.resolve('typescript/bin/tsc')
-// npm's own CLI script when run by npm (npm test, npx ava), so no shell is needed on Windows.
-const NPM_CLI = process.env.npm_execpath?.endsWith('js') ? process.env.npm_execpath : undefined
-function npm(args: string[], cwd: string): string {
-  const [cmd, argv] = NPM_CLI ? [process.execPath, [NPM_CLI, ...args]] : ['npm', args]
-  return execFileSync(cmd, argv, { cwd, encoding: 'utf8', shell: !NPM_CLI && process.platform === 'win32' })
-}
+import { installPacked, TSC } from './packed'
 
 const TSCONFIG = {
   compilerOptions: {
@@ -115,21 +105,11 @@ let installError: string | undefined
 test.before(() => {
   dir = mkdtempSync(join(tmpdir(), 'promptclip-types-'))
   try {
-    const packOut = npm(['pack', '--json', '--pack-destination', dir], ROOT)
-    const tarball = join(dir, (JSON.parse(packOut) as { filename: string }[])[0].filename)
-    writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'consumer', private: true }))
-    npm(['install', tarball, '--prefer-offline', '--no-save', '--no-audit', '--no-fund', '--ignore-scripts'], dir)
+    installPacked(dir, { name: 'consumer', private: true })
   } catch (e) {
     installError = String((e as { stderr?: string }).stderr || e)
     return
   }
-  // The consumer's own @types/node (after npm install, which would prune it as extraneous).
-  mkdirSync(join(dir, 'node_modules', '@types'), { recursive: true })
-  symlinkSync(
-    dirname(require_.resolve('@types/node/package.json')),
-    join(dir, 'node_modules', '@types', 'node'),
-    'junction',
-  )
   writeFileSync(join(dir, 'tsconfig.json'), JSON.stringify(TSCONFIG, null, 2))
   const loaderOnly = { ...TSCONFIG, files: [join('node_modules', 'promptclip', 'index.d.ts')] }
   writeFileSync(join(dir, 'tsconfig.loader.json'), JSON.stringify(loaderOnly, null, 2))

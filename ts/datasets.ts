@@ -126,8 +126,8 @@ export function loadFashionMnist(split: 'train' | 'test', dir = FASHION_MNIST_DI
   return { images, labels: Array.from(labels.data), classNames: FASHION_MNIST_CLASSES }
 }
 
-/** Seeded PRNG (mulberry32) for reproducible sampling. */
-function rng(seed: number): () => number {
+/** @internal Seeded PRNG (mulberry32) for reproducible sampling. */
+export function rng(seed: number): () => number {
   let a = seed >>> 0
   return () => {
     a = (a + 0x6d2b79f5) >>> 0
