@@ -5,9 +5,9 @@
  * Internal to the CLI; not part of the package's API.
  */
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
-import { createRequire } from 'node:module'
 import { basename, dirname, join } from 'node:path'
 import { deflateSync } from 'node:zlib'
+import { packageRequire } from './binding'
 import type { RawImage } from './options'
 
 export interface DemoResults {
@@ -41,9 +41,6 @@ export interface DemoResults {
   seconds: number
 }
 
-// Same choice as binding.ts: __filename in the CJS build, import.meta.url for an ESM runner.
-const localRequire = createRequire(typeof __filename === 'string' ? __filename : import.meta.url)
-
 /** The minified UMD builds, in load order, and the global each defines. */
 const LIBRARIES = [
   { pkg: 'vega', file: 'vega.min.js' },
@@ -65,7 +62,7 @@ let libraries: Library[] | undefined
  */
 export function vegaLibraries(): Library[] {
   libraries ??= LIBRARIES.map(({ pkg, file }) => {
-    const buildDir = dirname(localRequire.resolve(pkg))
+    const buildDir = dirname(packageRequire.resolve(pkg))
     const version = (JSON.parse(readFileSync(join(buildDir, '..', 'package.json'), 'utf8')) as { version: string })
       .version
     let source = readFileSync(join(buildDir, file), 'utf8')
