@@ -291,6 +291,22 @@ impl ImageEncoder {
     }
 }
 
+/// Whether every element is finite: |x| <= MAX holds for every finite x and for neither NaN nor
+/// the infinities (compared in f32, or in f64 for f64 tensors, so half-precision infinities show).
+pub fn is_finite(t: &Tensor) -> Result<bool> {
+    let (t, max) = match t.dtype() {
+        DType::F64 => (t.clone(), f64::MAX),
+        _ => (t.to_dtype(DType::F32)?, f32::MAX as f64),
+    };
+    let ok = t
+        .abs()?
+        .le(max)?
+        .to_dtype(DType::U32)?
+        .sum_all()?
+        .to_scalar::<u32>()?;
+    Ok(ok as usize == t.elem_count())
+}
+
 /// Divide each row by its L2 norm (differentiable).
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_div(&x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?)

@@ -60,7 +60,8 @@ impl LinearProbe {
                 config.max_iter, config.tol
             )));
         }
-        let k = crate::classnames::validate(class_names)?.len();
+        // `from_parts` validates the class names.
+        let k = class_names.len();
         let weight = Tensor::zeros((k, clip.embed_dim()), DType::F32, &clip.device)?;
         let bias = Tensor::zeros(k, DType::F32, &clip.device)?;
         Self::from_parts(class_names, config, weight, bias)

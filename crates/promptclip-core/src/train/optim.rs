@@ -111,15 +111,10 @@ impl LossScaler {
     }
 }
 
-/// Whether every element of every tensor is finite (one reduction and read-back per tensor).
+/// Whether every element of every tensor is finite.
 pub fn all_finite(grads: &[Tensor]) -> Result<bool> {
     for g in grads {
-        let s = g
-            .abs()?
-            .sum_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
-        if !s.is_finite() {
+        if !crate::clip::is_finite(g)? {
             return Ok(false);
         }
     }
