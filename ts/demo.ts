@@ -70,10 +70,8 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
   const train = loadClothesAndDigits('train', options.fashionDir ?? FASHION_MNIST_DIR)
   const test = firstPerClass(loadClothesAndDigits('test', options.fashionDir), options.testPerClass ?? 50)
   const testHalves = baseToNew(test)
-  const { base: baseNames, novel: newNames } = {
-    base: testHalves.base.classNames,
-    novel: testHalves.novel.classNames,
-  }
+  const baseNames = testHalves.base.classNames
+  const newNames = testHalves.novel.classNames
   log(
     `CLIP ${model === BUILTIN_MODEL ? 'built-in' : model}; ${train.classNames.length} classes, base-to-new, ` +
       `${shots} shots, seeds ${seeds.join(', ')}; ${test.images.length} test images`,
@@ -180,15 +178,14 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
     new: r.new,
     h: r.new ? r.base.map((b, i) => harmonic(b, (r.new as number[])[i])) : null,
   }))
-  const k = train.classNames.length
-  const cut = Math.ceil(k / 2)
+  const cut = baseNames.length // baseToNew's split
   return {
     model: model === BUILTIN_MODEL ? 'built-in' : model,
     shots,
     seeds,
     classNames: train.classNames,
     baseClasses: Array.from({ length: cut }, (_, i) => i),
-    newClasses: Array.from({ length: k - cut }, (_, i) => cut + i),
+    newClasses: newNames.map((_, i) => cut + i),
     methods,
     perClass: firstSeed?.perClass ?? [],
     confusion: firstSeed?.confusion ?? { method: '', classNames: [], matrix: [] },
