@@ -13,18 +13,34 @@ export type {
   ZeroShotPrediction,
 } from './clip'
 export { BUILTIN_MODEL, Clip, cudaCompiled, DEFAULT_TEMPLATE, topK } from './clip'
-export type { LabelledDataset } from './datasets'
+export type {
+  CatalogEntry,
+  CatalogLayout,
+  DatasetName,
+  DatasetSplits,
+  LabelledDataset,
+  SkippedFile,
+} from './datasets'
 export {
   baseToNew,
+  catalogName,
+  DATASETS,
   DIGIT_CLASSES,
   FASHION_MNIST_CLASSES,
   fewShot,
+  fewShotSplits,
+  fromList,
   loadClothesAndDigits,
+  loadCsv,
+  loadDataset,
   loadFashionMnist,
+  loadIdx,
   loadImageFolder,
   loadMnistDigits,
   loadSplitFile,
+  openDataset,
   readIdx,
+  without,
 } from './datasets'
 export type { ErrorCode } from './errors'
 export { AbortError, PromptclipError } from './errors'

@@ -1,0 +1,116 @@
+/** Image folders: one sub-folder per class, optionally under train/ val/ test/ split folders. */
+import { join } from 'node:path'
+import { invalidArgument } from '../errors'
+import type { ImageInput } from '../options'
+import { checkNotEmpty, IMAGE_EXT, isDirectory, listNoHidden, requireDirectory } from './checks'
+import type { DatasetSplits, LabelledDataset, SkippedFile } from './types'
+
+/** Names of split folders: a dataset root holding these is not a folder of classes. */
+export const SPLIT_FOLDERS = { train: 'train', val: ['val', 'validation', 'valid'], test: 'test' } as const
+
+/** The split sub-folders of `dir`, when it is a dataset root with train/ and val/ or test/. */
+export function splitFoldersOf(dir: string): { train: string; val?: string; test?: string } | undefined {
+  const has = (n: string) => isDirectory(join(dir, n))
+  if (!has(SPLIT_FOLDERS.train)) return undefined
+  const val = SPLIT_FOLDERS.val.find(has)
+  const test = has(SPLIT_FOLDERS.test) ? SPLIT_FOLDERS.test : undefined
+  if (!val && !test) return undefined
+  return {
+    train: join(dir, SPLIT_FOLDERS.train),
+    ...(val ? { val: join(dir, val) } : {}),
+    ...(test ? { test: join(dir, test) } : {}),
+  }
+}
+
+/**
+ * The images of one class folder: the types the core decodes, in sorted order; anything else is
+ * reported in `skipped` (not an error: archives often carry a README or a thumbnail index).
+ */
+export function listClassImages(classDir: string, skipped: SkippedFile[]): string[] {
+  const images: string[] = []
+  for (const f of listNoHidden(classDir)) {
+    const path = join(classDir, f)
+    if (isDirectory(path)) skipped.push({ path, reason: 'a folder inside a class folder (not searched)' })
+    else if (IMAGE_EXT.test(f)) images.push(path)
+    else
+      skipped.push({
+        path,
+        reason: `unsupported file type (${f.includes('.') ? f.slice(f.lastIndexOf('.')) : 'no extension'}); images are .jpg, .jpeg, .png, .webp, .bmp or .gif`,
+      })
+  }
+  return images
+}
+
+/**
+ * One sub-folder per class: the sorted folder names become labels 0..K-1. Files of other types,
+ * files beside the class folders and class folders without images are left out and listed in
+ * `skipped`; hidden files are ignored. A dataset root with train/ and test/ is refused (those are
+ * splits, not classes): `openDataset` reads it.
+ */
+export function loadImageFolder(dir: string): LabelledDataset & { skipped: SkippedFile[] } {
+  requireDirectory(dir, 'dataset folder')
+  if (splitFoldersOf(dir)) {
+    throw invalidArgument(
+      `${dir} holds split folders (train/ and val/ or test/), not one folder per class; ` +
+        'read it with openDataset(dir), which loads each split',
+    )
+  }
+  const skipped: SkippedFile[] = []
+  const classNames: string[] = []
+  const images: ImageInput[] = []
+  const labels: number[] = []
+  for (const name of listNoHidden(dir)) {
+    const path = join(dir, name)
+    if (!isDirectory(path)) {
+      skipped.push({ path, reason: 'a file beside the class folders (classes are sub-folders)' })
+      continue
+    }
+    const files = listClassImages(path, skipped)
+    if (files.length === 0) {
+      skipped.push({ path, reason: 'a class folder without images (not made a class)' })
+      continue
+    }
+    for (const f of files) {
+      images.push(f)
+      labels.push(classNames.length)
+    }
+    classNames.push(name)
+  }
+  if (classNames.length === 0) {
+    throw invalidArgument(`${dir}: the dataset is empty (no class sub-folder holds an image of a supported type)`)
+  }
+  return { images, labels, classNames, skipped }
+}
+
+/**
+ * A dataset root with train/, val/ (or validation/) and test/ folders, each one sub-folder per class.
+ * The class list is train's; val and test are labelled by class name, so a split may lack a class
+ * but may not add one train does not have.
+ */
+export function loadSplitFolders(dir: string): DatasetSplits {
+  const parts = splitFoldersOf(dir)
+  if (!parts) throw invalidArgument(`${dir} has no train/ with val/ or test/ split folders`)
+  const train = loadImageFolder(parts.train)
+  const skipped = [...train.skipped]
+  const index = new Map(train.classNames.map((c, i) => [c, i]))
+  const relabel = (splitDir: string): LabelledDataset => {
+    const d = loadImageFolder(splitDir)
+    skipped.push(...d.skipped)
+    const extra = d.classNames.filter((c) => !index.has(c))
+    if (extra.length > 0) {
+      throw invalidArgument(`${splitDir}: classes not in ${parts.train}: ${extra.map((c) => `"${c}"`).join(', ')}`)
+    }
+    const labels = d.labels.map((l) => index.get(d.classNames[l]) as number)
+    checkNotEmpty(labels.length, splitDir)
+    return { images: d.images, labels, classNames: train.classNames }
+  }
+  const { skipped: _, ...trainData } = train
+  return {
+    name: dir,
+    classNames: train.classNames,
+    train: trainData,
+    ...(parts.val ? { val: relabel(parts.val) } : {}),
+    ...(parts.test ? { test: relabel(parts.test) } : {}),
+    skipped,
+  }
+}

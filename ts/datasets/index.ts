@@ -1,0 +1,26 @@
+/**
+ * Dataset IO: folders of images, the official CoOp split files, CSV lists, lists in memory, IDX
+ * files (MNIST / Fashion-MNIST), the catalog of the papers' datasets, and the few-shot and
+ * base-to-new sampling of the papers' protocols.
+ */
+export type { CatalogEntry, CatalogLayout, DatasetName } from './catalog'
+export { catalogName, DATASETS, loadDataset, readClassnames } from './catalog'
+export { IMAGE_EXT } from './checks'
+export type { CsvRecord } from './csv'
+export { loadCsv, parseCsv } from './csv'
+export { loadImageFolder, loadSplitFolders } from './folder'
+export {
+  DIGIT_CLASSES,
+  FASHION_MNIST_CLASSES,
+  FASHION_MNIST_DIR,
+  loadClothesAndDigits,
+  loadFashionMnist,
+  loadIdx,
+  loadMnistDigits,
+  readIdx,
+} from './idx'
+export { fromList } from './memory'
+export { dataRoot, openDataset } from './open'
+export { baseToNew, fewShot, fewShotSplits, rng, without } from './sampling'
+export { loadSplitFile } from './split'
+export type { DatasetSplits, LabelledDataset, SkippedFile } from './types'

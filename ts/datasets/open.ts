@@ -1,0 +1,89 @@
+/** One entry point for every source a user may name: what the CLI and the protocols take. */
+import { existsSync, readdirSync } from 'node:fs'
+import { basename, dirname, extname, join } from 'node:path'
+import { invalidArgument, nativeSync } from '../errors'
+import { catalogName, DATASETS, type DatasetName, loadDataset } from './catalog'
+import { fileNotFound, isDirectory } from './checks'
+import { loadCsv } from './csv'
+import { loadImageFolder, loadSplitFolders, splitFoldersOf } from './folder'
+import { loadSplitFile } from './split'
+import type { DatasetSplits } from './types'
+
+/** The data root of catalog names: `options.root`, else `$PROMPTCLIP_DATA`, else ./data. */
+export function dataRoot(root?: string): string {
+  return root ?? process.env.PROMPTCLIP_DATA ?? './data'
+}
+
+/** The catalog dataset whose official split file is called `file`. */
+function bySplitFile(file: string): DatasetName | undefined {
+  return (Object.keys(DATASETS) as DatasetName[]).find((k) => DATASETS[k].splitFile === file)
+}
+
+/** The catalog dataset whose folder `dir` is, when it holds that dataset's marker file. */
+function byCatalogFolder(dir: string): DatasetName | undefined {
+  const name = basename(dir)
+  return (Object.keys(DATASETS) as DatasetName[]).find((k) => {
+    const e = DATASETS[k]
+    if (e.dir !== name) return false
+    const marker = e.splitFile ?? (e.layout === 'fgvc-aircraft' ? 'variants.txt' : 'classnames.txt')
+    return existsSync(join(dir, marker))
+  })
+}
+
+function fromSplitFile(json: string, imageRoot?: string): DatasetSplits {
+  const known = bySplitFile(basename(json))
+  const root = imageRoot ?? (known ? join(dirname(json), DATASETS[known].imageDir) : dirname(json))
+  const s = loadSplitFile(json, root)
+  return {
+    name: json,
+    classNames: s.train.classNames,
+    ...s,
+    ...(known ? { template: DATASETS[known].template } : {}),
+    skipped: [],
+  }
+}
+
+/**
+ * A dataset from whatever `source` names:
+ * - a catalog name (`oxford_pets`, `OxfordPets`, ...; see `DATASETS`), under the data root
+ *   `options.root`, else `$PROMPTCLIP_DATA`, else ./data;
+ * - a catalog dataset's own folder (`/data/oxford_pets`);
+ * - a folder with train/ and val/ or test/ split folders (each one sub-folder per class);
+ * - a folder holding one `split_zhou_*.json`: that split file;
+ * - a folder with one sub-folder per class: train only;
+ * - a split file `split_zhou_<Name>.json`, its images under `options.imageRoot`, else the catalog's
+ *   image folder beside it when the name is a catalog dataset's (`images/` for OxfordPets), else
+ *   its own folder;
+ * - a `.csv` of path,label (paths relative to `options.imageRoot`, else to the CSV's folder):
+ *   train only.
+ * Paths win over catalog names only when no catalog name matches, so `dtd` is the catalog dataset
+ * even if ./dtd exists (name its path, `./dtd`, to read the folder).
+ */
+export function openDataset(source: string, options: { imageRoot?: string; root?: string } = {}): DatasetSplits {
+  if (typeof source !== 'string' || source === '')
+    throw invalidArgument('openDataset: source must be a non-empty string')
+  const name = /[/\\]/.test(source) ? undefined : catalogName(source)
+  if (name) return loadDataset(name, dataRoot(options.root))
+  if (!existsSync(source)) {
+    throw fileNotFound(
+      `dataset ${source} does not exist (a folder, a split_zhou_*.json, a .csv, or a catalog name: ${Object.keys(DATASETS).join(', ')})`,
+    )
+  }
+  if (isDirectory(source)) {
+    const catalog = byCatalogFolder(source)
+    if (catalog) return { ...loadDataset(catalog, dirname(source)), name: source }
+    if (splitFoldersOf(source)) return loadSplitFolders(source)
+    const jsons = nativeSync(() => readdirSync(source)).filter((f) => /^split_zhou_.*\.json$/.test(f))
+    if (jsons.length === 1) return fromSplitFile(join(source, jsons[0]), options.imageRoot)
+    if (jsons.length > 1) throw invalidArgument(`${source} holds several split files (${jsons.join(', ')}): name one`)
+    const { skipped, ...train } = loadImageFolder(source)
+    return { name: source, classNames: train.classNames, train, skipped }
+  }
+  const ext = extname(source).toLowerCase()
+  if (ext === '.json') return fromSplitFile(source, options.imageRoot)
+  if (ext === '.csv') {
+    const train = loadCsv(source, { imageRoot: options.imageRoot })
+    return { name: source, classNames: train.classNames, train, skipped: [] }
+  }
+  throw invalidArgument(`dataset ${source}: expected a folder, a split_zhou_*.json or a .csv file`)
+}

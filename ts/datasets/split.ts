@@ -1,0 +1,85 @@
+/** The official code's split files, `split_zhou_<Dataset>.json`. */
+import { existsSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { invalidArgument, nativeSync } from '../errors'
+import { checkExist, checkNoDuplicates, checkNotEmpty, escapesRoot, fileNotFound, someOf } from './checks'
+import type { LabelledDataset } from './types'
+
+const PARTS = ['train', 'val', 'test'] as const
+type Part = (typeof PARTS)[number]
+
+/**
+ * `{"train"|"val"|"test": [[relpath, label, classname], ...]}` with 0-based labels, paths relative
+ * to `imageRoot`, read as the official reader reads it (the class names are the file's, already
+ * cleaned by the code that wrote it). Checked at load time: every entry's shape, that each label
+ * always carries the same name, that labels 0..K-1 all occur, that no path leaves the image root or
+ * appears twice, and that every image exists.
+ */
+export function loadSplitFile(
+  jsonPath: string,
+  imageRoot: string,
+): { train: LabelledDataset; val: LabelledDataset; test: LabelledDataset } {
+  const text = nativeSync(() => readFileSync(jsonPath, 'utf8'))
+  let raw: Record<string, unknown>
+  try {
+    raw = JSON.parse(text)
+  } catch (e) {
+    throw invalidArgument(`${jsonPath}: not a readable split file (${(e as Error).message})`)
+  }
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) {
+    throw invalidArgument(`${jsonPath}: a split file is an object with "train", "val" and "test" lists`)
+  }
+  const names = new Map<number, string>()
+  const entries: Record<Part, [string, number, string][]> = { train: [], val: [], test: [] }
+  for (const part of PARTS) {
+    const list = raw[part]
+    if (!Array.isArray(list)) throw invalidArgument(`${jsonPath}: missing "${part}" list`)
+    for (const [i, item] of list.entries()) {
+      if (
+        !Array.isArray(item) ||
+        typeof item[0] !== 'string' ||
+        item[0] === '' ||
+        !Number.isInteger(item[1]) ||
+        item[1] < 0 ||
+        typeof item[2] !== 'string'
+      ) {
+        throw invalidArgument(
+          `${jsonPath}: ${part}[${i}] is not [relpath, label, classname] (got ${JSON.stringify(item)})`,
+        )
+      }
+      const [rel, label, name] = item as [string, number, string]
+      if (escapesRoot(rel)) throw invalidArgument(`${jsonPath}: ${part}[${i}] path "${rel}" leaves the image root`)
+      const known = names.get(label)
+      if (known === undefined) names.set(label, name)
+      else if (known !== name) {
+        throw invalidArgument(`${jsonPath}: ${part}[${i}] names label ${label} "${name}", elsewhere "${known}"`)
+      }
+      entries[part].push([rel, label, name])
+    }
+  }
+  checkNotEmpty(entries.train.length, `${jsonPath} (train)`)
+  const k = Math.max(...names.keys()) + 1
+  const unnamed = Array.from({ length: k }, (_, i) => i).filter((i) => !names.has(i))
+  if (unnamed.length > 0) {
+    throw invalidArgument(
+      `${jsonPath}: labels run to ${k - 1} but ${unnamed.length} classes have no images in any split: labels ${someOf(unnamed.map(String))}`,
+    )
+  }
+  const classNames = Array.from({ length: k }, (_, i) => names.get(i) as string)
+  const all = PARTS.flatMap((p) => entries[p].map(([rel], i) => ({ p, i, rel })))
+  checkNoDuplicates(
+    all.map((e) => e.rel),
+    jsonPath,
+    (j) => `${all[j].p}[${all[j].i}]`,
+  )
+  const absolute = all.map((e) => join(imageRoot, e.rel))
+  // A wrong image root is the usual cause of missing images: say that rather than list them all.
+  if (!existsSync(imageRoot)) throw fileNotFound(`${jsonPath}: the image root ${imageRoot} does not exist`)
+  checkExist(absolute, `${jsonPath} (image root ${imageRoot})`)
+  const part = (p: Part): LabelledDataset => ({
+    images: entries[p].map(([rel]) => join(imageRoot, rel)),
+    labels: entries[p].map(([, label]) => label),
+    classNames,
+  })
+  return { train: part('train'), val: part('val'), test: part('test') }
+}
