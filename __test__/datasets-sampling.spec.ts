@@ -93,3 +93,10 @@ test('baseToNew: sorted labels, base the first ceil(n / 2) classes, each half re
   // After few-shot sampling, as the protocol applies it.
   t.deepEqual(perClass(baseToNew(fewShot(d, 1, 1)).novel, 2), [1, 1])
 })
+
+test('fewShotSplits: an empty val split counts as none', (t) => {
+  const train = data([6, 6])
+  const empty = { images: [], labels: [], classNames: train.classNames }
+  const s = fewShotSplits({ name: 'z', classNames: train.classNames, train, val: empty, skipped: [] }, 2, 1)
+  t.deepEqual(perClass(s.val, 2), [2, 2])
+})

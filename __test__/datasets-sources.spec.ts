@@ -2,7 +2,7 @@
  * The sources a dataset comes from (image folders, split folders, split files, CSV lists, lists in
  * memory, IDX files) and the rule that bad data fails at load time with a message naming it.
  */
-import { writeFileSync } from 'node:fs'
+import { symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import test from 'ava'
 import { fromList, loadCsv, loadIdx, loadImageFolder, loadSplitFile, openDataset, PromptclipError } from 'promptclip'
@@ -295,4 +295,28 @@ test('loadIdx: MNIST-layout image and label files, digits as default class names
     code('E_INVALID_ARGUMENT', /3 images but .* 2 labels/),
   )
   t.throws(() => loadIdx(join(dir, 'nope'), join(dir, 'labels')), code('E_FILE_NOT_FOUND'))
+})
+
+test('a symbolic link to a class folder is followed; an unknown header is named as one', (t) => {
+  const elsewhere = tree(tempDir(), ['pics/1.jpg'])
+  const root = tree(tempDir(), ['a/1.jpg'])
+  symlinkSync(join(elsewhere, 'pics'), join(root, 'b'))
+  t.deepEqual(loadImageFolder(root).classNames, ['a', 'b'])
+  const f = csv('file_name,species\na.jpg,cat\nb.jpg,dog\n')
+  t.throws(
+    () => loadCsv(f),
+    code('E_FILE_NOT_FOUND', /list\.csv:1: .*file_name does not exist; if "file_name,species" is a header/),
+  )
+})
+
+test('openDataset: a catalog folder without its split file says what is missing; empty val or test are left out', (t) => {
+  const root = tree(tempDir(), ['oxford_pets/images/a_1.jpg', 'oxford_pets/annotations/list.txt'])
+  t.throws(
+    () => openDataset(join(root, 'oxford_pets')),
+    code('E_FILE_NOT_FOUND', /split_zhou_OxfordPets\.json does not exist/),
+  )
+  const s = split({ train: [['a/1.jpg', 0, 'a']], val: [], test: [] }, ['a/1.jpg'])
+  const d = openDataset(s.json, { imageRoot: s.root })
+  t.false('val' in d)
+  t.false('test' in d)
 })

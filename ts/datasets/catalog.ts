@@ -6,7 +6,16 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { invalidArgument, nativeSync } from '../errors'
-import { checkExist, checkNoDuplicates, checkNotEmpty, fileNotFound, isDirectory, listNoHidden, someOf } from './checks'
+import {
+  checkExist,
+  checkNoDuplicates,
+  checkNotEmpty,
+  fileNotFound,
+  isDirectory,
+  listEntries,
+  listNoHidden,
+  someOf,
+} from './checks'
 import { listClassImages } from './folder'
 import { loadSplitFile } from './split'
 import type { DatasetSplits, LabelledDataset, SkippedFile } from './types'
@@ -170,10 +179,9 @@ export function readClassnames(path: string): Map<string, string> {
 /** The class folders of `dir` in sorted order (files beside them are reported in `skipped`). */
 function classFolders(dir: string, skipped: SkippedFile[]): string[] {
   if (!isDirectory(dir)) throw fileNotFound(`${dir} does not exist or is not a folder`)
-  return listNoHidden(dir).filter((f) => {
-    if (isDirectory(join(dir, f))) return true
-    skipped.push({ path: join(dir, f), reason: 'a file beside the class folders' })
-    return false
+  return listEntries(dir).flatMap(({ name, path, isDir }) => {
+    if (!isDir) skipped.push({ path, reason: 'a file beside the class folders' })
+    return isDir ? [name] : []
   })
 }
 
@@ -306,6 +314,19 @@ function loadImagenetFolders(dir: string, e: CatalogEntry): Omit<DatasetSplits, 
   return { classNames, train: test, test, skipped }
 }
 
+/** A split file's parts without the empty ones: `val` and `test` are there when the source has them. */
+export function nonEmpty(s: { train: LabelledDataset; val: LabelledDataset; test: LabelledDataset }): {
+  train: LabelledDataset
+  val?: LabelledDataset
+  test?: LabelledDataset
+} {
+  return {
+    train: s.train,
+    ...(s.val.images.length > 0 ? { val: s.val } : {}),
+    ...(s.test.images.length > 0 ? { test: s.test } : {}),
+  }
+}
+
 /**
  * A catalog dataset under the data root `root` (the official code's `$DATA`), e.g.
  * `loadDataset('oxford_pets', '/data')` reads `/data/oxford_pets/split_zhou_OxfordPets.json` and the
@@ -330,7 +351,7 @@ export function loadDataset(name: DatasetName, root: string): DatasetSplits {
       throw fileNotFound(`${key}: ${json} does not exist (the official split file, linked from CoOp's DATASETS.md)`)
     }
     const s = loadSplitFile(json, join(dir, e.imageDir))
-    splits = { classNames: s.train.classNames, ...s, skipped: [] }
+    splits = { classNames: s.train.classNames, ...nonEmpty(s), skipped: [] }
   } else if (e.layout === 'imagenet') splits = loadImagenet(dir, e)
   else if (e.layout === 'fgvc-aircraft') splits = loadAircraft(dir, e)
   else if (e.layout === 'imagenetv2') splits = loadImagenetV2(dir, e)

@@ -4,7 +4,7 @@
  * hour of feature extraction, a label that silently indexes the wrong class).
  */
 import { existsSync, readdirSync, statSync } from 'node:fs'
-import { isAbsolute, normalize, sep } from 'node:path'
+import { isAbsolute, join, normalize, sep } from 'node:path'
 import { invalidArgument, nativeSync, PromptclipError } from '../errors'
 import type { LabelledDataset } from './types'
 
@@ -43,6 +43,19 @@ export function listNoHidden(dir: string): string[] {
   return nativeSync(() => readdirSync(dir))
     .filter((f) => !f.startsWith('.'))
     .sort()
+}
+
+/** A folder's non-hidden entries, sorted, each with whether it is a folder. The directory entry's
+ *  own type saves a stat per file (ImageNet's train split is 1.28M files); a symbolic link, which
+ *  DATASETS.md suggests for datasets kept elsewhere, is followed. */
+export function listEntries(dir: string): { name: string; path: string; isDir: boolean }[] {
+  return nativeSync(() => readdirSync(dir, { withFileTypes: true }))
+    .filter((e) => !e.name.startsWith('.'))
+    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+    .map((e) => {
+      const path = join(dir, e.name)
+      return { name: e.name, path, isDir: e.isSymbolicLink() ? isDirectory(path) : e.isDirectory() }
+    })
 }
 
 /**

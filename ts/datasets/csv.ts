@@ -1,9 +1,9 @@
 /** Lists of images as CSV: `path,label` per line. */
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { invalidArgument, nativeSync } from '../errors'
 import type { ImageInput } from '../options'
-import { checkExist, checkNoDuplicates, checkNotEmpty } from './checks'
+import { checkExist, checkNoDuplicates, checkNotEmpty, fileNotFound } from './checks'
 import { labelsFor } from './memory'
 import type { LabelledDataset } from './types'
 
@@ -131,6 +131,13 @@ export function loadCsv(csvPath: string, options: { imageRoot?: string; classNam
   checkNotEmpty(images.length, csvPath)
   checkNoDuplicates(images, csvPath, (i) => `line ${body[i].line}`)
   const { labels, classNames } = labelsFor(raw, options.classNames, csvPath, (i) => `${csvPath}:${body[i].line}`)
+  // A header the loader does not know reads as a first image: say so rather than only "missing".
+  if (body === records && images.length > 1 && !existsSync(images[0])) {
+    const [p, l] = [records[0].fields[pathCol], records[0].fields[labelCol]]
+    throw fileNotFound(
+      `${csvPath}:${records[0].line}: image ${images[0]} does not exist; if "${p},${l}" is a header, name the columns path,label`,
+    )
+  }
   checkExist(images, csvPath)
   return { images: images as ImageInput[], labels, classNames }
 }

@@ -2,7 +2,7 @@
 import { join } from 'node:path'
 import { invalidArgument } from '../errors'
 import type { ImageInput } from '../options'
-import { checkNotEmpty, IMAGE_EXT, isDirectory, listNoHidden, requireDirectory } from './checks'
+import { checkNotEmpty, IMAGE_EXT, isDirectory, listEntries, requireDirectory } from './checks'
 import type { DatasetSplits, LabelledDataset, SkippedFile } from './types'
 
 /** Names of split folders: a dataset root holding these is not a folder of classes. */
@@ -28,15 +28,16 @@ export function splitFoldersOf(dir: string): { train: string; val?: string; test
  */
 export function listClassImages(classDir: string, skipped: SkippedFile[]): string[] {
   const images: string[] = []
-  for (const f of listNoHidden(classDir)) {
-    const path = join(classDir, f)
-    if (isDirectory(path)) skipped.push({ path, reason: 'a folder inside a class folder (not searched)' })
-    else if (IMAGE_EXT.test(f)) images.push(path)
-    else
+  for (const { name, path, isDir } of listEntries(classDir)) {
+    if (isDir) skipped.push({ path, reason: 'a folder inside a class folder (not searched)' })
+    else if (IMAGE_EXT.test(name)) images.push(path)
+    else {
+      const ext = name.includes('.') ? name.slice(name.lastIndexOf('.')) : 'no extension'
       skipped.push({
         path,
-        reason: `unsupported file type (${f.includes('.') ? f.slice(f.lastIndexOf('.')) : 'no extension'}); images are .jpg, .jpeg, .png, .webp, .bmp or .gif`,
+        reason: `unsupported file type (${ext}); images are .jpg, .jpeg, .png, .webp, .bmp or .gif`,
       })
+    }
   }
   return images
 }
@@ -59,9 +60,8 @@ export function loadImageFolder(dir: string): LabelledDataset & { skipped: Skipp
   const classNames: string[] = []
   const images: ImageInput[] = []
   const labels: number[] = []
-  for (const name of listNoHidden(dir)) {
-    const path = join(dir, name)
-    if (!isDirectory(path)) {
+  for (const { name, path, isDir } of listEntries(dir)) {
+    if (!isDir) {
       skipped.push({ path, reason: 'a file beside the class folders (classes are sub-folders)' })
       continue
     }

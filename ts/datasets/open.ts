@@ -2,7 +2,7 @@
 import { existsSync, readdirSync } from 'node:fs'
 import { basename, dirname, extname, join } from 'node:path'
 import { invalidArgument, nativeSync } from '../errors'
-import { catalogName, DATASETS, type DatasetName, loadDataset } from './catalog'
+import { catalogName, DATASETS, type DatasetName, loadDataset, nonEmpty } from './catalog'
 import { fileNotFound, isDirectory } from './checks'
 import { loadCsv } from './csv'
 import { loadImageFolder, loadSplitFolders, splitFoldersOf } from './folder'
@@ -19,14 +19,18 @@ function bySplitFile(file: string): DatasetName | undefined {
   return (Object.keys(DATASETS) as DatasetName[]).find((k) => DATASETS[k].splitFile === file)
 }
 
-/** The catalog dataset whose folder `dir` is, when it holds that dataset's marker file. */
+/**
+ * The catalog dataset whose folder `dir` is: named as the catalog names it and holding that
+ * dataset's split file or class list, or its image folder (then loading says what is missing,
+ * rather than making classes of images/ and annotations/).
+ */
 function byCatalogFolder(dir: string): DatasetName | undefined {
   const name = basename(dir)
   return (Object.keys(DATASETS) as DatasetName[]).find((k) => {
     const e = DATASETS[k]
     if (e.dir !== name) return false
     const marker = e.splitFile ?? (e.layout === 'fgvc-aircraft' ? 'variants.txt' : 'classnames.txt')
-    return existsSync(join(dir, marker))
+    return existsSync(join(dir, marker)) || (e.imageDir !== '' && isDirectory(join(dir, e.imageDir)))
   })
 }
 
@@ -37,7 +41,7 @@ function fromSplitFile(json: string, imageRoot?: string): DatasetSplits {
   return {
     name: json,
     classNames: s.train.classNames,
-    ...s,
+    ...nonEmpty(s),
     ...(known ? { template: DATASETS[known].template } : {}),
     skipped: [],
   }

@@ -91,7 +91,7 @@ export function without<T extends Labelled>(data: T, picked: T): T {
 /**
  * The few-shot train and validation sets of one seed, as the official code draws them: train K
  * per class, then validation min(K, 4) per class from the source's val split, or, when it has none
- * (ImageNet, a folder of classes), from the train images not picked, so the two never share an
+ * or an empty one (ImageNet, a folder of classes), from the train images not picked, so the two never share an
  * image. One generator serves both draws, train first.
  */
 export function fewShotSplits(
@@ -105,7 +105,7 @@ export function fewShotSplits(
   const trainIdx = sampleIndices(splits.train.labels, shots, random)
   const train = take(splits.train, trainIdx)
   const valShots = Math.min(shots, 4)
-  if (splits.val) {
+  if (splits.val && splits.val.images.length > 0) {
     checkLabelled(splits.val, 'fewShotSplits (val)')
     return { train, val: take(splits.val, sampleIndices(splits.val.labels, valShots, random)) }
   }
