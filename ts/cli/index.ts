@@ -51,7 +51,7 @@ function program(ctx: Ctx): Command {
 
 /** The words of a commander error, without its "error: " prefix. */
 function usageMessage(err: CommanderError, argv: string[]): string {
-  const msg = err.message.replace(/^error: /, '')
+  const msg = err.message.replace(/^error: /, '').replace(/\s*\n\s*/g, ' ')
   const command = argv.find((a) => !a.startsWith('-'))
   const known = ['zeroshot', 'train', 'eval', 'predict', 'interpret', 'run', 'demo', 'info']
   const help = command && known.includes(command) ? `promptclip ${command} --help` : 'promptclip --help'

@@ -5,6 +5,7 @@ import { PromptLearner } from '../prompt'
 import {
   addJsonOption,
   addModelOptions,
+  badInput,
   type Ctx,
   checkModel,
   EXIT,
@@ -17,7 +18,7 @@ import {
 } from './common'
 
 interface Flags extends ModelFlags {
-  prompt: string
+  prompt?: string
   topK: number
   json?: boolean
 }
@@ -30,19 +31,22 @@ export function register(program: Command, ctx: Ctx): void {
       "The nearest vocabulary words (Euclidean distance in CLIP's token embedding space) of each " +
         'learned context vector of a saved prompt, as CoOp interprets its prompts.',
     )
-    .requiredOption('--prompt <file>', 'a prompt file saved by `promptclip train`')
+    .option('--prompt <file>', 'a prompt file saved by `promptclip train`')
     .addOption(new Option('--top-k <k>', 'words per position').argParser(positiveInt).default(3))
   addModelOptions(cmd)
   addJsonOption(cmd)
   cmd.addHelpText('after', EXIT_HELP)
   cmd.action(async (flags: Flags) => {
+    if (flags.prompt === undefined)
+      throw badInput('interpret needs --prompt FILE (a prompt saved by `promptclip train`)')
     requireFile(flags.prompt, '--prompt')
     checkModel(flags)
     const clip = await Clip.load(flags.model, { device: flags.device, dtype: flags.dtype })
-    const learner = await PromptLearner.load(clip, flags.prompt)
+    const prompt = flags.prompt
+    const learner = await PromptLearner.load(clip, prompt)
     const rows = await learner.interpret({ topK: flags.topK })
     if (flags.json) {
-      printJson({ prompt: flags.prompt, method: learner.info.method, rows })
+      printJson({ prompt, method: learner.info.method, rows })
     } else {
       const names = learner.info.classNames
       for (const r of rows) {
