@@ -127,6 +127,7 @@ test('an unknown flag, command or missing command is a one-line usage error (exi
   for (const c of COMMANDS) isUsageError(t, await cli([c, '--bogus-flag']), /unknown option '--bogus-flag'/)
   isUsageError(t, await cli(['zeroshot', '--top-kk', '3', FLAT]), /unknown option '--top-kk'.*Did you mean --top-k\?/)
   isUsageError(t, await cli(['frobnicate']), /unknown command 'frobnicate'/)
+  isUsageError(t, await cli(['help', 'frobnicate']), /unknown command 'frobnicate'/)
   isUsageError(t, await cli([]), /no command given/)
   isUsageError(t, await cli(['interpret']), /interpret needs --prompt FILE/)
 })
@@ -367,6 +368,24 @@ test.serial('Ctrl-C stops training at a checkpoint (exit 130), and the same comm
   const fresh = await cli(['train', DATA, '--epochs', '7', '--no-augment', '--out', out, '--no-resume'])
   t.is(fresh.code, 0, fresh.stderr)
   t.regex(fresh.stdout, /trained: 7 epochs,/)
+})
+
+test.serial('Ctrl-C typed on a terminal stops training with the bars cleared away (exit 130)', async (t) => {
+  const out = join(TMP, 'typed.safetensors')
+  const line = [process.execPath, CLI, 'train', DATA, '--epochs', '400', '--no-augment', '--out', out]
+    .map(quote)
+    .join(' ')
+  const child = spawn('script', ['-qfec', line, '/dev/null'], { cwd: TMP, stdio: ['pipe', 'pipe', 'pipe'] })
+  const done = collect(child)
+  const t0 = Date.now()
+  while (!existsSync(`${out}.ckpt`) && Date.now() - t0 < 30_000) await new Promise((r) => setTimeout(r, 20))
+  child.stdin?.write('\u0003') // the terminal turns ^C into SIGINT for the foreground process
+  const r = await done
+  t.is(r.code, 130, r.stdout)
+  t.regex(r.stdout, /train +\|[█░]+\| +\d+% \| ETA/)
+  t.regex(r.stdout, /interrupted: stopping cleanly/)
+  t.regex(r.stdout, /checkpoint: .*typed\.safetensors\.ckpt/)
+  t.true(r.stdout.includes('\u001b[?25h'), 'the cursor is shown again')
 })
 
 // ---------------------------------------------------------------------------------------------

@@ -49,11 +49,13 @@ function program(ctx: Ctx): Command {
   return p
 }
 
+const COMMANDS = ['zeroshot', 'train', 'eval', 'predict', 'interpret', 'run', 'demo', 'info'] as const
+
 /** The words of a commander error, without its "error: " prefix. */
 function usageMessage(err: CommanderError, argv: string[]): string {
   const msg = err.message.replace(/^error: /, '').replace(/\s*\n\s*/g, ' ')
   const command = argv.find((a) => !a.startsWith('-'))
-  const known = ['zeroshot', 'train', 'eval', 'predict', 'interpret', 'run', 'demo', 'info']
+  const known = COMMANDS as readonly string[]
   const help = command && known.includes(command) ? `promptclip ${command} --help` : 'promptclip --help'
   return `${msg} (see \`${help}\`)`
 }
@@ -86,6 +88,9 @@ async function main(argv: string[]): Promise<number> {
   })
   try {
     if (argv.length === 0) throw new CommanderError(EXIT.BAD_INPUT, 'promptclip.noCommand', 'error: no command given')
+    if (argv[0] === 'help' && argv[1] !== undefined && !(COMMANDS as readonly string[]).includes(argv[1])) {
+      throw new CommanderError(EXIT.BAD_INPUT, 'commander.unknownCommand', `error: unknown command '${argv[1]}'`)
+    }
     await program(ctx).parseAsync(argv, { from: 'user' })
     return ctx.exitCode
   } catch (err) {
