@@ -28,7 +28,7 @@ export default defineConfig([
   {
     ...common,
     // The command line (package.json "bin"): dist/cli.js, CJS only.
-    entry: { cli: 'ts/cli.ts' },
+    entry: { cli: 'ts/cli/index.ts' },
     format: ['cjs'],
     clean: false,
   },

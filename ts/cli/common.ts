@@ -1,0 +1,228 @@
+/**
+ * What every command shares: exit codes, option parsers (each flag is checked while the command
+ * line is parsed, before any model or data is loaded), the model options, and output (results on
+ * stdout, notes and progress on stderr, one JSON document with --json).
+ */
+import { existsSync, readFileSync, statSync } from 'node:fs'
+import { type Command, InvalidArgumentError, Option } from 'commander'
+import { BUILTIN_MODEL, type DeviceName, type Precision } from '../clip'
+import { type ErrorCode, PromptclipError } from '../errors'
+import type { Interrupt } from './interrupt'
+import type { Progress } from './progress'
+
+export const EXIT = {
+  OK: 0,
+  FAILURE: 1,
+  BAD_INPUT: 2,
+  /** The work was done, but some images could not be read (each is reported with the results). */
+  PARTIAL: 3,
+  INTERRUPTED: 130,
+} as const
+
+export const EXIT_HELP = `
+Exit codes:
+  0    success
+  1    failure while working (training diverged, a file could not be written, an internal error)
+  2    bad input: usage, unknown or malformed options, missing files, unreadable models or data
+  3    done, but some images could not be read (each is reported with the results)
+  130  interrupted (Ctrl-C); \`train\` leaves a checkpoint that the same command resumes from
+
+Results go to stdout; progress bars (on a terminal) and notes go to stderr. With --json, stdout
+holds one JSON document, and an error is written to stderr as {"error":{"code","message"}}.`
+
+/** Error codes that mean the input is at fault (exit 2) rather than the work (exit 1). */
+const BAD_INPUT_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'E_INVALID_ARGUMENT',
+  'E_FILE_NOT_FOUND',
+  'E_BAD_CONFIG',
+  'E_MISSING_TENSOR',
+  'E_SHAPE_MISMATCH',
+  'E_IMAGE_DECODE',
+  'E_TOKENIZER',
+  'E_UNSUPPORTED',
+  'E_CUDA_UNAVAILABLE',
+])
+
+export function exitCodeOf(err: unknown): number {
+  if (err instanceof PromptclipError) {
+    if (err.code === 'E_CANCELLED') return EXIT.INTERRUPTED
+    return BAD_INPUT_CODES.has(err.code) ? EXIT.BAD_INPUT : EXIT.FAILURE
+  }
+  return EXIT.FAILURE
+}
+
+export function badInput(message: string): PromptclipError {
+  return new PromptclipError('E_INVALID_ARGUMENT', message)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Option parsers: commander calls them while parsing and reports a throw as a usage error (exit 2).
+
+export function positiveInt(value: string): number {
+  const n = Number(value)
+  if (!/^\s*\+?\d+\s*$/.test(value) || !Number.isSafeInteger(n) || n < 1) {
+    throw new InvalidArgumentError('Expected a positive integer.')
+  }
+  return n
+}
+
+export function nonNegativeInt(value: string): number {
+  const n = Number(value)
+  if (!/^\s*\+?\d+\s*$/.test(value) || !Number.isSafeInteger(n)) {
+    throw new InvalidArgumentError('Expected a non-negative integer.')
+  }
+  return n
+}
+
+export function positiveNumber(value: string): number {
+  const n = Number(value)
+  if (value.trim() === '' || !Number.isFinite(n) || n <= 0)
+    throw new InvalidArgumentError('Expected a positive number.')
+  return n
+}
+
+/** A comma-separated list of integers, each checked by `one`. */
+export function intList(one: (v: string) => number): (value: string) => number[] {
+  return (value) => {
+    const parts = value.split(',').map((s) => s.trim())
+    if (parts.some((p) => p === '')) throw new InvalidArgumentError('Expected a comma-separated list of integers.')
+    const out = parts.map(one)
+    if (new Set(out).size !== out.length) throw new InvalidArgumentError('The list has duplicates.')
+    return out
+  }
+}
+
+/** A comma-separated list of non-empty names without duplicates. */
+export function nameList(value: string): string[] {
+  const names = value.split(',').map((s) => s.trim())
+  if (names.some((n) => n === '')) throw new InvalidArgumentError('Expected a comma-separated list of names.')
+  const dup = names.find((n, i) => names.indexOf(n) !== i)
+  if (dup !== undefined) throw new InvalidArgumentError(`"${dup}" is listed twice.`)
+  return names
+}
+
+/** A comma-separated list of choices. */
+export function choiceList<T extends string>(choices: readonly T[]): (value: string) => T[] {
+  return (value) => {
+    const list = nameList(value)
+    const bad = list.find((v) => !choices.includes(v as T))
+    if (bad !== undefined) throw new InvalidArgumentError(`"${bad}" is not one of ${choices.join(', ')}.`)
+    return list as T[]
+  }
+}
+
+/** A repeatable option: every occurrence is collected. */
+export function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value]
+}
+
+export function template(value: string, previous: string[] | undefined): string[] {
+  if (!value.includes('{}')) throw new InvalidArgumentError('A template needs {} where the class name goes.')
+  return collect(value, previous)
+}
+
+export function device(value: string): DeviceName {
+  if (!/^(cpu|cuda|cuda:\d+)$/.test(value)) throw new InvalidArgumentError('Expected cpu, cuda or cuda:N.')
+  return value as DeviceName
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options several commands take.
+
+export interface ModelFlags {
+  model: string
+  device: DeviceName
+  dtype: Precision
+}
+
+export function addModelOptions(cmd: Command): Command {
+  return cmd
+    .addOption(
+      new Option('--model <path>', 'CLIP checkpoint: a Hugging Face folder or an OpenAI safetensors file').default(
+        BUILTIN_MODEL,
+        'the built-in CLIP',
+      ),
+    )
+    .addOption(new Option('--device <device>', 'cpu, cuda or cuda:N').default('cpu').argParser(device))
+    .addOption(new Option('--dtype <dtype>', 'precision of CLIP').choices(['fp32', 'fp16', 'bf16']).default('fp32'))
+}
+
+export function addJsonOption(cmd: Command): Command {
+  return cmd.option('--json', 'one JSON document on stdout (errors as JSON on stderr)')
+}
+
+export function addClassOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--classes <a,b,c>', 'class names, comma-separated').argParser(nameList))
+    .option('--classes-file <file>', 'class names, one per line')
+}
+
+/** The class names of --classes or --classes-file, undefined when neither is given. */
+export function readClasses(opts: { classes?: string[]; classesFile?: string }): string[] | undefined {
+  if (opts.classes && opts.classesFile) throw badInput('give --classes or --classes-file, not both')
+  if (opts.classesFile === undefined) return opts.classes
+  const file = requireFile(opts.classesFile, '--classes-file')
+  const names = readFileSync(file, 'utf8')
+    .split(/\r?\n/)
+    .map((l) => l.trim())
+    .filter((l) => l !== '' && !l.startsWith('#'))
+  if (names.length === 0) throw badInput(`--classes-file ${file} lists no class names`)
+  const dup = names.find((n, i) => names.indexOf(n) !== i)
+  if (dup !== undefined) throw badInput(`--classes-file ${file} lists "${dup}" twice`)
+  return names
+}
+
+/** A path that must exist (a file, or with `dir` a folder), checked before any work starts. */
+export function requireFile(path: string, what: string, kind: 'file' | 'dir' | 'any' = 'file'): string {
+  if (!existsSync(path)) throw new PromptclipError('E_FILE_NOT_FOUND', `${what}: ${path} does not exist`)
+  const isDir = statSync(path).isDirectory()
+  if (kind === 'file' && isDir) throw badInput(`${what}: ${path} is a folder, not a file`)
+  if (kind === 'dir' && !isDir) throw badInput(`${what}: ${path} is a file, not a folder`)
+  return path
+}
+
+export function checkModel(flags: ModelFlags): void {
+  requireFile(flags.model, '--model', 'any')
+}
+
+/** Whether the user gave this option on the command line (rather than its default). */
+export function given(cmd: Command, name: string): boolean {
+  return cmd.getOptionValueSource(name) === 'cli'
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output.
+
+export function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`)
+}
+
+export function print(line = ''): void {
+  process.stdout.write(`${line}\n`)
+}
+
+export const pct = (x: number) => `${x.toFixed(1)}%`
+
+export function formatSeconds(s: number): string {
+  if (!Number.isFinite(s) || s < 0) return '--'
+  const t = Math.round(s)
+  if (t < 60) return `${t}s`
+  const m = Math.floor(t / 60)
+  if (m < 60) return `${m}m${String(t % 60).padStart(2, '0')}s`
+  return `${Math.floor(m / 60)}h${String(m % 60).padStart(2, '0')}m`
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a command's action gets.
+
+export interface Ctx {
+  progress: Progress
+  interrupt: Interrupt
+  /** What the process exits with once the action returns. */
+  exitCode: number
+}
+
+/** The model's name in output: "built-in" for the built-in CLIP, else its path. */
+export function modelName(path: string): string {
+  return path === BUILTIN_MODEL ? 'built-in' : path
+}

@@ -1,0 +1,85 @@
+/**
+ * `demo`: the built-in job (ts/demo.ts): base-to-new on the built-in CLIP's 20 classes, every
+ * method, several seeds; the paper-style table, CoOp's context as words, and an HTML report.
+ */
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { type Command, Option } from 'commander'
+import { BUILTIN_MODEL } from '../clip'
+import { FASHION_MNIST_DIR } from '../datasets'
+import { formatTable, runDemo } from '../demo'
+import { PromptclipError } from '../errors'
+import { writeReport } from '../report'
+import {
+  addJsonOption,
+  type Ctx,
+  checkModel,
+  EXIT,
+  EXIT_HELP,
+  intList,
+  nonNegativeInt,
+  positiveInt,
+  print,
+  printJson,
+} from './common'
+
+interface Flags {
+  model: string
+  data: string
+  shots: number
+  seeds: number[]
+  testPerClass: number
+  out: string
+  json?: boolean
+}
+
+export function register(program: Command, ctx: Ctx): void {
+  const cmd = program
+    .command('demo')
+    .summary('base-to-new on the built-in CLIP, every method, with a report')
+    .description(
+      "The built-in demo: the papers' base-to-new protocol on the built-in CLIP's 20 classes " +
+        '(Fashion-MNIST and handwritten digits), every method, several seeds. Prints the table and ' +
+        "CoOp's learned context as words, and writes an HTML report.",
+    )
+    .addOption(new Option('--model <path>', 'CLIP checkpoint').default(BUILTIN_MODEL, 'the built-in CLIP'))
+    .option('--data <dir>', "Fashion-MNIST's IDX files (Debian: dataset-fashion-mnist)", FASHION_MNIST_DIR)
+    .addOption(new Option('--shots <n>', 'shots per class').argParser(positiveInt).default(16))
+    .addOption(new Option('--seeds <list>', 'seeds').argParser(intList(nonNegativeInt)).default([1, 2, 3], '1,2,3'))
+    .addOption(new Option('--test-per-class <n>', 'test images per class').argParser(positiveInt).default(50))
+    .option('--out <dir>', 'where the report goes', 'promptclip-demo')
+  addJsonOption(cmd)
+  cmd.addHelpText('after', EXIT_HELP)
+  cmd.action(async (flags: Flags) => {
+    checkModel({ model: flags.model, device: 'cpu', dtype: 'fp32' })
+    if (!existsSync(flags.data)) {
+      throw new PromptclipError(
+        'E_FILE_NOT_FOUND',
+        `--data: ${flags.data} does not exist (Fashion-MNIST; on Debian: apt-get install dataset-fashion-mnist)`,
+      )
+    }
+    // The running commentary is part of the demo's output; with --json it goes to stderr.
+    const log = flags.json ? (line: string) => ctx.progress.log(line) : (line: string) => print(line)
+    const results = await runDemo({
+      model: flags.model,
+      fashionDir: flags.data,
+      shots: flags.shots,
+      seeds: flags.seeds,
+      testPerClass: flags.testPerClass,
+      log,
+    })
+    const report = join(flags.out, 'report.html')
+    writeReport(results, report)
+    if (flags.json) {
+      const { examples, ...rest } = results // raw pixels: in the report, not in the JSON
+      printJson({ ...rest, examples: examples.length, report })
+    } else {
+      print(`\nbase-to-new, ${results.shots} shots, accuracy % (mean ± std over seeds ${flags.seeds.join(', ')})`)
+      print(formatTable(results))
+      print("\nCoOp's learned context, nearest words of each position:")
+      for (const [i, words] of results.contextWords.entries()) print(`  ${i + 1}: ${words.join(', ')}`)
+      print(`\nreport: ${report} (${results.seconds.toFixed(0)} s)`)
+    }
+    ctx.exitCode = EXIT.OK
+  })
+}

@@ -1,0 +1,234 @@
+/**
+ * `run <protocol>`: the papers' evaluation protocols over every method (ts/protocols), with a run
+ * counter and per-run training and evaluation bars, then the results table and files.
+ */
+import { existsSync } from 'node:fs'
+import { Argument, type Command, Option } from 'commander'
+import { PromptclipError } from '../errors'
+import {
+  type ProtocolEvent,
+  type ProtocolMethod,
+  type ProtocolName,
+  type ProtocolOptions,
+  type RunKey,
+  runProtocol,
+} from '../protocols'
+import type { TrainOptions } from '../train'
+import {
+  addJsonOption,
+  addModelOptions,
+  badInput,
+  type Ctx,
+  checkModel,
+  choiceList,
+  EXIT,
+  EXIT_HELP,
+  given,
+  intList,
+  type ModelFlags,
+  nameList,
+  nonNegativeInt,
+  positiveInt,
+  positiveNumber,
+  print,
+  printJson,
+} from './common'
+import type { ImageProgress, StepProgress, Task } from './progress'
+
+const PROTOCOLS: readonly ProtocolName[] = ['few-shot', 'base-to-new', 'cross-dataset', 'domain-generalization']
+const METHODS: readonly ProtocolMethod[] = ['zero-shot', 'ensemble', 'linear-probe', 'coop', 'cocoop', 'kgcoop']
+const LEARNERS: readonly ProtocolMethod[] = ['coop', 'cocoop', 'kgcoop']
+
+interface Flags extends ModelFlags {
+  targets?: string[]
+  methods?: ProtocolMethod[]
+  shots?: number[]
+  seeds?: number[]
+  out?: string
+  imageRoot?: string
+  epochs?: number
+  lr?: number
+  trainBatchSize?: number
+  augment?: boolean
+  batchSize?: number
+  skipUnreadable?: boolean
+  json?: boolean
+}
+
+export function register(program: Command, ctx: Ctx): void {
+  const cmd = program
+    .command('run')
+    .summary("run one of the papers' protocols over the methods")
+    .description(
+      "Run one of the papers' evaluation protocols over the methods (zero-shot CLIP, prompt " +
+        'ensembling, the linear probe, CoOp, CoCoOp, KgCoOp), for each shot count and seed. Runs, ' +
+        'checkpoints and results (results.json, results.md, report.html) go to --out; running the ' +
+        'same command again skips finished runs and resumes an interrupted one.',
+    )
+    .addArgument(new Argument('<protocol>', 'the protocol').choices(PROTOCOLS))
+    .argument('<dataset>', 'the dataset learned on: a catalog name, an image folder or a split file')
+    .addOption(
+      new Option('--targets <a,b>', 'datasets evaluated on (cross-dataset, domain-generalization)').argParser(nameList),
+    )
+    .addOption(
+      new Option('--methods <list>', `methods, of ${METHODS.join(', ')} (default: all)`).argParser(choiceList(METHODS)),
+    )
+    .addOption(
+      new Option('--shots <list>', 'shots per class (default 1,2,4,8,16 for few-shot, else 16)').argParser(
+        intList(positiveInt),
+      ),
+    )
+    .addOption(new Option('--seeds <list>', 'seeds (default 1,2,3)').argParser(intList(nonNegativeInt)))
+    .option('--out <dir>', 'where runs and results go (default promptclip-<protocol>)')
+    .option('--image-root <dir>', 'folder a split file’s image paths are relative to')
+    .addOption(new Option('--epochs <n>', 'training epochs of the prompt learners').argParser(positiveInt))
+    .addOption(new Option('--lr <rate>', 'learning rate of the prompt learners').argParser(positiveNumber))
+    .addOption(new Option('--train-batch-size <n>', 'training batch of the prompt learners').argParser(positiveInt))
+    .option('--augment', 'random resized crop + flip in training (the default)')
+    .option('--no-augment', 'no augmentation in training')
+    .addOption(new Option('--batch-size <n>', 'images per forward pass at evaluation').argParser(positiveInt))
+    .option('--skip-unreadable', 'skip images that cannot be read (and count them) instead of failing')
+  addModelOptions(cmd)
+  addJsonOption(cmd)
+  cmd.addHelpText('after', EXIT_HELP)
+  cmd.action(async (protocol: ProtocolName, dataset: string, flags: Flags, command: Command) => {
+    ctx.exitCode = await run(protocol, dataset, flags, command, ctx)
+  })
+}
+
+/** A path-like source must exist; a bare word is a catalog name, checked by the runner. */
+function checkSource(source: string, what: string): void {
+  if (/[/\\.]/.test(source) && !existsSync(source)) {
+    throw new PromptclipError('E_FILE_NOT_FOUND', `${what} ${source} does not exist`)
+  }
+}
+
+const runName = (r: RunKey) => `${r.method} on ${r.dataset}, ${r.shots} shots, seed ${r.seed}`
+
+async function run(protocol: ProtocolName, dataset: string, flags: Flags, command: Command, ctx: Ctx): Promise<number> {
+  // Every check before any work.
+  const needsTargets = protocol === 'cross-dataset' || protocol === 'domain-generalization'
+  if (needsTargets && !flags.targets) throw badInput(`${protocol} needs --targets (the datasets evaluated on)`)
+  if (!needsTargets && flags.targets) throw badInput(`--targets is for cross-dataset and domain-generalization`)
+  checkModel(flags)
+  checkSource(dataset, 'dataset')
+  for (const t of flags.targets ?? []) checkSource(t, 'target')
+  const learnerFlags = ['epochs', 'lr', 'trainBatchSize', 'augment'].filter((k) => given(command, k))
+  if (learnerFlags.length > 0 && flags.methods && !flags.methods.some((m) => LEARNERS.includes(m))) {
+    throw badInput('--epochs, --lr, --train-batch-size and --augment apply to coop, cocoop and kgcoop only')
+  }
+  const recipe: TrainOptions = {}
+  if (flags.epochs !== undefined) recipe.epochs = flags.epochs
+  if (flags.lr !== undefined) recipe.lr = flags.lr
+  if (flags.trainBatchSize !== undefined) recipe.batchSize = flags.trainBatchSize
+  if (flags.augment !== undefined) recipe.augment = flags.augment
+  const out = flags.out ?? `promptclip-${protocol}`
+
+  const { progress } = ctx
+  let runs: Task | undefined
+  let trainBar: ((p: StepProgress) => void) | undefined
+  let evalBars = new Map<string, (p: ImageProgress) => void>()
+  let runTasks: Task[] = []
+  let done = 0
+  let total = 0
+  const clearRun = () => {
+    for (const t of runTasks) t.remove()
+    runTasks = []
+    trainBar = undefined
+    evalBars = new Map()
+  }
+  const onEvent = (e: ProtocolEvent) => {
+    switch (e.type) {
+      case 'plan':
+        total = e.runs.length
+        runs = progress.task('runs', 'runs')
+        runs.update(0, total, `${total} runs`)
+        break
+      case 'run-start':
+        clearRun()
+        runs?.update(done, e.total, `run ${e.index + 1}/${e.total}: ${runName(e.run)}${e.resumed ? ' (resumed)' : ''}`)
+        break
+      case 'run-skipped':
+        done++
+        runs?.update(done, e.total, `run ${e.index + 1}/${e.total}: ${runName(e.run)} (finished earlier)`)
+        break
+      case 'train-progress': {
+        if (!trainBar) {
+          const task = progress.task('train', 'steps')
+          runTasks.push(task)
+          trainBar = (p) => {
+            const value = (p.epoch - 1) * p.stepsPerEpoch + p.step
+            task.update(value, p.epochs * p.stepsPerEpoch, `epoch ${p.epoch}/${p.epochs} | loss ${p.loss.toFixed(4)}`)
+          }
+        }
+        trainBar(e)
+        break
+      }
+      case 'eval-progress': {
+        let bar = evalBars.get(e.split)
+        if (!bar) {
+          const task = progress.task(`eval ${e.split}`, 'images')
+          runTasks.push(task)
+          bar = (p) =>
+            task.update(p.done, p.total, `${p.done}/${p.total} images`, { rate: p.imagesPerSecond, eta: p.etaSeconds })
+          evalBars.set(e.split, bar)
+        }
+        bar(e)
+        break
+      }
+      case 'run-done': {
+        done++
+        clearRun()
+        runs?.update(done, e.total, `run ${e.index + 1}/${e.total} done`)
+        const metrics = Object.entries(e.metrics)
+          .map(([k, v]) => `${k} ${Number.isInteger(v) ? v : v.toFixed(1)}`)
+          .join(', ')
+        progress.log(`${runName(e.run)}: ${metrics}`)
+        break
+      }
+      case 'log':
+        progress.log(e.message)
+        break
+    }
+  }
+
+  const options: ProtocolOptions = {
+    protocol,
+    model: flags.model,
+    device: flags.device,
+    dtype: flags.dtype,
+    dataset,
+    imageRoot: flags.imageRoot,
+    targets: flags.targets,
+    methods: flags.methods,
+    shots: flags.shots,
+    seeds: flags.seeds,
+    out,
+    train: Object.keys(recipe).length > 0 ? Object.fromEntries(LEARNERS.map((m) => [m, recipe])) : undefined,
+    batchSize: flags.batchSize,
+    skipUnreadable: flags.skipUnreadable,
+    onEvent,
+    signal: ctx.interrupt.signal(),
+  }
+  try {
+    const results = await runProtocol(options)
+    progress.stop()
+    if (flags.json) {
+      printJson(results)
+    } else {
+      print(results.table)
+      print()
+      print(`results: ${results.files.json}, ${results.files.markdown}`)
+      print(`report: ${results.files.report}`)
+    }
+    return EXIT.OK
+  } catch (err) {
+    progress.stop()
+    if (err instanceof PromptclipError && err.code === 'E_CANCELLED') {
+      progress.log(`stopped; finished runs and the interrupted run's checkpoint are in ${out}`)
+      progress.log('run the same command again to resume')
+      return EXIT.INTERRUPTED
+    }
+    throw err
+  }
+}

@@ -1,0 +1,286 @@
+/**
+ * `train`: learn a prompt (or fit the linear probe) on a dataset, save it, keep a checkpoint next
+ * to it that a rerun of the same command resumes from, and evaluate on the test split if any.
+ */
+import { existsSync, mkdirSync, statSync } from 'node:fs'
+import { dirname } from 'node:path'
+import { type Command, Option } from 'commander'
+import { Clip } from '../clip'
+import { PromptclipError } from '../errors'
+import { type Evaluation, Evaluator } from '../evaluate'
+import { type Method, PromptLearner } from '../prompt'
+import type { TrainOptions, TrainSummary } from '../train'
+import { Trainer } from '../train'
+import {
+  addJsonOption,
+  addModelOptions,
+  badInput,
+  type Ctx,
+  checkModel,
+  EXIT,
+  EXIT_HELP,
+  given,
+  type ModelFlags,
+  modelName,
+  nonNegativeInt,
+  pct,
+  positiveInt,
+  positiveNumber,
+  print,
+  printJson,
+} from './common'
+import { describe } from './data'
+import { fewShotSplits, openDataset, skippedOf, withImageProgress, withSkipUnreadable } from './pending'
+
+const METHODS: readonly Method[] = ['coop', 'cocoop', 'kgcoop', 'linear-probe']
+
+interface Flags extends ModelFlags {
+  imageRoot?: string
+  method: Method
+  nCtx?: number
+  ctxInit?: string
+  classSpecific?: boolean
+  position?: 'end' | 'middle' | 'front'
+  metaNetRatio?: number
+  kgWeight?: number
+  c?: number
+  epochs?: number
+  lr?: number
+  batchSize?: number
+  seed: number
+  shots?: number
+  augment?: boolean
+  checkpointEvery?: number
+  out?: string
+  resume: boolean
+  skipUnreadable?: boolean
+  json?: boolean
+}
+
+/** Which methods each method or training flag applies to (refused early for the others). */
+const APPLIES: Partial<Record<keyof Flags, { flag: string; methods: readonly Method[] }>> = {
+  nCtx: { flag: '--n-ctx', methods: ['coop', 'cocoop', 'kgcoop'] },
+  ctxInit: { flag: '--ctx-init', methods: ['coop', 'cocoop', 'kgcoop'] },
+  classSpecific: { flag: '--class-specific', methods: ['coop', 'kgcoop'] },
+  position: { flag: '--position', methods: ['coop', 'cocoop', 'kgcoop'] },
+  metaNetRatio: { flag: '--meta-net-ratio', methods: ['cocoop'] },
+  kgWeight: { flag: '--kg-weight', methods: ['kgcoop'] },
+  c: { flag: '--c', methods: ['linear-probe'] },
+  epochs: { flag: '--epochs', methods: ['coop', 'cocoop', 'kgcoop'] },
+  lr: { flag: '--lr', methods: ['coop', 'cocoop', 'kgcoop'] },
+  batchSize: { flag: '--batch-size', methods: ['coop', 'cocoop', 'kgcoop'] },
+  augment: { flag: '--augment/--no-augment', methods: ['coop', 'cocoop', 'kgcoop'] },
+  checkpointEvery: { flag: '--checkpoint-every', methods: ['coop', 'cocoop', 'kgcoop'] },
+}
+
+export function register(program: Command, ctx: Ctx): void {
+  const cmd = program
+    .command('train')
+    .summary('learn a prompt on a dataset and save it')
+    .description(
+      'Learn a prompt (CoOp, CoCoOp, KgCoOp) or fit the linear probe on a dataset: an image folder ' +
+        '(one sub-folder per class, or train/ test/ [val/] of them) or a split_zhou_*.json file. ' +
+        'Saves the learner to --out and a checkpoint next to it (<out>.ckpt); running the same ' +
+        'command again after Ctrl-C resumes from the checkpoint. Evaluates on the test split if any.',
+    )
+    .argument('<dataset>', 'image folder or split file')
+    .option('--image-root <dir>', 'folder the split file’s image paths are relative to')
+    .addOption(new Option('--method <method>', 'what to learn').choices(METHODS).default('coop'))
+    .addOption(new Option('--n-ctx <n>', 'learned context tokens M (default 16; CoCoOp 4)').argParser(positiveInt))
+    .option('--ctx-init <words>', 'initialise the context from these words, e.g. "a photo of a"')
+    .option('--class-specific', 'one context per class (CoOp, KgCoOp)')
+    .addOption(new Option('--position <pos>', 'class token position').choices(['end', 'middle', 'front']))
+    .addOption(new Option('--meta-net-ratio <n>', 'CoCoOp Meta-Net bottleneck ratio').argParser(positiveInt))
+    .addOption(
+      new Option('--kg-weight <w>', 'KgCoOp weight of the knowledge-guided term (default 8)').argParser(positiveNumber),
+    )
+    .addOption(
+      new Option('--c <value>', 'linear probe inverse L2 strength (default: searched on val)').argParser(
+        positiveNumber,
+      ),
+    )
+    .addOption(new Option('--epochs <n>', 'training epochs (default: the method’s recipe)').argParser(positiveInt))
+    .addOption(new Option('--lr <rate>', 'learning rate (default 0.002)').argParser(positiveNumber))
+    .addOption(new Option('--batch-size <n>', 'images per training step').argParser(positiveInt))
+    .addOption(
+      new Option('--seed <n>', 'seed of the few-shot draw, the initialisation and training')
+        .argParser(nonNegativeInt)
+        .default(1),
+    )
+    .addOption(new Option('--shots <n>', 'train on N images per class (the few-shot protocol)').argParser(positiveInt))
+    .option('--augment', 'random resized crop + flip (the default)')
+    .option('--no-augment', 'no augmentation: image features are computed once (much faster)')
+    .addOption(new Option('--checkpoint-every <n>', 'epochs between checkpoints (default 1)').argParser(positiveInt))
+    .option('--out <file>', 'the prompt file to write (default promptclip-<method>.safetensors)')
+    .option('--no-resume', 'start over even if the checkpoint of an earlier run exists')
+    .option('--skip-unreadable', 'skip images that cannot be read instead of failing')
+  addModelOptions(cmd)
+  addJsonOption(cmd)
+  cmd.addHelpText('after', EXIT_HELP)
+  cmd.action(async (source: string, flags: Flags, command: Command) => {
+    ctx.exitCode = await train(source, flags, command, ctx)
+  })
+}
+
+async function train(source: string, flags: Flags, command: Command, ctx: Ctx): Promise<number> {
+  // Every check before any work.
+  const method = flags.method
+  for (const [key, a] of Object.entries(APPLIES)) {
+    if (a && given(command, key) && !a.methods.includes(method)) {
+      throw badInput(`${a.flag} does not apply to --method ${method} (it is for ${a.methods.join(', ')})`)
+    }
+  }
+  checkModel(flags)
+  const out = flags.out ?? `promptclip-${method}.safetensors`
+  if (existsSync(out) && statSync(out).isDirectory()) throw badInput(`--out ${out} is a folder; give a file name`)
+  const checkpoint = `${out}.ckpt`
+  const learnsPrompt = method !== 'linear-probe'
+  const resume = learnsPrompt && flags.resume && existsSync(checkpoint)
+  const splits = openDataset(source, { imageRoot: flags.imageRoot })
+  const { train: data, val } = flags.shots
+    ? fewShotSplits(splits, flags.shots, flags.seed)
+    : { train: splits.train, val: splits.val }
+  if (data.images.length === 0) throw badInput(`dataset ${source} has no training images`)
+  if (method === 'linear-probe' && flags.c === undefined && !val) {
+    throw badInput(
+      'the linear probe searches C on a validation split, and this dataset has none: give --c, or --shots N ' +
+        '(validation images are then drawn from the rest), or a dataset with a val/ split',
+    )
+  }
+  const log = (line: string) => ctx.progress.log(line)
+  log(
+    `train: ${method} on ${splits.name}: ${describe(data)}` +
+      (flags.shots ? ` (${flags.shots} shots per class, seed ${flags.seed})` : ''),
+  )
+  if (resume) log(`resuming from checkpoint ${checkpoint} (--no-resume starts over)`)
+
+  const clip = await Clip.load(flags.model, { device: flags.device, dtype: flags.dtype })
+  const classNames = splits.classNames
+  const seed = flags.seed
+  const learner =
+    method === 'linear-probe'
+      ? PromptLearner.linearProbe(clip, { classNames, c: flags.c })
+      : PromptLearner.create(clip, method, {
+          classNames,
+          nCtx: flags.nCtx,
+          ctxInit: flags.ctxInit,
+          position: flags.position,
+          seed,
+          ...(flags.classSpecific ? { classSpecific: true } : {}),
+          ...(flags.metaNetRatio !== undefined ? { metaNetRatio: flags.metaNetRatio } : {}),
+          ...(flags.kgWeight !== undefined ? { w: flags.kgWeight } : {}),
+        })
+  const options: TrainOptions = learnsPrompt
+    ? withSkipUnreadable(
+        {
+          epochs: flags.epochs,
+          lr: flags.lr,
+          batchSize: flags.batchSize,
+          seed,
+          augment: flags.augment,
+          checkpointPath: checkpoint,
+          checkpointEvery: flags.checkpointEvery,
+        },
+        flags.skipUnreadable,
+      )
+    : withSkipUnreadable({}, flags.skipUnreadable)
+  if (learnsPrompt) mkdirSync(dirname(checkpoint), { recursive: true })
+
+  let summary: TrainSummary
+  try {
+    summary = await new Trainer(learner, options).fit(data, {
+      onProgress: ctx.progress.train(),
+      signal: ctx.interrupt.signal(),
+      resumeFrom: resume ? checkpoint : undefined,
+      validation: val,
+    })
+  } catch (err) {
+    ctx.progress.stop()
+    if (err instanceof PromptclipError && err.code === 'E_CANCELLED') {
+      // TODO(merge): with the core branch the trainer also writes the checkpoint when cancelled
+      // (not only at the end of each epoch), so a rerun loses no step.
+      if (existsSync(checkpoint)) {
+        log(`checkpoint: ${checkpoint}`)
+        log('run the same command again to resume from it (add --no-resume to start over)')
+      } else {
+        log('stopped before the first checkpoint was written: nothing to resume')
+      }
+      return EXIT.INTERRUPTED
+    }
+    if (resume && err instanceof PromptclipError && err.code === 'E_INVALID_ARGUMENT') {
+      throw new PromptclipError(
+        err.code,
+        `${err.message}\n(if ${checkpoint} is left from another run, pass --no-resume to start over, or delete it)`,
+      )
+    }
+    throw err
+  }
+  ctx.progress.stop()
+  if (summary.resumedAfterEpoch >= summary.epochs && summary.epochs > 0) {
+    log(`resumed: the checkpoint had finished all ${summary.epochs} epochs (--no-resume trains again)`)
+  } else if (summary.resumedAfterEpoch > 0) {
+    log(`resumed after epoch ${summary.resumedAfterEpoch} of ${summary.epochs}`)
+  }
+  mkdirSync(dirname(out), { recursive: true })
+  await learner.save(out)
+
+  let test: Evaluation | undefined
+  if (splits.test && splits.test.images.length > 0) {
+    const onProgress = ctx.progress.images('test')
+    test = await new Evaluator(learner).evaluate(splits.test, withImageProgress({}, onProgress))
+    ctx.progress.stop()
+  }
+
+  const skipped = skippedOf(summary)
+  if (flags.json) {
+    printJson({
+      model: modelName(flags.model),
+      method,
+      dataset: splits.name,
+      classNames,
+      trainImages: data.images.length,
+      shots: flags.shots ?? null,
+      seed,
+      prompt: out,
+      checkpoint: learnsPrompt ? checkpoint : null,
+      summary,
+      ...(skipped !== undefined ? { skipped } : {}),
+      test: test ? summarize(test) : null,
+    })
+    return EXIT.OK
+  }
+  const last = summary.epochLoss.length - 1
+  print(`prompt: ${out} (${method}, ${classNames.length} classes)`)
+  if (learnsPrompt) {
+    const resumed = summary.resumedAfterEpoch > 0 ? ` (resumed after epoch ${summary.resumedAfterEpoch})` : ''
+    const final =
+      last >= 0
+        ? `, last epoch loss ${summary.epochLoss[last].toFixed(4)}, accuracy ${pct(summary.epochAccuracy[last])}`
+        : ''
+    print(
+      `trained: ${summary.epochs} epoch${summary.epochs === 1 ? '' : 's'}${resumed}${final}, ${summary.seconds.toFixed(1)} s`,
+    )
+    print(`checkpoint: ${checkpoint}`)
+  } else if (summary.details && 'c' in summary.details) {
+    print(`fitted: C = ${summary.details.c}${flags.c === undefined ? ' (searched on the validation split)' : ''}`)
+  }
+  if (test) {
+    print(
+      `test: accuracy ${pct(test.accuracy)} (${test.correct}/${test.total} images), macro-F1 ${test.macroF1.toFixed(1)}`,
+    )
+  }
+  return EXIT.OK
+}
+
+/** An evaluation without its confusion matrix (for train's JSON). */
+export function summarize(e: Evaluation) {
+  return {
+    total: e.total,
+    correct: e.correct,
+    accuracy: e.accuracy,
+    errorRate: e.errorRate,
+    macroF1: e.macroF1,
+    topK: e.topK,
+    failures: e.failures,
+  }
+}
