@@ -194,6 +194,15 @@ fn train(
     data: &LabelledImages,
     config: &TrainConfig,
 ) -> promptclip_core::Result<TrainSummary> {
+    train_any(clip, learner, data, config)
+}
+
+fn train_any(
+    clip: &Clip,
+    learner: &dyn Method,
+    data: &LabelledImages,
+    config: &TrainConfig,
+) -> promptclip_core::Result<TrainSummary> {
     fit(
         clip,
         learner,
@@ -247,6 +256,39 @@ fn unreadable_training_images_fail_by_name_or_are_skipped() {
         assert_eq!(params(&a), params(&b), "augment {augment}");
         assert_eq!(s.epoch_loss, clean_run.epoch_loss);
     }
+
+    // The linear probe, fitted on features, skips the same way.
+    let probe = |d: &LabelledImages, skip: bool| {
+        let l = promptclip_core::methods::create(
+            &clip,
+            "linear-probe",
+            &names,
+            serde_json::json!({ "c": 1.0 }),
+            Default::default(),
+        )
+        .unwrap();
+        let config = TrainConfig {
+            skip_unreadable: skip,
+            ..recipe(1, false)
+        };
+        let r = train_any(&clip, l.as_ref(), d, &config);
+        (
+            r,
+            l.vars()[0]
+                .1
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        )
+    };
+    let err = probe(&data, false).0.unwrap_err();
+    assert_eq!(err.code(), "E_FILE_NOT_FOUND", "{err}");
+    let (skipping, a) = probe(&data, true);
+    assert_eq!(skipping.unwrap().skipped.len(), 2);
+    let (_, b) = probe(&clean, false);
+    assert_eq!(a, b);
 
     // Nothing readable: a clear error even when skipping.
     let none = LabelledImages {
