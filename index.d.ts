@@ -9,7 +9,7 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
-/** Cancellation flag shared with a running task. */
+/** Cancellation flag shared with a running task (training, or a batched inference call). */
 export declare class NativeCancelToken {
   constructor()
   cancel(): void
@@ -19,10 +19,14 @@ export declare class NativeClip {
   get info(): NativeModelInfo
   /** CLIP token ids ([SOS] ... [EOT], unpadded) for each text. */
   tokenize(texts: Array<string>): Array<Array<number>>
-  encodeImages(images: Array<string | Uint8Array | NativeRawImage>, batch?: number | undefined | null): Promise<NativeEncodedImages>
+  /** `onProgress` after each batch; `cancel` stops the work between batches. */
+  encodeImages(images: Array<string | Uint8Array | NativeRawImage>, batch?: number | undefined | null, onProgress?: (((arg: NativeBatchProgress) => unknown)) | undefined | null, cancel?: NativeCancelToken | undefined | null): Promise<NativeEncodedImages>
   encodeTexts(texts: Array<string>): Promise<NativeEncodedTexts>
-  /** Zero-shot probabilities: each class's templates ensembled (mean of normalised features). */
-  zeroShot(images: Array<string | Uint8Array | NativeRawImage>, classNames: Array<string>, templates?: Array<string> | undefined | null, batch?: number | undefined | null): Promise<NativePredictions>
+  /**
+   * Zero-shot probabilities: each class's templates ensembled (mean of normalised features).
+   * `onProgress` after each batch of images; `cancel` stops the work between batches.
+   */
+  zeroShot(images: Array<string | Uint8Array | NativeRawImage>, classNames: Array<string>, templates?: Array<string> | undefined | null, batch?: number | undefined | null, onProgress?: (((arg: NativeBatchProgress) => unknown)) | undefined | null, cancel?: NativeCancelToken | undefined | null): Promise<NativePredictions>
 }
 
 /** A learner bound to the CLIP it runs on. Training holds the lock for its duration. */
@@ -31,7 +35,8 @@ export declare class NativeLearner {
   get info(): NativeLearnerMeta
   /** The learned context as a flat Float32Array ((M, d) or (K, M, d), row-major). */
   context(): Float32Array
-  predict(images: Array<string | Uint8Array | NativeRawImage>, classNames?: Array<string> | undefined | null, batch?: number | undefined | null, onProgress?: (((arg: NativePredictProgress) => unknown)) | undefined | null): Promise<NativePredictions>
+  /** `onProgress` after each batch; `cancel` stops the work between batches. */
+  predict(images: Array<string | Uint8Array | NativeRawImage>, classNames?: Array<string> | undefined | null, batch?: number | undefined | null, onProgress?: (((arg: NativeBatchProgress) => unknown)) | undefined | null, cancel?: NativeCancelToken | undefined | null): Promise<NativePredictions>
   /** The `topK` nearest vocabulary tokens of each context vector (CoOp's Table 4). */
   interpret(topK?: number | undefined | null): Promise<NativeInterpretRow[]>
   /** Save as safetensors with the learner's metadata, atomically. */
@@ -59,6 +64,12 @@ export declare function loadClip(path: string, options?: NativeLoadOptions | und
 
 /** Load a learner file of any method onto `clip`, with runtime settings (memoryBudgetMb). */
 export declare function loadLearner(clip: NativeClip, path: string, runtimeOptions?: any | undefined | null): Promise<NativeLearner>
+
+/** Images processed so far by a batched call (encoding, zero-shot, prediction). */
+export interface NativeBatchProgress {
+  done: number
+  total: number
+}
 
 export interface NativeDataset {
   images: Array<string | Uint8Array | NativeRawImage>
@@ -163,11 +174,6 @@ export interface NativePredictions {
   failures: Array<NativeImageFailure>
 }
 
-export interface NativePredictProgress {
-  done: number
-  total: number
-}
-
 /** One training step's report. `epoch` and `step` count from 1; accuracies are percentages. */
 export interface NativeProgress {
   epoch: number
@@ -194,6 +200,13 @@ export interface NativeTrainSummary {
   epochs: number
   /** Epochs already done when this run started (0 unless resumed). */
   resumedAfterEpoch: number
+  /**
+   * Steps of the next epoch already done when this run started (more than 0 only when resumed
+   * from a cancelled run's mid-epoch checkpoint).
+   */
+  resumedAtStep: number
+  /** Training images left out as unreadable (`skipUnreadable`), by their index in the dataset. */
+  skipped: Array<NativeImageFailure>
   globalStep: number
   epochLoss: Array<number>
   /** Percentages. */

@@ -2,12 +2,15 @@
 //! the images every call accepts.
 use crate::errors::sync;
 use crate::tasks::CoreTask;
+use crate::train::NativeCancelToken;
 use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use promptclip_core::preprocess::ImageSource;
 use promptclip_core::tensor::{DType, Tensor};
 use promptclip_core::{features, zeroshot, Clip};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Decoded 8-bit pixels, row-major.
@@ -43,6 +46,41 @@ pub fn image_sources(images: Vec<Either3<String, Uint8Array, NativeRawImage>>) -
             },
         })
         .collect()
+}
+
+/// Images processed so far by a batched call (encoding, zero-shot, prediction).
+#[napi(object)]
+#[derive(Clone)]
+pub struct NativeBatchProgress {
+    pub done: u32,
+    pub total: u32,
+}
+
+/// The progress callback of batched calls. napi reads argument types by their spelling, so the
+/// signatures it exports spell this out instead of naming the alias.
+pub type BatchProgressFn =
+    ThreadsafeFunction<NativeBatchProgress, Unknown<'static>, NativeBatchProgress, Status, false>;
+
+/// The core's per-batch progress callback: forwards (done, total) to JavaScript without waiting,
+/// and stops the work between batches once `cancel` is set (the TypeScript layer sets it when its
+/// callback threw, so that the call rejects with that error instead of running on).
+pub fn batch_reporter<'a>(
+    on_progress: &'a Option<BatchProgressFn>,
+    cancel: &'a Option<Arc<AtomicBool>>,
+) -> impl FnMut(usize, usize) -> promptclip_core::Result<()> + 'a {
+    move |done, total| {
+        if let Some(f) = on_progress {
+            let p = NativeBatchProgress {
+                done: done as u32,
+                total: total as u32,
+            };
+            f.call(p, ThreadsafeFunctionCallMode::NonBlocking);
+        }
+        match cancel {
+            Some(c) if c.load(Ordering::Relaxed) => Err(promptclip_core::Error::cancelled()),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Where the core leaves a batch size to the caller: its default when the caller gives none.
@@ -224,16 +262,29 @@ impl NativeClip {
         })
     }
 
+    /// `onProgress` after each batch; `cancel` stops the work between batches.
     #[napi(ts_return_type = "Promise<NativeEncodedImages>")]
     pub fn encode_images(
         &self,
         images: Vec<Either3<String, Uint8Array, NativeRawImage>>,
         batch: Option<u32>,
+        on_progress: Option<
+            ThreadsafeFunction<
+                NativeBatchProgress,
+                Unknown<'static>,
+                NativeBatchProgress,
+                Status,
+                false,
+            >,
+        >,
+        cancel: Option<&NativeCancelToken>,
     ) -> AsyncTask<CoreTask<NativeEncodedImages, NativeEncodedImages>> {
         let (clip, sources, bs) = (self.inner.clone(), image_sources(images), batch_size(batch));
+        let cancel = cancel.map(|c| c.flag.clone());
         CoreTask::new(
             move || {
-                let enc = features::encode(&clip, &sources, bs)?;
+                let mut report = batch_reporter(&on_progress, &cancel);
+                let enc = features::encode_with_progress(&clip, &sources, bs, &mut report)?;
                 let data = enc
                     .features
                     .as_ref()
@@ -272,6 +323,7 @@ impl NativeClip {
     }
 
     /// Zero-shot probabilities: each class's templates ensembled (mean of normalised features).
+    /// `onProgress` after each batch of images; `cancel` stops the work between batches.
     #[napi(ts_return_type = "Promise<NativePredictions>")]
     pub fn zero_shot(
         &self,
@@ -279,14 +331,26 @@ impl NativeClip {
         class_names: Vec<String>,
         templates: Option<Vec<String>>,
         batch: Option<u32>,
+        on_progress: Option<
+            ThreadsafeFunction<
+                NativeBatchProgress,
+                Unknown<'static>,
+                NativeBatchProgress,
+                Status,
+                false,
+            >,
+        >,
+        cancel: Option<&NativeCancelToken>,
     ) -> AsyncTask<CoreTask<Classified, NativePredictions>> {
         let (clip, sources, bs) = (self.inner.clone(), image_sources(images), batch_size(batch));
         let templates = templates.unwrap_or_else(|| vec![zeroshot::DEFAULT_TEMPLATE.into()]);
+        let cancel = cancel.map(|c| c.flag.clone());
         CoreTask::new(
             move || {
                 // The cheap inputs are checked before any image is decoded.
                 let classes = zeroshot::class_embeddings(&clip, &class_names, &templates)?;
-                let enc = features::encode(&clip, &sources, bs)?;
+                let mut report = batch_reporter(&on_progress, &cancel);
+                let enc = features::encode_with_progress(&clip, &sources, bs, &mut report)?;
                 let probs = match &enc.features {
                     Some(f) => flat_f32(&zeroshot::probabilities(&clip, f, &classes)?)?,
                     None => Vec::new(),

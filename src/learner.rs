@@ -1,12 +1,14 @@
 //! Learners of every registered method, through the core's one seam: create by method name with
 //! the method's own options, load, save, read `info` and the context, predict, interpret.
 use crate::clip::{
-    batch_size, flat_f32, image_sources, Classified, NativeClip, NativePredictions, NativeRawImage,
+    batch_reporter, batch_size, flat_f32, image_sources, Classified, NativeBatchProgress,
+    NativeClip, NativePredictions, NativeRawImage,
 };
 use crate::errors::sync;
 use crate::tasks::CoreTask;
+use crate::train::NativeCancelToken;
 use napi::bindgen_prelude::*;
-use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::threadsafe_function::ThreadsafeFunction;
 use napi_derive::napi;
 use promptclip_core::methods::{self, io, Learner, Runtime};
 use promptclip_core::{Clip, Error};
@@ -101,13 +103,6 @@ pub struct NativeInterpretRow {
     pub distances: Vec<f64>,
 }
 
-#[napi(object)]
-#[derive(Clone)]
-pub struct NativePredictProgress {
-    pub done: u32,
-    pub total: u32,
-}
-
 fn no_context(learner: &Learner) -> Error {
     Error::Unsupported(format!(
         "a {} learner has no prompt context",
@@ -145,6 +140,7 @@ impl NativeLearner {
         })
     }
 
+    /// `onProgress` after each batch; `cancel` stops the work between batches.
     #[napi(ts_return_type = "Promise<NativePredictions>")]
     pub fn predict(
         &self,
@@ -153,31 +149,31 @@ impl NativeLearner {
         batch: Option<u32>,
         on_progress: Option<
             ThreadsafeFunction<
-                NativePredictProgress,
+                NativeBatchProgress,
                 Unknown<'static>,
-                NativePredictProgress,
+                NativeBatchProgress,
                 Status,
                 false,
             >,
         >,
+        cancel: Option<&NativeCancelToken>,
     ) -> AsyncTask<CoreTask<Classified, NativePredictions>> {
         let (clip, learner) = (self.clip.clone(), self.inner.clone());
         let (sources, bs) = (image_sources(images), batch_size(batch));
+        let cancel = cancel.map(|c| c.flag.clone());
         CoreTask::new(
             move || {
                 let learner = lock(&learner)?;
-                let mut report = |done: usize, total: usize| {
-                    if let Some(f) = &on_progress {
-                        let p = NativePredictProgress {
-                            done: done as u32,
-                            total: total as u32,
-                        };
-                        f.call(p, ThreadsafeFunctionCallMode::NonBlocking);
-                    }
-                };
+                let mut report = batch_reporter(&on_progress, &cancel);
                 let names = class_names.as_deref();
-                let p =
-                    methods::predict(&clip, learner.as_ref(), &sources, names, bs, &mut report)?;
+                let p = methods::predict_with_progress(
+                    &clip,
+                    learner.as_ref(),
+                    &sources,
+                    names,
+                    bs,
+                    &mut report,
+                )?;
                 Ok(Classified {
                     class_names: class_names.unwrap_or_else(|| learner.class_names().to_vec()),
                     indices: p.indices,

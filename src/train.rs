@@ -1,7 +1,7 @@
 //! Training any learner: options parsed by the core on top of the method's recipe, progress
 //! through a threadsafe function, cancellation through a token the TypeScript layer ties to an
 //! AbortSignal.
-use crate::clip::{image_sources, NativeRawImage};
+use crate::clip::{image_sources, NativeImageFailure, NativeRawImage};
 use crate::learner::{lock, NativeLearner};
 use crate::tasks::CoreTask;
 use napi::bindgen_prelude::*;
@@ -13,10 +13,10 @@ use promptclip_core::train::{
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Cancellation flag shared with a running task.
+/// Cancellation flag shared with a running task (training, or a batched inference call).
 #[napi]
 pub struct NativeCancelToken {
-    flag: Arc<AtomicBool>,
+    pub(crate) flag: Arc<AtomicBool>,
 }
 
 #[napi]
@@ -71,6 +71,11 @@ pub struct NativeTrainSummary {
     pub epochs: u32,
     /// Epochs already done when this run started (0 unless resumed).
     pub resumed_after_epoch: u32,
+    /// Steps of the next epoch already done when this run started (more than 0 only when resumed
+    /// from a cancelled run's mid-epoch checkpoint).
+    pub resumed_at_step: u32,
+    /// Training images left out as unreadable (`skipUnreadable`), by their index in the dataset.
+    pub skipped: Vec<NativeImageFailure>,
     pub global_step: u32,
     pub epoch_loss: Vec<f64>,
     /// Percentages.
@@ -85,6 +90,16 @@ impl From<TrainSummary> for NativeTrainSummary {
         Self {
             epochs: s.epochs as u32,
             resumed_after_epoch: s.start_epoch as u32,
+            resumed_at_step: s.start_step as u32,
+            skipped: s
+                .skipped
+                .into_iter()
+                .map(|f| NativeImageFailure {
+                    index: f.index as u32,
+                    code: f.code.into(),
+                    message: f.message,
+                })
+                .collect(),
             global_step: s.global_step as u32,
             epoch_loss: s.epoch_loss.iter().map(|&x| x as f64).collect(),
             epoch_accuracy: s.epoch_accuracy.iter().map(|&x| x as f64).collect(),

@@ -1,6 +1,6 @@
 import { join } from 'node:path'
 import { binding, type Native, PACKAGE_ROOT } from './binding'
-import { type ErrorCode, invalidArgument, native, nativeSync } from './errors'
+import { type ErrorCode, invalidArgument, native, nativeSync, ProgressRelay } from './errors'
 import { defaults, type ImageInput, positiveInt, toNativeImages } from './options'
 
 export type { ImageInput, RawImage } from './options'
@@ -43,9 +43,19 @@ export interface ImageFailure {
   message: string
 }
 
+/** How far a batched call over images has got, reported after each batch. */
+export interface BatchProgress {
+  /** Images processed so far (read or failed); ends at `total`. */
+  done: number
+  total: number
+}
+
 export interface EncodeImagesOptions {
   /** Images per forward pass (default 32). */
   batchSize?: number
+  /** Called after each batch, in order. If it throws, the call stops after the batch at hand and
+   *  rejects with that error. */
+  onProgress?: (p: BatchProgress) => void
 }
 
 export interface EncodedImages {
@@ -93,6 +103,29 @@ export const DEFAULT_TEMPLATE: string = defaults().template
 /** @internal */
 export function checkBatchSize(n: number | undefined): number | undefined {
   return positiveInt('batchSize', n)
+}
+
+/** @internal Run a batched native call (`progress` and `token` are the binding's last two
+ *  arguments), relaying its progress to `onProgress`; every event is delivered before it resolves. */
+export async function batched<T>(
+  onProgress: ((p: BatchProgress) => void) | undefined,
+  total: number,
+  call: (progress?: (p: Native.NativeBatchProgress) => void, token?: Native.NativeCancelToken) => Promise<T>,
+): Promise<T> {
+  if (!onProgress) return native(() => call())
+  const token = new binding.NativeCancelToken()
+  let done = 0
+  const relay = new ProgressRelay<Native.NativeBatchProgress>(
+    (p) => {
+      done = p.done
+      onProgress({ done: p.done, total: p.total })
+    },
+    () => token.cancel(),
+  )
+  return relay.run(
+    () => call(relay.call, token),
+    () => done >= total,
+  )
 }
 
 /** @internal */
@@ -163,7 +196,11 @@ export class Clip {
   }
 
   async encodeImages(images: ImageInput[], options: EncodeImagesOptions = {}): Promise<EncodedImages> {
-    const out = await native(() => this.native.encodeImages(toNativeImages(images), checkBatchSize(options.batchSize)))
+    const nativeImages = toNativeImages(images)
+    const batchSize = checkBatchSize(options.batchSize)
+    const out = await batched(options.onProgress, images.length, (progress, token) =>
+      this.native.encodeImages(nativeImages, batchSize, progress, token),
+    )
     const embeddings: (Float32Array | null)[] = new Array(images.length).fill(null)
     for (const [r, row] of rows(out.embeddings, out.dim, out.indices.length).entries()) embeddings[out.indices[r]] = row
     return { embeddings, failures: failuresOf(out.failures) }
@@ -186,8 +223,10 @@ export class Clip {
     options: ZeroShotOptions = {},
   ): Promise<ZeroShotPrediction[]> {
     const k = positiveInt('topK', options.topK) ?? defaults().topK
-    const out = await native(() =>
-      this.native.zeroShot(toNativeImages(images), classNames, options.templates, checkBatchSize(options.batchSize)),
+    const nativeImages = toNativeImages(images)
+    const batchSize = checkBatchSize(options.batchSize)
+    const out = await batched(options.onProgress, images.length, (progress, token) =>
+      this.native.zeroShot(nativeImages, classNames, options.templates, batchSize, progress, token),
     )
     return toPredictions(images.length, out, k)
   }

@@ -95,3 +95,42 @@ export async function drainProgress(delivered: () => boolean, timeoutMs = 2000):
   const until = Date.now() + timeoutMs
   while (!delivered() && Date.now() < until) await new Promise((r) => setImmediate(r))
 }
+
+/**
+ * Carries a caller's progress callback to the binding. The binding calls it from a threadsafe
+ * function, where a throw would surface as an uncaught exception and end the process; here the
+ * first throw is kept instead, `stop` asks the native work to stop (a cancel token), later events
+ * are dropped, and `run` rejects with the callback's own error.
+ */
+export class ProgressRelay<P> {
+  private failure: { error: unknown } | undefined
+
+  constructor(
+    private readonly callback: (p: P) => void,
+    private readonly stop: () => void,
+  ) {}
+
+  readonly call = (p: P): void => {
+    if (this.failure) return
+    try {
+      this.callback(p)
+    } catch (error) {
+      this.failure = { error }
+      this.stop()
+    }
+  }
+
+  /** Await the native call, then (bounded) the events still queued until `delivered(result)`;
+   *  a callback that threw wins over the call's own outcome (the E_CANCELLED its stop caused). */
+  async run<T>(call: () => Promise<T>, delivered: (result: T) => boolean): Promise<T> {
+    let result: T
+    try {
+      result = await native(call)
+    } catch (err) {
+      throw this.failure ? this.failure.error : err
+    }
+    await drainProgress(() => this.failure !== undefined || delivered(result))
+    if (this.failure) throw this.failure.error
+    return result
+  }
+}

@@ -1,5 +1,5 @@
 import { binding } from './binding'
-import type { Clip, ImageFailure, ZeroShotPrediction } from './clip'
+import type { BatchProgress, Clip, ImageFailure, ZeroShotPrediction } from './clip'
 import { invalidArgument, nativeSync } from './errors'
 import { PromptLearner } from './prompt'
 import { alignLabels, type Dataset } from './train'
@@ -13,6 +13,30 @@ export interface EvaluateOptions {
   /** Top-k accuracies to report (default [1, 5], capped at the number of classes). */
   topK?: number[]
   batchSize?: number
+  /** Called after each batch of images, in order. If it throws, evaluation stops after the
+   *  batch at hand and rejects with that error. */
+  onProgress?: (p: EvaluateProgress) => void
+}
+
+/** How far an evaluation has got, with the rate measured since it started. */
+export interface EvaluateProgress extends BatchProgress {
+  imagesPerSecond: number
+  /** Seconds left at the measured rate (0 when done). */
+  etaSeconds: number
+}
+
+/** Per-batch progress with a rate and an ETA measured from `started` (ms). */
+function withRate(
+  onProgress: ((p: EvaluateProgress) => void) | undefined,
+  started: number,
+): ((p: BatchProgress) => void) | undefined {
+  if (!onProgress) return undefined
+  return ({ done, total }) => {
+    const seconds = Math.max((performance.now() - started) / 1000, 1e-9)
+    const imagesPerSecond = done / seconds
+    const etaSeconds = done >= total ? 0 : imagesPerSecond > 0 ? (total - done) / imagesPerSecond : Infinity
+    onProgress({ done, total, imagesPerSecond, etaSeconds })
+  }
 }
 
 export interface ClassReport {
@@ -58,13 +82,20 @@ export class Evaluator {
     if (!classNames)
       throw invalidArgument('classNames are required to evaluate zero-shot CLIP on a dataset without them')
     const labels = alignLabels(data, classNames)
+    const onProgress = withRate(o.onProgress, performance.now())
     const preds: ZeroShotPrediction[] =
       this.model instanceof PromptLearner
-        ? await this.model.predict(data.images, { classNames: o.classNames, topK: 1, batchSize: o.batchSize })
+        ? await this.model.predict(data.images, {
+            classNames: o.classNames,
+            topK: 1,
+            batchSize: o.batchSize,
+            onProgress,
+          })
         : await this.model.zeroShot(data.images, classNames, {
             templates: o.templates,
             topK: 1,
             batchSize: o.batchSize,
+            onProgress,
           })
     const ok = preds.filter((p): p is ZeroShotPrediction & { probabilities: Float32Array } => p.probabilities !== null)
     if (ok.length === 0) throw invalidArgument('no image of the dataset could be read')

@@ -15,7 +15,7 @@ export interface RawImage {
   data: Uint8Array
 }
 
-/** An image: a file path, encoded JPEG / PNG / WebP bytes, or raw pixels. */
+/** An image: a file path, encoded JPEG / PNG / WebP / BMP / GIF (first frame) bytes, or raw pixels. */
 export type ImageInput = string | Uint8Array | RawImage
 
 type NativeImage = string | Uint8Array | Native.NativeRawImage

@@ -1,6 +1,6 @@
 import { binding, type Native } from './binding'
-import { type Clip, checkBatchSize, toPredictions, type ZeroShotPrediction } from './clip'
-import { drainProgress, native, nativeSync, PromptclipError } from './errors'
+import { type BatchProgress, batched, type Clip, checkBatchSize, toPredictions, type ZeroShotPrediction } from './clip'
+import { native, nativeSync, PromptclipError } from './errors'
 import {
   defaults,
   type ImageInput,
@@ -92,8 +92,9 @@ export interface PredictOptions {
   /** How many labels to list per image (default 5, at most the number of classes). */
   topK?: number
   batchSize?: number
-  /** Called after each batch of images. */
-  onProgress?: (p: { done: number; total: number }) => void
+  /** Called after each batch of images, in order. If it throws, prediction stops after the batch
+   *  at hand and rejects with that error. */
+  onProgress?: (p: BatchProgress) => void
 }
 
 export interface InterpretRow {
@@ -183,18 +184,11 @@ export class PromptLearner {
   /** Labels and probabilities for new images, with the learned classes or other class names. */
   async predict(images: ImageInput[], options: PredictOptions = {}): Promise<ZeroShotPrediction[]> {
     const k = positiveInt('topK', options.topK) ?? defaults().topK
-    let done = 0
-    const onProgress = options.onProgress
-    const progress = onProgress
-      ? (p: Native.NativePredictProgress) => {
-          done = p.done
-          onProgress({ done: p.done, total: p.total })
-        }
-      : undefined
-    const out = await native(() =>
-      this.native.predict(toNativeImages(images), options.classNames, checkBatchSize(options.batchSize), progress),
+    const nativeImages = toNativeImages(images)
+    const batchSize = checkBatchSize(options.batchSize)
+    const out = await batched(options.onProgress, images.length, (progress, token) =>
+      this.native.predict(nativeImages, options.classNames, batchSize, progress, token),
     )
-    if (progress) await drainProgress(() => done >= images.length)
     return toPredictions(images.length, out, k)
   }
 

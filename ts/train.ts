@@ -1,5 +1,6 @@
 import { binding, type Native } from './binding'
-import { AbortError, drainProgress, invalidArgument, native } from './errors'
+import { failuresOf, type ImageFailure } from './clip'
+import { AbortError, invalidArgument, native, ProgressRelay } from './errors'
 import { type ImageInput, toNativeImages, toNativeTrainOptions } from './options'
 import type { PromptLearner } from './prompt'
 
@@ -45,15 +46,24 @@ export interface TrainOptions {
   seed?: number
   /** Random resized crop + flip (default true). Off: features are computed once and reused. */
   augment?: boolean
-  /** Write a training checkpoint (atomically) every `checkpointEvery` epochs. */
+  /** Write a training checkpoint (atomically) every `checkpointEvery` epochs, and when the run is
+   *  cancelled (its `signal` fires), at the step where it stopped: `resumeFrom` continues there,
+   *  to the same result as an uninterrupted run. */
   checkpointPath?: string
   checkpointEvery?: number
   /** Images per forward pass of the image tower within a step (default 64). */
   encodeBatchSize?: number
+  /** Leave out training images that cannot be read (missing, corrupt) instead of failing, and
+   *  list them in the summary's `skipped` (default false: the first one fails the run, naming it). */
+  skipUnreadable?: boolean
 }
 
 export interface FitOptions {
+  /** Called after each step, in order. If it throws, training stops as if cancelled (writing a
+   *  checkpoint when `checkpointPath` is set) and `fit` rejects with that error. */
   onProgress?: (p: TrainProgress) => void
+  /** Cancels training at the next step boundary: `fit` rejects with an AbortError (E_CANCELLED)
+   *  whose message names the checkpoint written there, if any. */
   signal?: AbortSignal
   /** Continue from a checkpoint written by an earlier run with the same options. */
   resumeFrom?: string
@@ -65,6 +75,11 @@ export interface TrainSummary {
   epochs: number
   /** Epochs already done when this run started (0 unless resumed from a checkpoint). */
   resumedAfterEpoch: number
+  /** Steps of the next epoch already done when this run started (more than 0 only when resumed
+   *  from the checkpoint of a run cancelled mid-epoch). */
+  resumedAtStep: number
+  /** Training images left out as unreadable (`skipUnreadable`), by index; empty when none. */
+  skipped: ImageFailure[]
   globalStep: number
   epochLoss: number[]
   /** Percentages. */
@@ -131,17 +146,21 @@ export class Trainer {
     this.learner.training = true
     try {
       let lastStep = -1
-      const progress = onProgress
-        ? (p: Native.NativeProgress) => {
+      const relay = onProgress
+        ? new ProgressRelay<Native.NativeProgress>((p) => {
             lastStep = p.globalStep
             onProgress({ ...p })
-          }
+          }, abort)
         : undefined
       const options = toNativeTrainOptions(this.options, resumeFrom)
-      const summary = await native(() => this.learner.native.train(train, val, options, progress, token))
-      if (onProgress) await drainProgress(() => lastStep >= summary.globalStep)
-      const { details, ...rest } = summary
-      return details == null ? rest : { ...rest, details: details as Record<string, unknown> }
+      const run = () => this.learner.native.train(train, val, options, relay?.call, token)
+      // A fit on features (the linear probe, epochs 0) reports no steps.
+      const summary = relay
+        ? await relay.run(run, (s) => s.epochs === 0 || lastStep >= s.globalStep)
+        : await native(run)
+      const { details, skipped, ...rest } = summary
+      const out = { ...rest, skipped: failuresOf(skipped) }
+      return details == null ? out : { ...out, details: details as Record<string, unknown> }
     } finally {
       this.learner.training = false
       signal?.removeEventListener('abort', abort)

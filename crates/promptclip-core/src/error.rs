@@ -42,8 +42,21 @@ pub enum Error {
     },
     #[error("{0}")]
     NonFiniteParams(String),
-    #[error("cancelled")]
-    Cancelled,
+    /// `checkpoint`: where a cancelled training run wrote its state, to resume from.
+    #[error("cancelled{}", match checkpoint {
+        Some(p) => format!("; the run was checkpointed to {} (pass it as resumeFrom to continue)", p.display()),
+        None => String::new(),
+    })]
+    Cancelled { checkpoint: Option<PathBuf> },
+    /// An image of a set that must be read whole (training, validation) could not be used. The
+    /// code is the cause's (E_FILE_NOT_FOUND, E_IMAGE_DECODE, ...), so that callers can branch on
+    /// why; the message adds which image it was.
+    #[error("{what} {index} cannot be used: {source}")]
+    UnusableImage {
+        what: String,
+        index: usize,
+        source: Box<Error>,
+    },
     #[error("busy: {0}")]
     Busy(String),
     #[error("{0}")]
@@ -68,7 +81,8 @@ impl Error {
             Error::CudaUnavailable(_) => "E_CUDA_UNAVAILABLE",
             Error::NonFiniteLoss { .. } => "E_NON_FINITE_LOSS",
             Error::NonFiniteParams(_) => "E_NON_FINITE_PARAMS",
-            Error::Cancelled => "E_CANCELLED",
+            Error::Cancelled { .. } => "E_CANCELLED",
+            Error::UnusableImage { source, .. } => source.code(),
             Error::Busy(_) => "E_BUSY",
             Error::Candle(_) => "E_TENSOR",
             Error::Internal(_) => "E_INTERNAL",
@@ -82,6 +96,11 @@ impl Error {
         } else {
             Error::Io { path, source }
         }
+    }
+
+    /// Cancelled without a checkpoint to resume from.
+    pub fn cancelled() -> Self {
+        Error::Cancelled { checkpoint: None }
     }
 
     pub(crate) fn bad_config(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {

@@ -19,6 +19,18 @@ pub struct EncodedImages {
 }
 
 pub fn encode(clip: &Clip, sources: &[ImageSource], batch_size: usize) -> Result<EncodedImages> {
+    encode_with_progress(clip, sources, batch_size, &mut |_, _| Ok(()))
+}
+
+/// `encode`, calling `on_progress(done, total)` after each batch. An error it returns stops the
+/// work between batches and becomes the call's (the binding stops this way once a JavaScript
+/// progress callback has thrown).
+pub fn encode_with_progress(
+    clip: &Clip,
+    sources: &[ImageSource],
+    batch_size: usize,
+    on_progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+) -> Result<EncodedImages> {
     let batch_size = batch_size.max(1);
     let size = clip.image_config.crop as usize;
     let mut parts = Vec::new();
@@ -44,6 +56,7 @@ pub fn encode(clip: &Clip, sources: &[ImageSource], batch_size: usize) -> Result
                 Tensor::from_vec(data, (n, 3, size, size), &clip.device)?.to_dtype(clip.dtype)?;
             parts.push(clip.encode_image(&t)?);
         }
+        on_progress(chunk_no * batch_size + chunk.len(), sources.len())?;
     }
     let features = if parts.is_empty() {
         None
@@ -58,13 +71,15 @@ pub fn encode(clip: &Clip, sources: &[ImageSource], batch_size: usize) -> Result
 }
 
 /// Center-crop features (N, E) of every image; the first image that cannot be used fails the call,
-/// named by `what` ("training image 3 cannot be used: ...").
+/// named by `what` ("training image 3 cannot be used: ...") and keeping its cause's code.
 pub fn encode_all(clip: &Clip, sources: &[ImageSource], what: &str) -> Result<Tensor> {
     let enc = encode(clip, sources, BATCH_SIZE)?;
-    if let Some((i, e)) = enc.failures.into_iter().next() {
-        return Err(Error::InvalidArgument(format!(
-            "{what} {i} cannot be used: {e}"
-        )));
+    if let Some((index, e)) = enc.failures.into_iter().next() {
+        return Err(Error::UnusableImage {
+            what: what.into(),
+            index,
+            source: Box::new(e),
+        });
     }
     enc.features
         .ok_or_else(|| Error::InvalidArgument(format!("no {what}s were given")))

@@ -114,7 +114,8 @@ impl ImageConfig {
     }
 }
 
-/// An image to read: a file, encoded bytes (JPEG, PNG, WebP), or decoded 8-bit pixels
+/// An image to read: a file, encoded bytes (JPEG, PNG, WebP, BMP, GIF: its first frame, as PIL's
+/// `Image.open` reads it; the format is told by its content, not its name), or decoded 8-bit pixels
 /// (row-major, 1 = grey, 3 = RGB, 4 = RGBA channels), with a name for error messages.
 #[derive(Debug, Clone)]
 pub enum ImageSource {

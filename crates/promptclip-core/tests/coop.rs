@@ -462,7 +462,7 @@ fn resume_from_checkpoint_equals_uninterrupted_run() {
         &cancel,
     )
     .unwrap_err();
-    assert!(matches!(err, Error::Cancelled));
+    assert!(matches!(err, Error::Cancelled { .. }));
     assert!(ck.exists());
 
     let resumed = new_learner();

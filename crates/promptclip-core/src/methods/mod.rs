@@ -366,6 +366,23 @@ pub fn predict(
     batch_size: usize,
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Predictions> {
+    let mut report = |done, total| {
+        on_progress(done, total);
+        Ok(())
+    };
+    predict_with_progress(clip, learner, sources, class_names, batch_size, &mut report)
+}
+
+/// `predict`, where an error from `on_progress` stops the work between batches and becomes the
+/// call's (the binding stops this way once a JavaScript progress callback has thrown).
+pub fn predict_with_progress(
+    clip: &Clip,
+    learner: &dyn Method,
+    sources: &[crate::preprocess::ImageSource],
+    class_names: Option<&[String]>,
+    batch_size: usize,
+    on_progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+) -> Result<Predictions> {
     let scorer = learner.scorer(clip, class_names)?;
     let num_classes = class_names.map_or(learner.class_names().len(), |n| n.len());
     let batch_size = batch_size.max(1);
@@ -389,7 +406,7 @@ pub fn predict(
             out.indices
                 .extend(enc.indices.iter().map(|i| b * batch_size + i));
         }
-        on_progress(((b + 1) * batch_size).min(sources.len()), sources.len());
+        on_progress(((b + 1) * batch_size).min(sources.len()), sources.len())?;
     }
     Ok(out)
 }

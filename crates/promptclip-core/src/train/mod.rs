@@ -9,5 +9,6 @@ pub mod schedule;
 pub mod trainer;
 
 pub use trainer::{
-    fit, fit_with_validation, LabelledImages, Progress, TrainConfig, TrainOptions, TrainSummary,
+    fit, fit_with_validation, LabelledImages, Progress, SkippedImage, TrainConfig, TrainOptions,
+    TrainSummary,
 };

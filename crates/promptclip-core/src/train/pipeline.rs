@@ -24,18 +24,18 @@ use std::sync::{Arc, OnceLock};
 
 /// Training images, decoded once and kept while their total stays within a byte budget; the rest
 /// are decoded again whenever they are used.
-pub struct DecodedImages<'a> {
-    sources: &'a [ImageSource],
+pub struct DecodedImages {
+    sources: Vec<ImageSource>,
     cache: Vec<OnceLock<Arc<RgbImage>>>,
     kept: AtomicUsize,
     budget: usize,
 }
 
-impl<'a> DecodedImages<'a> {
-    pub fn new(sources: &'a [ImageSource], budget_bytes: usize) -> Self {
+impl DecodedImages {
+    pub fn new(sources: Vec<ImageSource>, budget_bytes: usize) -> Self {
         Self {
-            sources,
             cache: (0..sources.len()).map(|_| OnceLock::new()).collect(),
+            sources,
             kept: AtomicUsize::new(0),
             budget: budget_bytes,
         }
@@ -62,12 +62,45 @@ impl<'a> DecodedImages<'a> {
         }
         Ok(img)
     }
+
+    /// Decode every image once, on all cores, before training starts, and return those that
+    /// cannot be used (input order). A full decode, not a header probe: a file whose header
+    /// reads but whose body is corrupt would otherwise fail mid-training. It costs nothing extra
+    /// while the images fit the cache budget (they are kept, and the first epoch reuses them);
+    /// only images beyond the budget are decoded twice.
+    pub fn probe(&self) -> Vec<(usize, Error)> {
+        let results: Vec<Option<Error>> = (0..self.len())
+            .into_par_iter()
+            .map(|i| self.get(i).err())
+            .collect();
+        results
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.map(|e| (i, e)))
+            .collect()
+    }
+
+    /// Only the images `keep` (input indices, ascending), renumbered from 0, with what was
+    /// already decoded of them.
+    pub fn retain(self, keep: &[usize]) -> Self {
+        let mut cache: Vec<Option<OnceLock<Arc<RgbImage>>>> =
+            self.cache.into_iter().map(Some).collect();
+        Self {
+            sources: keep.iter().map(|&i| self.sources[i].clone()).collect(),
+            cache: keep
+                .iter()
+                .map(|&i| cache[i].take().unwrap_or_default())
+                .collect(),
+            kept: self.kept,
+            budget: self.budget,
+        }
+    }
 }
 
 /// The 8-bit crops (B, S, S, 3) of the images `idx` for `epoch`, augmented on all cores; errors
 /// name the image that failed.
 pub fn augmented_crops(
-    images: &DecodedImages<'_>,
+    images: &DecodedImages,
     image_config: &ImageConfig,
     config: &TrainConfig,
     epoch: usize,
@@ -89,8 +122,10 @@ pub fn augmented_crops(
     let mut data = Vec::with_capacity(idx.len() * size * size * 3);
     for (crop, &i) in crops.into_iter().zip(idx) {
         data.extend_from_slice(
-            crop.map_err(|e| {
-                Error::InvalidArgument(format!("training image {i} cannot be used: {e}"))
+            crop.map_err(|e| Error::UnusableImage {
+                what: "training image".into(),
+                index: i,
+                source: Box::new(e),
             })?
             .as_raw(),
         );

@@ -3,7 +3,7 @@
 //! seeded end to end, with atomic checkpoints that resume to the same result as an uninterrupted
 //! run. Methods fitted on fixed features (the linear probe) take their own path.
 use super::augment::AugmentConfig;
-use super::checkpoint::{self, CheckpointMeta, CHECKPOINT_FORMAT};
+use super::checkpoint::{self, CheckpointMeta, CHECKPOINT_FORMAT, CHECKPOINT_VERSION};
 use super::optim::{all_finite, LossScaler, Sgd, SgdConfig};
 use super::pipeline::{augmented_crops, DecodedImages};
 use super::schedule::{LrSchedule, ScheduleKind};
@@ -15,6 +15,7 @@ use crate::rng::Rng;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -74,6 +75,9 @@ pub struct TrainConfig {
     /// Decoded training images are kept in memory up to this many bytes (8-bit RGB), so that
     /// each file is read and decoded once; the rest are decoded again every epoch.
     pub decoded_cache_bytes: usize,
+    /// Drop training images that cannot be read (missing, corrupt) before training starts and
+    /// report them in the summary, instead of failing the run.
+    pub skip_unreadable: bool,
 }
 
 impl Default for TrainConfig {
@@ -102,6 +106,7 @@ pub struct TrainOptions {
     pub checkpoint_every: Option<usize>,
     pub resume_from: Option<PathBuf>,
     pub encode_batch_size: Option<usize>,
+    pub skip_unreadable: Option<bool>,
 }
 
 impl TrainOptions {
@@ -131,6 +136,7 @@ impl TrainOptions {
             checkpoint_every: self.checkpoint_every.unwrap_or(d.checkpoint_every),
             resume_from: self.resume_from,
             encode_batch_size: self.encode_batch_size.unwrap_or(d.encode_batch_size),
+            skip_unreadable: self.skip_unreadable.unwrap_or(d.skip_unreadable),
             ..d
         };
         config.validate()?;
@@ -160,6 +166,7 @@ impl TrainConfig {
             resume_from: None,
             encode_batch_size: 64,
             decoded_cache_bytes: 2 << 30,
+            skip_unreadable: false,
         }
     }
 
@@ -217,12 +224,27 @@ pub struct Progress {
     pub lr: f64,
 }
 
+/// A training image left out by `skip_unreadable`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SkippedImage {
+    /// Its index in the dataset as given.
+    pub index: usize,
+    /// Why, as the error's code and message (E_FILE_NOT_FOUND, E_IMAGE_DECODE, ...).
+    pub code: &'static str,
+    pub message: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
     pub epochs: usize,
     /// Epochs already done when this run started (0 for a fresh run, k after resuming from a
     /// checkpoint written after epoch k).
     pub start_epoch: usize,
+    /// Steps of epoch `start_epoch` (0-based) already done when this run started: more than 0
+    /// only when resumed from a cancelled run's mid-epoch checkpoint.
+    pub start_step: usize,
+    /// Training images left out because they could not be read (`skip_unreadable`).
+    pub skipped: Vec<SkippedImage>,
     pub global_step: usize,
     /// Mean loss and accuracy (percent) of each epoch run.
     pub epoch_loss: Vec<f32>,
@@ -241,7 +263,8 @@ pub fn derive_seed(seed: u64, a: u64, b: u64) -> u64 {
 }
 
 /// Train `model` on `data`. `on_progress` is called after every step; `cancel` stops training
-/// (with `Error::Cancelled`) at the next step boundary.
+/// (with `Error::Cancelled`) at the next step boundary, after writing a checkpoint there when
+/// `checkpoint_path` is set, from which `resume_from` continues at that very step.
 pub fn fit(
     clip: &Clip,
     model: &dyn Method,
@@ -273,14 +296,14 @@ pub fn fit_with_validation(
     }
     let started = Instant::now();
     if model.fits_on_features() {
-        return fit_on_features(clip, model, data, validation, started);
+        return fit_on_features(clip, model, data, validation, config, started);
     }
     let vars = model.vars();
     let mut sgd = Sgd::new(config.sgd, vars.len());
     // fp16 weights: loss scaling, as the official `amp` path (bf16 has fp32's range).
     let mut scaler = (clip.dtype == DType::F16).then(LossScaler::default);
-    let mut start_epoch = 0;
-    let mut global_step = 0;
+    let mut start = Position::default();
+    let mut resumed_images = None;
 
     if let Some(path) = &config.resume_from {
         let ck = checkpoint::load(path, &clip.device)?;
@@ -313,36 +336,69 @@ pub fn fit_with_validation(
             var.set(&p.to_dtype(var.dtype())?)?;
             sgd.buffers[i] = ck.momentum.get(name).cloned();
         }
-        start_epoch = m.epochs_done;
-        global_step = m.global_step;
+        start = Position {
+            epoch: m.epochs_done,
+            step: m.step_in_epoch,
+            global_step: m.global_step,
+            loss_sum: m.epoch_loss_sum,
+            correct: m.epoch_correct,
+            seen: m.epoch_seen,
+        };
+        resumed_images = m.num_images.map(|n| (n, path.clone()));
         if scaler.is_some() {
             scaler = Some(m.loss_scaler.unwrap_or_default());
         }
     }
 
-    // Image features: without augmentation every epoch sees the same center crops, encoded once;
-    // with it, the input pipeline's producer thread makes each step's augmented crops ahead of
-    // the step (train/pipeline.rs), and this thread encodes them just before it.
-    let fixed = if config.augment {
-        None
+    // Image features: without augmentation every epoch sees the same center crops, encoded once
+    // (which is also where unreadable images show); with it, every image is decoded once up
+    // front into the decode cache (DecodedImages::probe), and the input pipeline's producer
+    // thread makes each step's augmented crops ahead of the step (train/pipeline.rs), which this
+    // thread encodes just before it.
+    let mut skipped = vec![];
+    let (fixed, images, data) = if config.augment {
+        let images = DecodedImages::new(data.sources.clone(), config.decoded_cache_bytes);
+        let failures = images.probe();
+        let keep = usable(data, failures, config.skip_unreadable, &mut skipped)?;
+        let images = if skipped.is_empty() {
+            images
+        } else {
+            images.retain(&keep)
+        };
+        (None, Some(images), data.subset(&keep))
     } else {
-        Some(crate::features::encode_all(
-            clip,
-            &data.sources,
-            "training image",
-        )?)
+        let (features, keep) = center_crop_features(clip, data, config, &mut skipped)?;
+        (Some(features), None, data.subset(&keep))
     };
+    let data = data.as_ref();
+    if let Some((n, path)) = resumed_images {
+        if n != data.sources.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: cannot resume, the checkpoint was made with {n} training images, this run has {}",
+                path.display(),
+                data.sources.len()
+            )));
+        }
+    }
     let (bs, steps_per_epoch) = step_shape(data.sources.len(), config.batch_size);
+    if start.step >= steps_per_epoch {
+        return Err(Error::InvalidArgument(format!(
+            "cannot resume at step {} of an epoch of {steps_per_epoch} steps",
+            start.step + 1
+        )));
+    }
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Tensor>>(PREFETCH_BATCHES);
-        if fixed.is_none() {
-            let images = DecodedImages::new(&data.sources, config.decoded_cache_bytes);
+        if let Some(images) = images {
             let (image_config, stop) = (&clip.image_config, &stop);
             scope.spawn(move || {
-                for epoch in start_epoch..config.epochs {
+                for epoch in start.epoch..config.epochs {
                     let order = epoch_order(config.seed, epoch, images.len());
-                    for step in 0..steps_per_epoch {
+                    // Each crop's random stream derives from (seed, epoch, image), not from the
+                    // step: a run resumed mid-epoch starts at its step with the same crops.
+                    let first = if epoch == start.epoch { start.step } else { 0 };
+                    for step in first..steps_per_epoch {
                         if stop.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed) {
                             return;
                         }
@@ -377,7 +433,7 @@ pub fn fit_with_validation(
                     // The producer stops early only when cancelled (or after an error it sent).
                     let stopped = || {
                         if cancel.load(Ordering::Relaxed) {
-                            Error::Cancelled
+                            Error::cancelled()
                         } else {
                             Error::Internal("the training input pipeline stopped".into())
                         }
@@ -404,7 +460,7 @@ pub fn fit_with_validation(
             config,
             &mut sgd,
             &mut scaler,
-            (start_epoch, global_step),
+            start,
             &mut features_for,
             on_progress,
             cancel,
@@ -415,8 +471,75 @@ pub fn fit_with_validation(
     })
     .map(|mut summary| {
         summary.seconds = started.elapsed().as_secs_f64();
+        summary.skipped = skipped;
         summary
     })
+}
+
+impl LabelledImages {
+    /// The images `keep` (ascending input indices), borrowed when that is all of them.
+    fn subset(&self, keep: &[usize]) -> Cow<'_, LabelledImages> {
+        if keep.len() == self.sources.len() {
+            return Cow::Borrowed(self);
+        }
+        Cow::Owned(LabelledImages {
+            sources: keep.iter().map(|&i| self.sources[i].clone()).collect(),
+            labels: keep.iter().map(|&i| self.labels[i]).collect(),
+        })
+    }
+}
+
+/// The indices of the training images to use, given those that cannot be read: all others when
+/// skipping (the failures go to `skipped`), else the first failure is the error, naming the image.
+fn usable(
+    data: &LabelledImages,
+    failures: Vec<(usize, Error)>,
+    skip: bool,
+    skipped: &mut Vec<SkippedImage>,
+) -> Result<Vec<usize>> {
+    let n = data.sources.len();
+    if !skip {
+        if let Some((index, e)) = failures.into_iter().next() {
+            return Err(Error::UnusableImage {
+                what: "training image".into(),
+                index,
+                source: Box::new(e),
+            });
+        }
+        return Ok((0..n).collect());
+    }
+    if failures.len() == n {
+        let (index, e) = failures.into_iter().next().expect("a non-empty dataset");
+        return Err(Error::InvalidArgument(format!(
+            "none of the {n} training images can be read (skipUnreadable); training image {index}: {e}"
+        )));
+    }
+    let mut bad = vec![false; n];
+    for (index, e) in failures {
+        bad[index] = true;
+        skipped.push(SkippedImage {
+            index,
+            code: e.code(),
+            message: e.to_string(),
+        });
+    }
+    Ok((0..n).filter(|&i| !bad[i]).collect())
+}
+
+/// Center-crop features of the usable training images (each decoded once), and their indices.
+fn center_crop_features(
+    clip: &Clip,
+    data: &LabelledImages,
+    config: &TrainConfig,
+    skipped: &mut Vec<SkippedImage>,
+) -> Result<(Tensor, Vec<usize>)> {
+    let enc = crate::features::encode(clip, &data.sources, crate::features::BATCH_SIZE)?;
+    let keep = usable(data, enc.failures, config.skip_unreadable, skipped)?;
+    debug_assert_eq!(keep, enc.indices);
+    let features = enc
+        .features
+        .ok_or_else(|| Error::Internal("no features of readable images".into()))?;
+    Ok((features, keep))
 }
 
 /// Encode the center crops once and let the method fit itself on them.
@@ -425,9 +548,12 @@ fn fit_on_features(
     model: &dyn Method,
     data: &LabelledImages,
     validation: Option<&LabelledImages>,
+    config: &TrainConfig,
     started: Instant,
 ) -> Result<TrainSummary> {
-    let train = crate::features::encode_all(clip, &data.sources, "training image")?;
+    let mut skipped = vec![];
+    let (train, keep) = center_crop_features(clip, data, config, &mut skipped)?;
+    let data = data.subset(&keep);
     let val = match validation {
         Some(v) => Some((
             crate::features::encode_all(clip, &v.sources, "validation image")?,
@@ -448,6 +574,8 @@ fn fit_on_features(
     Ok(TrainSummary {
         epochs: 0,
         start_epoch: 0,
+        start_step: 0,
+        skipped,
         global_step: 0,
         epoch_loss: vec![s.loss],
         epoch_accuracy: vec![s.accuracy],
@@ -475,8 +603,59 @@ fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
     order
 }
 
-/// The epochs from `start_epoch` (after `global_step` steps), each step's image features (B, E)
-/// from `features_for` given the step's images, called in step order.
+/// Where training stands between two steps: `step` steps of epoch `epoch` (both 0-based) done,
+/// with that epoch's running sums so far. What a checkpoint records and a resumed run starts at.
+#[derive(Debug, Clone, Copy, Default)]
+struct Position {
+    epoch: usize,
+    step: usize,
+    global_step: usize,
+    loss_sum: f64,
+    correct: usize,
+    seen: usize,
+}
+
+/// Write a checkpoint of the state at `at`.
+fn save_checkpoint(
+    path: &std::path::Path,
+    model: &dyn Method,
+    config: &TrainConfig,
+    num_images: usize,
+    sgd: &Sgd,
+    scaler: &Option<LossScaler>,
+    at: Position,
+) -> Result<()> {
+    let vars = model.vars();
+    let meta = CheckpointMeta {
+        format: CHECKPOINT_FORMAT.into(),
+        format_version: CHECKPOINT_VERSION,
+        epochs_done: at.epoch,
+        step_in_epoch: at.step,
+        epoch_loss_sum: at.loss_sum,
+        epoch_correct: at.correct,
+        epoch_seen: at.seen,
+        num_images: Some(num_images),
+        global_step: at.global_step,
+        seed: config.seed,
+        epochs: config.epochs,
+        batch_size: config.batch_size,
+        model: model.meta(),
+        loss_scaler: *scaler,
+    };
+    let params: Vec<(String, Tensor)> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let momentum: Vec<(String, Tensor)> = vars
+        .iter()
+        .zip(&sgd.buffers)
+        .filter_map(|((n, _), b)| b.clone().map(|b| (n.clone(), b)))
+        .collect();
+    checkpoint::save(path, &meta, &params, &momentum)
+}
+
+/// The epochs from `start` on, each step's image features (B, E) from `features_for` given the
+/// step's images, called in step order.
 #[allow(clippy::too_many_arguments)]
 fn run_epochs(
     clip: &Clip,
@@ -485,7 +664,7 @@ fn run_epochs(
     config: &TrainConfig,
     sgd: &mut Sgd,
     scaler: &mut Option<LossScaler>,
-    (start_epoch, mut global_step): (usize, usize),
+    start: Position,
     features_for: &mut dyn FnMut(&[usize]) -> Result<Tensor>,
     on_progress: &mut dyn FnMut(&Progress),
     cancel: &AtomicBool,
@@ -495,25 +674,57 @@ fn run_epochs(
     let (bs, steps_per_epoch) = step_shape(n, config.batch_size);
     let schedule = config.lr_schedule();
     let labels_all: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
+    let mut global_step = start.global_step;
     let mut summary = TrainSummary {
         epochs: config.epochs,
-        start_epoch,
+        start_epoch: start.epoch,
+        start_step: start.step,
+        skipped: vec![],
         global_step,
         epoch_loss: vec![],
         epoch_accuracy: vec![],
         seconds: 0.0,
         details: None,
     };
-    for epoch in start_epoch..config.epochs {
+    for epoch in start.epoch..config.epochs {
         let lr = schedule.lr(epoch);
         let order = epoch_order(config.seed, epoch, n);
-        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
-        for step in 0..steps_per_epoch {
+        let resumed = epoch == start.epoch;
+        let (first, mut loss_sum, mut correct, mut seen) = if resumed {
+            (start.step, start.loss_sum, start.correct, start.seen)
+        } else {
+            (0, 0f64, 0usize, 0usize)
+        };
+        for step in first..steps_per_epoch {
+            // Cancelled: stop here, between two steps, with a checkpoint of exactly this state
+            // when the run has a checkpoint path.
+            let cancelled = || -> Error {
+                let Some(path) = &config.checkpoint_path else {
+                    return Error::cancelled();
+                };
+                let at = Position {
+                    epoch,
+                    step,
+                    global_step,
+                    loss_sum,
+                    correct,
+                    seen,
+                };
+                match save_checkpoint(path, model, config, n, sgd, scaler, at) {
+                    Ok(()) => Error::Cancelled {
+                        checkpoint: Some(path.clone()),
+                    },
+                    Err(e) => e,
+                }
+            };
             if cancel.load(Ordering::Relaxed) {
-                return Err(Error::Cancelled);
+                return Err(cancelled());
             }
             let idx = &order[step * bs..(step + 1) * bs];
-            let features = features_for(idx)?;
+            let features = match features_for(idx) {
+                Err(Error::Cancelled { .. }) => return Err(cancelled()),
+                r => r?,
+            };
             let labels = Tensor::from_vec(
                 idx.iter().map(|&i| labels_all[i]).collect::<Vec<_>>(),
                 idx.len(),
@@ -600,27 +811,12 @@ fn run_epochs(
             .push(100.0 * correct as f32 / seen as f32);
         if let Some(path) = &config.checkpoint_path {
             if (epoch + 1) % config.checkpoint_every == 0 || epoch + 1 == config.epochs {
-                let meta = CheckpointMeta {
-                    format: CHECKPOINT_FORMAT.into(),
-                    format_version: 1,
-                    epochs_done: epoch + 1,
+                let at = Position {
+                    epoch: epoch + 1,
                     global_step,
-                    seed: config.seed,
-                    epochs: config.epochs,
-                    batch_size: config.batch_size,
-                    model: model.meta(),
-                    loss_scaler: *scaler,
+                    ..Position::default()
                 };
-                let params: Vec<(String, Tensor)> = vars
-                    .iter()
-                    .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-                    .collect();
-                let momentum: Vec<(String, Tensor)> = vars
-                    .iter()
-                    .zip(&sgd.buffers)
-                    .filter_map(|((n, _), b)| b.clone().map(|b| (n.clone(), b)))
-                    .collect();
-                checkpoint::save(path, &meta, &params, &momentum)?;
+                save_checkpoint(path, model, config, n, sgd, scaler, at)?;
             }
         }
     }
