@@ -103,14 +103,14 @@ export function std(xs: number[]): number {
   return Math.sqrt(xs.reduce((a, x) => a + (x - m) ** 2, 0) / (xs.length - 1))
 }
 
-/** "mean ± std" with one decimal; just the value for one seed; "—" for none. */
-export function formatMeanStd(xs: number[] | null): string {
+/** "mean ± std" with one decimal (or `digits`); just the value for one seed; "—" for none. */
+export function formatMeanStd(xs: number[] | null, digits = 1): string {
   if (!xs || xs.length === 0) return '—'
-  if (xs.length === 1) return xs[0].toFixed(1)
-  return `${mean(xs).toFixed(1)} ± ${std(xs).toFixed(1)}`
+  if (xs.length === 1) return xs[0].toFixed(digits)
+  return `${mean(xs).toFixed(digits)} ± ${std(xs).toFixed(digits)}`
 }
 
-function formatSeconds(s: number): string {
+export function formatSeconds(s: number): string {
   if (!Number.isFinite(s)) return '?'
   if (s < 60) return `${s.toFixed(1)} s`
   const m = Math.floor(s / 60)
@@ -178,9 +178,9 @@ export function pngDataUri(image: RawImage): string {
 // ---------------------------------------------------------------------------------------------
 // The charts (Vega-Lite specs)
 
-const SCHEMA = 'https://vega.github.io/schema/vega-lite/v6.json'
+export const SCHEMA = 'https://vega.github.io/schema/vega-lite/v6.json'
 const SPLIT_COLOURS = { base: '#4c78a8', new: '#f58518', H: '#54a24b' }
-const CONFIG = {
+export const CONFIG = {
   font: 'system-ui, -apple-system, "Segoe UI", Roboto, sans-serif',
   view: { stroke: null },
   axis: { labelFontSize: 11, titleFontSize: 12, grid: true, gridColor: '#eee' },
@@ -188,7 +188,7 @@ const CONFIG = {
 }
 
 /** Grouped bars of base / new / H per method: mean over seeds, ± std rules, one dot per seed. */
-function summarySpec(r: DemoResults): object {
+export function summarySpec(r: Pick<DemoResults, 'methods' | 'seeds'>): object {
   const methods = r.methods.map((m) => m.name)
   const splits = ['base', 'new', 'H'] as const
   const stats: object[] = []
@@ -322,9 +322,11 @@ function perClassSpec(r: DemoResults): object {
   }
 }
 
-/** Heatmap of confusion[true][predicted]: colour = share of the true class's images, text = count. */
-function confusionSpec(r: DemoResults): object {
-  const { classNames, matrix } = r.confusion
+/** Heatmap of confusion[true][predicted]: colour = share of the true class's images, text = count
+ *  (counts are left out beyond 30 classes, where cells get too small to hold them). */
+export function confusionSpec(confusion: { classNames: string[]; matrix: number[][] }): object {
+  const { classNames, matrix } = confusion
+  const k = classNames.length
   const values = matrix.flatMap((row, t) => {
     const total = row.reduce((a, b) => a + b, 0)
     return row.map((count, p) => ({
@@ -340,11 +342,11 @@ function confusionSpec(r: DemoResults): object {
     $schema: SCHEMA,
     config: { ...CONFIG, axis: { ...CONFIG.axis, grid: false } },
     data: { values },
-    width: { step: 38 },
-    height: { step: 30 },
+    width: { step: k <= 30 ? 38 : Math.max(4, Math.floor(900 / k)) },
+    height: { step: k <= 30 ? 30 : Math.max(4, Math.floor(900 / k)) },
     layer: [
       {
-        mark: { type: 'rect', stroke: '#e1e6eb', strokeWidth: 1 },
+        mark: { type: 'rect', stroke: k <= 30 ? '#e1e6eb' : null, strokeWidth: 1 },
         encoding: {
           x,
           y,
@@ -364,7 +366,7 @@ function confusionSpec(r: DemoResults): object {
         },
       },
       {
-        transform: [{ filter: 'datum.count > 0' }],
+        transform: [{ filter: `datum.count > 0 && ${k} <= 30` }],
         mark: { type: 'text', fontSize: 10 },
         encoding: {
           x,
@@ -380,7 +382,7 @@ function confusionSpec(r: DemoResults): object {
 // ---------------------------------------------------------------------------------------------
 // The page
 
-const CSS = `
+export const CSS = `
 :root { color-scheme: light; --base: ${SPLIT_COLOURS.base}; --new: ${SPLIT_COLOURS.new}; --ok: #1a7f37; --bad: #cf222e; }
 * { box-sizing: border-box; }
 body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328; background: #f6f8fa; }
@@ -416,6 +418,8 @@ ol.context { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-s
 ol.context li { margin: 2px 0; }
 ol.context .first { font-weight: 700; }
 ol.context .rest { color: #57606a; }
+pre.table { font: 12.5px/1.4 ui-monospace, SFMono-Regular, Menlo, monospace; background: #f6f8fa; padding: 10px 12px; border-radius: 6px; overflow-x: auto; }
+details summary { cursor: pointer; margin: 6px 0; }
 footer { margin-top: 36px; color: #8c959f; font-size: 12px; }
 `
 
@@ -520,20 +524,10 @@ function check(r: DemoResults): void {
   }
 }
 
-/** The report as one self-contained HTML page (scripts, data and images inline; works offline). */
-export function renderReport(results: DemoResults): string {
-  const r = results
-  check(r)
+/** One self-contained HTML page: `body` (the page's sections), then the chart libraries inlined,
+ *  and a script that draws each spec of `specs` into the element with its id. */
+export function renderPage(page: { title: string; body: string; specs: Record<string, object> }): string {
   const libs = vegaLibraries()
-  const specs = {
-    'chart-summary': summarySpec(r),
-    'chart-per-class': perClassSpec(r),
-    'chart-confusion': confusionSpec(r),
-  }
-  const names = (idx: number[]) => idx.map((i) => escapeHtml(r.classNames[i])).join(', ')
-  const seed0 = r.seeds[0]
-  const seeds = r.seeds.length
-  const confusionHalf = halfOf(r, r.confusion.classNames)
   const generated = new Date()
     .toISOString()
     .replace('T', ' ')
@@ -543,12 +537,50 @@ export function renderReport(results: DemoResults): string {
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>promptclip demo: base-to-new, ${escapeHtml(r.shots)} shots</title>
+<title>${escapeHtml(page.title)}</title>
 <style>${CSS}</style>
 </head>
 <body>
 <main>
-<header>
+${page.body}
+<footer>Generated by promptclip on ${escapeHtml(generated)}. Charts: ${libs.map((l) => `${escapeHtml(l.name)} ${escapeHtml(l.version)}`).join(', ')}, inlined; the page needs no network.</footer>
+</main>
+${libs.map((l) => `<script>/* ${l.name} ${l.version} */\n${l.source}\n</script>`).join('\n')}
+<script type="application/json" id="chart-specs">${scriptJson(page.specs)}</script>
+<script>
+(function () {
+  var specs = JSON.parse(document.getElementById('chart-specs').textContent);
+  window.chartsReady = Promise.all(Object.keys(specs).map(function (id) {
+    var el = document.getElementById(id);
+    return vegaEmbed(el, specs[id], { renderer: 'svg', actions: false }).catch(function (err) {
+      console.error('chart ' + id + ' failed:', err);
+      var msg = document.createElement('p');
+      msg.className = 'error';
+      msg.textContent = 'This chart could not be drawn: ' + (err && err.message ? err.message : err);
+      el.appendChild(msg);
+    });
+  })).then(function () { document.body.setAttribute('data-charts', 'done'); });
+})();
+</script>
+</body>
+</html>
+`
+}
+
+/** The demo's report as one self-contained HTML page (scripts, data and images inline; works offline). */
+export function renderReport(results: DemoResults): string {
+  const r = results
+  check(r)
+  const specs = {
+    'chart-summary': summarySpec(r),
+    'chart-per-class': perClassSpec(r),
+    'chart-confusion': confusionSpec(r.confusion),
+  }
+  const names = (idx: number[]) => idx.map((i) => escapeHtml(r.classNames[i])).join(', ')
+  const seed0 = r.seeds[0]
+  const seeds = r.seeds.length
+  const confusionHalf = halfOf(r, r.confusion.classNames)
+  const body = `<header>
 <h1>promptclip demo: base-to-new generalisation</h1>
 <p class="meta">Model <b>${escapeHtml(r.model)}</b> · <b>${escapeHtml(r.shots)}</b> shots per base class · seeds <b>${escapeHtml(r.seeds.join(', '))}</b> · ${r.classNames.length} classes (${r.baseClasses.length} base, ${r.newClasses.length} new) · ran in <b>${escapeHtml(formatSeconds(r.seconds))}</b></p>
 <dl class="classes">
@@ -585,35 +617,18 @@ ${examplesGrid(r)}
 <section id="context">
 <h2>CoOp's learned context, as nearest words</h2>
 ${contextList(r)}
-</section>
-
-<footer>Generated by promptclip on ${escapeHtml(generated)}. Charts: ${libs.map((l) => `${escapeHtml(l.name)} ${escapeHtml(l.version)}`).join(', ')}, inlined; the page needs no network.</footer>
-</main>
-${libs.map((l) => `<script>/* ${l.name} ${l.version} */\n${l.source}\n</script>`).join('\n')}
-<script type="application/json" id="chart-specs">${scriptJson(specs)}</script>
-<script>
-(function () {
-  var specs = JSON.parse(document.getElementById('chart-specs').textContent);
-  window.chartsReady = Promise.all(Object.keys(specs).map(function (id) {
-    var el = document.getElementById(id);
-    return vegaEmbed(el, specs[id], { renderer: 'svg', actions: false }).catch(function (err) {
-      console.error('chart ' + id + ' failed:', err);
-      var msg = document.createElement('p');
-      msg.className = 'error';
-      msg.textContent = 'This chart could not be drawn: ' + (err && err.message ? err.message : err);
-      el.appendChild(msg);
-    });
-  })).then(function () { document.body.setAttribute('data-charts', 'done'); });
-})();
-</script>
-</body>
-</html>
-`
+</section>`
+  return renderPage({ title: `promptclip demo: base-to-new, ${r.shots} shots`, body, specs })
 }
 
 /** Writes the report to `path` (creating its folder), atomically: a temporary file, then a rename. */
 export function writeReport(results: DemoResults, path: string): void {
-  const html = renderReport(results)
+  writeFileAtomic(path, renderReport(results))
+}
+
+/** Writes `text` to `path` (creating its folder), atomically: a temporary file, then a rename, so
+ *  that a reader (or a rerun after a crash) sees the old file or the new one, never half of one. */
+export function writeFileAtomic(path: string, html: string): void {
   const dir = dirname(path)
   mkdirSync(dir, { recursive: true })
   const tmp = join(dir, `.${basename(path)}.${process.pid}.${Date.now().toString(36)}.tmp`)
