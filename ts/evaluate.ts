@@ -83,10 +83,16 @@ export class Evaluator {
       throw invalidArgument('classNames are required to evaluate zero-shot CLIP on a dataset without them')
     const labels = alignLabels(data, classNames)
     const onProgress = withRate(o.onProgress, performance.now())
+    // A learner bound to its own classes (the linear probe, class-specific context) scores a
+    // subset of them (ImageNet-A's 200 of ImageNet's 1,000) through its own classes' columns.
+    const columns =
+      this.model instanceof PromptLearner && o.classNames && !this.model.scoresAnyClasses
+        ? subsetColumns(this.model.info.classNames, o.classNames)
+        : null
     const preds: ZeroShotPrediction[] =
       this.model instanceof PromptLearner
         ? await this.model.predict(data.images, {
-            classNames: o.classNames,
+            classNames: columns ? undefined : o.classNames,
             topK: 1,
             batchSize: o.batchSize,
             onProgress,
@@ -101,7 +107,10 @@ export class Evaluator {
     if (ok.length === 0) throw invalidArgument('no image of the dataset could be read')
     const k = classNames.length
     const scores = new Float32Array(ok.length * k)
-    for (const [i, p] of ok.entries()) scores.set(p.probabilities, i * k)
+    for (const [i, p] of ok.entries()) {
+      if (!columns) scores.set(p.probabilities, i * k)
+      else for (const [j, c] of columns.entries()) scores[i * k + j] = p.probabilities[c]
+    }
     const m = nativeSync(() =>
       binding.computeMetrics(
         scores,
@@ -127,4 +136,21 @@ export class Evaluator {
       failures: preds.flatMap((p) => (p.error ? [p.error] : [])),
     }
   }
+}
+
+/** Where each of `subset` sits in `own`; null when `subset` is `own` itself (nothing to select). */
+function subsetColumns(own: string[], subset: string[]): number[] | null {
+  if (subset.length === own.length && subset.every((n, i) => n === own[i])) return null
+  const index = new Map(own.map((n, i) => [n, i]))
+  const missing = subset.filter((n) => !index.has(n))
+  if (missing.length > 0) {
+    throw invalidArgument(
+      `this learner scores only its own ${own.length} classes (or a subset of them); ` +
+        `${missing
+          .slice(0, 5)
+          .map((n) => JSON.stringify(n))
+          .join(', ')} ${missing.length === 1 ? 'is' : 'are'} not among them`,
+    )
+  }
+  return subset.map((n) => index.get(n) as number)
 }

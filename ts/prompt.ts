@@ -164,6 +164,13 @@ export class PromptLearner {
     return nativeSync(() => this.native.info) as LearnerInfo
   }
 
+  /** Whether the learner can score class names it was not trained on (zero-shot style): unified
+   *  context can; class-specific context and the linear probe score their own classes only. */
+  get scoresAnyClasses(): boolean {
+    const info = this.info
+    return info.method !== 'linear-probe' && info.options.classSpecific !== true
+  }
+
   /** The learned context vectors, row-major: (nCtx, ctxDim) or (K, nCtx, ctxDim). Throws E_BUSY
    *  while the learner trains, and E_UNSUPPORTED for the linear probe. */
   context(): Float32Array {
