@@ -60,5 +60,16 @@ export type {
   RuntimeOptions,
 } from './prompt'
 export { PromptLearner } from './prompt'
+export type {
+  EvalRecord,
+  ProtocolEvent,
+  ProtocolMethod,
+  ProtocolName,
+  ProtocolOptions,
+  ProtocolResults,
+  RunKey,
+  RunRecord,
+} from './protocols'
+export { runProtocol } from './protocols'
 export type { Dataset, FitOptions, TrainOptions, TrainProgress, TrainSummary } from './train'
 export { Trainer } from './train'

@@ -3,10 +3,17 @@
  * generalisation) over every method the core offers, with resumable runs and results on disk
  * (JSON, a markdown table and an HTML report).
  *
- * CONTRACT STUB: the types are the agreed interface; the runner lands in the next commits.
+ * Layout of `out`:
+ *   runs/<run>/result.json        one finished run: its full config, metrics, timings, versions
+ *   runs/<run>/learner.safetensors the trained learner (reusable with PromptLearner.load)
+ *   runs/<run>/train.json         its training summary (so evaluation can resume without training)
+ *   runs/<run>/checkpoint.safetensors  while a run trains (removed when it is finished)
+ *   results.json, results.md, report.html
  */
-import { PromptclipError } from '../errors'
+import type { Precision } from '../clip'
+import type { DatasetSplits } from '../datasets'
 import type { TrainOptions } from '../train'
+import { executeProtocol } from './run'
 
 export type ProtocolName = 'few-shot' | 'base-to-new' | 'cross-dataset' | 'domain-generalization'
 
@@ -18,14 +25,18 @@ export interface ProtocolOptions {
   /** A CLIP checkpoint folder or file (default: the built-in model). */
   model?: string
   device?: string
-  dtype?: 'fp32' | 'fp16' | 'bf16'
-  /** The dataset learned on: a catalog name, an image folder, a split file, or a CSV
-   *  (see `openDataset`). */
-  dataset: string
+  dtype?: Precision
+  /** The dataset learned on: a catalog name, an image folder, a split file or a CSV (see
+   *  `openDataset`), or splits in memory (`{ name, classNames, train, test, ... }`). It needs a
+   *  test split. */
+  dataset: string | DatasetSplits
   /** Image root for a split file or CSV whose paths are relative to somewhere else. */
   imageRoot?: string
-  /** cross-dataset / domain-generalization: the datasets evaluated on (same forms as `dataset`). */
-  targets?: string[]
+  /** Where catalog datasets live (default: $PROMPTCLIP_DATA, else ./data). */
+  dataRoot?: string
+  /** cross-dataset / domain-generalization: the datasets evaluated on (same forms as `dataset`;
+   *  default for an ImageNet source: the papers' ten datasets / ImageNet's four variants). */
+  targets?: (string | DatasetSplits)[]
   /** Default: every method. */
   methods?: ProtocolMethod[]
   /** Default: [1, 2, 4, 8, 16] for few-shot, [16] otherwise. */
@@ -35,8 +46,11 @@ export interface ProtocolOptions {
   /** Where runs, checkpoints and results go. Rerunning with the same folder skips finished runs
    *  and resumes an interrupted one from its checkpoint. */
   out: string
-  /** Per-method training options over each method's paper recipe. */
+  /** Per-method training options over each method's paper recipe (CoOp: 50 / 100 / 200 epochs by
+   *  shots, as the official scripts; CoCoOp: 10 epochs at batch 1; KgCoOp: the core's recipe). */
   train?: Partial<Record<ProtocolMethod, TrainOptions>>
+  /** Per-method learner options (e.g. `{ coop: { nCtx: 4, ctxInit: 'a photo of a' } }`). */
+  learners?: Partial<Record<ProtocolMethod, Record<string, unknown>>>
   /** Images per forward pass at evaluation. */
   batchSize?: number
   /** Skip images that cannot be read (and count them) instead of failing. */
@@ -45,7 +59,7 @@ export interface ProtocolOptions {
   signal?: AbortSignal
 }
 
-/** One run: a method on a dataset at a shot count and seed. */
+/** One run: a method on a dataset at a shot count and seed (0 and 0 for the zero-shot baselines). */
 export interface RunKey {
   method: ProtocolMethod
   dataset: string
@@ -84,8 +98,59 @@ export interface ProtocolResults {
   files: { json: string; markdown: string; report: string }
   /** The markdown table (mean ± std over seeds). */
   table: string
+  /** Every run's record, as in results.json. */
+  runs: RunRecord[]
 }
 
-export async function runProtocol(_options: ProtocolOptions): Promise<ProtocolResults> {
-  throw new PromptclipError('E_UNSUPPORTED', 'runProtocol is not implemented yet')
+/** One evaluation of a run: a split of the source dataset, or a target dataset. */
+export interface EvalRecord {
+  /** 'test', 'base', 'new', or a target dataset's name. */
+  split: string
+  dataset: string
+  classNames: string[]
+  total: number
+  correct: number
+  /** Percentages. */
+  accuracy: number
+  errorRate: number
+  macroF1: number
+  topK: { k: number; accuracy: number }[]
+  perClass: { name: string; accuracy: number | null; support: number }[]
+  /** Non-zero cells of confusion[true][predicted], as [true, predicted, count]. */
+  confusion: [number, number, number][]
+  /** Images that could not be read and were left out (with `skipUnreadable`). */
+  skipped: number
+  seconds: number
+}
+
+export interface RunRecord {
+  run: RunKey
+  /** Everything the run depends on; a rerun with another config refuses to mix results. */
+  config: Record<string, unknown>
+  evaluations: EvalRecord[]
+  /** Splits this method cannot score (e.g. the linear probe on classes it has not seen). */
+  unsupported: string[]
+  train: {
+    seconds: number
+    epochs: number
+    resumedAfterEpoch: number
+    epochLoss: number[]
+    epochAccuracy: number[]
+    trainImages: number
+    skipped: number
+    details?: Record<string, unknown>
+  } | null
+  timings: { trainSeconds: number; evalSeconds: number; totalSeconds: number }
+  versions: Record<string, string>
+  finishedAt: string
+}
+
+/**
+ * Runs a protocol: every method at every shot count and seed, each run's results written to
+ * `out` as soon as it finishes; then the table, results.json and the HTML report. Options are
+ * checked before anything is loaded. Rerunning the same call skips finished runs and resumes an
+ * interrupted one from its checkpoint.
+ */
+export async function runProtocol(options: ProtocolOptions): Promise<ProtocolResults> {
+  return executeProtocol(options)
 }

@@ -1,0 +1,385 @@
+/**
+ * Executing a protocol's runs: data sampled per (shots, seed), each learner trained with a
+ * checkpoint, evaluated on every split, and its record written before the next run starts.
+ */
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs'
+import { join, resolve } from 'node:path'
+import { PACKAGE_ROOT } from '../binding'
+import { BUILTIN_MODEL, Clip, cudaCompiled, DEFAULT_TEMPLATE, type DeviceName } from '../clip'
+import { baseToNew, type DatasetSplits, fewShotSplits, type LabelledDataset, openDataset } from '../datasets'
+import { AbortError, invalidArgument, PromptclipError } from '../errors'
+import { type Evaluation, Evaluator } from '../evaluate'
+import { type Method, PromptLearner } from '../prompt'
+import { writeFileAtomic } from '../report'
+import { Trainer, type TrainOptions, type TrainSummary } from '../train'
+import type { EvalRecord, ProtocolEvent, ProtocolOptions, ProtocolResults, RunKey, RunRecord } from './index'
+import { coopEpochs, ENSEMBLE_TEMPLATES, planRuns, type ResolvedOptions, resolveOptions, runId } from './plan'
+import { renderProtocolReport } from './report'
+import { formatProtocolTable } from './table'
+
+/** One evaluation to make: images, and the class names they are scored against. */
+interface EvalTarget {
+  split: string
+  dataset: string
+  data: LabelledDataset
+}
+
+interface Context {
+  o: ResolvedOptions
+  clip: Clip
+  modelConfig: Record<string, unknown>
+  source: DatasetSplits
+  test: LabelledDataset
+  targets: DatasetSplits[]
+  versions: Record<string, string>
+  emit: (e: ProtocolEvent) => void
+  signal?: AbortSignal
+  samples: Map<string, { train: LabelledDataset; val: LabelledDataset }>
+}
+
+function versions(): Record<string, string> {
+  const pkg = JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }
+  return {
+    promptclip: pkg.version,
+    node: process.version,
+    platform: `${process.platform}-${process.arch}`,
+    cuda: cudaCompiled() ? 'compiled' : 'no',
+  }
+}
+
+function readJson<T>(path: string): T {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as T
+  } catch (e) {
+    throw new PromptclipError('E_IO', `${path}: not readable JSON (${(e as Error).message}); delete it to redo the run`)
+  }
+}
+
+function writeJson(path: string, value: unknown): void {
+  writeFileAtomic(path, `${JSON.stringify(value, null, 2)}\n`)
+}
+
+/** The first top-level key whose value differs, for a message that says what changed. */
+function firstDifference(a: Record<string, unknown>, b: Record<string, unknown>): string | null {
+  for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
+    if (JSON.stringify(a[k]) !== JSON.stringify(b[k])) return k
+  }
+  return null
+}
+
+function openWithTest(key: string, o: ResolvedOptions, options: ProtocolOptions): DatasetSplits {
+  const source = o.sources[key]
+  const splits =
+    typeof source === 'string' ? openDataset(source, { imageRoot: options.imageRoot, root: options.dataRoot }) : source
+  if (!splits.test || !Array.isArray(splits.test.images) || splits.test.images.length === 0) {
+    throw invalidArgument(
+      `${key}: the protocols evaluate on a test split, and this dataset has none ` +
+        '(use a folder with train/ and test/ sub-folders, a split file, or a catalog dataset)',
+    )
+  }
+  return { ...splits, skipped: splits.skipped ?? [] }
+}
+
+export async function executeProtocol(options: ProtocolOptions): Promise<ProtocolResults> {
+  const o = resolveOptions(options)
+  const emit = options.onEvent ?? (() => {})
+  const runs = planRuns(o)
+  emit({ type: 'plan', runs })
+  const source = openWithTest(o.dataset, o, options)
+  for (const s of source.skipped.slice(0, 5)) emit({ type: 'log', message: `skipped ${s.path}: ${s.reason}` })
+  if (source.skipped.length > 5) emit({ type: 'log', message: `skipped ${source.skipped.length} files in all` })
+  const targets = o.targets.map((t) => openWithTest(t, o, options))
+  const model = options.model ?? BUILTIN_MODEL
+  const clip = await Clip.load(model, { device: (options.device ?? 'cpu') as DeviceName, dtype: options.dtype })
+  const info = clip.info
+  const ctx: Context = {
+    o,
+    clip,
+    modelConfig: {
+      path: model === BUILTIN_MODEL ? 'built-in' : resolve(model),
+      embedDim: info.embedDim,
+      imageSize: info.imageSize,
+      visionLayers: info.visionLayers,
+      textLayers: info.textLayers,
+      dtype: info.dtype,
+    },
+    source,
+    test: source.test as LabelledDataset,
+    targets,
+    versions: versions(),
+    emit,
+    signal: options.signal,
+    samples: new Map(),
+  }
+  mkdirSync(join(o.out, 'runs'), { recursive: true })
+  const records: RunRecord[] = []
+  for (const [index, run] of runs.entries()) {
+    if (options.signal?.aborted) throw new AbortError(`cancelled before run ${runId(run)}`)
+    records.push(await executeRun(ctx, run, index, runs.length))
+  }
+  const table = formatProtocolTable(o, records)
+  const files = {
+    json: join(o.out, 'results.json'),
+    markdown: join(o.out, 'results.md'),
+    report: join(o.out, 'report.html'),
+  }
+  const { out: _out, sources: _sources, ...settings } = o
+  writeJson(files.json, { protocol: o.protocol, settings, versions: ctx.versions, table, runs: records })
+  writeFileAtomic(files.markdown, `${table}\n`)
+  writeFileAtomic(files.report, renderProtocolReport(o, records, ctx.modelConfig.path as string))
+  return { protocol: o.protocol, files, table, runs: records }
+}
+
+/** The few-shot draw of (shots, seed), shared by every method of that draw. */
+function sample(ctx: Context, shots: number, seed: number): { train: LabelledDataset; val: LabelledDataset } {
+  const key = `${shots}/${seed}`
+  const cached = ctx.samples.get(key)
+  if (cached) return cached
+  const drawn = fewShotSplits(ctx.source, shots, seed)
+  const s =
+    ctx.o.protocol === 'base-to-new' ? { train: baseToNew(drawn.train).base, val: baseToNew(drawn.val).base } : drawn
+  ctx.samples.set(key, s)
+  return s
+}
+
+/** What each protocol evaluates on. */
+function evalTargets(ctx: Context): EvalTarget[] {
+  const name = ctx.source.name
+  if (ctx.o.protocol === 'base-to-new') {
+    const halves = baseToNew(ctx.test)
+    return [
+      { split: 'base', dataset: name, data: halves.base },
+      { split: 'new', dataset: name, data: halves.novel },
+    ]
+  }
+  return [
+    { split: 'test', dataset: name, data: ctx.test },
+    ...ctx.targets.map((t, i) => ({
+      split: ctx.o.labels[ctx.o.targets[i]],
+      dataset: t.name,
+      data: t.test as LabelledDataset,
+    })),
+  ]
+}
+
+function learnerOptions(ctx: Context, run: RunKey, classNames: string[]): Record<string, unknown> {
+  const own = ctx.o.learners[run.method] ?? {}
+  // KgCoOp's knowledge term uses the dataset's hand-made template, as the official CUSTOM_TEMPLATES.
+  const template = run.method === 'kgcoop' && ctx.source.template ? { template: ctx.source.template } : {}
+  const seed = run.method === 'linear-probe' ? {} : { seed: run.seed }
+  return { ...seed, ...template, ...own, classNames }
+}
+
+function trainOptions(ctx: Context, run: RunKey): TrainOptions {
+  const recipe: TrainOptions = run.method === 'coop' ? { epochs: coopEpochs(run.shots, ctx.source.name) } : {}
+  const skip: TrainOptions = ctx.o.skipUnreadable ? { skipUnreadable: true } : {}
+  if (run.method === 'linear-probe') return { ...skip }
+  return { ...recipe, seed: run.seed, ...(ctx.o.train[run.method] ?? {}), ...skip }
+}
+
+function templatesFor(ctx: Context, run: RunKey): string[] {
+  const own = ctx.source.template ?? DEFAULT_TEMPLATE
+  if (run.method === 'zero-shot') return [own]
+  // The official ensemble adds the dataset's template to the seven, except on ImageNet.
+  return ctx.source.name === 'imagenet' || ENSEMBLE_TEMPLATES.includes(own)
+    ? [...ENSEMBLE_TEMPLATES]
+    : [...ENSEMBLE_TEMPLATES, own]
+}
+
+function runConfig(ctx: Context, run: RunKey): Record<string, unknown> {
+  const zeroShot = run.method === 'zero-shot' || run.method === 'ensemble'
+  const { train, val } = zeroShot ? { train: null, val: null } : sample(ctx, run.shots, run.seed)
+  const classNames = train?.classNames ?? ctx.source.classNames
+  return {
+    protocol: ctx.o.protocol,
+    model: ctx.modelConfig,
+    dataset: {
+      name: ctx.source.name,
+      classes: ctx.source.classNames.length,
+      trainImages: ctx.source.train.images.length,
+      testImages: ctx.test.images.length,
+    },
+    targets: ctx.targets.map((t) => ({
+      name: t.name,
+      classes: t.classNames.length,
+      testImages: t.test?.images.length,
+    })),
+    method: run.method,
+    shots: run.shots,
+    seed: run.seed,
+    ...(zeroShot
+      ? { templates: templatesFor(ctx, run) }
+      : {
+          learner: { ...learnerOptions(ctx, run, classNames), classNames: classNames.length },
+          train: trainOptions(ctx, run),
+          trainImages: train?.images.length,
+          valImages: val?.images.length,
+        }),
+    batchSize: ctx.o.batchSize ?? null,
+    skipUnreadable: ctx.o.skipUnreadable,
+  }
+}
+
+async function executeRun(ctx: Context, run: RunKey, index: number, total: number): Promise<RunRecord> {
+  const dir = join(ctx.o.out, 'runs', runId(run))
+  const files = {
+    result: join(dir, 'result.json'),
+    learner: join(dir, 'learner.safetensors'),
+    train: join(dir, 'train.json'),
+    checkpoint: join(dir, 'checkpoint.safetensors'),
+  }
+  const config = runConfig(ctx, run)
+  if (existsSync(files.result)) {
+    const done = readJson<RunRecord>(files.result)
+    const diff = firstDifference(done.config, config)
+    if (diff !== null) {
+      throw invalidArgument(
+        `${files.result} was made with a different ${diff}; ` +
+          'use another output folder, or delete that run to redo it with these settings',
+      )
+    }
+    ctx.emit({ type: 'run-skipped', run, index, total, reason: 'finished' })
+    return done
+  }
+  mkdirSync(dir, { recursive: true })
+  const t0 = Date.now()
+  const resumed = existsSync(files.checkpoint) || existsSync(files.learner)
+  ctx.emit({ type: 'run-start', run, index, total, resumed })
+
+  let model: Clip | PromptLearner = ctx.clip
+  let trainRecord: RunRecord['train'] = null
+  let trainSeconds = 0
+  const zeroShot = run.method === 'zero-shot' || run.method === 'ensemble'
+  if (!zeroShot) {
+    const { train, val } = sample(ctx, run.shots, run.seed)
+    if (existsSync(files.learner) && existsSync(files.train)) {
+      // Trained before an interruption during evaluation: evaluate the saved learner.
+      model = await PromptLearner.load(ctx.clip, files.learner)
+      trainRecord = readJson<RunRecord['train']>(files.train)
+    } else {
+      const learner = PromptLearner.create(
+        ctx.clip,
+        run.method as Method,
+        learnerOptions(ctx, run, train.classNames) as never,
+      )
+      const sgd = run.method !== 'linear-probe'
+      const options: TrainOptions = sgd
+        ? { ...trainOptions(ctx, run), checkpointPath: files.checkpoint, checkpointEvery: 1 }
+        : trainOptions(ctx, run)
+      const summary: TrainSummary = await new Trainer(learner, options).fit(train, {
+        signal: ctx.signal,
+        resumeFrom: sgd && existsSync(files.checkpoint) ? files.checkpoint : undefined,
+        validation: run.method === 'linear-probe' ? val : undefined,
+        onProgress: (p) =>
+          ctx.emit({
+            type: 'train-progress',
+            run,
+            epoch: p.epoch,
+            epochs: p.epochs,
+            step: p.step,
+            stepsPerEpoch: p.stepsPerEpoch,
+            loss: p.loss,
+          }),
+      })
+      trainRecord = {
+        seconds: summary.seconds,
+        epochs: summary.epochs,
+        resumedAfterEpoch: summary.resumedAfterEpoch,
+        epochLoss: summary.epochLoss,
+        epochAccuracy: summary.epochAccuracy,
+        trainImages: train.images.length,
+        skipped: summary.skipped?.length ?? 0,
+        ...(summary.details ? { details: summary.details } : {}),
+      }
+      await learner.save(files.learner)
+      writeJson(files.train, trainRecord)
+      model = learner
+    }
+    trainSeconds = trainRecord?.seconds ?? 0
+  }
+
+  const evaluations: EvalRecord[] = []
+  const unsupported: string[] = []
+  const t1 = Date.now()
+  for (const target of evalTargets(ctx)) {
+    if (ctx.signal?.aborted) throw new AbortError(`cancelled while evaluating ${runId(run)}`)
+    if (!canScore(model, target.data.classNames)) {
+      unsupported.push(target.split)
+      continue
+    }
+    evaluations.push(await evaluateOn(ctx, run, model, target))
+  }
+  const record: RunRecord = {
+    run,
+    config,
+    evaluations,
+    unsupported,
+    train: trainRecord,
+    timings: {
+      trainSeconds,
+      evalSeconds: (Date.now() - t1) / 1000,
+      totalSeconds: (Date.now() - t0) / 1000,
+    },
+    versions: ctx.versions,
+    finishedAt: new Date().toISOString(),
+  }
+  writeJson(files.result, record)
+  rmSync(files.checkpoint, { force: true })
+  const metrics = Object.fromEntries(evaluations.map((e) => [e.split, e.accuracy]))
+  ctx.emit({ type: 'run-done', run, index, total, metrics })
+  return record
+}
+
+/**
+ * Whether `model` can score `classNames`: zero-shot CLIP and unified context can score any class
+ * names; the linear probe and class-specific context only their own classes (or a subset of them,
+ * as ImageNet-A and -R's 200 of ImageNet's 1,000).
+ */
+function canScore(model: Clip | PromptLearner, classNames: string[]): boolean {
+  if (!(model instanceof PromptLearner) || model.scoresAnyClasses) return true
+  const own = new Set(model.info.classNames)
+  return classNames.every((n) => own.has(n))
+}
+
+async function evaluateOn(ctx: Context, run: RunKey, model: Clip | PromptLearner, t: EvalTarget): Promise<EvalRecord> {
+  const started = Date.now()
+  const evaluator = new Evaluator(model, {
+    classNames: t.data.classNames,
+    templates: model instanceof Clip ? templatesFor(ctx, run) : undefined,
+    batchSize: ctx.o.batchSize,
+  })
+  const e: Evaluation = await evaluator.evaluate(t.data, {
+    onProgress: (p) => ctx.emit({ type: 'eval-progress', run, split: t.split, ...p }),
+  })
+  if (e.failures.length > 0 && !ctx.o.skipUnreadable) {
+    const first = e.failures[0]
+    const path = t.data.images[first.index]
+    throw new PromptclipError(
+      'E_IMAGE_DECODE',
+      `${e.failures.length} of ${t.data.images.length} test images of ${t.dataset} could not be read, the first ` +
+        `${typeof path === 'string' ? path : `#${first.index}`}: ${first.message} ` +
+        '(pass skipUnreadable / --skip-unreadable to leave them out)',
+    )
+  }
+  const confusion: [number, number, number][] = []
+  e.confusion.forEach((row, i) => {
+    row.forEach((count, j) => {
+      if (count > 0) confusion.push([i, j, count])
+    })
+  })
+  return {
+    split: t.split,
+    dataset: t.dataset,
+    classNames: t.data.classNames,
+    total: e.total,
+    correct: e.correct,
+    accuracy: e.accuracy,
+    errorRate: e.errorRate,
+    macroF1: e.macroF1,
+    topK: e.topK,
+    perClass: e.perClass.map((c) => ({ name: c.name, accuracy: c.accuracy, support: c.support })),
+    confusion,
+    skipped: e.failures.length,
+    seconds: (Date.now() - started) / 1000,
+  }
+}
