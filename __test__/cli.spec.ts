@@ -246,7 +246,7 @@ test('train saves a prompt that predict, eval, interpret and info use, with new 
   t.regex(trained.stdout, /^prompt: digits\.coop\.safetensors \(coop, 4 classes\)$/m)
   t.regex(trained.stdout, /^trained: 3 epochs, last epoch loss \d/m)
   t.regex(trained.stdout, /^test: accuracy \d+\.\d% \(\d+\/12 images\)/m)
-  t.regex(trained.stderr, /train: coop on digits: 20 images of 4 classes/)
+  t.regex(trained.stderr, /train: coop on \S*digits: 20 images of 4 classes/)
   t.true(existsSync(join(TMP, prompt)) && existsSync(join(TMP, `${prompt}.ckpt`)))
 
   const predicted = await cli([
@@ -272,7 +272,7 @@ test('train saves a prompt that predict, eval, interpret and info use, with new 
   const text = await cli(['eval', DATA, '--prompt', prompt, '--split', 'train'])
   t.is(text.code, 0, text.stderr)
   t.regex(text.stdout, /^accuracy \d+\.\d% \(\d+\/20\)/)
-  t.regex(text.stderr, /eval: digits \(train\): 20 images of 4 classes/)
+  t.regex(text.stderr, /eval: \S*digits \(train\): 20 images of 4 classes/)
 
   const words = await cli(['interpret', '--prompt', prompt, '--top-k', '2'])
   t.is(words.code, 0, words.stderr)
@@ -408,11 +408,31 @@ test('run maps its flags onto runProtocol', async (t) => {
     '--out',
     join(TMP, 'few-shot'),
   ])
-  // TODO(merge): the protocols runner is a stub on main (E_UNSUPPORTED); with it, expect the table.
-  if (r.code === 2 && /E_UNSUPPORTED: runProtocol is not implemented/.test(r.stderr)) {
-    t.pass()
-    return
-  }
   t.is(r.code, 0, r.stderr)
-  t.regex(r.stdout, /results: /)
+  t.regex(r.stdout, /Few-shot accuracy \(%\) on \S+, mean ± std over seeds 1/)
+  t.regex(r.stdout, /\| Zero-shot CLIP \| \d+\.\d\d \| — \|/)
+  t.regex(r.stdout, /\| CoOp \| — \| \d+\.\d\d \|/)
+  t.regex(r.stdout, /report: .*report\.html/)
+  // The same command again finds both runs on disk and prints the same table.
+  const again = await cli([
+    'run',
+    'few-shot',
+    DATA,
+    '--methods',
+    'zero-shot,coop',
+    '--shots',
+    '1',
+    '--seeds',
+    '1',
+    '--epochs',
+    '2',
+    '--no-augment',
+    '--out',
+    join(TMP, 'few-shot'),
+    '--json',
+  ])
+  t.is(again.code, 0, again.stderr)
+  const results = JSON.parse(again.stdout) as { table: string; runs: unknown[] }
+  t.is(results.runs.length, 2)
+  t.true(r.stdout.includes(results.table))
 })

@@ -4,6 +4,7 @@
  */
 import { type Command, Option } from 'commander'
 import { Clip } from '../clip'
+import { openDataset } from '../datasets'
 import { type Evaluation, Evaluator } from '../evaluate'
 import { PromptLearner } from '../prompt'
 import {
@@ -27,7 +28,6 @@ import {
   template,
 } from './common'
 import { describe } from './data'
-import { openDataset, withImageProgress } from './pending'
 
 type Split = 'train' | 'val' | 'test'
 
@@ -110,7 +110,7 @@ async function evaluate(source: string, flags: Flags, ctx: Ctx): Promise<number>
   const clip = await Clip.load(flags.model, { device: flags.device, dtype: flags.dtype })
   const model = flags.prompt !== undefined ? await PromptLearner.load(clip, flags.prompt) : clip
   const options = { classNames: classes, templates: flags.template, topK: flags.topK, batchSize: flags.batchSize }
-  const result = await new Evaluator(model).evaluate(data, withImageProgress(options, ctx.progress.images('eval')))
+  const result = await new Evaluator(model).evaluate(data, { ...options, onProgress: ctx.progress.images('eval') })
   ctx.progress.stop()
 
   if (flags.json) {

@@ -24,7 +24,6 @@ import {
   template,
 } from './common'
 import { expandImages } from './data'
-import { withImageProgress } from './pending'
 
 interface Flags extends ModelFlags {
   prompt?: string
@@ -98,7 +97,7 @@ async function classify(name: string, inputs: string[], flags: Flags, ctx: Ctx):
     })
   } else {
     const options = { templates: flags.template, topK: flags.topK, batchSize: flags.batchSize }
-    preds = await clip.zeroShot(images, classes as string[], withImageProgress(options, onProgress))
+    preds = await clip.zeroShot(images, classes as string[], { ...options, onProgress })
   }
   ctx.progress.stop()
 

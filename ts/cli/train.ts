@@ -6,6 +6,7 @@ import { existsSync, mkdirSync, statSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { type Command, Option } from 'commander'
 import { Clip } from '../clip'
+import { fewShotSplits, openDataset } from '../datasets'
 import { PromptclipError } from '../errors'
 import { type Evaluation, Evaluator } from '../evaluate'
 import { type Method, PromptLearner } from '../prompt'
@@ -30,7 +31,6 @@ import {
   printJson,
 } from './common'
 import { describe } from './data'
-import { fewShotSplits, openDataset, skippedOf, withImageProgress, withSkipUnreadable } from './pending'
 
 const METHODS: readonly Method[] = ['coop', 'cocoop', 'kgcoop', 'linear-probe']
 
@@ -171,19 +171,17 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
           ...(flags.kgWeight !== undefined ? { w: flags.kgWeight } : {}),
         })
   const options: TrainOptions = learnsPrompt
-    ? withSkipUnreadable(
-        {
-          epochs: flags.epochs,
-          lr: flags.lr,
-          batchSize: flags.batchSize,
-          seed,
-          augment: flags.augment,
-          checkpointPath: checkpoint,
-          checkpointEvery: flags.checkpointEvery,
-        },
-        flags.skipUnreadable,
-      )
-    : withSkipUnreadable({}, flags.skipUnreadable)
+    ? {
+        epochs: flags.epochs,
+        lr: flags.lr,
+        batchSize: flags.batchSize,
+        seed,
+        augment: flags.augment,
+        checkpointPath: checkpoint,
+        checkpointEvery: flags.checkpointEvery,
+        skipUnreadable: flags.skipUnreadable,
+      }
+    : { skipUnreadable: flags.skipUnreadable }
   if (learnsPrompt) mkdirSync(dirname(checkpoint), { recursive: true })
 
   let summary: TrainSummary
@@ -197,8 +195,7 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
   } catch (err) {
     ctx.progress.stop()
     if (err instanceof PromptclipError && err.code === 'E_CANCELLED') {
-      // TODO(merge): with the core branch the trainer also writes the checkpoint when cancelled
-      // (not only at the end of each epoch), so a rerun loses no step.
+      // The trainer writes the checkpoint at the step where it was cancelled: a rerun loses no step.
       if (existsSync(checkpoint)) {
         log(`checkpoint: ${checkpoint}`)
         log('run the same command again to resume from it (add --no-resume to start over)')
@@ -227,11 +224,11 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
   let test: Evaluation | undefined
   if (splits.test && splits.test.images.length > 0) {
     const onProgress = ctx.progress.images('test')
-    test = await new Evaluator(learner).evaluate(splits.test, withImageProgress({}, onProgress))
+    test = await new Evaluator(learner).evaluate(splits.test, { onProgress })
     ctx.progress.stop()
   }
 
-  const skipped = skippedOf(summary)
+  const skipped = summary.skipped
   if (flags.json) {
     printJson({
       model: modelName(flags.model),
