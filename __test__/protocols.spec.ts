@@ -15,6 +15,7 @@ import { type ProtocolEvent, type ProtocolOptions, type RunRecord, runProtocol }
 import { resolveOptions } from '../ts/protocols/plan'
 import { formatProtocolTable } from '../ts/protocols/table'
 import { encodePng } from '../ts/report'
+import { browserTest, chartMarks, withReportPage } from './browser'
 import { readSafetensors } from './helpers'
 
 const work = mkdtempSync(join(tmpdir(), 'promptclip-protocols-'))
@@ -273,3 +274,42 @@ test('transfer: learners evaluate on other datasets; the linear probe only on cl
   t.regex(res.table, /\| Method \| digits \(source\) \| other \| subset \| Average \|/)
   t.regex(readFileSync(res.files.report, 'utf8'), /Accuracy per dataset/)
 })
+
+browserTest(
+  "the protocols' reports render offline in chromium: the shots plot, base/new/H bars, per-dataset bars, confusion matrices",
+  async (t) => {
+    const methods: ProtocolOptions['methods'] = ['zero-shot', 'ensemble', 'linear-probe', 'coop']
+    const common = { dataset: DIGITS, methods, seeds: [1, 2], train: FAST }
+    const few = await runProtocol({ ...common, protocol: 'few-shot', shots: [1, 2, 4], out: join(work, 'r-few') })
+    const b2n = await runProtocol({ ...common, protocol: 'base-to-new', shots: [2], out: join(work, 'r-b2n') })
+    const subset = digitFolder('r-subset', [1, 2, 3], 1, 2)
+    const dg = await runProtocol({
+      ...common,
+      protocol: 'domain-generalization',
+      targets: [subset],
+      shots: [2],
+      out: join(work, 'r-dg'),
+    })
+    const checks: [string, Record<string, object>][] = [
+      // Two learners (linear probe, CoOp) x 3 shots: lines with their bands; two dashed baselines.
+      [few.files.report, { 'chart-shots': { svg: true, lines: 2, areas: 2, rules: 2 } }],
+      // Base / new / H: 4 methods x 3, less the linear probe's new and H.
+      [b2n.files.report, { 'chart-base-to-new-2': { svg: true, bars: 10 } }],
+      // Source and one target, 4 methods each.
+      [dg.files.report, { 'chart-domain-generalization-2': { svg: true, bars: 8 } }],
+    ]
+    for (const [path, charts] of checks) {
+      await withReportPage(path, async ({ page, problems, remote }) => {
+        for (const [id, expected] of Object.entries(charts))
+          t.like(await chartMarks(page, id), expected, `${path} ${id}`)
+        // One confusion matrix per method, the first open: 10 x 10 cells (base-to-new: 5 x 5).
+        const k = path === b2n.files.report ? 5 : 10
+        t.like(await chartMarks(page, 'chart-confusion-0'), { svg: true, bars: k * k })
+        t.is(await page.locator('#confusion details').count(), methods.length)
+        t.regex((await page.textContent('pre.table')) ?? '', /Zero-shot CLIP/)
+        t.deepEqual(problems, [], path)
+        t.deepEqual(remote, [], 'the page asked for something over the network')
+      })
+    }
+  },
+)

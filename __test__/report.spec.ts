@@ -1,12 +1,10 @@
-// playwright-core's types name DOM types (Element, HTMLElement); the project's lib is ES2022 only.
-/// <reference lib="dom" />
 /**
  * The demo's HTML report (ts/report.ts), on synthetic results: the page is written atomically, its
  * PNGs decode to the given pixels, and — in Debian's chromium, driven by playwright-core — it renders
  * offline without errors: every chart is an SVG with its marks, the table has the six methods, the
  * example images load. Set REPORT_SCREENSHOT=/path.png to keep a full-page screenshot (and the page).
  */
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { inflateSync } from 'node:zlib'
@@ -14,8 +12,7 @@ import test from 'ava'
 import { rng } from '../ts/datasets'
 import type { RawImage } from '../ts/options'
 import { type DemoResults, encodePng, escapeHtml, formatMeanStd, renderReport, writeReport } from '../ts/report'
-
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
+import { browserTest, chartMarks, withReportPage } from './browser'
 
 const CLASSES = [
   'T-shirt/top',
@@ -176,59 +173,15 @@ test('writeReport creates the folder and leaves no temporary file', (t) => {
   }
 })
 
-const browserTitle = 'the report renders offline in headless chromium: charts, table, images, no errors'
-if (existsSync(CHROMIUM)) {
-  test(browserTitle, async (t) => {
-    const { chromium } = await import('playwright-core')
-    const dir = mkdtempSync(join(tmpdir(), 'promptclip-report-'))
-    const started = Date.now()
-    const context = await chromium.launchPersistentContext(join(dir, 'profile'), {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-      viewport: { width: 1200, height: 900 },
-    })
-    try {
-      const results = syntheticResults()
-      const path = join(dir, 'out', 'report.html')
-      writeReport(results, path)
-      const page = context.pages()[0] ?? (await context.newPage())
-      const problems: string[] = []
-      const warnings: string[] = []
-      const remote: string[] = []
-      page.on('console', (msg) => {
-        if (msg.type() === 'error') problems.push(`console.error: ${msg.text()}`)
-        else if (msg.type() === 'warning') warnings.push(msg.text())
-      })
-      page.on('pageerror', (err) => problems.push(`page error: ${err.message}`))
-      page.on('request', (req) => {
-        if (!/^(file|data):/.test(req.url())) remote.push(req.url())
-      })
-      await page.goto(`file://${path}`, { waitUntil: 'load' })
-      // The page marks <body> once every chart has rendered (or failed, with a console error).
-      await page.waitForSelector('body[data-charts="done"]')
-
-      // Locators rather than functions run in the page: tsx wraps named inner functions in a
-      // __name() helper that does not exist there, and the project's TypeScript has no DOM types.
-      const marks = async (id: string) => {
-        const count = (sel: string) => page.locator(`#${id} svg ${sel}`).count()
-        return {
-          svg: (await page.locator(`#${id} > svg`).count()) === 1,
-          bars: await count('.mark-rect.role-mark path'),
-          rules: await count('.mark-rule.role-mark line'),
-          points: await count('.mark-symbol.role-mark path'),
-          texts: await count('.mark-text.role-mark text'),
-        }
-      }
+browserTest('the report renders offline in headless chromium: charts, table, images, no errors', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'promptclip-report-'))
+  const started = Date.now()
+  try {
+    const results = syntheticResults()
+    const path = join(dir, 'out', 'report.html')
+    writeReport(results, path)
+    await withReportPage(path, async ({ page, problems, warnings, remote }) => {
+      const marks = (id: string) => chartMarks(page, id)
       // 16 bars: six methods x base/new/H, less the linear probe's new and H; 3 seeds each.
       t.like(await marks('chart-summary'), { svg: true, bars: 16, rules: 16, points: 48 })
       // CoOp (the default choice): all 20 classes.
@@ -279,17 +232,9 @@ if (existsSync(CHROMIUM)) {
       if (warnings.length > 0) t.log(`console warnings:\n${warnings.join('\n')}`)
       t.deepEqual(problems, [])
       t.deepEqual(remote, [], 'the page asked for something over the network')
-      t.log(`browser check: ${((Date.now() - started) / 1000).toFixed(1)} s`)
-    } finally {
-      await context.close()
-      rmSync(dir, { recursive: true, force: true })
-    }
-  })
-} else if (process.env.CI) {
-  test(browserTitle, (t) => {
-    t.fail(`chromium not found at ${CHROMIUM}: CI must run this test (apt-get install chromium, or set CHROMIUM_PATH)`)
-  })
-} else {
-  // Developers without chromium can still run the suite; CI cannot skip it (above).
-  test.skip(`${browserTitle} (skipped: no chromium at ${CHROMIUM}; apt-get install chromium)`, () => {})
-}
+    })
+    t.log(`browser check: ${((Date.now() - started) / 1000).toFixed(1)} s`)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+})
