@@ -418,7 +418,7 @@ ol.context { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-s
 ol.context li { margin: 2px 0; }
 ol.context .first { font-weight: 700; }
 ol.context .rest { color: #57606a; }
-pre.table { font: 12.5px/1.4 ui-monospace, SFMono-Regular, Menlo, monospace; background: #f6f8fa; padding: 10px 12px; border-radius: 6px; overflow-x: auto; }
+p.caption { margin: 14px 0 4px; font-weight: 600; }
 details summary { cursor: pointer; margin: 6px 0; }
 footer { margin-top: 36px; color: #8c959f; font-size: 12px; }
 `

@@ -49,16 +49,22 @@ function shotsSpec(o: ResolvedOptions, records: RunRecord[]): object {
     config: CONFIG,
     width: 520,
     height: 320,
+    // The line layer comes first, so that the shared colour legend draws line symbols.
     layer: [
+      {
+        data: { values: learners },
+        mark: { type: 'line', point: true },
+        encoding: {
+          x,
+          y: { ...y, field: 'mean' },
+          color: { ...color, legend: { symbolType: 'stroke', symbolStrokeWidth: 2.5 } },
+          tooltip,
+        },
+      },
       {
         data: { values: learners },
         mark: { type: 'area', opacity: 0.15 },
         encoding: { x, y: { ...y, field: 'lo' }, y2: { field: 'hi' }, color },
-      },
-      {
-        data: { values: learners },
-        mark: { type: 'line', point: true },
-        encoding: { x, y: { ...y, field: 'mean' }, color, tooltip },
       },
       {
         data: { values: baselines },
@@ -147,13 +153,36 @@ function confusions(
   return out
 }
 
+/** The markdown tables (formatProtocolTable's) as HTML: each heading line, then its table. */
+function tableHtml(markdown: string): string {
+  return markdown
+    .split(/\n{2,}/)
+    .map((block) => {
+      const lines = block.split('\n')
+      if (!lines[0].startsWith('|')) return `<p class="caption">${escapeHtml(block)}</p>`
+      const cells = (line: string) =>
+        line
+          .slice(1, -1)
+          .split('|')
+          .map((c) => c.trim())
+      const [head, , ...rows] = lines
+      const th = cells(head).map((c, i) => `<th scope="col"${i > 0 ? ' class="num"' : ''}>${escapeHtml(c)}</th>`)
+      const tr = rows.map((r) => {
+        const [name, ...rest] = cells(r)
+        return `<tr><th scope="row">${escapeHtml(name)}</th>${rest.map((c) => `<td class="num">${escapeHtml(c)}</td>`).join('')}</tr>`
+      })
+      return `<table class="results"><thead><tr>${th.join('')}</tr></thead><tbody>\n${tr.join('\n')}\n</tbody></table>`
+    })
+    .join('\n')
+}
+
 export function renderProtocolReport(o: ResolvedOptions, records: RunRecord[], model: string): string {
   const specs: Record<string, object> = {}
   const sections: string[] = []
   const table = formatProtocolTable(o, records)
   sections.push(`<section id="table">
 <h2>Results</h2>
-<pre class="table">${escapeHtml(table)}</pre>
+${tableHtml(table)}
 <p class="note">Accuracy in %, mean ± standard deviation (n − 1) over seeds. Zero-shot baselines take no training images and run once. “—”: the method cannot score those classes.</p>
 </section>`)
   if (o.protocol === 'few-shot' && o.shots.length > 0) {
