@@ -436,3 +436,27 @@ test('run maps its flags onto runProtocol', async (t) => {
   t.is(results.runs.length, 2)
   t.true(r.stdout.includes(results.table))
 })
+
+test.serial('Ctrl-C stops a protocol run at a checkpoint (exit 130), and the same command resumes it', async (t) => {
+  const out = join(TMP, 'run-interrupted')
+  const args = ['run', 'base-to-new', DATA, '--methods', 'coop', '--shots', '2', '--seeds', '1', '--epochs', '300']
+  const all = [...args, '--no-augment', '--out', out]
+  const child = spawn(process.execPath, [CLI, ...all], { cwd: TMP, stdio: ['ignore', 'pipe', 'pipe'] })
+  const done = collect(child)
+  const checkpoint = join(out, 'runs', 'coop-2shot-seed1', 'checkpoint.safetensors')
+  const t0 = Date.now()
+  while (!existsSync(checkpoint) && Date.now() - t0 < 30_000) await new Promise((r) => setTimeout(r, 20))
+  child.kill('SIGINT')
+  const r = await done
+  t.is(r.code, 130, r.stderr)
+  t.regex(r.stderr, /run the same command again to resume/)
+  t.true(existsSync(checkpoint))
+  t.false(existsSync(join(out, 'results.json')))
+
+  const again = await cli([...all, '--json'])
+  t.is(again.code, 0, again.stderr)
+  const results = JSON.parse(again.stdout) as { runs: { train: { resumedAfterEpoch: number; epochs: number } }[] }
+  t.is(results.runs[0].train.epochs, 300)
+  t.true(results.runs[0].train.resumedAfterEpoch >= 1, again.stderr)
+  t.false(existsSync(checkpoint), 'a finished run leaves no checkpoint')
+})

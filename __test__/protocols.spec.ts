@@ -314,3 +314,29 @@ browserTest(
     }
   },
 )
+
+test('unreadable images stop a protocol by name, unless told to skip them; then they are counted', async (t) => {
+  const root = digitFolder('broken', [0, 1, 2], 3, 2)
+  writeFileSync(join(root, 'train', 'one', 'broken.png'), 'not a png')
+  writeFileSync(join(root, 'test', 'two', 'broken.png'), 'not a png either')
+  const options: ProtocolOptions = {
+    protocol: 'few-shot',
+    dataset: root,
+    methods: ['zero-shot', 'coop'],
+    shots: [4], // every train image of a class: the broken one is drawn
+    seeds: [1],
+    out: join(work, 'broken'),
+    train: FAST,
+  }
+  const err = await t.throwsAsync(runProtocol(options), { message: /test images of .*broken.*two\/broken\.png/ })
+  t.is((err as { code?: string }).code, 'E_IMAGE_DECODE')
+  const res = await runProtocol({ ...options, out: join(work, 'broken-skip'), skipUnreadable: true })
+  for (const r of res.runs)
+    t.deepEqual(
+      r.evaluations.map((e) => [e.total, e.skipped]),
+      [[6, 1]],
+    )
+  const coop = res.runs.find((r) => r.run.method === 'coop')
+  t.is(coop?.train?.skipped, 1)
+  t.is(coop?.train?.trainImages, 10)
+})

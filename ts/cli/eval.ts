@@ -38,6 +38,7 @@ interface Flags extends ModelFlags {
   template?: string[]
   split?: Split
   imageRoot?: string
+  dataRoot?: string
   topK?: number[]
   batchSize?: number
   json?: boolean
@@ -53,7 +54,7 @@ export function register(program: Command, ctx: Ctx): void {
         'split file. Labels are matched to the class names by name, so --classes may list new ' +
         'classes (and more than the dataset has).',
     )
-    .argument('<dataset>', 'image folder or split file')
+    .argument('<dataset>', 'a catalog name, an image folder, a split file or a CSV')
     .option('--prompt <file>', 'a prompt file saved by `promptclip train`')
   addClassOptions(cmd)
   cmd
@@ -70,6 +71,7 @@ export function register(program: Command, ctx: Ctx): void {
       ]),
     )
     .option('--image-root <dir>', 'folder the split file’s image paths are relative to')
+    .option('--data-root <dir>', 'where catalog datasets live (default: $PROMPTCLIP_DATA, else ./data)')
     .addOption(
       new Option('--top-k <k,...>', 'top-k accuracies to report')
         .argParser(intList(positiveInt))
@@ -92,7 +94,7 @@ async function evaluate(source: string, flags: Flags, ctx: Ctx): Promise<number>
     if (flags.template) throw badInput('--template is for zero-shot; a prompt file brings its own learned context')
   }
   checkModel(flags)
-  const splits = openDataset(source, { imageRoot: flags.imageRoot })
+  const splits = openDataset(source, { imageRoot: flags.imageRoot, root: flags.dataRoot })
   const split: Split = flags.split ?? (splits.test ? 'test' : 'train')
   const data = splits[split]
   if (!data) throw badInput(`dataset ${source} has no ${split} split`)

@@ -46,6 +46,7 @@ interface Flags extends ModelFlags {
   seeds?: number[]
   out?: string
   imageRoot?: string
+  dataRoot?: string
   epochs?: number
   lr?: number
   trainBatchSize?: number
@@ -66,7 +67,7 @@ export function register(program: Command, ctx: Ctx): void {
         'same command again skips finished runs and resumes an interrupted one.',
     )
     .addArgument(new Argument('<protocol>', 'the protocol').choices(PROTOCOLS))
-    .argument('<dataset>', 'the dataset learned on: a catalog name, an image folder or a split file')
+    .argument('<dataset>', 'the dataset learned on: a catalog name, an image folder, a split file or a CSV')
     .addOption(
       new Option('--targets <a,b>', 'datasets evaluated on (cross-dataset, domain-generalization)').argParser(nameList),
     )
@@ -81,6 +82,7 @@ export function register(program: Command, ctx: Ctx): void {
     .addOption(new Option('--seeds <list>', 'seeds (default 1,2,3)').argParser(intList(nonNegativeInt)))
     .option('--out <dir>', 'where runs and results go (default promptclip-<protocol>)')
     .option('--image-root <dir>', 'folder a split file’s image paths are relative to')
+    .option('--data-root <dir>', 'where catalog datasets live (default: $PROMPTCLIP_DATA, else ./data)')
     .addOption(new Option('--epochs <n>', 'training epochs of the prompt learners').argParser(positiveInt))
     .addOption(new Option('--lr <rate>', 'learning rate of the prompt learners').argParser(positiveNumber))
     .addOption(new Option('--train-batch-size <n>', 'training batch of the prompt learners').argParser(positiveInt))
@@ -199,6 +201,7 @@ async function run(protocol: ProtocolName, dataset: string, flags: Flags, comman
     dtype: flags.dtype,
     dataset,
     imageRoot: flags.imageRoot,
+    dataRoot: flags.dataRoot,
     targets: flags.targets,
     methods: flags.methods,
     shots: flags.shots,

@@ -36,6 +36,7 @@ const METHODS: readonly Method[] = ['coop', 'cocoop', 'kgcoop', 'linear-probe']
 
 interface Flags extends ModelFlags {
   imageRoot?: string
+  dataRoot?: string
   method: Method
   nCtx?: number
   ctxInit?: string
@@ -83,8 +84,9 @@ export function register(program: Command, ctx: Ctx): void {
         'Saves the learner to --out and a checkpoint next to it (<out>.ckpt); running the same ' +
         'command again after Ctrl-C resumes from the checkpoint. Evaluates on the test split if any.',
     )
-    .argument('<dataset>', 'image folder or split file')
+    .argument('<dataset>', 'a catalog name, an image folder, a split file or a CSV')
     .option('--image-root <dir>', 'folder the split file’s image paths are relative to')
+    .option('--data-root <dir>', 'where catalog datasets live (default: $PROMPTCLIP_DATA, else ./data)')
     .addOption(new Option('--method <method>', 'what to learn').choices(METHODS).default('coop'))
     .addOption(new Option('--n-ctx <n>', 'learned context tokens M (default 16; CoCoOp 4)').argParser(positiveInt))
     .option('--ctx-init <words>', 'initialise the context from these words, e.g. "a photo of a"')
@@ -136,7 +138,7 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
   const checkpoint = `${out}.ckpt`
   const learnsPrompt = method !== 'linear-probe'
   const resume = learnsPrompt && flags.resume && existsSync(checkpoint)
-  const splits = openDataset(source, { imageRoot: flags.imageRoot })
+  const splits = openDataset(source, { imageRoot: flags.imageRoot, root: flags.dataRoot })
   const { train: data, val } = flags.shots
     ? fewShotSplits(splits, flags.shots, flags.seed)
     : { train: splits.train, val: splits.val }
