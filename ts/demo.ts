@@ -8,7 +8,7 @@ import { baseToNew, FASHION_MNIST_DIR, fewShot, type LabelledDataset, loadClothe
 import { type Evaluation, Evaluator } from './evaluate'
 import type { RawImage } from './options'
 import { type Method, PromptLearner } from './prompt'
-import { type DemoResults, formatMeanStd } from './report'
+import { type DemoResults, formatMeanStd, harmonic } from './report'
 import { Trainer, type TrainOptions } from './train'
 
 export interface DemoOptions {
@@ -44,9 +44,6 @@ const LEARNERS: { name: string; method: Method; train: TrainOptions }[] = [
   { name: 'CoCoOp', method: 'cocoop', train: { epochs: 10, batchSize: 4, lr: 0.002 } },
   { name: 'KgCoOp', method: 'kgcoop', train: { epochs: 200, batchSize: 32, lr: 0.002 } },
 ]
-
-/** H, the harmonic mean of base and new accuracy (the papers' base-to-new summary). */
-export const harmonic = (b: number, n: number) => (b + n === 0 ? 0 : (2 * b * n) / (b + n))
 
 /** The first `n` images of each class. */
 function firstPerClass<T extends LabelledDataset>(data: T, n: number): T {

@@ -96,6 +96,11 @@ export function mean(xs: number[]): number {
   return xs.reduce((a, b) => a + b, 0) / xs.length
 }
 
+/** H, the harmonic mean of base and new accuracy (the papers' base-to-new summary). */
+export function harmonic(base: number, novel: number): number {
+  return base + novel === 0 ? 0 : (2 * base * novel) / (base + novel)
+}
+
 /** Sample standard deviation (n - 1), as Vega's "stdev" aggregate; 0 for a single value. */
 export function std(xs: number[]): number {
   if (xs.length < 2) return 0

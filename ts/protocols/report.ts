@@ -3,8 +3,18 @@
  * the table, then the protocol's plot (accuracy against shots per method, as CoOp's Figure 3;
  * base / new / H bars; accuracy per target dataset), then confusion matrices.
  */
-import { harmonic } from '../demo'
-import { CONFIG, confusionSpec, escapeHtml, formatMeanStd, mean, renderPage, SCHEMA, std, summarySpec } from '../report'
+import {
+  CONFIG,
+  confusionSpec,
+  escapeHtml,
+  formatMeanStd,
+  harmonic,
+  mean,
+  renderPage,
+  SCHEMA,
+  std,
+  summarySpec,
+} from '../report'
 import type { ProtocolMethod, RunRecord } from './index'
 import { METHOD_TITLES, type ResolvedOptions, ZERO_SHOT_METHODS } from './plan'
 import { collectSeries, formatProtocolTable } from './table'

@@ -5,8 +5,7 @@
  *   cross-dataset / domain generalisation: the source, each target and the targets' average
  *                   (CoCoOp's Tables 2 and 3)
  */
-import { harmonic } from '../demo'
-import { formatMeanStd, mean } from '../report'
+import { formatMeanStd, harmonic, mean } from '../report'
 import type { ProtocolMethod, RunRecord } from './index'
 import { METHOD_TITLES, type ResolvedOptions, ZERO_SHOT_METHODS } from './plan'
 
