@@ -7,6 +7,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { invalidArgument, nativeSync } from '../errors'
 import {
+  BROKEN_LINK,
   checkExist,
   checkNoDuplicates,
   checkNotEmpty,
@@ -179,8 +180,8 @@ export function readClassnames(path: string): Map<string, string> {
 /** The class folders of `dir` in sorted order (files beside them are reported in `skipped`). */
 function classFolders(dir: string, skipped: SkippedFile[]): string[] {
   if (!isDirectory(dir)) throw fileNotFound(`${dir} does not exist or is not a folder`)
-  return listEntries(dir).flatMap(({ name, path, isDir }) => {
-    if (!isDir) skipped.push({ path, reason: 'a file beside the class folders' })
+  return listEntries(dir).flatMap(({ name, path, isDir, broken }) => {
+    if (!isDir) skipped.push({ path, reason: broken ? BROKEN_LINK : 'a file beside the class folders' })
     return isDir ? [name] : []
   })
 }

@@ -47,16 +47,34 @@ export function listNoHidden(dir: string): string[] {
 
 /** A folder's non-hidden entries, sorted, each with whether it is a folder. The directory entry's
  *  own type saves a stat per file (ImageNet's train split is 1.28M files); a symbolic link, which
- *  DATASETS.md suggests for datasets kept elsewhere, is followed. */
-export function listEntries(dir: string): { name: string; path: string; isDir: boolean }[] {
+ *  DATASETS.md suggests for datasets kept elsewhere, is followed, and one whose target is gone is
+ *  marked `broken` (callers skip and report it: listed as an image, it would fail only when read,
+ *  deep inside training). */
+export function listEntries(dir: string): { name: string; path: string; isDir: boolean; broken?: true }[] {
   return nativeSync(() => readdirSync(dir, { withFileTypes: true }))
     .filter((e) => !e.name.startsWith('.'))
     .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
     .map((e) => {
       const path = join(dir, e.name)
-      return { name: e.name, path, isDir: e.isSymbolicLink() ? isDirectory(path) : e.isDirectory() }
+      if (!e.isSymbolicLink()) return { name: e.name, path, isDir: e.isDirectory() }
+      const target = targetOf(path)
+      return target
+        ? { name: e.name, path, isDir: target.isDirectory() }
+        : { name: e.name, path, isDir: false, broken: true }
     })
 }
+
+/** What a symbolic link points to, or undefined when that does not exist (or loops). */
+function targetOf(path: string): { isDirectory(): boolean } | undefined {
+  try {
+    return statSync(path)
+  } catch {
+    return undefined
+  }
+}
+
+/** The reason a broken symbolic link is skipped. */
+export const BROKEN_LINK = 'a broken symbolic link (its target does not exist)'
 
 /**
  * A split file's relative path may not leave its image root: `../x` or an absolute path would read

@@ -2,7 +2,7 @@
 import { join } from 'node:path'
 import { invalidArgument } from '../errors'
 import type { ImageInput } from '../options'
-import { checkNotEmpty, IMAGE_EXT, isDirectory, listEntries, requireDirectory } from './checks'
+import { BROKEN_LINK, checkNotEmpty, IMAGE_EXT, isDirectory, listEntries, requireDirectory } from './checks'
 import type { DatasetSplits, LabelledDataset, SkippedFile } from './types'
 
 /** Names of split folders: a dataset root holding these is not a folder of classes. */
@@ -28,8 +28,9 @@ export function splitFoldersOf(dir: string): { train: string; val?: string; test
  */
 export function listClassImages(classDir: string, skipped: SkippedFile[]): string[] {
   const images: string[] = []
-  for (const { name, path, isDir } of listEntries(classDir)) {
-    if (isDir) skipped.push({ path, reason: 'a folder inside a class folder (not searched)' })
+  for (const { name, path, isDir, broken } of listEntries(classDir)) {
+    if (broken) skipped.push({ path, reason: BROKEN_LINK })
+    else if (isDir) skipped.push({ path, reason: 'a folder inside a class folder (not searched)' })
     else if (IMAGE_EXT.test(name)) images.push(path)
     else {
       const ext = name.includes('.') ? name.slice(name.lastIndexOf('.')) : 'no extension'
@@ -60,7 +61,11 @@ export function loadImageFolder(dir: string): LabelledDataset & { skipped: Skipp
   const classNames: string[] = []
   const images: ImageInput[] = []
   const labels: number[] = []
-  for (const { name, path, isDir } of listEntries(dir)) {
+  for (const { name, path, isDir, broken } of listEntries(dir)) {
+    if (broken) {
+      skipped.push({ path, reason: BROKEN_LINK })
+      continue
+    }
     if (!isDir) {
       skipped.push({ path, reason: 'a file beside the class folders (classes are sub-folders)' })
       continue

@@ -14,13 +14,23 @@ import type { LabelledDataset } from './types'
 /** Read an IDX file (optionally gzipped): the format of MNIST and Fashion-MNIST. */
 export function readIdx(path: string): { dims: number[]; data: Uint8Array } {
   let buf = nativeSync(() => readFileSync(path))
-  if (buf[0] === 0x1f && buf[1] === 0x8b) buf = gunzipSync(buf)
+  if (buf[0] === 0x1f && buf[1] === 0x8b) {
+    try {
+      buf = gunzipSync(buf)
+    } catch (e) {
+      // zlib's own errors (Z_DATA_ERROR, Z_BUF_ERROR) name neither the file nor the format.
+      throw new PromptclipError('E_IO', `${path}: not a readable gzip file (${(e as Error).message})`, { cause: e })
+    }
+  }
   if (buf.length < 4 || buf[0] !== 0 || buf[1] !== 0 || buf[2] !== 0x08) {
     throw invalidArgument(`${path}: not an unsigned-byte IDX file`)
   }
   const ndim = buf[3]
-  const dims = Array.from({ length: ndim }, (_, i) => buf.readUInt32BE(4 + 4 * i))
   const offset = 4 + 4 * ndim
+  if (buf.length < offset) {
+    throw invalidArgument(`${path}: the header declares ${ndim} dimensions but the file has ${buf.length} bytes`)
+  }
+  const dims = Array.from({ length: ndim }, (_, i) => buf.readUInt32BE(4 + 4 * i))
   const n = dims.reduce((a, b) => a * b, 1)
   if (buf.length !== offset + n) {
     throw invalidArgument(`${path}: ${buf.length - offset} data bytes for dims ${dims.join('x')}`)
@@ -37,8 +47,13 @@ export function loadIdx(imagesPath: string, labelsPath: string, classNames?: str
   const imgs = readIdx(imagesPath)
   const lab = readIdx(labelsPath)
   const [n, h, w, c = 1] = imgs.dims
-  if (imgs.dims.length !== 3 && !(imgs.dims.length === 4 && (c === 3 || c === 1))) {
-    throw invalidArgument(`${imagesPath}: images must be n x h x w or n x h x w x 3, got ${imgs.dims.join('x')}`)
+  if (
+    (imgs.dims.length !== 3 && !(imgs.dims.length === 4 && (c === 3 || c === 1))) ||
+    (imgs.dims.length >= 3 && (h === 0 || w === 0))
+  ) {
+    throw invalidArgument(
+      `${imagesPath}: images must be n x h x w or n x h x w x 3 with h, w at least 1, got ${imgs.dims.join('x') || 'no dimensions'}`,
+    )
   }
   if (lab.dims.length !== 1)
     throw invalidArgument(`${labelsPath}: labels must be one dimension, got ${lab.dims.join('x')}`)

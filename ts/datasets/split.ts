@@ -30,11 +30,20 @@ export function loadSplitFile(
     throw invalidArgument(`${jsonPath}: a split file is an object with "train", "val" and "test" lists`)
   }
   const names = new Map<number, string>()
+  /** The entry that first named each label, for a message about a later one that disagrees. */
+  const where = new Map<number, string>()
   const entries: Record<Part, [string, number, string][]> = { train: [], val: [], test: [] }
-  for (const part of PARTS) {
+  const lists = PARTS.map((part) => {
     const list = raw[part]
     if (!Array.isArray(list)) throw invalidArgument(`${jsonPath}: missing "${part}" list`)
-    for (const [i, item] of list.entries()) {
+    return list as unknown[]
+  })
+  // Labels 0..K-1 must all occur, so K is at most the number of entries: a larger label is wrong
+  // whatever else the file holds, and refusing it here keeps a label like 2e8 from sizing the
+  // class list (seconds and gigabytes before any other check runs).
+  const total = lists.reduce((n, list) => n + list.length, 0)
+  for (const [p, part] of PARTS.entries()) {
+    for (const [i, item] of lists[p].entries()) {
       if (
         !Array.isArray(item) ||
         typeof item[0] !== 'string' ||
@@ -48,11 +57,21 @@ export function loadSplitFile(
         )
       }
       const [rel, label, name] = item as [string, number, string]
+      if (label >= total) {
+        throw invalidArgument(
+          `${jsonPath}: ${part}[${i}] has label ${label}, but the file's ${total} entries can hold at most ` +
+            `${total} classes (labels 0..${total - 1})`,
+        )
+      }
       if (escapesRoot(rel)) throw invalidArgument(`${jsonPath}: ${part}[${i}] path "${rel}" leaves the image root`)
       const known = names.get(label)
-      if (known === undefined) names.set(label, name)
-      else if (known !== name) {
-        throw invalidArgument(`${jsonPath}: ${part}[${i}] names label ${label} "${name}", elsewhere "${known}"`)
+      if (known === undefined) {
+        names.set(label, name)
+        where.set(label, `${part}[${i}]`)
+      } else if (known !== name) {
+        throw invalidArgument(
+          `${jsonPath}: ${part}[${i}] names label ${label} "${name}", but ${where.get(label)} names it "${known}"`,
+        )
       }
       entries[part].push([rel, label, name])
     }
