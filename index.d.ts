@@ -29,7 +29,10 @@ export declare class NativeClip {
   zeroShot(images: Array<string | Uint8Array | NativeRawImage>, classNames: Array<string>, templates?: Array<string> | undefined | null, batch?: number | undefined | null, onProgress?: (((arg: NativeBatchProgress) => unknown)) | undefined | null, cancel?: NativeCancelToken | undefined | null): Promise<NativePredictions>
 }
 
-/** A learner bound to the CLIP it runs on. Training holds the lock for its duration. */
+/**
+ * A learner bound to the CLIP it runs on. Training holds the write lock for its duration; reads
+ * (predict, interpret, save, `info`, `context()`) share the read lock.
+ */
 export declare class NativeLearner {
   /** The learner's one description (method, class names, resolved options, parameter shapes). */
   get info(): NativeLearnerMeta

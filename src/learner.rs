@@ -12,28 +12,43 @@ use napi::threadsafe_function::ThreadsafeFunction;
 use napi_derive::napi;
 use promptclip_core::methods::{self, io, Learner, Runtime};
 use promptclip_core::{Clip, Error};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
-/// A learner bound to the CLIP it runs on. Training holds the lock for its duration.
+/// A learner bound to the CLIP it runs on. Training holds the write lock for its duration; reads
+/// (predict, interpret, save, `info`, `context()`) share the read lock.
 #[napi]
 pub struct NativeLearner {
     pub(crate) clip: Arc<Clip>,
-    pub(crate) inner: Arc<Mutex<Learner>>,
+    pub(crate) inner: Arc<RwLock<Learner>>,
 }
 
 const POISONED: &str = "the learner's state was poisoned by an earlier failure";
 
-pub(crate) fn lock(m: &Mutex<Learner>) -> promptclip_core::Result<MutexGuard<'_, Learner>> {
-    m.lock().map_err(|_| Error::Internal(POISONED.into()))
+/// Every lock is taken without waiting, on the main thread and on libuv's pool alike: a task that
+/// waited for a training task would park one of the pool's few threads (four by default) for the
+/// whole training, starving every other user of the pool (fs, zlib, dns) in the process. The
+/// TypeScript layer queues a learner's calls, so that these fail only for callers of the binding
+/// itself, or for a synchronous read while a task runs.
+fn busy<G>(e: TryLockError<G>, what: &str) -> Error {
+    match e {
+        TryLockError::WouldBlock => Error::Busy(what.into()),
+        TryLockError::Poisoned(_) => Error::Internal(POISONED.into()),
+    }
 }
 
-/// For synchronous calls on the main thread: never wait for a training task to finish.
-fn lock_now(m: &Mutex<Learner>) -> promptclip_core::Result<MutexGuard<'_, Learner>> {
-    m.try_lock().map_err(|e| match e {
-        TryLockError::WouldBlock => {
-            Error::Busy("the learner is training; read it after fit() resolves".into())
-        }
-        TryLockError::Poisoned(_) => Error::Internal(POISONED.into()),
+/// For reading the learner (concurrent reads are fine): fails with E_BUSY while it trains.
+pub(crate) fn read(m: &RwLock<Learner>) -> promptclip_core::Result<RwLockReadGuard<'_, Learner>> {
+    m.try_read()
+        .map_err(|e| busy(e, "the learner is training; use it after fit() resolves"))
+}
+
+/// For training: fails with E_BUSY while any other call uses the learner.
+pub(crate) fn write(m: &RwLock<Learner>) -> promptclip_core::Result<RwLockWriteGuard<'_, Learner>> {
+    m.try_write().map_err(|e| {
+        busy(
+            e,
+            "the learner is in use by another call; train it after that settles",
+        )
     })
 }
 
@@ -64,7 +79,7 @@ pub fn create_learner(
         )?;
         Ok(NativeLearner {
             clip,
-            inner: Arc::new(Mutex::new(learner)),
+            inner: Arc::new(RwLock::new(learner)),
         })
     })
 }
@@ -88,7 +103,7 @@ pub fn load_learner(
         },
         |(clip, learner)| NativeLearner {
             clip,
-            inner: Arc::new(Mutex::new(learner)),
+            inner: Arc::new(RwLock::new(learner)),
         },
     )
 }
@@ -116,7 +131,7 @@ impl NativeLearner {
     #[napi(getter)]
     pub fn info(&self, env: Env) -> napi::Result<NativeLearnerMeta> {
         sync(&env, || {
-            let m = lock_now(&self.inner)?.meta();
+            let m = read(&self.inner)?.meta();
             Ok(NativeLearnerMeta {
                 method: m.method,
                 class_names: m.class_names,
@@ -134,7 +149,7 @@ impl NativeLearner {
     #[napi]
     pub fn context(&self, env: Env) -> napi::Result<Float32Array> {
         sync(&env, || {
-            let learner = lock_now(&self.inner)?;
+            let learner = read(&self.inner)?;
             let prompt = learner.prompt().ok_or_else(|| no_context(&learner))?;
             Ok(Float32Array::new(flat_f32(prompt.ctx.as_tensor())?))
         })
@@ -163,7 +178,7 @@ impl NativeLearner {
         let cancel = cancel.map(|c| c.flag.clone());
         CoreTask::new(
             move || {
-                let learner = lock(&learner)?;
+                let learner = read(&learner)?;
                 let mut report = batch_reporter(&on_progress, &cancel);
                 let names = class_names.as_deref();
                 let p = methods::predict_with_progress(
@@ -195,7 +210,7 @@ impl NativeLearner {
         let k = top_k.map_or(promptclip_core::eval::TOP_K, |k| k as usize);
         CoreTask::new(
             move || {
-                let learner = lock(&learner)?;
+                let learner = read(&learner)?;
                 let prompt = learner.prompt().ok_or_else(|| no_context(&learner))?;
                 let m = prompt.n_ctx();
                 let csc = prompt.config.class_specific;
@@ -219,7 +234,7 @@ impl NativeLearner {
     pub fn save(&self, path: String) -> AsyncTask<CoreTask<(), ()>> {
         let (clip, learner) = (self.clip.clone(), self.inner.clone());
         CoreTask::new(
-            move || io::save(std::path::Path::new(&path), lock(&learner)?.as_ref(), &clip),
+            move || io::save(std::path::Path::new(&path), read(&learner)?.as_ref(), &clip),
             |()| (),
         )
     }

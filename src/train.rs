@@ -2,7 +2,7 @@
 //! through a threadsafe function, cancellation through a token the TypeScript layer ties to an
 //! AbortSignal.
 use crate::clip::{image_sources, NativeImageFailure, NativeRawImage};
-use crate::learner::{lock, NativeLearner};
+use crate::learner::{write, NativeLearner};
 use crate::tasks::CoreTask;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -146,7 +146,7 @@ impl NativeLearner {
         let cancel = cancel.map(|c| c.flag.clone()).unwrap_or_default();
         CoreTask::new(
             move || {
-                let learner = lock(&learner)?;
+                let learner = write(&learner)?;
                 let options = TrainOptions::from_json(options.unwrap_or(serde_json::Value::Null))?;
                 let config = options.resolve(&learner.recipe())?;
                 let mut report = |p: &Progress| {

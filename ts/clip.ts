@@ -1,7 +1,7 @@
 import { join } from 'node:path'
 import { binding, type Native, PACKAGE_ROOT } from './binding'
-import { type ErrorCode, invalidArgument, native, nativeSync, ProgressRelay } from './errors'
-import { defaults, type ImageInput, positiveInt, toNativeImages } from './options'
+import { AbortError, type ErrorCode, invalidArgument, native, nativeSync, ProgressRelay } from './errors'
+import { defaults, type ImageInput, optionalString, positiveInt, toNativeImages, toNativeStrings } from './options'
 
 export type { ImageInput, RawImage } from './options'
 
@@ -56,6 +56,8 @@ export interface EncodeImagesOptions {
   /** Called after each batch, in order. If it throws, the call stops after the batch at hand and
    *  rejects with that error. */
   onProgress?: (p: BatchProgress) => void
+  /** Cancels the call after the batch at hand: it rejects with an AbortError (E_CANCELLED). */
+  signal?: AbortSignal
 }
 
 export interface EncodedImages {
@@ -106,26 +108,33 @@ export function checkBatchSize(n: number | undefined): number | undefined {
 }
 
 /** @internal Run a batched native call (`progress` and `token` are the binding's last two
- *  arguments), relaying its progress to `onProgress`; every event is delivered before it resolves. */
+ *  arguments), relaying its progress to `onProgress`; every event is delivered before it resolves.
+ *  `signal` stops the work after the batch at hand (an AbortError). */
 export async function batched<T>(
   onProgress: ((p: BatchProgress) => void) | undefined,
   total: number,
+  signal: AbortSignal | undefined,
   call: (progress?: (p: Native.NativeBatchProgress) => void, token?: Native.NativeCancelToken) => Promise<T>,
 ): Promise<T> {
-  if (!onProgress) return native(() => call())
+  if (signal?.aborted) throw new AbortError('cancelled before the call started')
+  if (!onProgress && !signal) return native(() => call())
   const token = new binding.NativeCancelToken()
-  let done = 0
-  const relay = new ProgressRelay<Native.NativeBatchProgress>(
-    (p) => {
+  const cancel = () => token.cancel()
+  signal?.addEventListener('abort', cancel, { once: true })
+  try {
+    if (!onProgress) return await native(() => call(undefined, token))
+    let done = 0
+    const relay = new ProgressRelay<Native.NativeBatchProgress>((p) => {
       done = p.done
       onProgress({ done: p.done, total: p.total })
-    },
-    () => token.cancel(),
-  )
-  return relay.run(
-    () => call(relay.call, token),
-    () => done >= total,
-  )
+    }, cancel)
+    return await relay.run(
+      () => call(relay.call, token),
+      () => done >= total,
+    )
+  } finally {
+    signal?.removeEventListener('abort', cancel)
+  }
 }
 
 /** @internal */
@@ -180,9 +189,9 @@ export class Clip {
    */
   static async load(path: string, options: LoadOptions = {}): Promise<Clip> {
     if (typeof path !== 'string' || path.length === 0) throw invalidArgument('path must be a non-empty string')
-    const nativeClip = await native(() =>
-      binding.loadClip(path, { device: options.device ?? 'cpu', dtype: options.dtype ?? 'fp32' }),
-    )
+    const device = optionalString('device', options?.device) ?? 'cpu'
+    const dtype = optionalString('dtype', options?.dtype) ?? 'fp32'
+    const nativeClip = await native(() => binding.loadClip(path, { device, dtype }))
     return new Clip(nativeClip)
   }
 
@@ -192,13 +201,14 @@ export class Clip {
 
   /** CLIP token ids, `[SOS] ... [EOT]`, truncated to the context length. */
   tokenize(texts: string[]): number[][] {
+    toNativeStrings(texts, 'texts', { required: true })
     return nativeSync(() => this.native.tokenize(texts))
   }
 
   async encodeImages(images: ImageInput[], options: EncodeImagesOptions = {}): Promise<EncodedImages> {
     const nativeImages = toNativeImages(images)
     const batchSize = checkBatchSize(options.batchSize)
-    const out = await batched(options.onProgress, images.length, (progress, token) =>
+    const out = await batched(options.onProgress, images.length, options.signal, (progress, token) =>
       this.native.encodeImages(nativeImages, batchSize, progress, token),
     )
     const embeddings: (Float32Array | null)[] = new Array(images.length).fill(null)
@@ -209,6 +219,7 @@ export class Clip {
   /** Text features (not normalised), one per text. */
   async encodeTexts(texts: string[]): Promise<Float32Array[]> {
     if (!Array.isArray(texts) || texts.length === 0) throw invalidArgument('texts must be a non-empty array of strings')
+    toNativeStrings(texts, 'texts')
     const out = await native(() => this.native.encodeTexts(texts))
     return rows(out.embeddings, out.dim, texts.length)
   }
@@ -225,8 +236,10 @@ export class Clip {
     const k = positiveInt('topK', options.topK) ?? defaults().topK
     const nativeImages = toNativeImages(images)
     const batchSize = checkBatchSize(options.batchSize)
-    const out = await batched(options.onProgress, images.length, (progress, token) =>
-      this.native.zeroShot(nativeImages, classNames, options.templates, batchSize, progress, token),
+    const names = toNativeStrings(classNames, 'classNames', { required: true }) as string[]
+    const templates = toNativeStrings(options.templates, 'templates')
+    const out = await batched(options.onProgress, images.length, options.signal, (progress, token) =>
+      this.native.zeroShot(nativeImages, names, templates, batchSize, progress, token),
     )
     return toPredictions(images.length, out, k)
   }

@@ -16,6 +16,8 @@ export interface EvaluateOptions {
   /** Called after each batch of images, in order. If it throws, evaluation stops after the
    *  batch at hand and rejects with that error. */
   onProgress?: (p: EvaluateProgress) => void
+  /** Cancels the evaluation after the batch at hand: it rejects with an AbortError (E_CANCELLED). */
+  signal?: AbortSignal
 }
 
 /** How far an evaluation has got, with the rate measured since it started. */
@@ -96,12 +98,14 @@ export class Evaluator {
             topK: 1,
             batchSize: o.batchSize,
             onProgress,
+            signal: o.signal,
           })
         : await this.model.zeroShot(data.images, classNames, {
             templates: o.templates,
             topK: 1,
             batchSize: o.batchSize,
             onProgress,
+            signal: o.signal,
           })
     const ok = preds.filter((p): p is ZeroShotPrediction & { probabilities: Float32Array } => p.probabilities !== null)
     if (ok.length === 0) throw invalidArgument('no image of the dataset could be read')

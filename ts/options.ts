@@ -51,13 +51,52 @@ export function positiveInt(name: string, v: number | undefined): number | undef
   return v
 }
 
+/**
+ * A list of strings (class names, templates, texts) checked here, before the binding: the
+ * binding's own conversion would refuse a number or a null with napi's bare "StringExpected",
+ * naming neither the option nor the entry.
+ */
+export function toNativeStrings(
+  list: unknown,
+  name: string,
+  { required = false }: { required?: boolean } = {},
+): string[] | undefined {
+  if (list === undefined && !required) return undefined
+  if (!Array.isArray(list)) throw invalidArgument(`${name} must be an array of strings, got ${describe(list)}`)
+  for (let i = 0; i < list.length; i++) {
+    // A sparse array's holes are undefined too.
+    if (typeof list[i] !== 'string') {
+      throw invalidArgument(`${name}[${i}] must be a string, got ${describe(list[i])}`)
+    }
+  }
+  return list as string[]
+}
+
+/** An optional string option, checked by name (the binding would say only "StringExpected"). */
+export function optionalString(name: string, v: unknown): string | undefined {
+  if (v !== undefined && typeof v !== 'string') throw invalidArgument(`${name} must be a string, got ${describe(v)}`)
+  return v
+}
+
+/** A value for a message: its JSON where short, else its type. */
+function describe(v: unknown): string {
+  if (v === undefined) return 'undefined'
+  if (typeof v === 'bigint' || typeof v === 'symbol' || typeof v === 'function') return typeof v
+  try {
+    const json = JSON.stringify(v)
+    return json.length <= 40 ? json : `a ${Array.isArray(v) ? 'array' : typeof v} (${json.slice(0, 37)}...)`
+  } catch {
+    return typeof v
+  }
+}
+
 /** A learner's class list, options and runtime settings, as `createLearner` takes them. */
 export function toNativeLearnerOptions<O extends { classNames: string[]; memoryBudgetMb?: number }>(
   options: O,
 ): { classNames: string[]; options: Omit<O, 'classNames' | 'memoryBudgetMb'>; runtime: Record<string, number> } {
-  if (!options || !Array.isArray(options.classNames))
-    throw invalidArgument('classNames must be an array of class names')
+  if (!options || typeof options !== 'object') throw invalidArgument('options must be an object with classNames')
   const { classNames, memoryBudgetMb, ...rest } = options
+  toNativeStrings(classNames, 'classNames', { required: true })
   return { classNames, options: rest, runtime: toNativeRuntime({ memoryBudgetMb }) }
 }
 

@@ -1,6 +1,6 @@
 import { binding, type Native } from './binding'
 import { type BatchProgress, batched, type Clip, checkBatchSize, toPredictions, type ZeroShotPrediction } from './clip'
-import { native, nativeSync, PromptclipError } from './errors'
+import { AbortError, invalidArgument, native, nativeSync, PromptclipError } from './errors'
 import {
   defaults,
   type ImageInput,
@@ -8,6 +8,7 @@ import {
   toNativeImages,
   toNativeLearnerOptions,
   toNativeRuntime,
+  toNativeStrings,
 } from './options'
 
 export type ClassTokenPosition = 'end' | 'middle' | 'front'
@@ -95,6 +96,9 @@ export interface PredictOptions {
   /** Called after each batch of images, in order. If it throws, prediction stops after the batch
    *  at hand and rejects with that error. */
   onProgress?: (p: BatchProgress) => void
+  /** Cancels the call: while it waits for the learner, at once; while it runs, after the batch at
+   *  hand. It rejects with an AbortError (E_CANCELLED) and the learner stays usable. */
+  signal?: AbortSignal
 }
 
 export interface InterpretRow {
@@ -115,12 +119,46 @@ export class PromptLearner {
   /** @internal */
   readonly native: Native.NativeLearner
   readonly clip: Clip
-  /** @internal Set by `Trainer.fit` while it runs: synchronous reads fail fast with E_BUSY. */
+  /** @internal Set by `Trainer.fit` from its call until it settles: `context()` and another
+   *  `fit` fail fast with E_BUSY. */
   training = false
+  /** What the learner is never changes (training changes only its tensors): read once, so that
+   *  `info` answers at any time, also while the learner trains. */
+  private readonly meta: LearnerInfo
+  /** Settles when the last native task queued on this learner has settled; it never rejects. */
+  private tail: Promise<void> = Promise.resolve()
 
   private constructor(clip: Clip, nativeLearner: Native.NativeLearner) {
     this.clip = clip
     this.native = nativeLearner
+    this.meta = nativeSync(() => nativeLearner.info) as LearnerInfo
+  }
+
+  /**
+   * @internal Run a native task on this learner after every one queued before it. A task waiting
+   * in the binding for the learner's lock would hold one of libuv's few pool threads (four by
+   * default) for as long as the training it waits for, and every `fs`, `zlib` or `dns` call in the
+   * process would wait with it; queued here, at most one task per learner is on the pool and the
+   * rest wait as promises. A `signal` that fires before the task's turn rejects it at once (the
+   * task never runs); once it runs, the task handles its signal itself.
+   */
+  exclusive<T>(task: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+    let started = false
+    const run = this.tail.then(() => {
+      if (signal?.aborted) throw new AbortError('cancelled while waiting for the learner')
+      started = true
+      return task()
+    })
+    const settled = () => undefined
+    this.tail = run.then(settled, settled)
+    if (!signal) return run
+    return new Promise<T>((resolve, reject) => {
+      const onAbort = () => {
+        if (!started) reject(new AbortError('cancelled while waiting for the learner'))
+      }
+      signal.addEventListener('abort', onAbort, { once: true })
+      run.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+    })
   }
 
   /** A new learner of `method` for `options.classNames`. */
@@ -158,10 +196,9 @@ export class PromptLearner {
     return new PromptLearner(clip, await native(() => binding.loadLearner(clip.native, path, runtime)))
   }
 
-  /** What the learner is. Throws E_BUSY while it trains. */
+  /** What the learner is (a copy: changing it changes nothing). Readable at any time. */
   get info(): LearnerInfo {
-    this.checkIdle()
-    return nativeSync(() => this.native.info) as LearnerInfo
+    return structuredClone(this.meta)
   }
 
   /** Whether the learner can score class names it was not trained on (zero-shot style): unified
@@ -183,25 +220,39 @@ export class PromptLearner {
     if (this.training) throw new PromptclipError('E_BUSY', 'the learner is training; read it after fit() resolves')
   }
 
-  /** Save as safetensors with the learner's metadata (written atomically). */
+  /** Save as safetensors with the learner's metadata (written atomically). Waits for the
+   *  learner's earlier calls (a running `fit`: the trained learner is saved). */
   async save(path: string): Promise<void> {
-    await native(() => this.native.save(path))
+    if (typeof path !== 'string' || path === '') throw invalidArgument('path must be a non-empty string')
+    await this.exclusive(() => native(() => this.native.save(path)))
   }
 
-  /** Labels and probabilities for new images, with the learned classes or other class names. */
+  /**
+   * Labels and probabilities for new images, with the learned classes or other class names. Calls
+   * on one learner run one at a time, in call order: a `predict` made while the learner trains
+   * waits for `fit` to settle and predicts with the trained learner.
+   */
   async predict(images: ImageInput[], options: PredictOptions = {}): Promise<ZeroShotPrediction[]> {
     const k = positiveInt('topK', options.topK) ?? defaults().topK
     const nativeImages = toNativeImages(images)
     const batchSize = checkBatchSize(options.batchSize)
-    const out = await batched(options.onProgress, images.length, (progress, token) =>
-      this.native.predict(nativeImages, options.classNames, batchSize, progress, token),
+    const classNames = toNativeStrings(options.classNames, 'classNames')
+    const { onProgress, signal } = options
+    if (signal?.aborted) throw new AbortError('cancelled before prediction started')
+    const out = await this.exclusive(
+      () =>
+        batched(onProgress, images.length, signal, (progress, token) =>
+          this.native.predict(nativeImages, classNames, batchSize, progress, token),
+        ),
+      signal,
     )
     return toPredictions(images.length, out, k)
   }
 
   /** Nearest vocabulary words of each learned context vector (CoOp's Table 4). */
   async interpret(options: { topK?: number } = {}): Promise<InterpretRow[]> {
-    const rowsOut = await native(() => this.native.interpret(positiveInt('topK', options.topK)))
+    const topK = positiveInt('topK', options.topK)
+    const rowsOut = await this.exclusive(() => native(() => this.native.interpret(topK)))
     return rowsOut.map((r) => ({
       position: r.position,
       ...(r.classIndex != null ? { classIndex: r.classIndex } : {}),

@@ -1,6 +1,6 @@
 import { binding, type Native } from './binding'
 import { failuresOf, type ImageFailure } from './clip'
-import { AbortError, invalidArgument, native, ProgressRelay } from './errors'
+import { AbortError, invalidArgument, native, ProgressRelay, PromptclipError } from './errors'
 import { type ImageInput, toNativeImages, toNativeTrainOptions } from './options'
 import type { PromptLearner } from './prompt'
 
@@ -133,17 +133,39 @@ export class Trainer {
     this.options = { ...options }
   }
 
-  /** Train. While it runs, the learner's synchronous reads (`info`, `context()`) throw E_BUSY. */
+  /**
+   * Train. From this call until it settles, `context()` and another `fit` on the learner throw
+   * E_BUSY; its `predict`, `interpret` and `save` wait for it (the learner runs one call at a
+   * time, in call order), and `fit` waits for those made before it.
+   */
   async fit(data: Dataset, fitOptions: FitOptions = {}): Promise<TrainSummary> {
     const { signal, onProgress, resumeFrom, validation } = fitOptions
-    const classNames = this.learner.info.classNames // E_BUSY if another fit is running
+    const learner = this.learner
+    if (learner.training) throw new PromptclipError('E_BUSY', 'the learner is already training; one fit at a time')
+    const classNames = learner.info.classNames
     const train = toNativeDataset(data, classNames, 'dataset')
     const val = validation ? toNativeDataset(validation, classNames, 'validation') : undefined
     if (signal?.aborted) throw new AbortError('cancelled before training started')
+    const options = toNativeTrainOptions(this.options, resumeFrom)
+    learner.training = true
+    try {
+      return await learner.exclusive(() => this.run(train, val, options, onProgress, signal), signal)
+    } finally {
+      learner.training = false
+    }
+  }
+
+  /** The native training call, its progress relayed and its signal tied to a cancel token. */
+  private async run(
+    train: Native.NativeDataset,
+    val: Native.NativeDataset | undefined,
+    options: Record<string, unknown>,
+    onProgress: FitOptions['onProgress'],
+    signal: AbortSignal | undefined,
+  ): Promise<TrainSummary> {
     const token = new binding.NativeCancelToken()
     const abort = () => token.cancel()
     signal?.addEventListener('abort', abort, { once: true })
-    this.learner.training = true
     try {
       let lastStep = -1
       const relay = onProgress
@@ -152,7 +174,6 @@ export class Trainer {
             onProgress({ ...p })
           }, abort)
         : undefined
-      const options = toNativeTrainOptions(this.options, resumeFrom)
       const run = () => this.learner.native.train(train, val, options, relay?.call, token)
       // A fit on features (the linear probe, epochs 0) reports no steps.
       const summary = relay
@@ -162,7 +183,6 @@ export class Trainer {
       const out = { ...rest, skipped: failuresOf(skipped) }
       return details == null ? out : { ...out, details: details as Record<string, unknown> }
     } finally {
-      this.learner.training = false
       signal?.removeEventListener('abort', abort)
     }
   }
