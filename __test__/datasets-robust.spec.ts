@@ -269,7 +269,7 @@ test('property: loadCsv gives a valid dataset or a PromptclipError', (t) => {
   fc.assert(
     fc.property(
       fc.oneof(csvText, mutated(csvText)),
-      fc.option(fc.constantFrom(['a', 'b'], ['b', 'a'], ['a'], ['a', 'a'])),
+      fc.option(fc.constantFrom<string[]>(['a', 'b'], ['b', 'a'], ['a'], ['a', 'a'])),
       (text, classNames) => {
         const file = join(dir, `l${n++ % 8}.csv`)
         writeFileSync(file, text)
