@@ -104,6 +104,10 @@ export async function drainProgress(delivered: () => boolean, timeoutMs = 2000):
  */
 export class ProgressRelay<P> {
   private failure: { error: unknown } | undefined
+  /** Set when the call has settled: an event still queued then is dropped, so that the callback
+   *  never runs after the caller's promise settled (a failed call rejects without waiting for
+   *  them: how many are left is unknown). */
+  private closed = false
 
   constructor(
     private readonly callback: (p: P) => void,
@@ -111,7 +115,7 @@ export class ProgressRelay<P> {
   ) {}
 
   readonly call = (p: P): void => {
-    if (this.failure) return
+    if (this.failure || this.closed) return
     try {
       this.callback(p)
     } catch (error) {
@@ -127,9 +131,11 @@ export class ProgressRelay<P> {
     try {
       result = await native(call)
     } catch (err) {
+      this.closed = true
       throw this.failure ? this.failure.error : err
     }
     await drainProgress(() => this.failure !== undefined || delivered(result))
+    this.closed = true
     if (this.failure) throw this.failure.error
     return result
   }
