@@ -2,7 +2,7 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { invalidArgument, nativeSync } from '../errors'
-import { checkExist, checkNoDuplicates, checkNotEmpty, escapesRoot, fileNotFound, someOf } from './checks'
+import { checkExist, checkNoDuplicates, checkNotEmpty, escapesRoot, fileNotFound } from './checks'
 import type { LabelledDataset } from './types'
 
 const PARTS = ['train', 'val', 'test'] as const
@@ -38,10 +38,7 @@ export function loadSplitFile(
     if (!Array.isArray(list)) throw invalidArgument(`${jsonPath}: missing "${part}" list`)
     return list as unknown[]
   })
-  // Labels 0..K-1 must all occur, so K is at most the number of entries: a larger label is wrong
-  // whatever else the file holds, and refusing it here keeps a label like 2e8 from sizing the
-  // class list (seconds and gigabytes before any other check runs).
-  const total = lists.reduce((n, list) => n + list.length, 0)
+  let [maxLabel, maxAt] = [-1, '']
   for (const [p, part] of PARTS.entries()) {
     for (const [i, item] of lists[p].entries()) {
       if (
@@ -57,31 +54,32 @@ export function loadSplitFile(
         )
       }
       const [rel, label, name] = item as [string, number, string]
-      if (label >= total) {
-        throw invalidArgument(
-          `${jsonPath}: ${part}[${i}] has label ${label}, but the file's ${total} entries can hold at most ` +
-            `${total} classes (labels 0..${total - 1})`,
-        )
-      }
       if (escapesRoot(rel)) throw invalidArgument(`${jsonPath}: ${part}[${i}] path "${rel}" leaves the image root`)
+      if (label > maxLabel) [maxLabel, maxAt] = [label, `${part}[${i}]`]
       const known = names.get(label)
       if (known === undefined) {
         names.set(label, name)
         where.set(label, `${part}[${i}]`)
       } else if (known !== name) {
         throw invalidArgument(
-          `${jsonPath}: ${part}[${i}] names label ${label} "${name}", but ${where.get(label)} names it "${known}"`,
+          `${jsonPath}: ${part}[${i}] names label ${label} "${name}", elsewhere "${known}" (${where.get(label)})`,
         )
       }
       entries[part].push([rel, label, name])
     }
   }
   checkNotEmpty(entries.train.length, `${jsonPath} (train)`)
-  const k = Math.max(...names.keys()) + 1
-  const unnamed = Array.from({ length: k }, (_, i) => i).filter((i) => !names.has(i))
-  if (unnamed.length > 0) {
+  // Labels 0..K-1 must all occur. Missing ones are found by walking up from 0 only until a few
+  // are listed, never by building a list K long: a label like 2e8 would size it (seconds and
+  // gigabytes) before the check could say what is wrong.
+  const k = maxLabel + 1
+  const missing = k - names.size
+  if (missing > 0) {
+    const first: string[] = []
+    for (let i = 0; first.length < 5 && i < k; i++) if (!names.has(i)) first.push(String(i))
+    const more = missing > first.length ? ` and ${missing - first.length} more` : ''
     throw invalidArgument(
-      `${jsonPath}: labels run to ${k - 1} but ${unnamed.length} classes have no images in any split: labels ${someOf(unnamed.map(String))}`,
+      `${jsonPath}: labels run to ${k - 1} (${maxAt}) but ${missing} classes have no images in any split: labels ${first.join(', ')}${more}`,
     )
   }
   const classNames = Array.from({ length: k }, (_, i) => names.get(i) as string)
