@@ -51,6 +51,17 @@ export function positiveInt(name: string, v: number | undefined): number | undef
   return v
 }
 
+/**
+ * NaN and the infinities have no JSON form, so the binding could only refuse them without naming
+ * the option: name it here. (Every other check of a number is the core's.)
+ */
+export function finiteNumbers<O extends object>(what: string, options: O): O {
+  for (const [k, v] of Object.entries(options))
+    if (typeof v === 'number' && !Number.isFinite(v))
+      throw invalidArgument(`${what} options: ${k} must be a finite number, got ${v}`)
+  return options
+}
+
 /** A learner's class list, options and runtime settings, as `createLearner` takes them. */
 export function toNativeLearnerOptions<O extends { classNames: string[]; memoryBudgetMb?: number }>(
   options: O,
@@ -58,7 +69,7 @@ export function toNativeLearnerOptions<O extends { classNames: string[]; memoryB
   if (!options || !Array.isArray(options.classNames))
     throw invalidArgument('classNames must be an array of class names')
   const { classNames, memoryBudgetMb, ...rest } = options
-  return { classNames, options: rest, runtime: toNativeRuntime({ memoryBudgetMb }) }
+  return { classNames, options: finiteNumbers('learner', rest), runtime: toNativeRuntime({ memoryBudgetMb }) }
 }
 
 export function toNativeRuntime(options: { memoryBudgetMb?: number } = {}): Record<string, number> {
@@ -71,5 +82,5 @@ export function toNativeTrainOptions(options: object, resumeFrom: string | undef
   const out: Record<string, unknown> = { ...options }
   if (resumeFrom !== undefined) out.resumeFrom = resumeFrom
   for (const [k, v] of Object.entries(out)) if (v === undefined) delete out[k]
-  return out
+  return finiteNumbers('train', out)
 }
