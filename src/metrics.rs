@@ -25,12 +25,13 @@ pub fn compute_metrics(
     scores: Float32Array,
     num_classes: u32,
     labels: Vec<u32>,
-    top_k: Option<Vec<u32>>,
+    // Numbers, not u32: napi would wrap -1 to 4294967295; the core refuses it by index.
+    top_k: Option<Vec<f64>>,
 ) -> napi::Result<NativeMetrics> {
     sync(&env, || {
         let labels: Vec<usize> = labels.into_iter().map(|l| l as usize).collect();
         let ks: Vec<usize> = match top_k {
-            Some(ks) => ks.into_iter().map(|k| k as usize).collect(),
+            Some(ks) => promptclip_core::eval::top_k_from_numbers(&ks)?,
             None => promptclip_core::eval::EVAL_TOP_K.to_vec(),
         };
         let m = promptclip_core::eval::metrics(&scores, num_classes as usize, &labels, &ks)?;

@@ -90,6 +90,17 @@ function describe(v: unknown): string {
   }
 }
 
+/**
+ * NaN and the infinities have no JSON form, so the binding could only refuse them without naming
+ * the option: name it here. (Every other check of a number is the core's.)
+ */
+export function finiteNumbers<O extends object>(what: string, options: O): O {
+  for (const [k, v] of Object.entries(options))
+    if (typeof v === 'number' && !Number.isFinite(v))
+      throw invalidArgument(`${what} options: ${k} must be a finite number, got ${v}`)
+  return options
+}
+
 /** A learner's class list, options and runtime settings, as `createLearner` takes them. */
 export function toNativeLearnerOptions<O extends { classNames: string[]; memoryBudgetMb?: number }>(
   options: O,
@@ -97,7 +108,7 @@ export function toNativeLearnerOptions<O extends { classNames: string[]; memoryB
   if (!options || typeof options !== 'object') throw invalidArgument('options must be an object with classNames')
   const { classNames, memoryBudgetMb, ...rest } = options
   toNativeStrings(classNames, 'classNames', { required: true })
-  return { classNames, options: rest, runtime: toNativeRuntime({ memoryBudgetMb }) }
+  return { classNames, options: finiteNumbers('learner', rest), runtime: toNativeRuntime({ memoryBudgetMb }) }
 }
 
 export function toNativeRuntime(options: { memoryBudgetMb?: number } = {}): Record<string, number> {
@@ -110,5 +121,5 @@ export function toNativeTrainOptions(options: object, resumeFrom: string | undef
   const out: Record<string, unknown> = { ...options }
   if (resumeFrom !== undefined) out.resumeFrom = resumeFrom
   for (const [k, v] of Object.entries(out)) if (v === undefined) delete out[k]
-  return out
+  return finiteNumbers('train', out)
 }

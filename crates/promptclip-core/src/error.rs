@@ -63,6 +63,13 @@ pub enum Error {
     Candle(candle_core::Error),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Writing a file (or creating its folder) failed: code E_IO, whatever the cause, since a
+    /// missing folder when writing is not a missing input.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -86,6 +93,7 @@ impl Error {
             Error::Busy(_) => "E_BUSY",
             Error::Candle(_) => "E_TENSOR",
             Error::Internal(_) => "E_INTERNAL",
+            Error::Write { .. } => "E_IO",
         }
     }
 
@@ -95,6 +103,13 @@ impl Error {
             Error::FileNotFound(path)
         } else {
             Error::Io { path, source }
+        }
+    }
+
+    pub(crate) fn write(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Write {
+            path: path.into(),
+            source,
         }
     }
 

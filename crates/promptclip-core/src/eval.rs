@@ -8,6 +8,25 @@ pub const TOP_K: usize = 5;
 /// The top-k accuracies an evaluation reports (each capped at the number of classes).
 pub const EVAL_TOP_K: [usize; 2] = [1, 5];
 
+/// The k of `topK` given as numbers (JavaScript's): each must be a whole number from 1 to
+/// 2^32 - 1, refused by index and value otherwise, instead of being wrapped or truncated into
+/// range (-1 would become 4294967295, and then all classes).
+pub fn top_k_from_numbers(ks: &[f64]) -> Result<Vec<usize>> {
+    ks.iter()
+        .enumerate()
+        .map(|(i, &k)| {
+            if k.is_finite() && k.fract() == 0.0 && (1.0..=u32::MAX as f64).contains(&k) {
+                Ok(k as usize)
+            } else {
+                Err(Error::InvalidArgument(format!(
+                    "topK[{i}] must be a whole number from 1 to {}, got {k}",
+                    u32::MAX
+                )))
+            }
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metrics {
     pub total: usize,

@@ -151,7 +151,13 @@ impl ClipConfig {
     /// Read a Hugging Face `config.json`. Checks that it describes a CLIP model (not SigLIP,
     /// Chinese-CLIP, ...), since those share key names but not architecture.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            // Read, but not text: a damaged file, not a failed read.
+            std::io::ErrorKind::InvalidData => {
+                Error::bad_config(path, format!("not UTF-8 text: {e}"))
+            }
+            _ => Error::io(path, e),
+        })?;
         let raw: RawConfig = serde_json::from_str(&text)
             .map_err(|e| Error::bad_config(path, format!("not valid JSON: {e}")))?;
         match raw.model_type.as_deref() {

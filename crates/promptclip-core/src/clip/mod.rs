@@ -113,6 +113,14 @@ impl Clip {
             None,
         )?;
         let logit_scale = w.logit_scale()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        // exp(logit_scale) multiplies every logit: beyond ~88 it overflows f32 (real models clamp
+        // it at ln 100 = 4.6).
+        if !(logit_scale.is_finite() && logit_scale.exp().is_finite()) {
+            return Err(Error::NonFiniteParams(format!(
+                "{}: tensor `logit_scale` is {logit_scale}, whose exp (the logits' scale) is not finite",
+                files.weights.display()
+            )));
+        }
         let tokenizer = ClipTokenizer::from_dir_or_bundled(
             &files.dir,
             config.text_config.max_position_embeddings,

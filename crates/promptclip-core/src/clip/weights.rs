@@ -34,6 +34,7 @@ impl Weights {
         if !path.is_file() {
             return Err(Error::FileNotFound(path.to_path_buf()));
         }
+        crate::files::refuse_pickle(path, &crate::files::read_head(path)?)?;
         // Safety: the file is memory-mapped read-only; like every mmap-based loader we assume it
         // is not truncated by another process while the model is being built.
         let st = unsafe { MmapedSafetensors::new(path) }.map_err(|e| {
@@ -79,7 +80,9 @@ impl Weights {
         })
     }
 
-    /// Load a tensor by its file name, checking its shape, converted to the compute dtype.
+    /// Load a tensor by its file name, checking its shape, its dtype (floating point: CLIP has no
+    /// integer weights, and integers relabelled as weights would only compute garbage) and that
+    /// its values are finite, converted to the compute dtype.
     pub fn get(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
         let actual = self.require_shape(name)?;
         if actual != expected {
@@ -90,7 +93,27 @@ impl Weights {
                 actual,
             });
         }
-        Ok(self.st.load(name, &self.device)?.to_dtype(self.dtype)?)
+        let dtype = self
+            .st
+            .get(name)
+            .map_err(|e| Error::bad_config(&self.path, format!("tensor `{name}`: {e}")))?
+            .dtype();
+        if !crate::files::is_float_dtype(dtype) {
+            return Err(crate::files::not_float(&self.path, name, dtype));
+        }
+        let t = self.st.load(name, &self.device)?;
+        if !finite_sum(&t)? {
+            return Err(Error::NonFiniteParams(format!(
+                "{}: tensor `{name}` holds NaN or infinite values; the weights file is damaged",
+                self.path.display()
+            )));
+        }
+        Ok(t.to_dtype(self.dtype)?)
+    }
+
+    /// The weights file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn count_layers(&self, prefix: &str, suffix: &str) -> usize {
@@ -274,4 +297,17 @@ impl Weights {
         }
         Ok(t.flatten_all()?.get(0)?)
     }
+}
+
+/// Whether every value of a weight tensor is finite, in one pass: the sum of the values (in f32
+/// at least, where no real weight tensor's sum comes near overflowing) is finite exactly when
+/// none is NaN or infinite, barring such an overflow, which the exact check then rules out.
+/// Costs one read of the weights at load; see the tests (robust_options.rs) for figures.
+fn finite_sum(t: &Tensor) -> Result<bool> {
+    let wide = match t.dtype() {
+        DType::F64 | DType::F32 => t.clone(),
+        _ => t.to_dtype(DType::F32)?,
+    };
+    let sum = wide.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    Ok(sum.is_finite() || super::is_finite(&wide)?)
 }

@@ -115,11 +115,16 @@ impl CocoopLearner {
                 "CoCoOp learns one unified context (classSpecific is CoOp-only)".into(),
             ));
         }
+        // The hidden layer is (image feature size / ratio), at least 1: any ratio from 1 up
+        // builds (a tiny CLIP with the paper's 16 too), and none allocates more than the
+        // feature size.
         if config.meta_net_ratio == 0 {
-            return Err(Error::InvalidArgument(
-                "metaNetRatio must be at least 1".into(),
-            ));
+            return Err(Error::InvalidArgument(format!(
+                "metaNetRatio must be at least 1, got {}",
+                config.meta_net_ratio
+            )));
         }
+        let vis_dim = clip.embed_dim();
         let seed = config.context.seed;
         let prompt = PromptLearner::with_default_init(
             clip,
@@ -127,7 +132,6 @@ impl CocoopLearner {
             config.context,
             Some(PHOTO_CTX_INIT),
         )?;
-        let vis_dim = clip.embed_dim();
         let hidden = (vis_dim / config.meta_net_ratio).max(1);
         let meta = MetaNet::new(vis_dim, hidden, clip.text.hidden_size(), seed, &clip.device)?;
         Ok(Self::from_parts(
@@ -148,7 +152,7 @@ impl CocoopLearner {
             prompt,
             meta,
             meta_net_ratio,
-            memory_budget_bytes: runtime.memory_budget_mb << 20,
+            memory_budget_bytes: runtime.memory_budget_mb.saturating_mul(1 << 20),
         }
     }
 

@@ -112,7 +112,8 @@ impl PromptLearner {
         config: CoopConfig,
         default_words: Option<&str>,
     ) -> Result<Self> {
-        let k = crate::classnames::validate(class_names)?.len();
+        let texts = crate::classnames::validate(class_names)?;
+        let k = texts.len();
         let d = clip.text.hidden_size();
         let rows = if config.class_specific { k } else { 1 };
         let (ctx_rows, ctx_init) = match config.init_words(default_words) {
@@ -127,6 +128,8 @@ impl PromptLearner {
                         config.init_std
                     )));
                 }
+                // Before anything of size M is allocated: M is bounded by the context length.
+                context_fits(clip, class_names, &texts, m)?;
                 let data = Rng::new(config.seed).normal_vec(rows * m * d, config.init_std);
                 (Tensor::from_vec(data, (rows, m, d), &clip.device)?, None)
             }
@@ -170,9 +173,15 @@ impl PromptLearner {
         ctx: Tensor,
     ) -> Result<Self> {
         let texts = crate::classnames::validate(class_names)?;
+        // Built learners always resolve M; a learner file's options may lack it.
         let m = config.n_ctx.ok_or_else(|| {
-            Error::Internal("PromptLearner::from_parts needs a resolved nCtx".into())
+            Error::InvalidArgument(
+                "the learner's options do not record nCtx (M), which every saved CoOp context has"
+                    .into(),
+            )
         })?;
+        // A restored M comes from a file: bound it before building "X X ... X" of M words.
+        context_fits(clip, class_names, &texts, m)?;
         let prompt_prefix = match &config.ctx_init {
             Some(words) => words.clone(),
             None => vec!["X"; m].join(" "),
@@ -337,6 +346,31 @@ impl PromptLearner {
     }
 }
 
+/// Check that SOS, `n_ctx` context tokens, each class name's tokens, "." and EOT fit in CLIP's
+/// context (77 tokens), without building anything of size `n_ctx`; the names' token counts.
+pub fn context_fits(
+    clip: &Clip,
+    names: &[String],
+    texts: &[String],
+    n_ctx: usize,
+) -> Result<Vec<usize>> {
+    let l = clip.text.context_length();
+    let name_lens = texts
+        .iter()
+        .map(|n| clip.tokenizer.encode_words(n).map(|ids| ids.len()))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some((i, &longest)) = name_lens.iter().enumerate().max_by_key(|(_, &n)| n) {
+        if n_ctx.saturating_add(longest).saturating_add(3) > l {
+            let most = l.saturating_sub(longest + 3);
+            return Err(Error::InvalidArgument(format!(
+                "nCtx {n_ctx} does not fit CLIP's {l}-token context: SOS, the context, classNames[{i}] `{}` ({longest} tokens), \".\" and EOT must fit, so nCtx can be at most {most} with these classes",
+                names[i]
+            )));
+        }
+    }
+    Ok(name_lens)
+}
+
 /// Tokenize "{prefix} {text}." for each class (`texts`: the names' prompt text), embed, and
 /// split into SOS / suffix buffers.
 pub fn build_buffers(
@@ -350,11 +384,8 @@ pub fn build_buffers(
         .iter()
         .map(|n| format!("{prompt_prefix} {n}."))
         .collect();
+    let name_lens = context_fits(clip, names, texts, n_ctx)?;
     let batch = clip.tokenizer.encode_batch(&prompts)?;
-    let name_lens = texts
-        .iter()
-        .map(|n| clip.tokenizer.encode_words(n).map(|ids| ids.len()))
-        .collect::<Result<Vec<_>>>()?;
     for (i, &e) in batch.eot.iter().enumerate() {
         // SOS + M + name + "." + EOS must fit; otherwise truncation ate the class name.
         if e != n_ctx + name_lens[i] + 2 {

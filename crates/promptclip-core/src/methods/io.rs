@@ -147,6 +147,15 @@ pub fn check_compatible(path: &Path, file: &PromptFile, clip: &Clip) -> Result<(
 pub fn load(path: &Path, clip: &Clip, runtime: Runtime) -> Result<(Learner, LearnerMeta)> {
     let (mut tensors, metadata) = read_safetensors(path, &clip.device)?;
     let file = read_meta(path, &metadata)?;
+    crate::files::check_float_tensors(path, &tensors)?;
+    // `save` never writes non-finite parameters: such a file was damaged or made elsewhere, and
+    // would only ever predict NaN.
+    if let Some(name) = crate::files::first_non_finite_tensor(&tensors)? {
+        return Err(Error::NonFiniteParams(format!(
+            "{}: tensor `{name}` holds NaN or infinite values; the learner file is damaged",
+            path.display()
+        )));
+    }
     check_compatible(path, &file, clip)?;
     let meta = file.learner;
     let spec = super::spec(&meta.method).map_err(|_| {

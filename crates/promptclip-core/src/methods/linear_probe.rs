@@ -48,13 +48,13 @@ impl LinearProbe {
     /// An unfitted probe (zero weights) for `class_names` on `clip`'s image features.
     pub fn new(clip: &Clip, class_names: &[String], config: LinearProbeConfig) -> Result<Self> {
         if let Some(c) = config.c {
-            if c.is_nan() || c <= 0.0 {
+            if !(c.is_finite() && c > 0.0) {
                 return Err(Error::InvalidArgument(format!(
                     "c must be a positive number, got {c}"
                 )));
             }
         }
-        if config.max_iter == 0 || config.tol.is_nan() || config.tol <= 0.0 {
+        if config.max_iter == 0 || !(config.tol.is_finite() && config.tol > 0.0) {
             return Err(Error::InvalidArgument(format!(
                 "maxIter must be at least 1 and tol positive, got {} and {}",
                 config.max_iter, config.tol

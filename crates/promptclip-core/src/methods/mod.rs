@@ -266,7 +266,14 @@ pub fn parse_options<T: serde::de::DeserializeOwned + Serialize>(
             _ => None,
         }
         .map_or_else(|| e.path().to_string(), |(k, _)| k.clone());
-        Error::InvalidArgument(format!("{what} options: {path}: {}", e.inner()))
+        let given = options.get(&path).and_then(|v| v.as_f64());
+        match given {
+            Some(v) if expects_whole(&e.inner().to_string()) => Error::InvalidArgument(format!(
+                "{what} options: {path} must be a whole number from 0 to {}, got {v}",
+                u32::MAX
+            )),
+            _ => Error::InvalidArgument(format!("{what} options: {path}: {}", e.inner())),
+        }
     })?;
     let known = options_json(&parsed);
     if let (Some(given), Some(known)) = (options.as_object(), known.as_object()) {
@@ -282,17 +289,30 @@ pub fn parse_options<T: serde::de::DeserializeOwned + Serialize>(
     Ok(parsed)
 }
 
+/// Whether serde refused a number for an unsigned integer field. JavaScript numbers reach the
+/// core as JSON: whole numbers up to 2^32 - 1 as integers, negative ones as negative integers,
+/// and anything else (fractions, and whole numbers of 2^32 and above) as floats, which the
+/// integer fields refuse rather than truncate or wrap. NaN and the infinities have no JSON form
+/// and are refused before this (by the binding, or when a config is validated).
+fn expects_whole(serde_message: &str) -> bool {
+    ["expected usize", "expected u64", "expected u32"]
+        .iter()
+        .any(|t| serde_message.contains(t))
+}
+
 /// A config back to the JSON stored in [`LearnerMeta::options`].
 pub(crate) fn options_json<T: Serialize>(config: &T) -> serde_json::Value {
     serde_json::to_value(config).unwrap_or(serde_json::Value::Null)
 }
 
-/// A restored tensor by name (`io` has checked every name and shape in `meta.params`).
+/// A restored tensor by name (`io` has checked every name and shape in `meta.params`; a file
+/// whose `params` leave out one its method needs is damaged, not a bug).
 pub(crate) fn saved(tensors: &HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
-    tensors
-        .get(name)
-        .cloned()
-        .ok_or_else(|| Error::Internal(format!("restored tensor `{name}` is missing")))
+    tensors.get(name).cloned().ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "the learner's metadata does not list its tensor `{name}` among its params"
+        ))
+    })
 }
 
 pub(crate) fn param_shapes(vars: &[(String, Var)]) -> Vec<(String, Vec<usize>)> {

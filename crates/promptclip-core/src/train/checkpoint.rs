@@ -2,7 +2,9 @@
 //! which every epoch's shuffling and augmentation derive), in one safetensors file replaced
 //! atomically at each save. Written at epoch ends, and by a cancelled run at the step boundary
 //! where it stopped (format version 2 records the step; version 1 files, always at an epoch
-//! boundary, still load).
+//! boundary, still load). Version 3 adds the run's whole resolved recipe ([`RunConfig`]), so that
+//! resuming with any option that would change the run is refused by name; version 1 and 2 files
+//! still resume, checked on what they recorded (seed, epochs, batch size, learner, images).
 use crate::files::{read_safetensors, write_safetensors_atomic};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -12,7 +14,7 @@ use std::path::Path;
 
 pub const CHECKPOINT_FORMAT: &str = "promptclip.train-checkpoint";
 /// The version written; every version up to it loads.
-pub const CHECKPOINT_VERSION: u32 = 2;
+pub const CHECKPOINT_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CheckpointMeta {
@@ -47,6 +49,111 @@ pub struct CheckpointMeta {
     /// fp16 loss scaling's state, when training in fp16.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scaler: Option<super::optim::LossScaler>,
+    /// The rest of the resolved recipe (version 3 on; absent before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunConfig>,
+}
+
+/// Every training option besides seed, epochs and batch size that changes what a run computes:
+/// the optimiser, the schedule and the augmentation. (Checkpointing, the encode batch size and
+/// the decode cache only change how it is computed; skipUnreadable shows in the image count.)
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunConfig {
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub dampening: f64,
+    pub nesterov: bool,
+    pub schedule: super::schedule::ScheduleKind,
+    pub warmup_epochs: usize,
+    pub warmup_lr: f64,
+    pub augment: bool,
+    pub augment_scale: (f64, f64),
+    pub augment_ratio: (f64, f64),
+    pub augment_flip_p: f64,
+}
+
+impl RunConfig {
+    pub fn of(c: &super::TrainConfig) -> Self {
+        Self {
+            lr: c.sgd.lr,
+            momentum: c.sgd.momentum,
+            weight_decay: c.sgd.weight_decay,
+            dampening: c.sgd.dampening,
+            nesterov: c.sgd.nesterov,
+            schedule: c.schedule,
+            warmup_epochs: c.warmup_epochs,
+            warmup_lr: c.warmup_lr,
+            augment: c.augment,
+            augment_scale: c.augment_config.scale,
+            augment_ratio: c.augment_config.ratio,
+            augment_flip_p: c.augment_config.flip_p,
+        }
+    }
+
+    /// The options that differ, as (option name as callers write it, saved value, this run's).
+    /// Numbers are compared to 1e-12 relative: JSON may not give back the last bit of an f64.
+    pub fn differences(&self, now: &RunConfig) -> Vec<(&'static str, String, String)> {
+        let same = |a: f64, b: f64| a == b || (a - b).abs() <= 1e-12 * a.abs().max(b.abs());
+        let mut out = vec![];
+        let mut num = |name, a: f64, b: f64| {
+            if !same(a, b) {
+                out.push((name, a.to_string(), b.to_string()));
+            }
+        };
+        num("lr", self.lr, now.lr);
+        num("momentum", self.momentum, now.momentum);
+        num("weightDecay", self.weight_decay, now.weight_decay);
+        num("dampening", self.dampening, now.dampening);
+        num("warmupLr", self.warmup_lr, now.warmup_lr);
+        num(
+            "augment scale (min)",
+            self.augment_scale.0,
+            now.augment_scale.0,
+        );
+        num(
+            "augment scale (max)",
+            self.augment_scale.1,
+            now.augment_scale.1,
+        );
+        num(
+            "augment ratio (min)",
+            self.augment_ratio.0,
+            now.augment_ratio.0,
+        );
+        num(
+            "augment ratio (max)",
+            self.augment_ratio.1,
+            now.augment_ratio.1,
+        );
+        num(
+            "augment flip probability",
+            self.augment_flip_p,
+            now.augment_flip_p,
+        );
+        let mut other = |name, a: String, b: String| {
+            if a != b {
+                out.push((name, a, b));
+            }
+        };
+        other(
+            "nesterov",
+            self.nesterov.to_string(),
+            now.nesterov.to_string(),
+        );
+        other(
+            "schedule",
+            format!("{:?}", self.schedule).to_lowercase(),
+            format!("{:?}", now.schedule).to_lowercase(),
+        );
+        other(
+            "warmupEpochs",
+            self.warmup_epochs.to_string(),
+            now.warmup_epochs.to_string(),
+        );
+        other("augment", self.augment.to_string(), now.augment.to_string());
+        out
+    }
 }
 
 pub fn save(
@@ -100,6 +207,31 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
             "{}: checkpoint format version {} (this promptclip reads versions 1 to {CHECKPOINT_VERSION})",
             path.display(),
             meta.format_version
+        )));
+    }
+    // The position must lie within the run it describes.
+    let m = &meta;
+    if m.epochs_done > m.epochs
+        || (m.epochs_done == m.epochs && m.step_in_epoch > 0)
+        || m.epoch_correct > m.epoch_seen
+        || !m.epoch_loss_sum.is_finite()
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{}: damaged checkpoint metadata: {} of {} epochs done, step {} of the next, {} of {} images right, loss sum {}",
+            path.display(),
+            m.epochs_done,
+            m.epochs,
+            m.step_in_epoch,
+            m.epoch_correct,
+            m.epoch_seen,
+            m.epoch_loss_sum
+        )));
+    }
+    crate::files::check_float_tensors(path, &tensors)?;
+    if let Some(name) = crate::files::first_non_finite_tensor(&tensors)? {
+        return Err(Error::NonFiniteParams(format!(
+            "{}: tensor `{name}` holds NaN or infinite values; the checkpoint is damaged",
+            path.display()
         )));
     }
     let mut params = HashMap::new();

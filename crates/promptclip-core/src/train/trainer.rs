@@ -3,7 +3,7 @@
 //! seeded end to end, with atomic checkpoints that resume to the same result as an uninterrupted
 //! run. Methods fitted on fixed features (the linear probe) take their own path.
 use super::augment::AugmentConfig;
-use super::checkpoint::{self, CheckpointMeta, CHECKPOINT_FORMAT, CHECKPOINT_VERSION};
+use super::checkpoint::{self, CheckpointMeta, RunConfig, CHECKPOINT_FORMAT, CHECKPOINT_VERSION};
 use super::optim::{all_finite, LossScaler, Sgd, SgdConfig};
 use super::pipeline::{augmented_crops, DecodedImages};
 use super::schedule::{LrSchedule, ScheduleKind};
@@ -170,28 +170,58 @@ impl TrainConfig {
         }
     }
 
+    /// Every option in range, each refused by name with its value. Numbers must be finite: NaN
+    /// compares false with everything, so each range is written to fail for it.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
-        if self.epochs == 0 {
-            return bad("epochs must be at least 1".into());
-        }
-        if self.batch_size == 0 {
-            return bad("batchSize must be at least 1".into());
+        let at_least_1 = [
+            ("epochs", self.epochs),
+            ("batchSize", self.batch_size),
+            ("checkpointEvery", self.checkpoint_every),
+            ("encodeBatchSize", self.encode_batch_size),
+        ];
+        if let Some((name, v)) = at_least_1.iter().find(|(_, v)| *v == 0) {
+            return bad(format!("{name} must be at least 1, got {v}"));
         }
         if !(self.sgd.lr > 0.0 && self.sgd.lr.is_finite()) {
             return bad(format!("lr must be a positive number, got {}", self.sgd.lr));
         }
-        if !(0.0..1.0).contains(&self.sgd.momentum)
-            || self.sgd.weight_decay < 0.0
-            || self.warmup_lr < 0.0
-        {
-            return bad("momentum must be in [0, 1), weightDecay and warmupLr non-negative".into());
+        let numbers = [
+            (
+                "momentum",
+                self.sgd.momentum,
+                "in [0, 1)",
+                (0.0..1.0).contains(&self.sgd.momentum),
+            ),
+            (
+                "dampening",
+                self.sgd.dampening,
+                "in [0, 1]",
+                (0.0..=1.0).contains(&self.sgd.dampening),
+            ),
+            (
+                "weightDecay",
+                self.sgd.weight_decay,
+                "a finite non-negative number",
+                self.sgd.weight_decay.is_finite() && self.sgd.weight_decay >= 0.0,
+            ),
+            (
+                "warmupLr",
+                self.warmup_lr,
+                "a finite non-negative number",
+                self.warmup_lr.is_finite() && self.warmup_lr >= 0.0,
+            ),
+        ];
+        if let Some((name, v, want, _)) = numbers.iter().find(|n| !n.3) {
+            return bad(format!("{name} must be {want}, got {v}"));
         }
-        if self.checkpoint_every == 0 {
-            return bad("checkpointEvery must be at least 1".into());
-        }
-        if self.encode_batch_size == 0 {
-            return bad("encodeBatchSize must be at least 1".into());
+        let a = &self.augment_config;
+        let ok = |(lo, hi): (f64, f64)| lo.is_finite() && hi.is_finite() && 0.0 < lo && lo <= hi;
+        if !(ok(a.scale) && a.scale.1 <= 1.0 && ok(a.ratio) && (0.0..=1.0).contains(&a.flip_p)) {
+            return bad(format!(
+                "augmentation must have 0 < scale min <= max <= 1, 0 < ratio min <= max and flip probability in [0, 1], got scale {:?}, ratio {:?}, flip {}",
+                a.scale, a.ratio, a.flip_p
+            ));
         }
         Ok(())
     }
@@ -298,6 +328,11 @@ pub fn fit_with_validation(
     if model.fits_on_features() {
         return fit_on_features(clip, model, data, validation, config, started);
     }
+    // Before any work: a checkpoint that cannot be written would otherwise fail the run only
+    // after its first epoch.
+    if let Some(path) = &config.checkpoint_path {
+        crate::files::check_writable(path)?;
+    }
     let vars = model.vars();
     let mut sgd = Sgd::new(config.sgd, vars.len());
     // fp16 weights: loss scaling, as the official `amp` path (bf16 has fp32's range).
@@ -317,8 +352,32 @@ pub fn fit_with_validation(
         if m.model != model.meta() {
             return Err(mismatch("learner (method, options or classes)"));
         }
-        if m.seed != config.seed || m.epochs != config.epochs || m.batch_size != config.batch_size {
-            return Err(mismatch("seed, epoch count or batch size"));
+        // Every option that changes the run must be as it was, each named with both values.
+        let mut changed: Vec<(&str, String, String)> = [
+            ("seed", m.seed.to_string(), config.seed.to_string()),
+            ("epochs", m.epochs.to_string(), config.epochs.to_string()),
+            (
+                "batchSize",
+                m.batch_size.to_string(),
+                config.batch_size.to_string(),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .collect();
+        if let Some(run) = &m.run {
+            changed.extend(run.differences(&RunConfig::of(config)));
+        }
+        if !changed.is_empty() {
+            let list: Vec<String> = changed
+                .iter()
+                .map(|(name, was, now)| format!("{name} was {was}, this run has {now}"))
+                .collect();
+            return Err(Error::InvalidArgument(format!(
+                "{}: cannot resume, the run would change: {} (resume with the options the checkpoint was made with)",
+                path.display(),
+                list.join("; ")
+            )));
         }
         for (i, (name, var)) in vars.iter().enumerate() {
             let p = ck.params.get(name).ok_or_else(|| Error::MissingTensor {
@@ -334,7 +393,18 @@ pub fn fit_with_validation(
                 });
             }
             var.set(&p.to_dtype(var.dtype())?)?;
-            sgd.buffers[i] = ck.momentum.get(name).cloned();
+            sgd.buffers[i] = match ck.momentum.get(name) {
+                Some(b) if b.dims() != var.dims() => {
+                    return Err(Error::ShapeMismatch {
+                        name: format!("momentum.{name}"),
+                        path: path.clone(),
+                        expected: var.dims().to_vec(),
+                        actual: b.dims().to_vec(),
+                    })
+                }
+                Some(b) => Some(b.to_dtype(var.dtype())?),
+                None => None,
+            };
         }
         start = Position {
             epoch: m.epochs_done,
@@ -641,6 +711,7 @@ fn save_checkpoint(
         batch_size: config.batch_size,
         model: model.meta(),
         loss_scaler: *scaler,
+        run: Some(RunConfig::of(config)),
     };
     let params: Vec<(String, Tensor)> = vars
         .iter()
