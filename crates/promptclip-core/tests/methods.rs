@@ -134,7 +134,10 @@ fn train_options_name_the_field() {
         "{msg}"
     );
     let msg = invalid(TrainOptions::from_json(json!({ "batchSize": -1 })));
-    assert!(msg.contains("batchSize: "), "{msg}");
+    assert!(
+        msg.contains("batchSize must be a whole number") && msg.contains("got -1"),
+        "{msg}"
+    );
     // Parsed, but no valid config: refused when resolved, by name.
     let zero = TrainOptions::from_json(json!({ "epochs": 0 })).unwrap();
     let msg = invalid(zero.resolve(&Recipe::default()));
