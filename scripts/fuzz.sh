@@ -14,10 +14,11 @@ echo "fuzz: NUM_RUNS=$NUM_RUNS FUZZ_SEED=$FUZZ_SEED PROPTEST_CASES=$PROPTEST_CAS
 npx ava --timeout=60m __test__/datasets-robust.spec.ts
 
 host="$(rustc -vV | sed -n 's/^host: //p')"
-# The core's property tests (robust_images, robust_options) are written alongside this script;
-# run those that exist, and say which are missing rather than fail on them.
+# The core's property tests: the image reader and preprocessor config (image_fuzz), and the
+# readers of safetensors, config, tokenizer, learner and checkpoint files (fuzz_readers); run
+# those that exist, and say which are missing rather than fail on them.
 tests=()
-for t in robust_images robust_options; do
+for t in image_fuzz fuzz_readers; do
   if [ -f "crates/promptclip-core/tests/$t.rs" ]; then tests+=(--test "$t"); else echo "fuzz: crates/promptclip-core/tests/$t.rs not found, skipped"; fi
 done
 if [ "${#tests[@]}" -gt 0 ]; then
