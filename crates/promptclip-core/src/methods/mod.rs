@@ -269,7 +269,7 @@ pub fn parse_options<T: serde::de::DeserializeOwned + Serialize>(
         let given = options.get(&path).and_then(|v| v.as_f64());
         match given {
             Some(v) if expects_whole(&e.inner().to_string()) => Error::InvalidArgument(format!(
-                "{what} options: {path} must be a whole number from 0 to {}, got {v}",
+                "{what} options: {path}: must be a whole number from 0 to {}, got {v}",
                 u32::MAX
             )),
             _ => Error::InvalidArgument(format!("{what} options: {path}: {}", e.inner())),
