@@ -135,7 +135,7 @@ fn train_options_name_the_field() {
     );
     let msg = invalid(TrainOptions::from_json(json!({ "batchSize": -1 })));
     assert!(
-        msg.contains("batchSize must be a whole number") && msg.contains("got -1"),
+        msg.contains("batchSize: must be a whole number") && msg.contains("got -1"),
         "{msg}"
     );
     // Parsed, but no valid config: refused when resolved, by name.
