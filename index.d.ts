@@ -190,7 +190,10 @@ export interface NativeProgress {
   lr: number
 }
 
-/** Decoded 8-bit pixels, row-major. */
+/**
+ * Decoded 8-bit pixels, row-major. The sizes are read as JavaScript numbers (f64) and checked
+ * here: napi's u32 conversion wraps, so a width of 2^32 + 10 would have been taken as 10.
+ */
 export interface NativeRawImage {
   width: number
   height: number

@@ -13,14 +13,26 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Decoded 8-bit pixels, row-major.
+/// Decoded 8-bit pixels, row-major. The sizes are read as JavaScript numbers (f64) and checked
+/// here: napi's u32 conversion wraps, so a width of 2^32 + 10 would have been taken as 10.
 #[napi(object)]
 pub struct NativeRawImage {
-    pub width: u32,
-    pub height: u32,
+    pub width: f64,
+    pub height: f64,
     /// 1 (grey), 3 (RGB) or 4 (RGBA).
-    pub channels: u32,
+    pub channels: f64,
     pub data: Uint8Array,
+}
+
+/// A raw image's size field as a whole number up to `max`, or why not (naming field and value).
+fn raw_field(field: &str, v: f64, max: u32) -> std::result::Result<u32, String> {
+    if v.fract() == 0.0 && (0.0..=max as f64).contains(&v) {
+        Ok(v as u32)
+    } else {
+        Err(format!(
+            "raw image {field} {v} is not a whole number from 0 to {max}"
+        ))
+    }
 }
 
 /// Images arrive as file paths, encoded bytes (a Buffer is a Uint8Array) or raw pixels.
@@ -34,16 +46,29 @@ pub fn image_sources(images: Vec<Either3<String, Uint8Array, NativeRawImage>>) -
                 name: format!("images[{i}] (bytes)"),
                 data: Arc::from(bytes.to_vec()),
             },
-            Either3::C(raw) => ImageSource::Pixels {
-                name: format!(
-                    "images[{i}] (raw {}x{}x{})",
-                    raw.width, raw.height, raw.channels
-                ),
-                width: raw.width,
-                height: raw.height,
-                channels: raw.channels.min(255) as u8,
-                data: Arc::from(raw.data.to_vec()),
-            },
+            Either3::C(raw) => {
+                let sizes = (|| {
+                    Ok::<_, String>((
+                        raw_field("width", raw.width, u32::MAX)?,
+                        raw_field("height", raw.height, u32::MAX)?,
+                        raw_field("channels", raw.channels, u8::MAX as u32)?,
+                    ))
+                })();
+                match sizes {
+                    Ok((width, height, channels)) => ImageSource::Pixels {
+                        name: format!("images[{i}] (raw {width}x{height}x{channels})"),
+                        width,
+                        height,
+                        channels: channels as u8,
+                        data: Arc::from(raw.data.to_vec()),
+                    },
+                    // Reported at its index, as the batch reports its other unusable images.
+                    Err(msg) => ImageSource::Invalid {
+                        name: format!("images[{i}]"),
+                        msg,
+                    },
+                }
+            }
         })
         .collect()
 }
