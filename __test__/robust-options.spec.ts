@@ -58,6 +58,22 @@ test('integers out of range and non-finite numbers are refused by name and value
     )
 })
 
+test('counts the binding takes as u32 (batch sizes, topK) are refused at 2^32, not wrapped', async (t) => {
+  const clip = await Clip.load(HF_MODEL)
+  const learner = PromptLearner.coop(clip, { classNames: CLASSES, nCtx: 2 })
+  const images = [join(IMAGES, 'c_small_100x100.png')]
+  const big = 2 ** 32 + 4 // napi's u32 would take it as 4
+  const refused = (name: string) =>
+    code('E_INVALID_ARGUMENT', new RegExp(`${name} must be a positive integer up to 4294967295, got ${big}`))
+  await t.throwsAsync(learner.predict(images, { batchSize: big }), refused('batchSize'))
+  await t.throwsAsync(learner.predict(images, { topK: big }), refused('topK'))
+  await t.throwsAsync(learner.interpret({ topK: big }), refused('topK'))
+  await t.throwsAsync(clip.zeroShot(images, CLASSES, { batchSize: big }), refused('batchSize'))
+  await t.throwsAsync(clip.encodeImages(images, { batchSize: big }), refused('batchSize'))
+  // The largest u32 itself is a valid count.
+  t.falsy((await learner.predict(images, { batchSize: 2 ** 32 - 1 }))[0].error)
+})
+
 test('resuming with a changed option names it; checkpointPath is checked before training', async (t) => {
   const clip = await Clip.load(HF_MODEL)
   const dir = mkdtempSync(join(tmpdir(), 'promptclip-robust-'))

@@ -45,9 +45,12 @@ export function toNativeImages(images: ImageInput[], what = 'images'): NativeIma
   })
 }
 
+/** The largest count the binding takes (napi's u32 would wrap 2^32 + 4 to 4, silently). */
+export const MAX_COUNT = 0xffff_ffff
+
 export function positiveInt(name: string, v: number | undefined): number | undefined {
-  if (v !== undefined && (!Number.isInteger(v) || v < 1))
-    throw invalidArgument(`${name} must be a positive integer, got ${v}`)
+  if (v !== undefined && (!Number.isInteger(v) || v < 1 || v > MAX_COUNT))
+    throw invalidArgument(`${name} must be a positive integer up to ${MAX_COUNT}, got ${v}`)
   return v
 }
 

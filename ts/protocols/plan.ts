@@ -5,6 +5,7 @@
 import { basename } from 'node:path'
 import type { DatasetSplits } from '../datasets'
 import { invalidArgument } from '../errors'
+import { positiveInt } from '../options'
 import type { TrainOptions } from '../train'
 import type { ProtocolMethod, ProtocolName, ProtocolOptions, RunKey } from './index'
 
@@ -151,9 +152,7 @@ export function resolveOptions(o: ProtocolOptions): ResolvedOptions {
       throw invalidArgument(`learners: ${JSON.stringify(key)} is not a method`)
     }
   }
-  if (o.batchSize !== undefined && (!Number.isInteger(o.batchSize) || o.batchSize < 1)) {
-    throw invalidArgument(`batchSize must be a positive integer, got ${o.batchSize}`)
-  }
+  positiveInt('batchSize', o.batchSize)
   return {
     protocol: o.protocol,
     dataset,

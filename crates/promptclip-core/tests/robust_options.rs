@@ -842,3 +842,52 @@ fn errors_keep_their_codes() {
     assert_eq!(e.code(), "E_IO");
     assert!(e.to_string().starts_with("cannot write /x"));
 }
+
+// ---- cancellation reaches the one-time work before the first step ----
+
+/// Cancelled before training: the up-front decoding (augmentation on), the center crops'
+/// encoding (augmentation off) and the linear probe's features stop between batches. The proof:
+/// an unreadable image in the second batch of 32 is never reached, so the call ends cancelled
+/// rather than with that image's error (which it gives uncancelled).
+#[test]
+fn cancel_stops_the_encoding_before_the_first_step() {
+    let clip = hf_clip();
+    let (_, mut d) = colours(12, 5, 0..3); // 36 images: one full batch, then the rest
+    d.sources
+        .push(promptclip_core::preprocess::ImageSource::Path(
+            "/nonexistent/last.png".into(),
+        ));
+    d.labels.push(0);
+    let probe = methods::create(
+        &clip,
+        "linear-probe",
+        &names(3),
+        json!({}),
+        Runtime::default(),
+    )
+    .unwrap();
+    let l = coop(&clip);
+    for (what, model, augment) in [
+        ("coop, encoding", &l as &dyn Method, false),
+        ("coop, decoding", &l, true),
+        ("linear probe", probe.as_ref(), false),
+    ] {
+        let config = TrainConfig {
+            augment,
+            ..recipe(1)
+        };
+        let run = |cancelled| {
+            fit(
+                &clip,
+                model,
+                &d,
+                &config,
+                &mut |_| {},
+                &AtomicBool::new(cancelled),
+            )
+        };
+        let (code, message) = err(run(false));
+        assert!(message.contains("last.png"), "{what}: {code} {message}");
+        assert_eq!(err(run(true)).0, "E_CANCELLED", "{what}");
+    }
+}

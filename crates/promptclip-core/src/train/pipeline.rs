@@ -19,7 +19,7 @@ use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// Training images, decoded once and kept while their total stays within a byte budget; the rest
@@ -68,10 +68,17 @@ impl DecodedImages {
     /// reads but whose body is corrupt would otherwise fail mid-training. It costs nothing extra
     /// while the images fit the cache budget (they are kept, and the first epoch reuses them);
     /// only images beyond the budget are decoded twice.
-    pub fn probe(&self) -> Vec<(usize, Error)> {
+    /// Once `cancel` is set the images not yet decoded are passed over (the caller then stops).
+    pub fn probe(&self, cancel: &AtomicBool) -> Vec<(usize, Error)> {
         let results: Vec<Option<Error>> = (0..self.len())
             .into_par_iter()
-            .map(|i| self.get(i).err())
+            .map(|i| {
+                if cancel.load(Ordering::Relaxed) {
+                    None
+                } else {
+                    self.get(i).err()
+                }
+            })
             .collect();
         results
             .into_iter()

@@ -326,7 +326,7 @@ pub fn fit_with_validation(
     }
     let started = Instant::now();
     if model.fits_on_features() {
-        return fit_on_features(clip, model, data, validation, config, started);
+        return fit_on_features(clip, model, data, validation, config, started, cancel);
     }
     // Before any work: a checkpoint that cannot be written would otherwise fail the run only
     // after its first epoch.
@@ -428,7 +428,8 @@ pub fn fit_with_validation(
     let mut skipped = vec![];
     let (fixed, images, data) = if config.augment {
         let images = DecodedImages::new(data.sources.clone(), config.decoded_cache_bytes);
-        let failures = images.probe();
+        let failures = images.probe(cancel);
+        cancelled_if(cancel)?;
         let keep = usable(data, failures, config.skip_unreadable, &mut skipped)?;
         let images = if skipped.is_empty() {
             images
@@ -437,7 +438,7 @@ pub fn fit_with_validation(
         };
         (None, Some(images), data.subset(&keep))
     } else {
-        let (features, keep) = center_crop_features(clip, data, config, &mut skipped)?;
+        let (features, keep) = center_crop_features(clip, data, config, &mut skipped, cancel)?;
         (Some(features), None, data.subset(&keep))
     };
     let data = data.as_ref();
@@ -596,14 +597,31 @@ fn usable(
     Ok((0..n).filter(|&i| !bad[i]).collect())
 }
 
+/// `Err(Cancelled)` once `cancel` is set: the one-time work before the first step (decoding,
+/// encoding) checks it between batches, as the steps do.
+fn cancelled_if(cancel: &AtomicBool) -> Result<()> {
+    if cancel.load(Ordering::Relaxed) {
+        Err(Error::cancelled())
+    } else {
+        Ok(())
+    }
+}
+
 /// Center-crop features of the usable training images (each decoded once), and their indices.
+/// Cancelling stops the encoding between batches: on a large set it is most of a short run.
 fn center_crop_features(
     clip: &Clip,
     data: &LabelledImages,
     config: &TrainConfig,
     skipped: &mut Vec<SkippedImage>,
+    cancel: &AtomicBool,
 ) -> Result<(Tensor, Vec<usize>)> {
-    let enc = crate::features::encode(clip, &data.sources, crate::features::BATCH_SIZE)?;
+    let enc = crate::features::encode_with_progress(
+        clip,
+        &data.sources,
+        crate::features::BATCH_SIZE,
+        &mut |_, _| cancelled_if(cancel),
+    )?;
     let keep = usable(data, enc.failures, config.skip_unreadable, skipped)?;
     debug_assert_eq!(keep, enc.indices);
     let features = enc
@@ -620,9 +638,10 @@ fn fit_on_features(
     validation: Option<&LabelledImages>,
     config: &TrainConfig,
     started: Instant,
+    cancel: &AtomicBool,
 ) -> Result<TrainSummary> {
     let mut skipped = vec![];
-    let (train, keep) = center_crop_features(clip, data, config, &mut skipped)?;
+    let (train, keep) = center_crop_features(clip, data, config, &mut skipped, cancel)?;
     let data = data.subset(&keep);
     let val = match validation {
         Some(v) => Some((
@@ -631,6 +650,7 @@ fn fit_on_features(
         )),
         None => None,
     };
+    cancelled_if(cancel)?;
     let fit = FeatureFit {
         train: (&train, &data.labels),
         validation: val.as_ref().map(|(f, v)| (f, v.labels.as_slice())),
