@@ -43,7 +43,8 @@ const NEEDS =
   'and libcuda.so.1 from the NVIDIA driver (580 or newer).'
 const INSTALL =
   `install the package ${CUDA_PACKAGE} next to promptclip (npm install ${CUDA_PACKAGE}-<version>.tgz, ` +
-  'made by `bash scripts/package.sh cuda` in a checkout: it is not on the npm registry yet)'
+  'made in a checkout by `bash scripts/gpu.sh build`, then `bash scripts/package.sh cuda` and `pack`; ' +
+  'it is not on the npm registry yet)'
 
 type Flavor = 'cpu' | 'cuda'
 let loaded: { binding: typeof Native; flavor: Flavor; why: string } | undefined
