@@ -41,7 +41,7 @@ arm64() {
   chmod +x "$venv/bin/zig"
   mkdir -p "$root/.pack"
   PATH="$venv/bin:$PATH" npx napi build --platform --release -x --target "$target" \
-    --output-dir npm/linux-arm64-gnu --no-js --dts "$root/.pack/arm64.d.ts"
+    --output-dir npm/linux-arm64-gnu --no-js --dts ../../.pack/arm64.d.ts  # relative to --output-dir
   ls -l npm/linux-arm64-gnu/promptclip.linux-arm64-gnu.node
 }
 
