@@ -1,5 +1,5 @@
 import { join } from 'node:path'
-import { binding, type Native, PACKAGE_ROOT } from './binding'
+import { addon, binding, type Native, PACKAGE_ROOT } from './binding'
 import { AbortError, type ErrorCode, invalidArgument, native, nativeSync, ProgressRelay } from './errors'
 import { defaults, type ImageInput, optionalString, positiveInt, toNativeImages, toNativeStrings } from './options'
 
@@ -10,7 +10,8 @@ export type DeviceName = 'cpu' | 'cuda' | `cuda:${number}`
 export type Precision = 'fp32' | 'fp16' | 'bf16'
 
 export interface LoadOptions {
-  /** Where to run: "cpu" (default), "cuda" or "cuda:N" (needs a CUDA build and a GPU). */
+  /** Where to run: "cpu" (default), "cuda" or "cuda:N" (needs the CUDA build, the package
+   *  promptclip-linux-x64-gnu-cuda, and a GPU; the first load of the process picks the build). */
   device?: DeviceName
   /** Weights and activations: "fp32" (default; best on CPU), "fp16" or "bf16" (GPUs). Learned
    *  context stays fp32; training stops with E_NON_FINITE_LOSS if the loss overflows. */
@@ -191,7 +192,8 @@ export class Clip {
     if (typeof path !== 'string' || path.length === 0) throw invalidArgument('path must be a non-empty string')
     const device = optionalString('device', options?.device) ?? 'cpu'
     const dtype = optionalString('dtype', options?.dtype) ?? 'fp32'
-    const nativeClip = await native(() => binding.loadClip(path, { device, dtype }))
+    // The first load picks the addon for the process: the CUDA build for a CUDA device.
+    const nativeClip = await native(() => addon(device).loadClip(path, { device, dtype }))
     return new Clip(nativeClip)
   }
 

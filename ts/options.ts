@@ -4,7 +4,7 @@
  * holds every default; this module only splits what the binding takes apart (callbacks, signals,
  * runtime settings), converts images, and asks the core for the defaults of the calls it makes.
  */
-import { binding, type Native } from './binding'
+import { coreDefaults, type Native } from './binding'
 import { invalidArgument } from './errors'
 
 /** Decoded 8-bit pixels, row-major: 1 (grey), 3 (RGB) or 4 (RGBA) channels. */
@@ -23,7 +23,7 @@ type NativeImage = string | Uint8Array | Native.NativeRawImage
 /** The core's defaults for calls whose options leave them out (batch size, top-k, template). */
 let cachedDefaults: Native.NativeDefaults | undefined
 export function defaults(): Native.NativeDefaults {
-  cachedDefaults ??= binding.defaults()
+  cachedDefaults ??= coreDefaults()
   return cachedDefaults
 }
 
