@@ -22,5 +22,6 @@ for t in image_fuzz fuzz_readers; do
   if [ -f "crates/promptclip-core/tests/$t.rs" ]; then tests+=(--test "$t"); else echo "fuzz: crates/promptclip-core/tests/$t.rs not found, skipped"; fi
 done
 if [ "${#tests[@]}" -gt 0 ]; then
-  cargo test --release -p promptclip-core --target "$host" "${tests[@]}"
+  # --nocapture: each property prints its cases run and outcomes by code (the figures to report).
+  cargo test --release -p promptclip-core --target "$host" "${tests[@]}" -- --nocapture --test-threads 1
 fi

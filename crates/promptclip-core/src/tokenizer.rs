@@ -270,7 +270,25 @@ impl ClipTokenizer {
         if !path.is_file() {
             return Err(Error::FileNotFound(path.to_path_buf()));
         }
-        let tok = Tokenizer::from_file(path)
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        // The JSON is checked here first: tokenizers 0.23 panics (`expect("Helper")` in its
+        // decoder's Deserialize) on a file cut inside its "decoder" value, where it would
+        // otherwise report the syntax error. Found by tests/fuzz_readers.rs.
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+            .map_err(|e| Error::Tokenizer(format!("{}: not valid JSON: {e}", path.display())))?;
+        // Any other panic of the library on a well-formed but unexpected file is its error too.
+        let tok = std::panic::catch_unwind(|| Tokenizer::from_str(&text))
+            .map_err(|panic| {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                Error::Tokenizer(format!(
+                    "{}: the tokenizers library could not read it ({why})",
+                    path.display()
+                ))
+            })?
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         Self::from_tokenizer(Arc::new(tok), context_length, &path.display().to_string())
     }

@@ -127,3 +127,25 @@ fn cleanup_like_openai() {
     same("caf&#233;", "café");
     same("cafe\u{301}", "café"); // NFC
 }
+
+/// A tokenizer.json cut inside its "decoder" value made tokenizers 0.23 panic (its decoder's
+/// Deserialize calls `expect`) instead of reporting the syntax error; found by fuzz_readers with
+/// PROPTEST_CASES=3000. It is now a coded error naming the file.
+#[test]
+fn a_tokenizer_file_cut_inside_its_decoder_is_a_coded_error() {
+    let text = std::fs::read_to_string(fixtures().join("tiny-clip-hf/tokenizer.json")).unwrap();
+    let at = text.find("\"decoder\"").expect("the fixture has a decoder") + 40;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, &text[..at]).unwrap();
+    let e = std::panic::catch_unwind(|| ClipTokenizer::from_tokenizer_json(&path, 77))
+        .expect("no panic")
+        .err()
+        .expect("an error");
+    assert_eq!(e.code(), "E_TOKENIZER", "{e}");
+    let message = e.to_string();
+    assert!(
+        message.contains("tokenizer.json") && message.contains("not valid JSON"),
+        "{message}"
+    );
+}
