@@ -270,7 +270,9 @@ impl ClipTokenizer {
         if !path.is_file() {
             return Err(Error::FileNotFound(path.to_path_buf()));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| Error::Tokenizer(format!("{}: not UTF-8 text: {e}", path.display())))?;
         // The JSON is checked here first: tokenizers 0.23 panics (`expect("Helper")` in its
         // decoder's Deserialize) on a file cut inside its "decoder" value, where it would
         // otherwise report the syntax error. Found by tests/fuzz_readers.rs.
