@@ -140,8 +140,7 @@ fn a_tokenizer_file_cut_inside_its_decoder_is_a_coded_error() {
     std::fs::write(&path, &text[..at]).unwrap();
     let e = std::panic::catch_unwind(|| ClipTokenizer::from_tokenizer_json(&path, 77))
         .expect("no panic")
-        .err()
-        .expect("an error");
+        .expect_err("an error");
     assert_eq!(e.code(), "E_TOKENIZER", "{e}");
     let message = e.to_string();
     assert!(
