@@ -37,6 +37,12 @@ export const CUDA_LIBRARIES = [
   'libcuda.so.1',
 ] as const
 
+/** A CUDA library's file name in a dlopen message ("libcublasLt.so.13: cannot open ..."). */
+const CUDA_LIBRARY_IN_MESSAGE = new RegExp(
+  `lib(?:${CUDA_LIBRARIES.map((l) => l.slice('lib'.length, l.indexOf('.so'))).join('|')})\\b[\\w.+-]*`,
+  'g',
+)
+
 const NEEDS =
   `It needs, on the library path (LD_LIBRARY_PATH): ${CUDA_LIBRARIES.slice(0, 5).join(', ')} (CUDA 13.0: ` +
   'the toolkit, or the PyPI packages nvidia-cuda-runtime, nvidia-cublas, nvidia-curand and nvidia-cuda-nvrtc), ' +
@@ -86,7 +92,7 @@ function loadCuda(device: string): typeof Native {
       )
     }
     const message = String(e?.message ?? err)
-    const missing = [...new Set(message.match(/lib(?:cudart|cublasLt|cublas|curand|nvrtc|cuda)\b[\w.+-]*/g) ?? [])]
+    const missing = [...new Set(message.match(CUDA_LIBRARY_IN_MESSAGE) ?? [])]
     throw cudaUnavailable(
       `device "${device}": the CUDA build of promptclip (package ${CUDA_PACKAGE}) is installed but could not be ` +
         `loaded${missing.length > 0 ? ` (missing ${missing.join(', ')})` : ''}: ${message.split('\n')[0]}. ${NEEDS} ` +
