@@ -124,6 +124,10 @@ pub struct NativeModelInfo {
     pub vision_width: u32,
     pub text_layers: u32,
     pub vision_layers: u32,
+    /// "vit" or "resnet" (OpenAI's ModifiedResNet: RN50, RN101, RN50x4, ...).
+    pub vision_arch: String,
+    /// A ResNet's Bottleneck blocks per stage ([3, 4, 6, 3] for RN50); absent for a ViT.
+    pub resnet_layers: Option<Vec<u32>>,
     pub text_activation: String,
     /// The multiplier of the cosine similarities, exp(logit_scale) (about 100 in real models).
     pub logit_scale: f64,
@@ -257,9 +261,14 @@ impl NativeClip {
             context_length: t.max_position_embeddings as u32,
             vocab_size: t.vocab_size as u32,
             text_width: t.hidden_size as u32,
-            vision_width: v.hidden_size as u32,
+            // OpenAI's `vision_width`: a ResNet's stem width (64 for RN50), a ViT's token width.
+            vision_width: v.resnet.map_or(v.hidden_size, |r| r.width) as u32,
             text_layers: t.num_hidden_layers as u32,
             vision_layers: v.num_hidden_layers as u32,
+            vision_arch: if v.resnet.is_some() { "resnet" } else { "vit" }.into(),
+            resnet_layers: v
+                .resnet
+                .map(|r| r.layers.iter().map(|&n| n as u32).collect()),
             text_activation: t.hidden_act.clone(),
             logit_scale: (c.logit_scale as f64).exp(),
             naming: match c.naming {

@@ -21,13 +21,20 @@ export interface LoadOptions {
 export interface ModelInfo {
   embedDim: number
   imageSize: number
+  /** Pixels per final grid cell: a ViT's patch size, 32 for a ResNet. */
   patchSize: number
   contextLength: number
   vocabSize: number
   textWidth: number
+  /** OpenAI's `vision_width`: a ViT's token width, a ResNet's stem width (64 for RN50). */
   visionWidth: number
   textLayers: number
+  /** A ViT's transformer blocks, or a ResNet's Bottleneck blocks over its four stages. */
   visionLayers: number
+  /** The image tower: a ViT, or OpenAI's ModifiedResNet (RN50, RN101, RN50x4, ...). */
+  visionArch: 'vit' | 'resnet'
+  /** A ResNet's blocks per stage, [3, 4, 6, 3] for RN50; absent for a ViT. */
+  resnetLayers?: number[]
   textActivation: string
   /** The multiplier of cosine similarities in the logits, exp(logit_scale): about 100 in real CLIPs. */
   logitScale: number

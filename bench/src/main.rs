@@ -80,7 +80,7 @@ fn coop_step(
     )
     .unwrap();
     let mut sgd = Sgd::new(SgdConfig::default(), 1);
-    let s = clip.vision.config.image_size;
+    let s = clip.config.vision_config.image_size;
     let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu).unwrap();
     let cached = clip.encode_image(&pixels).unwrap();
     let labels = Tensor::from_vec(
@@ -130,7 +130,7 @@ fn cocoop_step(clip: &Clip, k: usize, batch: usize, reps: usize) -> f64 {
     .unwrap();
     let vars: Vec<_> = learner.vars().into_iter().map(|(_, v)| v).collect();
     let mut sgd = Sgd::new(SgdConfig::default(), vars.len());
-    let s = clip.vision.config.image_size;
+    let s = clip.config.vision_config.image_size;
     let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu).unwrap();
     let labels = Tensor::from_vec(
         (0..batch as u32).map(|i| i % k as u32).collect::<Vec<_>>(),

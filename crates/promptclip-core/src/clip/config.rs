@@ -1,5 +1,6 @@
 //! CLIP configuration, as Hugging Face's `config.json` writes it, or inferred from the tensor
 //! shapes of an OpenAI-named state dict (the way OpenAI's own `build_model` does it).
+use super::resnet::ResNetShape;
 use crate::{Error, Result};
 use serde::Deserialize;
 use std::path::Path;
@@ -98,6 +99,12 @@ pub struct ClipVisionConfig {
     pub hidden_act: String,
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+    /// Set when the image tower is OpenAI's ModifiedResNet (RN50, RN101, ...), which only
+    /// OpenAI-named checkpoints hold. The fields above then describe its attention pool: width
+    /// 32 × the stem's, heads of 64, `image_size` = 32 × the final grid, `patch_size` 32 (each
+    /// final position covers 32×32 pixels), the blocks of all stages as layers.
+    #[serde(skip)]
+    pub resnet: Option<ResNetShape>,
 }
 
 struct VisionDefaults;

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod nn;
 pub mod random;
+pub mod resnet;
 pub mod text;
 pub mod vision;
 pub mod weights;
@@ -13,6 +14,7 @@ use crate::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
 use nn::Linear;
+pub use resnet::{ModifiedResNet, ResNetShape};
 use std::path::{Path, PathBuf};
 pub use text::{TextTape, TextTransformer};
 pub use vision::VisionTransformer;
@@ -21,9 +23,8 @@ use weights::{Naming, Weights};
 #[derive(Debug, Clone)]
 pub struct Clip {
     pub text: TextTransformer,
-    pub vision: VisionTransformer,
+    pub vision: VisionTower,
     text_projection: Linear,
-    visual_projection: Linear,
     /// log of the temperature's inverse; logits use `logit_scale.exp()` (~100 in real models).
     pub logit_scale: f32,
     pub config: ClipConfig,
@@ -96,19 +97,12 @@ impl Clip {
             Naming::OpenAi => w.infer_openai_config()?,
         };
         let text = TextTransformer::load(&w, &config.text_config)?;
-        let vision = VisionTransformer::load(&w, &config.vision_config)?;
         let e = config.projection_dim;
+        let vision = VisionTower::load(&w, &config.vision_config, e)?;
         let text_projection = Linear::new(
             w.top(
                 "text_projection.weight",
                 &[e, config.text_config.hidden_size],
-            )?,
-            None,
-        )?;
-        let visual_projection = Linear::new(
-            w.top(
-                "visual_projection.weight",
-                &[e, config.vision_config.hidden_size],
             )?,
             None,
         )?;
@@ -140,7 +134,6 @@ impl Clip {
             text,
             vision,
             text_projection,
-            visual_projection,
             logit_scale,
             config,
             tokenizer,
@@ -166,11 +159,9 @@ impl Clip {
         self.config.projection_dim
     }
 
-    /// Image features (B, E), not normalised: visual projection of the pooled class token.
+    /// Image features (B, E), not normalised: the image tower's pooled output, projected.
     pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .visual_projection
-            .forward(&self.vision.forward(pixels)?)?)
+        self.vision.forward(pixels)
     }
 
     /// The image side on `device` (a copy of its weights when that is another device), with the
@@ -186,11 +177,6 @@ impl Clip {
                 self.vision.clone()
             } else {
                 self.vision.to_device(device)?
-            },
-            projection: if same {
-                self.visual_projection.clone()
-            } else {
-                self.visual_projection.to_device(device)?
             },
             image_config: self.image_config.clone(),
             device: device.clone(),
@@ -275,11 +261,68 @@ impl Clip {
     }
 }
 
+/// CLIP's image tower with its projection to the joint embedding.
+#[derive(Debug, Clone)]
+pub enum VisionTower {
+    /// A ViT's pooled class token, then the visual projection.
+    Vit {
+        encoder: VisionTransformer,
+        projection: Linear,
+    },
+    /// A ModifiedResNet, whose attention pool projects to the joint embedding itself.
+    ResNet(ModifiedResNet),
+}
+
+impl VisionTower {
+    fn load(w: &Weights, config: &ClipVisionConfig, embed_dim: usize) -> Result<Self> {
+        if let Some(shape) = config.resnet {
+            return Ok(Self::ResNet(ModifiedResNet::load(
+                w,
+                shape,
+                config.image_size,
+                config.num_channels,
+                embed_dim,
+            )?));
+        }
+        Ok(Self::Vit {
+            encoder: VisionTransformer::load(w, config)?,
+            projection: Linear::new(
+                w.top("visual_projection.weight", &[embed_dim, config.hidden_size])?,
+                None,
+            )?,
+        })
+    }
+
+    /// Pixels (B, C, S, S), already normalised, to image features (B, E), not normalised.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Vit {
+                encoder,
+                projection,
+            } => Ok(projection.forward(&encoder.forward(pixels)?)?),
+            Self::ResNet(resnet) => resnet.forward(pixels),
+        }
+    }
+
+    /// A copy of the tower's weights on another device.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(match self {
+            Self::Vit {
+                encoder,
+                projection,
+            } => Self::Vit {
+                encoder: encoder.to_device(device)?,
+                projection: projection.to_device(device)?,
+            },
+            Self::ResNet(resnet) => Self::ResNet(resnet.to_device(device)?),
+        })
+    }
+}
+
 /// CLIP's image tower and projection on their own (see `Clip::image_encoder`).
 #[derive(Debug, Clone)]
 pub struct ImageEncoder {
-    vision: VisionTransformer,
-    projection: Linear,
+    vision: VisionTower,
     pub image_config: ImageConfig,
     pub device: Device,
     pub dtype: DType,
@@ -295,7 +338,7 @@ impl ImageEncoder {
             c.std,
             self.dtype,
         )?;
-        Ok(self.projection.forward(&self.vision.forward(&pixels)?)?)
+        self.vision.forward(&pixels)
     }
 }
 

@@ -3,6 +3,7 @@
 //! (`transformer.resblocks.N.attn.in_proj_weight`, `visual.*`), which is what the official
 //! prompt-learning code loads. Model code asks for tensors by role; this file maps roles to names.
 use super::config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
+use super::resnet::ResNetShape;
 use crate::{Error, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
@@ -13,6 +14,28 @@ pub enum Naming {
     HuggingFace,
     OpenAi,
 }
+
+/// The image towers of OpenAI's CLIP.
+enum ImageTower {
+    Vit,
+    ResNet,
+}
+
+/// Tensors every OpenAI-named ViT image tower has (its patch embedding first).
+const VIT_MARKERS: [&str; 4] = [
+    "visual.conv1.weight",
+    "visual.class_embedding",
+    "visual.positional_embedding",
+    "visual.transformer.resblocks.0.attn.in_proj_weight",
+];
+
+/// Tensors every OpenAI-named ModifiedResNet image tower has.
+const RESNET_MARKERS: [&str; 4] = [
+    "visual.conv1.weight",
+    "visual.bn1.running_var",
+    "visual.layer1.0.conv1.weight",
+    "visual.attnpool.positional_embedding",
+];
 
 /// The two towers share block structure; only the name prefixes differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,12 +77,6 @@ impl Weights {
                 path.display()
             )));
         };
-        if naming == Naming::OpenAi && has("visual.layer1.0.conv1.weight") {
-            return Err(Error::Unsupported(format!(
-                "{}: ResNet image encoders (RN50, RN101, ...) are not supported yet; use a ViT checkpoint",
-                path.display()
-            )));
-        }
         Ok(Self {
             st,
             path: path.to_path_buf(),
@@ -84,6 +101,11 @@ impl Weights {
     /// integer weights, and integers relabelled as weights would only compute garbage) and that
     /// its values are finite, converted to the compute dtype.
     pub fn get(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
+        self.get_as(name, expected, self.dtype)
+    }
+
+    /// `get`, converted to `dtype` instead of the compute dtype.
+    pub fn get_as(&self, name: &str, expected: &[usize], to: DType) -> Result<Tensor> {
         let actual = self.require_shape(name)?;
         if actual != expected {
             return Err(Error::ShapeMismatch {
@@ -108,7 +130,12 @@ impl Weights {
                 self.path.display()
             )));
         }
-        Ok(t.to_dtype(self.dtype)?)
+        Ok(t.to_dtype(to)?)
+    }
+
+    /// The compute dtype tensors are converted to.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// The weights file.
@@ -128,26 +155,13 @@ impl Weights {
         let pos = self.require_shape("positional_embedding")?;
         let proj = self.require_shape("text_projection")?;
         let fc = self.require_shape("transformer.resblocks.0.mlp.c_fc.weight")?;
-        let conv = self.require_shape("visual.conv1.weight")?;
-        let vpos = self.require_shape("visual.positional_embedding")?;
-        let vfc = self.require_shape("visual.transformer.resblocks.0.mlp.c_fc.weight")?;
         let bad = |msg: String| Error::bad_config(&self.path, msg);
-        if emb.len() != 2 || pos.len() != 2 || proj.len() != 2 || conv.len() != 4 || vpos.len() != 2
-        {
+        if emb.len() != 2 || pos.len() != 2 || proj.len() != 2 {
             return Err(bad(
                 "unexpected tensor ranks for an OpenAI CLIP state dict".into()
             ));
         }
         let width = emb[1];
-        let vision_width = conv[0];
-        let patch = conv[2];
-        let grid = ((vpos[0] - 1) as f64).sqrt().round() as usize;
-        if grid * grid + 1 != vpos[0] {
-            return Err(bad(format!(
-                "visual.positional_embedding has {} rows, not a square grid + 1",
-                vpos[0]
-            )));
-        }
         // OpenAI's build_model: heads = width / 64 for both towers.
         let heads = |w: usize, which: &str| {
             if !w.is_multiple_of(64) {
@@ -158,6 +172,13 @@ impl Weights {
                 Ok(w / 64)
             }
         };
+        let vision_config = match self.image_tower()? {
+            ImageTower::Vit => self.infer_vit()?,
+            ImageTower::ResNet => self.infer_resnet()?,
+        };
+        if vision_config.resnet.is_none() {
+            heads(vision_config.hidden_size, "vision")?;
+        }
         let config = ClipConfig {
             text_config: ClipTextConfig {
                 vocab_size: emb[0],
@@ -170,22 +191,126 @@ impl Weights {
                 hidden_act: "quick_gelu".into(),
                 layer_norm_eps: 1e-5,
             },
-            vision_config: ClipVisionConfig {
-                hidden_size: vision_width,
-                intermediate_size: vfc[0],
-                num_hidden_layers: self
-                    .count_layers("visual.transformer.resblocks.", ".attn.in_proj_weight"),
-                num_attention_heads: heads(vision_width, "vision")?,
-                num_channels: conv[1],
-                image_size: grid * patch,
-                patch_size: patch,
-                hidden_act: "quick_gelu".into(),
-                layer_norm_eps: 1e-5,
-            },
+            vision_config,
             projection_dim: proj[1],
         };
         config.validate().map_err(bad)?;
         Ok(config)
+    }
+
+    /// Which image tower an OpenAI-named state dict holds, by the tensors that tell them apart.
+    fn image_tower(&self) -> Result<ImageTower> {
+        let has = |n: &str| self.shape_of(n).is_some();
+        if has(VIT_MARKERS[1]) && has(VIT_MARKERS[2]) && has(VIT_MARKERS[3]) {
+            Ok(ImageTower::Vit)
+        } else if RESNET_MARKERS.iter().all(|n| has(n)) {
+            Ok(ImageTower::ResNet)
+        } else {
+            let list = |names: &[&str]| {
+                names
+                    .iter()
+                    .map(|n| format!("`{n}`{}", if has(n) { "" } else { " (missing)" }))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            Err(Error::Unsupported(format!(
+                "{}: the image tower is neither a ViT, which has {}, nor a ModifiedResNet (RN50, RN101, RN50x4, ...), which has {}",
+                self.path.display(),
+                list(&VIT_MARKERS),
+                list(&RESNET_MARKERS)
+            )))
+        }
+    }
+
+    fn infer_vit(&self) -> Result<ClipVisionConfig> {
+        let bad = |msg: String| Error::bad_config(&self.path, msg);
+        let conv = self.require_shape("visual.conv1.weight")?;
+        let vpos = self.require_shape("visual.positional_embedding")?;
+        let vfc = self.require_shape("visual.transformer.resblocks.0.mlp.c_fc.weight")?;
+        if conv.len() != 4 || vpos.len() != 2 || vfc.len() != 2 {
+            return Err(bad(
+                "unexpected tensor ranks for an OpenAI CLIP ViT image tower".into(),
+            ));
+        }
+        let vision_width = conv[0];
+        let patch = conv[2];
+        let grid = ((vpos[0] - 1) as f64).sqrt().round() as usize;
+        if grid * grid + 1 != vpos[0] {
+            return Err(bad(format!(
+                "visual.positional_embedding has {} rows, not a square grid + 1",
+                vpos[0]
+            )));
+        }
+        Ok(ClipVisionConfig {
+            hidden_size: vision_width,
+            intermediate_size: vfc[0],
+            num_hidden_layers: self
+                .count_layers("visual.transformer.resblocks.", ".attn.in_proj_weight"),
+            num_attention_heads: vision_width / 64,
+            num_channels: conv[1],
+            image_size: grid * patch,
+            patch_size: patch,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+            resnet: None,
+        })
+    }
+
+    /// A ModifiedResNet's shape, as OpenAI's build_model reads it: blocks per stage counted, the
+    /// width from the first block's conv1, the resolution from the attention pool's positions
+    /// (a square grid, 32 pixels a cell, plus the mean token).
+    fn infer_resnet(&self) -> Result<ClipVisionConfig> {
+        let bad = |msg: String| Error::bad_config(&self.path, msg);
+        let mut layers = [0; 4];
+        for (i, n) in layers.iter_mut().enumerate() {
+            *n = self.count_layers(&format!("visual.layer{}.", i + 1), ".conv1.weight");
+            if *n == 0 {
+                return Err(Error::MissingTensor {
+                    name: format!("visual.layer{}.0.conv1.weight", i + 1),
+                    path: self.path.clone(),
+                });
+            }
+        }
+        let conv = self.require_shape("visual.layer1.0.conv1.weight")?;
+        let stem = self.require_shape("visual.conv1.weight")?;
+        let pos = self.require_shape("visual.attnpool.positional_embedding")?;
+        if conv.len() != 4 || stem.len() != 4 || pos.len() != 2 {
+            return Err(bad(
+                "unexpected tensor ranks for an OpenAI CLIP ModifiedResNet image tower".into(),
+            ));
+        }
+        let shape = ResNetShape {
+            layers,
+            width: conv[0],
+        };
+        let grid = ((pos[0].max(1) - 1) as f64).sqrt().round() as usize;
+        if grid == 0 || grid * grid + 1 != pos[0] {
+            return Err(bad(format!(
+                "visual.attnpool.positional_embedding has {} rows, not a square grid + 1",
+                pos[0]
+            )));
+        }
+        if shape.width < 2
+            || !shape.width.is_multiple_of(2)
+            || !shape.pool_width().is_multiple_of(64)
+        {
+            return Err(bad(format!(
+                "visual.layer1.0.conv1.weight gives a ResNet width of {}; OpenAI's ModifiedResNet needs an even width whose 32 times is a multiple of 64 (its 64-dim attention heads)",
+                shape.width
+            )));
+        }
+        Ok(ClipVisionConfig {
+            hidden_size: shape.pool_width(),
+            intermediate_size: 0,
+            num_hidden_layers: layers.iter().sum(),
+            num_attention_heads: shape.heads(),
+            num_channels: stem[1],
+            image_size: grid * 32,
+            patch_size: 32,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+            resnet: Some(shape),
+        })
     }
 
     // ---- role-based accessors used by the model builders ----
