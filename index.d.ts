@@ -157,6 +157,10 @@ export interface NativeModelInfo {
   visionWidth: number
   textLayers: number
   visionLayers: number
+  /** "vit" or "resnet" (OpenAI's ModifiedResNet: RN50, RN101, RN50x4, ...). */
+  visionArch: string
+  /** A ResNet's Bottleneck blocks per stage ([3, 4, 6, 3] for RN50); absent for a ViT. */
+  resnetLayers?: Array<number>
   textActivation: string
   /** The multiplier of the cosine similarities, exp(logit_scale) (about 100 in real models). */
   logitScale: number
