@@ -67,9 +67,13 @@ export type {
   ProtocolName,
   ProtocolOptions,
   ProtocolResults,
+  QueueWorker,
   RunKey,
   RunRecord,
+  RunStatus,
+  WorkerEvent,
+  WorkerOptions,
 } from './protocols'
-export { runProtocol } from './protocols'
+export { runProtocol, startWorker, sweepStatus } from './protocols'
 export type { Dataset, FitOptions, TrainOptions, TrainProgress, TrainSummary } from './train'
 export { Trainer } from './train'

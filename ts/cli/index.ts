@@ -17,6 +17,7 @@ import * as predict from './predict'
 import { Progress } from './progress'
 import * as run from './run'
 import * as train from './train'
+import * as worker from './worker'
 
 const VERSION: string = (packageRequire('../package.json') as { version: string }).version
 
@@ -39,6 +40,7 @@ function program(ctx: Ctx): Command {
   run.register(p, ctx)
   demo.register(p, ctx)
   info.register(p, ctx)
+  worker.register(p, ctx)
   for (const cmd of p.commands) {
     cmd
       .exitOverride()
@@ -49,7 +51,7 @@ function program(ctx: Ctx): Command {
   return p
 }
 
-const COMMANDS = ['zeroshot', 'train', 'eval', 'predict', 'interpret', 'run', 'demo', 'info'] as const
+const COMMANDS = ['zeroshot', 'train', 'eval', 'predict', 'interpret', 'run', 'demo', 'info', 'worker'] as const
 
 /** The words of a commander error, without its "error: " prefix. */
 function usageMessage(err: CommanderError, argv: string[]): string {

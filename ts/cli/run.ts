@@ -13,6 +13,8 @@ import {
   type RunKey,
   runProtocol,
 } from '../protocols'
+import { checkQueueUrl, sweepStatus } from '../protocols/queue'
+import { folderStatus } from '../protocols/status'
 import type { TrainOptions } from '../train'
 import {
   addJsonOption,
@@ -21,6 +23,7 @@ import {
   type Ctx,
   checkModel,
   choiceList,
+  device,
   EXIT,
   EXIT_HELP,
   given,
@@ -53,7 +56,16 @@ interface Flags extends ModelFlags {
   augment?: boolean
   batchSize?: number
   skipUnreadable?: boolean
+  queue?: string
+  devices?: string[]
+  status?: boolean
   json?: boolean
+}
+
+/** A comma-separated list of devices, each cpu, cuda or cuda:N; one may be listed more than once
+ *  (two workers sharing a large GPU, or several on the CPU). */
+function deviceList(value: string): string[] {
+  return value.split(',').map((d) => device(d.trim()))
 }
 
 export function register(program: Command, ctx: Ctx): void {
@@ -66,8 +78,11 @@ export function register(program: Command, ctx: Ctx): void {
         'checkpoints and results (results.json, results.md, report.html) go to --out; running the ' +
         'same command again skips finished runs and resumes an interrupted one.',
     )
-    .addArgument(new Argument('<protocol>', 'the protocol').choices(PROTOCOLS))
-    .argument('<dataset>', 'the dataset learned on: a catalog name, an image folder, a split file or a CSV')
+    .addArgument(new Argument('[protocol]', 'the protocol (required but with --status)').choices(PROTOCOLS))
+    .argument(
+      '[dataset]',
+      'the dataset learned on: a catalog name, an image folder, a split file or a CSV (required but with --status)',
+    )
     .addOption(
       new Option('--targets <a,b>', 'datasets evaluated on (cross-dataset, domain-generalization)').argParser(nameList),
     )
@@ -90,12 +105,32 @@ export function register(program: Command, ctx: Ctx): void {
     .option('--no-augment', 'no augmentation in training')
     .addOption(new Option('--batch-size <n>', 'images per forward pass at evaluation').argParser(positiveInt))
     .option('--skip-unreadable', 'skip images that cannot be read (and count them) instead of failing')
+    .option(
+      '--queue <url>',
+      'spread the runs over a job queue (BullMQ on Redis, redis://host:port): one job per run, run by ' +
+        '`promptclip worker --queue <url>` processes on any machine that sees --out and the data',
+    )
+    .addOption(
+      new Option(
+        '--devices <list>',
+        'without --queue: one local worker process per device, e.g. cuda:0,cuda:1',
+      ).argParser(deviceList),
+    )
+    .option('--status', 'print the state and progress of each run (of --out, on --queue or in the folder) and exit')
   addModelOptions(cmd)
   addJsonOption(cmd)
   cmd.addHelpText('after', EXIT_HELP)
-  cmd.action(async (protocol: ProtocolName, dataset: string, flags: Flags, command: Command) => {
-    ctx.exitCode = await run(protocol, dataset, flags, command, ctx)
-  })
+  cmd.action(
+    async (protocol: ProtocolName | undefined, dataset: string | undefined, flags: Flags, command: Command) => {
+      if (flags.status) {
+        ctx.exitCode = await status(flags)
+        return
+      }
+      if (protocol === undefined) throw badInput("missing required argument 'protocol'")
+      if (dataset === undefined) throw badInput("missing required argument 'dataset'")
+      ctx.exitCode = await run(protocol, dataset, flags, command, ctx)
+    },
+  )
 }
 
 /** A path-like source must exist; a bare word is a catalog name, checked by the runner. */
@@ -113,6 +148,10 @@ async function run(protocol: ProtocolName, dataset: string, flags: Flags, comman
   if (needsTargets && !flags.targets) throw badInput(`${protocol} needs --targets (the datasets evaluated on)`)
   if (!needsTargets && flags.targets) throw badInput(`--targets is for cross-dataset and domain-generalization`)
   checkModel(flags)
+  if (flags.queue !== undefined) checkQueueUrl(flags.queue)
+  if (flags.queue !== undefined && flags.devices !== undefined) {
+    throw badInput('--devices is for local workers; with --queue, start one `promptclip worker` per device')
+  }
   checkSource(dataset, 'dataset')
   for (const t of flags.targets ?? []) checkSource(t, 'target')
   const learnerFlags = ['epochs', 'lr', 'trainBatchSize', 'augment'].filter((k) => given(command, k))
@@ -210,6 +249,8 @@ async function run(protocol: ProtocolName, dataset: string, flags: Flags, comman
     train: Object.keys(recipe).length > 0 ? Object.fromEntries(LEARNERS.map((m) => [m, recipe])) : undefined,
     batchSize: flags.batchSize,
     skipUnreadable: flags.skipUnreadable,
+    queue: flags.queue,
+    devices: flags.devices,
     onEvent,
     signal: ctx.interrupt.signal(),
   }
@@ -234,4 +275,39 @@ async function run(protocol: ProtocolName, dataset: string, flags: Flags, comman
     }
     throw err
   }
+}
+
+/** `run --status`: each run's state, from the queue (with --queue) or from the --out folder. */
+async function status(flags: Flags): Promise<number> {
+  if (flags.queue === undefined && flags.out === undefined) {
+    throw badInput('--status needs --queue (every queued run) or --out (the runs of that folder)')
+  }
+  if (flags.out !== undefined && !existsSync(flags.out)) {
+    throw new PromptclipError('E_FILE_NOT_FOUND', `--out ${flags.out} does not exist`)
+  }
+  const rows =
+    flags.queue !== undefined
+      ? await sweepStatus(checkQueueUrl(flags.queue), flags.out)
+      : folderStatus(flags.out as string)
+  if (flags.json) {
+    printJson(rows)
+    return EXIT.OK
+  }
+  if (rows.length === 0) {
+    print(flags.queue !== undefined ? `no runs on ${flags.queue}` : `no runs in ${flags.out}`)
+    return EXIT.OK
+  }
+  for (const r of rows) {
+    // The last progress a run reported is shown while it runs; a finished run's is stale.
+    const p = r.state === 'active' ? r.progress : null
+    const detail =
+      p?.type === 'train-progress'
+        ? `epoch ${p.epoch}/${p.epochs}, step ${p.step}/${p.stepsPerEpoch}, loss ${p.loss.toFixed(4)}`
+        : p?.type === 'eval-progress'
+          ? `evaluating ${p.split}: ${p.done}/${p.total} images`
+          : ''
+    const failed = r.failedReason ? ` ${r.failedReason}` : ''
+    print(`${r.run.padEnd(28)} ${r.state.padEnd(10)} ${detail}${failed}`.trimEnd())
+  }
+  return EXIT.OK
 }

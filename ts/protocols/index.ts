@@ -8,12 +8,16 @@
  *   runs/<run>/learner.safetensors the trained learner (reusable with PromptLearner.load)
  *   runs/<run>/train.json         its training summary (so evaluation can resume without training)
  *   runs/<run>/checkpoint.safetensors  while a run trains (removed when it is finished)
+ *   runs/<run>/failed.json        the error that ended a run on a worker (removed when it finishes)
  *   results.json, results.md, report.html
  */
 import type { Precision } from '../clip'
 import type { DatasetSplits } from '../datasets'
 import type { TrainOptions } from '../train'
 import { executeProtocol } from './run'
+
+export type { QueueWorker, RunStatus, WorkerEvent, WorkerOptions } from './queue'
+export { startWorker, sweepStatus } from './queue'
 
 export type ProtocolName = 'few-shot' | 'base-to-new' | 'cross-dataset' | 'domain-generalization'
 
@@ -55,6 +59,14 @@ export interface ProtocolOptions {
   batchSize?: number
   /** Skip images that cannot be read (and count them) instead of failing. */
   skipUnreadable?: boolean
+  /** Spread the runs over a job queue: a Redis URL (`redis://host:port`). Each run becomes one
+   *  BullMQ job, processed by `startWorker` / `promptclip worker` processes on any machine that
+   *  sees `out` and the datasets at the same paths; this call waits for them and writes the
+   *  results as without a queue. */
+  queue?: string
+  /** Without a queue: one local worker process per device (e.g. `['cuda:0', 'cuda:1']`). With one
+   *  device or none, the runs execute in this process. */
+  devices?: string[]
   onEvent?: (event: ProtocolEvent) => void
   signal?: AbortSignal
 }
@@ -142,6 +154,8 @@ export interface RunRecord {
   } | null
   timings: { trainSeconds: number; evalSeconds: number; totalSeconds: number }
   versions: Record<string, string>
+  /** The worker that ran it: host, process and device. */
+  executedBy: { host: string; pid: number; device: string }
   finishedAt: string
 }
 

@@ -3,6 +3,7 @@
  * checkpoint, evaluated on every split, and its record written before the next run starts.
  */
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs'
+import { hostname } from 'node:os'
 import { join, resolve } from 'node:path'
 import { PACKAGE_ROOT } from '../binding'
 import { BUILTIN_MODEL, Clip, cudaCompiled, DEFAULT_TEMPLATE, type DeviceName } from '../clip'
@@ -13,7 +14,10 @@ import { type Method, PromptLearner } from '../prompt'
 import { writeFileAtomic } from '../report'
 import { Trainer, type TrainOptions, type TrainSummary } from '../train'
 import type { EvalRecord, ProtocolEvent, ProtocolOptions, ProtocolResults, RunKey, RunRecord } from './index'
+import { type Executor, sweepOptions } from './jobs'
+import { checkDevices, sweepOnLocalWorkers } from './local'
 import { coopEpochs, ENSEMBLE_TEMPLATES, planRuns, type ResolvedOptions, resolveOptions, runId } from './plan'
+import { checkQueueUrl, sweepOnQueue } from './queue'
 import { renderProtocolReport } from './report'
 import { formatProtocolTable } from './table'
 
@@ -24,8 +28,10 @@ interface EvalTarget {
   data: LabelledDataset
 }
 
-interface Context {
+export interface Context {
   o: ResolvedOptions
+  /** The options as given (a worker's, with its own device). */
+  options: ProtocolOptions
   clip: Clip
   modelConfig: Record<string, unknown>
   source: DatasetSplits
@@ -35,6 +41,8 @@ interface Context {
   emit: (e: ProtocolEvent) => void
   signal?: AbortSignal
   samples: Map<string, { train: LabelledDataset; val: LabelledDataset }>
+  /** Who runs the runs (recorded in each result). */
+  executor: Executor
 }
 
 function versions(): Record<string, string> {
@@ -81,10 +89,42 @@ function openWithTest(key: string, o: ResolvedOptions, options: ProtocolOptions)
 }
 
 export async function executeProtocol(options: ProtocolOptions): Promise<ProtocolResults> {
+  // Where the runs execute is checked before anything is loaded, as the rest of the options are.
+  if (options.queue !== undefined) checkQueueUrl(options.queue)
+  if (options.devices !== undefined) checkDevices(options.devices)
+  if (options.queue !== undefined && options.devices !== undefined) {
+    throw invalidArgument('devices: with a queue, start one worker per device instead')
+  }
+  if (options.queue !== undefined || (options.devices?.length ?? 0) > 1) sweepOptions(options)
+  const ctx = await prepareProtocol(options)
+  const runs = planRuns(ctx.o)
+  ctx.emit({ type: 'plan', runs })
+  const records = options.queue
+    ? await sweepOnQueue(ctx, runs, options.queue)
+    : (options.devices?.length ?? 0) > 1
+      ? await sweepOnLocalWorkers(ctx, runs, options.devices as string[])
+      : await sweepInProcess(ctx, runs)
+  return writeProtocolResults(ctx, records)
+}
+
+/** Every run in this process, one after the other. */
+async function sweepInProcess(ctx: Context, runs: RunKey[]): Promise<RunRecord[]> {
+  const records: RunRecord[] = []
+  for (const [index, run] of runs.entries()) {
+    if (ctx.signal?.aborted) throw new AbortError(`cancelled before run ${runId(run)}`)
+    records.push(await executeRun(ctx, run, index, runs.length))
+  }
+  return records
+}
+
+/**
+ * What every run of a protocol shares: the resolved options, the datasets (opened, with a test
+ * split) and the model. The single-process runner, a queue's coordinator and each worker build it
+ * the same way from the same options.
+ */
+export async function prepareProtocol(options: ProtocolOptions): Promise<Context> {
   const o = resolveOptions(options)
   const emit = options.onEvent ?? (() => {})
-  const runs = planRuns(o)
-  emit({ type: 'plan', runs })
   const source = openWithTest(o.dataset, o, options)
   for (const s of source.skipped.slice(0, 5)) emit({ type: 'log', message: `skipped ${s.path}: ${s.reason}` })
   if (source.skipped.length > 5) emit({ type: 'log', message: `skipped ${source.skipped.length} files in all` })
@@ -92,8 +132,10 @@ export async function executeProtocol(options: ProtocolOptions): Promise<Protoco
   const model = options.model ?? BUILTIN_MODEL
   const clip = await Clip.load(model, { device: (options.device ?? 'cpu') as DeviceName, dtype: options.dtype })
   const info = clip.info
-  const ctx: Context = {
+  mkdirSync(join(o.out, 'runs'), { recursive: true })
+  return {
     o,
+    options,
     clip,
     modelConfig: {
       path: model === BUILTIN_MODEL ? 'built-in' : resolve(model),
@@ -110,13 +152,13 @@ export async function executeProtocol(options: ProtocolOptions): Promise<Protoco
     emit,
     signal: options.signal,
     samples: new Map(),
+    executor: { host: hostname(), pid: process.pid, device: options.device ?? 'cpu' },
   }
-  mkdirSync(join(o.out, 'runs'), { recursive: true })
-  const records: RunRecord[] = []
-  for (const [index, run] of runs.entries()) {
-    if (options.signal?.aborted) throw new AbortError(`cancelled before run ${runId(run)}`)
-    records.push(await executeRun(ctx, run, index, runs.length))
-  }
+}
+
+/** The table, results.json, results.md and report.html from every run's record. */
+function writeProtocolResults(ctx: Context, records: RunRecord[]): ProtocolResults {
+  const o = ctx.o
   const table = formatProtocolTable(o, records)
   const files = {
     json: join(o.out, 'results.json'),
@@ -220,7 +262,7 @@ function runConfig(ctx: Context, run: RunKey): Record<string, unknown> {
   }
 }
 
-async function executeRun(ctx: Context, run: RunKey, index: number, total: number): Promise<RunRecord> {
+export async function executeRun(ctx: Context, run: RunKey, index: number, total: number): Promise<RunRecord> {
   const dir = join(ctx.o.out, 'runs', runId(run))
   const files = {
     result: join(dir, 'result.json'),
@@ -321,6 +363,7 @@ async function executeRun(ctx: Context, run: RunKey, index: number, total: numbe
       totalSeconds: (Date.now() - t0) / 1000,
     },
     versions: ctx.versions,
+    executedBy: ctx.executor,
     finishedAt: new Date().toISOString(),
   }
   writeJson(files.result, record)

@@ -1,0 +1,162 @@
+/**
+ * Sweeps over the devices of one machine without a queue server: one worker process per device
+ * (`promptclip worker --local`, forked with an IPC channel), each running the jobs it is handed
+ * through the same job code as a queue worker (jobs.ts). A worker that dies mid-run is replaced
+ * and its run handed out again, resuming from the run's checkpoint, as a queue would; a run that
+ * fails for bad input is not retried.
+ */
+import { type ChildProcess, fork } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { PACKAGE_ROOT } from '../binding'
+import { AbortError, type ErrorCode, invalidArgument, PromptclipError } from '../errors'
+import type { ProtocolEvent, RunKey, RunRecord } from './index'
+import { type RunJob, runFolder, sweepId, sweepOptions } from './jobs'
+import { runId } from './plan'
+import { ATTEMPTS } from './queue'
+import { type Context, executeRun } from './run'
+
+/** Parent -> worker. */
+export type ToWorker = { type: 'job'; job: RunJob } | { type: 'stop' }
+/** Worker -> parent. */
+export type FromWorker =
+  | { type: 'ready' }
+  | { type: 'event'; event: ProtocolEvent }
+  | { type: 'done'; record: RunRecord }
+  | { type: 'failed'; code: ErrorCode; message: string; permanent: boolean }
+
+/** The command-line entry that `fork` starts (the package's own CLI). */
+const CLI = join(PACKAGE_ROOT, 'dist', 'cli.js')
+
+export function checkDevices(devices: unknown): string[] {
+  if (!Array.isArray(devices) || devices.length === 0 || devices.some((d) => typeof d !== 'string' || d === '')) {
+    throw invalidArgument(`devices: ${JSON.stringify(devices)} is not a non-empty list of device names`)
+  }
+  return devices as string[]
+}
+
+interface Slot {
+  device: string
+  child: ChildProcess | null
+  job: { entry: Entry } | null
+}
+
+interface Entry {
+  index: number
+  run: RunKey
+  attempts: number
+}
+
+export async function sweepOnLocalWorkers(ctx: Context, runs: RunKey[], devices: string[]): Promise<RunRecord[]> {
+  checkDevices(devices)
+  const options = sweepOptions(ctx.options)
+  const sweep = sweepId(options.out)
+  const records = new Map<number, RunRecord>()
+  const todo: Entry[] = []
+  for (const [index, run] of runs.entries()) {
+    if (existsSync(join(runFolder(options.out, run), 'result.json'))) {
+      records.set(index, await executeRun(ctx, run, index, runs.length))
+    } else {
+      todo.push({ index, run, attempts: 0 })
+    }
+  }
+  const failures: { run: RunKey; code: ErrorCode; message: string }[] = []
+  const slots: Slot[] = devices.map((device) => ({ device, child: null, job: null }))
+  let stopping = false
+
+  await new Promise<void>((resolveAll, rejectAll) => {
+    const finished = () => todo.length === 0 && slots.every((s) => s.job === null)
+    const settle = () => {
+      if (!finished()) return
+      for (const s of slots) s.child?.send({ type: 'stop' } satisfies ToWorker)
+      resolveAll()
+    }
+    const dispatch = (slot: Slot) => {
+      if (stopping || slot.job || !slot.child?.connected) return
+      const entry = todo.shift()
+      if (!entry) return settle()
+      entry.attempts++
+      slot.job = { entry }
+      const job: RunJob = { sweep, options, run: entry.run, index: entry.index, total: runs.length }
+      ctx.emit({
+        type: 'run-start',
+        run: entry.run,
+        index: entry.index,
+        total: runs.length,
+        resumed: entry.attempts > 1,
+      })
+      slot.child.send({ type: 'job', job } satisfies ToWorker)
+    }
+    const start = (slot: Slot) => {
+      const child = fork(CLI, ['worker', '--local', '--device', slot.device], {
+        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+        serialization: 'advanced',
+      })
+      slot.child = child
+      child.on('message', (m: FromWorker) => {
+        if (m.type === 'ready') dispatch(slot)
+        else if (m.type === 'event') {
+          // Starts and ends of runs are this side's to report (it knows the retries).
+          if (m.event.type !== 'run-start' && m.event.type !== 'run-done' && m.event.type !== 'run-skipped')
+            ctx.emit(m.event)
+        } else if (m.type === 'done' && slot.job) {
+          const { entry } = slot.job
+          records.set(entry.index, m.record)
+          const metrics = Object.fromEntries(m.record.evaluations.map((e) => [e.split, e.accuracy]))
+          ctx.emit({ type: 'run-done', run: entry.run, index: entry.index, total: runs.length, metrics })
+          slot.job = null
+          dispatch(slot)
+        } else if (m.type === 'failed' && slot.job) {
+          const { entry } = slot.job
+          slot.job = null
+          if (!m.permanent && entry.attempts < ATTEMPTS && m.code !== 'E_CANCELLED') {
+            ctx.emit({ type: 'log', message: `${runId(entry.run)} failed (${m.message}); trying again` })
+            todo.push(entry)
+          } else {
+            failures.push({ run: entry.run, code: m.code, message: m.message })
+            ctx.emit({ type: 'log', message: `${runId(entry.run)} failed: ${m.message}` })
+          }
+          dispatch(slot)
+        }
+      })
+      child.on('exit', (code, signal) => {
+        slot.child = null
+        const lost = slot.job?.entry
+        slot.job = null
+        if (stopping) return finished() ? resolveAll() : undefined
+        if (lost) {
+          // The worker died mid-run: the run goes back, to resume from its checkpoint.
+          ctx.emit({
+            type: 'log',
+            message: `the worker on ${slot.device} stopped (${signal ?? `exit ${code}`}) during ${runId(lost.run)}; it runs again`,
+          })
+          if (lost.attempts < ATTEMPTS + 10) todo.unshift(lost)
+          else failures.push({ run: lost.run, code: 'E_INTERNAL', message: 'its worker died on every attempt' })
+        }
+        if (finished()) return settle()
+        if (code !== 0 || lost) start(slot)
+      })
+    }
+    ctx.signal?.addEventListener('abort', () => {
+      stopping = true
+      // Each worker stops its run at a checkpoint and exits; the rerun resumes there.
+      for (const s of slots) s.child?.kill('SIGINT')
+      const wait = () =>
+        slots.every((s) => s.child === null)
+          ? rejectAll(new AbortError('cancelled; the runs in progress left checkpoints'))
+          : setTimeout(wait, 100)
+      wait()
+    })
+    if (todo.length === 0) return resolveAll()
+    for (const slot of slots.slice(0, Math.max(1, Math.min(slots.length, todo.length)))) start(slot)
+  })
+
+  if (failures.length > 0) {
+    const list = failures.map((f) => `${runId(f.run)}: ${f.message}`).join('; ')
+    throw new PromptclipError(
+      failures[0].code,
+      `${failures.length} of ${runs.length} runs failed (${list}); the other runs' results are in ${options.out}`,
+    )
+  }
+  return runs.map((_, i) => records.get(i) as RunRecord)
+}
