@@ -154,6 +154,20 @@ impl ConvBn {
 fn im2col_3x3(x: &Tensor, stride: usize) -> candle_core::Result<(Tensor, usize, usize)> {
     let (b, h, w, c) = x.dims4()?;
     let (ho, wo) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
+    if x.device().is_cpu() {
+        let cols = x
+            .contiguous()?
+            .apply_op1_no_bwd(&crate::kernels::conv::Im2Col3x3 { stride })?;
+        return Ok((cols, ho, wo));
+    }
+    Ok((im2col_3x3_ops(x, stride)?, ho, wo))
+}
+
+/// `im2col_3x3` composed from candle's ops (the GPU's path): pad, nine strided copies and a
+/// concatenation, each one kernel.
+fn im2col_3x3_ops(x: &Tensor, stride: usize) -> candle_core::Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    let (ho, wo) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
     let windows = match stride {
         1 => {
             let xp = x.pad_with_zeros(1, 1, 1)?.pad_with_zeros(2, 1, 1)?;
@@ -189,8 +203,7 @@ fn im2col_3x3(x: &Tensor, stride: usize) -> candle_core::Result<(Tensor, usize, 
         }
         s => candle_core::bail!("3x3 convolution with stride {s}: only 1 and 2 occur in CLIP"),
     };
-    let cols = Tensor::cat(&windows, 3)?.reshape((b * ho * wo, 9 * c))?;
-    Ok((cols, ho, wo))
+    Tensor::cat(&windows, 3)?.reshape((b * ho * wo, 9 * c))
 }
 
 /// PyTorch's AvgPool2d(s) (stride s, no padding, floor) on x (B, H, W, C).
@@ -198,6 +211,16 @@ fn avg_pool(x: &Tensor, s: usize) -> candle_core::Result<Tensor> {
     if s == 1 {
         return Ok(x.clone());
     }
+    if x.device().is_cpu() {
+        return x
+            .contiguous()?
+            .apply_op1_no_bwd(&crate::kernels::conv::AvgPool { s });
+    }
+    avg_pool_ops(x, s)
+}
+
+/// `avg_pool` composed from candle's ops (the GPU's path).
+fn avg_pool_ops(x: &Tensor, s: usize) -> candle_core::Result<Tensor> {
     let (b, h, w, c) = x.dims4()?;
     let (ho, wo) = (h / s, w / s);
     let x = if ho * s != h || wo * s != w {
@@ -487,5 +510,45 @@ impl ModifiedResNet {
             visit(&x);
         }
         Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPU kernels against the composition of candle's ops the GPU runs, on sizes that are
+    /// odd, even and smaller than a window, for both strides.
+    #[test]
+    fn cpu_kernels_equal_the_composed_ops() {
+        let dev = Device::Cpu;
+        for (b, h, w, c) in [(2, 7, 5, 3), (1, 8, 8, 4), (3, 1, 2, 5), (1, 224, 6, 3)] {
+            let x = Tensor::randn(0f32, 1.0, (b, h, w, c), &dev).unwrap();
+            for stride in [1, 2] {
+                let (fused, ..) = im2col_3x3(&x, stride).unwrap();
+                let ops = im2col_3x3_ops(&x, stride).unwrap();
+                assert_eq!(fused.dims(), ops.dims());
+                let diff = (fused - ops).unwrap().abs().unwrap().max_all().unwrap();
+                assert_eq!(
+                    diff.to_scalar::<f32>().unwrap(),
+                    0.0,
+                    "im2col {:?} stride {stride}",
+                    (b, h, w, c)
+                );
+            }
+            for s in [2, 3] {
+                if h < s || w < s {
+                    continue;
+                }
+                let (fused, ops) = (avg_pool(&x, s).unwrap(), avg_pool_ops(&x, s).unwrap());
+                assert_eq!(fused.dims(), ops.dims());
+                let diff = (fused - ops).unwrap().abs().unwrap().max_all().unwrap();
+                assert!(
+                    diff.to_scalar::<f32>().unwrap() < 1e-6,
+                    "avg pool {:?} cell {s}",
+                    (b, h, w, c)
+                );
+            }
+        }
     }
 }

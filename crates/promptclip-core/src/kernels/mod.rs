@@ -14,6 +14,8 @@ use half::{bf16, f16};
 use num_traits::{Float, One, Zero};
 use rayon::prelude::*;
 
+pub mod conv;
+
 /// Element types the CPU loops accept, with the type they accumulate in.
 trait Elem: Copy + Send + Sync + 'static {
     type A: Float + Send + Sync + std::iter::Sum;
