@@ -95,8 +95,12 @@ export async function executeProtocol(options: ProtocolOptions): Promise<Protoco
   if (options.queue !== undefined && options.devices !== undefined) {
     throw invalidArgument('devices: with a queue, start one worker per device instead')
   }
-  if (options.queue !== undefined || (options.devices?.length ?? 0) > 1) sweepOptions(options)
-  const ctx = await prepareProtocol(options)
+  const spread = options.queue !== undefined || (options.devices?.length ?? 0) > 1
+  if (spread) sweepOptions(options)
+  // Spread over workers, the runs use the workers' devices: this process only checks the
+  // settings and reads the model's shapes, on the CPU (a coordinator needs no GPU).
+  const ctx = await prepareProtocol(spread ? { ...options, device: 'cpu' } : options)
+  ctx.options = options
   const runs = planRuns(ctx.o)
   ctx.emit({ type: 'plan', runs })
   const records = options.queue

@@ -152,7 +152,7 @@ impl ConvBn {
 /// The columns of a 3×3 convolution with padding 1: x (B, H, W, C) -> ((B·H'·W', 9·C), H', W'),
 /// each row the 3×3 window around one output position, in (dy, dx, c) order.
 fn im2col_3x3(x: &Tensor, stride: usize) -> candle_core::Result<(Tensor, usize, usize)> {
-    let (b, h, w, c) = x.dims4()?;
+    let (_, h, w, _) = x.dims4()?;
     let (ho, wo) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
     if x.device().is_cpu() {
         let cols = x
