@@ -31,3 +31,8 @@ for (const o of ours) {
   }
 }
 console.table(rows)
+for (const t of theirs.filter((t) => t.what === 'image_features_check')) {
+  console.log(
+    `image features, promptclip vs ${t.impl} on the same weights and ${t.batch} images: max |diff| ${t.max_abs_diff.toExponential(2)} (${t.max_rel_diff.toExponential(2)} of max |feature| ${t.max_abs.toExponential(2)}), min cosine ${t.min_cosine.toFixed(7)}`,
+  )
+}

@@ -1,9 +1,13 @@
 //! promptclip encoding throughput at real CLIP shapes with random weights.
 //!
-//!   promptclip-bench encode <checkpoint.safetensors> [ViT-B/16] [images-dir]
+//!   promptclip-bench encode <checkpoint.safetensors> [ViT-B/16|RN50|...] [images-dir]
+//!   promptclip-bench features <checkpoint.safetensors> <arch> <out-prefix>
 //!
 //! Writes the checkpoint first when it does not exist. Prints one JSON line per measurement;
 //! bench/run.sh runs the PyTorch counterpart on the same machine and prints the ratios.
+//! `features` writes a fixed batch of pixels and their image features (tensor `x` in
+//! `<out-prefix>.pixels.safetensors` and `<out-prefix>.features.safetensors`), which
+//! bench/torch_encode.py checks the PyTorch model against.
 use promptclip_core::clip::random::{write_random_openai_clip, RandomClipSpec};
 use promptclip_core::preprocess::{preprocess_batch, ImageConfig, ImageSource};
 use promptclip_core::tensor::{DType, Device, Tensor};
@@ -211,13 +215,39 @@ fn main() {
         }
         return;
     }
+    if args.len() >= 5 && args[1] == "features" {
+        let path = Path::new(&args[2]);
+        let spec = RandomClipSpec::by_name(&args[3]).expect("arch");
+        if !path.exists() {
+            write_random_openai_clip(path, &spec, DType::F32, 0).expect("write random checkpoint");
+        }
+        let clip = Clip::load(path, &Device::Cpu).expect("load");
+        let (batch, s) = (2, spec.image_size);
+        let mut rng = promptclip_core::rng::Rng::new(1);
+        let pixels = Tensor::from_vec(
+            rng.normal_vec(batch * 3 * s * s, 1.0),
+            (batch, 3, s, s),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let feats = clip.encode_image(&pixels).unwrap();
+        let out = &args[4];
+        pixels
+            .save_safetensors("x", format!("{out}.pixels.safetensors"))
+            .unwrap();
+        feats
+            .save_safetensors("x", format!("{out}.features.safetensors"))
+            .unwrap();
+        return;
+    }
     if args.len() < 3 || args[1] != "encode" {
-        eprintln!("usage: promptclip-bench encode|coop-step|cocoop-step <checkpoint.safetensors> [ViT-B/16] [images-dir]\n       promptclip-bench gpu|e2e <work-dir> [cuda:N] [epochs]");
+        eprintln!("usage: promptclip-bench encode|coop-step|cocoop-step <checkpoint.safetensors> [ViT-B/16|RN50|...] [images-dir]\n       promptclip-bench features <checkpoint.safetensors> <arch> <out-prefix>\n       promptclip-bench gpu|e2e <work-dir> [cuda:N] [epochs]");
         std::process::exit(2);
     }
     let path = Path::new(&args[2]);
     let arch = args.get(3).map(String::as_str).unwrap_or("ViT-B/16");
-    let spec = RandomClipSpec::by_name(arch).expect("arch: ViT-B/32, ViT-B/16 or ViT-L/14");
+    let spec =
+        RandomClipSpec::by_name(arch).expect("arch: ViT-B/32, ViT-B/16, ViT-L/14, RN50 or RN101");
     if !path.exists() {
         write_random_openai_clip(path, &spec, DType::F32, 0).expect("write random checkpoint");
     }
