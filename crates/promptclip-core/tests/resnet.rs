@@ -232,6 +232,49 @@ fn rn50_equals_open_clip() {
     check_coop(&clip, &t, &md, "RN50");
 }
 
+/// RN50x4, x16 and x64 differ from RN50 only in shapes (stage depths, width, resolution, heads):
+/// a random ResNet of yet other shapes, with an odd final grid (3×3 at 96 pixels), loads with
+/// the shapes its weights imply and encodes.
+#[test]
+fn a_resnet_of_other_shapes_loads_with_the_shapes_of_its_weights() {
+    use promptclip_core::clip::random::{write_random_openai_clip, RandomClipSpec};
+    let spec = RandomClipSpec {
+        embed_dim: 40,
+        image_size: 96,
+        vision_width: 24,
+        text_width: 64,
+        text_layers: 1,
+        resnet_layers: Some([2, 1, 3, 1]),
+        ..RandomClipSpec::RN50
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rn-other.safetensors");
+    write_random_openai_clip(&path, &spec, DType::F32, 5).unwrap();
+    let clip = Clip::load(&path, &dev()).unwrap();
+    let v = &clip.config.vision_config;
+    assert_eq!(
+        v.resnet,
+        Some(ResNetShape {
+            layers: [2, 1, 3, 1],
+            width: 24
+        })
+    );
+    // Heads of 64 over the attention pool's 32 × 24 = 768 channels, as OpenAI's build_model.
+    assert_eq!(
+        (v.image_size, v.hidden_size, v.num_attention_heads),
+        (96, 768, 12)
+    );
+    let pixels = Tensor::randn(0f32, 1.0, (2, 3, 96, 96), &dev()).unwrap();
+    let f = clip.encode_image(&pixels).unwrap();
+    assert_eq!(f.dims(), &[2, 40]);
+    assert!(promptclip_core::clip::is_finite(&f).unwrap());
+    // Another resolution than the weights' is refused, naming both.
+    let err = clip
+        .encode_image(&Tensor::zeros((1, 3, 64, 64), DType::F32, &dev()).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("(1, 3, 96, 96)"), "{err}");
+}
+
 #[test]
 fn every_method_trains_and_scores_on_a_resnet() {
     let clip = tiny();
