@@ -140,12 +140,46 @@ impl ConvBn {
         let residual = residual
             .map(|r| r.reshape((b * ho * wo, c_out)))
             .transpose()?;
-        let y = match (relu, residual) {
-            (true, None) => crate::kernels::bias_act(&y, &self.bias, Some(Activation::Relu), None)?,
-            (false, r) => crate::kernels::bias_act(&y, &self.bias, None, r.as_ref())?,
-            (true, Some(r)) => crate::kernels::bias_act(&y, &self.bias, None, Some(&r))?.relu()?,
-        };
+        let y = bias_residual_relu(&y, &self.bias, relu, residual.as_ref())?;
         y.reshape((b, ho, wo, c_out))
+    }
+}
+
+/// act(y + bias (+ residual)) with act ReLU or none: one kernel on the CPU; on a GPU the fused
+/// bias kernel, then the ReLU when there is a residual.
+fn bias_residual_relu(
+    y: &Tensor,
+    bias: &Tensor,
+    relu: bool,
+    residual: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let op = crate::kernels::conv::BiasResidualRelu { relu };
+    if y.device().is_cpu() {
+        return match residual {
+            Some(r) => y.apply_op3_no_bwd(bias, &r.contiguous()?, &op),
+            None => y.apply_op2_no_bwd(bias, &op),
+        };
+    }
+    bias_residual_relu_ops(y, bias, relu, residual)
+}
+
+fn bias_residual_relu_ops(
+    y: &Tensor,
+    bias: &Tensor,
+    relu: bool,
+    residual: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let act = relu.then_some(Activation::Relu);
+    match residual {
+        None => crate::kernels::bias_act(y, bias, act, None),
+        Some(r) => {
+            let y = crate::kernels::bias_act(y, bias, None, Some(r))?;
+            if relu {
+                y.relu()
+            } else {
+                Ok(y)
+            }
+        }
     }
 }
 
@@ -535,6 +569,17 @@ mod tests {
                     "im2col {:?} stride {stride}",
                     (b, h, w, c)
                 );
+            }
+            // The folded BatchNorm, shortcut and ReLU after a convolution.
+            let y = x.reshape((b * h * w, c)).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, c, &dev).unwrap();
+            for relu in [false, true] {
+                for r in [None, Some((&y * 0.5).unwrap())] {
+                    let fused = bias_residual_relu(&y, &bias, relu, r.as_ref()).unwrap();
+                    let ops = bias_residual_relu_ops(&y, &bias, relu, r.as_ref()).unwrap();
+                    let diff = (fused - ops).unwrap().abs().unwrap().max_all().unwrap();
+                    assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "bias, relu {relu}");
+                }
             }
             for s in [2, 3] {
                 if h < s || w < s {

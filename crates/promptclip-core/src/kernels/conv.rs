@@ -143,3 +143,111 @@ impl CustomOp1 for AvgPool {
         Ok((out, Shape::from((b, h / self.s, w / self.s, c))))
     }
 }
+
+/// (y (rows, C), bias (C)[, residual (rows, C)]) -> y + bias (+ residual), then ReLU when `relu`:
+/// a convolution's folded BatchNorm, its block's shortcut and activation in one pass.
+pub struct BiasResidualRelu {
+    pub relu: bool,
+}
+
+fn bias_residual_relu<T>(y: &[T], b: &[T], r: Option<&[T]>, relu: bool) -> Vec<T>
+where
+    T: Copy + Default + PartialOrd + std::ops::Add<Output = T> + Send + Sync,
+{
+    let (n, c) = (y.len(), b.len());
+    let mut out: Vec<T> = Vec::with_capacity(n);
+    // Chunks of whole rows, large enough that scheduling them costs nothing.
+    let rows = (16_384 / c).max(1);
+    out.spare_capacity_mut()
+        .par_chunks_mut(rows * c)
+        .enumerate()
+        .for_each(|(k, o)| {
+            let at = k * rows * c;
+            for (i, o) in o.iter_mut().enumerate() {
+                let mut v = y[at + i] + b[i % c];
+                if let Some(r) = r {
+                    v = v + r[at + i];
+                }
+                if relu && v < T::default() {
+                    v = T::default();
+                }
+                o.write(v);
+            }
+        });
+    // Safety: the chunks cover all n elements and each was written above.
+    unsafe { out.set_len(n) };
+    out
+}
+
+fn bias_residual_relu_storage(
+    relu: bool,
+    (y, yl): (&CpuStorage, &Layout),
+    (b, bl): (&CpuStorage, &Layout),
+    r: Option<(&CpuStorage, &Layout)>,
+) -> Result<(CpuStorage, Shape)> {
+    const WHAT: &str = "bias_residual_relu";
+    let c = bl.shape().elem_count();
+    let dims = yl.shape().dims();
+    if c == 0 || dims.last() != Some(&c) || r.is_some_and(|(_, rl)| rl.shape() != yl.shape()) {
+        candle_core::bail!("{WHAT}: shapes {:?}, bias {:?}", yl.shape(), bl.shape());
+    }
+    macro_rules! go {
+        ($v:ident, $t:ident) => {{
+            let b = match b {
+                CpuStorage::$t(b) => contiguous(b, bl, WHAT)?,
+                _ => candle_core::bail!("{WHAT}: the bias's dtype differs"),
+            };
+            let r = match r {
+                Some((CpuStorage::$t(r), rl)) => Some(contiguous(r, rl, WHAT)?),
+                Some(_) => candle_core::bail!("{WHAT}: the residual's dtype differs"),
+                None => None,
+            };
+            CpuStorage::$t(bias_residual_relu(contiguous($v, yl, WHAT)?, b, r, relu))
+        }};
+    }
+    let out = match y {
+        CpuStorage::F32(v) => go!(v, F32),
+        CpuStorage::F64(v) => go!(v, F64),
+        CpuStorage::F16(v) => go!(v, F16),
+        CpuStorage::BF16(v) => go!(v, BF16),
+        other => candle_core::bail!(
+            "{WHAT}: unsupported dtype {:?}",
+            candle_core::backend::BackendStorage::dtype(other)
+        ),
+    };
+    Ok((out, yl.shape().clone()))
+}
+
+impl candle_core::CustomOp2 for BiasResidualRelu {
+    fn name(&self) -> &'static str {
+        "bias_residual_relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        y: &CpuStorage,
+        yl: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bias_residual_relu_storage(self.relu, (y, yl), (b, bl), None)
+    }
+}
+
+impl candle_core::CustomOp3 for BiasResidualRelu {
+    fn name(&self) -> &'static str {
+        "bias_residual_relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        y: &CpuStorage,
+        yl: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+        r: &CpuStorage,
+        rl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bias_residual_relu_storage(self.relu, (y, yl), (b, bl), Some((r, rl)))
+    }
+}
