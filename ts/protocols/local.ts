@@ -39,13 +39,23 @@ interface Slot {
   device: string
   child: ChildProcess | null
   job: { entry: Entry } | null
+  /** Exits without a finished run since the last one: a worker that cannot start stops here. */
+  crashes: number
 }
 
 interface Entry {
   index: number
   run: RunKey
+  /** Failures that may be retried (as a queue's attempts). */
   attempts: number
+  /** Workers that died while running it (as a queue's stalls). */
+  losses: number
 }
+
+/** Deaths of a run's worker before the run counts as failed (BullMQ's maxStalledCount here). */
+const MAX_LOSSES = 10
+/** Exits in a row after which a worker slot is given up. */
+const MAX_CRASHES = 3
 
 export async function sweepOnLocalWorkers(ctx: Context, runs: RunKey[], devices: string[]): Promise<RunRecord[]> {
   checkDevices(devices)
@@ -57,11 +67,11 @@ export async function sweepOnLocalWorkers(ctx: Context, runs: RunKey[], devices:
     if (existsSync(join(runFolder(options.out, run), 'result.json'))) {
       records.set(index, await executeRun(ctx, run, index, runs.length))
     } else {
-      todo.push({ index, run, attempts: 0 })
+      todo.push({ index, run, attempts: 0, losses: 0 })
     }
   }
   const failures: { run: RunKey; code: ErrorCode; message: string }[] = []
-  const slots: Slot[] = devices.map((device) => ({ device, child: null, job: null }))
+  const slots: Slot[] = devices.map((device) => ({ device, child: null, job: null, crashes: 0 }))
   let stopping = false
 
   await new Promise<void>((resolveAll, rejectAll) => {
@@ -75,7 +85,6 @@ export async function sweepOnLocalWorkers(ctx: Context, runs: RunKey[], devices:
       if (stopping || slot.job || !slot.child?.connected) return
       const entry = todo.shift()
       if (!entry) return settle()
-      entry.attempts++
       slot.job = { entry }
       const job: RunJob = { sweep, options, run: entry.run, index: entry.index, total: runs.length }
       ctx.emit({
@@ -83,7 +92,7 @@ export async function sweepOnLocalWorkers(ctx: Context, runs: RunKey[], devices:
         run: entry.run,
         index: entry.index,
         total: runs.length,
-        resumed: entry.attempts > 1,
+        resumed: entry.attempts + entry.losses > 0,
       })
       slot.child.send({ type: 'job', job } satisfies ToWorker)
     }
@@ -102,6 +111,7 @@ export async function sweepOnLocalWorkers(ctx: Context, runs: RunKey[], devices:
         } else if (m.type === 'done' && slot.job) {
           const { entry } = slot.job
           records.set(entry.index, m.record)
+          slot.crashes = 0
           const metrics = Object.fromEntries(m.record.evaluations.map((e) => [e.split, e.accuracy]))
           ctx.emit({ type: 'run-done', run: entry.run, index: entry.index, total: runs.length, metrics })
           slot.job = null
@@ -109,6 +119,7 @@ export async function sweepOnLocalWorkers(ctx: Context, runs: RunKey[], devices:
         } else if (m.type === 'failed' && slot.job) {
           const { entry } = slot.job
           slot.job = null
+          entry.attempts++
           if (!m.permanent && entry.attempts < ATTEMPTS && m.code !== 'E_CANCELLED') {
             ctx.emit({ type: 'log', message: `${runId(entry.run)} failed (${m.message}); trying again` })
             todo.push(entry)
@@ -124,17 +135,36 @@ export async function sweepOnLocalWorkers(ctx: Context, runs: RunKey[], devices:
         const lost = slot.job?.entry
         slot.job = null
         if (stopping) return finished() ? resolveAll() : undefined
+        const how = signal ?? `exit ${code}`
         if (lost) {
           // The worker died mid-run: the run goes back, to resume from its checkpoint.
-          ctx.emit({
-            type: 'log',
-            message: `the worker on ${slot.device} stopped (${signal ?? `exit ${code}`}) during ${runId(lost.run)}; it runs again`,
-          })
-          if (lost.attempts < ATTEMPTS + 10) todo.unshift(lost)
-          else failures.push({ run: lost.run, code: 'E_INTERNAL', message: 'its worker died on every attempt' })
+          lost.losses++
+          if (lost.losses < MAX_LOSSES) {
+            ctx.emit({
+              type: 'log',
+              message: `the worker on ${slot.device} stopped (${how}) during ${runId(lost.run)}; it runs again`,
+            })
+            todo.unshift(lost)
+          } else {
+            failures.push({
+              run: lost.run,
+              code: 'E_INTERNAL',
+              message: `its worker died ${MAX_LOSSES} times (${how})`,
+            })
+          }
         }
+        if (code !== 0 || lost) slot.crashes++
         if (finished()) return settle()
-        if (code !== 0 || lost) start(slot)
+        if (slot.crashes <= MAX_CRASHES) return start(slot)
+        ctx.emit({ type: 'log', message: `the worker on ${slot.device} keeps stopping (${how}); it is not restarted` })
+        if (slots.every((s) => s.child === null)) {
+          rejectAll(
+            new PromptclipError(
+              'E_INTERNAL',
+              `every local worker process stopped (${how}) with ${todo.length} runs left; see the messages above`,
+            ),
+          )
+        }
       })
     }
     ctx.signal?.addEventListener('abort', () => {

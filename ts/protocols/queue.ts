@@ -95,6 +95,20 @@ export async function sweepOnQueue(ctx: Context, runs: RunKey[], url: string): P
         // sweep runs it again, with these options.
         await existing.remove()
       }
+      if (existing && state !== 'completed' && state !== 'failed' && state !== 'unknown') {
+        // Queued earlier and not finished: it must be this sweep's run, not one of other settings.
+        const was = (existing.data as RunJob).options as Record<string, unknown>
+        const now = options as Record<string, unknown>
+        const diff = [...new Set([...Object.keys(was), ...Object.keys(now)])].find(
+          (k) => JSON.stringify(was[k]) !== JSON.stringify(now[k]),
+        )
+        if (diff !== undefined) {
+          throw invalidArgument(
+            `${runId(run)} of ${options.out} is already queued (${state}) with a different ${diff}; ` +
+              'wait for it to finish, or use another output folder',
+          )
+        }
+      }
       if (!existing || state === 'completed' || state === 'failed' || state === 'unknown') {
         await queue.add('run', job, {
           jobId: id,
