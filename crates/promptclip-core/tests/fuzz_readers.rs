@@ -285,41 +285,44 @@ fn names() -> Vec<String> {
 
 #[test]
 fn safetensors_weights_headers_and_sizes() {
-    let original = std::fs::read(fixtures().join("tiny-clip-openai.safetensors")).unwrap();
-    let (header, data) = split_safetensors(&original);
     let dir = tempfile::tempdir().unwrap();
     let tally = Tally::default();
     let counter = std::sync::atomic::AtomicUsize::new(0);
-    runner(48)
-        .run(
-            &(
-                prop::collection::vec(header_edit(), 1..4),
-                byte_writes(),
-                prop::option::weighted(0.2, any::<usize>()),
-                any::<bool>(),
-            ),
-            |(edits, writes, cut, structured)| {
-                let bytes = if structured {
-                    join_safetensors(&apply_header_edits(header.clone(), &edits), &data)
-                } else {
-                    // Byte damage within the length and the header.
-                    let hl = 8 + u64::from_le_bytes(original[..8].try_into().unwrap()) as usize;
-                    let writes: Vec<_> = writes.iter().map(|&(p, v)| (p % hl, v)).collect();
-                    damage_bytes(original.clone(), &writes, cut)
-                };
-                let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                let p = dir.path().join(format!("w{i}.safetensors"));
-                std::fs::write(&p, &bytes).unwrap();
-                tally.check("Clip::load", Clip::load(&p, &dev()))?;
-                tally.check(
-                    "read_safetensors",
-                    promptclip_core::files::read_safetensors(&p, &dev()),
-                )?;
-                std::fs::remove_file(&p).unwrap();
-                Ok(())
-            },
-        )
-        .unwrap();
+    // A ViT and a ResNet CLIP (whose loader infers its stages, widths and grid from the shapes).
+    for seed in ["tiny-clip-openai.safetensors", "resnet/tiny-rn.safetensors"] {
+        let original = std::fs::read(fixtures().join(seed)).unwrap();
+        let (header, data) = split_safetensors(&original);
+        runner(48)
+            .run(
+                &(
+                    prop::collection::vec(header_edit(), 1..4),
+                    byte_writes(),
+                    prop::option::weighted(0.2, any::<usize>()),
+                    any::<bool>(),
+                ),
+                |(edits, writes, cut, structured)| {
+                    let bytes = if structured {
+                        join_safetensors(&apply_header_edits(header.clone(), &edits), &data)
+                    } else {
+                        // Byte damage within the length and the header.
+                        let hl = 8 + u64::from_le_bytes(original[..8].try_into().unwrap()) as usize;
+                        let writes: Vec<_> = writes.iter().map(|&(p, v)| (p % hl, v)).collect();
+                        damage_bytes(original.clone(), &writes, cut)
+                    };
+                    let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    let p = dir.path().join(format!("w{i}.safetensors"));
+                    std::fs::write(&p, &bytes).unwrap();
+                    tally.check("Clip::load", Clip::load(&p, &dev()))?;
+                    tally.check(
+                        "read_safetensors",
+                        promptclip_core::files::read_safetensors(&p, &dev()),
+                    )?;
+                    std::fs::remove_file(&p).unwrap();
+                    Ok(())
+                },
+            )
+            .unwrap();
+    }
     // Random bytes, and random headers over random data.
     runner(48)
         .run(

@@ -234,8 +234,8 @@ impl Weights {
         }
         let vision_width = conv[0];
         let patch = conv[2];
-        let grid = ((vpos[0] - 1) as f64).sqrt().round() as usize;
-        if grid * grid + 1 != vpos[0] {
+        let grid = (vpos[0].saturating_sub(1) as f64).sqrt().round() as usize;
+        if grid == 0 || grid * grid + 1 != vpos[0] {
             return Err(bad(format!(
                 "visual.positional_embedding has {} rows, not a square grid + 1",
                 vpos[0]
