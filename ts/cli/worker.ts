@@ -51,7 +51,10 @@ const runName = (r: RunKey) => `${r.method} on ${r.dataset}, ${r.shots} shots, s
 async function serveQueue(flags: Flags, ctx: Ctx): Promise<number> {
   if (!flags.queue) throw badInput('worker needs --queue (the Redis URL the sweep was queued on)')
   const { progress } = ctx
+  let running: RunKey | null = null
   const onEvent = (e: WorkerEvent) => {
+    if (e.type === 'job-start') running = e.run
+    else if (e.type === 'job-done' || e.type === 'job-failed') running = null
     if (flags.json) {
       if (e.type !== 'progress') process.stdout.write(`${JSON.stringify(e)}\n`)
       return
@@ -65,8 +68,11 @@ async function serveQueue(flags: Flags, ctx: Ctx): Promise<number> {
   const worker = await startWorker({ queue: flags.queue, device: flags.device, lockMs: flags.lockMs, onEvent })
   progress.log(`worker on ${flags.device} waiting for runs on ${flags.queue} (Ctrl-C to stop)`)
   await new Promise<void>((resolve) => ctx.interrupt.signal().addEventListener('abort', () => resolve()))
+  const handedBack = running
   await worker.close()
-  progress.log('worker stopped; an unfinished run went back to the queue')
+  progress.log(
+    handedBack ? `worker stopped; ${runName(handedBack)} went back to the queue at its checkpoint` : 'worker stopped',
+  )
   return EXIT.OK
 }
 
