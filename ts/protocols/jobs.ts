@@ -82,7 +82,8 @@ export function sweepOptions(options: ProtocolOptions): SweepOptions {
   const { onEvent: _onEvent, signal: _signal, queue: _queue, devices: _devices, dataset, targets, ...rest } = options
   return {
     ...rest,
-    model: rest.model === undefined || rest.model === BUILTIN_MODEL ? rest.model : absolute(rest.model),
+    // The built-in model by name, not by this installation's path: each worker loads its own.
+    model: rest.model === undefined || rest.model === BUILTIN_MODEL ? undefined : absolute(rest.model),
     imageRoot: absolute(rest.imageRoot),
     dataRoot: absolute(rest.dataRoot ?? process.env.PROMPTCLIP_DATA ?? 'data'),
     out: absolute(rest.out) as string,
