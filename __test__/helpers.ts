@@ -118,3 +118,26 @@ export function dataset(perClass: number, seed: number) {
   }
   return { images, labels }
 }
+
+export interface ProcessResult {
+  code: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+}
+
+/** A child process's exit and everything it wrote. */
+export function collect(child: import('node:child_process').ChildProcess): Promise<ProcessResult> {
+  let stdout = ''
+  let stderr = ''
+  child.stdout?.on('data', (d) => {
+    stdout += d
+  })
+  child.stderr?.on('data', (d) => {
+    stderr += d
+  })
+  return new Promise((resolve, reject) => {
+    child.on('error', reject)
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }))
+  })
+}

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import test from 'ava'
 import { type ProtocolResults, type RunRecord, runProtocol, startWorker, sweepStatus } from 'promptclip'
-import { CLASSES, png, RGB } from './helpers'
+import { CLASSES, collect, png, RGB } from './helpers'
 
 const ROOT = join(import.meta.dirname ?? __dirname, '..')
 const CLI = join(ROOT, 'dist', 'cli.js')
@@ -35,34 +35,13 @@ function freePort(): Promise<number> {
   })
 }
 
-interface Result {
-  code: number | null
-  stdout: string
-  stderr: string
-}
-
 function start(args: string[]): ChildProcess {
   const child = spawn(process.execPath, [CLI, ...args], { cwd: TMP, stdio: ['ignore', 'pipe', 'pipe'] })
   children.push(child)
   return child
 }
 
-function finish(child: ChildProcess): Promise<Result> {
-  let stdout = ''
-  let stderr = ''
-  child.stdout?.on('data', (d) => {
-    stdout += d
-  })
-  child.stderr?.on('data', (d) => {
-    stderr += d
-  })
-  return new Promise((resolve, reject) => {
-    child.on('error', reject)
-    child.on('close', (code) => resolve({ code, stdout, stderr }))
-  })
-}
-
-const cli = (args: string[]) => finish(start(args))
+const cli = (args: string[]) => collect(start(args))
 
 /** A worker process, resolved once it listens on the queue. */
 async function worker(extra: string[] = []): Promise<ChildProcess> {
@@ -182,7 +161,7 @@ test.serial('a worker killed mid-run: another resumes its run from the checkpoin
   const reference = await cli(['run', ...args, '--out', join(TMP, 'uninterrupted'), '--json'])
   t.is(reference.code, 0, reference.stderr)
   const first = await worker()
-  const coordinator = finish(start(['run', ...args, '--queue', url, '--out', out, '--json']))
+  const coordinator = collect(start(['run', ...args, '--queue', url, '--out', out, '--json']))
   const checkpoint = join(out, 'runs', 'coop-2shot-seed1', 'checkpoint.safetensors')
   for (let i = 0; i < 400 && !existsSync(checkpoint); i++) await new Promise((r) => setTimeout(r, 25))
   t.true(existsSync(checkpoint), 'the run wrote a checkpoint')

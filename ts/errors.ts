@@ -22,6 +22,20 @@ export type ErrorCode =
   | 'E_TENSOR'
   | 'E_INTERNAL'
 
+/** Codes that mean the input is at fault (a file, an option, the data) rather than the work: the
+ *  CLI exits 2 on them, and a sweep's queue does not retry them. */
+export const INPUT_ERROR_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'E_INVALID_ARGUMENT',
+  'E_FILE_NOT_FOUND',
+  'E_BAD_CONFIG',
+  'E_MISSING_TENSOR',
+  'E_SHAPE_MISMATCH',
+  'E_IMAGE_DECODE',
+  'E_TOKENIZER',
+  'E_UNSUPPORTED',
+  'E_CUDA_UNAVAILABLE',
+])
+
 export class PromptclipError extends Error {
   readonly code: ErrorCode
 

@@ -6,7 +6,7 @@
 import { existsSync, readFileSync, statSync } from 'node:fs'
 import { type Command, InvalidArgumentError, Option } from 'commander'
 import { BUILTIN_MODEL, type DeviceName, type Precision } from '../clip'
-import { type ErrorCode, PromptclipError } from '../errors'
+import { INPUT_ERROR_CODES, PromptclipError } from '../errors'
 import type { Interrupt } from './interrupt'
 import type { Progress } from './progress'
 
@@ -30,23 +30,10 @@ Exit codes:
 Results go to stdout; progress bars (on a terminal) and notes go to stderr. With --json, stdout
 holds one JSON document, and an error is written to stderr as {"error":{"code","message"}}.`
 
-/** Error codes that mean the input is at fault (exit 2) rather than the work (exit 1). */
-const BAD_INPUT_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
-  'E_INVALID_ARGUMENT',
-  'E_FILE_NOT_FOUND',
-  'E_BAD_CONFIG',
-  'E_MISSING_TENSOR',
-  'E_SHAPE_MISMATCH',
-  'E_IMAGE_DECODE',
-  'E_TOKENIZER',
-  'E_UNSUPPORTED',
-  'E_CUDA_UNAVAILABLE',
-])
-
 export function exitCodeOf(err: unknown): number {
   if (err instanceof PromptclipError) {
     if (err.code === 'E_CANCELLED') return EXIT.INTERRUPTED
-    return BAD_INPUT_CODES.has(err.code) ? EXIT.BAD_INPUT : EXIT.FAILURE
+    return INPUT_ERROR_CODES.has(err.code) ? EXIT.BAD_INPUT : EXIT.FAILURE
   }
   return EXIT.FAILURE
 }

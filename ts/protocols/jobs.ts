@@ -11,7 +11,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { isAbsolute, join, resolve } from 'node:path'
 import { BUILTIN_MODEL } from '../clip'
-import { type ErrorCode, invalidArgument, PromptclipError, toPromptclipError } from '../errors'
+import { type ErrorCode, INPUT_ERROR_CODES, invalidArgument, PromptclipError, toPromptclipError } from '../errors'
 import { writeFileAtomic } from '../report'
 import type { ProtocolEvent, ProtocolOptions, RunKey, RunRecord } from './index'
 import { runId } from './plan'
@@ -44,14 +44,8 @@ export interface Executor {
  * deterministic and would fail the same way. The queue fails such a job at once, with its message.
  */
 const NOT_RETRIED: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
-  'E_INVALID_ARGUMENT',
-  'E_FILE_NOT_FOUND',
-  'E_BAD_CONFIG',
-  'E_MISSING_TENSOR',
-  'E_SHAPE_MISMATCH',
-  'E_IMAGE_DECODE',
-  'E_TOKENIZER',
-  'E_UNSUPPORTED',
+  // Input faults, but for a missing GPU, which another worker may have.
+  ...[...INPUT_ERROR_CODES].filter((c) => c !== 'E_CUDA_UNAVAILABLE'),
   'E_NON_FINITE_LOSS',
   'E_NON_FINITE_PARAMS',
 ])
@@ -126,6 +120,51 @@ export function readFailure(out: string, run: RunKey): RunFailure | null {
   } catch {
     return null
   }
+}
+
+/** A run of a spread sweep that failed for good. */
+export interface FailedRun {
+  run: RunKey
+  code: ErrorCode
+  message: string
+}
+
+/**
+ * The start of a sweep spread over workers: the runs finished earlier, as their records (their
+ * settings checked as the single-process runner checks them), and the runs left to do.
+ */
+export async function splitFinished(
+  ctx: Context,
+  runs: RunKey[],
+  out: string,
+): Promise<{ records: Map<number, RunRecord>; left: { index: number; run: RunKey }[] }> {
+  const records = new Map<number, RunRecord>()
+  const left: { index: number; run: RunKey }[] = []
+  for (const [index, run] of runs.entries()) {
+    if (existsSync(join(runFolder(out, run), 'result.json'))) {
+      records.set(index, await executeRun(ctx, run, index, runs.length))
+    } else {
+      left.push({ index, run })
+    }
+  }
+  return { records, left }
+}
+
+/** The end of a spread sweep: every run's record in plan order, or an error naming each failed run. */
+export function sweepRecords(
+  runs: RunKey[],
+  records: Map<number, RunRecord>,
+  failures: FailedRun[],
+  out: string,
+): RunRecord[] {
+  if (failures.length > 0) {
+    const list = failures.map((f) => `${runId(f.run)}: ${f.message}`).join('; ')
+    throw new PromptclipError(
+      failures[0].code,
+      `${failures.length} of ${runs.length} runs failed (${list}); the other runs' results are in ${out}`,
+    )
+  }
+  return runs.map((_, i) => records.get(i) as RunRecord)
 }
 
 /**

@@ -6,15 +6,14 @@
  * fails for bad input is not retried.
  */
 import { type ChildProcess, fork } from 'node:child_process'
-import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { PACKAGE_ROOT } from '../binding'
 import { AbortError, type ErrorCode, invalidArgument, PromptclipError } from '../errors'
 import type { ProtocolEvent, RunKey, RunRecord } from './index'
-import { type RunJob, runFolder, sweepId, sweepOptions } from './jobs'
+import { type FailedRun, type RunJob, splitFinished, sweepId, sweepOptions, sweepRecords } from './jobs'
 import { runId } from './plan'
 import { ATTEMPTS } from './queue'
-import { type Context, executeRun } from './run'
+import { type Context, metricsOf } from './run'
 
 /** Parent -> worker. */
 export type ToWorker = { type: 'job'; job: RunJob } | { type: 'stop' }
@@ -61,16 +60,9 @@ export async function sweepOnLocalWorkers(ctx: Context, runs: RunKey[], devices:
   checkDevices(devices)
   const options = sweepOptions(ctx.options)
   const sweep = sweepId(options.out)
-  const records = new Map<number, RunRecord>()
-  const todo: Entry[] = []
-  for (const [index, run] of runs.entries()) {
-    if (existsSync(join(runFolder(options.out, run), 'result.json'))) {
-      records.set(index, await executeRun(ctx, run, index, runs.length))
-    } else {
-      todo.push({ index, run, attempts: 0, losses: 0 })
-    }
-  }
-  const failures: { run: RunKey; code: ErrorCode; message: string }[] = []
+  const { records, left } = await splitFinished(ctx, runs, options.out)
+  const todo: Entry[] = left.map(({ index, run }) => ({ index, run, attempts: 0, losses: 0 }))
+  const failures: FailedRun[] = []
   const slots: Slot[] = devices.map((device) => ({ device, child: null, job: null, crashes: 0 }))
   let stopping = false
 
@@ -112,8 +104,13 @@ export async function sweepOnLocalWorkers(ctx: Context, runs: RunKey[], devices:
           const { entry } = slot.job
           records.set(entry.index, m.record)
           slot.crashes = 0
-          const metrics = Object.fromEntries(m.record.evaluations.map((e) => [e.split, e.accuracy]))
-          ctx.emit({ type: 'run-done', run: entry.run, index: entry.index, total: runs.length, metrics })
+          ctx.emit({
+            type: 'run-done',
+            run: entry.run,
+            index: entry.index,
+            total: runs.length,
+            metrics: metricsOf(m.record),
+          })
           slot.job = null
           dispatch(slot)
         } else if (m.type === 'failed' && slot.job) {
@@ -181,12 +178,5 @@ export async function sweepOnLocalWorkers(ctx: Context, runs: RunKey[], devices:
     for (const slot of slots.slice(0, Math.max(1, Math.min(slots.length, todo.length)))) start(slot)
   })
 
-  if (failures.length > 0) {
-    const list = failures.map((f) => `${runId(f.run)}: ${f.message}`).join('; ')
-    throw new PromptclipError(
-      failures[0].code,
-      `${failures.length} of ${runs.length} runs failed (${list}); the other runs' results are in ${options.out}`,
-    )
-  }
-  return runs.map((_, i) => records.get(i) as RunRecord)
+  return sweepRecords(runs, records, failures, options.out)
 }

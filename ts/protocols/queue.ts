@@ -13,14 +13,26 @@
  * retried up to `ATTEMPTS` times.
  */
 
-import { existsSync, readFileSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { type Job, Queue, UnrecoverableError, WaitingError, Worker } from 'bullmq'
-import { AbortError, type ErrorCode, invalidArgument, PromptclipError, toPromptclipError } from '../errors'
+import { AbortError, invalidArgument, PromptclipError, toPromptclipError } from '../errors'
 import type { ProtocolEvent, RunKey, RunRecord } from './index'
-import { isPermanent, JobRunner, jobId, type RunJob, readFailure, runFolder, sweepId, sweepOptions } from './jobs'
+import {
+  type FailedRun,
+  isPermanent,
+  JobRunner,
+  jobId,
+  type RunJob,
+  readFailure,
+  runFolder,
+  splitFinished,
+  sweepId,
+  sweepOptions,
+  sweepRecords,
+} from './jobs'
 import { runId } from './plan'
-import { type Context, executeRun } from './run'
+import { type Context, firstDifference, metricsOf } from './run'
 
 /** The queue every promptclip worker listens on. */
 export const QUEUE_NAME = 'promptclip-runs'
@@ -78,14 +90,9 @@ export async function sweepOnQueue(ctx: Context, runs: RunKey[], url: string): P
   const sweep = sweepId(options.out)
   const queue = await openQueue(checkQueueUrl(url))
   try {
-    const records = new Map<number, RunRecord>()
+    const { records, left } = await splitFinished(ctx, runs, options.out)
     const pending = new Map<string, { index: number; run: RunKey; started: boolean }>()
-    for (const [index, run] of runs.entries()) {
-      if (existsSync(join(runFolder(options.out, run), 'result.json'))) {
-        // Finished earlier: the single-process code checks its settings and returns its record.
-        records.set(index, await executeRun(ctx, run, index, runs.length))
-        continue
-      }
+    for (const { index, run } of left) {
       const job: RunJob = { sweep, options, run, index, total: runs.length }
       const id = jobId(job)
       const existing = await queue.getJob(id)
@@ -97,12 +104,11 @@ export async function sweepOnQueue(ctx: Context, runs: RunKey[], url: string): P
       }
       if (existing && state !== 'completed' && state !== 'failed' && state !== 'unknown') {
         // Queued earlier and not finished: it must be this sweep's run, not one of other settings.
-        const was = (existing.data as RunJob).options as Record<string, unknown>
-        const now = options as Record<string, unknown>
-        const diff = [...new Set([...Object.keys(was), ...Object.keys(now)])].find(
-          (k) => JSON.stringify(was[k]) !== JSON.stringify(now[k]),
+        const diff = firstDifference(
+          (existing.data as RunJob).options as Record<string, unknown>,
+          options as Record<string, unknown>,
         )
-        if (diff !== undefined) {
+        if (diff !== null) {
           throw invalidArgument(
             `${runId(run)} of ${options.out} is already queued (${state}) with a different ${diff}; ` +
               'wait for it to finish, or use another output folder',
@@ -121,7 +127,7 @@ export async function sweepOnQueue(ctx: Context, runs: RunKey[], url: string): P
       pending.set(id, { index, run, started: false })
     }
     ctx.emit({ type: 'log', message: `${pending.size} runs queued on ${url}; waiting for workers` })
-    const failures: { run: RunKey; code: ErrorCode; message: string }[] = []
+    const failures: FailedRun[] = []
     while (pending.size > 0) {
       if (ctx.signal?.aborted) {
         throw new AbortError(
@@ -143,8 +149,7 @@ export async function sweepOnQueue(ctx: Context, runs: RunKey[], url: string): P
             readFileSync(join(runFolder(options.out, p.run), 'result.json'), 'utf8'),
           ) as RunRecord
           records.set(p.index, record)
-          const metrics = Object.fromEntries(record.evaluations.map((e) => [e.split, e.accuracy]))
-          ctx.emit({ type: 'run-done', run: p.run, index: p.index, total: runs.length, metrics })
+          ctx.emit({ type: 'run-done', run: p.run, index: p.index, total: runs.length, metrics: metricsOf(record) })
           pending.delete(id)
         } else if (state === 'failed' || state === 'unknown') {
           const failure = readFailure(options.out, p.run)
@@ -156,14 +161,7 @@ export async function sweepOnQueue(ctx: Context, runs: RunKey[], url: string): P
       }
       if (pending.size > 0) await sleep(500)
     }
-    if (failures.length > 0) {
-      const list = failures.map((f) => `${runId(f.run)}: ${f.message}`).join('; ')
-      throw new PromptclipError(
-        failures[0].code,
-        `${failures.length} of ${runs.length} runs failed (${list}); the other runs' results are in ${options.out}`,
-      )
-    }
-    return runs.map((_, i) => records.get(i) as RunRecord)
+    return sweepRecords(runs, records, failures, options.out)
   } finally {
     await queue.close()
   }

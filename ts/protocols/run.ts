@@ -14,7 +14,7 @@ import { type Method, PromptLearner } from '../prompt'
 import { writeFileAtomic } from '../report'
 import { Trainer, type TrainOptions, type TrainSummary } from '../train'
 import type { EvalRecord, ProtocolEvent, ProtocolOptions, ProtocolResults, RunKey, RunRecord } from './index'
-import { type Executor, sweepOptions } from './jobs'
+import { type Executor, runFolder, sweepOptions } from './jobs'
 import { checkDevices, sweepOnLocalWorkers } from './local'
 import { coopEpochs, ENSEMBLE_TEMPLATES, planRuns, type ResolvedOptions, resolveOptions, runId } from './plan'
 import { checkQueueUrl, sweepOnQueue } from './queue'
@@ -68,7 +68,7 @@ function writeJson(path: string, value: unknown): void {
 }
 
 /** The first top-level key whose value differs, for a message that says what changed. */
-function firstDifference(a: Record<string, unknown>, b: Record<string, unknown>): string | null {
+export function firstDifference(a: Record<string, unknown>, b: Record<string, unknown>): string | null {
   for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
     if (JSON.stringify(a[k]) !== JSON.stringify(b[k])) return k
   }
@@ -267,7 +267,7 @@ function runConfig(ctx: Context, run: RunKey): Record<string, unknown> {
 }
 
 export async function executeRun(ctx: Context, run: RunKey, index: number, total: number): Promise<RunRecord> {
-  const dir = join(ctx.o.out, 'runs', runId(run))
+  const dir = runFolder(ctx.o.out, run)
   const files = {
     result: join(dir, 'result.json'),
     learner: join(dir, 'learner.safetensors'),
@@ -372,9 +372,13 @@ export async function executeRun(ctx: Context, run: RunKey, index: number, total
   }
   writeJson(files.result, record)
   rmSync(files.checkpoint, { force: true })
-  const metrics = Object.fromEntries(evaluations.map((e) => [e.split, e.accuracy]))
-  ctx.emit({ type: 'run-done', run, index, total, metrics })
+  ctx.emit({ type: 'run-done', run, index, total, metrics: metricsOf(record) })
   return record
+}
+
+/** A run's accuracy per split, as its 'run-done' event reports it. */
+export function metricsOf(record: RunRecord): Record<string, number> {
+  return Object.fromEntries(record.evaluations.map((e) => [e.split, e.accuracy]))
 }
 
 /**
