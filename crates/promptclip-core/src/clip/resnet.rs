@@ -122,7 +122,7 @@ impl ConvBn {
         })
     }
 
-    /// x (B, H, W, C_in) -> act(BN(conv(x))) + residual, (B, H', W', C_out).
+    /// x (B, H, W, C_in) -> act(BN(conv(x)) + residual), (B, H', W', C_out).
     fn forward(
         &self,
         x: &Tensor,
