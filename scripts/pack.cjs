@@ -4,10 +4,11 @@
  * addon (npm/<platform>/, napi's layout), into `node scripts/pack.cjs [dest]` (default .pack/).
  * Run by `bash scripts/package.sh pack` after `npm run build`.
  *
- *  - npm/linux-x64-gnu gets the addon that `npm run build` left at the root
+ *  - Each package is staged under <dest>/stage/ and packed from there: nothing is written into the
+ *    checkout. npm/linux-x64-gnu gets the addon that `npm run build` left at the root
  *    (promptclip.linux-x64-gnu.node); other platform dirs are packed when their .node is there
  *    (`scripts/package.sh arm64`, `scripts/package.sh cuda` put it there).
- *  - The main package is packed from a staging folder (.pack/stage/promptclip) whose package.json
+ *  - The main package is packed from <dest>/stage/promptclip, whose package.json
  *    is the release manifest: package.json without the development fields, plus
  *    optionalDependencies on the platform packages packed in this run and an optional peer
  *    dependency on the CUDA package. The checkout's package.json has none of these: `npm ci` would
@@ -66,27 +67,32 @@ function main() {
   if (!fs.existsSync(path.join(ROOT, 'dist', 'index.js'))) fail('dist/ is missing: run `npm run build` first')
   fs.mkdirSync(dest, { recursive: true })
 
-  // The platform packages.
+  // The platform packages, each staged under dest: nothing is written into the checkout.
   const platforms = []
   for (const dir of fs.readdirSync(path.join(ROOT, 'npm')).sort()) {
     const pdir = path.join(ROOT, 'npm', dir)
     const ppkg = readJson(path.join(pdir, 'package.json'))
     if (ppkg.version !== pkg.version) fail(`npm/${dir} is version ${ppkg.version}, promptclip ${pkg.version}`)
-    const addon = path.join(pdir, ppkg.main)
-    const built = path.join(ROOT, ppkg.main) // `napi build --platform` output at the root
-    if (dir !== CUDA_DIR && fs.existsSync(built)) fs.copyFileSync(built, addon)
-    if (!fs.existsSync(addon)) {
+    // `napi build --platform` leaves this machine's CPU addon at the root; the cross-built and the
+    // CUDA addons are put in npm/<dir> by scripts/package.sh.
+    const atRoot = path.join(ROOT, ppkg.main)
+    const built = dir !== CUDA_DIR && fs.existsSync(atRoot) ? atRoot : path.join(pdir, ppkg.main)
+    if (!fs.existsSync(built)) {
       if (dir === 'linux-x64-gnu') fail(`${ppkg.main} is missing: run \`npm run build\` first`)
       console.error(`pack: skipping ${ppkg.name} (no ${ppkg.main}; see scripts/package.sh)`)
       continue
     }
-    const needsCuda = CUDA_LIBS.test(fs.readFileSync(addon).toString('latin1'))
+    const needsCuda = CUDA_LIBS.test(fs.readFileSync(built).toString('latin1'))
     if (dir === CUDA_DIR && !needsCuda) fail(`npm/${dir}/${ppkg.main} links no CUDA library: not a CUDA build`)
     if (dir !== CUDA_DIR && needsCuda) {
-      fail(`npm/${dir}/${ppkg.main} links CUDA libraries: a CPU package must not (rebuild with \`npm run build\`)`)
+      fail(`${ppkg.main} links CUDA libraries: a CPU package must not (rebuild with \`npm run build\`)`)
     }
-    for (const f of ['LICENSE', 'NOTICE']) fs.copyFileSync(path.join(ROOT, f), path.join(pdir, f))
-    platforms.push({ dir, name: ppkg.name, packed: npmPack(pdir, dest) })
+    const pstage = path.join(dest, 'stage', dir)
+    fs.rmSync(pstage, { recursive: true, force: true })
+    fs.cpSync(pdir, pstage, { recursive: true })
+    fs.copyFileSync(built, path.join(pstage, ppkg.main))
+    for (const f of ['LICENSE', 'NOTICE']) fs.copyFileSync(path.join(ROOT, f), path.join(pstage, f))
+    platforms.push({ dir, name: ppkg.name, packed: npmPack(pstage, dest) })
   }
 
   // The main package, from a staging folder with the release manifest.
