@@ -5,10 +5,9 @@
 import { existsSync, readdirSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import type { LabelledDataset } from '../datasets'
+import { IMAGE_EXT, IMAGE_TYPES } from '../datasets/extensions'
 import { PromptclipError } from '../errors'
 import { badInput } from './common'
-
-const IMAGE_EXT = /\.(jpe?g|png|webp)$/i
 
 function listFolder(dir: string): { images: string[]; folders: string[] } {
   const entries = readdirSync(dir, { withFileTypes: true })
@@ -35,7 +34,7 @@ export function expandImages(inputs: string[]): string[] {
           `did you mean \`promptclip eval ${p}\`?`,
       )
     }
-    throw badInput(`no images in ${p} (looked for .jpg, .jpeg, .png and .webp files)`)
+    throw badInput(`no images in ${p} (looked for ${IMAGE_TYPES} files)`)
   })
 }
 

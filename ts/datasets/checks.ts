@@ -8,8 +8,7 @@ import { isAbsolute, join, normalize, sep } from 'node:path'
 import { invalidArgument, nativeSync, PromptclipError } from '../errors'
 import type { LabelledDataset } from './types'
 
-/** The image types the core decodes. */
-export const IMAGE_EXT = /\.(jpe?g|png|webp|bmp|gif)$/i
+export { IMAGE_EXT } from './extensions'
 
 /** How many offending entries a message lists before it only counts them. */
 const EXAMPLES = 5

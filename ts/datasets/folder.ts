@@ -2,7 +2,8 @@
 import { join } from 'node:path'
 import { invalidArgument } from '../errors'
 import type { ImageInput } from '../options'
-import { BROKEN_LINK, checkNotEmpty, IMAGE_EXT, isDirectory, listEntries, requireDirectory } from './checks'
+import { BROKEN_LINK, checkNotEmpty, isDirectory, listEntries, requireDirectory } from './checks'
+import { IMAGE_EXT, IMAGE_TYPES } from './extensions'
 import type { DatasetSplits, LabelledDataset, SkippedFile } from './types'
 
 /** Names of split folders: a dataset root holding these is not a folder of classes. */
@@ -36,7 +37,7 @@ export function listClassImages(classDir: string, skipped: SkippedFile[]): strin
       const ext = name.includes('.') ? name.slice(name.lastIndexOf('.')) : 'no extension'
       skipped.push({
         path,
-        reason: `unsupported file type (${ext}); images are .jpg, .jpeg, .png, .webp, .bmp or .gif`,
+        reason: `unsupported file type (${ext}); images are ${IMAGE_TYPES}`,
       })
     }
   }

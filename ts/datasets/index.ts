@@ -5,9 +5,9 @@
  */
 export type { CatalogEntry, CatalogLayout, DatasetName } from './catalog'
 export { catalogName, DATASETS, loadDataset, readClassnames } from './catalog'
-export { IMAGE_EXT } from './checks'
 export type { CsvRecord } from './csv'
 export { loadCsv, parseCsv } from './csv'
+export { IMAGE_EXT, IMAGE_EXTENSIONS } from './extensions'
 export { loadImageFolder, loadSplitFolders } from './folder'
 export {
   DIGIT_CLASSES,
