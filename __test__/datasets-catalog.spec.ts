@@ -232,7 +232,7 @@ test('imagenet: a folder missing from classnames.txt, a missing classnames.txt',
   })
   t.throws(
     () => loadDataset('imagenet', root),
-    code('E_INVALID_ARGUMENT', /1 class folders are not in .*classnames\.txt: n01443537/),
+    code('E_INVALID_ARGUMENT', /1 class folder is not in .*classnames\.txt: n01443537/),
   )
   t.throws(() => loadDataset('imagenet_sketch', root), code('E_FILE_NOT_FOUND'))
   tree(join(root, 'imagenet-sketch'), { 'images/n01440764/a.JPEG': null })
@@ -269,7 +269,7 @@ test('fgvc_aircraft: variants.txt is the class list, images_variant_*.txt the th
   tree(dir, { 'images_variant_val.txt': '0062765 A300B4\n0000001 A300B4\n' })
   t.throws(
     () => loadDataset('fgvc_aircraft', root),
-    code('E_FILE_NOT_FOUND', /1 of 2 images do not exist: .*0000001\.jpg/),
+    code('E_FILE_NOT_FOUND', /1 of 2 images does not exist: .*0000001\.jpg/),
   )
 })
 
@@ -293,7 +293,7 @@ test('imagenetv2: folder i is the i-th class of classnames.txt; test only', (t) 
   t.deepEqual(d.train, d.test)
   t.true(DATASETS.imagenetv2.testOnly)
   tree(dir, { 'classnames.txt': `${CLASSNAMES}n01494475 hammerhead shark\n` })
-  t.throws(() => loadDataset('imagenetv2', root), code('E_FILE_NOT_FOUND', /1 class folders are missing: 4/))
+  t.throws(() => loadDataset('imagenetv2', root), code('E_FILE_NOT_FOUND', /1 class folder is missing: 4/))
 })
 
 test('imagenet_sketch: the sorted wnid folders are the labels, named by classnames.txt', (t) => {

@@ -72,7 +72,7 @@ test("openDataset: split folders give train/val/test under train's class list", 
   )
   t.is(d.template, undefined)
   tree(root, ['test/bird/6.jpg'])
-  t.throws(() => openDataset(root), code('E_INVALID_ARGUMENT', /classes not in .*train: "bird"/))
+  t.throws(() => openDataset(root), code('E_INVALID_ARGUMENT', /a class not in .*train: "bird"/))
 })
 
 test('openDataset: a folder of classes is train only; a folder with one split file reads it', (t) => {
@@ -101,7 +101,7 @@ test('openDataset: a split file with options.imageRoot, else its own folder', (t
   t.deepEqual(openDataset(join(root, 'split.json'), { imageRoot: join(root, 'pics') }).train.images, [
     join(root, 'pics', 'a.jpg'),
   ])
-  t.throws(() => openDataset(join(root, 'split.json')), code('E_FILE_NOT_FOUND', /1 of 1 images do not exist/))
+  t.throws(() => openDataset(join(root, 'split.json')), code('E_FILE_NOT_FOUND', /1 of 1 image does not exist/))
 })
 
 /** A split file under a fresh image root with the images it names, for the error tests. */
@@ -127,7 +127,7 @@ test('loadSplitFile: bad data fails naming the file and the entry', (t) => {
     code('E_INVALID_ARGUMENT', /split_zhou_Bad\.json: not a readable split file/),
   )
   s = split({ train: ok, test: [] }, imgs)
-  t.throws(() => loadSplitFile(s.json, s.root), code('E_INVALID_ARGUMENT', /missing "val" list/))
+  t.throws(() => loadSplitFile(s.json, s.root), code('E_INVALID_ARGUMENT', /missing the "val" list/))
   s = split({ train: ok, val: [['a/2.jpg', '0', 'a']], test: [] }, imgs)
   t.throws(
     () => loadSplitFile(s.json, s.root),
@@ -147,7 +147,7 @@ test('loadSplitFile: bad data fails naming the file and the entry', (t) => {
   s = split({ train: [ok[0], ['b/1.jpg', 2, 'c']], val: [], test: [] }, imgs)
   t.throws(
     () => loadSplitFile(s.json, s.root),
-    code('E_INVALID_ARGUMENT', /classes have no images in any split: labels 1/),
+    code('E_INVALID_ARGUMENT', /1 class has no images in any split: label 1\b/),
   )
   s = split({ train: ok, val: [], test: [['a/2.jpg', 0, 'b']] }, imgs)
   t.throws(
@@ -206,7 +206,7 @@ test('loadCsv: bad lines and bad data fail naming file:line or the value', (t) =
     t.throws(() => loadCsv(f, classNames ? { classNames } : {}), code(c, re))
   }
   bad('a.jpg,cat\n"b.jpg,dog\n', /list\.csv:2: a quoted field is not closed/)
-  bad('a.jpg,cat\nb.jpg,dog,extra\n', /list\.csv:2: 3 fields, expected 2/)
+  bad('a.jpg,cat\nb.jpg,dog,extra\n', /list\.csv:2: expected 2 columns path,label, found 3/)
   bad('a.jpg,cat\n"b.jpg"x,dog\n', /list\.csv:2: text after a closing quote/)
   bad('a.jpg,cat\nb"x.jpg,dog\n', /list\.csv:2: a quote inside an unquoted field/)
   bad('a.jpg,cat\nb.jpg,\n', /list\.csv:2: empty label/)
@@ -219,7 +219,7 @@ test('loadCsv: bad lines and bad data fail naming file:line or the value', (t) =
     'cat',
     'dog',
   ])
-  bad('a.jpg,cat\nb.jpg,cat\n', /1 classes have no images: "dog"/, 'E_INVALID_ARGUMENT', ['cat', 'dog'])
+  bad('a.jpg,cat\nb.jpg,cat\n', /1 class has no images: "dog"/, 'E_INVALID_ARGUMENT', ['cat', 'dog'])
   bad('a.jpg,cat\nb.jpg,dog\n./a.jpg,dog\n', /line 3 repeats line 1/)
   bad(
     'a.jpg,cat\nmissing.jpg,dog\ngone.jpg,dog\n',
@@ -263,7 +263,10 @@ test('fromList: names or indices, raw images, the same checks', (t) => {
       ]),
     code('E_INVALID_ARGUMENT', /items\[1\] repeats items\[0\]/),
   )
-  t.throws(() => fromList([{ image: join(root, 'z.jpg'), label: 'a' }]), code('E_FILE_NOT_FOUND', /1 of 1 images/))
+  t.throws(
+    () => fromList([{ image: join(root, 'z.jpg'), label: 'a' }]),
+    code('E_FILE_NOT_FOUND', /1 of 1 image does not exist/),
+  )
   t.throws(() => fromList([{ image: raw, label: 'a' }], ['a', 'a']), code('E_INVALID_ARGUMENT', /"a" appears twice/))
 })
 

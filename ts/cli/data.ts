@@ -2,11 +2,11 @@
  * Inputs: image files and folders (zeroshot, predict) and datasets (train, eval, run), opened and
  * checked before any model is loaded.
  */
-import { existsSync, readdirSync, statSync } from 'node:fs'
+import { readdirSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import type { LabelledDataset } from '../datasets'
+import { requireExists } from '../datasets/checks'
 import { IMAGE_EXT, IMAGE_TYPES } from '../datasets/extensions'
-import { PromptclipError } from '../errors'
 import { badInput } from './common'
 
 function listFolder(dir: string): { images: string[]; folders: string[] } {
@@ -22,7 +22,7 @@ function listFolder(dir: string): { images: string[]; folders: string[] } {
  */
 export function expandImages(inputs: string[]): string[] {
   return inputs.flatMap((p) => {
-    if (!existsSync(p)) throw new PromptclipError('E_FILE_NOT_FOUND', `${p} does not exist`)
+    requireExists(p, '')
     if (!statSync(p).isDirectory()) return [p]
     const { images, folders } = listFolder(p)
     if (images.length > 0) return images.map((f) => join(p, f))

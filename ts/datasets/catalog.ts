@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { invalidArgument, nativeSync } from '../errors'
 import {
-  BROKEN_LINK,
+  brokenReason,
   checkExist,
   checkNoDuplicates,
   checkNotEmpty,
@@ -15,6 +15,7 @@ import {
   isDirectory,
   listEntries,
   listNoHidden,
+  plural,
   someOf,
 } from './checks'
 import { listClassImages } from './folder'
@@ -181,7 +182,7 @@ export function readClassnames(path: string): Map<string, string> {
 function classFolders(dir: string, skipped: SkippedFile[]): string[] {
   if (!isDirectory(dir)) throw fileNotFound(`${dir} does not exist or is not a folder`)
   return listEntries(dir).flatMap(({ name, path, isDir, broken }) => {
-    if (!isDir) skipped.push({ path, reason: broken ? BROKEN_LINK : 'a file beside the class folders' })
+    if (!isDir) skipped.push({ path, reason: broken ? brokenReason(path) : 'a file beside the class folders' })
     return isDir ? [name] : []
   })
 }
@@ -200,7 +201,10 @@ function readFolders(dir: string, folders: string[], skipped: SkippedFile[], cla
       labels.push(label)
     }
   }
-  if (empty.length > 0) throw invalidArgument(`${dir}: ${empty.length} class folders have no images: ${someOf(empty)}`)
+  if (empty.length > 0)
+    throw invalidArgument(
+      `${dir}: ${plural(empty.length, 'class folder')} ${empty.length === 1 ? 'has' : 'have'} no images: ${someOf(empty)}`,
+    )
   checkNotEmpty(images.length, dir)
   return { images, labels, classNames }
 }
@@ -208,7 +212,9 @@ function readFolders(dir: string, folders: string[], skipped: SkippedFile[], cla
 function nameFolders(folders: string[], names: Map<string, string>, dir: string, file: string): string[] {
   const unknown = folders.filter((f) => !names.has(f))
   if (unknown.length > 0) {
-    throw invalidArgument(`${dir}: ${unknown.length} class folders are not in ${file}: ${someOf(unknown)}`)
+    throw invalidArgument(
+      `${dir}: ${plural(unknown.length, 'class folder')} ${unknown.length === 1 ? 'is' : 'are'} not in ${file}: ${someOf(unknown)}`,
+    )
   }
   return folders.map((f) => names.get(f) as string)
 }
@@ -281,7 +287,9 @@ function loadAircraft(dir: string, e: CatalogEntry): Omit<DatasetSplits, 'name' 
   const seen = new Set([...train.labels, ...val.labels, ...test.labels])
   const empty = classNames.filter((_, i) => !seen.has(i))
   if (empty.length > 0)
-    throw invalidArgument(`${variantsFile}: ${empty.length} variants have no images: ${someOf(empty)}`)
+    throw invalidArgument(
+      `${variantsFile}: ${plural(empty.length, 'variant')} ${empty.length === 1 ? 'has' : 'have'} no images: ${someOf(empty)}`,
+    )
   return { classNames, train, val, test, skipped: [] }
 }
 
@@ -293,7 +301,9 @@ function loadImagenetV2(dir: string, e: CatalogEntry): Omit<DatasetSplits, 'name
   const folders = classNames.map((_, i) => String(i))
   const missing = folders.filter((f) => !isDirectory(join(imageDir, f)))
   if (missing.length > 0)
-    throw fileNotFound(`${imageDir}: ${missing.length} class folders are missing: ${someOf(missing)}`)
+    throw fileNotFound(
+      `${imageDir}: ${plural(missing.length, 'class folder')} ${missing.length === 1 ? 'is' : 'are'} missing: ${someOf(missing)}`,
+    )
   const skipped: SkippedFile[] = []
   const known = new Set(folders)
   for (const f of listNoHidden(imageDir)) {

@@ -13,6 +13,26 @@ export { IMAGE_EXT } from './extensions'
 /** How many offending entries a message lists before it only counts them. */
 const EXAMPLES = 5
 
+/** "1 class", "3 classes": a count and its noun, singular for one. */
+export function plural(n: number, one: string, many = `${one}s`): string {
+  return `${n} ${n === 1 ? one : many}`
+}
+
+/** Characters a message must not echo raw: C0 and C1 controls (ESC starts a terminal's escape
+ *  sequences), DEL, the line and paragraph separators and the bidirectional overrides. */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g
+
+/** `s` with its control characters written as `\uXXXX`, for a path in a message. */
+export function escapeControls(s: string): string {
+  return String(s).replace(CONTROL, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+}
+
+/** A name for a message: in double quotes, JSON-style, control characters escaped ("a\u001b[31m"). */
+export function quote(s: string): string {
+  return `"${escapeControls(String(s).replace(/\\/g, '\\\\').replace(/"/g, '\\"'))}"`
+}
+
 export function fileNotFound(message: string): PromptclipError {
   return new PromptclipError('E_FILE_NOT_FOUND', message)
 }
@@ -31,9 +51,32 @@ export function isDirectory(path: string): boolean {
   }
 }
 
+/** Why `path` cannot be opened: it does not exist, or it is a symbolic link that leads back to
+ *  itself (ELOOP; existsSync reports that as missing, which sends the user looking for a file that
+ *  is there). Undefined when it can be. */
+export function unreachable(path: string): 'missing' | 'loop' | undefined {
+  try {
+    statSync(path)
+    return undefined
+  } catch (e) {
+    return (e as { code?: string }).code === 'ELOOP' ? 'loop' : 'missing'
+  }
+}
+
+/** `path` must exist: "<what> <path> does not exist" (E_FILE_NOT_FOUND), or for a symbolic link
+ *  loop "... is a symbolic link loop (ELOOP)" (E_INVALID_ARGUMENT). */
+export function requireExists(path: string, what: string, hint = ''): void {
+  const why = unreachable(path)
+  const subject = `${what ? `${what} ` : ''}${escapeControls(path)}`
+  if (why === 'loop') {
+    throw invalidArgument(`${subject} is a symbolic link loop (ELOOP: following it leads back to itself)`)
+  }
+  if (why === 'missing') throw fileNotFound(`${subject} does not exist${hint}`)
+}
+
 export function requireDirectory(path: string, what: string): void {
-  if (!existsSync(path)) throw fileNotFound(`${what} ${path} does not exist`)
-  if (!isDirectory(path)) throw invalidArgument(`${what} ${path} is not a folder`)
+  requireExists(path, what)
+  if (!isDirectory(path)) throw invalidArgument(`${what} ${escapeControls(path)} is not a folder`)
 }
 
 /** A folder's entries without hidden files (dotfiles: .DS_Store, ._* from macOS archives), sorted
@@ -75,6 +118,14 @@ function targetOf(path: string): { isDirectory(): boolean } | undefined {
 /** The reason a broken symbolic link is skipped. */
 export const BROKEN_LINK = 'a broken symbolic link (its target does not exist)'
 
+/** The reason a symbolic link that leads back to itself is skipped. */
+export const LINK_LOOP = 'a symbolic link loop (ELOOP: following it leads back to itself)'
+
+/** Why a broken entry of `listEntries` was skipped: a loop or a missing target. */
+export function brokenReason(path: string): string {
+  return unreachable(path) === 'loop' ? LINK_LOOP : BROKEN_LINK
+}
+
 /**
  * A split file's relative path may not leave its image root: `../x` or an absolute path would read
  * images from anywhere, and a path like that in a downloaded split file is a mistake or worse.
@@ -89,7 +140,10 @@ export function escapesRoot(rel: string): boolean {
 export function checkExist(paths: string[], source: string): void {
   const missing = paths.filter((p) => !existsSync(p))
   if (missing.length > 0) {
-    throw fileNotFound(`${source}: ${missing.length} of ${paths.length} images do not exist: ${someOf(missing)}`)
+    const verb = missing.length === 1 ? 'does' : 'do'
+    throw fileNotFound(
+      `${source}: ${missing.length} of ${plural(paths.length, 'image')} ${verb} not exist: ${someOf(missing.map(escapeControls))}`,
+    )
   }
 }
 
@@ -111,8 +165,32 @@ export function checkEveryClassHasImages(data: LabelledDataset, source: string):
   for (const l of data.labels) count[l]++
   const empty = data.classNames.filter((_, i) => count[i] === 0)
   if (empty.length > 0) {
-    throw invalidArgument(`${source}: ${empty.length} classes have no images: ${someOf(empty.map((c) => `"${c}"`))}`)
+    const verb = empty.length === 1 ? 'has' : 'have'
+    throw invalidArgument(
+      `${source}: ${plural(empty.length, 'class', 'classes')} ${verb} no images: ${someOf(empty.map(quote))}`,
+    )
   }
+}
+
+/**
+ * A classifier needs at least two classes: with one, every image is that class, training reaches
+ * loss 0 at once and accuracy reads 100%, which says nothing. Counts the classes that have images
+ * in `data` (a class list of two whose images are all of one class is one class too) and names
+ * those found: `photos/: found 1 class ("cats"); a classifier needs at least two classes`.
+ * Call it on the data a learner trains on.
+ */
+export function requireTwoClasses(data: { labels: number[]; classNames: string[] }, source: string): void {
+  if (!data || !Array.isArray(data.classNames)) throw invalidArgument(`${source}: expected a dataset with classNames`)
+  const labels = Array.isArray(data.labels) ? data.labels : []
+  const present = [...new Set(labels)].sort((a, b) => a - b)
+  const found = labels.length > 0 ? present.map((l) => data.classNames[l] ?? String(l)) : data.classNames
+  if (found.length >= 2) return
+  const what = found.length === 0 ? 'found no class' : `found 1 class (${quote(found[0])})`
+  const listed =
+    found.length < data.classNames.length
+      ? ` (the class list has ${plural(data.classNames.length, 'class', 'classes')}, but the images are of ${found.length === 0 ? 'none' : 'one'})`
+      : ''
+  throw invalidArgument(`${escapeControls(source)}: ${what}${listed}; a classifier needs at least two classes`)
 }
 
 export function checkNotEmpty(n: number, source: string): void {
@@ -123,7 +201,7 @@ export function checkNotEmpty(n: number, source: string): void {
 export function checkUniqueNames(classNames: string[], source: string): void {
   const seen = new Set<string>()
   for (const c of classNames) {
-    if (seen.has(c)) throw invalidArgument(`${source}: class name "${c}" appears twice in the class list`)
+    if (seen.has(c)) throw invalidArgument(`${source}: class name ${quote(c)} appears twice in the class list`)
     seen.add(c)
   }
 }

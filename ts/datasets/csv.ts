@@ -1,9 +1,9 @@
 /** Lists of images as CSV: `path,label` per line. */
 import { existsSync, readFileSync } from 'node:fs'
-import { dirname, resolve } from 'node:path'
+import { dirname, relative, resolve } from 'node:path'
 import { invalidArgument, nativeSync } from '../errors'
 import type { ImageInput } from '../options'
-import { checkExist, checkNoDuplicates, checkNotEmpty, fileNotFound } from './checks'
+import { checkExist, checkNoDuplicates, checkNotEmpty, escapesRoot, fileNotFound, quote } from './checks'
 import { labelsFor } from './memory'
 import type { LabelledDataset } from './types'
 
@@ -92,8 +92,9 @@ const LABEL_HEADERS = new Set(['label', 'class', 'classname', 'class_name', 'cat
  * A CSV of `path,label`: the label is a class name or a class index (an index needs
  * `options.classNames`, the names in label order). A first line naming the columns (path / image /
  * file..., label / class / category...) is a header, and then the columns may come in any order and
- * others are ignored. Paths are relative to `options.imageRoot`, else to the CSV's folder (absolute
- * paths stay as they are). Without `classNames` the sorted distinct names become the classes, as
+ * others are ignored. Paths are relative to `options.imageRoot`, else to the CSV's folder, and may
+ * not leave it: a row whose path (with `../`, or absolute) lies outside is refused, as a split
+ * file's, before anything is opened and without saying whether that file exists. Without `classNames` the sorted distinct names become the classes, as
  * for a folder of classes. Every image must exist and appear once.
  */
 export function loadCsv(csvPath: string, options: { imageRoot?: string; classNames?: string[] } = {}): LabelledDataset {
@@ -103,6 +104,7 @@ export function loadCsv(csvPath: string, options: { imageRoot?: string; classNam
   let labelCol = 1
   let width = 2
   let body = records
+  let header: string[] | undefined
   const head = records[0]?.fields.map((f) => f.trim().toLowerCase())
   if (head) {
     const p = head.findIndex((f) => PATH_HEADERS.has(f))
@@ -111,21 +113,29 @@ export function loadCsv(csvPath: string, options: { imageRoot?: string; classNam
       pathCol = p
       labelCol = l
       width = head.length
+      header = records[0].fields.map((f) => f.trim())
       body = records.slice(1)
     }
   }
-  const root = options.imageRoot ?? dirname(csvPath)
+  const root = resolve(options.imageRoot ?? dirname(csvPath))
+  const rootName = options.imageRoot !== undefined ? `the image root ${root}` : `the CSV's folder ${root}`
+  const columns = header ? `columns (as the header: ${header.join(',')})` : 'columns path,label'
   const images: string[] = []
   const raw: string[] = []
   for (const { line, fields } of body) {
     if (fields.length !== width) {
-      throw invalidArgument(`${csvPath}:${line}: ${fields.length} fields, expected ${width} (path,label)`)
+      const hint = fields.length > width ? ' (a comma inside a path or a label needs the field in double quotes)' : ''
+      throw invalidArgument(`${csvPath}:${line}: expected ${width} ${columns}, found ${fields.length}${hint}`)
     }
     const path = fields[pathCol].trim()
     const label = fields[labelCol].trim()
     if (path === '') throw invalidArgument(`${csvPath}:${line}: empty path`)
     if (label === '') throw invalidArgument(`${csvPath}:${line}: empty label`)
-    images.push(resolve(root, path))
+    const image = resolve(root, path)
+    if (escapesRoot(relative(root, image))) {
+      throw invalidArgument(`${csvPath}:${line}: path ${quote(path)} leaves ${rootName}`)
+    }
+    images.push(image)
     raw.push(label)
   }
   checkNotEmpty(images.length, csvPath)

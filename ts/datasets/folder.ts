@@ -2,7 +2,7 @@
 import { join } from 'node:path'
 import { invalidArgument } from '../errors'
 import type { ImageInput } from '../options'
-import { BROKEN_LINK, checkNotEmpty, isDirectory, listEntries, requireDirectory } from './checks'
+import { brokenReason, checkNotEmpty, isDirectory, listEntries, quote, requireDirectory } from './checks'
 import { IMAGE_EXT, IMAGE_TYPES } from './extensions'
 import type { DatasetSplits, LabelledDataset, SkippedFile } from './types'
 
@@ -30,7 +30,7 @@ export function splitFoldersOf(dir: string): { train: string; val?: string; test
 export function listClassImages(classDir: string, skipped: SkippedFile[]): string[] {
   const images: string[] = []
   for (const { name, path, isDir, broken } of listEntries(classDir)) {
-    if (broken) skipped.push({ path, reason: BROKEN_LINK })
+    if (broken) skipped.push({ path, reason: brokenReason(path) })
     else if (isDir) skipped.push({ path, reason: 'a folder inside a class folder (not searched)' })
     else if (IMAGE_EXT.test(name)) images.push(path)
     else {
@@ -64,7 +64,7 @@ export function loadImageFolder(dir: string): LabelledDataset & { skipped: Skipp
   const labels: number[] = []
   for (const { name, path, isDir, broken } of listEntries(dir)) {
     if (broken) {
-      skipped.push({ path, reason: BROKEN_LINK })
+      skipped.push({ path, reason: brokenReason(path) })
       continue
     }
     if (!isDir) {
@@ -104,7 +104,9 @@ export function loadSplitFolders(dir: string): DatasetSplits {
     skipped.push(...d.skipped)
     const extra = d.classNames.filter((c) => !index.has(c))
     if (extra.length > 0) {
-      throw invalidArgument(`${splitDir}: classes not in ${parts.train}: ${extra.map((c) => `"${c}"`).join(', ')}`)
+      throw invalidArgument(
+        `${splitDir}: ${extra.length === 1 ? 'a class' : 'classes'} not in ${parts.train}: ${extra.map(quote).join(', ')}`,
+      )
     }
     const labels = d.labels.map((l) => index.get(d.classNames[l]) as number)
     checkNotEmpty(labels.length, splitDir)

@@ -3,7 +3,7 @@ import { existsSync, readdirSync } from 'node:fs'
 import { basename, dirname, extname, join } from 'node:path'
 import { invalidArgument, nativeSync } from '../errors'
 import { catalogName, DATASETS, type DatasetName, loadDataset, nonEmpty } from './catalog'
-import { fileNotFound, isDirectory } from './checks'
+import { isDirectory, requireExists } from './checks'
 import { loadCsv } from './csv'
 import { loadImageFolder, loadSplitFolders, splitFoldersOf } from './folder'
 import { loadSplitFile } from './split'
@@ -68,11 +68,11 @@ export function openDataset(source: string, options: { imageRoot?: string; root?
     throw invalidArgument('openDataset: source must be a non-empty string')
   const name = /[/\\]/.test(source) ? undefined : catalogName(source)
   if (name) return loadDataset(name, dataRoot(options.root))
-  if (!existsSync(source)) {
-    throw fileNotFound(
-      `dataset ${source} does not exist (a folder, a split_zhou_*.json, a .csv, or a catalog name: ${Object.keys(DATASETS).join(', ')})`,
-    )
-  }
+  requireExists(
+    source,
+    'dataset',
+    ` (a folder, a split_zhou_*.json, a .csv, or a catalog name: ${Object.keys(DATASETS).join(', ')})`,
+  )
   if (isDirectory(source)) {
     const catalog = byCatalogFolder(source)
     if (catalog) return { ...loadDataset(catalog, dirname(source)), name: source }

@@ -2,7 +2,7 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { invalidArgument, nativeSync } from '../errors'
-import { checkExist, checkNoDuplicates, checkNotEmpty, escapesRoot, fileNotFound } from './checks'
+import { checkExist, checkNoDuplicates, checkNotEmpty, escapesRoot, fileNotFound, plural, quote } from './checks'
 import type { LabelledDataset } from './types'
 
 const PARTS = ['train', 'val', 'test'] as const
@@ -35,7 +35,11 @@ export function loadSplitFile(
   const entries: Record<Part, [string, number, string][]> = { train: [], val: [], test: [] }
   const lists = PARTS.map((part) => {
     const list = raw[part]
-    if (!Array.isArray(list)) throw invalidArgument(`${jsonPath}: missing "${part}" list`)
+    if (list === undefined) throw invalidArgument(`${jsonPath}: missing the "${part}" list`)
+    if (!Array.isArray(list)) {
+      const got = list === null ? 'null' : typeof list === 'object' ? 'an object' : `a ${typeof list}`
+      throw invalidArgument(`${jsonPath}: "${part}" is not a list of [relpath, label, classname] entries (got ${got})`)
+    }
     return list as unknown[]
   })
   let [maxLabel, maxAt] = [-1, '']
@@ -54,7 +58,7 @@ export function loadSplitFile(
         )
       }
       const [rel, label, name] = item as [string, number, string]
-      if (escapesRoot(rel)) throw invalidArgument(`${jsonPath}: ${part}[${i}] path "${rel}" leaves the image root`)
+      if (escapesRoot(rel)) throw invalidArgument(`${jsonPath}: ${part}[${i}] path ${quote(rel)} leaves the image root`)
       if (label > maxLabel) [maxLabel, maxAt] = [label, `${part}[${i}]`]
       const known = names.get(label)
       if (known === undefined) {
@@ -62,7 +66,7 @@ export function loadSplitFile(
         where.set(label, `${part}[${i}]`)
       } else if (known !== name) {
         throw invalidArgument(
-          `${jsonPath}: ${part}[${i}] names label ${label} "${name}", elsewhere "${known}" (${where.get(label)})`,
+          `${jsonPath}: ${part}[${i}] names label ${label} ${quote(name)}, elsewhere ${quote(known)} (${where.get(label)})`,
         )
       }
       entries[part].push([rel, label, name])
@@ -79,7 +83,7 @@ export function loadSplitFile(
     for (let i = 0; first.length < 5 && i < k; i++) if (!names.has(i)) first.push(String(i))
     const more = missing > first.length ? ` and ${missing - first.length} more` : ''
     throw invalidArgument(
-      `${jsonPath}: labels run to ${k - 1} (${maxAt}) but ${missing} classes have no images in any split: labels ${first.join(', ')}${more}`,
+      `${jsonPath}: labels run to ${k - 1} (${maxAt}) but ${plural(missing, 'class', 'classes')} ${missing === 1 ? 'has' : 'have'} no images in any split: label${missing === 1 ? '' : 's'} ${first.join(', ')}${more}`,
     )
   }
   const classNames = Array.from({ length: k }, (_, i) => names.get(i) as string)
