@@ -103,38 +103,48 @@ for (const c of COMMANDS) {
 }
 
 test('an unknown flag, command or missing command is a one-line usage error (exit 2)', async (t) => {
-  for (const c of COMMANDS) isUsageError(t, await cli([c, '--bogus-flag']), /unknown option '--bogus-flag'/)
-  isUsageError(t, await cli(['zeroshot', '--top-kk', '3', FLAT]), /unknown option '--top-kk'.*Did you mean --top-k\?/)
-  isUsageError(t, await cli(['frobnicate']), /unknown command 'frobnicate'/)
-  isUsageError(t, await cli(['help', 'frobnicate']), /unknown command 'frobnicate'/)
-  isUsageError(t, await cli([]), /no command given/)
+  for (const c of COMMANDS) isUsageError(t, await cli([c, '--bogus-flag']), /E_USAGE: Unknown option '--bogus-flag'/)
+  isUsageError(
+    t,
+    await cli(['zeroshot', '--top-kk', '3', FLAT]),
+    /E_USAGE: Unknown option '--top-kk'.*Did you mean --top-k\?/,
+  )
+  isUsageError(t, await cli(['frobnicate']), /E_USAGE: Unknown command 'frobnicate'/)
+  isUsageError(t, await cli(['help', 'frobnicate']), /E_USAGE: Unknown command 'frobnicate'/)
+  isUsageError(t, await cli([]), /E_USAGE: No command given/)
   isUsageError(t, await cli(['interpret']), /interpret needs --prompt FILE/)
 })
 
 test('bad values are refused by name before any work (exit 2)', async (t) => {
   const cases: [string[], RegExp][] = [
-    [['zeroshot', '--classes', 'a,b', '--top-k', '-3', FLAT], /--top-k <k>' argument '-3' is invalid/],
-    [['zeroshot', '--classes', 'a,b', '--top-k', '0', FLAT], /positive integer/],
-    [['zeroshot', '--classes', 'a,,b', FLAT], /comma-separated list of names/],
-    [['zeroshot', '--classes', 'a,a', FLAT], /"a" is listed twice/],
-    [['zeroshot', '--classes', 'a', '--template', 'no placeholder', FLAT], /needs \{\}/],
-    [['zeroshot', '--classes', 'a', '--device', 'gpu', FLAT], /cpu, cuda or cuda:N/],
-    [['zeroshot', '--classes', 'a', '--dtype', 'fp64', FLAT], /Allowed choices are fp32, fp16, bf16/],
+    [
+      ['zeroshot', '--classes', 'a,b', '--top-k', '-3', FLAT],
+      /E_INVALID_ARGUMENT: --top-k must be a whole number from 1 to 4294967295 \(got -3\)/,
+    ],
+    [['zeroshot', '--classes', 'a,b', '--top-k', '0', FLAT], /--top-k must be a whole number/],
+    [['zeroshot', '--classes', 'a,,b', FLAT], /--classes must be a comma-separated list of names/],
+    [['zeroshot', '--classes', 'a,a', FLAT], /--classes must not list "a" twice/],
+    [['zeroshot', '--classes', 'a', '--template', 'no placeholder', FLAT], /--template must have \{\}/],
+    [['zeroshot', '--classes', 'a', '--device', 'gpu', FLAT], /--device must be cpu, cuda or cuda:N/],
+    [['zeroshot', '--classes', 'a', '--dtype', 'fp64', FLAT], /--dtype must be one of fp32, fp16, bf16/],
     [['zeroshot', FLAT], /needs class names/],
     // The dataset does not exist, but the flag is what is reported: flags are checked first.
-    [['train', '/no/such/data', '--epochs', '1.5'], /--epochs <n>' argument '1.5' is invalid/],
-    [['train', '/no/such/data', '--method', 'prompt-tuning'], /Allowed choices are coop, cocoop, kgcoop, linear-probe/],
-    [['train', '/no/such/data', '--position', 'bogus'], /Allowed choices are end, middle, front/],
+    [['train', '/no/such/data', '--epochs', '1.5'], /--epochs must be a whole number from 1 to 1000000 \(got 1.5\)/],
+    [
+      ['train', '/no/such/data', '--method', 'prompt-tuning'],
+      /--method must be one of coop, cocoop, kgcoop, linear-probe/,
+    ],
+    [['train', '/no/such/data', '--position', 'bogus'], /--position must be one of end, middle, front/],
     [['train', '/no/such/data', '--method', 'cocoop', '--class-specific'], /--class-specific does not apply/],
     [['train', '/no/such/data', '--method', 'linear-probe', '--epochs', '3'], /--epochs does not apply/],
-    [['train', '/no/such/data', '--lr', '-1'], /positive number/],
-    [['eval', DATA, '--split', 'dev'], /Allowed choices are train, val, test/],
+    [['train', '/no/such/data', '--lr', '-1'], /--lr must be a number above 0/],
+    [['eval', DATA, '--split', 'dev'], /--split must be one of train, val, test/],
     [['eval', DATA, '--top-k', '1,x'], /--top-k/],
     [['eval', DATA, '--classes', 'zero,one'], /classes three, two are not in --classes/],
-    [['run', 'zero-shot-transfer', DATA], /Allowed choices are few-shot, base-to-new/],
+    [['run', 'zero-shot-transfer', DATA], /<protocol> must be one of few-shot, base-to-new/],
     [['run', 'cross-dataset', DATA], /needs --targets/],
-    [['run', 'few-shot', DATA, '--methods', 'coop,clip'], /"clip" is not one of/],
-    [['run', 'few-shot', DATA, '--seeds', '1,1'], /duplicates/],
+    [['run', 'few-shot', DATA, '--methods', 'coop,clip'], /--methods must list only .*"clip" is not one/],
+    [['run', 'few-shot', DATA, '--seeds', '1,1'], /--seeds must not list 1 twice/],
   ]
   for (const [args, pattern] of cases) isUsageError(t, await cli(args), pattern)
 })
@@ -343,7 +353,7 @@ test.serial('Ctrl-C stops training at a checkpoint (exit 130), and the same comm
   // A checkpoint from another run (here: other epochs) is refused with the way out.
   const other = await cli(['train', DATA, '--epochs', '7', '--no-augment', '--out', out])
   t.is(other.code, 2)
-  t.regex(other.stderr, /cannot resume[\s\S]*--no-resume/)
+  t.regex(other.stderr, /cannot be resumed[\s\S]*--no-resume/)
   const fresh = await cli(['train', DATA, '--epochs', '7', '--no-augment', '--out', out, '--no-resume'])
   t.is(fresh.code, 0, fresh.stderr)
   t.regex(fresh.stdout, /trained: 7 epochs,/)

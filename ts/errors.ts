@@ -21,10 +21,17 @@ export type ErrorCode =
   | 'E_BUSY'
   | 'E_TENSOR'
   | 'E_INTERNAL'
+  /** The command line was not understood: an unknown command or option, a missing argument. */
+  | 'E_USAGE'
+  /** A server (the job queue's Redis) could not be reached. */
+  | 'E_NETWORK'
+  /** An optional package a feature needs is not installed. */
+  | 'E_MISSING_DEPENDENCY'
 
 /** Codes that mean the input is at fault (a file, an option, the data) rather than the work: the
  *  CLI exits 2 on them, and a sweep's queue does not retry them. */
 export const INPUT_ERROR_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'E_USAGE',
   'E_INVALID_ARGUMENT',
   'E_FILE_NOT_FOUND',
   'E_BAD_CONFIG',
@@ -34,6 +41,7 @@ export const INPUT_ERROR_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'E_TOKENIZER',
   'E_UNSUPPORTED',
   'E_CUDA_UNAVAILABLE',
+  'E_MISSING_DEPENDENCY',
 ])
 
 export class PromptclipError extends Error {
@@ -62,6 +70,38 @@ const NODE_CODES: Record<string, ErrorCode> = {
   EPERM: 'E_IO',
 }
 
+/** serde's phrasing of an option of the wrong type, in a user's words (the core passes it on for
+ *  the cases it does not word itself: a string or boolean where a number goes, and so on). */
+const SERDE: [RegExp, string][] = [
+  [
+    /invalid type: (?:floating point|integer) `([^`]*)`, expected (?:usize|u64|u32|u16|u8)/g,
+    'must be a whole number of at least 0 (got $1)',
+  ],
+  [
+    /invalid value: integer `(-[^`]*)`, expected (?:usize|u64|u32|u16|u8)/g,
+    'must be a whole number of at least 0 (got $1)',
+  ],
+  [
+    /invalid type: ([^,`]+?)(?: `([^`]*)`| "([^"]*)")?, expected (?:usize|u64|u32|u16|u8)/g,
+    'must be a whole number (got $1$2$3)',
+  ],
+  [/invalid type: ([^,`]+?)(?: `([^`]*)`| "([^"]*)")?, expected (?:f32|f64)/g, 'must be a number (got $1 $2$3)'],
+  [/invalid type: ([^,`]+?)(?: `([^`]*)`| "([^"]*)")?, expected a boolean/g, 'must be true or false (got $1 $2$3)'],
+  [/invalid type: ([^,`]+?)(?: `([^`]*)`| "([^"]*)")?, expected a string/g, 'must be a string (got $1 $2$3)'],
+  [/invalid type: ([^,`]+?)(?: `([^`]*)`| "([^"]*)")?, expected a sequence/g, 'must be a list (got $1 $2$3)'],
+  [/unknown variant `([^`]*)`, expected (?:one of )?(.*)$/gm, 'must be one of $2 (got $1)'],
+  [/unknown field `([^`]*)`, expected one of (.*)$/gm, 'has no option $1 (the options are $2)'],
+]
+
+/** A message with serde's phrasing put in a user's words (see SERDE). */
+export function userMessage(message: string): string {
+  let out = message
+  for (const [pattern, words] of SERDE) out = out.replace(pattern, words)
+  return out
+    .replace(/ \(got ([^)]*?) \)/g, ' (got $1)')
+    .replace(/\b(usize|u32|u64|f32|f64)\b/g, (t) => (t.startsWith('f') ? 'number' : 'whole number'))
+}
+
 /** Any error from the addon or from Node's file system as a PromptclipError. */
 export function toPromptclipError(err: unknown): unknown {
   if (err instanceof PromptclipError || !(err instanceof Error)) return err
@@ -69,7 +109,7 @@ export function toPromptclipError(err: unknown): unknown {
   if (typeof code === 'string' && code.startsWith('E_') && !(code in NODE_CODES)) {
     return code === 'E_CANCELLED'
       ? new AbortError(err.message, { cause: err })
-      : new PromptclipError(code as ErrorCode, err.message, { cause: err })
+      : new PromptclipError(code as ErrorCode, userMessage(err.message), { cause: err })
   }
   if (typeof code === 'string' && code in NODE_CODES) {
     return new PromptclipError(NODE_CODES[code], err.message, { cause: err })

@@ -45,26 +45,44 @@ export function badInput(message: string): PromptclipError {
 // ---------------------------------------------------------------------------------------------
 // Option parsers: commander calls them while parsing and reports a throw as a usage error (exit 2).
 
-export function positiveInt(value: string): number {
-  const n = Number(value)
-  if (!/^\s*\+?\d+\s*$/.test(value) || !Number.isSafeInteger(n) || n < 1) {
-    throw new InvalidArgumentError('Expected a positive integer.')
+// Every number a flag takes is checked here: decimal digits only (no hex, octal or binary, no
+// NaN or Infinity), whole where a count is meant, and within the range of the type it reaches the
+// core as. A parser throws the rule alone ("must be ..."); index.ts puts the flag's name and the
+// value given around it.
+
+/** The largest count the binding takes (u32). */
+export const U32_MAX = 4_294_967_295
+/** The largest finite f32: float options reach the core as f32. */
+export const F32_MAX = 3.4028234663852886e38
+const WHOLE = /^\+?\d+$/
+const DECIMAL = /^\+?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i
+
+/** A whole number from `min` to `max`. */
+export function wholeNumber(min: number, max: number): (value: string) => number {
+  return (value) => {
+    const v = value.trim()
+    const n = Number(v)
+    if (!WHOLE.test(v) || !Number.isSafeInteger(n) || n < min || n > max) {
+      throw new InvalidArgumentError(`must be a whole number from ${min} to ${max}`)
+    }
+    return n
   }
-  return n
 }
 
-export function nonNegativeInt(value: string): number {
-  const n = Number(value)
-  if (!/^\s*\+?\d+\s*$/.test(value) || !Number.isSafeInteger(n)) {
-    throw new InvalidArgumentError('Expected a non-negative integer.')
-  }
-  return n
-}
+/** A count: 1 to 2^32 - 1. */
+export const positiveInt = wholeNumber(1, U32_MAX)
+/** A seed: 0 to 2^32 - 1. */
+export const nonNegativeInt = wholeNumber(0, U32_MAX)
+/** Training epochs: 1 to a million. */
+export const epochCount = wholeNumber(1, 1_000_000)
 
+/** A number above 0 that an f32 holds (neither infinite nor rounded to 0). */
 export function positiveNumber(value: string): number {
-  const n = Number(value)
-  if (value.trim() === '' || !Number.isFinite(n) || n <= 0)
-    throw new InvalidArgumentError('Expected a positive number.')
+  const v = value.trim()
+  const n = Number(v)
+  if (!DECIMAL.test(v) || !(n > 0) || n > F32_MAX || Math.fround(n) === 0) {
+    throw new InvalidArgumentError('must be a number above 0 and at most 3.4e38')
+  }
   return n
 }
 
@@ -72,9 +90,18 @@ export function positiveNumber(value: string): number {
 export function intList(one: (v: string) => number): (value: string) => number[] {
   return (value) => {
     const parts = value.split(',').map((s) => s.trim())
-    if (parts.some((p) => p === '')) throw new InvalidArgumentError('Expected a comma-separated list of integers.')
-    const out = parts.map(one)
-    if (new Set(out).size !== out.length) throw new InvalidArgumentError('The list has duplicates.')
+    if (parts.some((p) => p === '')) throw new InvalidArgumentError('must be a comma-separated list of whole numbers')
+    const out = parts.map((p) => {
+      try {
+        return one(p)
+      } catch (e) {
+        throw new InvalidArgumentError(
+          `${(e as Error).message.replace('must be a whole number', 'must list whole numbers')} (${p} is not one)`,
+        )
+      }
+    })
+    const dup = out.find((n, i) => out.indexOf(n) !== i)
+    if (dup !== undefined) throw new InvalidArgumentError(`must not list ${dup} twice`)
     return out
   }
 }
@@ -82,9 +109,9 @@ export function intList(one: (v: string) => number): (value: string) => number[]
 /** A comma-separated list of non-empty names without duplicates. */
 export function nameList(value: string): string[] {
   const names = value.split(',').map((s) => s.trim())
-  if (names.some((n) => n === '')) throw new InvalidArgumentError('Expected a comma-separated list of names.')
+  if (names.some((n) => n === '')) throw new InvalidArgumentError('must be a comma-separated list of names')
   const dup = names.find((n, i) => names.indexOf(n) !== i)
-  if (dup !== undefined) throw new InvalidArgumentError(`"${dup}" is listed twice.`)
+  if (dup !== undefined) throw new InvalidArgumentError(`must not list "${dup}" twice`)
   return names
 }
 
@@ -93,7 +120,7 @@ export function choiceList<T extends string>(choices: readonly T[]): (value: str
   return (value) => {
     const list = nameList(value)
     const bad = list.find((v) => !choices.includes(v as T))
-    if (bad !== undefined) throw new InvalidArgumentError(`"${bad}" is not one of ${choices.join(', ')}.`)
+    if (bad !== undefined) throw new InvalidArgumentError(`must list only ${choices.join(', ')} ("${bad}" is not one)`)
     return list as T[]
   }
 }
@@ -104,12 +131,12 @@ export function collect(value: string, previous: string[] | undefined): string[]
 }
 
 export function template(value: string, previous: string[] | undefined): string[] {
-  if (!value.includes('{}')) throw new InvalidArgumentError('A template needs {} where the class name goes.')
+  if (!value.includes('{}')) throw new InvalidArgumentError('must have {} where the class name goes')
   return collect(value, previous)
 }
 
 export function device(value: string): DeviceName {
-  if (!/^(cpu|cuda|cuda:\d+)$/.test(value)) throw new InvalidArgumentError('Expected cpu, cuda or cuda:N.')
+  if (!/^(cpu|cuda|cuda:\d+)$/.test(value)) throw new InvalidArgumentError('must be cpu, cuda or cuda:N')
   return value as DeviceName
 }
 

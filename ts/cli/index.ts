@@ -6,8 +6,8 @@
  */
 import { Command, CommanderError } from 'commander'
 import { packageRequire } from '../binding'
-import { PromptclipError } from '../errors'
-import { badInput, type Ctx, EXIT, EXIT_HELP, exitCodeOf } from './common'
+import { PromptclipError, userMessage } from '../errors'
+import { type Ctx, EXIT, EXIT_HELP, exitCodeOf } from './common'
 import * as demo from './demo'
 import * as evaluate from './eval'
 import * as info from './info'
@@ -53,13 +53,33 @@ function program(ctx: Ctx): Command {
 
 const COMMANDS = ['zeroshot', 'train', 'eval', 'predict', 'interpret', 'run', 'demo', 'info', 'worker'] as const
 
-/** The words of a commander error, without its "error: " prefix. */
-function usageMessage(err: CommanderError, argv: string[]): string {
+/**
+ * A commander error in the CLI's words, as a coded error: a bad value is E_INVALID_ARGUMENT
+ * ("--epochs must be a whole number from 1 to 1000000 (got 1.5)"), anything else (an unknown
+ * option or command, a missing argument) E_USAGE; both end by pointing to the command's --help.
+ */
+function usageError(err: CommanderError, argv: string[]): PromptclipError {
   const msg = err.message.replace(/^error: /, '').replace(/\s*\n\s*/g, ' ')
   const command = argv.find((a) => !a.startsWith('-'))
   const known = COMMANDS as readonly string[]
   const help = command && known.includes(command) ? `promptclip ${command} --help` : 'promptclip --help'
-  return `${msg} (see \`${help}\`)`
+  const option = /^option '(?:-\w, )?(--?[\w-]+)[^']*' argument '(.*)' is invalid\. (.*)$/s.exec(msg)
+  const argument = /^command-argument value '(.*)' is invalid for argument '([\w-]+)'\. (.*)$/s.exec(msg)
+  const rule = (text: string) =>
+    text
+      .replace(/^Allowed choices are (.*)\.$/, 'must be one of $1')
+      .replace(/\.$/, '')
+      .replace(/^(?!must)/, 'is invalid: ')
+  if (option) {
+    const [, flag, value, why] = option
+    return new PromptclipError('E_INVALID_ARGUMENT', `${flag} ${rule(why)} (got ${value}). See \`${help}\`.`)
+  }
+  if (argument) {
+    const [, value, name, why] = argument
+    return new PromptclipError('E_INVALID_ARGUMENT', `<${name}> ${rule(why)} (got ${value}). See \`${help}\`.`)
+  }
+  const words = msg.replace(/\.?$/, '')
+  return new PromptclipError('E_USAGE', `${words[0].toUpperCase()}${words.slice(1)}. See \`${help}\`.`)
 }
 
 function report(err: unknown, json: boolean): number {
@@ -67,7 +87,8 @@ function report(err: unknown, json: boolean): number {
   let message: string
   let exit: number
   if (err instanceof PromptclipError) {
-    ;({ code, message } = err)
+    code = err.code
+    message = userMessage(err.message).replace(/^invalid argument: /, '')
     exit = exitCodeOf(err)
   } else {
     code = 'E_INTERNAL'
@@ -75,7 +96,7 @@ function report(err: unknown, json: boolean): number {
     exit = EXIT.FAILURE
   }
   if (json) process.stderr.write(`${JSON.stringify({ error: { code, message } })}\n`)
-  else process.stderr.write(`promptclip: ${code === 'E_INVALID_ARGUMENT' ? '' : `${code}: `}${message}\n`)
+  else process.stderr.write(`promptclip: ${code}: ${message}\n`)
   return exit
 }
 
@@ -101,7 +122,7 @@ async function main(argv: string[]): Promise<number> {
       // --help and --version: their output is printed, exit 0.
       if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version') return EXIT.OK
       if (err.code === 'commander.help' && err.exitCode === 0) return EXIT.OK
-      return report(badInput(usageMessage(err, argv)), json)
+      return report(usageError(err, argv), json)
     }
     return report(err, json)
   } finally {

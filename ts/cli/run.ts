@@ -26,6 +26,7 @@ import {
   device,
   EXIT,
   EXIT_HELP,
+  epochCount,
   given,
   intList,
   type ModelFlags,
@@ -98,7 +99,7 @@ export function register(program: Command, ctx: Ctx): void {
     .option('--out <dir>', 'where runs and results go (default promptclip-<protocol>)')
     .option('--image-root <dir>', 'folder a split file’s image paths are relative to')
     .option('--data-root <dir>', 'where catalog datasets live (default: $PROMPTCLIP_DATA, else ./data)')
-    .addOption(new Option('--epochs <n>', 'training epochs of the prompt learners').argParser(positiveInt))
+    .addOption(new Option('--epochs <n>', 'training epochs of the prompt learners').argParser(epochCount))
     .addOption(new Option('--lr <rate>', 'learning rate of the prompt learners').argParser(positiveNumber))
     .addOption(new Option('--train-batch-size <n>', 'training batch of the prompt learners').argParser(positiveInt))
     .option('--augment', 'random resized crop + flip in training (the default)')
@@ -131,6 +132,22 @@ export function register(program: Command, ctx: Ctx): void {
       ctx.exitCode = await run(protocol, dataset, flags, command, ctx)
     },
   )
+}
+
+/** The flags behind each setting a finished run records (for a refused rerun's message). */
+const RERUN_FLAGS: Record<string, string> = {
+  protocol: '<protocol>',
+  model: '--model and --dtype',
+  dataset: '<dataset> (and --image-root, --data-root)',
+  targets: '--targets',
+  method: '--methods',
+  shots: '--shots',
+  seed: '--seeds',
+  templates: '<dataset>',
+  learner: '--model',
+  train: '--epochs, --lr, --train-batch-size and --augment',
+  batchSize: '--batch-size',
+  skipUnreadable: '--skip-unreadable',
 }
 
 /** A path-like source must exist; a bare word is a catalog name, checked by the runner. */
@@ -268,6 +285,17 @@ async function run(protocol: ProtocolName, dataset: string, flags: Flags, comman
     return EXIT.OK
   } catch (err) {
     progress.stop()
+    if (err instanceof PromptclipError && err.code === 'E_INVALID_ARGUMENT') {
+      const changed = /^(?:invalid argument: )?(.*)[/\\]result\.json was made with a different (\w+);/.exec(err.message)
+      if (changed) {
+        const [, dir, key] = changed
+        throw new PromptclipError(
+          err.code,
+          `${out} holds a finished run (${dir}) made with a different ${key}. Run again with the same ${RERUN_FLAGS[key] ?? key} as before, give --out <other folder>, or delete ${dir} to redo that run.`,
+          { cause: err },
+        )
+      }
+    }
     if (err instanceof PromptclipError && err.code === 'E_CANCELLED') {
       progress.log(`stopped; finished runs and the interrupted run's checkpoint are in ${out}`)
       progress.log('run the same command again to resume')

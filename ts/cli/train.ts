@@ -20,6 +20,7 @@ import {
   checkModel,
   EXIT,
   EXIT_HELP,
+  epochCount,
   given,
   type ModelFlags,
   modelName,
@@ -101,7 +102,7 @@ export function register(program: Command, ctx: Ctx): void {
         positiveNumber,
       ),
     )
-    .addOption(new Option('--epochs <n>', 'training epochs (default: the method’s recipe)').argParser(positiveInt))
+    .addOption(new Option('--epochs <n>', 'training epochs (default: the method’s recipe)').argParser(epochCount))
     .addOption(new Option('--lr <rate>', 'learning rate (default 0.002)').argParser(positiveNumber))
     .addOption(new Option('--batch-size <n>', 'images per training step').argParser(positiveInt))
     .addOption(
@@ -112,7 +113,7 @@ export function register(program: Command, ctx: Ctx): void {
     .addOption(new Option('--shots <n>', 'train on N images per class (the few-shot protocol)').argParser(positiveInt))
     .option('--augment', 'random resized crop + flip (the default)')
     .option('--no-augment', 'no augmentation: image features are computed once (much faster)')
-    .addOption(new Option('--checkpoint-every <n>', 'epochs between checkpoints (default 1)').argParser(positiveInt))
+    .addOption(new Option('--checkpoint-every <n>', 'epochs between checkpoints (default 1)').argParser(epochCount))
     .option('--out <file>', 'the prompt file to write (default promptclip-<method>.safetensors)')
     .option('--no-resume', 'start over even if the checkpoint of an earlier run exists')
     .option('--skip-unreadable', 'skip images that cannot be read instead of failing')
@@ -207,10 +208,9 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
       return EXIT.INTERRUPTED
     }
     if (resume && err instanceof PromptclipError && err.code === 'E_INVALID_ARGUMENT') {
-      throw new PromptclipError(
-        err.code,
-        `${err.message}\n(if ${checkpoint} is left from another run, pass --no-resume to start over, or delete it)`,
-      )
+      throw new PromptclipError(err.code, checkpointRefusal(err.message, checkpoint, flags.out === undefined), {
+        cause: err,
+      })
     }
     throw err
   }
@@ -269,6 +269,22 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
     )
   }
   return EXIT.OK
+}
+
+/**
+ * A checkpoint that this run cannot resume, in one line that names the ways out: --no-resume,
+ * another --out, or moving the checkpoint away.
+ */
+export function checkpointRefusal(coreMessage: string, checkpoint: string, defaultOut: boolean): string {
+  const why = coreMessage
+    .replace(/^invalid argument: /, '')
+    .replace(/^.*?cannot resume, /, '')
+    .replace(/\s*\(resume with [^)]*\)\s*$/, '')
+  const where = defaultOut ? ' (the default --out of this method)' : ''
+  return (
+    `the checkpoint ${checkpoint}${where} is from another run and cannot be resumed: ${why}. ` +
+    `Pass --no-resume to start over, give --out <other file> to keep it, or move ${checkpoint} away.`
+  )
 }
 
 /** An evaluation without its confusion matrix (for train's JSON). */

@@ -10,7 +10,7 @@ import { isPermanent, JobRunner } from '../protocols/jobs'
 import type { FromWorker, ToWorker } from '../protocols/local'
 import { runId } from '../protocols/plan'
 import { DEFAULT_LOCK_MS, startWorker, type WorkerEvent } from '../protocols/queue'
-import { badInput, type Ctx, device, EXIT, EXIT_HELP, positiveInt } from './common'
+import { badInput, type Ctx, device, EXIT, EXIT_HELP, wholeNumber } from './common'
 
 interface Flags {
   queue?: string
@@ -36,7 +36,7 @@ export function register(program: Command, ctx: Ctx): void {
     .addOption(
       new Option('--lock-ms <ms>', 'how long a dead worker’s run waits before another worker takes it')
         .default(DEFAULT_LOCK_MS)
-        .argParser(positiveInt),
+        .argParser(wholeNumber(500, 2_147_483_647)),
     )
     .addOption(new Option('--local').hideHelp())
     .option('--json', 'one JSON line per event on stdout')

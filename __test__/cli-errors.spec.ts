@@ -1,0 +1,152 @@
+/**
+ * Issue 23, the command line's part: one form for every error (`promptclip: E_CODE: message`, or
+ * JSON on stderr), numbers in flags checked in one place before any data is loaded, and refused
+ * reruns of `train` and `run` that name the way out. dist/cli.js in a child process.
+ */
+import { spawn } from 'node:child_process'
+import { cpSync, mkdirSync, mkdtempSync, readdirSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import test from 'ava'
+import { collect, IMAGES, type ProcessResult } from './helpers'
+
+const ROOT = join(import.meta.dirname ?? __dirname, '..')
+const CLI = join(ROOT, 'dist', 'cli.js')
+const TMP = mkdtempSync(join(tmpdir(), 'promptclip-cli-errors-'))
+/** train/ and test/ of two classes, from the fixture images. */
+const DATA = join(TMP, 'ds')
+/** One class folder per class, no splits. */
+const FLAT = join(TMP, 'flat')
+
+function cli(args: string[], cwd = TMP): Promise<ProcessResult> {
+  return collect(spawn(process.execPath, [CLI, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] }))
+}
+
+test.before(() => {
+  const files = readdirSync(IMAGES).filter((f) => /\.(png|jpg)$/.test(f))
+  for (const [i, f] of files.entries()) {
+    const cls = i % 2 === 0 ? 'a' : 'b'
+    for (const split of ['train', 'test']) {
+      mkdirSync(join(DATA, split, cls), { recursive: true })
+      cpSync(join(IMAGES, f), join(DATA, split, cls, f))
+    }
+    mkdirSync(join(FLAT, cls), { recursive: true })
+    cpSync(join(IMAGES, f), join(FLAT, cls, f))
+  }
+})
+
+/** One error line on stderr in the one form, exit 2, nothing on stdout, no Rust or JS internals. */
+function refused(t: import('ava').ExecutionContext, r: ProcessResult, code: string, pattern: RegExp): void {
+  t.is(r.code, 2, r.stderr)
+  t.is(r.stdout, '')
+  // Notes may come first (what train found); the error is the last line, and the only one.
+  const lines = r.stderr.trimEnd().split('\n')
+  const last = lines[lines.length - 1]
+  t.is(lines.filter((l) => l.startsWith('promptclip:')).length, 1, r.stderr)
+  t.regex(last, new RegExp(`^promptclip: ${code}: `))
+  t.regex(last, pattern)
+  t.notRegex(r.stderr, /\n\s+at |TypeError|Error:|usize|u32|f32|f64|invalid type/)
+}
+
+test('numbers in flags: whole, decimal, finite, within their type and range, said in user words', async (t) => {
+  // The dataset does not exist: the flag is refused first, before any data is loaded.
+  const train = (...flags: string[]) => cli(['train', '/no/such/data', ...flags])
+  const epochs = /--epochs must be a whole number from 1 to 1000000 \(got (.*)\)/
+  for (const v of ['1.5', '99999999999', '0x10', '-3', '0', 'NaN', 'Infinity', '1e3', '']) {
+    const r = await train('--epochs', v)
+    refused(t, r, 'E_INVALID_ARGUMENT', epochs)
+    t.is(epochs.exec(r.stderr)?.[1], v)
+  }
+  const lr = /--lr must be a number above 0 and at most 3.4e38/
+  for (const v of ['1e308', '0x10', 'NaN', 'Infinity', '-1', '0', '1e-50', 'abc'])
+    refused(t, await train('--lr', v), 'E_INVALID_ARGUMENT', lr)
+  refused(t, await train('--batch-size', '4294967296'), 'E_INVALID_ARGUMENT', /--batch-size .*1 to 4294967295/)
+  refused(t, await train('--seed', '-1'), 'E_INVALID_ARGUMENT', /--seed must be a whole number from 0 to/)
+  refused(t, await train('--checkpoint-every', '0x2'), 'E_INVALID_ARGUMENT', /--checkpoint-every/)
+  refused(
+    t,
+    await cli(['zeroshot', '--classes', 'a', '--top-k', '0x10', FLAT]),
+    'E_INVALID_ARGUMENT',
+    /--top-k must be a whole number from 1 to/,
+  )
+  refused(
+    t,
+    await cli(['run', 'few-shot', '/no/such', '--epochs', '2000000']),
+    'E_INVALID_ARGUMENT',
+    /--epochs must be a whole number from 1 to 1000000 \(got 2000000\)/,
+  )
+  refused(
+    t,
+    await cli(['run', 'few-shot', '/no/such', '--seeds', '1,0x2']),
+    'E_INVALID_ARGUMENT',
+    /--seeds must list whole numbers from 0 to 4294967295 \(0x2 is not one\)/,
+  )
+  refused(t, await cli(['worker', '--lock-ms', '10']), 'E_INVALID_ARGUMENT', /--lock-ms .* from 500 to/)
+  // Valid forms are taken: a float with an exponent, a plus sign.
+  const ok = await train('--lr', '2e-3', '--epochs', '+3')
+  t.regex(ok.stderr, /E_FILE_NOT_FOUND/)
+})
+
+test('every error has one form: usage errors are E_USAGE, bad values E_INVALID_ARGUMENT, with the code', async (t) => {
+  refused(
+    t,
+    await cli(['train', DATA, '--bogus']),
+    'E_USAGE',
+    /Unknown option '--bogus'. See `promptclip train --help`/,
+  )
+  refused(t, await cli(['frobnicate']), 'E_USAGE', /unknown command 'frobnicate'/i)
+  refused(t, await cli([]), 'E_USAGE', /No command given/)
+  refused(t, await cli(['train']), 'E_USAGE', /missing required argument 'dataset'/i)
+  refused(t, await cli(['train', DATA, '--epochs']), 'E_USAGE', /--epochs <n>' argument missing/)
+  refused(
+    t,
+    await cli(['train', DATA, '--dtype', 'fp64']),
+    'E_INVALID_ARGUMENT',
+    /--dtype must be one of fp32, fp16, bf16 \(got fp64\)/,
+  )
+  refused(t, await cli(['run', 'bogus', DATA]), 'E_INVALID_ARGUMENT', /<protocol> must be one of few-shot/)
+  // Errors of the CLI's own checks carry their code too (E_INVALID_ARGUMENT was printed bare).
+  refused(t, await cli(['zeroshot', FLAT]), 'E_INVALID_ARGUMENT', /needs class names/)
+  refused(
+    t,
+    await cli(['train', DATA, '--method', 'cocoop', '--class-specific']),
+    'E_INVALID_ARGUMENT',
+    /does not apply/,
+  )
+  // --json: the same code and message as JSON on stderr.
+  const j = await cli(['train', DATA, '--epochs', '1.5', '--json'])
+  t.is(j.code, 2)
+  t.is(j.stdout, '')
+  const { error } = JSON.parse(j.stderr) as { error: { code: string; message: string } }
+  t.is(error.code, 'E_INVALID_ARGUMENT')
+  t.regex(error.message, /^--epochs must be a whole number from 1 to 1000000 \(got 1.5\)/)
+  const u = JSON.parse((await cli(['train', DATA, '--nope', '--json'])).stderr) as { error: { code: string } }
+  t.is(u.error.code, 'E_USAGE')
+})
+
+test.serial('a checkpoint from another run blocks train with a message that names the ways out', async (t) => {
+  const dir = mkdtempSync(join(TMP, 'train-'))
+  const base = ['train', DATA, '--n-ctx', '2', '--no-augment']
+  const first = await cli([...base, '--epochs', '1'], dir)
+  t.is(first.code, 0, first.stderr)
+  // The default --out's checkpoint, with other options: refused, naming --no-resume, --out and the file.
+  const again = await cli([...base, '--epochs', '2'], dir)
+  refused(t, again, 'E_INVALID_ARGUMENT', /promptclip-coop\.safetensors\.ckpt \(the default --out/)
+  t.regex(again.stderr, /epochs was 1, this run has 2/)
+  t.regex(again.stderr, /--no-resume/)
+  t.regex(again.stderr, /--out <other file>/)
+  t.regex(again.stderr, /move promptclip-coop\.safetensors\.ckpt away/)
+  // The way out it names works.
+  t.is((await cli([...base, '--epochs', '2', '--no-resume'], dir)).code, 0)
+})
+
+test.serial('run refuses a rerun with other settings naming the option to change', async (t) => {
+  const dir = mkdtempSync(join(TMP, 'run-'))
+  const base = ['run', 'few-shot', DATA, '--methods', 'coop', '--shots', '1', '--seeds', '1', '--no-augment']
+  const first = await cli([...base, '--epochs', '1', '--out', 'r'], dir)
+  t.is(first.code, 0, first.stderr)
+  const again = await cli([...base, '--epochs', '2', '--out', 'r'], dir)
+  refused(t, again, 'E_INVALID_ARGUMENT', /r holds a finished run .* made with a different train/)
+  t.regex(again.stderr, /the same --epochs, --lr, --train-batch-size and --augment as before/)
+  t.regex(again.stderr, /--out <other folder>/)
+})
