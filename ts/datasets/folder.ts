@@ -4,7 +4,23 @@ import { invalidArgument } from '../errors'
 import type { ImageInput } from '../options'
 import { brokenReason, checkNotEmpty, isDirectory, listEntries, quote, requireDirectory } from './checks'
 import { IMAGE_EXT, IMAGE_TYPES } from './extensions'
+import { applyClassNames, type ClassNameMap, readClassNamesFile } from './names'
 import type { DatasetSplits, LabelledDataset, SkippedFile } from './types'
+
+/** Options of the image-folder loaders. */
+export interface FolderOptions {
+  /** A file naming the classes of the folders: a JSON object `{ "folder": "class name" }` or
+   *  `folder,name` lines. A folder it does not name keeps its folder name; a folder it names that
+   *  is not there is refused, with the nearest folder name. */
+  classNamesFile?: string
+}
+
+/** A read classNamesFile and whether its folders must all be class folders of this one. */
+interface Naming {
+  file: string
+  map: ClassNameMap
+  checkKeys: boolean
+}
 
 /** Names of split folders: a dataset root holding these is not a folder of classes. */
 export const SPLIT_FOLDERS = { train: 'train', val: ['val', 'validation', 'valid'], test: 'test' } as const
@@ -48,9 +64,19 @@ export function listClassImages(classDir: string, skipped: SkippedFile[]): strin
  * One sub-folder per class: the sorted folder names become labels 0..K-1. Files of other types,
  * files beside the class folders and class folders without images are left out and listed in
  * `skipped`; hidden files are ignored. A dataset root with train/ and test/ is refused (those are
- * splits, not classes): `openDataset` reads it.
+ * splits, not classes): `openDataset` reads it. With `options.classNamesFile`, the class names are
+ * the file's for the folders it names (folder names are not always class names: `n02099601`,
+ * `golden_retriever` is prompted as "golden retriever" either way).
  */
-export function loadImageFolder(dir: string): LabelledDataset & { skipped: SkippedFile[] } {
+export function loadImageFolder(
+  dir: string,
+  options: FolderOptions = {},
+): LabelledDataset & { skipped: SkippedFile[] } {
+  const file = options?.classNamesFile
+  return readImageFolder(dir, file === undefined ? undefined : { file, map: readClassNamesFile(file), checkKeys: true })
+}
+
+function readImageFolder(dir: string, naming: Naming | undefined): LabelledDataset & { skipped: SkippedFile[] } {
   requireDirectory(dir, 'dataset folder')
   if (splitFoldersOf(dir)) {
     throw invalidArgument(
@@ -62,7 +88,9 @@ export function loadImageFolder(dir: string): LabelledDataset & { skipped: Skipp
   const classNames: string[] = []
   const images: ImageInput[] = []
   const labels: number[] = []
+  const folders: string[] = []
   for (const { name, path, isDir, broken } of listEntries(dir)) {
+    if (isDir) folders.push(name)
     if (broken) {
       skipped.push({ path, reason: brokenReason(path) })
       continue
@@ -85,7 +113,9 @@ export function loadImageFolder(dir: string): LabelledDataset & { skipped: Skipp
   if (classNames.length === 0) {
     throw invalidArgument(`${dir}: the dataset is empty (no class sub-folder holds an image of a supported type)`)
   }
-  return { images, labels, classNames, skipped }
+  if (!naming) return { images, labels, classNames, skipped }
+  const named = applyClassNames(classNames, naming.map, naming.file, dir, naming.checkKeys ? folders : undefined)
+  return { images, labels, classNames: named, skipped }
 }
 
 /**
@@ -93,14 +123,18 @@ export function loadImageFolder(dir: string): LabelledDataset & { skipped: Skipp
  * The class list is train's; val and test are labelled by class name, so a split may lack a class
  * but may not add one train does not have.
  */
-export function loadSplitFolders(dir: string): DatasetSplits {
+export function loadSplitFolders(dir: string, options: FolderOptions = {}): DatasetSplits {
   const parts = splitFoldersOf(dir)
   if (!parts) throw invalidArgument(`${dir} has no train/ with val/ or test/ split folders`)
-  const train = loadImageFolder(parts.train)
+  const file = options?.classNamesFile
+  const map = file === undefined ? undefined : readClassNamesFile(file)
+  const naming = (checkKeys: boolean) => (file && map ? { file, map, checkKeys } : undefined)
+  // The file's folders must be train's; val and test may lack a class.
+  const train = readImageFolder(parts.train, naming(true))
   const skipped = [...train.skipped]
   const index = new Map(train.classNames.map((c, i) => [c, i]))
   const relabel = (splitDir: string): LabelledDataset => {
-    const d = loadImageFolder(splitDir)
+    const d = readImageFolder(splitDir, naming(false))
     skipped.push(...d.skipped)
     const extra = d.classNames.filter((c) => !index.has(c))
     if (extra.length > 0) {

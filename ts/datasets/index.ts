@@ -5,9 +5,11 @@
  */
 export type { CatalogEntry, CatalogLayout, DatasetName } from './catalog'
 export { catalogName, DATASETS, loadDataset, readClassnames } from './catalog'
+export { requireTwoClasses } from './checks'
 export type { CsvRecord } from './csv'
 export { loadCsv, parseCsv } from './csv'
 export { IMAGE_EXT, IMAGE_EXTENSIONS } from './extensions'
+export type { FolderOptions } from './folder'
 export { loadImageFolder, loadSplitFolders } from './folder'
 export {
   DIGIT_CLASSES,
@@ -20,6 +22,7 @@ export {
   readIdx,
 } from './idx'
 export { fromList } from './memory'
+export { readClassNamesFile, selectClasses } from './names'
 export { dataRoot, openDataset } from './open'
 export { baseToNew, fewShot, fewShotSplits, rng, without } from './sampling'
 export { loadSplitFile } from './split'

@@ -5,7 +5,8 @@ import { invalidArgument, nativeSync } from '../errors'
 import { catalogName, DATASETS, type DatasetName, loadDataset, nonEmpty } from './catalog'
 import { isDirectory, requireExists } from './checks'
 import { loadCsv } from './csv'
-import { loadImageFolder, loadSplitFolders, splitFoldersOf } from './folder'
+import { type FolderOptions, loadImageFolder, loadSplitFolders, splitFoldersOf } from './folder'
+import { selectClasses } from './names'
 import { loadSplitFile } from './split'
 import type { DatasetSplits } from './types'
 
@@ -62,12 +63,36 @@ function fromSplitFile(json: string, imageRoot?: string): DatasetSplits {
  *   train only.
  * Paths win over catalog names only when no catalog name matches, so `dtd` is the catalog dataset
  * even if ./dtd exists (name its path, `./dtd`, to read the folder).
+ *
+ * `options.classNamesFile` names the classes of an image folder's (or split folders') class folders
+ * (see `loadImageFolder`); other sources carry their class names and refuse it. `options.classes`
+ * keeps only the classes it names (matched ignoring case, the nearest name suggested for one that
+ * matches nothing; see `selectClasses`), relabelled in the dataset's order.
  */
-export function openDataset(source: string, options: { imageRoot?: string; root?: string } = {}): DatasetSplits {
+export function openDataset(
+  source: string,
+  options: { imageRoot?: string; root?: string; classes?: string[] } & FolderOptions = {},
+): DatasetSplits {
+  const splits = openSource(source, options ?? {})
+  return options?.classes === undefined ? splits : selectClasses(splits, options.classes)
+}
+
+function openSource(source: string, options: { imageRoot?: string; root?: string } & FolderOptions): DatasetSplits {
   if (typeof source !== 'string' || source === '')
     throw invalidArgument('openDataset: source must be a non-empty string')
+  const naming = options.classNamesFile
+  const notHere = (what: string) => {
+    if (naming !== undefined) {
+      throw invalidArgument(
+        `classNamesFile ${naming}: dataset ${source} is ${what}, which names its own classes; classNamesFile is for image folders`,
+      )
+    }
+  }
   const name = /[/\\]/.test(source) ? undefined : catalogName(source)
-  if (name) return loadDataset(name, dataRoot(options.root))
+  if (name) {
+    notHere('a catalog dataset')
+    return loadDataset(name, dataRoot(options.root))
+  }
   requireExists(
     source,
     'dataset',
@@ -75,17 +100,27 @@ export function openDataset(source: string, options: { imageRoot?: string; root?
   )
   if (isDirectory(source)) {
     const catalog = byCatalogFolder(source)
-    if (catalog) return { ...loadDataset(catalog, dirname(source)), name: source }
-    if (splitFoldersOf(source)) return loadSplitFolders(source)
+    if (catalog) {
+      notHere('a catalog dataset')
+      return { ...loadDataset(catalog, dirname(source)), name: source }
+    }
+    if (splitFoldersOf(source)) return loadSplitFolders(source, { classNamesFile: naming })
     const jsons = nativeSync(() => readdirSync(source)).filter((f) => /^split_zhou_.*\.json$/.test(f))
-    if (jsons.length === 1) return fromSplitFile(join(source, jsons[0]), options.imageRoot)
+    if (jsons.length === 1) {
+      notHere('a split file')
+      return fromSplitFile(join(source, jsons[0]), options.imageRoot)
+    }
     if (jsons.length > 1) throw invalidArgument(`${source} holds several split files (${jsons.join(', ')}): name one`)
-    const { skipped, ...train } = loadImageFolder(source)
+    const { skipped, ...train } = loadImageFolder(source, { classNamesFile: naming })
     return { name: source, classNames: train.classNames, train, skipped }
   }
   const ext = extname(source).toLowerCase()
-  if (ext === '.json') return fromSplitFile(source, options.imageRoot)
+  if (ext === '.json') {
+    notHere('a split file')
+    return fromSplitFile(source, options.imageRoot)
+  }
   if (ext === '.csv') {
+    notHere('a CSV of path,label')
     const train = loadCsv(source, { imageRoot: options.imageRoot })
     return { name: source, classNames: train.classNames, train, skipped: [] }
   }
