@@ -1,7 +1,11 @@
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
+import { dirname } from 'node:path'
 import { binding, type Native } from './binding'
 import { failuresOf, type ImageFailure } from './clip'
 import { AbortError, invalidArgument, native, ProgressRelay, PromptclipError } from './errors'
+import { checkFingerprint, dataFingerprint, type Fingerprint, modelFingerprint } from './fingerprint'
 import { type ImageInput, toNativeImages, toNativeTrainOptions } from './options'
+import { lockOutput } from './outputLock'
 import type { PromptLearner } from './prompt'
 
 /**
@@ -147,12 +151,67 @@ export class Trainer {
     const val = validation ? toNativeDataset(validation, classNames, 'validation') : undefined
     if (signal?.aborted) throw new AbortError('cancelled before training started')
     const options = toNativeTrainOptions(this.options, resumeFrom)
+    const checkpoint = this.options.checkpointPath
     learner.training = true
+    let unlock: (() => void) | undefined
     try {
+      if (checkpoint !== undefined) {
+        mkdirSync(dirname(checkpoint), { recursive: true })
+        unlock = lockOutput(checkpoint)
+        await this.checkAndRecordFingerprint(checkpoint, data, validation, resumeFrom)
+      }
       return await learner.exclusive(() => this.run(train, val, options, onProgress, signal), signal)
     } finally {
+      unlock?.()
       learner.training = false
     }
+  }
+
+  /**
+   * A checkpoint is resumed only for the data and options it was trained on: its fingerprint
+   * (`<checkpoint>.fingerprint.json`, written before training starts) must match this fit's.
+   * Checkpoints written before fingerprints were kept are checked by the core's recipe alone.
+   */
+  private async checkAndRecordFingerprint(
+    checkpoint: string,
+    data: Dataset,
+    validation: Dataset | undefined,
+    resumeFrom: string | undefined,
+  ): Promise<void> {
+    const { checkpointPath: _, checkpointEvery: __, encodeBatchSize: ___, ...recipe } = this.options
+    const info = this.learner.info
+    const now: Fingerprint = {
+      version: 1,
+      model: await modelFingerprint(this.learner.clip.info.source),
+      classNames: info.classNames,
+      train: await dataFingerprint(data.images, alignLabels(data, info.classNames)),
+      ...(validation
+        ? {
+            validation: await dataFingerprint(
+              validation.images,
+              alignLabels(validation, info.classNames, 'validation'),
+            ),
+          }
+        : {}),
+      options: { method: info.method, ...info.options, ...recipe },
+    }
+    if (resumeFrom !== undefined && existsSync(`${resumeFrom}.fingerprint.json`)) {
+      let was: Fingerprint
+      try {
+        was = JSON.parse(readFileSync(`${resumeFrom}.fingerprint.json`, 'utf8')) as Fingerprint
+      } catch {
+        throw invalidArgument(`${resumeFrom}.fingerprint.json is damaged; delete it and the checkpoint to start afresh`)
+      }
+      checkFingerprint(
+        `the checkpoint ${resumeFrom}`,
+        was,
+        now,
+        'To start afresh, fit without resumeFrom (on the command line: --no-resume), or write to another checkpoint (--out)',
+      )
+    }
+    const file = `${checkpoint}.fingerprint.json`
+    writeFileSync(`${file}.tmp`, `${JSON.stringify(now)}\n`)
+    renameSync(`${file}.tmp`, file)
   }
 
   /** The native training call, its progress relayed and its signal tied to a cancel token. */

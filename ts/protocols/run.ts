@@ -10,6 +10,8 @@ import { BUILTIN_MODEL, Clip, cudaCompiled, DEFAULT_TEMPLATE, type DeviceName } 
 import { baseToNew, type DatasetSplits, fewShotSplits, type LabelledDataset, openDataset } from '../datasets'
 import { AbortError, invalidArgument, PromptclipError } from '../errors'
 import { type Evaluation, Evaluator } from '../evaluate'
+import { dataFingerprint, modelFingerprint } from '../fingerprint'
+import type { ImageInput } from '../options'
 import { type Method, PromptLearner } from '../prompt'
 import { writeFileAtomic } from '../report'
 import { Trainer, type TrainOptions, type TrainSummary } from '../train'
@@ -232,6 +234,46 @@ function templatesFor(ctx: Context, run: RunKey): string[] {
     : [...ENSEMBLE_TEMPLATES, own]
 }
 
+const digests = new WeakMap<object, Promise<string>>()
+/** The content digest of a dataset's images and labels, once per dataset object. */
+function digestOf(data: { images: ImageInput[]; labels: number[] }): Promise<string> {
+  let d = digests.get(data)
+  if (!d) {
+    d = dataFingerprint(data.images, data.labels).then((f) => f.digest)
+    digests.set(data, d)
+  }
+  return d
+}
+
+/** What a run's result depends on besides its options: the model's weights and the content of
+ *  every image it trained, validated and was tested on, as digests (a finished run is reused
+ *  only while they are the same). */
+async function runData(ctx: Context, run: RunKey): Promise<Record<string, string | string[] | null>> {
+  const zeroShot = run.method === 'zero-shot' || run.method === 'ensemble'
+  const { train, val } = zeroShot ? { train: null, val: null } : sample(ctx, run.shots, run.seed)
+  return {
+    model: await modelFingerprint(ctx.clip.info.source),
+    train: train ? await digestOf(train) : null,
+    val: val && run.method === 'linear-probe' ? await digestOf(val) : null,
+    test: await digestOf(ctx.test),
+    targets: await Promise.all(ctx.targets.map((t) => (t.test ? digestOf(t.test) : 'none'))),
+  }
+}
+
+/** Which of runData's parts differ, in words. */
+function dataChange(was: unknown, now: Record<string, unknown>): string {
+  const before = (was ?? {}) as Record<string, unknown>
+  const words: Record<string, string> = {
+    model: "the model's weights",
+    train: 'the training images',
+    val: 'the validation images',
+    test: 'the test images',
+    targets: "the target datasets' test images",
+  }
+  const changed = Object.keys(words).filter((k) => JSON.stringify(before[k]) !== JSON.stringify(now[k]))
+  return changed.length > 0 ? changed.map((k) => words[k]).join(', ') : 'the data'
+}
+
 function runConfig(ctx: Context, run: RunKey): Record<string, unknown> {
   const zeroShot = run.method === 'zero-shot' || run.method === 'ensemble'
   const { train, val } = zeroShot ? { train: null, val: null } : sample(ctx, run.shots, run.seed)
@@ -274,14 +316,18 @@ export async function executeRun(ctx: Context, run: RunKey, index: number, total
     train: join(dir, 'train.json'),
     checkpoint: join(dir, 'checkpoint.safetensors'),
   }
-  const config = runConfig(ctx, run)
+  const config = { ...runConfig(ctx, run), data: await runData(ctx, run) }
   if (existsSync(files.result)) {
     const done = readJson<RunRecord>(files.result)
     const diff = firstDifference(done.config, config)
     if (diff !== null) {
+      const what =
+        diff === 'data'
+          ? `other data: ${dataChange(done.config.data, config.data)} changed since it finished`
+          : `a different ${diff}`
       throw invalidArgument(
-        `${files.result} was made with a different ${diff}; ` +
-          'use another output folder, or delete that run to redo it with these settings',
+        `${files.result} was made with ${what}; ` +
+          `use another output folder (--out), or delete ${dir} to redo that run with these settings`,
       )
     }
     ctx.emit({ type: 'run-skipped', run, index, total, reason: 'finished' })
