@@ -34,6 +34,12 @@ pub struct CheckpointMeta {
     pub epoch_correct: usize,
     #[serde(default)]
     pub epoch_seen: usize,
+    /// Mean loss and accuracy (%) of each completed epoch, so that a resumed run reports the whole
+    /// curve, as an uninterrupted one does. Absent (empty) in files written before it was kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epoch_loss_history: Vec<f32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epoch_accuracy_history: Vec<f32>,
     /// Training images used (after skipUnreadable): every epoch's order depends on their number.
     /// Absent in version 1 files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -225,6 +231,19 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
             m.epoch_correct,
             m.epoch_seen,
             m.epoch_loss_sum
+        )));
+    }
+    let curve = [&m.epoch_loss_history, &m.epoch_accuracy_history];
+    if curve
+        .iter()
+        .any(|c| c.len() > m.epochs_done || c.iter().any(|v| !v.is_finite()))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{}: damaged checkpoint metadata: the loss and accuracy of {} and {} epochs for {} epochs done, or not finite",
+            path.display(),
+            m.epoch_loss_history.len(),
+            m.epoch_accuracy_history.len(),
+            m.epochs_done
         )));
     }
     crate::files::check_float_tensors(path, &tensors)?;

@@ -117,7 +117,23 @@ impl TrainOptions {
 
     /// The config these options give on top of a method's recipe.
     pub fn resolve(self, recipe: &Recipe) -> Result<TrainConfig> {
-        let d = TrainConfig::for_recipe(recipe);
+        self.resolve_for_model(recipe, None)
+    }
+
+    /// The same, with the augmentation that the model's preprocessing asks for (`image`), where
+    /// it asks for one: what a model's training images need is the model's to say.
+    pub fn resolve_for_model(
+        self,
+        recipe: &Recipe,
+        image: Option<&crate::preprocess::ImageConfig>,
+    ) -> Result<TrainConfig> {
+        let mut d = TrainConfig::for_recipe(recipe);
+        if let Some(scale) = image.and_then(|i| i.train_crop_scale) {
+            d.augment_config.scale = scale;
+        }
+        if let Some(p) = image.and_then(|i| i.train_flip_p) {
+            d.augment_config.flip_p = p;
+        }
         let config = TrainConfig {
             epochs: self.epochs.unwrap_or(d.epochs),
             batch_size: self.batch_size.unwrap_or(d.batch_size),
@@ -338,6 +354,8 @@ pub fn fit_with_validation(
     // fp16 weights: loss scaling, as the official `amp` path (bf16 has fp32's range).
     let mut scaler = (clip.dtype == DType::F16).then(LossScaler::default);
     let mut start = Position::default();
+    // Each completed epoch's mean loss and accuracy, from the checkpoint when resuming.
+    let mut history: (Vec<f32>, Vec<f32>) = (vec![], vec![]);
     let mut resumed_images = None;
 
     if let Some(path) = &config.resume_from {
@@ -414,6 +432,10 @@ pub fn fit_with_validation(
             correct: m.epoch_correct,
             seen: m.epoch_seen,
         };
+        history = (
+            m.epoch_loss_history.clone(),
+            m.epoch_accuracy_history.clone(),
+        );
         resumed_images = m.num_images.map(|n| (n, path.clone()));
         if scaler.is_some() {
             scaler = Some(m.loss_scaler.unwrap_or_default());
@@ -532,6 +554,7 @@ pub fn fit_with_validation(
             &mut sgd,
             &mut scaler,
             start,
+            history,
             &mut features_for,
             on_progress,
             cancel,
@@ -705,7 +728,8 @@ struct Position {
     seen: usize,
 }
 
-/// Write a checkpoint of the state at `at`.
+/// Write a checkpoint of the state at `at`, with the completed epochs' curve.
+#[allow(clippy::too_many_arguments)]
 fn save_checkpoint(
     path: &std::path::Path,
     model: &dyn Method,
@@ -714,6 +738,7 @@ fn save_checkpoint(
     sgd: &Sgd,
     scaler: &Option<LossScaler>,
     at: Position,
+    history: (&[f32], &[f32]),
 ) -> Result<()> {
     let vars = model.vars();
     let meta = CheckpointMeta {
@@ -724,6 +749,8 @@ fn save_checkpoint(
         epoch_loss_sum: at.loss_sum,
         epoch_correct: at.correct,
         epoch_seen: at.seen,
+        epoch_loss_history: history.0.to_vec(),
+        epoch_accuracy_history: history.1.to_vec(),
         num_images: Some(num_images),
         global_step: at.global_step,
         seed: config.seed,
@@ -756,6 +783,7 @@ fn run_epochs(
     sgd: &mut Sgd,
     scaler: &mut Option<LossScaler>,
     start: Position,
+    history: (Vec<f32>, Vec<f32>),
     features_for: &mut dyn FnMut(&[usize]) -> Result<Tensor>,
     on_progress: &mut dyn FnMut(&Progress),
     cancel: &AtomicBool,
@@ -772,8 +800,10 @@ fn run_epochs(
         start_step: start.step,
         skipped: vec![],
         global_step,
-        epoch_loss: vec![],
-        epoch_accuracy: vec![],
+        // The epochs done before a resume are part of the run's curve (only those of the
+        // checkpoint's recipe: `resume` has checked it).
+        epoch_loss: history.0.into_iter().take(start.epoch).collect(),
+        epoch_accuracy: history.1.into_iter().take(start.epoch).collect(),
         seconds: 0.0,
         details: None,
     };
@@ -801,7 +831,8 @@ fn run_epochs(
                     correct,
                     seen,
                 };
-                match save_checkpoint(path, model, config, n, sgd, scaler, at) {
+                let history = (&summary.epoch_loss[..], &summary.epoch_accuracy[..]);
+                match save_checkpoint(path, model, config, n, sgd, scaler, at, history) {
                     Ok(()) => Error::Cancelled {
                         checkpoint: Some(path.clone()),
                     },
@@ -907,7 +938,8 @@ fn run_epochs(
                     global_step,
                     ..Position::default()
                 };
-                save_checkpoint(path, model, config, n, sgd, scaler, at)?;
+                let history = (&summary.epoch_loss[..], &summary.epoch_accuracy[..]);
+                save_checkpoint(path, model, config, n, sgd, scaler, at, history)?;
             }
         }
     }
