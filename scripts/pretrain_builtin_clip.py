@@ -279,6 +279,10 @@ def main():
     }
     pre['image_mean'] = [0.48145466, 0.4578275, 0.40821073]
     pre['image_std'] = [0.26862954, 0.26130258, 0.27577711]
+    # promptclip's training augmentation for this model: crops that keep most of a 28-pixel digit
+    # or garment, and no flips (a flipped digit is another glyph). CoOp's defaults (scale 0.08 to
+    # 1, flip 0.5) are sized for photos at 224 pixels and learn nothing here.
+    pre['promptclip'] = {'train_crop_scale': [0.5, 1.0], 'train_flip_p': 0.0}
     with open(os.path.join(args.out, 'preprocessor_config.json'), 'w') as f:
         json.dump(pre, f, indent=2, sort_keys=True)
         f.write('\n')

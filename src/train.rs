@@ -148,7 +148,8 @@ impl NativeLearner {
             move || {
                 let learner = write(&learner)?;
                 let options = TrainOptions::from_json(options.unwrap_or(serde_json::Value::Null))?;
-                let config = options.resolve(&learner.recipe())?;
+                let config =
+                    options.resolve_for_model(&learner.recipe(), Some(&clip.image_config))?;
                 let mut report = |p: &Progress| {
                     if let Some(f) = &on_progress {
                         f.call(

@@ -137,6 +137,12 @@ pub struct ImageConfig {
     pub crop: u32,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// The model's own training augmentation, where its `preprocessor_config.json` gives one
+    /// (`"promptclip": {"train_crop_scale": [lo, hi], "train_flip_p": p}`): a model trained on
+    /// small images (the built-in CLIP's 28-pixel digits) needs crops that keep the object, and
+    /// digits must not be flipped. `None`: the CoOp recipe's (scale 0.08 to 1, flip 0.5).
+    pub train_crop_scale: Option<(f64, f64)>,
+    pub train_flip_p: Option<f64>,
 }
 
 impl ImageConfig {
@@ -146,6 +152,8 @@ impl ImageConfig {
             crop: image_size as u32,
             mean: CLIP_MEAN,
             std: CLIP_STD,
+            train_crop_scale: None,
+            train_flip_p: None,
         }
     }
 
@@ -232,6 +240,44 @@ impl ImageConfig {
                 return Err(Error::bad_config(&path, "`image_std` must be positive"));
             }
             cfg.std = s;
+        }
+        if let Some(own) = v.get("promptclip") {
+            let number = |key: &str, x: &serde_json::Value| -> Result<f64> {
+                x.as_f64()
+                    .filter(|x| (0.0..=1.0).contains(x))
+                    .ok_or_else(|| {
+                        Error::bad_config(
+                            &path,
+                            format!(
+                                "`promptclip.{key}` holds {x}; it must hold numbers from 0 to 1"
+                            ),
+                        )
+                    })
+            };
+            if let Some(x) = own.get("train_crop_scale") {
+                let pair = x.as_array().filter(|a| a.len() == 2).ok_or_else(|| {
+                    Error::bad_config(
+                        &path,
+                        format!("`promptclip.train_crop_scale` is {x}; it must be [min, max]"),
+                    )
+                })?;
+                let (lo, hi) = (
+                    number("train_crop_scale", &pair[0])?,
+                    number("train_crop_scale", &pair[1])?,
+                );
+                if !(lo > 0.0 && lo <= hi) {
+                    return Err(Error::bad_config(
+                        &path,
+                        format!(
+                            "`promptclip.train_crop_scale` is {x}; it needs 0 < min <= max <= 1"
+                        ),
+                    ));
+                }
+                cfg.train_crop_scale = Some((lo, hi));
+            }
+            if let Some(x) = own.get("train_flip_p") {
+                cfg.train_flip_p = Some(number("train_flip_p", x)?);
+            }
         }
         if cfg.shortest_edge < cfg.crop {
             return Err(Error::bad_config(
@@ -395,6 +441,10 @@ fn file_kind(t: &std::fs::FileType) -> &'static str {
 /// any pixel is decoded (a 389 KB PNG of 20000 x 20000 would otherwise take 2.4 GB and 10 s), and
 /// a JPEG must be whole.
 fn decode_bytes(bytes: &[u8], limits: &ImageLimits) -> std::result::Result<DynamicImage, String> {
+    if bytes.is_empty() {
+        // The decoder would say the format "could not be determined" (issue 23).
+        return Err("the file is empty (0 bytes)".into());
+    }
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
