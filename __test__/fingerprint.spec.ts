@@ -159,3 +159,54 @@ test('a finished protocol run is not reused once its test images changed', async
   t.regex(e.message, /the test images changed/)
   t.regex(e.message, /--out/)
 })
+
+test('a damaged finished run is run again; a changed setting is named with both values', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'promptclip-fp-'))
+  for (const split of ['train', 'test']) {
+    for (const [c, rgb] of RGB.entries()) {
+      mkdirSync(join(dir, 'data', split, CLASSES[c]), { recursive: true })
+      for (let i = 0; i < 2; i++) {
+        writeFileSync(join(dir, 'data', split, CLASSES[c], `${i}.png`), png(24, 24, rgb, 10 * c + i))
+      }
+    }
+  }
+  const options = {
+    protocol: 'few-shot' as const,
+    dataset: join(dir, 'data'),
+    model: HF_MODEL,
+    methods: ['coop' as const],
+    shots: [1],
+    seeds: [1],
+    train: { coop: { epochs: 1, augment: false } },
+    learners: { coop: { nCtx: 2 } },
+    out: join(dir, 'out'),
+  }
+  const first = await runProtocol(options)
+  const run = join(dir, 'out', 'runs', 'coop-1shot-seed1')
+  const result = JSON.parse(readFileSync(join(run, 'result.json'), 'utf8'))
+  // A wrong type in result.json.
+  writeFileSync(
+    join(run, 'result.json'),
+    JSON.stringify({ ...result, evaluations: [{ ...result.evaluations[0], accuracy: 'x' }] }),
+  )
+  const logs: string[] = []
+  const again = await runProtocol({ ...options, onEvent: (e) => e.type === 'log' && logs.push(e.message) })
+  t.true(
+    logs.some((m) => /is not a number.*running it again/.test(m)),
+    logs.join('\n'),
+  )
+  t.is(again.runs[0].evaluations[0].accuracy, first.runs[0].evaluations[0].accuracy)
+  // A truncated learner file.
+  const learner = readFileSync(join(run, 'learner.safetensors'))
+  writeFileSync(join(run, 'learner.safetensors'), learner.subarray(0, learner.length >> 1))
+  logs.length = 0
+  const third = await runProtocol({ ...options, onEvent: (e) => e.type === 'log' && logs.push(e.message) })
+  t.true(
+    logs.some((m) => /learner file does not load/.test(m)),
+    logs.join('\n'),
+  )
+  t.is(third.runs[0].evaluations[0].accuracy, first.runs[0].evaluations[0].accuracy)
+  // Another setting: named, with both values.
+  const e = await refusal(runProtocol({ ...options, train: { coop: { epochs: 2, augment: false } } }))
+  t.regex(e.message, /train\.epochs \(was 1, now 2\)/)
+})

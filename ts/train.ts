@@ -2,6 +2,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from '
 import { dirname } from 'node:path'
 import { binding, type Native } from './binding'
 import { failuresOf, type ImageFailure } from './clip'
+import { requireTwoClasses } from './datasets/checks'
 import { AbortError, invalidArgument, native, ProgressRelay, PromptclipError } from './errors'
 import { checkFingerprint, dataFingerprint, type Fingerprint, modelFingerprint } from './fingerprint'
 import { type ImageInput, toNativeImages, toNativeTrainOptions } from './options'
@@ -148,7 +149,12 @@ export class Trainer {
     if (learner.training) throw new PromptclipError('E_BUSY', 'the learner is already training; one fit at a time')
     const classNames = learner.info.classNames
     const train = toNativeDataset(data, classNames, 'dataset')
-    const val = validation ? toNativeDataset(validation, classNames, 'validation') : undefined
+    // One class trains to loss 0 and scores 100%: refused, naming the class the images are of.
+    requireTwoClasses({ labels: train.labels, classNames }, 'the training data')
+    // An empty validation split (--shots K on classes of K images or fewer) is no validation: the
+    // methods that need one (the linear probe's C search) say so, the others do not use it.
+    const validationGiven = Array.isArray(validation?.images) && validation.images.length > 0 ? validation : undefined
+    const val = validationGiven ? toNativeDataset(validationGiven, classNames, 'validation') : undefined
     if (signal?.aborted) throw new AbortError('cancelled before training started')
     const options = toNativeTrainOptions(this.options, resumeFrom)
     const checkpoint = this.options.checkpointPath
@@ -158,7 +164,7 @@ export class Trainer {
       if (checkpoint !== undefined) {
         mkdirSync(dirname(checkpoint), { recursive: true })
         unlock = lockOutput(checkpoint)
-        await this.checkAndRecordFingerprint(checkpoint, data, validation, resumeFrom)
+        await this.checkAndRecordFingerprint(checkpoint, data, validationGiven, resumeFrom)
       }
       return await learner.exclusive(() => this.run(train, val, options, onProgress, signal), signal)
     } finally {

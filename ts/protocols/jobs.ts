@@ -15,7 +15,7 @@ import { type ErrorCode, INPUT_ERROR_CODES, invalidArgument, PromptclipError, to
 import { writeFileAtomic } from '../report'
 import type { ProtocolEvent, ProtocolOptions, RunKey, RunRecord } from './index'
 import { runId } from './plan'
-import { type Context, executeRun, prepareProtocol } from './run'
+import { type Context, damageOf, executeRun, prepareProtocol } from './run'
 
 /** The options of a sweep as a job carries them: plain data, datasets by name or path. */
 export type SweepOptions = Omit<ProtocolOptions, 'onEvent' | 'signal' | 'queue' | 'devices' | 'dataset' | 'targets'> & {
@@ -141,7 +141,15 @@ export async function splitFinished(
   const records = new Map<number, RunRecord>()
   const left: { index: number; run: RunKey }[] = []
   for (const [index, run] of runs.entries()) {
-    if (existsSync(join(runFolder(out, run), 'result.json'))) {
+    const dir = runFolder(out, run)
+    const files = { result: join(dir, 'result.json'), learner: join(dir, 'learner.safetensors') }
+    // A damaged finished run goes back to the workers (executeRun would redo it here).
+    if (existsSync(files.result) && (await damageOf(ctx, files, run)) !== null) {
+      for (const f of ['result.json', 'learner.safetensors', 'train.json', 'checkpoint.safetensors']) {
+        rmSync(join(dir, f), { force: true })
+      }
+    }
+    if (existsSync(files.result)) {
       records.set(index, await executeRun(ctx, run, index, runs.length))
     } else {
       left.push({ index, run })

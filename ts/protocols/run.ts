@@ -70,9 +70,20 @@ function writeJson(path: string, value: unknown): void {
 }
 
 /** The first top-level key whose value differs, for a message that says what changed. */
+/**
+ * The first setting that differs between two configs, as its dotted path and both values
+ * ("train.epochs (was 50, now 20)"), or null. Nested objects are followed down to the field.
+ */
 export function firstDifference(a: Record<string, unknown>, b: Record<string, unknown>): string | null {
-  for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
-    if (JSON.stringify(a[k]) !== JSON.stringify(b[k])) return k
+  const plain = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v)
+  for (const k of new Set([...Object.keys(a ?? {}), ...Object.keys(b ?? {})])) {
+    if (JSON.stringify(a?.[k]) === JSON.stringify(b?.[k])) continue
+    if (plain(a?.[k]) && plain(b?.[k])) {
+      const inner = firstDifference(a[k] as Record<string, unknown>, b[k] as Record<string, unknown>)
+      if (inner !== null) return `${k}.${inner}`
+    }
+    const show = (v: unknown) => (v === undefined ? 'unset' : JSON.stringify(v))
+    return `${k} (was ${show(a?.[k])}, now ${show(b?.[k])})`
   }
   return null
 }
@@ -234,6 +245,40 @@ function templatesFor(ctx: Context, run: RunKey): string[] {
     : [...ENSEMBLE_TEMPLATES, own]
 }
 
+const isNumber = (x: unknown) => typeof x === 'number' && Number.isFinite(x)
+
+/** What is wrong with a finished run's files (result.json's fields, its learner file), or null. */
+export async function damageOf(
+  ctx: Context,
+  files: { result: string; learner: string },
+  run: RunKey,
+): Promise<string | null> {
+  let done: RunRecord
+  try {
+    done = JSON.parse(readFileSync(files.result, 'utf8')) as RunRecord
+  } catch {
+    return 'result.json is not valid JSON'
+  }
+  if (done === null || typeof done !== 'object' || typeof done.config !== 'object' || done.config === null) {
+    return 'result.json has no config'
+  }
+  if (!Array.isArray(done.evaluations) || done.evaluations.length === 0) return 'result.json has no evaluations'
+  for (const e of done.evaluations) {
+    if (e === null || typeof e !== 'object' || ![e.accuracy, e.macroF1, e.total, e.correct].every(isNumber)) {
+      return `result.json's evaluation ${JSON.stringify(e?.split ?? null)} is not a number where one is needed`
+    }
+  }
+  const zeroShot = run.method === 'zero-shot' || run.method === 'ensemble'
+  if (!zeroShot) {
+    try {
+      await PromptLearner.load(ctx.clip, files.learner)
+    } catch (e) {
+      return `its learner file does not load (${(e as Error).message})`
+    }
+  }
+  return null
+}
+
 const digests = new WeakMap<object, Promise<string>>()
 /** The content digest of a dataset's images and labels, once per dataset object. */
 function digestOf(data: { images: ImageInput[]; labels: number[] }): Promise<string> {
@@ -317,12 +362,18 @@ export async function executeRun(ctx: Context, run: RunKey, index: number, total
     checkpoint: join(dir, 'checkpoint.safetensors'),
   }
   const config = { ...runConfig(ctx, run), data: await runData(ctx, run) }
+  const damage = existsSync(files.result) ? await damageOf(ctx, files, run) : null
+  if (damage !== null) {
+    // A finished run whose files are damaged is done again, not served.
+    ctx.emit({ type: 'log', message: `${dir}: ${damage}; running it again` })
+    for (const f of [files.result, files.learner, files.train, files.checkpoint]) rmSync(f, { force: true })
+  }
   if (existsSync(files.result)) {
     const done = readJson<RunRecord>(files.result)
     const diff = firstDifference(done.config, config)
     if (diff !== null) {
       const what =
-        diff === 'data'
+        diff.split(/[. ]/)[0] === 'data'
           ? `other data: ${dataChange(done.config.data, config.data)} changed since it finished`
           : `a different ${diff}`
       throw invalidArgument(
