@@ -210,3 +210,23 @@ test('a damaged finished run is run again; a changed setting is named with both 
   const e = await refusal(runProtocol({ ...options, train: { coop: { epochs: 2, augment: false } } }))
   t.regex(e.message, /train\.epochs \(was 1, now 2\)/)
 })
+
+test('rerunning a subset of methods adds to results.md instead of dropping the others', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'promptclip-fp-'))
+  for (const split of ['train', 'test']) {
+    for (const [c, rgb] of RGB.entries()) {
+      mkdirSync(join(dir, 'data', split, CLASSES[c]), { recursive: true })
+      writeFileSync(join(dir, 'data', split, CLASSES[c], '0.png'), png(24, 24, rgb, c))
+    }
+  }
+  const base = { protocol: 'few-shot' as const, dataset: join(dir, 'data'), model: HF_MODEL, shots: [1], seeds: [1] }
+  const out = join(dir, 'out')
+  await runProtocol({ ...base, methods: ['zero-shot'], out })
+  const second = await runProtocol({ ...base, methods: ['ensemble'], out })
+  const md = readFileSync(join(out, 'results.md'), 'utf8')
+  t.regex(md, /Zero-shot CLIP/i)
+  t.regex(md, /ensembl/i)
+  t.deepEqual(second.runs.map((r) => r.run.method).sort(), ['ensemble', 'zero-shot'])
+  const json = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8'))
+  t.is(json.runs.length, 2)
+})

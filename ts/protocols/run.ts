@@ -18,7 +18,7 @@ import { Trainer, type TrainOptions, type TrainSummary } from '../train'
 import type { EvalRecord, ProtocolEvent, ProtocolOptions, ProtocolResults, RunKey, RunRecord } from './index'
 import { type Executor, runFolder, sweepOptions } from './jobs'
 import { checkDevices, sweepOnLocalWorkers } from './local'
-import { coopEpochs, ENSEMBLE_TEMPLATES, planRuns, type ResolvedOptions, resolveOptions, runId } from './plan'
+import { coopEpochs, ENSEMBLE_TEMPLATES, METHODS, planRuns, type ResolvedOptions, resolveOptions, runId } from './plan'
 import { checkQueueUrl, sweepOnQueue } from './queue'
 import { renderProtocolReport } from './report'
 import { formatProtocolTable } from './table'
@@ -173,9 +173,48 @@ export async function prepareProtocol(options: ProtocolOptions): Promise<Context
   }
 }
 
-/** The table, results.json, results.md and report.html from every run's record. */
-function writeProtocolResults(ctx: Context, records: RunRecord[]): ProtocolResults {
-  const o = ctx.o
+/**
+ * The runs of earlier calls into the same folder that this call did not plan (other methods,
+ * shots or seeds), for the tables to add to instead of dropping: only those of the same
+ * protocol, dataset and model.
+ */
+function earlierRuns(ctx: Context, records: RunRecord[]): RunRecord[] {
+  const path = join(ctx.o.out, 'results.json')
+  if (!existsSync(path)) return []
+  let earlier: RunRecord[]
+  try {
+    earlier = (JSON.parse(readFileSync(path, 'utf8')) as { runs: RunRecord[] }).runs
+    if (!Array.isArray(earlier)) return []
+  } catch {
+    return []
+  }
+  const now = new Set(records.map((r) => runId(r.run)))
+  const same = (r: RunRecord, k: string) => JSON.stringify(r.config?.[k]) === JSON.stringify(records[0]?.config[k])
+  return earlier.filter(
+    (r) =>
+      r?.run &&
+      !now.has(runId(r.run)) &&
+      existsSync(join(runFolder(ctx.o.out, r.run), 'result.json')) &&
+      ['protocol', 'dataset', 'model', 'targets'].every((k) => same(r, k)),
+  )
+}
+
+/** The table, results.json, results.md and report.html from every run's record, this call's and
+ *  the folder's earlier ones. */
+function writeProtocolResults(ctx: Context, current: RunRecord[]): ProtocolResults {
+  const records = [...earlierRuns(ctx, current), ...current]
+  const union = <T>(all: readonly T[], xs: T[]) => all.filter((x) => xs.includes(x))
+  const o: ResolvedOptions = {
+    ...ctx.o,
+    methods: union(
+      METHODS,
+      records.map((r) => r.run.method),
+    ),
+    shots: [...new Set([...ctx.o.shots, ...records.filter((r) => r.run.shots > 0).map((r) => r.run.shots)])].sort(
+      (a, b) => a - b,
+    ),
+    seeds: [...new Set([...ctx.o.seeds, ...records.map((r) => r.run.seed)])].sort((a, b) => a - b),
+  }
   const table = formatProtocolTable(o, records)
   const files = {
     json: join(o.out, 'results.json'),
