@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { crc32, deflateSync } from 'node:zlib'
 import test from 'ava'
-import { Clip, fewShot, loadClothesAndDigits, PromptclipError, PromptLearner, Trainer } from 'promptclip'
+import { BUILTIN_MODEL, Clip, fewShot, loadClothesAndDigits, PromptclipError, PromptLearner, Trainer } from 'promptclip'
 import { HF_MODEL, png, RGB } from './helpers'
 
 const CLI = join(import.meta.dirname ?? __dirname, '..', 'dist', 'cli.js')
@@ -110,4 +110,20 @@ test('a dataset of one class is refused, naming the class', async (t) => {
   const r = cli(['train', dir, '--model', HF_MODEL, '--epochs', '1', '--out', join(dir, 'p')])
   t.is(r.status, 2, r.stderr)
   t.regex(r.stderr, /1 class \("cats"\)/)
+})
+
+test('interpret shows words: byte pieces of a character are passed over for the next nearest word', async (t) => {
+  const clip = await Clip.load(BUILTIN_MODEL)
+  // '龘' is three byte-level tokens, none of them text alone: the context starts on them.
+  t.is(clip.tokenize(['龘'])[0].length, 5)
+  const learner = PromptLearner.coop(clip, { classNames: ['a', 'b'], ctxInit: '龘' })
+  const rows = await learner.interpret({ topK: 3 })
+  t.is(rows.length, 3)
+  for (const row of rows) {
+    t.is(row.tokens.length, 3)
+    for (const w of row.tokens) t.false(w.token.includes('\uFFFD'), JSON.stringify(w))
+    // Sorted by distance, and the byte piece itself (distance 0) is not among them.
+    t.true(row.tokens.every((w, i) => i === 0 || w.distance >= row.tokens[i - 1].distance))
+    t.true(row.tokens[0].distance > 0.01)
+  }
 })

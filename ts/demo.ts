@@ -3,7 +3,7 @@
  * clothing classes of Fashion-MNIST and ten handwritten digits), 16 shots, several seeds, with
  * zero-shot CLIP (one template, and an ensemble), the linear probe, CoOp, CoCoOp and KgCoOp.
  */
-import { BUILTIN_MODEL, Clip } from './clip'
+import { BUILTIN_MODEL, Clip, type DeviceName } from './clip'
 import { baseToNew, FASHION_MNIST_DIR, fewShot, type LabelledDataset, loadClothesAndDigits, without } from './datasets'
 import { type Evaluation, Evaluator } from './evaluate'
 import type { RawImage } from './options'
@@ -22,7 +22,11 @@ export interface DemoOptions {
   testPerClass?: number
   /** Scales every method's epochs (tests use less than 1). */
   epochScale?: number
+  /** Where CLIP runs (default 'cpu'). */
+  device?: DeviceName
   log?: (line: string) => void
+  /** After each stage (a method on one seed): how many of `total` are done, for a progress bar. */
+  onStage?: (p: { done: number; total: number; stage: string }) => void
 }
 
 /** Hand-made templates for prompt ensembling (a few of CLIP's). */
@@ -63,7 +67,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
   const seeds = options.seeds ?? [1, 2, 3]
   const scale = options.epochScale ?? 1
   const model = options.model ?? BUILTIN_MODEL
-  const clip = await Clip.load(model)
+  const clip = await Clip.load(model, { device: options.device ?? 'cpu' })
   const train = loadClothesAndDigits('train', options.fashionDir ?? FASHION_MNIST_DIR)
   const test = firstPerClass(loadClothesAndDigits('test', options.fashionDir), options.testPerClass ?? 50)
   const testHalves = baseToNew(test)
@@ -75,13 +79,21 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
   )
 
   const acc = new Map<string, { base: number[]; new: number[] | null }>()
+  // Stages: the two zero-shot rows, the linear probe and each learner, for every seed.
+  const total = seeds.length * (3 + LEARNERS.length)
+  let done = 0
+  let stageStart = Date.now()
   const record = (name: string, base: number, novel: number | null) => {
+    const seconds = (Date.now() - stageStart) / 1000
+    stageStart = Date.now()
     const r = acc.get(name) ?? { base: [], new: novel === null ? null : [] }
     r.base.push(base)
     if (novel !== null) r.new?.push(novel)
     acc.set(name, r)
     const h = novel === null ? '' : `  new ${novel.toFixed(1)}  H ${harmonic(base, novel).toFixed(1)}`
-    log(`  ${name.padEnd(22)} base ${base.toFixed(1)}${h}  (${((Date.now() - t0) / 1000).toFixed(0)} s)`)
+    // Each stage's own time, not a running sum.
+    log(`  ${name.padEnd(22)} base ${base.toFixed(1)}${h}  (${seconds.toFixed(1)} s)`)
+    options.onStage?.({ done: ++done, total, stage: name })
   }
   let firstSeed: {
     perClass: DemoResults['perClass']
@@ -92,6 +104,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
 
   for (const seed of seeds) {
     log(`seed ${seed}`)
+    stageStart = Date.now()
     const picked = fewShot(train, shots, seed)
     const shotsHalves = baseToNew(picked)
     // The linear probe's validation split: min(shots, 4) more images per class, as the papers.

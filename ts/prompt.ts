@@ -249,14 +249,24 @@ export class PromptLearner {
     return toPredictions(images.length, out, k)
   }
 
-  /** Nearest vocabulary words of each learned context vector (CoOp's Table 4). */
+  /**
+   * Nearest vocabulary words of each learned context vector (CoOp's Table 4). Byte-level BPE
+   * tokens that are not text on their own (a piece of a multi-byte character, which would print
+   * as "\uFFFD") are passed over for the next nearest that is.
+   */
   async interpret(options: { topK?: number } = {}): Promise<InterpretRow[]> {
-    const topK = positiveInt('topK', options.topK)
-    const rowsOut = await this.exclusive(() => native(() => this.native.interpret(topK)))
+    const topK = positiveInt('topK', options.topK) ?? defaults().topK
+    // Enough candidates that topK of them are words (byte pieces are a few percent of the vocabulary).
+    const ask = Math.min(topK * 4 + 16, 2 ** 32 - 1)
+    const rowsOut = await this.exclusive(() => native(() => this.native.interpret(ask)))
+    const isWord = (t: string) => t.trim().length > 0 && !t.includes('\uFFFD')
     return rowsOut.map((r) => ({
       position: r.position,
       ...(r.classIndex != null ? { classIndex: r.classIndex } : {}),
-      tokens: r.tokens.map((token, i) => ({ token, id: r.tokenIds[i], distance: r.distances[i] })),
+      tokens: r.tokens
+        .map((token, i) => ({ token, id: r.tokenIds[i], distance: r.distances[i] }))
+        .filter((t) => isWord(t.token))
+        .slice(0, topK),
     }))
   }
 }
