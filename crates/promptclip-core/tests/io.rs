@@ -455,3 +455,38 @@ fn version_1_checkpoints_still_resume() {
     assert_eq!((s.start_epoch, s.start_step), (1, 0));
     assert_eq!(params(&resumed), params(&full));
 }
+
+#[test]
+fn a_checkpoint_holding_nan_is_bad_input_naming_the_tensor() {
+    let clip = hf_clip();
+    let (names, data) = colours(4, 2, 0..3);
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("run.ckpt");
+    let config = TrainConfig {
+        checkpoint_path: Some(ck.clone()),
+        ..recipe(1, false)
+    };
+    train(&clip, &coop(&clip, &names), &data, &config).unwrap();
+    let (mut tensors, md) = promptclip_core::files::read_safetensors(&ck, &dev()).unwrap();
+    let name = tensors
+        .keys()
+        .find(|n| n.starts_with("param."))
+        .unwrap()
+        .clone();
+    let t = &tensors[&name];
+    let nan = candle_core::Tensor::full(f32::NAN, t.dims(), &dev()).unwrap();
+    tensors.insert(name.clone(), nan);
+    let refs: Vec<(&str, &candle_core::Tensor)> =
+        tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    promptclip_core::files::write_safetensors_atomic(&ck, &refs, md).unwrap();
+    let Err(err) = checkpoint::load(&ck, &dev()) else {
+        panic!("a checkpoint holding NaN loaded")
+    };
+    // A damaged file (exit 2 on the command line), not a diverged run.
+    assert_eq!(err.code(), "E_INVALID_ARGUMENT", "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("`{name}`")) && msg.contains("damaged"),
+        "{msg}"
+    );
+}

@@ -248,8 +248,9 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
     }
     crate::files::check_float_tensors(path, &tensors)?;
     if let Some(name) = crate::files::first_non_finite_tensor(&tensors)? {
-        return Err(Error::NonFiniteParams(format!(
-            "{}: tensor `{name}` holds NaN or infinite values; the checkpoint is damaged",
+        // A damaged file is bad input (exit 2), not a run that diverged.
+        return Err(Error::InvalidArgument(format!(
+            "{}: tensor `{name}` holds NaN or infinite values; the checkpoint is damaged (start afresh without resuming it)",
             path.display()
         )));
     }
