@@ -520,7 +520,11 @@ fn resume_from_checkpoint_equals_uninterrupted_run() {
         &AtomicBool::new(false),
     )
     .unwrap_err();
-    assert!(err.to_string().contains("different learner"), "{err}");
+    assert!(
+        err.to_string().contains("different learner: nCtx was "),
+        "{err}"
+    );
+    assert!(err.to_string().contains("this run has 5"), "{err}");
 }
 
 #[test]

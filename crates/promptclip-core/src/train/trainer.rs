@@ -361,14 +361,13 @@ pub fn fit_with_validation(
     if let Some(path) = &config.resume_from {
         let ck = checkpoint::load(path, &clip.device)?;
         let m = &ck.meta;
-        let mismatch = |what: &str| {
-            Error::InvalidArgument(format!(
-                "{}: cannot resume, the checkpoint was made with a different {what}",
-                path.display()
-            ))
-        };
-        if m.model != model.meta() {
-            return Err(mismatch("learner (method, options or classes)"));
+        let now = model.meta();
+        if m.model != now {
+            return Err(Error::InvalidArgument(format!(
+                "{}: cannot resume, the checkpoint was made with a different learner: {} (resume with the learner the checkpoint was made with)",
+                path.display(),
+                learner_differences(&m.model, &now).join("; ")
+            )));
         }
         // Every option that changes the run must be as it was, each named with both values.
         let mut changed: Vec<(&str, String, String)> = [
@@ -714,6 +713,75 @@ fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     Rng::new(derive_seed(seed, epoch as u64, u64::MAX)).shuffle(&mut order);
     order
+}
+
+/// What differs between the learner a checkpoint was made with and this one, each named with
+/// both values: the method, each option, the class list, the tensors' shapes (another CLIP's
+/// checkpoint shows there: its widths differ).
+fn learner_differences(
+    was: &crate::methods::LearnerMeta,
+    now: &crate::methods::LearnerMeta,
+) -> Vec<String> {
+    let mut out = vec![];
+    if was.method != now.method {
+        out.push(format!(
+            "method was {}, this run has {}",
+            was.method, now.method
+        ));
+    }
+    let empty = serde_json::Map::new();
+    let (a, b) = (
+        was.options.as_object().unwrap_or(&empty),
+        now.options.as_object().unwrap_or(&empty),
+    );
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        let show = |v: Option<&serde_json::Value>| v.map_or("unset".to_string(), |v| v.to_string());
+        if a.get(k) != b.get(k) {
+            out.push(format!(
+                "{k} was {}, this run has {}",
+                show(a.get(k)),
+                show(b.get(k))
+            ));
+        }
+    }
+    if was.class_names != now.class_names {
+        let first = was
+            .class_names
+            .iter()
+            .zip(&now.class_names)
+            .position(|(x, y)| x != y);
+        out.push(match first {
+            Some(i) => format!(
+                "class {i} was {:?}, this run has {:?}",
+                was.class_names[i], now.class_names[i]
+            ),
+            None => format!(
+                "the classes were {}, this run has {}",
+                was.class_names.len(),
+                now.class_names.len()
+            ),
+        });
+    }
+    if was.params != now.params && out.is_empty() {
+        let shapes = |p: &[(String, Vec<usize>)]| {
+            p.iter()
+                .map(|(n, s)| format!("{n} {s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push(format!(
+            "the learned tensors were {}, this run has {} (a checkpoint of another CLIP?)",
+            shapes(&was.params),
+            shapes(&now.params)
+        ));
+    }
+    if out.is_empty() {
+        out.push("its description differs".into());
+    }
+    out
 }
 
 /// Where training stands between two steps: `step` steps of epoch `epoch` (both 0-based) done,
