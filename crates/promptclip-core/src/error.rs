@@ -118,6 +118,25 @@ impl Error {
         Error::Cancelled { checkpoint: None }
     }
 
+    /// The same error, its message naming `path` first where it does not already name it (for
+    /// errors found while rebuilding something read from that file); the code is kept.
+    pub(crate) fn in_file(self, path: &std::path::Path) -> Self {
+        let shown = path.display().to_string();
+        if self.to_string().contains(&shown) {
+            return self;
+        }
+        let named = |msg: String| format!("{shown}: {msg}");
+        match self {
+            Error::InvalidArgument(m) => Error::InvalidArgument(named(m)),
+            Error::Unsupported(m) => Error::Unsupported(named(m)),
+            Error::Tokenizer(m) => Error::Tokenizer(named(m)),
+            Error::NonFiniteParams(m) => Error::NonFiniteParams(named(m)),
+            Error::Internal(m) => Error::Internal(named(m)),
+            Error::Candle(e) => Error::Candle(e.context(shown)),
+            e => e,
+        }
+    }
+
     pub(crate) fn bad_config(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::BadConfig {
             path: path.into(),

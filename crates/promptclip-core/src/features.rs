@@ -18,6 +18,40 @@ pub struct EncodedImages {
     pub failures: Vec<(usize, Error)>,
 }
 
+/// Memory (MiB) one inference batch of the image tower may take (its pixels and activations):
+/// the default budget of training's chunks (`Runtime::default().memory_budget_mb`).
+pub const INFERENCE_MEMORY_BUDGET_MB: usize = 2048;
+
+/// Estimated bytes one image takes in an inference batch: its f32 pixels on the host and on the
+/// device (and in the compute dtype), and the image tower's largest activations at once (a ViT
+/// layer's residual stream, QKV, MLP hidden and attention scores; a ResNet's stem and first stage).
+pub fn bytes_per_image(clip: &Clip) -> usize {
+    let v = &clip.config.vision_config;
+    let s = clip.image_config.crop as usize;
+    let el = clip.dtype.size_in_bytes();
+    let input = 3 * s * s * (4 + 4 + el);
+    let activations = match v.resnet {
+        Some(shape) => {
+            let (half, quarter) = (s.div_ceil(2), s.div_ceil(4));
+            el * (3 * half * half * shape.width + 16 * quarter * quarter * shape.width)
+        }
+        None => {
+            let grid = s / v.patch_size.max(1);
+            let t = grid * grid + 1;
+            el * t * (6 * v.hidden_size + 2 * v.intermediate_size + 2 * v.num_attention_heads * t)
+        }
+    };
+    input.saturating_add(activations).max(1)
+}
+
+/// The images per forward pass for a requested batch size: at least 1, at most what fits
+/// `budget_mb` by [`bytes_per_image`], so that a huge batch size runs in smaller chunks (the same
+/// results) instead of failing to allocate.
+pub fn inference_batch_size(clip: &Clip, requested: usize, budget_mb: usize) -> usize {
+    let cap = (budget_mb.saturating_mul(1 << 20) / bytes_per_image(clip)).max(1);
+    requested.clamp(1, cap)
+}
+
 pub fn encode(clip: &Clip, sources: &[ImageSource], batch_size: usize) -> Result<EncodedImages> {
     encode_with_progress(clip, sources, batch_size, &mut |_, _| Ok(()))
 }
@@ -31,7 +65,24 @@ pub fn encode_with_progress(
     batch_size: usize,
     on_progress: &mut dyn FnMut(usize, usize) -> Result<()>,
 ) -> Result<EncodedImages> {
-    let batch_size = batch_size.max(1);
+    encode_within(
+        clip,
+        sources,
+        batch_size,
+        INFERENCE_MEMORY_BUDGET_MB,
+        on_progress,
+    )
+}
+
+/// `encode_with_progress` with batches bounded by `budget_mb` ([`inference_batch_size`]).
+pub fn encode_within(
+    clip: &Clip,
+    sources: &[ImageSource],
+    batch_size: usize,
+    budget_mb: usize,
+    on_progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+) -> Result<EncodedImages> {
+    let batch_size = inference_batch_size(clip, batch_size, budget_mb);
     let size = clip.image_config.crop as usize;
     let mut parts = Vec::new();
     let mut indices = Vec::new();

@@ -235,6 +235,15 @@ fn html_unescape(s: &str) -> String {
     out
 }
 
+/// The one refusal of a prompt longer than CLIP's context (E_INVALID_ARGUMENT), shared by
+/// training, zero-shot scoring and prediction: `what` names the prompt (class, template, nCtx),
+/// `tokens` is how many it needs, `limit` the context length; `detail` is appended.
+pub fn prompt_too_long(what: &str, tokens: usize, limit: usize, detail: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "{what} does not fit CLIP's {limit}-token context: it needs {tokens} tokens, more than the limit of {limit}{detail}"
+    ))
+}
+
 impl ClipTokenizer {
     fn from_tokenizer(inner: Arc<Tokenizer>, context_length: usize, source: &str) -> Result<Self> {
         let sot = inner.token_to_id(START_OF_TEXT);
@@ -345,7 +354,23 @@ impl ClipTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// `[SOS] tokens [EOT]` of `text`, unpadded, refused with [`prompt_too_long`] (naming it
+    /// `what`) when it needs more than the context length: CLIP would score a cut prompt.
+    pub fn encode_fitting(&self, text: &str, what: impl FnOnce() -> String) -> Result<Vec<u32>> {
+        let words = self.encode_words(text)?;
+        let tokens = words.len().saturating_add(2);
+        if tokens > self.context_length {
+            return Err(prompt_too_long(&what(), tokens, self.context_length, ""));
+        }
+        let mut ids = Vec::with_capacity(tokens);
+        ids.push(self.sot);
+        ids.extend_from_slice(&words);
+        ids.push(self.eot);
+        Ok(ids)
+    }
+
     /// `[SOS] tokens [EOT]`, truncated to the context length with the EOT kept, unpadded.
+    /// Only for showing tokens (`tokenize`); whatever is scored goes through [`Self::encode_fitting`].
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let words = self.encode_words(text)?;
         let keep = words.len().min(self.context_length - 2);
@@ -356,13 +381,15 @@ impl ClipTokenizer {
         Ok(ids)
     }
 
-    /// Encode and pad with 0 to the context length, as CLIP's `tokenize` does.
+    /// Encode and pad with 0 to the context length, as CLIP's `tokenize` does; a text longer
+    /// than the context is refused (`texts[i]`), never cut. Callers that know what a text is (a
+    /// class with a template) check it first with [`Self::encode_fitting`] to name it.
     pub fn encode_batch<S: AsRef<str>>(&self, texts: &[S]) -> Result<TokenBatch> {
         let len = self.context_length;
         let mut ids = vec![0u32; texts.len() * len];
         let mut eot = Vec::with_capacity(texts.len());
         for (i, t) in texts.iter().enumerate() {
-            let row = self.encode(t.as_ref())?;
+            let row = self.encode_fitting(t.as_ref(), || format!("texts[{i}]"))?;
             ids[i * len..i * len + row.len()].copy_from_slice(&row);
             eot.push(row.len() - 1);
         }

@@ -35,6 +35,16 @@ pub fn class_embeddings(
         .iter()
         .flat_map(|n| templates.iter().map(move |t| t.replacen("{}", n, 1)))
         .collect();
+    // Every prompt must fit CLIP's context: a cut one scores the wrong text (issue 23).
+    for (p, prompt) in prompts.iter().enumerate() {
+        let (i, j) = (p / templates.len(), p % templates.len());
+        clip.tokenizer.encode_fitting(prompt, || {
+            format!(
+                "the prompt of classNames[{i}] `{}` with templates[{j}] `{}`",
+                class_names[i], templates[j]
+            )
+        })?;
+    }
     let feats = l2_normalize(&clip.encode_texts(&prompts)?)?;
     let (k, t, e) = (names.len(), templates.len(), clip.embed_dim());
     let mean = feats.reshape((k, t, e))?.mean(1)?;

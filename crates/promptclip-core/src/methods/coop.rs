@@ -362,10 +362,15 @@ pub fn context_fits(
     if let Some((i, &longest)) = name_lens.iter().enumerate().max_by_key(|(_, &n)| n) {
         if n_ctx.saturating_add(longest).saturating_add(3) > l {
             let most = l.saturating_sub(longest + 3);
-            return Err(Error::InvalidArgument(format!(
-                "nCtx {n_ctx} does not fit CLIP's {l}-token context: SOS, the context, classNames[{i}] `{}` ({longest} tokens), \".\" and EOT must fit, so nCtx can be at most {most} with these classes",
-                names[i]
-            )));
+            return Err(crate::tokenizer::prompt_too_long(
+                &format!("nCtx {n_ctx}"),
+                n_ctx.saturating_add(longest).saturating_add(3),
+                l,
+                &format!(
+                    " (SOS, the context, classNames[{i}] `{}` ({longest} tokens), \".\" and EOT), so nCtx can be at most {most} with these classes",
+                    names[i]
+                ),
+            ));
         }
     }
     Ok(name_lens)
@@ -385,6 +390,14 @@ pub fn build_buffers(
         .map(|n| format!("{prompt_prefix} {n}."))
         .collect();
     let name_lens = context_fits(clip, names, texts, n_ctx)?;
+    for (i, p) in prompts.iter().enumerate() {
+        clip.tokenizer.encode_fitting(p, || {
+            format!(
+                "the prompt of classNames[{i}] `{}` with {n_ctx} context tokens",
+                names[i]
+            )
+        })?;
+    }
     let batch = clip.tokenizer.encode_batch(&prompts)?;
     for (i, &e) in batch.eot.iter().enumerate() {
         // SOS + M + name + "." + EOS must fit; otherwise truncation ate the class name.

@@ -181,7 +181,8 @@ pub fn load(path: &Path, clip: &Clip, runtime: Runtime) -> Result<(Learner, Lear
         }
         params.insert(name.clone(), t.to_dtype(DType::F32)?);
     }
-    let learner = (spec.restore)(clip, &meta, &params, runtime)?;
+    // What the method refuses in the file's options or class names names the file (issue 23).
+    let learner = (spec.restore)(clip, &meta, &params, runtime).map_err(|e| e.in_file(path))?;
     // The restored learner must describe itself as the file did (same options, same shapes).
     let rebuilt = learner.meta();
     if rebuilt != meta {

@@ -405,7 +405,12 @@ pub fn predict_with_progress(
 ) -> Result<Predictions> {
     let scorer = learner.scorer(clip, class_names)?;
     let num_classes = class_names.map_or(learner.class_names().len(), |n| n.len());
-    let batch_size = batch_size.max(1);
+    // A huge batch size runs in chunks that fit memory (issue 23).
+    let batch_size = crate::features::inference_batch_size(
+        clip,
+        batch_size,
+        crate::features::INFERENCE_MEMORY_BUDGET_MB,
+    );
     let mut out = Predictions {
         num_classes,
         indices: vec![],
