@@ -70,10 +70,27 @@ impl Tally {
         Ok(())
     }
 
-    fn report(&self, reader: &str) {
+    fn report(&self, reader: &str, min_reads: usize) {
         let t = self.0.lock().unwrap();
         let n: usize = t.values().sum();
         println!("{reader}: {n} reads, outcomes {t:?}");
+        // Panics and E_INTERNAL already fail a case; here the cases must have reached the
+        // reader, and both accepted and refused (coded) outcomes must have occurred.
+        assert!(
+            n >= min_reads,
+            "{reader}: only {n} reads reached the check, expected {min_reads}"
+        );
+        assert!(!t.contains_key("E_INTERNAL"), "{reader}: {t:?}");
+        assert!(
+            t.get("ok").copied().unwrap_or(0) > 0,
+            "{reader}: nothing was accepted: {t:?}"
+        );
+        let refused: usize = t
+            .iter()
+            .filter(|(c, _)| c.starts_with("E_"))
+            .map(|(_, n)| n)
+            .sum();
+        assert!(refused > 0, "{reader}: nothing was refused: {t:?}");
     }
 }
 
@@ -357,7 +374,7 @@ fn safetensors_weights_headers_and_sizes() {
             },
         )
         .unwrap();
-    tally.report("safetensors");
+    tally.report("safetensors", cases(48) as usize);
 }
 
 /// A copy of the Hugging Face fixture folder whose config.json is `config`.
@@ -406,7 +423,7 @@ fn config_json() {
             },
         )
         .unwrap();
-    tally.report("config.json");
+    tally.report("config.json", cases(32) as usize);
 }
 
 #[test]
@@ -509,7 +526,7 @@ fn tokenizer_files() {
             },
         )
         .unwrap();
-    tally.report("tokenizer files");
+    tally.report("tokenizer files", cases(24) as usize);
 }
 
 /// A learner file's metadata JSON and tensors, and a function to write them back.
@@ -618,7 +635,7 @@ fn learner_files() {
             },
         )
         .unwrap();
-    tally.report("learner files");
+    tally.report("learner files", cases(48) as usize);
 }
 
 #[test]
@@ -706,5 +723,5 @@ fn checkpoints() {
             },
         )
         .unwrap();
-    tally.report("checkpoints");
+    tally.report("checkpoints", cases(32) as usize);
 }

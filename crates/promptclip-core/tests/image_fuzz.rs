@@ -155,6 +155,15 @@ fn run<S: Strategy>(
     if let Err(e) = result {
         panic!("{name}: {e}");
     }
+    // The property must have been exercised: every case reached the check, and both outcomes
+    // occurred (a strategy that only ever fails early, or only ever succeeds, proves little).
+    let (cases, read) = (cases.into_inner(), read.into_inner());
+    assert!(
+        cases >= runner().config().cases as usize,
+        "{name}: only {cases} cases ran"
+    );
+    assert!(read > 0, "{name}: no case was read");
+    assert!(read < cases, "{name}: no case was refused");
     // Both properties of this binary may run at once; neither may take more than a few decodes.
     assert!(peak_rss() < 1 << 30, "peak RSS {} MB", peak_rss() >> 20);
 }
