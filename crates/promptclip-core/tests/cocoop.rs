@@ -247,6 +247,7 @@ fn trains_on_base_classes_and_predicts_new_ones() {
         Runtime::default(),
     )
     .unwrap();
+    let co_initial = flat(co.prompt.ctx.as_tensor());
     let s = fit(
         &clip,
         &co,
@@ -256,6 +257,12 @@ fn trains_on_base_classes_and_predicts_new_ones() {
         &AtomicBool::new(false),
     )
     .unwrap();
+    // The comparison below means nothing if training left the context where it started.
+    let moved = relative_change(&co_initial, &flat(co.prompt.ctx.as_tensor()));
+    assert!(
+        moved > 0.01,
+        "CoCoOp's context moved by only {moved} of its norm"
+    );
     let new_buffers = co.prompt.buffers_for(&clip, &new_names).unwrap();
     let co_new_logits = co.logits_for(&clip, &fnw, &new_buffers).unwrap();
     let (co_base, co_new) = (
@@ -275,6 +282,7 @@ fn trains_on_base_classes_and_predicts_new_ones() {
         },
     )
     .unwrap();
+    let coop_initial = flat(coop.ctx.as_tensor());
     fit(
         &clip,
         &coop,
@@ -284,6 +292,11 @@ fn trains_on_base_classes_and_predicts_new_ones() {
         &AtomicBool::new(false),
     )
     .unwrap();
+    let moved = relative_change(&coop_initial, &flat(coop.ctx.as_tensor()));
+    assert!(
+        moved > 0.01,
+        "CoOp's context moved by only {moved} of its norm"
+    );
     let coop_new_b = coop.buffers_for(&clip, &new_names).unwrap();
     let (coop_base, coop_new) = (
         acc(&coop.logits(&clip, &fb, &coop.buffers).unwrap(), &base_test),
@@ -347,6 +360,17 @@ fn trains_on_base_classes_and_predicts_new_ones() {
         m.accuracy
     );
     assert_eq!(m.top_k, vec![(1, m.accuracy), (3, 100.0)]);
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// ||b - a|| / ||a||.
+fn relative_change(a: &[f32], b: &[f32]) -> f32 {
+    let d: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let n: f32 = a.iter().map(|x| x * x).sum();
+    (d / n.max(f32::MIN_POSITIVE)).sqrt()
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {

@@ -392,6 +392,7 @@ fn same_seed_same_context_bit_for_bit() {
             },
         )
         .unwrap();
+        let initial = flat(l.ctx.as_tensor());
         fit(
             &clip,
             &l,
@@ -401,15 +402,28 @@ fn same_seed_same_context_bit_for_bit() {
             &AtomicBool::new(false),
         )
         .unwrap();
-        l.ctx
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
+        let learned = flat(l.ctx.as_tensor());
+        // Equal runs prove nothing if training left the context where it started.
+        let moved = relative_change(&initial, &learned);
+        assert!(
+            moved > 0.01,
+            "the context moved by only {moved} of its norm"
+        );
+        learned
     };
     let (a, b) = (run(), run());
     assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// ||b - a|| / ||a||.
+fn relative_change(a: &[f32], b: &[f32]) -> f32 {
+    let d: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let n: f32 = a.iter().map(|x| x * x).sum();
+    (d / n.max(f32::MIN_POSITIVE)).sqrt()
 }
 
 #[test]
@@ -718,6 +732,7 @@ fn learning_beats_zero_shot_on_held_out_images() {
         },
     )
     .unwrap();
+    let initial = flat(learner.ctx.as_tensor());
     let config = TrainConfig {
         epochs: 30,
         batch_size: 8,
@@ -743,6 +758,11 @@ fn learning_beats_zero_shot_on_held_out_images() {
             .logits(&clip, &test_feats, &learner.buffers)
             .unwrap()
             .detach(),
+    );
+    let moved = relative_change(&initial, &flat(learner.ctx.as_tensor()));
+    assert!(
+        moved > 0.05,
+        "the context moved by only {moved} of its norm"
     );
     let (first, last) = (summary.epoch_loss[1], *summary.epoch_loss.last().unwrap());
     println!("train loss {first:.3} -> {last:.3}; held-out accuracy zero-shot {zero_shot:.1}% -> CoOp {coop:.1}%");
