@@ -102,13 +102,22 @@ fn truncation_keeps_end_token() {
     assert_eq!(ids.len(), 77);
     assert_eq!(ids[0], tok.sot);
     assert_eq!(ids[76], tok.eot);
-    let batch = tok.encode_batch(&[long.as_str(), "dog"]).unwrap();
+    // What is scored is never cut: a batch refuses the long text, naming it (issue 23).
+    let e = tok.encode_batch(&["dog", long.as_str()]).unwrap_err();
+    assert_eq!(e.code(), "E_INVALID_ARGUMENT");
+    assert!(
+        e.to_string().contains("texts[1]") && e.to_string().contains("202 tokens"),
+        "{e}"
+    );
+    let exact = "photo ".repeat(75);
+    let batch = tok.encode_batch(&[exact.as_str(), "dog"]).unwrap();
     assert_eq!(batch.eot, vec![76, 2]);
     assert_eq!(batch.ids.len(), 2 * 77);
     assert!(
         batch.ids[77 + 3..].iter().all(|&x| x == 0),
         "padding is 0 as in CLIP's tokenize"
     );
+    assert!(tok.encode_batch(&["photo ".repeat(76)]).is_err());
 }
 
 #[test]
