@@ -512,7 +512,7 @@ fn resume_refuses_any_changed_option_naming_both_values() {
         ..resume.clone()
     };
     let s = train(&clip, &coop(&clip), &same).unwrap();
-    assert_eq!((s.start_epoch, s.epoch_loss.len()), (1, 1));
+    assert_eq!((s.start_epoch, s.epoch_loss.len()), (1, 2)); // the whole curve: the epoch before the resume, from the checkpoint
 
     // A checkpoint claiming more epochs done than its run has is damaged, not "finished".
     let (tensors, mut md) = promptclip_core::files::read_safetensors(&ck, &dev()).unwrap();
