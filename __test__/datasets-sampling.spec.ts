@@ -35,7 +35,7 @@ test('fewShot: K per class, all of a smaller class, labels kept with their image
     ['c1_0', 'c1_1'],
   )
   t.throws(() => fewShot(d, 0, 1), { message: /shots must be a positive integer, got 0/ })
-  t.throws(() => fewShot({ images: ['a'], labels: [0, 1] }, 1, 1), { message: /1 images but 2 labels/ })
+  t.throws(() => fewShot({ images: ['a'], labels: [0, 1] }, 1, 1), { message: /1 image but 2 labels/ })
 })
 
 test('fewShot: a seed names one sample on every run and platform', (t) => {

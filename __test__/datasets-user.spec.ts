@@ -7,7 +7,7 @@
 import { copyFileSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import test from 'ava'
-import { expandImages } from '../ts/cli/data'
+import { describe, expandImages } from '../ts/cli/data'
 import { Clip } from '../ts/clip'
 import { requireTwoClasses } from '../ts/datasets/checks'
 import { loadCsv } from '../ts/datasets/csv'
@@ -16,6 +16,7 @@ import { loadImageFolder, loadSplitFolders } from '../ts/datasets/folder'
 import { fromList } from '../ts/datasets/memory'
 import { selectClasses } from '../ts/datasets/names'
 import { openDataset } from '../ts/datasets/open'
+import { fewShot } from '../ts/datasets/sampling'
 import { loadSplitFile } from '../ts/datasets/split'
 import { PromptclipError } from '../ts/errors'
 import { tempDir, tree } from './datasets-tree'
@@ -266,4 +267,13 @@ test('classes picked by name: case ignored, the nearest name suggested', (t) => 
   )
   t.deepEqual(sp.classNames, ['b', 'c'])
   t.deepEqual(sp.test?.labels, [1])
+})
+
+test('counts read "1 image of 1 class"; folder names in the CLI\'s hint are escaped', (t) => {
+  t.is(describe({ images: ['a'], labels: [0], classNames: ['cat'] }), '1 image of 1 class')
+  t.is(describe({ images: ['a', 'b'], labels: [0, 1], classNames: ['cat', 'dog'] }), '2 images of 2 classes')
+  t.throws(() => fewShot({ images: ['a'], labels: [0, 1] }, 1, 1), { message: /: 1 image but 2 labels/ })
+  const dir = tree(tempDir(), ['red\u001b[31m/1.png'])
+  const e = t.throws(() => expandImages([dir]), { message: /no images in .*it has 1 sub-folder \(red\\u001b\[31m\)/ })
+  t.false(rawControl(e?.message), e?.message)
 })

@@ -5,7 +5,7 @@
 import { readdirSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import type { LabelledDataset } from '../datasets'
-import { requireExists } from '../datasets/checks'
+import { escapeControls, plural, requireExists } from '../datasets/checks'
 import { IMAGE_EXT, IMAGE_TYPES } from '../datasets/extensions'
 import { badInput } from './common'
 
@@ -27,7 +27,7 @@ export function expandImages(inputs: string[]): string[] {
     const { images, folders } = listFolder(p)
     if (images.length > 0) return images.map((f) => join(p, f))
     if (folders.length > 0) {
-      const shown = folders.slice(0, 5).join(', ') + (folders.length > 5 ? ', ...' : '')
+      const shown = folders.slice(0, 5).map(escapeControls).join(', ') + (folders.length > 5 ? ', ...' : '')
       const n = folders.length
       throw badInput(
         `no images in ${p}; it has ${n} sub-folder${n === 1 ? '' : 's'} (${shown}): ` +
@@ -41,5 +41,5 @@ export function expandImages(inputs: string[]): string[] {
 /** "12 images of 4 classes" */
 export function describe(data: LabelledDataset): string {
   const k = data.classNames.length
-  return `${data.images.length} images of ${k} class${k === 1 ? '' : 'es'}`
+  return `${plural(data.images.length, 'image')} of ${plural(k, 'class', 'classes')}`
 }

@@ -11,11 +11,13 @@ import {
   checkExist,
   checkNoDuplicates,
   checkNotEmpty,
+  escapeControls,
   fileNotFound,
   isDirectory,
   listEntries,
   listNoHidden,
   plural,
+  quote,
   someOf,
 } from './checks'
 import { listClassImages } from './folder'
@@ -169,7 +171,7 @@ export function readClassnames(path: string): Map<string, string> {
     const line = raw.trim()
     if (line === '') continue
     const sp = line.indexOf(' ')
-    if (sp < 0) throw invalidArgument(`${path}:${i + 1}: expected "<folder> <class name>", got "${line}"`)
+    if (sp < 0) throw invalidArgument(`${path}:${i + 1}: expected "<folder> <class name>", got ${quote(line)}`)
     const folder = line.slice(0, sp)
     if (names.has(folder)) throw invalidArgument(`${path}:${i + 1}: folder ${folder} is listed twice`)
     names.set(folder, line.slice(sp + 1).trim())
@@ -203,7 +205,7 @@ function readFolders(dir: string, folders: string[], skipped: SkippedFile[], cla
   }
   if (empty.length > 0)
     throw invalidArgument(
-      `${dir}: ${plural(empty.length, 'class folder')} ${empty.length === 1 ? 'has' : 'have'} no images: ${someOf(empty)}`,
+      `${dir}: ${plural(empty.length, 'class folder')} ${empty.length === 1 ? 'has' : 'have'} no images: ${someOf(empty.map(escapeControls))}`,
     )
   checkNotEmpty(images.length, dir)
   return { images, labels, classNames }
@@ -213,7 +215,7 @@ function nameFolders(folders: string[], names: Map<string, string>, dir: string,
   const unknown = folders.filter((f) => !names.has(f))
   if (unknown.length > 0) {
     throw invalidArgument(
-      `${dir}: ${plural(unknown.length, 'class folder')} ${unknown.length === 1 ? 'is' : 'are'} not in ${file}: ${someOf(unknown)}`,
+      `${dir}: ${plural(unknown.length, 'class folder')} ${unknown.length === 1 ? 'is' : 'are'} not in ${file}: ${someOf(unknown.map(escapeControls))}`,
     )
   }
   return folders.map((f) => names.get(f) as string)
@@ -233,7 +235,10 @@ function loadImagenet(dir: string, e: CatalogEntry): Omit<DatasetSplits, 'name' 
   const testFolders = classFolders(testDir, skipped)
   const index = new Map(folders.map((f, i) => [f, i]))
   const extra = testFolders.filter((f) => !index.has(f))
-  if (extra.length > 0) throw invalidArgument(`${testDir}: class folders not in ${trainDir}: ${someOf(extra)}`)
+  if (extra.length > 0)
+    throw invalidArgument(
+      `${testDir}: ${extra.length === 1 ? 'a class folder' : 'class folders'} not in ${trainDir}: ${someOf(extra.map(escapeControls))}`,
+    )
   const byFolder = readFolders(testDir, testFolders, skipped, classNames)
   const test = { ...byFolder, labels: byFolder.labels.map((l) => index.get(testFolders[l]) as number) }
   // No val split: the official code evaluates on val as its test set; few-shot validation draws
@@ -260,10 +265,10 @@ function readAircraftPart(
     const line = raw.trim()
     if (line === '') continue
     const sp = line.indexOf(' ')
-    if (sp < 0) throw invalidArgument(`${file}:${i + 1}: expected "<image id> <variant>", got "${line}"`)
+    if (sp < 0) throw invalidArgument(`${file}:${i + 1}: expected "<image id> <variant>", got ${quote(line)}`)
     const name = line.slice(sp + 1)
     const label = index.get(name)
-    if (label === undefined) throw invalidArgument(`${file}:${i + 1}: variant "${name}" is not in variants.txt`)
+    if (label === undefined) throw invalidArgument(`${file}:${i + 1}: variant ${quote(name)} is not in variants.txt`)
     images.push(join(dir, e.imageDir, `${line.slice(0, sp)}.jpg`))
     labels.push(label)
     lines.push(i + 1)
@@ -288,7 +293,7 @@ function loadAircraft(dir: string, e: CatalogEntry): Omit<DatasetSplits, 'name' 
   const empty = classNames.filter((_, i) => !seen.has(i))
   if (empty.length > 0)
     throw invalidArgument(
-      `${variantsFile}: ${plural(empty.length, 'variant')} ${empty.length === 1 ? 'has' : 'have'} no images: ${someOf(empty)}`,
+      `${variantsFile}: ${plural(empty.length, 'variant')} ${empty.length === 1 ? 'has' : 'have'} no images: ${someOf(empty.map(escapeControls))}`,
     )
   return { classNames, train, val, test, skipped: [] }
 }

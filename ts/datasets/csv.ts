@@ -3,7 +3,15 @@ import { existsSync, readFileSync } from 'node:fs'
 import { dirname, relative, resolve } from 'node:path'
 import { invalidArgument, nativeSync } from '../errors'
 import type { ImageInput } from '../options'
-import { checkExist, checkNoDuplicates, checkNotEmpty, escapesRoot, fileNotFound, quote } from './checks'
+import {
+  checkExist,
+  checkNoDuplicates,
+  checkNotEmpty,
+  escapeControls,
+  escapesRoot,
+  fileNotFound,
+  quote,
+} from './checks'
 import { labelsFor } from './memory'
 import type { LabelledDataset } from './types'
 
@@ -145,7 +153,7 @@ export function loadCsv(csvPath: string, options: { imageRoot?: string; classNam
   if (body === records && images.length > 1 && !existsSync(images[0])) {
     const [p, l] = [records[0].fields[pathCol], records[0].fields[labelCol]]
     throw fileNotFound(
-      `${csvPath}:${records[0].line}: image ${images[0]} does not exist; if "${p},${l}" is a header, name the columns path,label`,
+      `${csvPath}:${records[0].line}: image ${escapeControls(images[0])} does not exist; if ${quote(`${p},${l}`)} is a header, name the columns path,label`,
     )
   }
   checkExist(images, csvPath)

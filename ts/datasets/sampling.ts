@@ -5,6 +5,7 @@
  */
 import { invalidArgument } from '../errors'
 import type { ImageInput } from '../options'
+import { plural } from './checks'
 import type { DatasetSplits, LabelledDataset } from './types'
 
 type Labelled = { images: ImageInput[]; labels: number[] }
@@ -31,7 +32,7 @@ function checkLabelled(data: Labelled, what: string): void {
     throw invalidArgument(`${what}: expected { images, labels } arrays`)
   }
   if (data.images.length !== data.labels.length) {
-    throw invalidArgument(`${what}: ${data.images.length} images but ${data.labels.length} labels`)
+    throw invalidArgument(`${what}: ${plural(data.images.length, 'image')} but ${plural(data.labels.length, 'label')}`)
   }
 }
 
