@@ -4,7 +4,8 @@
  * reruns of `train` and `run` that name the way out. dist/cli.js in a child process.
  */
 import { spawn } from 'node:child_process'
-import { cpSync, mkdirSync, mkdtempSync, readdirSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import test from 'ava'
@@ -132,7 +133,7 @@ test.serial('a checkpoint from another run blocks train with a message that name
   // The default --out's checkpoint, with other options: refused, naming --no-resume, --out and the file.
   const again = await cli([...base, '--epochs', '2'], dir)
   refused(t, again, 'E_INVALID_ARGUMENT', /promptclip-coop\.safetensors\.ckpt \(the default --out/)
-  t.regex(again.stderr, /epochs was 1, this run has 2/)
+  t.regex(again.stderr, /epochs (was 1, this run has 2|\(1 -> 2\))/)
   t.regex(again.stderr, /--no-resume/)
   t.regex(again.stderr, /--out <other file>/)
   t.regex(again.stderr, /move promptclip-coop\.safetensors\.ckpt away/)
@@ -146,7 +147,127 @@ test.serial('run refuses a rerun with other settings naming the option to change
   const first = await cli([...base, '--epochs', '1', '--out', 'r'], dir)
   t.is(first.code, 0, first.stderr)
   const again = await cli([...base, '--epochs', '2', '--out', 'r'], dir)
-  refused(t, again, 'E_INVALID_ARGUMENT', /r holds a finished run .* made with a different train/)
+  refused(
+    t,
+    again,
+    'E_INVALID_ARGUMENT',
+    /r holds a finished run .* made with a different train\.epochs \(was 1, now 2\)/,
+  )
   t.regex(again.stderr, /the same --epochs, --lr, --train-batch-size and --augment as before/)
   t.regex(again.stderr, /--out <other folder>/)
+})
+
+// ---------------------------------------------------------------------------------------------
+// The job queue: an unreachable Redis fails fast and coded; bullmq loads only for a queue.
+
+/** A loopback port nothing listens on. */
+function closedPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer()
+    s.on('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port
+      s.close(() => resolve(port))
+    })
+  })
+}
+
+test.serial(
+  'a queue whose Redis refuses the connection, or whose host does not resolve, fails within 2 s naming the URL',
+  async (t) => {
+    const refusedUrl = `redis://127.0.0.1:${await closedPort()}`
+    const dir = mkdtempSync(join(TMP, 'queue-'))
+    for (const url of [refusedUrl, 'redis://no-such-host.invalid:6379']) {
+      const cases = [
+        [
+          'run',
+          'few-shot',
+          DATA,
+          '--methods',
+          'zero-shot',
+          '--shots',
+          '1',
+          '--seeds',
+          '1',
+          '--queue',
+          url,
+          '--out',
+          'q',
+        ],
+        ['worker', '--queue', url],
+        ['run', '--status', '--queue', url],
+      ]
+      for (const args of cases) {
+        // What the process takes to start and refuse a malformed URL, without connecting.
+        let started = performance.now()
+        await cli([...args.slice(0, -1), 'not-a-url'], dir)
+        const startup = performance.now() - started
+        started = performance.now()
+        const r = await cli(args, dir)
+        const ms = performance.now() - started - startup
+        t.true(ms < 2000, `${args.join(' ')}: ${ms} ms beyond the ${startup} ms a refused URL takes`)
+        t.is(r.code, 1, r.stderr)
+        t.is(r.stdout, '')
+        const last = r.stderr.trimEnd().split('\n').pop() ?? ''
+        t.regex(last, /^promptclip: E_NETWORK: cannot reach the queue's Redis at /)
+        t.true(last.includes(url), last)
+        t.regex(last, url === refusedUrl ? /the connection was refused/ : /does not resolve/)
+      }
+      t.false(existsSync(join(dir, 'q')), 'a refused queue leaves no out folder behind')
+    }
+    const j = await cli(['worker', '--queue', refusedUrl, '--json'], dir)
+    t.is((JSON.parse(j.stderr) as { error: { code: string } }).error.code, 'E_NETWORK')
+  },
+)
+
+test('runProtocol with an unreachable queue leaves no empty runs/ folder', async (t) => {
+  const out = join(mkdtempSync(join(TMP, 'queue-api-')), 'sweep')
+  const { runProtocol } = await import('promptclip')
+  const url = `redis://127.0.0.1:${await closedPort()}`
+  await t.throwsAsync(
+    runProtocol({
+      protocol: 'few-shot',
+      dataset: DATA,
+      methods: ['zero-shot'],
+      shots: [1],
+      seeds: [1],
+      out,
+      queue: url,
+    }),
+    { code: 'E_NETWORK', message: new RegExp(url.replace(/[.]/g, '\\.')) } as never,
+  )
+  t.false(existsSync(join(out, 'runs')))
+})
+
+test('bullmq loads only when a queue is asked for, and its absence is a coded error with the install command', async (t) => {
+  // Loading the package (CommonJS and ESM) and running a command without a queue load no bullmq.
+  const probe = `require(${JSON.stringify(join(ROOT, 'dist', 'index.js'))}); process.stdout.write(String(Object.keys(require.cache).some((k) => /[\\\\/](bullmq|ioredis)[\\\\/]/.test(k))))`
+  const cjs = await collect(spawn(process.execPath, ['-e', probe], { stdio: ['ignore', 'pipe', 'pipe'] }))
+  t.is(cjs.stdout, 'false', cjs.stderr)
+  // Without bullmq installed (hidden from require and import by resolver hooks): the queue says what to install.
+  const hide = join(TMP, 'hide-bullmq.cjs')
+  const hooks = `export async function resolve(s, c, next) { if (s === 'bullmq' || s === 'ioredis') { const e = new Error("Cannot find package '" + s + "'"); e.code = 'ERR_MODULE_NOT_FOUND'; throw e } return next(s, c) }`
+  writeFileSync(
+    hide,
+    `const M = require('node:module'); M.register('data:text/javascript,' + encodeURIComponent(${JSON.stringify(hooks)})); const r = M._resolveFilename; M._resolveFilename = function (req, ...a) { if (req === 'bullmq' || req === 'ioredis') { const e = new Error("Cannot find module '" + req + "'"); e.code = 'MODULE_NOT_FOUND'; throw e } return r.call(this, req, ...a) }\n`,
+  )
+  const r = await collect(
+    spawn(process.execPath, ['--require', hide, CLI, 'worker', '--queue', 'redis://127.0.0.1:6379'], {
+      cwd: TMP,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    }),
+  )
+  t.is(r.code, 2, r.stderr) // the install's fault, not the work's: not retried, as bad input
+  t.is(
+    r.stderr.trim(),
+    'promptclip: E_MISSING_DEPENDENCY: the job queue needs the packages bullmq and ioredis: npm install bullmq@6.7.0 ioredis@5.11.1',
+  )
+  // Commands without a queue run without it.
+  const zs = await collect(
+    spawn(process.execPath, ['--require', hide, CLI, 'zeroshot', '--classes', 'a,b', join(FLAT, 'a')], {
+      cwd: TMP,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    }),
+  )
+  t.is(zs.code, 0, zs.stderr)
 })

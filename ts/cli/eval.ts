@@ -126,7 +126,7 @@ async function evaluate(source: string, flags: Flags, ctx: Ctx): Promise<number>
   } else {
     printEvaluation(result)
   }
-  if (result.failures.length > 0) ctx.progress.log(`${result.failures.length} images could not be read (left out)`)
+  if (result.failures.length > 0) ctx.progress.warn(`${result.failures.length} images could not be read (left out)`)
   return result.failures.length > 0 ? EXIT.PARTIAL : EXIT.OK
 }
 

@@ -103,6 +103,7 @@ function report(err: unknown, json: boolean): number {
 async function main(argv: string[]): Promise<number> {
   const json = argv.slice(0, argv.includes('--') ? argv.indexOf('--') : argv.length).includes('--json')
   const progress = new Progress(true)
+  progress.json = json
   const ctx: Ctx = { progress, interrupt: new Interrupt(progress), exitCode: EXIT.OK }
   // Results on stdout may go to a pipe that closes early (`| head`): stop quietly.
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {

@@ -32,7 +32,7 @@ export class Interrupt {
       return
     }
     this.progress.stop()
-    process.stderr.write('interrupted\n')
+    this.progress.log('interrupted')
     process.exit(EXIT.INTERRUPTED)
   }
 }

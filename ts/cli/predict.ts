@@ -121,6 +121,6 @@ async function classify(name: string, inputs: string[], flags: Flags, ctx: Ctx):
     }
   }
   const failed = preds.filter((p) => p.error).length
-  if (failed > 0) ctx.progress.log(`${failed} of ${preds.length} images could not be read`)
+  if (failed > 0) ctx.progress.warn(`${failed} of ${preds.length} images could not be read`)
   return failed > 0 ? EXIT.PARTIAL : EXIT.OK
 }

@@ -61,7 +61,7 @@ export class Task {
       this.bar.update(value, payload)
     } else if (this.progress.plain && now - this.lastPlain >= PLAIN_EVERY_MS) {
       this.lastPlain = now
-      process.stderr.write(`${this.label}: ${value}/${total} ${payload.info}, ETA ${payload.remaining}\n`)
+      this.progress.log(`${this.label}: ${value}/${total} ${payload.info}, ETA ${payload.remaining}`)
     }
   }
 
@@ -129,8 +129,20 @@ export class Progress {
     return new Task(this, label, unit)
   }
 
+  /** With --json: notes and warnings are JSON lines on stderr ({"note": ...}, {"warning": ...}). */
+  json = false
+
   /** A note on stderr, printed above the bars while they are drawn. */
   log(line: string): void {
+    this.write(this.json ? JSON.stringify({ note: line }) : line)
+  }
+
+  /** A warning on stderr: something was left out or may be wrong, and the work went on. */
+  warn(line: string): void {
+    this.write(this.json ? JSON.stringify({ warning: line }) : `warning: ${line}`)
+  }
+
+  private write(line: string): void {
     if (this.bars) {
       this.bars.log(`${line}\n`)
       this.bars.update()

@@ -13,7 +13,7 @@ import {
   type RunKey,
   runProtocol,
 } from '../protocols'
-import { checkQueueUrl, sweepStatus } from '../protocols/queue'
+import { checkQueueReachable, checkQueueUrl, sweepStatus } from '../protocols/queue'
 import { folderStatus } from '../protocols/status'
 import type { TrainOptions } from '../train'
 import {
@@ -181,6 +181,8 @@ async function run(protocol: ProtocolName, dataset: string, flags: Flags, comman
   if (flags.trainBatchSize !== undefined) recipe.batchSize = flags.trainBatchSize
   if (flags.augment !== undefined) recipe.augment = flags.augment
   const out = flags.out ?? `promptclip-${protocol}`
+  // An unreachable queue fails here, in two seconds, before the data and model are loaded.
+  if (flags.queue !== undefined) await checkQueueReachable(flags.queue)
 
   const { progress } = ctx
   let runs: Task | undefined
@@ -286,12 +288,14 @@ async function run(protocol: ProtocolName, dataset: string, flags: Flags, comman
   } catch (err) {
     progress.stop()
     if (err instanceof PromptclipError && err.code === 'E_INVALID_ARGUMENT') {
-      const changed = /^(?:invalid argument: )?(.*)[/\\]result\.json was made with a different (\w+);/.exec(err.message)
+      const changed = /^(?:invalid argument: )?(.*)[/\\]result\.json was made with a different (\w+)([^;]*);/.exec(
+        err.message,
+      )
       if (changed) {
-        const [, dir, key] = changed
+        const [, dir, key, detail] = changed
         throw new PromptclipError(
           err.code,
-          `${out} holds a finished run (${dir}) made with a different ${key}. Run again with the same ${RERUN_FLAGS[key] ?? key} as before, give --out <other folder>, or delete ${dir} to redo that run.`,
+          `${out} holds a finished run (${dir}) made with a different ${key}${detail}. Run again with the same ${RERUN_FLAGS[key] ?? key} as before, give --out <other folder>, or delete ${dir} to redo that run.`,
           { cause: err },
         )
       }

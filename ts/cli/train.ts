@@ -280,6 +280,8 @@ export function checkpointRefusal(coreMessage: string, checkpoint: string, defau
     .replace(/^invalid argument: /, '')
     .replace(/^.*?cannot resume, /, '')
     .replace(/\s*\(resume with [^)]*\)\s*$/, '')
+    .replace(/\.?\s*To start afresh[\s\S]*$/, '')
+    .replace(/^the checkpoint \S+ /, 'it ')
   const where = defaultOut ? ' (the default --out of this method)' : ''
   return (
     `the checkpoint ${checkpoint}${where} is from another run and cannot be resumed: ${why}. ` +

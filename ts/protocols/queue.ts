@@ -13,9 +13,9 @@
  * retried up to `ATTEMPTS` times.
  */
 
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync, rmdirSync } from 'node:fs'
 import { join } from 'node:path'
-import { type Job, Queue, UnrecoverableError, WaitingError, Worker } from 'bullmq'
+import type { Job, Queue } from 'bullmq'
 import { AbortError, invalidArgument, PromptclipError, toPromptclipError } from '../errors'
 import type { ProtocolEvent, RunKey, RunRecord } from './index'
 import {
@@ -57,25 +57,81 @@ function connection(url: string) {
   return { url, maxRetriesPerRequest: null }
 }
 
-/** Connects, or fails within `ms` with a message that names the URL (no endless retries). */
-async function openQueue(url: string, ms = 10_000): Promise<Queue> {
+type BullMQ = typeof import('bullmq')
+let bullmq: Promise<BullMQ> | undefined
+
+/** BullMQ (and through it ioredis), loaded when a queue is first asked for: they are optional
+ *  peer dependencies, and nothing else needs them. */
+export function loadBullMQ(): Promise<BullMQ> {
+  // BullMQ loads ioredis itself only when a connection is made: ask for both now.
+  bullmq ??= Promise.all([import('bullmq'), import('ioredis')])
+    .then(([m]) => m)
+    .catch((e: unknown) => {
+      bullmq = undefined
+      throw new PromptclipError(
+        'E_MISSING_DEPENDENCY',
+        'the job queue needs the packages bullmq and ioredis: npm install bullmq@6.7.0 ioredis@5.11.1',
+        { cause: e },
+      )
+    })
+  return bullmq
+}
+
+/** How long a queue may take to answer before the sweep or worker gives up. */
+export const CONNECT_MS = 2000
+/** Connection errors that no retry mends: fail at once rather than wait out CONNECT_MS. */
+const FATAL = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNRESET'])
+
+/** Connects, or fails within `ms` with E_NETWORK and a message that names the URL (no endless
+ *  retries): at once when Redis refuses the connection or its host does not resolve. */
+async function openQueue(url: string, ms = CONNECT_MS): Promise<Queue> {
+  const { Queue } = await loadBullMQ()
   const queue = new Queue(QUEUE_NAME, { connection: connection(url) })
-  queue.on('error', () => {}) // connection errors surface through the calls below
   let timer: NodeJS.Timeout | undefined
+  let onError: (e: Error) => void = () => {}
+  queue.on('error', (e) => onError(e)) // connection errors surface through the race below
   try {
     await Promise.race([
       queue.waitUntilReady(),
       new Promise((_, reject) => {
         timer = setTimeout(() => reject(new Error(`no answer within ${ms / 1000} s`)), ms)
+        onError = (e) => {
+          const code = (e as NodeJS.ErrnoException).code
+          if (code !== undefined && FATAL.has(code)) reject(e)
+        }
       }),
     ])
     return queue
   } catch (e) {
     await queue.close().catch(() => {})
-    throw new PromptclipError('E_IO', `queue ${url}: cannot reach Redis (${(e as Error).message})`)
+    const err = e as NodeJS.ErrnoException
+    const why =
+      err.code === 'ECONNREFUSED'
+        ? 'the connection was refused'
+        : err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN'
+          ? 'its host name does not resolve'
+          : err.message
+    throw new PromptclipError(
+      'E_NETWORK',
+      `cannot reach the queue's Redis at ${url}: ${why}. Check that redis-server runs there and that the URL is right.`,
+      { cause: e },
+    )
   } finally {
     clearTimeout(timer)
+    onError = () => {}
   }
+}
+
+/** Fails as `openQueue` does when the queue cannot be reached; checked before a sweep loads anything. */
+export async function checkQueueReachable(url: string): Promise<void> {
+  await (await openQueue(checkQueueUrl(url))).close()
+}
+
+/** Removes a folder the sweep made and left empty (a queue that could not be reached). */
+function removeIfEmpty(dir: string): void {
+  try {
+    if (readdirSync(dir).length === 0) rmdirSync(dir)
+  } catch {}
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -88,7 +144,14 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 export async function sweepOnQueue(ctx: Context, runs: RunKey[], url: string): Promise<RunRecord[]> {
   const options = sweepOptions(ctx.options)
   const sweep = sweepId(options.out)
-  const queue = await openQueue(checkQueueUrl(url))
+  let queue: Queue
+  try {
+    queue = await openQueue(checkQueueUrl(url))
+  } catch (e) {
+    removeIfEmpty(join(options.out, 'runs'))
+    removeIfEmpty(options.out)
+    throw e
+  }
   try {
     const { records, left } = await splitFinished(ctx, runs, options.out)
     const pending = new Map<string, { index: number; run: RunKey; started: boolean }>()
@@ -198,6 +261,7 @@ export async function startWorker(options: WorkerOptions): Promise<QueueWorker> 
   }
   // Fail fast on a wrong URL instead of retrying forever in the background.
   await (await openQueue(url)).close()
+  const { UnrecoverableError, WaitingError, Worker } = await loadBullMQ()
   const runner = new JobRunner(options.device)
   const emit = options.onEvent ?? (() => {})
   const stop = new AbortController()

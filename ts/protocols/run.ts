@@ -194,6 +194,10 @@ function earlierRuns(ctx: Context, records: RunRecord[]): RunRecord[] {
     (r) =>
       r?.run &&
       !now.has(runId(r.run)) &&
+      // Other methods only, at this call's shots and seeds: the table's columns and its mean
+      // stay this call's.
+      !ctx.o.methods.includes(r.run.method) &&
+      (r.run.shots === 0 || (ctx.o.seeds.includes(r.run.seed) && ctx.o.shots.includes(r.run.shots))) &&
       existsSync(join(runFolder(ctx.o.out, r.run), 'result.json')) &&
       ['protocol', 'dataset', 'model', 'targets'].every((k) => same(r, k)),
   )
@@ -210,10 +214,6 @@ function writeProtocolResults(ctx: Context, current: RunRecord[]): ProtocolResul
       METHODS,
       records.map((r) => r.run.method),
     ),
-    shots: [...new Set([...ctx.o.shots, ...records.filter((r) => r.run.shots > 0).map((r) => r.run.shots)])].sort(
-      (a, b) => a - b,
-    ),
-    seeds: [...new Set([...ctx.o.seeds, ...records.map((r) => r.run.seed)])].sort((a, b) => a - b),
   }
   const table = formatProtocolTable(o, records)
   const files = {
