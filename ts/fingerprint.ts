@@ -141,10 +141,7 @@ export function fingerprintChanges(was: Fingerprint, now: Fingerprint): string[]
   if (train) out.push(train)
   const val = dataChanges('validation', was.validation, now.validation)
   if (val) out.push(val)
-  for (const k of new Set([...Object.keys(was.options), ...Object.keys(now.options)])) {
-    const [a, b] = [JSON.stringify(was.options[k]), JSON.stringify(now.options[k])]
-    if (a !== b) out.push(`option ${k} (${a ?? 'unset'} -> ${b ?? 'unset'})`)
-  }
+  // The options are recorded, but the core's resume check names them (with both values).
   return out
 }
 

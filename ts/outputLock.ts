@@ -56,7 +56,9 @@ export function lockOutput(path: string): () => void {
       writeFileSync(lock, body, { flag: 'wx' })
       break
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e
+      // No place to write the lock (a missing folder, a file in the path): the core's own check
+      // of the checkpoint path reports that, with its code.
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') return () => {}
       const holder = readHolder(lock)
       // An unreadable lock is being written right now, unless it is old (a crash mid-write).
       const gone = holder === null ? ageMs(lock) > 5000 : holder.host === me.host && !alive(holder.pid)

@@ -162,7 +162,11 @@ export class Trainer {
     let unlock: (() => void) | undefined
     try {
       if (checkpoint !== undefined) {
-        mkdirSync(dirname(checkpoint), { recursive: true })
+        try {
+          mkdirSync(dirname(checkpoint), { recursive: true })
+        } catch {
+          // The core names a checkpoint path it cannot write, before any work.
+        }
         unlock = lockOutput(checkpoint)
         await this.checkAndRecordFingerprint(checkpoint, data, validationGiven, resumeFrom)
       }
@@ -216,8 +220,12 @@ export class Trainer {
       )
     }
     const file = `${checkpoint}.fingerprint.json`
-    writeFileSync(`${file}.tmp`, `${JSON.stringify(now)}\n`)
-    renameSync(`${file}.tmp`, file)
+    try {
+      writeFileSync(`${file}.tmp`, `${JSON.stringify(now)}\n`)
+      renameSync(`${file}.tmp`, file)
+    } catch {
+      // A checkpoint path that cannot be written: the core refuses it by name, before any work.
+    }
   }
 
   /** The native training call, its progress relayed and its signal tied to a cancel token. */
