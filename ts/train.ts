@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { binding, type Native } from './binding'
 import { failuresOf, type ImageFailure } from './clip'
@@ -224,7 +224,8 @@ export class Trainer {
       writeFileSync(`${file}.tmp`, `${JSON.stringify(now)}\n`)
       renameSync(`${file}.tmp`, file)
     } catch {
-      // A checkpoint path that cannot be written: the core refuses it by name, before any work.
+      // A checkpoint path that cannot be written (or a full disk): the core refuses it by name.
+      rmSync(`${file}.tmp`, { force: true })
     }
   }
 
