@@ -225,7 +225,12 @@ export class Trainer {
       renameSync(`${file}.tmp`, file)
     } catch {
       // A checkpoint path that cannot be written (or a full disk): the core refuses it by name.
-      rmSync(`${file}.tmp`, { force: true })
+      // `force` ignores only ENOENT; a parent that is a file (ENOTDIR) must not escape either.
+      try {
+        rmSync(`${file}.tmp`, { force: true })
+      } catch {
+        // Nothing was written there.
+      }
     }
   }
 
