@@ -271,3 +271,23 @@ test('bullmq loads only when a queue is asked for, and its absence is a coded er
   )
   t.is(zs.code, 0, zs.stderr)
 })
+
+test('a huge --batch-size under a 3 GB address-space limit works in bounded batches: no abort', async (t) => {
+  // `ulimit -v 3000000` with --batch-size 100000 aborted with SIGABRT ("memory allocation of
+  // 614400000 bytes failed") when the batch was sized by the flag; batches follow a memory budget.
+  const files = readdirSync(IMAGES)
+    .filter((f) => /\.(png|jpg)$/.test(f))
+    .map((f) => join(IMAGES, f))
+  for (const args of [
+    ['zeroshot', ...files, '--classes', 'a,b', '--batch-size', '100000', '--json'],
+    ['eval', DATA, '--split', 'test', '--batch-size', '100000', '--json'],
+  ]) {
+    const quoted = [process.execPath, CLI, ...args].map((a) => `'${a}'`).join(' ')
+    const r = await collect(
+      spawn('bash', ['-c', `ulimit -v 3000000 && exec ${quoted}`], { cwd: TMP, stdio: ['ignore', 'pipe', 'pipe'] }),
+    )
+    t.is(r.signal, null, `${args[0]}: ${r.stderr}`)
+    t.is(r.code, 0, `${args[0]}: ${r.stderr}`)
+    t.notThrows(() => JSON.parse(r.stdout))
+  }
+})

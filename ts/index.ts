@@ -18,6 +18,8 @@ export type {
   CatalogLayout,
   DatasetName,
   DatasetSplits,
+  FolderOptions,
+  FractionOptions,
   LabelledDataset,
   SkippedFile,
 } from './datasets'
@@ -30,6 +32,7 @@ export {
   fewShot,
   fewShotSplits,
   fromList,
+  IMAGE_EXTENSIONS,
   loadClothesAndDigits,
   loadCsv,
   loadDataset,
@@ -39,8 +42,13 @@ export {
   loadMnistDigits,
   loadSplitFile,
   openDataset,
+  readClassNamesFile,
   readIdx,
+  requireTwoClasses,
+  selectClasses,
+  splitFractions,
   without,
+  writeSplitFile,
 } from './datasets'
 export type { ErrorCode } from './errors'
 export { AbortError, PromptclipError } from './errors'

@@ -86,6 +86,15 @@ export function positiveNumber(value: string): number {
   return n
 }
 
+/** A share: a number from 0 up to, not including, 1. */
+export function fraction(value: string): number {
+  const v = value.trim()
+  const n = Number(v)
+  if (!DECIMAL.test(v) || !(n >= 0) || n >= 1)
+    throw new InvalidArgumentError('must be a number from 0 up to (not including) 1')
+  return n
+}
+
 /** A comma-separated list of integers, each checked by `one`. */
 export function intList(one: (v: string) => number): (value: string) => number[] {
   return (value) => {

@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { type Command, Option } from 'commander'
-import { BUILTIN_MODEL } from '../clip'
+import { BUILTIN_MODEL, type DeviceName } from '../clip'
 import { FASHION_MNIST_DIR } from '../datasets'
 import { formatTable, runDemo } from '../demo'
 import { PromptclipError } from '../errors'
@@ -14,6 +14,7 @@ import {
   addJsonOption,
   type Ctx,
   checkModel,
+  device,
   EXIT,
   EXIT_HELP,
   intList,
@@ -30,6 +31,7 @@ interface Flags {
   seeds: number[]
   testPerClass: number
   out: string
+  device: DeviceName
   json?: boolean
 }
 
@@ -48,26 +50,33 @@ export function register(program: Command, ctx: Ctx): void {
     .addOption(new Option('--seeds <list>', 'seeds').argParser(intList(nonNegativeInt)).default([1, 2, 3], '1,2,3'))
     .addOption(new Option('--test-per-class <n>', 'test images per class').argParser(positiveInt).default(50))
     .option('--out <dir>', 'where the report goes', 'promptclip-demo')
+    .addOption(new Option('--device <device>', 'cpu, cuda or cuda:N').default('cpu').argParser(device))
   addJsonOption(cmd)
   cmd.addHelpText('after', EXIT_HELP)
   cmd.action(async (flags: Flags) => {
-    checkModel({ model: flags.model, device: 'cpu', dtype: 'fp32' })
+    checkModel({ model: flags.model, device: flags.device, dtype: 'fp32' })
     if (!existsSync(flags.data)) {
       throw new PromptclipError(
         'E_FILE_NOT_FOUND',
         `--data: ${flags.data} does not exist (Fashion-MNIST; on Debian: apt-get install dataset-fashion-mnist)`,
       )
     }
-    // The running commentary is part of the demo's output; with --json it goes to stderr.
-    const log = flags.json ? (line: string) => ctx.progress.log(line) : (line: string) => print(line)
+    // The running commentary is part of the demo's output; with --json it goes to stderr, and on
+    // a terminal it is printed above the bar of runs (both on stderr, so they do not garble).
+    const toStderr = flags.json || ctx.progress.tty
+    const log = toStderr ? (line: string) => ctx.progress.log(line) : (line: string) => print(line)
+    const runs = ctx.progress.task('runs', 'runs')
     const results = await runDemo({
       model: flags.model,
       fashionDir: flags.data,
       shots: flags.shots,
       seeds: flags.seeds,
       testPerClass: flags.testPerClass,
+      device: flags.device,
       log,
+      onStage: (p) => runs.update(p.done, p.total, `${p.done}/${p.total}: ${p.stage}`),
     })
+    ctx.progress.stop()
     const report = join(flags.out, 'report.html')
     writeReport(results, report)
     if (flags.json) {

@@ -118,7 +118,7 @@ async function evaluate(source: string, flags: Flags, ctx: Ctx): Promise<number>
   if (flags.json) {
     printJson({
       model: modelName(flags.model),
-      ...(flags.prompt !== undefined ? { prompt: flags.prompt } : { templates: flags.template ?? null }),
+      ...(flags.prompt !== undefined ? { prompt: flags.prompt } : { templates: flags.template ?? [] }),
       dataset: splits.name,
       split,
       ...result,

@@ -104,7 +104,7 @@ async function classify(name: string, inputs: string[], flags: Flags, ctx: Ctx):
   if (flags.json) {
     printJson({
       model: modelName(flags.model),
-      ...(flags.prompt !== undefined ? { prompt: flags.prompt } : { templates: flags.template ?? null }),
+      ...(flags.prompt !== undefined ? { prompt: flags.prompt } : { templates: flags.template ?? [] }),
       classes: classes ?? null,
       predictions: preds.map((p) =>
         p.error

@@ -284,7 +284,16 @@ async function run(protocol: ProtocolName, dataset: string, flags: Flags, comman
       print(`results: ${results.files.json}, ${results.files.markdown}`)
       print(`report: ${results.files.report}`)
     }
-    return EXIT.OK
+    // As every command: done, but images that could not be read were left out (exit 3).
+    const unread = results.runs.reduce(
+      (n, r) => n + (r.train?.skipped ?? 0) + r.evaluations.reduce((m, e) => m + e.skipped, 0),
+      0,
+    )
+    if (unread > 0)
+      progress.warn(
+        `${unread} unreadable image${unread === 1 ? ' was' : 's were'} left out (counted per run in results.json)`,
+      )
+    return unread > 0 ? EXIT.PARTIAL : EXIT.OK
   } catch (err) {
     progress.stop()
     if (err instanceof PromptclipError && err.code === 'E_INVALID_ARGUMENT') {

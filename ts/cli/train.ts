@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, statSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { type Command, Option } from 'commander'
 import { Clip } from '../clip'
-import { fewShotSplits, openDataset } from '../datasets'
+import { type DatasetSplits, fewShotSplits, openDataset, splitFractions, writeSplitFile } from '../datasets'
 import { PromptclipError } from '../errors'
 import { type Evaluation, Evaluator } from '../evaluate'
 import { type Method, PromptLearner } from '../prompt'
@@ -21,9 +21,11 @@ import {
   EXIT,
   EXIT_HELP,
   epochCount,
+  fraction,
   given,
   type ModelFlags,
   modelName,
+  nameList,
   nonNegativeInt,
   pct,
   positiveInt,
@@ -51,6 +53,11 @@ interface Flags extends ModelFlags {
   batchSize?: number
   seed: number
   shots?: number
+  testFraction?: number
+  valFraction?: number
+  split?: string
+  classes?: string[]
+  classNames?: string
   augment?: boolean
   checkpointEvery?: number
   out?: string
@@ -111,6 +118,20 @@ export function register(program: Command, ctx: Ctx): void {
         .default(1),
     )
     .addOption(new Option('--shots <n>', 'train on N images per class (the few-shot protocol)').argParser(positiveInt))
+    .addOption(
+      new Option(
+        '--test-fraction <f>',
+        "hold out this share of each class's images for testing (seeded by --seed)",
+      ).argParser(fraction),
+    )
+    .addOption(
+      new Option('--val-fraction <f>', "hold out this share of each class's images for validation").argParser(fraction),
+    )
+    .option('--split <file>', 'the split an earlier --test-fraction/--val-fraction run wrote (<out>.split.json)')
+    .addOption(
+      new Option('--classes <a,b,c>', 'train on these classes only (folder names, any case)').argParser(nameList),
+    )
+    .option('--class-names <file>', 'folder -> class name: a JSON object or folder,name lines')
     .option('--augment', 'random resized crop + flip (the default)')
     .option('--no-augment', 'no augmentation: image features are computed once (much faster)')
     .addOption(new Option('--checkpoint-every <n>', 'epochs between checkpoints (default 1)').argParser(epochCount))
@@ -139,18 +160,28 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
   const checkpoint = `${out}.ckpt`
   const learnsPrompt = method !== 'linear-probe'
   const resume = learnsPrompt && flags.resume && existsSync(checkpoint)
-  const splits = openDataset(source, { imageRoot: flags.imageRoot, root: flags.dataRoot })
+  const splits = openSplits(source, flags, out)
   const { train: data, val } = flags.shots
     ? fewShotSplits(splits, flags.shots, flags.seed)
     : { train: splits.train, val: splits.val }
   if (data.images.length === 0) throw badInput(`dataset ${source} has no training images`)
+  const log = (line: string) => ctx.progress.log(line)
+  if (flags.shots) {
+    for (const note of shortClasses(splits, data.labels, flags.shots)) log(note)
+  }
+  const splitFile =
+    flags.testFraction !== undefined || flags.valFraction !== undefined ? `${out}.split.json` : undefined
+  if (splitFile !== undefined) {
+    const file = splitFile
+    writeSplitFile(file, splits, imageRootOf(source, flags))
+    log(`split: ${file} (${describe(splits.train)} to train; rerun this split with --split ${file})`)
+  }
   if (method === 'linear-probe' && flags.c === undefined && !val) {
     throw badInput(
       'the linear probe searches C on a validation split, and this dataset has none: give --c, or --shots N ' +
         '(validation images are then drawn from the rest), or a dataset with a val/ split',
     )
   }
-  const log = (line: string) => ctx.progress.log(line)
   log(
     `train: ${method} on ${splits.name}: ${describe(data)}` +
       (flags.shots ? ` (${flags.shots} shots per class, seed ${flags.seed})` : ''),
@@ -231,14 +262,20 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
   }
 
   const skipped = summary.skipped
+  // As every command: done, but images that could not be read were left out (exit 3).
+  const unread = (skipped?.length ?? 0) + (test?.failures.length ?? 0)
+  if (unread > 0) ctx.progress.warn(`${unread} unreadable image${unread === 1 ? ' was' : 's were'} left out`)
+  const partial = unread > 0 ? EXIT.PARTIAL : EXIT.OK
   if (flags.json) {
     printJson({
       model: modelName(flags.model),
       method,
       dataset: splits.name,
       classNames,
-      trainImages: data.images.length,
+      // The images trained on: those that were read (a skipped image trained nothing).
+      trainImages: data.images.length - (skipped?.length ?? 0),
       shots: flags.shots ?? null,
+      split: splitFile ?? flags.split ?? null,
       seed,
       prompt: out,
       checkpoint: learnsPrompt ? checkpoint : null,
@@ -246,7 +283,7 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
       ...(skipped !== undefined ? { skipped } : {}),
       test: test ? summarize(test) : null,
     })
-    return EXIT.OK
+    return partial
   }
   const last = summary.epochLoss.length - 1
   print(`prompt: ${out} (${method}, ${classNames.length} classes)`)
@@ -268,7 +305,52 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
       `test: accuracy ${pct(test.accuracy)} (${test.correct}/${test.total} images), macro-F1 ${test.macroF1.toFixed(1)}`,
     )
   }
-  return EXIT.OK
+  return partial
+}
+
+/**
+ * The dataset as the flags shape it: read through a split file an earlier run wrote (--split),
+ * with its class folders renamed (--class-names) and chosen (--classes), then held-out shares of
+ * each class for testing and validation (--test-fraction, --val-fraction).
+ */
+function openSplits(source: string, flags: Flags, out: string): DatasetSplits {
+  const fractions = flags.testFraction !== undefined || flags.valFraction !== undefined
+  if (flags.split !== undefined && fractions) {
+    throw badInput(
+      '--split reads a split that was written before; it does not go with --test-fraction or --val-fraction',
+    )
+  }
+  if (flags.split !== undefined && flags.classNames !== undefined) {
+    throw badInput('--split carries its class names; it does not go with --class-names')
+  }
+  const common = { root: flags.dataRoot, ...(flags.classes ? { classes: flags.classes } : {}) }
+  if (flags.split !== undefined) {
+    // The split file's paths are relative to the folder it was drawn from: the dataset argument.
+    return { ...openDataset(flags.split, { ...common, imageRoot: imageRootOf(source, flags) }), name: source }
+  }
+  const splits = openDataset(source, {
+    ...common,
+    imageRoot: flags.imageRoot,
+    ...(flags.classNames !== undefined ? { classNamesFile: flags.classNames } : {}),
+  })
+  if (!fractions) return splits
+  if (out === `${source}.split.json`) throw badInput(`--out ${out}: its split file would overwrite the dataset`)
+  return splitFractions(splits, { testFraction: flags.testFraction, valFraction: flags.valFraction, seed: flags.seed })
+}
+
+/** The folder a written split's paths are relative to: the dataset folder, else the CSV's
+ *  image root (--image-root, else the CSV's folder). */
+function imageRootOf(source: string, flags: Flags): string {
+  return existsSync(source) && statSync(source).isDirectory() ? source : (flags.imageRoot ?? dirname(source))
+}
+
+/** One note per class that has fewer than `shots` training images: it trains on what it has. */
+function shortClasses(splits: DatasetSplits, labels: number[], shots: number): string[] {
+  const counts = new Array<number>(splits.classNames.length).fill(0)
+  for (const l of labels) counts[l]++
+  return counts.flatMap((n, c) =>
+    n < shots ? [`class ${splits.classNames[c]} has fewer than ${shots} images: using ${n}`] : [],
+  )
 }
 
 /**

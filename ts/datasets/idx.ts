@@ -8,7 +8,7 @@ import { gunzipSync } from 'node:zlib'
 import { packageRequire } from '../binding'
 import { invalidArgument, nativeSync, PromptclipError } from '../errors'
 import type { RawImage } from '../options'
-import { checkEveryClassHasImages, checkUniqueNames } from './checks'
+import { checkEveryClassHasImages, checkUniqueNames, plural } from './checks'
 import type { LabelledDataset } from './types'
 
 /** Read an IDX file (optionally gzipped): the format of MNIST and Fashion-MNIST. */
@@ -66,7 +66,7 @@ export function loadIdx(imagesPath: string, labelsPath: string, classNames?: str
   const bad = labels.findIndex((l) => l >= names.length)
   if (bad >= 0) {
     throw invalidArgument(
-      `${labelsPath}: label ${labels[bad]} of image ${bad} is outside the class list (${names.length} classes)`,
+      `${labelsPath}: label ${labels[bad]} of image ${bad} is outside the class list (${plural(names.length, 'class', 'classes')})`,
     )
   }
   const size = w * h * c

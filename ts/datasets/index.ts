@@ -11,6 +11,8 @@ export { loadCsv, parseCsv } from './csv'
 export { IMAGE_EXT, IMAGE_EXTENSIONS } from './extensions'
 export type { FolderOptions } from './folder'
 export { loadImageFolder, loadSplitFolders } from './folder'
+export type { FractionOptions } from './fractions'
+export { splitFractions } from './fractions'
 export {
   DIGIT_CLASSES,
   FASHION_MNIST_CLASSES,
@@ -25,5 +27,5 @@ export { fromList } from './memory'
 export { readClassNamesFile, selectClasses } from './names'
 export { dataRoot, openDataset } from './open'
 export { baseToNew, fewShot, fewShotSplits, rng, without } from './sampling'
-export { loadSplitFile } from './split'
+export { loadSplitFile, writeSplitFile } from './split'
 export type { DatasetSplits, LabelledDataset, SkippedFile } from './types'

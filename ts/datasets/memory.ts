@@ -1,7 +1,14 @@
 /** Datasets built from lists in memory, and the label rules CSV files share with them. */
 import { invalidArgument } from '../errors'
 import type { ImageInput } from '../options'
-import { checkEveryClassHasImages, checkExist, checkNoDuplicates, checkNotEmpty, checkUniqueNames } from './checks'
+import {
+  checkEveryClassHasImages,
+  checkExist,
+  checkNoDuplicates,
+  checkNotEmpty,
+  checkUniqueNames,
+  plural,
+} from './checks'
 import type { LabelledDataset } from './types'
 
 const INDEX = /^\d+$/
@@ -43,7 +50,9 @@ export function labelsFor(
       const byName = index.get(l)
       if (byName !== undefined) return byName
       if (!INDEX.test(l)) {
-        throw invalidArgument(`${where(i)}: label "${l}" is not in the class list (${names.length} classes)`)
+        throw invalidArgument(
+          `${where(i)}: label "${l}" is not in the class list (${plural(names.length, 'class', 'classes')})`,
+        )
       }
     } else if (!Number.isInteger(l) || l < 0) {
       throw invalidArgument(`${where(i)}: label ${l} is not a class name or a non-negative integer index`)
@@ -51,7 +60,7 @@ export function labelsFor(
     const n = Number(l)
     if (n >= names.length) {
       throw invalidArgument(
-        `${where(i)}: label ${l} is outside the class list (${names.length} classes, indices 0..${names.length - 1})`,
+        `${where(i)}: label ${l} is outside the class list (${plural(names.length, 'class', 'classes')}, indices 0..${names.length - 1})`,
       )
     }
     return n

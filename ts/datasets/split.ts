@@ -1,9 +1,9 @@
 /** The official code's split files, `split_zhou_<Dataset>.json`. */
-import { existsSync, readFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { dirname, join, relative, sep } from 'node:path'
 import { invalidArgument, nativeSync } from '../errors'
 import { checkExist, checkNoDuplicates, checkNotEmpty, escapesRoot, fileNotFound, plural, quote } from './checks'
-import type { LabelledDataset } from './types'
+import type { DatasetSplits, LabelledDataset } from './types'
 
 const PARTS = ['train', 'val', 'test'] as const
 type Part = (typeof PARTS)[number]
@@ -103,4 +103,40 @@ export function loadSplitFile(
     classNames,
   })
   return { train: part('train'), val: part('val'), test: part('test') }
+}
+
+/**
+ * Writes `splits` as a split file that `loadSplitFile(path, imageRoot)` (and `--split` on the
+ * command line) reads back: image paths relative to `imageRoot`, with `/` on every platform,
+ * written atomically. Every image must be a file path under `imageRoot`.
+ */
+export function writeSplitFile(path: string, splits: DatasetSplits, imageRoot: string): void {
+  const entries = (data: LabelledDataset | undefined, part: string) =>
+    (data?.images ?? []).map((image, i) => {
+      if (typeof image !== 'string') throw invalidArgument(`writeSplitFile: ${part}[${i}] is not a file path`)
+      const rel = relative(imageRoot, image)
+      if (rel === '' || escapesRoot(rel)) {
+        throw invalidArgument(`writeSplitFile: ${part}[${i}] ${quote(image)} is not under the image root ${imageRoot}`)
+      }
+      const label = (data as LabelledDataset).labels[i]
+      return [rel.split(sep).join('/'), label, splits.classNames[label]]
+    })
+  const body = {
+    train: entries(splits.train, 'train'),
+    val: entries(splits.val, 'val'),
+    test: entries(splits.test, 'test'),
+  }
+  nativeSync(() => mkdirSync(dirname(path), { recursive: true }))
+  const tmp = `${path}.${process.pid}.tmp`
+  try {
+    nativeSync(() => writeFileSync(tmp, `${JSON.stringify(body)}\n`))
+    nativeSync(() => renameSync(tmp, path))
+  } catch (err) {
+    try {
+      rmSync(tmp, { force: true })
+    } catch {
+      // Nothing was written there.
+    }
+    throw err
+  }
 }

@@ -469,7 +469,8 @@ export async function executeRun(ctx: Context, run: RunKey, index: number, total
         resumedAfterEpoch: summary.resumedAfterEpoch,
         epochLoss: summary.epochLoss,
         epochAccuracy: summary.epochAccuracy,
-        trainImages: train.images.length,
+        // The images trained on: a skipped (unreadable) image trained nothing.
+        trainImages: train.images.length - (summary.skipped?.length ?? 0),
         skipped: summary.skipped?.length ?? 0,
         ...(summary.details ? { details: summary.details } : {}),
       }
