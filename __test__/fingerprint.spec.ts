@@ -11,6 +11,8 @@ import test from 'ava'
 import { Clip, PromptclipError, PromptLearner, runProtocol, Trainer } from 'promptclip'
 import { CLASSES, HF_MODEL, png, RGB } from './helpers'
 
+const CLI = join(import.meta.dirname ?? __dirname, '..', 'dist', 'cli.js')
+
 /** A folder of PNGs, `perClass` per class, as paths and labels. */
 function folder(dir: string, perClass: number) {
   mkdirSync(dir, { recursive: true })
@@ -189,8 +191,21 @@ test('a damaged finished run is run again; a changed setting is named with both 
     join(run, 'result.json'),
     JSON.stringify({ ...result, evaluations: [{ ...result.evaluations[0], accuracy: 'x' }] }),
   )
+  // `run --status` says so before the sweep is run again (it read "completed").
+  const status = () => {
+    const r = spawnSync(process.execPath, [CLI, 'run', '--status', '--out', join(dir, 'out'), '--json'], {
+      encoding: 'utf8',
+    })
+    t.is(r.status, 0, r.stderr)
+    return (JSON.parse(r.stdout) as { run: string; state: string; failedReason?: string }[]).find(
+      (x) => x.run === 'coop-1shot-seed1',
+    )
+  }
+  t.like(status(), { state: 'damaged' })
+  t.regex(status()?.failedReason ?? '', /not a number.*redoes it/)
   const logs: string[] = []
   const again = await runProtocol({ ...options, onEvent: (e) => e.type === 'log' && logs.push(e.message) })
+  t.like(status(), { state: 'completed' })
   t.true(
     logs.some((m) => /is not a number.*running it again/.test(m)),
     logs.join('\n'),
@@ -199,6 +214,8 @@ test('a damaged finished run is run again; a changed setting is named with both 
   // A truncated learner file.
   const learner = readFileSync(join(run, 'learner.safetensors'))
   writeFileSync(join(run, 'learner.safetensors'), learner.subarray(0, learner.length >> 1))
+  t.like(status(), { state: 'damaged' })
+  t.regex(status()?.failedReason ?? '', /truncated/)
   logs.length = 0
   const third = await runProtocol({ ...options, onEvent: (e) => e.type === 'log' && logs.push(e.message) })
   t.true(

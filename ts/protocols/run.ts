@@ -15,6 +15,7 @@ import type { ImageInput } from '../options'
 import { type Method, PromptLearner } from '../prompt'
 import { writeFileAtomic } from '../report'
 import { Trainer, type TrainOptions, type TrainSummary } from '../train'
+import { resultDamage } from './damage'
 import type { EvalRecord, ProtocolEvent, ProtocolOptions, ProtocolResults, RunKey, RunRecord } from './index'
 import { type Executor, runFolder, sweepOptions } from './jobs'
 import { checkDevices, sweepOnLocalWorkers } from './local'
@@ -284,29 +285,14 @@ function templatesFor(ctx: Context, run: RunKey): string[] {
     : [...ENSEMBLE_TEMPLATES, own]
 }
 
-const isNumber = (x: unknown) => typeof x === 'number' && Number.isFinite(x)
-
 /** What is wrong with a finished run's files (result.json's fields, its learner file), or null. */
 export async function damageOf(
   ctx: Context,
   files: { result: string; learner: string },
   run: RunKey,
 ): Promise<string | null> {
-  let done: RunRecord
-  try {
-    done = JSON.parse(readFileSync(files.result, 'utf8')) as RunRecord
-  } catch {
-    return 'result.json is not valid JSON'
-  }
-  if (done === null || typeof done !== 'object' || typeof done.config !== 'object' || done.config === null) {
-    return 'result.json has no config'
-  }
-  if (!Array.isArray(done.evaluations) || done.evaluations.length === 0) return 'result.json has no evaluations'
-  for (const e of done.evaluations) {
-    if (e === null || typeof e !== 'object' || ![e.accuracy, e.macroF1, e.total, e.correct].every(isNumber)) {
-      return `result.json's evaluation ${JSON.stringify(e?.split ?? null)} is not a number where one is needed`
-    }
-  }
+  const damage = resultDamage(files.result)
+  if (damage !== null) return damage
   const zeroShot = run.method === 'zero-shot' || run.method === 'ensemble'
   if (!zeroShot) {
     try {

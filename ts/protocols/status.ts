@@ -1,9 +1,10 @@
 /**
  * A sweep's state read from its folder alone (no queue): which runs finished, failed, or hold a
- * checkpoint or a trained learner waiting for its evaluation.
+ * checkpoint or a trained learner waiting for its evaluation, and which finished runs are damaged.
  */
 import { existsSync, readdirSync, statSync } from 'node:fs'
 import { join, resolve } from 'node:path'
+import { resultDamage, safetensorsDamage } from './damage'
 import { sweepId } from './jobs'
 import type { RunStatus } from './queue'
 
@@ -25,6 +26,23 @@ export function folderStatus(out: string): RunStatus[] {
             : has('checkpoint.safetensors')
               ? 'started'
               : 'waiting'
+      // A finished run whose files are damaged is not finished: the next run of the sweep redoes it.
+      const damage =
+        state === 'completed'
+          ? (resultDamage(join(runs, name, 'result.json')) ??
+            (has('learner.safetensors') ? safetensorsDamage(join(runs, name, 'learner.safetensors')) : null))
+          : null
+      if (damage !== null) {
+        return {
+          sweep,
+          out: resolve(out),
+          run: name,
+          state: 'damaged',
+          attempts: 0,
+          progress: null,
+          failedReason: `${damage}; the next run of this sweep redoes it`,
+        }
+      }
       return { sweep, out: resolve(out), run: name, state, attempts: 0, progress: null }
     })
 }
