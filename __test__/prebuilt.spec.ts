@@ -119,8 +119,10 @@ test.serial('the core install is the addon, the TypeScript layer and what every 
     queue.push(...Object.keys(m.dependencies ?? {}))
   }
   t.deepEqual(packages.sort(), [...closure].sort())
-  t.true(packages.length <= 12, packages.join(', '))
-  t.true(bytes < 40e6, `${bytes} B`)
+  // The hub client (@huggingface/hub with @huggingface/tasks and its xet hashing, 11 MB) loads
+  // models by id: every real use starts there, so it is installed with the package.
+  t.true(packages.length <= 14, packages.join(', '))
+  t.true(bytes < 52e6, `${bytes} B`)
 })
 
 test.serial('without the optional mnist, the demo says which package to install', (t) => {

@@ -1,6 +1,8 @@
 import { join } from 'node:path'
 import { addon, binding, type Native, PACKAGE_ROOT } from './binding'
 import { AbortError, type ErrorCode, invalidArgument, native, nativeSync, ProgressRelay } from './errors'
+import type { HubOptions } from './hub/client'
+import { resolveModelSource } from './hub/model'
 import { defaults, type ImageInput, optionalString, positiveInt, toNativeImages, toNativeStrings } from './options'
 
 export type { ImageInput, RawImage } from './options'
@@ -9,7 +11,9 @@ export type DeviceName = 'cpu' | 'cuda' | `cuda:${number}`
 
 export type Precision = 'fp32' | 'fp16' | 'bf16'
 
-export interface LoadOptions {
+/** `Clip.load`'s options; a hub id also takes `HubOptions` (revision, offline, token, cacheDir,
+ *  onDownloadProgress, signal). */
+export interface LoadOptions extends HubOptions {
   /** Where to run: "cpu" (default), "cuda" or "cuda:N" (needs the CUDA build, the package
    *  promptclip-linux-x64-gnu-cuda, and a GPU; the first load of the process picks the build). */
   device?: DeviceName
@@ -193,14 +197,19 @@ export class Clip {
 
   /**
    * Load a CLIP checkpoint: a Hugging Face folder (config.json, model.safetensors, tokenizer.json
-   * or vocab.json + merges.txt) or a safetensors file with OpenAI's parameter names.
+   * or vocab.json + merges.txt), a safetensors file with OpenAI's parameter names, or a hub id
+   * (`openai/clip-vit-base-patch16`, `laion/CLIP-ViT-B-32-laion2B-s34B-b79K`): fetched once into
+   * the Hugging Face cache (only the files CLIP needs), then loaded from there. A path that exists
+   * wins over an id.
    */
   static async load(path: string, options: LoadOptions = {}): Promise<Clip> {
     if (typeof path !== 'string' || path.length === 0) throw invalidArgument('path must be a non-empty string')
     const device = optionalString('device', options?.device) ?? 'cpu'
     const dtype = optionalString('dtype', options?.dtype) ?? 'fp32'
+    const { device: _, dtype: __, ...hub } = options ?? {}
+    const local = await resolveModelSource(path, hub)
     // The first load picks the addon for the process: the CUDA build for a CUDA device.
-    const nativeClip = await native(() => addon(device).loadClip(path, { device, dtype }))
+    const nativeClip = await native(() => addon(device).loadClip(local, { device, dtype }))
     return new Clip(nativeClip)
   }
 

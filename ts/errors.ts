@@ -27,6 +27,13 @@ export type ErrorCode =
   | 'E_NETWORK'
   /** An optional package a feature needs is not installed. */
   | 'E_MISSING_DEPENDENCY'
+  /** A model or dataset named by hub id (or its revision) is not on the hub, or not in the cache
+   *  when offline. */
+  | 'E_MODEL_NOT_FOUND'
+  /** The hub refused access: a private or gated repo without a token that can read it. */
+  | 'E_AUTH'
+  /** A downloaded file does not match the hash the hub gives for it (it was not cached). */
+  | 'E_INTEGRITY'
 
 /** Codes that mean the input is at fault (a file, an option, the data) rather than the work: the
  *  CLI exits 2 on them, and a sweep's queue does not retry them. */
@@ -42,6 +49,8 @@ export const INPUT_ERROR_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'E_UNSUPPORTED',
   'E_CUDA_UNAVAILABLE',
   'E_MISSING_DEPENDENCY',
+  'E_MODEL_NOT_FOUND',
+  'E_AUTH',
 ])
 
 export class PromptclipError extends Error {

@@ -54,6 +54,10 @@ export type { ErrorCode } from './errors'
 export { AbortError, PromptclipError } from './errors'
 export type { ClassReport, EvaluateOptions, Evaluation } from './evaluate'
 export { Evaluator } from './evaluate'
+export type { CachedRepo } from './hub/cache'
+export { hubCacheDir, scanCache as scanHubCache } from './hub/cache'
+export type { DownloadProgress, HubOptions } from './hub/client'
+export { fetchHubDataset as fetchDataset } from './hub/dataset'
 export type {
   ClassTokenPosition,
   CocoopOptions,

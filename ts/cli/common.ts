@@ -5,8 +5,10 @@
  */
 import { existsSync, readFileSync, statSync } from 'node:fs'
 import { type Command, InvalidArgumentError, Option } from 'commander'
-import { BUILTIN_MODEL, type DeviceName, type Precision } from '../clip'
+import { BUILTIN_MODEL, Clip, type DeviceName, type Precision } from '../clip'
 import { INPUT_ERROR_CODES, PromptclipError } from '../errors'
+import { fetchHubDataset, isHubDatasetUri } from '../hub/dataset'
+import { isHubModelId } from '../hub/model'
 import type { Interrupt } from './interrupt'
 import type { Progress } from './progress'
 
@@ -156,16 +158,22 @@ export interface ModelFlags {
   model: string
   device: DeviceName
   dtype: Precision
+  /** For a hub id: a branch, tag or commit. */
+  revision?: string
+  /** For a hub id: the cache only. */
+  offline?: boolean
 }
 
 export function addModelOptions(cmd: Command): Command {
   return cmd
     .addOption(
-      new Option('--model <path>', 'CLIP checkpoint: a Hugging Face folder or an OpenAI safetensors file').default(
-        BUILTIN_MODEL,
-        'the built-in CLIP',
-      ),
+      new Option(
+        '--model <path or id>',
+        'CLIP: a hub id (openai/clip-vit-base-patch16), a Hugging Face folder or an OpenAI safetensors file',
+      ).default(BUILTIN_MODEL, 'the built-in CLIP'),
     )
+    .option('--revision <rev>', 'for a hub id: a branch, tag or commit (default main)')
+    .option('--offline', 'for a hub id: the Hugging Face cache only, no network (as HF_HUB_OFFLINE=1)')
     .addOption(new Option('--device <device>', 'cpu, cuda or cuda:N').default('cpu').argParser(device))
     .addOption(new Option('--dtype <dtype>', 'precision of CLIP').choices(['fp32', 'fp16', 'bf16']).default('fp32'))
 }
@@ -204,8 +212,57 @@ export function requireFile(path: string, what: string, kind: 'file' | 'dir' | '
   return path
 }
 
+/** The model flag names a path that exists, or a hub id (fetched when the command loads it). */
 export function checkModel(flags: ModelFlags): void {
+  if (isHubModelId(flags.model)) return
   requireFile(flags.model, '--model', 'any')
+}
+
+/**
+ * The CLIP of the model flags, a hub id fetched into the Hugging Face cache with a download bar
+ * (bytes, speed, ETA) on a terminal; Ctrl-C cancels the download (it resumes next time).
+ */
+export async function loadClip(flags: ModelFlags, ctx: Ctx): Promise<Clip> {
+  const task = ctx.progress.task('download', 'MB')
+  const mb = (bytes: number) => Math.round(bytes / 1e5) / 10
+  try {
+    return await Clip.load(flags.model, {
+      device: flags.device,
+      dtype: flags.dtype,
+      ...(flags.revision !== undefined ? { revision: flags.revision } : {}),
+      ...(flags.offline ? { offline: true } : {}),
+      signal: ctx.interrupt.signal(),
+      onDownloadProgress: (p) =>
+        task.update(mb(p.done), Math.max(mb(p.total), 0.1), `${p.file} ${mb(p.done)}/${mb(p.total)} MB`, {
+          rate: p.bytesPerSecond / 1e6,
+        }),
+    })
+  } finally {
+    task.remove()
+  }
+}
+
+/**
+ * Fetches a dataset argument that names the hub (`hf://datasets/...`) into the Hugging Face cache
+ * (with a download bar; Ctrl-C cancels), so that `openDataset` then reads it from there. Other
+ * sources are left as they are.
+ */
+export async function fetchDatasetArg(source: string, ctx: Ctx, offline?: boolean): Promise<void> {
+  if (!isHubDatasetUri(source)) return
+  const task = ctx.progress.task('download', 'MB')
+  const mb = (bytes: number) => Math.round(bytes / 1e5) / 10
+  try {
+    await fetchHubDataset(source, {
+      ...(offline ? { offline: true } : {}),
+      signal: ctx.interrupt.signal(),
+      onDownloadProgress: (p) =>
+        task.update(mb(p.done), Math.max(mb(p.total), 0.1), `${p.file} ${mb(p.done)}/${mb(p.total)} MB`, {
+          rate: p.bytesPerSecond / 1e6,
+        }),
+    })
+  } finally {
+    task.remove()
+  }
 }
 
 /** Whether the user gave this option on the command line (rather than its default). */

@@ -3,7 +3,6 @@
  * on a dataset split, with the learned classes or new class names.
  */
 import { type Command, Option } from 'commander'
-import { Clip } from '../clip'
 import { openDataset } from '../datasets'
 import { type Evaluation, Evaluator } from '../evaluate'
 import { PromptLearner } from '../prompt'
@@ -16,7 +15,9 @@ import {
   checkModel,
   EXIT,
   EXIT_HELP,
+  fetchDatasetArg,
   intList,
+  loadClip,
   type ModelFlags,
   modelName,
   pct,
@@ -94,6 +95,7 @@ async function evaluate(source: string, flags: Flags, ctx: Ctx): Promise<number>
     if (flags.template) throw badInput('--template is for zero-shot; a prompt file brings its own learned context')
   }
   checkModel(flags)
+  await fetchDatasetArg(source, ctx, flags.offline)
   const splits = openDataset(source, { imageRoot: flags.imageRoot, root: flags.dataRoot })
   const split: Split = flags.split ?? (splits.test ? 'test' : 'train')
   const data = splits[split]
@@ -109,7 +111,7 @@ async function evaluate(source: string, flags: Flags, ctx: Ctx): Promise<number>
   }
   ctx.progress.log(`eval: ${splits.name} (${split}): ${describe(data)}`)
 
-  const clip = await Clip.load(flags.model, { device: flags.device, dtype: flags.dtype })
+  const clip = await loadClip(flags, ctx)
   const model = flags.prompt !== undefined ? await PromptLearner.load(clip, flags.prompt) : clip
   const options = { classNames: classes, templates: flags.template, topK: flags.topK, batchSize: flags.batchSize }
   const result = await new Evaluator(model).evaluate(data, { ...options, onProgress: ctx.progress.images('eval') })

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
- * The promptclip command line: zeroshot, train, eval, predict, interpret, run <protocol>, demo and
- * info. Each command is a file here; this one builds the program, and turns errors into one line
+ * The promptclip command line: zeroshot, train, eval, predict, interpret, run <protocol>, demo,
+ * info and models. Each command is a file here; this one builds the program, and turns errors into one line
  * (or JSON with --json) and an exit code (common.ts: EXIT).
  */
 import { Command, CommanderError } from 'commander'
@@ -13,6 +13,7 @@ import * as evaluate from './eval'
 import * as info from './info'
 import * as interpret from './interpret'
 import { Interrupt } from './interrupt'
+import * as models from './models'
 import * as predict from './predict'
 import { Progress } from './progress'
 import * as run from './run'
@@ -40,6 +41,7 @@ function program(ctx: Ctx): Command {
   run.register(p, ctx)
   demo.register(p, ctx)
   info.register(p, ctx)
+  models.register(p, ctx)
   worker.register(p, ctx)
   for (const cmd of p.commands) {
     cmd
@@ -51,7 +53,18 @@ function program(ctx: Ctx): Command {
   return p
 }
 
-const COMMANDS = ['zeroshot', 'train', 'eval', 'predict', 'interpret', 'run', 'demo', 'info', 'worker'] as const
+const COMMANDS = [
+  'zeroshot',
+  'train',
+  'eval',
+  'predict',
+  'interpret',
+  'run',
+  'demo',
+  'info',
+  'models',
+  'worker',
+] as const
 
 /**
  * A commander error in the CLI's words, as a coded error: a bad value is E_INVALID_ARGUMENT

@@ -1,6 +1,5 @@
 /** `interpret`: the nearest vocabulary words of each learned context vector (CoOp's Table 4). */
 import { type Command, Option } from 'commander'
-import { Clip } from '../clip'
 import { PromptLearner } from '../prompt'
 import {
   addJsonOption,
@@ -10,6 +9,7 @@ import {
   checkModel,
   EXIT,
   EXIT_HELP,
+  loadClip,
   type ModelFlags,
   positiveInt,
   print,
@@ -41,7 +41,7 @@ export function register(program: Command, ctx: Ctx): void {
       throw badInput('interpret needs --prompt FILE (a prompt saved by `promptclip train`)')
     requireFile(flags.prompt, '--prompt')
     checkModel(flags)
-    const clip = await Clip.load(flags.model, { device: flags.device, dtype: flags.dtype })
+    const clip = await loadClip(flags, ctx)
     const prompt = flags.prompt
     const learner = await PromptLearner.load(clip, prompt)
     const rows = await learner.interpret({ topK: flags.topK })

@@ -3,7 +3,7 @@
  * and templates) or from a saved prompt (its own classes, or new class names).
  */
 import { type Command, Option } from 'commander'
-import { Clip, type ZeroShotPrediction } from '../clip'
+import type { ZeroShotPrediction } from '../clip'
 import { PromptLearner } from '../prompt'
 import {
   addClassOptions,
@@ -14,6 +14,7 @@ import {
   checkModel,
   EXIT,
   EXIT_HELP,
+  loadClip,
   type ModelFlags,
   modelName,
   positiveInt,
@@ -84,7 +85,7 @@ async function classify(name: string, inputs: string[], flags: Flags, ctx: Ctx):
   checkModel(flags)
   const images = expandImages(inputs)
 
-  const clip = await Clip.load(flags.model, { device: flags.device, dtype: flags.dtype })
+  const clip = await loadClip(flags, ctx)
   const onProgress = ctx.progress.images(name)
   let preds: ZeroShotPrediction[]
   if (flags.prompt !== undefined) {

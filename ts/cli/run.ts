@@ -165,6 +165,8 @@ async function run(protocol: ProtocolName, dataset: string, flags: Flags, comman
   if (needsTargets && !flags.targets) throw badInput(`${protocol} needs --targets (the datasets evaluated on)`)
   if (!needsTargets && flags.targets) throw badInput(`--targets is for cross-dataset and domain-generalization`)
   checkModel(flags)
+  // The protocol's loads (and local workers, which inherit the environment) use the cache only.
+  if (flags.offline) process.env.HF_HUB_OFFLINE = '1'
   if (flags.queue !== undefined) checkQueueUrl(flags.queue)
   if (flags.queue !== undefined && flags.devices !== undefined) {
     throw badInput('--devices is for local workers; with --queue, start one `promptclip worker` per device')
@@ -255,6 +257,7 @@ async function run(protocol: ProtocolName, dataset: string, flags: Flags, comman
   const options: ProtocolOptions = {
     protocol,
     model: flags.model,
+    ...(flags.revision !== undefined ? { revision: flags.revision } : {}),
     device: flags.device,
     dtype: flags.dtype,
     dataset,

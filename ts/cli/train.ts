@@ -5,7 +5,6 @@
 import { existsSync, mkdirSync, statSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { type Command, Option } from 'commander'
-import { Clip } from '../clip'
 import { type DatasetSplits, fewShotSplits, openDataset, splitFractions, writeSplitFile } from '../datasets'
 import { PromptclipError } from '../errors'
 import { type Evaluation, Evaluator } from '../evaluate'
@@ -21,8 +20,10 @@ import {
   EXIT,
   EXIT_HELP,
   epochCount,
+  fetchDatasetArg,
   fraction,
   given,
+  loadClip,
   type ModelFlags,
   modelName,
   nameList,
@@ -160,6 +161,7 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
   const checkpoint = `${out}.ckpt`
   const learnsPrompt = method !== 'linear-probe'
   const resume = learnsPrompt && flags.resume && existsSync(checkpoint)
+  await fetchDatasetArg(source, ctx, flags.offline)
   const splits = openSplits(source, flags, out)
   const { train: data, val } = flags.shots
     ? fewShotSplits(splits, flags.shots, flags.seed)
@@ -188,7 +190,7 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
   )
   if (resume) log(`resuming from checkpoint ${checkpoint} (--no-resume starts over)`)
 
-  const clip = await Clip.load(flags.model, { device: flags.device, dtype: flags.dtype })
+  const clip = await loadClip(flags, ctx)
   const classNames = splits.classNames
   const seed = flags.seed
   const learner =

@@ -1,7 +1,8 @@
 /** One entry point for every source a user may name: what the CLI and the protocols take. */
 import { existsSync, readdirSync } from 'node:fs'
 import { basename, dirname, extname, join } from 'node:path'
-import { invalidArgument, nativeSync } from '../errors'
+import { invalidArgument, nativeSync, PromptclipError } from '../errors'
+import { cachedHubDataset, isHubDatasetUri } from '../hub/dataset'
 import { catalogName, DATASETS, type DatasetName, loadDataset, nonEmpty } from './catalog'
 import { isDirectory, requireExists } from './checks'
 import { loadCsv } from './csv'
@@ -60,7 +61,9 @@ function fromSplitFile(json: string, imageRoot?: string): DatasetSplits {
  *   image folder beside it when the name is a catalog dataset's (`images/` for OxfordPets), else
  *   its own folder;
  * - a `.csv` of path,label (paths relative to `options.imageRoot`, else to the CSV's folder):
- *   train only.
+ *   train only;
+ * - `hf://datasets/<org>/<name>[@<revision>][/<sub-folder>]`, a hub dataset that `fetchDataset`
+ *   put in the Hugging Face cache, read as any of the forms above.
  * Paths win over catalog names only when no catalog name matches, so `dtd` is the catalog dataset
  * even if ./dtd exists (name its path, `./dtd`, to read the folder).
  *
@@ -87,6 +90,18 @@ function openSource(source: string, options: { imageRoot?: string; root?: string
         `classNamesFile ${naming}: dataset ${source} is ${what}, which names its own classes; classNamesFile is for image folders`,
       )
     }
+  }
+  if (isHubDatasetUri(source)) {
+    // Opened from the cache; fetching is asynchronous (`fetchDataset`, which the CLI and the
+    // protocols call first).
+    const local = cachedHubDataset(source)
+    if (local === undefined) {
+      throw new PromptclipError(
+        'E_FILE_NOT_FOUND',
+        `${source} is not in the Hugging Face cache yet: \`await fetchDataset('${source}')\` first (the CLI and runProtocol do)`,
+      )
+    }
+    return { ...openSource(local, options), name: source }
   }
   const name = /[/\\]/.test(source) ? undefined : catalogName(source)
   if (name) {

@@ -26,8 +26,10 @@ export type ProtocolMethod = 'zero-shot' | 'ensemble' | 'linear-probe' | 'coop' 
 
 export interface ProtocolOptions {
   protocol: ProtocolName
-  /** A CLIP checkpoint folder or file (default: the built-in model). */
+  /** A CLIP checkpoint folder or file, or a hub id (default: the built-in model). */
   model?: string
+  /** For a hub id: a branch, tag or commit (default main). */
+  revision?: string
   device?: string
   dtype?: Precision
   /** The dataset learned on: a catalog name, an image folder, a split file or a CSV (see

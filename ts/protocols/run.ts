@@ -11,6 +11,7 @@ import { baseToNew, type DatasetSplits, fewShotSplits, type LabelledDataset, ope
 import { AbortError, invalidArgument, PromptclipError } from '../errors'
 import { type Evaluation, Evaluator } from '../evaluate'
 import { dataFingerprint, modelFingerprint } from '../fingerprint'
+import { fetchHubDataset, isHubDatasetUri } from '../hub/dataset'
 import type { ImageInput } from '../options'
 import { type Method, PromptLearner } from '../prompt'
 import { writeFileAtomic } from '../report'
@@ -143,12 +144,21 @@ async function sweepInProcess(ctx: Context, runs: RunKey[]): Promise<RunRecord[]
 export async function prepareProtocol(options: ProtocolOptions): Promise<Context> {
   const o = resolveOptions(options)
   const emit = options.onEvent ?? (() => {})
+  // Hub datasets into the cache first (a cached one makes no request); then they open as folders.
+  for (const d of [o.dataset, ...o.targets]) {
+    if (isHubDatasetUri(d)) await fetchHubDataset(d, { signal: options.signal })
+  }
   const source = openWithTest(o.dataset, o, options)
   for (const s of source.skipped.slice(0, 5)) emit({ type: 'log', message: `skipped ${s.path}: ${s.reason}` })
   if (source.skipped.length > 5) emit({ type: 'log', message: `skipped ${source.skipped.length} files in all` })
   const targets = o.targets.map((t) => openWithTest(t, o, options))
   const model = options.model ?? BUILTIN_MODEL
-  const clip = await Clip.load(model, { device: (options.device ?? 'cpu') as DeviceName, dtype: options.dtype })
+  const clip = await Clip.load(model, {
+    device: (options.device ?? 'cpu') as DeviceName,
+    dtype: options.dtype,
+    ...(options.revision !== undefined ? { revision: options.revision } : {}),
+    signal: options.signal,
+  })
   const info = clip.info
   mkdirSync(join(o.out, 'runs'), { recursive: true })
   return {
