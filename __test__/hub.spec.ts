@@ -6,11 +6,13 @@
  * Python's huggingface_hub reads it.
  */
 import { spawn, spawnSync } from 'node:child_process'
-import { existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, readlinkSync } from 'node:fs'
+import { existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs'
+import { type AddressInfo, createServer } from 'node:net'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { basename, dirname, join } from 'node:path'
 import test from 'ava'
 import { Clip, fetchDataset, openDataset, PromptclipError } from 'promptclip'
+import { dataFingerprint, modelFingerprint } from '../ts/fingerprint'
 import { CLASSES, collect, HF_MODEL, OPENAI_MODEL, png, RGB } from './helpers'
 import { type ArchiveEntry, FakeHub, GOOD_TOKEN, sha256, tarball, zipFile } from './hub-server'
 
@@ -55,6 +57,15 @@ test.before(async () => {
 
 test.after.always(() => hub.stop())
 
+/** A loopback port that was free a moment ago. */
+async function freePort(): Promise<number> {
+  const server = createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  await new Promise((resolve) => server.close(resolve))
+  return port
+}
+
 const freshCache = () => mkdtempSync(join(tmpdir(), 'promptclip-hub-cache-'))
 const texts = ['a photo of a cat', 'a photo of a dog']
 
@@ -91,7 +102,7 @@ test.serial(
     t.true(lstatSync(weights).isSymbolicLink())
     t.is(readlinkSync(weights), join('..', '..', 'blobs', sha256(CLIP_REPO['model.safetensors'])))
     t.false(readdirSync(join(root, 'blobs')).some((b) => b.endsWith('.incomplete')))
-    t.is(clip.info.source, join(root, 'snapshots', COMMIT))
+    t.is(clip.info.source, weights, 'the weights file of the snapshot, as for a local folder')
 
     const before = hub.requests.length
     const again = await Clip.load('test-org/tiny-clip', { cacheDir })
@@ -142,10 +153,10 @@ test.serial(
     const cacheDir = freshCache()
     const tagged = await Clip.load('test-org/tiny-clip', { cacheDir, revision: 'v1' })
     const v1 = readFileSync(join(cacheDir, 'models--test-org--tiny-clip', 'refs', 'v1'), 'utf8')
-    t.true(tagged.info.source.endsWith(join('snapshots', v1)))
+    t.is(dirname(tagged.info.source), join(cacheDir, 'models--test-org--tiny-clip', 'snapshots', v1))
     t.not(v1, COMMIT)
     const pinned = await Clip.load('test-org/tiny-clip', { cacheDir, revision: COMMIT })
-    t.true(pinned.info.source.endsWith(join('snapshots', COMMIT)))
+    t.is(dirname(pinned.info.source), join(cacheDir, 'models--test-org--tiny-clip', 'snapshots', COMMIT))
     t.false(existsSync(join(cacheDir, 'models--test-org--tiny-clip', 'refs', 'main')))
     const e = await refusal(Clip.load('test-org/tiny-clip', { cacheDir, revision: 'no-such-branch' }))
     t.is(e.code, 'E_MODEL_NOT_FOUND')
@@ -186,20 +197,21 @@ test.serial(
     t.regex(other.message, /not a CLIP.*README\.md, weights\.onnx/)
     t.is(hub.downloads().length, downloads, 'nothing of a refused repo is fetched')
 
-    // The network down: a port nothing listens on.
+    // The network down: a port nothing listens on (one just freed; fetch refuses port 9 itself).
+    const closed = await freePort()
     const down = spawnSync(process.execPath, [CLI, 'info', 'test-org/tiny-clip', '--json'], {
       encoding: 'utf8',
-      env: { ...process.env, HF_ENDPOINT: 'http://127.0.0.1:9', HF_HUB_CACHE: cacheDir },
+      env: { ...process.env, HF_ENDPOINT: `http://127.0.0.1:${closed}`, HF_HUB_CACHE: cacheDir },
     })
     t.is(down.status, 1, down.stderr)
-    t.regex(down.stderr, /E_NETWORK.*cannot reach http:\/\/127\.0\.0\.1:9 for test-org\/tiny-clip \(ECONNREFUSED\)/)
+    t.regex(down.stderr, /E_NETWORK.*cannot reach http:\/\/127\.0\.0\.1:\d+ for test-org\/tiny-clip \(ECONNREFUSED\)/)
     // ... and with the model in the cache at another revision, the way to use it offline is named.
     await Clip.load('test-org/tiny-clip', { cacheDir, revision: 'v1' })
     const downCached = spawnSync(process.execPath, [CLI, 'info', 'test-org/tiny-clip', '--json'], {
       encoding: 'utf8',
-      env: { ...process.env, HF_ENDPOINT: 'http://127.0.0.1:9', HF_HUB_CACHE: cacheDir },
+      env: { ...process.env, HF_ENDPOINT: `http://127.0.0.1:${closed}`, HF_HUB_CACHE: cacheDir },
     })
-    t.regex(downCached.stderr, /the cache has test-org\/tiny-clip: set HF_HUB_OFFLINE=1/)
+    t.regex(downCached.stderr, /the cache has test-org\/tiny-clip at v1: set HF_HUB_OFFLINE=1.*--revision v1/)
   },
 )
 
@@ -211,8 +223,7 @@ test.serial(
     const clip = await Clip.load('test-org/dropped', { cacheDir })
     t.deepEqual(await clip.encodeTexts(texts), await (await Clip.load(HF_MODEL)).encodeTexts(texts))
     const tries = hub.requests.filter(
-      (r) =>
-        r.path.endsWith('/dropped/resolve/' + r.path.split('/resolve/')[1]) && r.path.endsWith('model.safetensors'),
+      (r) => r.path.startsWith('/test-org/dropped/resolve/') && r.path.endsWith('/model.safetensors'),
     )
     t.is(tries.length, 2)
     t.regex(tries[1].range ?? '', /^bytes=\d+-$/, 'the retry asks for the rest only')
@@ -272,6 +283,23 @@ test.serial('an AbortSignal cancels a download; the next load resumes from the b
   t.truthy(clip.info.embedDim)
 })
 
+test.serial('a hub model is fingerprinted by its blob name, the sha256 checked when it was fetched', async (t) => {
+  const cacheDir = freshCache()
+  const clip = await Clip.load('test-org/open-clip', { cacheDir })
+  const weights = clip.info.source
+  t.true(lstatSync(weights).isSymbolicLink())
+  const [link] = (await dataFingerprint([weights], [0])).images
+  t.is(link.sha256, sha256(readFileSync(OPENAI_MODEL)))
+  t.is(link.sha256, basename(readlinkSync(weights)), 'the name of the blob it links to')
+  t.not(await modelFingerprint(weights), `unreadable:${weights}`)
+  // A file over 64 MiB is hashed as a stream, to the same digest.
+  const big = join(freshCache(), 'big.safetensors')
+  const bytes = Buffer.alloc(65 << 20, 3)
+  bytes.write('promptclip', 1000)
+  writeFileSync(big, bytes)
+  t.is((await dataFingerprint([big], [0])).images[0].sha256, sha256(bytes))
+})
+
 test.serial('an OpenCLIP repo loads from open_clip_model.safetensors', async (t) => {
   const cacheDir = freshCache()
   const clip = await Clip.load('test-org/open-clip', { cacheDir })
@@ -284,14 +312,18 @@ test.serial(
   async (t) => {
     const cacheDir = freshCache()
     const env = { ...process.env, HF_HUB_CACHE: cacheDir }
-    const run = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env })
-    const offline = run(['info', 'test-org/tiny-clip', '--offline'])
+    // Spawned asynchronously: the stand-in hub answers from this process, which spawnSync would block.
+    const run = async (args: string[]) => {
+      const r = await collect(spawn(process.execPath, [CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] }))
+      return { status: r.code, stdout: r.stdout, stderr: r.stderr }
+    }
+    const offline = await run(['info', 'test-org/tiny-clip', '--offline'])
     t.is(offline.status, 2, offline.stderr)
     t.regex(offline.stderr, /E_MODEL_NOT_FOUND: offline/)
-    const info = run(['info', 'test-org/tiny-clip', '--revision', 'v1', '--json'])
+    const info = await run(['info', 'test-org/tiny-clip', '--revision', 'v1', '--json'])
     t.is(info.status, 0, info.stderr)
     t.is(JSON.parse(info.stdout).embedDim, (await Clip.load(HF_MODEL)).info.embedDim)
-    const zs = run([
+    const zs = await run([
       'zeroshot',
       join(ROOT, 'fixtures', 'images', 'c_small_100x100.png'),
       '--model',
@@ -301,7 +333,7 @@ test.serial(
       '--json',
     ])
     t.is(zs.status, 0, zs.stderr)
-    const listed = run(['models', '--json'])
+    const listed = await run(['models', '--json'])
     t.is(listed.status, 0, listed.stderr)
     const models = JSON.parse(listed.stdout) as { id: string; revisions: { refs: string[] }[]; size: number }[]
     t.deepEqual(
@@ -309,7 +341,7 @@ test.serial(
       [['test-org/tiny-clip', ['main', 'v1']]],
     )
     t.true(models[0].size > 0)
-    const table = run(['models'])
+    const table = await run(['models'])
     t.regex(table.stdout, /test-org\/tiny-clip\s+main, v1/)
   },
 )

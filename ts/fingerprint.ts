@@ -3,12 +3,13 @@
  * data: the model's weights, the class names, and each image (a file by path, size and the
  * sha256 of its content; bytes and raw pixels by their sha256). `compareFingerprints` names what
  * changed. File hashes are cached per process by (path, size, mtime, inode), so a sweep hashes
- * each image once.
+ * each image once. A model file in the Hugging Face cache is a link to a blob named by its sha256,
+ * checked when it was downloaded, so its name is taken rather than hashing gigabytes again.
  */
 import { createHash } from 'node:crypto'
-import { readdirSync, statSync } from 'node:fs'
+import { createReadStream, lstatSync, readdirSync, readlinkSync, statSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { basename, dirname, join, resolve } from 'node:path'
 import { invalidArgument } from './errors'
 import type { ImageInput } from './options'
 
@@ -45,11 +46,31 @@ async function fileSha256(path: string): Promise<{ size: number; sha256: string 
   const key = `${st.size}:${st.mtimeMs}:${st.ino}`
   const hit = fileHashes.get(path)
   if (hit && hit.key === key) return { size: st.size, sha256: hit.sha256 }
-  const sha256 = createHash('sha256')
-    .update(await readFile(path))
-    .digest('hex')
+  const sha256 =
+    hubBlobSha256(path) ?? (st.size > STREAM_BYTES ? await streamSha256(path) : bytesSha256(await readFile(path)))
   fileHashes.set(path, { key, sha256 })
   return { size: st.size, sha256 }
+}
+
+/** Files above this are hashed as a stream (a model's weights), not read whole into memory. */
+const STREAM_BYTES = 64 << 20
+
+async function streamSha256(path: string): Promise<string> {
+  const hash = createHash('sha256')
+  for await (const chunk of createReadStream(path, { highWaterMark: 4 << 20 })) hash.update(chunk as Buffer)
+  return hash.digest('hex')
+}
+
+/** The sha256 a hub cache's snapshot link names: `snapshots/<commit>/<file>` -> `blobs/<sha256>`. */
+function hubBlobSha256(path: string): string | undefined {
+  try {
+    if (!lstatSync(path).isSymbolicLink()) return undefined
+    const target = resolve(dirname(path), readlinkSync(path))
+    const name = basename(target)
+    return basename(dirname(target)) === 'blobs' && /^[0-9a-f]{64}$/.test(name) ? name : undefined
+  } catch {
+    return undefined
+  }
 }
 
 function bytesSha256(data: Uint8Array, extra = ''): string {

@@ -76,6 +76,38 @@ export class RepoCache {
     }
   }
 
+  /**
+   * The revisions the cache can load without the network: each ref whose snapshot is there, and
+   * each snapshot no ref names, by its commit.
+   */
+  revisions(): string[] {
+    const refs: string[] = []
+    const walk = (dir: string, prefix: string) => {
+      let names: string[] = []
+      try {
+        names = readdirSync(dir).sort()
+      } catch {
+        return
+      }
+      for (const name of names) {
+        const rel = prefix ? `${prefix}/${name}` : name
+        try {
+          if (lstatSync(join(dir, name)).isDirectory()) walk(join(dir, name), rel)
+          else refs.push(rel)
+        } catch {}
+      }
+    }
+    walk(join(this.root, 'refs'), '')
+    let snapshots: string[] = []
+    try {
+      snapshots = readdirSync(join(this.root, 'snapshots')).filter((c) => COMMIT.test(c))
+    } catch {}
+    const named = new Map(refs.map((r) => [r, this.commitOf(r)]))
+    const held = [...named].filter(([, c]) => c !== undefined && snapshots.includes(c)).map(([r]) => r)
+    const unnamed = snapshots.filter((c) => ![...named.values()].includes(c)).sort()
+    return [...held, ...unnamed]
+  }
+
   /** Whether the snapshot holds `path` as a readable file (a link whose blob is there). */
   has(commit: string, path: string): boolean {
     try {

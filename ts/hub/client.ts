@@ -85,10 +85,25 @@ function hubStatus(err: unknown): { status: number; said: string } | undefined {
 const what = (repo: RepoRef) => `${repo.type === 'dataset' ? 'dataset ' : ''}${repo.id}`
 
 /**
- * The hub's refusal as a coded error in the user's terms. `cached` says whether the cache holds
- * the repo, for the offline hint when the network is down.
+ * The system's word for why a request failed (ECONNREFUSED, ENOTFOUND, ...): fetch hides it under
+ * `cause`, and under `errors` when it tried several addresses.
  */
-export function hubError(err: unknown, repo: RepoRef, s: HubSettings, cached: boolean): unknown {
+function systemCode(err: unknown, depth = 0): string | undefined {
+  if (err === null || typeof err !== 'object' || depth > 5) return undefined
+  const e = err as { code?: unknown; cause?: unknown; errors?: unknown }
+  if (typeof e.code === 'string' && /^E[A-Z0-9_]+$/.test(e.code)) return e.code
+  for (const inner of [e.cause, ...(Array.isArray(e.errors) ? e.errors : [])]) {
+    const code = systemCode(inner, depth + 1)
+    if (code) return code
+  }
+  return undefined
+}
+
+/**
+ * The hub's refusal as a coded error in the user's terms. `cached` lists the revisions of the repo
+ * that the cache holds, for the offline hint when the network is down.
+ */
+export function hubError(err: unknown, repo: RepoRef, s: HubSettings, cached: string[]): unknown {
   if (err instanceof PromptclipError) return err
   if (s.signal?.aborted || (err as Error)?.name === 'AbortError')
     return new AbortError('download cancelled', { cause: err })
@@ -132,10 +147,16 @@ export function hubError(err: unknown, repo: RepoRef, s: HubSettings, cached: bo
   if (err instanceof TypeError && /hf_/.test(err.message)) {
     return new PromptclipError('E_AUTH', `HF_TOKEN: a hub token starts with hf_ (${err.message})`, { cause: err })
   }
-  const cause = (err as { cause?: { code?: string } })?.cause?.code ?? (err as Error)?.message
-  const hint = cached
-    ? `; the cache has ${what(repo)}: set HF_HUB_OFFLINE=1 (or offline: true) to use it without the network`
-    : ''
+  const inner = (err as { cause?: { message?: unknown } })?.cause?.message
+  const cause = systemCode(err) ?? (typeof inner === 'string' ? inner : (err as Error)?.message)
+  const others = cached.filter((r) => r !== s.revision)
+  const hint =
+    cached.length === 0
+      ? ''
+      : `; the cache has ${what(repo)} at ${cached.join(', ')}: set HF_HUB_OFFLINE=1 (or offline: true)` +
+        (cached.includes(s.revision)
+          ? ' to use it without the network'
+          : ` and revision ${others[0]} (--revision ${others[0]}) to use it without the network`)
   return new PromptclipError('E_NETWORK', `cannot reach ${s.endpoint} for ${what(repo)} (${cause})${hint}`, {
     cause: err,
   })

@@ -91,7 +91,7 @@ export async function fetchHubDataset(uri: string, options: HubOptions = {}): Pr
     commit = COMMIT.test(s.revision) ? s.revision : await resolveCommit(ref.repo, s)
     files = await listTree(ref.repo, commit, s, ref.folder, true)
   } catch (e) {
-    throw hubError(e, ref.repo, s, existsSync(cache.root))
+    throw hubError(e, ref.repo, s, cache.revisions())
   }
   if (files.length === 0) {
     throw new PromptclipError(
@@ -102,7 +102,7 @@ export async function fetchHubDataset(uri: string, options: HubOptions = {}): Pr
   try {
     await fetchAll(cache, commit, files, s)
   } catch (e) {
-    throw hubError(e, ref.repo, s, true)
+    throw hubError(e, ref.repo, s, cache.revisions())
   }
   await buildView(cache, commit, files, s)
   return join(viewOf(cache, commit), ref.folder)

@@ -103,17 +103,17 @@ export async function resolveModelSource(source: string, options: HubOptions = {
     if (weights !== undefined && cache.has(cachedCommit, weights)) return loadPath(cache, cachedCommit, weights)
   }
   if (s.offline) throw offlineMiss(repo, s, cache, cachedCommit)
-  return fetchModel(repo, s, cache, cachedCommit !== undefined)
+  return fetchModel(repo, s, cache)
 }
 
-async function fetchModel(repo: RepoRef, s: HubSettings, cache: RepoCache, cached: boolean): Promise<string> {
+async function fetchModel(repo: RepoRef, s: HubSettings, cache: RepoCache): Promise<string> {
   try {
     const commit = COMMIT.test(s.revision) ? s.revision : await resolveCommit(repo, s)
     const { weights, files } = chooseFiles(repo, s.revision, await listTree(repo, commit, s))
     await fetchAll(cache, commit, files, s)
     return loadPath(cache, commit, weights)
   } catch (e) {
-    throw hubError(e, repo, s, cached)
+    throw hubError(e, repo, s, cache.revisions())
   }
 }
 

@@ -592,6 +592,8 @@ fn save_load_and_apply_to_new_classes() {
     let other = Clip::load(&fixtures().join("tiny-clip-openai.safetensors"), &dev()).unwrap();
     let err = load(&path, &other, Runtime::default()).unwrap_err();
     assert!(err.to_string().contains("text width 32"), "{err}");
+    // ... naming the CLIP it was learned on, the one to load instead.
+    assert!(err.to_string().contains("tiny-clip-hf"), "{err}");
     let err = load(
         &fixtures().join("reference-hf.safetensors"),
         &clip,

@@ -130,11 +130,13 @@ pub fn check_compatible(path: &Path, file: &PromptFile, clip: &Clip) -> Result<(
         || saved.embed_dim != here.embed_dim
     {
         return Err(Error::InvalidArgument(format!(
-            "{}: learned on a CLIP with text width {}, vocabulary {} and {}-d features; this CLIP has {}, {} and {}",
+            "{}: learned on a CLIP with text width {}, vocabulary {} and {}-d features ({}); this CLIP has {}, {} and {}: \
+             load the CLIP it was learned on (--model)",
             path.display(),
             saved.text_width,
             saved.vocab_size,
             saved.embed_dim,
+            saved.source,
             here.text_width,
             here.vocab_size,
             here.embed_dim
