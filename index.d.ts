@@ -36,6 +36,8 @@ export declare class NativeClip {
 export declare class NativeLearner {
   /** The learner's one description (method, class names, resolved options, parameter shapes). */
   get info(): NativeLearnerMeta
+  /** What the learner can be asked, from the learner itself (not from its method's name). */
+  get capabilities(): NativeCapabilities
   /** The learned context as a flat Float32Array ((M, d) or (K, M, d), row-major). */
   context(): Float32Array
   /** `onProgress` after each batch; `cancel` stops the work between batches. */
@@ -45,7 +47,7 @@ export declare class NativeLearner {
   /** Save as safetensors with the learner's metadata, atomically. */
   save(path: string): Promise<void>
   /** Train with `options` (the core's TrainOptions: missing fields take the method's recipe). */
-  train(data: NativeDataset, validation?: NativeDataset | undefined | null, options?: any | undefined | null, onProgress?: (((arg: NativeProgress) => unknown)) | undefined | null, cancel?: NativeCancelToken | undefined | null): Promise<NativeTrainSummary>
+  train(data: NativeDataset, validation?: NativeDataset | undefined | null, options?: Record<string, unknown>, onProgress?: (((arg: NativeProgress) => unknown)) | undefined | null, cancel?: NativeCancelToken | undefined | null): Promise<NativeTrainSummary>
 }
 
 /** Metrics from row-major scores (N x numClasses) and labels; `topK` defaults to the core's. */
@@ -54,8 +56,9 @@ export declare function computeMetrics(scores: Float32Array, numClasses: number,
 /**
  * A new learner of `method` ("coop", "cocoop", "kgcoop", "linear-probe") for `classNames`, with
  * the method's options (missing ones take its defaults) and runtime settings (memoryBudgetMb).
+ * Each method's options are typed in TypeScript by `ts/generated/methods.ts` (from the catalogue).
  */
-export declare function createLearner(clip: NativeClip, method: string, classNames: Array<string>, options?: any | undefined | null, runtimeOptions?: any | undefined | null): NativeLearner
+export declare function createLearner(clip: NativeClip, method: string, classNames: Array<string>, options?: Record<string, unknown>, runtimeOptions?: { memoryBudgetMb?: number }): NativeLearner
 
 /** Whether this build was compiled with CUDA support. */
 export declare function cudaCompiled(): boolean
@@ -66,12 +69,29 @@ export declare function defaults(): NativeDefaults
 export declare function loadClip(path: string, options?: NativeLoadOptions | undefined | null): Promise<NativeClip>
 
 /** Load a learner file of any method onto `clip`, with runtime settings (memoryBudgetMb). */
-export declare function loadLearner(clip: NativeClip, path: string, runtimeOptions?: any | undefined | null): Promise<NativeLearner>
+export declare function loadLearner(clip: NativeClip, path: string, runtimeOptions?: { memoryBudgetMb?: number }): Promise<NativeLearner>
+
+/**
+ * Every method's catalogue entry (name, title, paper, what it takes and uses, its options with
+ * types, ranges, defaults and docs, its plain recipe), in the order tables list them.
+ * (Typed in TypeScript by `ts/generated/methods.ts`, generated from this at build time.)
+ */
+export declare function methodCatalogue(): unknown[]
+
+export declare function methodRecipe(method: string, shots?: number | undefined | null, dataset?: string | undefined | null): NativeRecipe
 
 /** Images processed so far by a batched call (encoding, zero-shot, prediction). */
 export interface NativeBatchProgress {
   done: number
   total: number
+}
+
+/** What a learner can be asked. */
+export interface NativeCapabilities {
+  /** Whether `predict` takes class names the learner was not fitted on. */
+  scoresAnyClasses: boolean
+  /** Whether it has a learned text context (`context()`, `interpret()`). */
+  hasContext: boolean
 }
 
 export interface NativeDataset {
@@ -121,7 +141,7 @@ export interface NativeLearnerMeta {
   method: string
   classNames: Array<string>
   /** The method's options, resolved (defaults filled in). */
-  options: any
+  options: Record<string, unknown>
   /** [name, shape] of each trainable tensor. */
   params: Array<[string, Array<number>]>
 }
@@ -206,6 +226,13 @@ export interface NativeRawImage {
   data: Uint8Array
 }
 
+/** A method's training recipe for a protocol's shots per class and dataset (catalog name). */
+export interface NativeRecipe {
+  epochs: number
+  batchSize: number
+  lr: number
+}
+
 export interface NativeTrainSummary {
   epochs: number
   /** Epochs already done when this run started (0 unless resumed). */
@@ -223,5 +250,5 @@ export interface NativeTrainSummary {
   epochAccuracy: Array<number>
   seconds: number
   /** What a method fitted on features reports (the linear probe's C search). */
-  details?: any
+  details?: Record<string, unknown>
 }

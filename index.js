@@ -844,3 +844,5 @@ module.exports.cudaCompiled = nativeBinding.cudaCompiled
 module.exports.defaults = nativeBinding.defaults
 module.exports.loadClip = nativeBinding.loadClip
 module.exports.loadLearner = nativeBinding.loadLearner
+module.exports.methodCatalogue = nativeBinding.methodCatalogue
+module.exports.methodRecipe = nativeBinding.methodRecipe

@@ -132,7 +132,7 @@ test('bad values are refused by name before any work (exit 2)', async (t) => {
     [['train', '/no/such/data', '--epochs', '1.5'], /--epochs must be a whole number from 1 to 1000000 \(got 1.5\)/],
     [
       ['train', '/no/such/data', '--method', 'prompt-tuning'],
-      /--method must be one of coop, cocoop, kgcoop, linear-probe/,
+      /--method must be one of linear-probe, coop, cocoop, kgcoop/,
     ],
     [['train', '/no/such/data', '--position', 'bogus'], /--position must be one of end, middle, front/],
     [['train', '/no/such/data', '--method', 'cocoop', '--class-specific'], /--class-specific does not apply/],

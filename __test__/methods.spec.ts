@@ -122,7 +122,7 @@ test('every error is a PromptclipError with a code, whatever raised it', async (
   t.false(err?.message.startsWith('['))
   t.is(((err as Error).cause as { code?: string }).code, 'E_INVALID_ARGUMENT')
   t.throws(() => PromptLearner.create(clip, 'maple' as 'coop', { classNames: CLASSES }), {
-    message: /method `maple`: expected one of coop, cocoop, kgcoop/,
+    message: /method `maple`: expected one of linear-probe, coop, cocoop, kgcoop/,
   })
   // Cancelling rejects with the web platform's AbortError, keeping a code.
   const ac = new AbortController()

@@ -58,14 +58,15 @@ fn runtime(options: Option<serde_json::Value>) -> promptclip_core::Result<Runtim
 
 /// A new learner of `method` ("coop", "cocoop", "kgcoop", "linear-probe") for `classNames`, with
 /// the method's options (missing ones take its defaults) and runtime settings (memoryBudgetMb).
+/// Each method's options are typed in TypeScript by `ts/generated/methods.ts` (from the catalogue).
 #[napi]
 pub fn create_learner(
     env: Env,
     clip: &NativeClip,
     method: String,
     class_names: Vec<String>,
-    options: Option<serde_json::Value>,
-    runtime_options: Option<serde_json::Value>,
+    #[napi(ts_arg_type = "Record<string, unknown>")] options: Option<serde_json::Value>,
+    #[napi(ts_arg_type = "{ memoryBudgetMb?: number }")] runtime_options: Option<serde_json::Value>,
 ) -> napi::Result<NativeLearner> {
     let clip = clip.inner.clone();
     sync(&env, || {
@@ -89,7 +90,7 @@ pub fn create_learner(
 pub fn load_learner(
     clip: &NativeClip,
     path: String,
-    runtime_options: Option<serde_json::Value>,
+    #[napi(ts_arg_type = "{ memoryBudgetMb?: number }")] runtime_options: Option<serde_json::Value>,
 ) -> AsyncTask<CoreTask<(Arc<Clip>, Learner), NativeLearner>> {
     let clip = clip.inner.clone();
     CoreTask::new(
@@ -141,6 +142,18 @@ impl NativeLearner {
                     .into_iter()
                     .map(|(n, s)| (n, s.into_iter().map(|d| d as u32).collect()))
                     .collect(),
+            })
+        })
+    }
+
+    /// What the learner can be asked, from the learner itself (not from its method's name).
+    #[napi(getter)]
+    pub fn capabilities(&self, env: Env) -> napi::Result<NativeCapabilities> {
+        sync(&env, || {
+            let learner = read(&self.inner)?;
+            Ok(NativeCapabilities {
+                scores_any_classes: learner.scores_any_classes(),
+                has_context: learner.prompt().is_some(),
             })
         })
     }
@@ -240,12 +253,22 @@ impl NativeLearner {
     }
 }
 
+/// What a learner can be asked.
+#[napi(object)]
+pub struct NativeCapabilities {
+    /// Whether `predict` takes class names the learner was not fitted on.
+    pub scores_any_classes: bool,
+    /// Whether it has a learned text context (`context()`, `interpret()`).
+    pub has_context: bool,
+}
+
 /// What `info` returns: the core's `LearnerMeta`.
 #[napi(object)]
 pub struct NativeLearnerMeta {
     pub method: String,
     pub class_names: Vec<String>,
     /// The method's options, resolved (defaults filled in).
+    #[napi(ts_type = "Record<string, unknown>")]
     pub options: serde_json::Value,
     /// [name, shape] of each trainable tensor.
     pub params: Vec<(String, Vec<u32>)>,

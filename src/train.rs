@@ -7,6 +7,7 @@ use crate::tasks::CoreTask;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
+use promptclip_core::methods;
 use promptclip_core::train::{
     fit_with_validation, LabelledImages, Progress, TrainOptions, TrainSummary,
 };
@@ -82,6 +83,7 @@ pub struct NativeTrainSummary {
     pub epoch_accuracy: Vec<f64>,
     pub seconds: f64,
     /// What a method fitted on features reports (the linear probe's C search).
+    #[napi(ts_type = "Record<string, unknown>")]
     pub details: Option<serde_json::Value>,
 }
 
@@ -132,7 +134,7 @@ impl NativeLearner {
         &self,
         data: NativeDataset,
         validation: Option<NativeDataset>,
-        options: Option<serde_json::Value>,
+        #[napi(ts_arg_type = "Record<string, unknown>")] options: Option<serde_json::Value>,
         on_progress: Option<
             ThreadsafeFunction<NativeProgress, Unknown<'static>, NativeProgress, Status, false>,
         >,
@@ -148,8 +150,8 @@ impl NativeLearner {
             move || {
                 let learner = write(&learner)?;
                 let options = TrainOptions::from_json(options.unwrap_or(serde_json::Value::Null))?;
-                let config =
-                    options.resolve_for_model(&learner.recipe(), Some(&clip.image_config))?;
+                let recipe = methods::recipe_of(learner.as_ref(), options.recipe_for())?;
+                let config = options.resolve_for_model(&recipe, Some(&clip.image_config))?;
                 let mut report = |p: &Progress| {
                     if let Some(f) = &on_progress {
                         f.call(

@@ -54,10 +54,13 @@ export type { ErrorCode } from './errors'
 export { AbortError, PromptclipError } from './errors'
 export type { ClassReport, EvaluateOptions, Evaluation } from './evaluate'
 export { Evaluator } from './evaluate'
+export type * from './generated/methods'
 export type { CachedRepo } from './hub/cache'
 export { hubCacheDir, scanCache as scanHubCache } from './hub/cache'
 export type { DownloadProgress, HubOptions } from './hub/client'
 export { fetchHubDataset as fetchDataset } from './hub/dataset'
+export type { MethodEntry, OptionDoc } from './methods'
+export { methodCatalogue, methodRecipe } from './methods'
 export type {
   ClassTokenPosition,
   CocoopOptions,
@@ -65,6 +68,7 @@ export type {
   InterpretRow,
   KgcoopOptions,
   LearnerInfo,
+  LearnerOptions,
   LinearProbeOptions,
   Method,
   MethodOptions,

@@ -1,6 +1,14 @@
 import { binding, type Native } from './binding'
 import { type BatchProgress, batched, type Clip, checkBatchSize, toPredictions, type ZeroShotPrediction } from './clip'
 import { AbortError, invalidArgument, native, nativeSync, PromptclipError } from './errors'
+import type {
+  CocoopFields,
+  CoopFields,
+  KgcoopFields,
+  LinearProbeFields,
+  Method,
+  MethodFields,
+} from './generated/methods'
 import {
   defaults,
   type ImageInput,
@@ -11,10 +19,9 @@ import {
   toNativeStrings,
 } from './options'
 
-export type ClassTokenPosition = 'end' | 'middle' | 'front'
+export type { Method } from './generated/methods'
 
-/** The methods promptclip has; each is a learner on a frozen CLIP. */
-export type Method = 'coop' | 'cocoop' | 'kgcoop' | 'linear-probe'
+export type ClassTokenPosition = NonNullable<CoopFields['position']>
 
 /** Runtime settings: how a learner runs, not what it is (not saved with it). */
 export interface RuntimeOptions {
@@ -23,57 +30,24 @@ export interface RuntimeOptions {
   memoryBudgetMb?: number
 }
 
-/** CoOp's learned context. Defaults follow the paper: M = 16 random vectors (std 0.02), one
- *  context shared by all classes, the class token at the end. */
-export interface CoopOptions extends RuntimeOptions {
-  classNames: string[]
-  /** M, the number of learned context tokens (default 16; with `ctxInit`, the words' token count). */
-  nCtx?: number
-  /** Initialise the context from these words, e.g. "a photo of a" (M = their token count). */
-  ctxInit?: string
-  /** One context per class (K x M x d) instead of one shared context (M x d). */
-  classSpecific?: boolean
-  position?: ClassTokenPosition
-  /** Std of the random initialisation (default 0.02). */
-  initStd?: number
-  /** Seed of every random initialisation of the learner (default 1). */
-  seed?: number
-}
+/** A new learner's options: the class names it scores, its method's own options (types, ranges,
+ *  defaults and docs generated from the core's catalogue, ts/generated/methods.ts) and the
+ *  runtime settings. */
+export type LearnerOptions<M extends Method> = MethodFields[M] & RuntimeOptions & { classNames: string[] }
 
-/** CoCoOp: CoOp's context (by default from "a photo of a", M = 4; unified only) plus a Meta-Net
- *  that shifts it per image. */
-export interface CocoopOptions extends Omit<CoopOptions, 'classSpecific'> {
-  /** Meta-Net bottleneck: hidden = image feature size / ratio, at least 1 (default 16). */
-  metaNetRatio?: number
-}
-
-/** KgCoOp: CoOp (context from "a photo of a" by default) plus w * (1 - mean cosine) between the
- *  learned prompts' and the hand-made prompt's text features. */
-export interface KgcoopOptions extends CoopOptions {
-  /** Weight of the knowledge-guided term (default 8, the official scripts'). */
-  w?: number
-  /** The hand-made template, `{}` for the class name (default "a photo of a {}."). */
-  template?: string
-}
-
+/** CoOp's learned context (the paper's defaults: 16 random vectors, std 0.02, shared by all
+ *  classes, the class token at the end). */
+export type CoopOptions = CoopFields & RuntimeOptions & { classNames: string[] }
+/** CoCoOp: CoOp's context (from "a photo of a" by default; shared only) and a Meta-Net that
+ *  shifts it per image. */
+export type CocoopOptions = CocoopFields & RuntimeOptions & { classNames: string[] }
+/** KgCoOp: CoOp plus w * (1 - mean cosine) to the hand-made prompt's text features. */
+export type KgcoopOptions = KgcoopFields & RuntimeOptions & { classNames: string[] }
 /** The linear probe: logistic regression on image features (CoOp's baseline). */
-export interface LinearProbeOptions {
-  classNames: string[]
-  /** Inverse L2 strength; default: searched on the validation set passed to `fit` (the
-   *  official script's search). */
-  c?: number
-  /** L-BFGS iterations per fit (default 1000). */
-  maxIter?: number
-  /** Stop when the largest gradient entry is at most this (default 1e-4). */
-  tol?: number
-}
+export type LinearProbeOptions = LinearProbeFields & { classNames: string[] }
 
-export interface MethodOptions {
-  coop: CoopOptions
-  cocoop: CocoopOptions
-  kgcoop: KgcoopOptions
-  'linear-probe': LinearProbeOptions
-}
+/** Every method's learner options, by method. */
+export type MethodOptions = { [M in Method]: LearnerOptions<M> }
 
 /** What a learner is: written into its file, checked when resuming, shown as `info`. */
 export interface LearnerInfo {
@@ -125,6 +99,7 @@ export class PromptLearner {
   /** What the learner is never changes (training changes only its tensors): read once, so that
    *  `info` answers at any time, also while the learner trains. */
   private readonly meta: LearnerInfo
+  private caps?: Native.NativeCapabilities
   /** Settles when the last native task queued on this learner has settled; it never rejects. */
   private tail: Promise<void> = Promise.resolve()
 
@@ -161,8 +136,9 @@ export class PromptLearner {
     })
   }
 
-  /** A new learner of `method` for `options.classNames`. */
-  static create<M extends Method>(clip: Clip, method: M, options: MethodOptions[M]): PromptLearner {
+  /** A new learner of `method` (any name of the core's catalogue, `methodCatalogue()`) for
+   *  `options.classNames`. */
+  static create<M extends Method>(clip: Clip, method: M, options: LearnerOptions<M>): PromptLearner {
     const o = toNativeLearnerOptions(options)
     return new PromptLearner(
       clip,
@@ -202,10 +178,17 @@ export class PromptLearner {
   }
 
   /** Whether the learner can score class names it was not trained on (zero-shot style): unified
-   *  context can; class-specific context and the linear probe score their own classes only. */
+   *  context can; class-specific context and the linear probe score their own classes only. The
+   *  learner says so itself (its capabilities), not its method's name. */
   get scoresAnyClasses(): boolean {
-    const info = this.info
-    return info.method !== 'linear-probe' && info.options.classSpecific !== true
+    return this.capabilities.scoresAnyClasses
+  }
+
+  /** What the learner can be asked: new class names (`scoresAnyClasses`), its learned text
+   *  context (`hasContext`: `context()` and `interpret()`). */
+  get capabilities(): { scoresAnyClasses: boolean; hasContext: boolean } {
+    this.caps ??= nativeSync(() => this.native.capabilities)
+    return { ...this.caps }
   }
 
   /** The learned context vectors, row-major: (nCtx, ctxDim) or (K, nCtx, ctxDim). Throws E_BUSY

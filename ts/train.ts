@@ -40,6 +40,10 @@ export interface TrainProgress {
  *  at batch 32, CoCoOp 10 epochs at batch 1 (larger batches work: prompts are chunked to a memory
  *  budget). The linear probe is fitted on features in one go and takes none of these. */
 export interface TrainOptions {
+  /** The protocol's shots per class and dataset (catalog name): the method's recipe follows them
+   *  where its paper does (CoOp: 50 epochs at 1 shot, 100 at 2 and 4, 200 at 8 and 16; ImageNet 50). */
+  shots?: number
+  dataset?: string
   epochs?: number
   batchSize?: number
   lr?: number

@@ -5,6 +5,7 @@
 import { existsSync } from 'node:fs'
 import { Argument, type Command, Option } from 'commander'
 import { PromptclipError } from '../errors'
+import { methodCatalogue } from '../methods'
 import {
   type ProtocolEvent,
   type ProtocolMethod,
@@ -13,6 +14,7 @@ import {
   type RunKey,
   runProtocol,
 } from '../protocols'
+import { protocolMethods } from '../protocols/plan'
 import { checkQueueReachable, checkQueueUrl, sweepStatus } from '../protocols/queue'
 import { folderStatus } from '../protocols/status'
 import type { TrainOptions } from '../train'
@@ -40,8 +42,12 @@ import {
 import type { ImageProgress, StepProgress, Task } from './progress'
 
 const PROTOCOLS: readonly ProtocolName[] = ['few-shot', 'base-to-new', 'cross-dataset', 'domain-generalization']
-const METHODS: readonly ProtocolMethod[] = ['zero-shot', 'ensemble', 'linear-probe', 'coop', 'cocoop', 'kgcoop']
-const LEARNERS: readonly ProtocolMethod[] = ['coop', 'cocoop', 'kgcoop']
+/** The learners trained by SGD steps: the ones --epochs, --lr, --train-batch-size and --augment
+ *  are for (the catalogue's). */
+const sgdLearners = (): ProtocolMethod[] =>
+  methodCatalogue()
+    .filter((e) => e.fitting === 'sgd')
+    .map((e) => e.name)
 
 interface Flags extends ModelFlags {
   targets?: string[]
@@ -88,7 +94,9 @@ export function register(program: Command, ctx: Ctx): void {
       new Option('--targets <a,b>', 'datasets evaluated on (cross-dataset, domain-generalization)').argParser(nameList),
     )
     .addOption(
-      new Option('--methods <list>', `methods, of ${METHODS.join(', ')} (default: all)`).argParser(choiceList(METHODS)),
+      new Option('--methods <list>', `methods, of ${protocolMethods().join(', ')} (default: all)`).argParser(
+        choiceList(protocolMethods()),
+      ),
     )
     .addOption(
       new Option('--shots <list>', 'shots per class (default 1,2,4,8,16 for few-shot, else 16)').argParser(
@@ -174,8 +182,9 @@ async function run(protocol: ProtocolName, dataset: string, flags: Flags, comman
   checkSource(dataset, 'dataset')
   for (const t of flags.targets ?? []) checkSource(t, 'target')
   const learnerFlags = ['epochs', 'lr', 'trainBatchSize', 'augment'].filter((k) => given(command, k))
-  if (learnerFlags.length > 0 && flags.methods && !flags.methods.some((m) => LEARNERS.includes(m))) {
-    throw badInput('--epochs, --lr, --train-batch-size and --augment apply to coop, cocoop and kgcoop only')
+  const sgd = sgdLearners()
+  if (learnerFlags.length > 0 && flags.methods && !flags.methods.some((m) => sgd.includes(m))) {
+    throw badInput(`--epochs, --lr, --train-batch-size and --augment apply to ${sgd.join(', ')} only`)
   }
   const recipe: TrainOptions = {}
   if (flags.epochs !== undefined) recipe.epochs = flags.epochs
@@ -268,7 +277,7 @@ async function run(protocol: ProtocolName, dataset: string, flags: Flags, comman
     shots: flags.shots,
     seeds: flags.seeds,
     out,
-    train: Object.keys(recipe).length > 0 ? Object.fromEntries(LEARNERS.map((m) => [m, recipe])) : undefined,
+    train: Object.keys(recipe).length > 0 ? Object.fromEntries(sgd.map((m) => [m, recipe])) : undefined,
     batchSize: flags.batchSize,
     skipUnreadable: flags.skipUnreadable,
     queue: flags.queue,

@@ -8,6 +8,7 @@ import { type Command, Option } from 'commander'
 import { type DatasetSplits, fewShotSplits, openDataset, splitFractions, writeSplitFile } from '../datasets'
 import { PromptclipError } from '../errors'
 import { type Evaluation, Evaluator } from '../evaluate'
+import { methodCatalogue, methodEntry, methodNames } from '../methods'
 import { type Method, PromptLearner } from '../prompt'
 import type { TrainOptions, TrainSummary } from '../train'
 import { Trainer } from '../train'
@@ -35,20 +36,12 @@ import {
   printJson,
 } from './common'
 import { describe } from './data'
-
-const METHODS: readonly Method[] = ['coop', 'cocoop', 'kgcoop', 'linear-probe']
+import { commanderOption, learnerOptionsFrom, methodFlags } from './methodFlags'
 
 interface Flags extends ModelFlags {
   imageRoot?: string
   dataRoot?: string
   method: Method
-  nCtx?: number
-  ctxInit?: string
-  classSpecific?: boolean
-  position?: 'end' | 'middle' | 'front'
-  metaNetRatio?: number
-  kgWeight?: number
-  c?: number
   epochs?: number
   lr?: number
   batchSize?: number
@@ -67,20 +60,14 @@ interface Flags extends ModelFlags {
   json?: boolean
 }
 
-/** Which methods each method or training flag applies to (refused early for the others). */
-const APPLIES: Partial<Record<keyof Flags, { flag: string; methods: readonly Method[] }>> = {
-  nCtx: { flag: '--n-ctx', methods: ['coop', 'cocoop', 'kgcoop'] },
-  ctxInit: { flag: '--ctx-init', methods: ['coop', 'cocoop', 'kgcoop'] },
-  classSpecific: { flag: '--class-specific', methods: ['coop', 'kgcoop'] },
-  position: { flag: '--position', methods: ['coop', 'cocoop', 'kgcoop'] },
-  metaNetRatio: { flag: '--meta-net-ratio', methods: ['cocoop'] },
-  kgWeight: { flag: '--kg-weight', methods: ['kgcoop'] },
-  c: { flag: '--c', methods: ['linear-probe'] },
-  epochs: { flag: '--epochs', methods: ['coop', 'cocoop', 'kgcoop'] },
-  lr: { flag: '--lr', methods: ['coop', 'cocoop', 'kgcoop'] },
-  batchSize: { flag: '--batch-size', methods: ['coop', 'cocoop', 'kgcoop'] },
-  augment: { flag: '--augment/--no-augment', methods: ['coop', 'cocoop', 'kgcoop'] },
-  checkpointEvery: { flag: '--checkpoint-every', methods: ['coop', 'cocoop', 'kgcoop'] },
+/** The training flags, which apply to the methods trained by SGD steps (refused early for the
+ *  others). The method flags (--n-ctx, --kg-weight, ...) come from the catalogue (methodFlags.ts). */
+const SGD_FLAGS: Partial<Record<keyof Flags, string>> = {
+  epochs: '--epochs',
+  lr: '--lr',
+  batchSize: '--batch-size',
+  augment: '--augment/--no-augment',
+  checkpointEvery: '--checkpoint-every',
 }
 
 export function register(program: Command, ctx: Ctx): void {
@@ -88,7 +75,9 @@ export function register(program: Command, ctx: Ctx): void {
     .command('train')
     .summary('learn a prompt on a dataset and save it')
     .description(
-      'Learn a prompt (CoOp, CoCoOp, KgCoOp) or fit the linear probe on a dataset: an image folder ' +
+      `Train a learner (${methodCatalogue()
+        .map((e) => e.title)
+        .join(', ')}) on a dataset: an image folder ` +
         '(one sub-folder per class, or train/ test/ [val/] of them) or a split_zhou_*.json file. ' +
         'Saves the learner to --out and a checkpoint next to it (<out>.ckpt); running the same ' +
         'command again after Ctrl-C resumes from the checkpoint. Evaluates on the test split if any.',
@@ -96,20 +85,7 @@ export function register(program: Command, ctx: Ctx): void {
     .argument('<dataset>', 'a catalog name, an image folder, a split file or a CSV')
     .option('--image-root <dir>', 'folder the split file’s image paths are relative to')
     .option('--data-root <dir>', 'where catalog datasets live (default: $PROMPTCLIP_DATA, else ./data)')
-    .addOption(new Option('--method <method>', 'what to learn').choices(METHODS).default('coop'))
-    .addOption(new Option('--n-ctx <n>', 'learned context tokens M (default 16; CoCoOp 4)').argParser(positiveInt))
-    .option('--ctx-init <words>', 'initialise the context from these words, e.g. "a photo of a"')
-    .option('--class-specific', 'one context per class (CoOp, KgCoOp)')
-    .addOption(new Option('--position <pos>', 'class token position').choices(['end', 'middle', 'front']))
-    .addOption(new Option('--meta-net-ratio <n>', 'CoCoOp Meta-Net bottleneck ratio').argParser(positiveInt))
-    .addOption(
-      new Option('--kg-weight <w>', 'KgCoOp weight of the knowledge-guided term (default 8)').argParser(positiveNumber),
-    )
-    .addOption(
-      new Option('--c <value>', 'linear probe inverse L2 strength (default: searched on val)').argParser(
-        positiveNumber,
-      ),
-    )
+    .addOption(new Option('--method <method>', 'what to learn').choices(methodNames()).default('coop'))
     .addOption(new Option('--epochs <n>', 'training epochs (default: the method’s recipe)').argParser(epochCount))
     .addOption(new Option('--lr <rate>', 'learning rate (default 0.002)').argParser(positiveNumber))
     .addOption(new Option('--batch-size <n>', 'images per training step').argParser(positiveInt))
@@ -139,6 +115,7 @@ export function register(program: Command, ctx: Ctx): void {
     .option('--out <file>', 'the prompt file to write (default promptclip-<method>.safetensors)')
     .option('--no-resume', 'start over even if the checkpoint of an earlier run exists')
     .option('--skip-unreadable', 'skip images that cannot be read instead of failing')
+  for (const f of methodFlags()) cmd.addOption(commanderOption(f))
   addModelOptions(cmd)
   addJsonOption(cmd)
   cmd.addHelpText('after', EXIT_HELP)
@@ -150,17 +127,25 @@ export function register(program: Command, ctx: Ctx): void {
 async function train(source: string, flags: Flags, command: Command, ctx: Ctx): Promise<number> {
   // Every check before any work.
   const method = flags.method
-  for (const [key, a] of Object.entries(APPLIES)) {
-    if (a && given(command, key) && !a.methods.includes(method)) {
-      throw badInput(`${a.flag} does not apply to --method ${method} (it is for ${a.methods.join(', ')})`)
+  const entry = methodEntry(method)
+  const learnsBySgd = entry.fitting === 'sgd'
+  const own = learnerOptionsFrom(
+    method,
+    (key) => given(command, key),
+    flags as object as Record<string, unknown>,
+    badInput,
+  )
+  for (const [key, flag] of Object.entries(SGD_FLAGS)) {
+    if (!learnsBySgd && given(command, key)) {
+      const sgd = methodCatalogue().filter((e) => e.fitting === 'sgd')
+      throw badInput(`${flag} does not apply to --method ${method} (it is for ${sgd.map((e) => e.name).join(', ')})`)
     }
   }
   checkModel(flags)
   const out = flags.out ?? `promptclip-${method}.safetensors`
   if (existsSync(out) && statSync(out).isDirectory()) throw badInput(`--out ${out} is a folder; give a file name`)
   const checkpoint = `${out}.ckpt`
-  const learnsPrompt = method !== 'linear-probe'
-  const resume = learnsPrompt && flags.resume && existsSync(checkpoint)
+  const resume = learnsBySgd && flags.resume && existsSync(checkpoint)
   await fetchDatasetArg(source, ctx, flags.offline)
   const splits = openSplits(source, flags, out)
   const { train: data, val } = flags.shots
@@ -178,10 +163,13 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
     writeSplitFile(file, splits, imageRootOf(source, flags))
     log(`split: ${file} (${describe(splits.train)} to train; rerun this split with --split ${file})`)
   }
-  if (method === 'linear-probe' && flags.c === undefined && !val) {
+  const unless = entry.validationUnless
+  if (entry.usesValidation && !val && !(unless !== null && own[unless] !== undefined)) {
+    const flag = methodFlags().find((f) => f.option === unless && f.methods.includes(method))?.flag
     throw badInput(
-      'the linear probe searches C on a validation split, and this dataset has none: give --c, or --shots N ' +
-        '(validation images are then drawn from the rest), or a dataset with a val/ split',
+      `${entry.title} fits on a validation split, and this dataset has none: ` +
+        `${flag ? `give ${flag}, or ` : ''}--shots N (validation images are then drawn from the rest), ` +
+        '--val-fraction F, or a dataset with a val/ split',
     )
   }
   log(
@@ -193,20 +181,13 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
   const clip = await loadClip(flags, ctx)
   const classNames = splits.classNames
   const seed = flags.seed
-  const learner =
-    method === 'linear-probe'
-      ? PromptLearner.linearProbe(clip, { classNames, c: flags.c })
-      : PromptLearner.create(clip, method, {
-          classNames,
-          nCtx: flags.nCtx,
-          ctxInit: flags.ctxInit,
-          position: flags.position,
-          seed,
-          ...(flags.classSpecific ? { classSpecific: true } : {}),
-          ...(flags.metaNetRatio !== undefined ? { metaNetRatio: flags.metaNetRatio } : {}),
-          ...(flags.kgWeight !== undefined ? { w: flags.kgWeight } : {}),
-        })
-  const options: TrainOptions = learnsPrompt
+  // The run's seed seeds the learner's initialisation too, where the method has one.
+  const learner = PromptLearner.create(clip, method, {
+    ...(entry.seeded ? { seed } : {}),
+    ...own,
+    classNames,
+  })
+  const options: TrainOptions = learnsBySgd
     ? {
         epochs: flags.epochs,
         lr: flags.lr,
@@ -218,7 +199,7 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
         skipUnreadable: flags.skipUnreadable,
       }
     : { skipUnreadable: flags.skipUnreadable }
-  if (learnsPrompt) mkdirSync(dirname(checkpoint), { recursive: true })
+  if (learnsBySgd) mkdirSync(dirname(checkpoint), { recursive: true })
 
   let summary: TrainSummary
   try {
@@ -280,7 +261,7 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
       split: splitFile ?? flags.split ?? null,
       seed,
       prompt: out,
-      checkpoint: learnsPrompt ? checkpoint : null,
+      checkpoint: learnsBySgd ? checkpoint : null,
       summary,
       ...(skipped !== undefined ? { skipped } : {}),
       test: test ? summarize(test) : null,
@@ -289,7 +270,7 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
   }
   const last = summary.epochLoss.length - 1
   print(`prompt: ${out} (${method}, ${classNames.length} classes)`)
-  if (learnsPrompt) {
+  if (learnsBySgd) {
     const resumed = summary.resumedAfterEpoch > 0 ? ` (resumed after epoch ${summary.resumedAfterEpoch})` : ''
     const final =
       last >= 0
@@ -300,7 +281,7 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
     )
     print(`checkpoint: ${checkpoint}`)
   } else if (summary.details && 'c' in summary.details) {
-    print(`fitted: C = ${summary.details.c}${flags.c === undefined ? ' (searched on the validation split)' : ''}`)
+    print(`fitted: C = ${summary.details.c}${own.c === undefined ? ' (searched on the validation split)' : ''}`)
   }
   if (test) {
     print(

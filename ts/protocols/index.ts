@@ -13,6 +13,7 @@
  */
 import type { Precision } from '../clip'
 import type { DatasetSplits } from '../datasets'
+import type { Method, MethodFields } from '../generated/methods'
 import type { TrainOptions } from '../train'
 import { executeProtocol } from './run'
 
@@ -21,8 +22,9 @@ export { startWorker, sweepStatus } from './queue'
 
 export type ProtocolName = 'few-shot' | 'base-to-new' | 'cross-dataset' | 'domain-generalization'
 
-/** Zero-shot CLIP (one template), prompt ensembling, the linear probe and the prompt learners. */
-export type ProtocolMethod = 'zero-shot' | 'ensemble' | 'linear-probe' | 'coop' | 'cocoop' | 'kgcoop'
+/** Zero-shot CLIP (one template), prompt ensembling, and every learner of the core's catalogue
+ *  (the linear probe, the prompt learners). */
+export type ProtocolMethod = 'zero-shot' | 'ensemble' | Method
 
 export interface ProtocolOptions {
   protocol: ProtocolName
@@ -56,7 +58,7 @@ export interface ProtocolOptions {
    *  shots, as the official scripts; CoCoOp: 10 epochs at batch 1; KgCoOp: the core's recipe). */
   train?: Partial<Record<ProtocolMethod, TrainOptions>>
   /** Per-method learner options (e.g. `{ coop: { nCtx: 4, ctxInit: 'a photo of a' } }`). */
-  learners?: Partial<Record<ProtocolMethod, Record<string, unknown>>>
+  learners?: { [M in Method]?: MethodFields[M] }
   /** Images per forward pass at evaluation. */
   batchSize?: number
   /** Skip images that cannot be read (and count them) instead of failing. */

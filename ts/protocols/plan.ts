@@ -5,26 +5,29 @@
 import { basename } from 'node:path'
 import type { DatasetSplits } from '../datasets'
 import { invalidArgument } from '../errors'
+import { methodCatalogue, methodNames } from '../methods'
 import { positiveInt } from '../options'
 import type { TrainOptions } from '../train'
 import type { ProtocolMethod, ProtocolName, ProtocolOptions, RunKey } from './index'
 
 export const PROTOCOLS: readonly ProtocolName[] = ['few-shot', 'base-to-new', 'cross-dataset', 'domain-generalization']
 
-/** In the order tables and plots list them: the baselines, then the prompt learners by year. */
-export const METHODS: readonly ProtocolMethod[] = ['zero-shot', 'ensemble', 'linear-probe', 'coop', 'cocoop', 'kgcoop']
-
-export const METHOD_TITLES: Record<ProtocolMethod, string> = {
-  'zero-shot': 'Zero-shot CLIP',
-  ensemble: 'Prompt ensembling',
-  'linear-probe': 'Linear probe',
-  coop: 'CoOp',
-  cocoop: 'CoCoOp',
-  kgcoop: 'KgCoOp',
-}
-
 /** Methods without training: one run, independent of shots and seeds (recorded as 0 shots, seed 0). */
 export const ZERO_SHOT_METHODS: readonly ProtocolMethod[] = ['zero-shot', 'ensemble']
+
+const ZERO_SHOT_TITLES: Record<string, string> = { 'zero-shot': 'Zero-shot CLIP', ensemble: 'Prompt ensembling' }
+
+/** In the order tables and plots list them: the baselines, then every learner of the core's
+ *  catalogue in its order (baselines, then the prompt learners by year). */
+export function protocolMethods(): ProtocolMethod[] {
+  return [...ZERO_SHOT_METHODS, ...methodNames()]
+}
+
+/** A method's title as tables and reports print it (the catalogue's; a name the catalogue no
+ *  longer has, from an older results folder, as it was recorded). */
+export function methodTitle(m: ProtocolMethod): string {
+  return ZERO_SHOT_TITLES[m] ?? methodCatalogue().find((e) => e.name === m)?.title ?? m
+}
 
 /**
  * The hand-made templates of the official code's prompt-ensembling baseline (CoOp's
@@ -40,13 +43,6 @@ export const ENSEMBLE_TEMPLATES: readonly string[] = [
   'art of the {}.',
   'a photo of the small {}.',
 ]
-
-/** The official CoOp scripts' epochs per shot count: 50 for 1 shot, 100 for 2 and 4, 200 for 8 and
- *  16; ImageNet 50 always. Other methods take their core recipe (CoCoOp 10 epochs at batch 1). */
-export function coopEpochs(shots: number, dataset: string): number {
-  if (dataset === 'imagenet') return 50
-  return shots <= 1 ? 50 : shots <= 4 ? 100 : 200
-}
 
 /** The ImageNet variants of the domain-generalisation protocol, and the ten other datasets of
  *  cross-dataset transfer (catalog names), the defaults when the source is ImageNet. */
@@ -122,6 +118,7 @@ export function resolveOptions(o: ProtocolOptions): ResolvedOptions {
   }
   const dataset = sourceKey('dataset', o.dataset)
   if (typeof o.out !== 'string' || o.out.length === 0) throw invalidArgument('out (the results folder) must be given')
+  const METHODS = protocolMethods()
   const methods = o.methods ?? [...METHODS]
   if (!Array.isArray(methods) || methods.length === 0) throw invalidArgument('methods must be a non-empty list')
   for (const m of methods) {
@@ -163,7 +160,7 @@ export function resolveOptions(o: ProtocolOptions): ResolvedOptions {
     seeds: intList('seeds', o.seeds ?? [1, 2, 3], 0),
     out: o.out,
     train: o.train ?? {},
-    learners: o.learners ?? {},
+    learners: (o.learners ?? {}) as ResolvedOptions['learners'],
     batchSize: o.batchSize,
     skipUnreadable: o.skipUnreadable ?? false,
     labels: datasetLabels([dataset, ...targetKeys]),

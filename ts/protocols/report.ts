@@ -16,7 +16,7 @@ import {
   summarySpec,
 } from '../report'
 import type { ProtocolMethod, RunRecord } from './index'
-import { METHOD_TITLES, type ResolvedOptions, ZERO_SHOT_METHODS } from './plan'
+import { methodTitle, type ResolvedOptions, ZERO_SHOT_METHODS } from './plan'
 import { collectSeries, formatProtocolTable } from './table'
 
 /** Confusion matrices beyond this many classes are left to results.json. */
@@ -32,7 +32,7 @@ function shotsSpec(o: ResolvedOptions, records: RunRecord[]): object {
       const mu = mean(s.values)
       const sd = std(s.values)
       return {
-        method: METHOD_TITLES[s.method],
+        method: methodTitle(s.method),
         shots: s.shots,
         mean: mu,
         lo: mu - sd,
@@ -42,8 +42,8 @@ function shotsSpec(o: ResolvedOptions, records: RunRecord[]): object {
     })
   const baselines = series
     .filter((s) => ZERO_SHOT_METHODS.includes(s.method))
-    .map((s) => ({ method: METHOD_TITLES[s.method], mean: s.values[0], text: s.values[0].toFixed(2) }))
-  const order = o.methods.map((m) => METHOD_TITLES[m])
+    .map((s) => ({ method: methodTitle(s.method), mean: s.values[0], text: s.values[0].toFixed(2) }))
+  const order = o.methods.map((m) => methodTitle(m))
   const color = { field: 'method', type: 'nominal', sort: order, scale: { domain: order }, title: null }
   const x = {
     field: 'shots',
@@ -97,12 +97,12 @@ function transferSpec(o: ResolvedOptions, records: RunRecord[], shots: number): 
   const values = series
     .filter((s) => datasets.includes(s.split))
     .map((s) => ({
-      method: METHOD_TITLES[s.method],
+      method: methodTitle(s.method),
       dataset: label(s.split),
       mean: mean(s.values),
       text: formatMeanStd(s.values, 2),
     }))
-  const order = o.methods.map((m) => METHOD_TITLES[m])
+  const order = o.methods.map((m) => methodTitle(m))
   return {
     $schema: SCHEMA,
     config: CONFIG,
@@ -131,7 +131,7 @@ function baseNewSpec(o: ResolvedOptions, records: RunRecord[], shots: number): o
     const base = acc('base')
     const nu = acc('new')
     return {
-      name: METHOD_TITLES[m],
+      name: methodTitle(m),
       base,
       new: nu.length > 0 ? nu : null,
       h: nu.length > 0 && nu.length === base.length ? base.map((b, i) => harmonic(b, nu[i])) : null,
@@ -211,7 +211,7 @@ ${tableHtml(table)}
     const parts = cms.map(({ method, spec, note }, i) => {
       const id = `chart-confusion-${i}`
       specs[id] = spec
-      return `<details${i === 0 ? ' open' : ''}><summary>${escapeHtml(METHOD_TITLES[method])} (${escapeHtml(note)})</summary><div class="chart" id="${id}"></div></details>`
+      return `<details${i === 0 ? ' open' : ''}><summary>${escapeHtml(methodTitle(method))} (${escapeHtml(note)})</summary><div class="chart" id="${id}"></div></details>`
     })
     sections.push(`<section id="confusion"><h2>Confusion matrices</h2>
 <p class="note">Rows: true class; columns: predicted class; colour: share of the row.</p>
@@ -219,7 +219,7 @@ ${parts.join('\n')}</section>`)
   }
   const title = `promptclip: ${o.protocol} on ${o.labels[o.dataset]}`
   const body = `<header><h1>${escapeHtml(title)}</h1>
-<p class="meta">Model <b>${escapeHtml(model)}</b> · methods <b>${escapeHtml(o.methods.map((m) => METHOD_TITLES[m]).join(', '))}</b> · shots <b>${escapeHtml(o.shots.join(', '))}</b> · seeds <b>${escapeHtml(o.seeds.join(', '))}</b>${o.targets.length > 0 ? ` · targets <b>${escapeHtml(o.targets.map((t) => o.labels[t]).join(', '))}</b>` : ''}</p></header>
+<p class="meta">Model <b>${escapeHtml(model)}</b> · methods <b>${escapeHtml(o.methods.map((m) => methodTitle(m)).join(', '))}</b> · shots <b>${escapeHtml(o.shots.join(', '))}</b> · seeds <b>${escapeHtml(o.seeds.join(', '))}</b>${o.targets.length > 0 ? ` · targets <b>${escapeHtml(o.targets.map((t) => o.labels[t]).join(', '))}</b>` : ''}</p></header>
 ${sections.join('\n')}`
   return renderPage({ title, body, specs })
 }

@@ -12,6 +12,7 @@ import { AbortError, invalidArgument, PromptclipError } from '../errors'
 import { type Evaluation, Evaluator } from '../evaluate'
 import { dataFingerprint, modelFingerprint } from '../fingerprint'
 import { fetchHubDataset, isHubDatasetUri } from '../hub/dataset'
+import { methodEntry } from '../methods'
 import type { ImageInput } from '../options'
 import { type Method, PromptLearner } from '../prompt'
 import { writeFileAtomic } from '../report'
@@ -20,7 +21,7 @@ import { resultDamage } from './damage'
 import type { EvalRecord, ProtocolEvent, ProtocolOptions, ProtocolResults, RunKey, RunRecord } from './index'
 import { type Executor, runFolder, sweepOptions } from './jobs'
 import { checkDevices, sweepOnLocalWorkers } from './local'
-import { coopEpochs, ENSEMBLE_TEMPLATES, METHODS, planRuns, type ResolvedOptions, resolveOptions, runId } from './plan'
+import { ENSEMBLE_TEMPLATES, planRuns, protocolMethods, type ResolvedOptions, resolveOptions, runId } from './plan'
 import { checkQueueUrl, sweepOnQueue } from './queue'
 import { renderProtocolReport } from './report'
 import { formatProtocolTable } from './table'
@@ -222,7 +223,7 @@ function writeProtocolResults(ctx: Context, current: RunRecord[]): ProtocolResul
   const o: ResolvedOptions = {
     ...ctx.o,
     methods: union(
-      METHODS,
+      protocolMethods(),
       records.map((r) => r.run.method),
     ),
   }
@@ -272,18 +273,31 @@ function evalTargets(ctx: Context): EvalTarget[] {
 }
 
 function learnerOptions(ctx: Context, run: RunKey, classNames: string[]): Record<string, unknown> {
+  const entry = methodEntry(run.method)
   const own = ctx.o.learners[run.method] ?? {}
-  // KgCoOp's knowledge term uses the dataset's hand-made template, as the official CUSTOM_TEMPLATES.
-  const template = run.method === 'kgcoop' && ctx.source.template ? { template: ctx.source.template } : {}
-  const seed = run.method === 'linear-probe' ? {} : { seed: run.seed }
+  // A method that takes a hand-made template (KgCoOp's knowledge term) gets the dataset's own, as
+  // the official CUSTOM_TEMPLATES.
+  const template = entry.templateOption && ctx.source.template ? { [entry.templateOption]: ctx.source.template } : {}
+  const seed = entry.seeded ? { seed: run.seed } : {}
   return { ...seed, ...template, ...own, classNames }
 }
 
 function trainOptions(ctx: Context, run: RunKey): TrainOptions {
-  const recipe: TrainOptions = run.method === 'coop' ? { epochs: coopEpochs(run.shots, ctx.source.name) } : {}
   const skip: TrainOptions = ctx.o.skipUnreadable ? { skipUnreadable: true } : {}
-  if (run.method === 'linear-probe') return { ...skip }
-  return { ...recipe, seed: run.seed, ...(ctx.o.train[run.method] ?? {}), ...skip }
+  if (!learnsBySgd(run)) return { ...skip }
+  // The method's recipe for these shots and this dataset is the core's (CoOp's epochs by shots).
+  const recipeFor: TrainOptions = { shots: run.shots, dataset: ctx.source.name }
+  return { ...recipeFor, seed: run.seed, ...(ctx.o.train[run.method] ?? {}), ...skip }
+}
+
+/** Whether a run trains by SGD steps (checkpointed, resumable) rather than one fit on features. */
+function learnsBySgd(run: RunKey): boolean {
+  return methodEntry(run.method).fitting === 'sgd'
+}
+
+/** Whether a run's fit uses the validation split (the linear probe's C search). */
+function usesValidation(run: RunKey): boolean {
+  return methodEntry(run.method).usesValidation
 }
 
 function templatesFor(ctx: Context, run: RunKey): string[] {
@@ -334,7 +348,7 @@ async function runData(ctx: Context, run: RunKey): Promise<Record<string, string
   return {
     model: await modelFingerprint(ctx.clip.info.source),
     train: train ? await digestOf(train) : null,
-    val: val && run.method === 'linear-probe' ? await digestOf(val) : null,
+    val: val && usesValidation(run) ? await digestOf(val) : null,
     test: await digestOf(ctx.test),
     targets: await Promise.all(ctx.targets.map((t) => (t.test ? digestOf(t.test) : 'none'))),
   }
@@ -440,14 +454,14 @@ export async function executeRun(ctx: Context, run: RunKey, index: number, total
         run.method as Method,
         learnerOptions(ctx, run, train.classNames) as never,
       )
-      const sgd = run.method !== 'linear-probe'
+      const sgd = learnsBySgd(run)
       const options: TrainOptions = sgd
         ? { ...trainOptions(ctx, run), checkpointPath: files.checkpoint, checkpointEvery: 1 }
         : trainOptions(ctx, run)
       const summary: TrainSummary = await new Trainer(learner, options).fit(train, {
         signal: ctx.signal,
         resumeFrom: sgd && existsSync(files.checkpoint) ? files.checkpoint : undefined,
-        validation: run.method === 'linear-probe' ? val : undefined,
+        validation: usesValidation(run) ? val : undefined,
         onProgress: (p) =>
           ctx.emit({
             type: 'train-progress',

@@ -7,7 +7,7 @@
  */
 import { formatMeanStd, harmonic, mean } from '../report'
 import type { ProtocolMethod, RunRecord } from './index'
-import { METHOD_TITLES, type ResolvedOptions, ZERO_SHOT_METHODS } from './plan'
+import { methodTitle, type ResolvedOptions, ZERO_SHOT_METHODS } from './plan'
 
 /** Accuracy of one split across a method's seeds at one shot count (zero-shot: one value). */
 export interface SeriesPoint {
@@ -61,15 +61,15 @@ export function formatProtocolTable(o: ResolvedOptions, records: RunRecord[]): s
   const baselines = o.methods.filter((m) => ZERO_SHOT_METHODS.includes(m))
   // Zero-shot baselines take no shots: their rows sit at "0" (few-shot) or in every shot's table.
   const rowsFor = (shots: number) => [
-    ...baselines.map((m) => ({ m, shots: 0, title: METHOD_TITLES[m] })),
-    ...learners.map((m) => ({ m, shots, title: METHOD_TITLES[m] })),
+    ...baselines.map((m) => ({ m, shots: 0, title: methodTitle(m) })),
+    ...learners.map((m) => ({ m, shots, title: methodTitle(m) })),
   ]
 
   if (o.protocol === 'few-shot') {
     const cols = [...(baselines.length > 0 ? [0] : []), ...o.shots]
     const head = ['Method', ...cols.map((k) => (k === 0 ? 'zero-shot' : `${k} shot${k === 1 ? '' : 's'}`))]
     const rows = o.methods.map((m) => [
-      METHOD_TITLES[m],
+      methodTitle(m),
       ...cols.map((k) => (ZERO_SHOT_METHODS.includes(m) === (k === 0) ? cell(m, k, 'test') : '—')),
     ])
     return `Few-shot accuracy (%) on ${o.labels[o.dataset]}, mean ± std over seeds ${seeds}\n\n${markdown(head, rows)}`

@@ -615,7 +615,7 @@ fn default_options_work_on_a_clip_narrower_than_the_ratio() {
         .unwrap();
     assert!(g_ctx.is_finite() && g_ctx > 0.0, "grad ctx {g_ctx}");
     // One epoch of the method's own recipe (batch 1).
-    let recipe = co.recipe();
+    let recipe = promptclip_core::methods::recipe_of(&co, Default::default()).unwrap();
     let config = TrainConfig {
         epochs: 1,
         augment: false,

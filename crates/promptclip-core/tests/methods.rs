@@ -3,8 +3,9 @@
 mod common;
 use candle_core::Tensor;
 use common::{colours, dev, fixtures};
+use promptclip_core::methods::catalogue::{self, OptionKind, RecipeFor};
 use promptclip_core::methods::io::{load, save};
-use promptclip_core::methods::{self, Learner, Recipe, Runtime};
+use promptclip_core::methods::{self, recipe_of, Learner, Recipe, Runtime};
 use promptclip_core::train::{fit, TrainConfig, TrainOptions};
 use promptclip_core::{Clip, Error};
 use serde_json::json;
@@ -153,8 +154,9 @@ fn train_options_name_the_field() {
 #[test]
 fn recipes_are_the_papers_and_options_override_them_field_by_field() {
     let clip = hf_clip();
-    let coop = create(&clip, "coop", json!({})).unwrap().recipe();
-    let cocoop = create(&clip, "cocoop", json!({})).unwrap().recipe();
+    let plain = RecipeFor::default();
+    let coop = recipe_of(create(&clip, "coop", json!({})).unwrap().as_ref(), plain).unwrap();
+    let cocoop = recipe_of(create(&clip, "cocoop", json!({})).unwrap().as_ref(), plain).unwrap();
     assert_eq!(
         coop,
         Recipe {
@@ -439,4 +441,113 @@ fn linear_probe_through_the_trainer_is_the_official_search_on_center_crop_featur
     let other: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
     assert!(probe.scorer(&clip, Some(&other)).is_err());
     assert!(probe.scorer(&clip, Some(&names)).is_ok());
+}
+
+/// The catalogue documents each method's options as its config has them: every documented option
+/// is a field of the config with a default of the documented type, every option a user can set
+/// that the config has is documented (but the internal ones named here), and creating a learner
+/// with a value of each documented option works.
+#[test]
+fn the_catalogue_documents_each_config_field_with_its_type_and_default() {
+    let clip = hf_clip();
+    let names = vec!["dog".to_string(), "cat".to_string()];
+    // Fields of the shared context config that a method refuses or never reads.
+    let undocumented: &[(&str, &str)] = &[("cocoop", "classSpecific")];
+    let entries = catalogue::catalogue();
+    assert_eq!(
+        entries.iter().map(|e| e.name).collect::<Vec<_>>(),
+        ["linear-probe", "coop", "cocoop", "kgcoop"]
+    );
+    for e in &entries {
+        let defaults = e.defaults.as_object().unwrap();
+        let documented: Vec<&str> = e.options.iter().map(|o| o.name).collect();
+        for key in defaults.keys() {
+            assert!(
+                documented.contains(&key.as_str())
+                    || undocumented.contains(&(e.name, key.as_str())),
+                "{}: option {key} is not in the catalogue",
+                e.name
+            );
+        }
+        for o in e.options {
+            let d = defaults.get(o.name).unwrap_or_else(|| {
+                panic!("{}: {} is documented but not an option", e.name, o.name)
+            });
+            let ok = match o.kind {
+                OptionKind::Integer { .. } => d.is_null() || d.is_u64(),
+                OptionKind::Number { .. } => d.is_null() || d.is_f64(),
+                OptionKind::Boolean => d.is_boolean(),
+                OptionKind::String => d.is_null() || d.is_string(),
+                OptionKind::Choice { choices } => choices.contains(&d.as_str().unwrap()),
+            };
+            assert!(
+                ok,
+                "{}: {} has default {d}, not a {:?}",
+                e.name, o.name, o.kind
+            );
+            // A value of the documented type is taken by the method.
+            let value = match o.kind {
+                OptionKind::Integer { min } => json!(min.max(2)),
+                OptionKind::Number { .. } => json!(0.5),
+                OptionKind::Boolean => json!(true),
+                OptionKind::String if o.name == "template" => json!("a drawing of a {}."),
+                OptionKind::String => json!("a photo of a"),
+                OptionKind::Choice { choices } => json!(choices[choices.len() - 1]),
+            };
+            let learner = methods::create(
+                &clip,
+                e.name,
+                &names,
+                json!({ o.name: value }),
+                Runtime::default(),
+            )
+            .unwrap_or_else(|err| panic!("{} with {}: {value}: {err}", e.name, o.name));
+            if o.name != "nCtx" {
+                assert_eq!(
+                    learner.meta().options[o.name],
+                    value,
+                    "{}: {}",
+                    e.name,
+                    o.name
+                );
+            }
+            assert!(o.flag.is_none_or(|f| f.starts_with("--")), "{}", o.name);
+        }
+        assert_eq!(e.seeded, defaults.contains_key("seed"));
+    }
+    let json = serde_json::to_value(&entries).unwrap();
+    assert_eq!(json[1]["options"][3]["type"], "choice");
+    assert_eq!(
+        json[1]["options"][3]["choices"],
+        json!(["end", "middle", "front"])
+    );
+    assert_eq!(json[0]["usesValidation"], true);
+    assert_eq!(json[0]["classes"], "own-classes");
+}
+
+/// CoOp's epochs by shots (the official scripts/coop/main.sh and its configs), in the core.
+#[test]
+fn recipes_follow_the_protocol_shots_and_dataset() {
+    let epochs = |method: &str, shots: Option<usize>, dataset: Option<&str>| {
+        catalogue::recipe(method, RecipeFor { shots, dataset })
+            .unwrap()
+            .epochs
+    };
+    let by_shots: Vec<usize> = [1, 2, 4, 8, 16]
+        .iter()
+        .map(|&k| epochs("coop", Some(k), None))
+        .collect();
+    assert_eq!(by_shots, [50, 100, 100, 200, 200]);
+    assert_eq!(epochs("coop", Some(16), Some("imagenet")), 50);
+    assert_eq!(epochs("coop", None, None), 50);
+    assert_eq!(epochs("cocoop", Some(16), None), 10);
+    assert!(catalogue::recipe("maple", RecipeFor::default()).is_err());
+    // The training options carry the protocol's shots to the recipe.
+    let options = TrainOptions::from_json(json!({ "shots": 8, "dataset": "oxford_pets" })).unwrap();
+    assert_eq!(
+        catalogue::recipe("coop", options.recipe_for())
+            .unwrap()
+            .epochs,
+        200
+    );
 }

@@ -6,6 +6,10 @@
 //! Here all B x K prompts of a batch go through the encoder together, in chunks sized to a
 //! memory budget; in training, gradients are accumulated chunk by chunk, so memory stays
 //! bounded while the math (mean cross-entropy over the batch) is unchanged.
+use super::catalogue::{
+    ClassBinding, Fitting, OptionDoc, OptionKind, Takes, CTX_INIT_PHOTO, INIT_STD, N_CTX, POSITION,
+    SEED,
+};
 use super::coop::{ClassBuffers, CoopConfig, PromptLearner, PHOTO_CTX_INIT};
 use super::{LearnerMeta, Method, MethodSpec, Recipe, Runtime, Scorer, StepOutput};
 use crate::clip::{l2_normalize, Clip};
@@ -296,16 +300,6 @@ impl Method for CocoopLearner {
         &self.prompt.buffers.class_names
     }
 
-    /// The paper's: 10 epochs at batch 1 (the official loop builds prompts image by image; here
-    /// larger batches work too, chunked to the memory budget).
-    fn recipe(&self) -> Recipe {
-        Recipe {
-            epochs: 10,
-            batch_size: 1,
-            ..Recipe::default()
-        }
-    }
-
     fn logits(&self, clip: &Clip, image_features: &Tensor) -> Result<Tensor> {
         self.chunk_logits(
             clip,
@@ -397,8 +391,40 @@ impl Method for CocoopLearner {
     }
 }
 
+const META_NET_RATIO: OptionDoc = OptionDoc {
+    name: "metaNetRatio",
+    kind: OptionKind::Integer { min: 1 },
+    doc: "Meta-Net bottleneck: hidden = image feature size / ratio, at least 1",
+    flag: Some("--meta-net-ratio"),
+};
+
 pub const SPEC: MethodSpec = MethodSpec {
     name: "cocoop",
+    title: "CoCoOp",
+    paper:
+        "Zhou, Yang, Loy, Liu: Conditional Prompt Learning for Vision-Language Models (CVPR 2022)",
+    takes: Takes::ImageFeatures,
+    fitting: Fitting::Sgd,
+    classes: ClassBinding::AnyClasses,
+    uses_validation: false,
+    validation_unless: None,
+    template_option: None,
+    options: &[
+        N_CTX,
+        CTX_INIT_PHOTO,
+        POSITION,
+        META_NET_RATIO,
+        INIT_STD,
+        SEED,
+    ],
+    defaults: || super::options_json(&CocoopConfig::default()),
+    // The paper's: 10 epochs at batch 1 (the official loop builds prompts image by image; here
+    // larger batches work too, chunked to the memory budget).
+    recipe: |_| Recipe {
+        epochs: 10,
+        batch_size: 1,
+        ..Recipe::default()
+    },
     create: |clip, names, options, runtime| {
         let config: CocoopConfig = super::parse_options("cocoop", options)?;
         Ok(Box::new(CocoopLearner::new(clip, names, config, runtime)?))

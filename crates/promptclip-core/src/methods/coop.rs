@@ -6,7 +6,11 @@
 //! is kept as `prefix` and everything after the M placeholder tokens (class-name tokens, ".",
 //! EOS, padding) as `suffix`. The forward pass only concatenates those buffers with the context,
 //! so gradients reach the context vectors and nothing else. CoCoOp and KgCoOp build on this.
-use super::{LearnerMeta, Method, MethodSpec, Runtime, Scorer, StepOutput};
+use super::catalogue::{
+    coop_epochs, ClassBinding, Fitting, Takes, CLASS_SPECIFIC, CTX_INIT, INIT_STD, N_CTX, POSITION,
+    SEED,
+};
+use super::{LearnerMeta, Method, MethodSpec, Recipe, Runtime, Scorer, StepOutput};
 use crate::clip::{l2_normalize, Clip};
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -569,10 +573,28 @@ impl Method for PromptLearner {
     fn prompt(&self) -> Option<&PromptLearner> {
         Some(self)
     }
+
+    fn scores_any_classes(&self) -> bool {
+        !self.config.class_specific
+    }
 }
 
 pub const SPEC: MethodSpec = MethodSpec {
     name: "coop",
+    title: "CoOp",
+    paper: "Zhou, Yang, Loy, Liu: Learning to Prompt for Vision-Language Models (IJCV 2022)",
+    takes: Takes::ImageFeatures,
+    fitting: Fitting::Sgd,
+    classes: ClassBinding::AnyClasses,
+    uses_validation: false,
+    validation_unless: None,
+    template_option: None,
+    options: &[N_CTX, CTX_INIT, CLASS_SPECIFIC, POSITION, INIT_STD, SEED],
+    defaults: || super::options_json(&CoopConfig::default()),
+    recipe: |r| Recipe {
+        epochs: coop_epochs(r),
+        ..Recipe::default()
+    },
     create: |clip, names, options, _runtime: Runtime| {
         let config: CoopConfig = super::parse_options("coop", options)?;
         Ok(Box::new(PromptLearner::new(clip, names, config)?))

@@ -6,8 +6,12 @@
 //!
 //! where g(t_k) are the learned prompts' text features and g(t_k^clip) the frozen text features of
 //! the template filled with class k. Prediction is CoOp's.
+use super::catalogue::{
+    ClassBinding, Fitting, OptionDoc, OptionKind, Takes, CLASS_SPECIFIC, CTX_INIT_PHOTO, INIT_STD,
+    N_CTX, POSITION, SEED,
+};
 use super::coop::{CoopConfig, PromptLearner, PHOTO_CTX_INIT};
-use super::{LearnerMeta, Method, MethodSpec, Runtime, Scorer, StepOutput};
+use super::{LearnerMeta, Method, MethodSpec, Recipe, Runtime, Scorer, StepOutput};
 use crate::clip::{l2_normalize, Clip};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var, D};
@@ -144,10 +148,40 @@ impl Method for KgcoopLearner {
     fn prompt(&self) -> Option<&PromptLearner> {
         Some(&self.prompt)
     }
+
+    fn scores_any_classes(&self) -> bool {
+        !self.prompt.config.class_specific
+    }
 }
+
+const W: OptionDoc = OptionDoc {
+    name: "w",
+    kind: OptionKind::Number {
+        exclusive_min: None,
+    },
+    doc: "weight of the knowledge-guided term, 1 - mean cosine to the hand-made prompt's features (at least 0)",
+    flag: Some("--kg-weight"),
+};
+const TEMPLATE: OptionDoc = OptionDoc {
+    name: "template",
+    kind: OptionKind::String,
+    doc: "the hand-made template the learned prompts are pulled towards, {} for the class name",
+    flag: None,
+};
 
 pub const SPEC: MethodSpec = MethodSpec {
     name: "kgcoop",
+    title: "KgCoOp",
+    paper: "Yao, Zhang, Xu: Visual-Language Prompt Tuning with Knowledge-guided Context Optimization (CVPR 2023)",
+    takes: Takes::ImageFeatures,
+    fitting: Fitting::Sgd,
+    classes: ClassBinding::AnyClasses,
+    uses_validation: false,
+    validation_unless: None,
+    template_option: Some("template"),
+    options: &[N_CTX, CTX_INIT_PHOTO, CLASS_SPECIFIC, POSITION, W, TEMPLATE, INIT_STD, SEED],
+    defaults: || super::options_json(&KgcoopConfig::default()),
+    recipe: |_| Recipe::default(),
     create: |clip, names, options, _runtime: Runtime| {
         let config: KgcoopConfig = super::parse_options("kgcoop", options)?;
         Ok(Box::new(KgcoopLearner::new(clip, names, config)?))

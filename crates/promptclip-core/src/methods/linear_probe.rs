@@ -3,8 +3,11 @@
 //! penalty; `crate::logreg`), with C searched on the validation split as the official script does
 //! unless the caller sets it. It is fitted on features in one go, not by SGD, and its weights
 //! belong to its own classes: it cannot score new class names.
+use super::catalogue::{ClassBinding, Fitting, OptionDoc, OptionKind, Takes};
 use super::coop::own_classes_only;
-use super::{FeatureFit, FeatureFitSummary, LearnerMeta, Method, MethodSpec, Runtime, Scorer};
+use super::{
+    FeatureFit, FeatureFitSummary, LearnerMeta, Method, MethodSpec, Recipe, Runtime, Scorer,
+};
 use crate::clip::Clip;
 use crate::logreg::{search_c, LogReg, LogRegConfig, SearchConfig};
 use crate::{Error, Result};
@@ -210,8 +213,42 @@ impl Method for LinearProbe {
     }
 }
 
+const C: OptionDoc = OptionDoc {
+    name: "c",
+    kind: OptionKind::Number {
+        exclusive_min: Some(0.0),
+    },
+    doc: "inverse L2 strength (default: searched on the validation split, as the official script)",
+    flag: Some("--c"),
+};
+const MAX_ITER: OptionDoc = OptionDoc {
+    name: "maxIter",
+    kind: OptionKind::Integer { min: 1 },
+    doc: "L-BFGS iterations per fit",
+    flag: None,
+};
+const TOL: OptionDoc = OptionDoc {
+    name: "tol",
+    kind: OptionKind::Number {
+        exclusive_min: Some(0.0),
+    },
+    doc: "stop when the largest gradient entry is at most this",
+    flag: None,
+};
+
 pub const SPEC: MethodSpec = MethodSpec {
     name: "linear-probe",
+    title: "Linear probe",
+    paper: "Radford et al.: Learning Transferable Visual Models From Natural Language Supervision (ICML 2021)",
+    takes: Takes::ImageFeatures,
+    fitting: Fitting::FeatureFit,
+    classes: ClassBinding::OwnClasses,
+    uses_validation: true,
+    validation_unless: Some("c"),
+    template_option: None,
+    options: &[C, MAX_ITER, TOL],
+    defaults: || super::options_json(&LinearProbeConfig::default()),
+    recipe: |_| Recipe::default(),
     create: |clip, names, options, _runtime: Runtime| {
         let config: LinearProbeConfig = super::parse_options("linear-probe", options)?;
         Ok(Box::new(LinearProbe::new(clip, names, config)?))

@@ -2,7 +2,8 @@
 //!
 //! A method is one module here that implements [`Method`] and registers one [`MethodSpec`] in
 //! [`METHODS`]; the trainer, prompt files, checkpoints, prediction and the Node binding go through
-//! this seam and know no method by name.
+//! this seam and know no method by name. The spec is also the method's catalogue entry
+//! ([`catalogue`]): what TypeScript knows of a method, it reads from there.
 //!
 //! - `coop`: learned context vectors in token-embedding space (Zhou et al., IJCV 2022);
 //! - `cocoop`: CoOp plus a Meta-Net that shifts the context per image (CVPR 2022);
@@ -10,6 +11,7 @@
 //! - `linear-probe`: logistic regression on image features (CoOp's baseline).
 //!
 //! Dependencies point one way: methods use the CLIP model; training uses methods.
+pub mod catalogue;
 pub mod cocoop;
 pub mod coop;
 pub mod io;
@@ -95,11 +97,6 @@ pub trait Method: Send + Sync + std::fmt::Debug {
     /// The class list the learner was built for.
     fn class_names(&self) -> &[String];
 
-    /// Training defaults from the method's paper.
-    fn recipe(&self) -> Recipe {
-        Recipe::default()
-    }
-
     /// Logits (B, K) of image features against the learner's own classes, differentiable in
     /// `vars()` (used by tests and by the default `loss_and_grads_scaled`).
     fn logits(&self, clip: &Clip, image_features: &Tensor) -> Result<Tensor>;
@@ -156,6 +153,12 @@ pub trait Method: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Whether [`Method::scorer`] takes class names the learner was not fitted on: the method's
+    /// class binding, unless its options tie the parameters to classes (class-specific context).
+    fn scores_any_classes(&self) -> bool {
+        spec(&self.meta().method).is_ok_and(|s| s.classes == catalogue::ClassBinding::AnyClasses)
+    }
+
     /// Whether the method is fitted on fixed center-crop features in one go (`fit_features`)
     /// instead of by SGD steps; the trainer then encodes the images once.
     fn fits_on_features(&self) -> bool {
@@ -201,9 +204,29 @@ impl Default for Runtime {
     }
 }
 
-/// One registry entry: how to build a method's learner from options or from a saved file.
+/// One registry entry: what the method is (its catalogue entry, see [`catalogue`]) and how to
+/// build its learner from options or from a saved file.
 pub struct MethodSpec {
     pub name: &'static str,
+    /// As tables and reports print it ("CoOp").
+    pub title: &'static str,
+    /// Authors, title and venue of the paper.
+    pub paper: &'static str,
+    pub takes: catalogue::Takes,
+    pub fitting: catalogue::Fitting,
+    pub classes: catalogue::ClassBinding,
+    /// Whether fitting uses a validation split (to choose hyperparameters).
+    pub uses_validation: bool,
+    /// The option that, when set, makes the validation split unneeded (the linear probe's C).
+    pub validation_unless: Option<&'static str>,
+    /// The option that takes the dataset's hand-made template, if any.
+    pub template_option: Option<&'static str>,
+    /// The options users may set, documented (the config's other fields are internal).
+    pub options: &'static [catalogue::OptionDoc],
+    /// The options' defaults: the config's `Default`, serialised.
+    pub defaults: fn() -> serde_json::Value,
+    /// The training recipe for a protocol's shots and dataset (any shots: a plain `fit`).
+    pub recipe: fn(catalogue::RecipeFor<'_>) -> Recipe,
     /// A new learner for `class_names` from the method's options (JSON; missing fields take the
     /// method's defaults, unknown ones are refused).
     pub create: fn(&Clip, &[String], serde_json::Value, Runtime) -> Result<Learner>,
@@ -211,8 +234,8 @@ pub struct MethodSpec {
     pub restore: fn(&Clip, &LearnerMeta, &HashMap<String, Tensor>, Runtime) -> Result<Learner>,
 }
 
-/// Every method promptclip has.
-pub static METHODS: &[MethodSpec] = &[coop::SPEC, cocoop::SPEC, kgcoop::SPEC, linear_probe::SPEC];
+/// Every method promptclip has, in the order tables list them: the baseline, then by year.
+pub static METHODS: &[MethodSpec] = &[linear_probe::SPEC, coop::SPEC, cocoop::SPEC, kgcoop::SPEC];
 
 pub fn spec(name: &str) -> Result<&'static MethodSpec> {
     METHODS.iter().find(|s| s.name == name).ok_or_else(|| {
@@ -222,6 +245,11 @@ pub fn spec(name: &str) -> Result<&'static MethodSpec> {
             known.join(", ")
         ))
     })
+}
+
+/// The recipe of `learner`'s method for a protocol's shots and dataset.
+pub fn recipe_of(learner: &dyn Method, r: catalogue::RecipeFor<'_>) -> Result<Recipe> {
+    Ok((spec(&learner.meta().method)?.recipe)(r))
 }
 
 /// A new learner of method `name`.

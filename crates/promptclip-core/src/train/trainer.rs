@@ -107,9 +107,21 @@ pub struct TrainOptions {
     pub resume_from: Option<PathBuf>,
     pub encode_batch_size: Option<usize>,
     pub skip_unreadable: Option<bool>,
+    /// The protocol's shots per class, for the method's recipe (CoOp: 50, 100 or 200 epochs).
+    pub shots: Option<usize>,
+    /// The dataset's catalog name, for the method's recipe (CoOp on ImageNet: 50 epochs).
+    pub dataset: Option<String>,
 }
 
 impl TrainOptions {
+    /// What the method's recipe is chosen for.
+    pub fn recipe_for(&self) -> crate::methods::catalogue::RecipeFor<'_> {
+        crate::methods::catalogue::RecipeFor {
+            shots: self.shots,
+            dataset: self.dataset.as_deref(),
+        }
+    }
+
     /// Parse from JSON, naming the field of any error.
     pub fn from_json(options: serde_json::Value) -> Result<Self> {
         crate::methods::parse_options("train", options)

@@ -1,0 +1,48 @@
+//! The method catalogue, as the core describes it (`promptclip_core::methods::catalogue`): what
+//! TypeScript knows of each method, read rather than restated.
+use crate::errors::sync;
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use promptclip_core::methods::catalogue::{self, RecipeFor};
+
+/// Every method's catalogue entry (name, title, paper, what it takes and uses, its options with
+/// types, ranges, defaults and docs, its plain recipe), in the order tables list them.
+/// (Typed in TypeScript by `ts/generated/methods.ts`, generated from this at build time.)
+#[napi(ts_return_type = "unknown[]")]
+pub fn method_catalogue(env: Env) -> napi::Result<serde_json::Value> {
+    sync(&env, || {
+        serde_json::to_value(catalogue::catalogue())
+            .map_err(|e| promptclip_core::Error::Internal(format!("the catalogue: {e}")))
+    })
+}
+
+/// A method's training recipe for a protocol's shots per class and dataset (catalog name).
+#[napi(object)]
+pub struct NativeRecipe {
+    pub epochs: u32,
+    pub batch_size: u32,
+    pub lr: f64,
+}
+
+#[napi]
+pub fn method_recipe(
+    env: Env,
+    method: String,
+    shots: Option<u32>,
+    dataset: Option<String>,
+) -> napi::Result<NativeRecipe> {
+    sync(&env, || {
+        let r = catalogue::recipe(
+            &method,
+            RecipeFor {
+                shots: shots.map(|s| s as usize),
+                dataset: dataset.as_deref(),
+            },
+        )?;
+        Ok(NativeRecipe {
+            epochs: r.epochs as u32,
+            batch_size: r.batch_size as u32,
+            lr: r.lr,
+        })
+    })
+}
