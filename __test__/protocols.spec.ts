@@ -10,6 +10,7 @@ import { join } from 'node:path'
 import test from 'ava'
 import { BUILTIN_MODEL, Clip, DEFAULT_TEMPLATE } from '../ts/clip'
 import { DIGIT_CLASSES, FASHION_MNIST_CLASSES, loadMnistDigits } from '../ts/datasets'
+import { methodCatalogue } from '../ts/methods'
 import { PromptLearner } from '../ts/prompt'
 import { type ProtocolEvent, type ProtocolOptions, type RunRecord, runProtocol } from '../ts/protocols'
 import { resolveOptions } from '../ts/protocols/plan'
@@ -56,13 +57,14 @@ const FAST: ProtocolOptions['train'] = {
   coop: { epochs: 3, augment: false },
   cocoop: { epochs: 1, batchSize: 4, augment: false },
   kgcoop: { epochs: 3, augment: false },
+  'clip-adapter': { epochs: 3, augment: false },
 }
 
 test('options are checked by name before anything is loaded', async (t) => {
   const base = { protocol: 'few-shot', dataset: DIGITS, out: join(work, 'never'), model: '/no/such/model' } as const
   const cases: [Partial<ProtocolOptions>, RegExp][] = [
     [{ protocol: 'few-shots' as never }, /protocol: "few-shots" is not one of few-shot, base-to-new/],
-    [{ methods: ['coop', 'clip-adapter' as never] }, /methods: "clip-adapter" is not one of/],
+    [{ methods: ['coop', 'coop-plus' as never] }, /methods: "coop-plus" is not one of/],
     [{ shots: [0, 16] }, /shots: 0 is not an integer of at least 1/],
     [{ seeds: [1.5] }, /seeds: 1.5 is not an integer/],
     [{ targets: [DIGITS] }, /few-shot takes no targets/],
@@ -151,13 +153,15 @@ test('few-shot: every method, shots × seeds; metrics equal an independent evalu
     onEvent: (e) => events.push(e),
   }
   const res = await runProtocol(options)
-  t.is(res.runs.length, 2 + 2 * 2 * 4)
+  // The two zero-shot baselines once, then every learner of the catalogue at 2 shots x 2 seeds.
+  const runs = 2 + 2 * 2 * methodCatalogue().length
+  t.is(res.runs.length, runs)
   const plan = events.find((e) => e.type === 'plan')
-  t.is(plan?.type === 'plan' ? plan.runs.length : 0, 18)
+  t.is(plan?.type === 'plan' ? plan.runs.length : 0, runs)
   t.true(events.some((e) => e.type === 'train-progress'))
   t.true(events.some((e) => e.type === 'eval-progress'))
   const written = JSON.parse(readFileSync(res.files.json, 'utf8')) as { runs: RunRecord[]; versions: object }
-  t.is(written.runs.length, 18)
+  t.is(written.runs.length, runs)
   t.truthy((written.versions as { promptclip?: string }).promptclip)
 
   // Few-shot draws: K images of each of the 10 classes.
@@ -174,7 +178,7 @@ test('few-shot: every method, shots × seeds; metrics equal an independent evalu
   t.is(zs?.evaluations[0].accuracy, expected)
 
   // A learner's accuracy, from the learner file it saved.
-  for (const method of ['coop', 'cocoop', 'linear-probe'] as const) {
+  for (const method of ['coop', 'cocoop', 'linear-probe', 'clip-adapter'] as const) {
     const r = res.runs.find((x) => x.run.method === method && x.run.shots === 2 && x.run.seed === 2)
     const dir = join(out, 'runs', `${method}-2shot-seed2`)
     t.false(existsSync(join(dir, 'checkpoint.safetensors')), 'checkpoints go once a run is finished')
@@ -189,7 +193,7 @@ test('few-shot: every method, shots × seeds; metrics equal an independent evalu
   // The same command again: every run is on disk.
   const again: ProtocolEvent[] = []
   const res2 = await runProtocol({ ...options, onEvent: (e) => again.push(e) })
-  t.is(again.filter((e) => e.type === 'run-skipped').length, 18)
+  t.is(again.filter((e) => e.type === 'run-skipped').length, runs)
   t.false(again.some((e) => e.type === 'train-progress' || e.type === 'run-start'))
   t.is(res2.table, res.table)
 

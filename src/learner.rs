@@ -121,7 +121,8 @@ pub struct NativeInterpretRow {
 
 fn no_context(learner: &Learner) -> Error {
     Error::Unsupported(format!(
-        "a {} learner has no prompt context",
+        "a {} learner has no learned text context, so it has no words to show (only CoOp-style \
+         context vectors live in the token-embedding space)",
         learner.meta().method
     ))
 }

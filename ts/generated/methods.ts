@@ -3,7 +3,7 @@
 // `npm run gen:methods` regenerates it; `npm run build:ts` and __test__/catalogue.spec.ts fail when it is stale.
 
 /** The methods promptclip has, in the order tables list them; each is a learner on a frozen CLIP. */
-export type Method = 'linear-probe' | 'coop' | 'cocoop' | 'kgcoop'
+export type Method = 'linear-probe' | 'coop' | 'cocoop' | 'kgcoop' | 'clip-adapter'
 
 /** Linear probe: Radford et al.: Learning Transferable Visual Models From Natural Language Supervision (ICML 2021). Fitted by feature-fit; scores own-classes. */
 export interface LinearProbeFields {
@@ -67,10 +67,23 @@ export interface KgcoopFields {
   seed?: number
 }
 
+/** CLIP-Adapter: Gao, Geng, Zhang, Ma, Fang, Zhang, Li, Qiao: CLIP-Adapter: Better Vision-Language Models with Feature Adapters (IJCV 2024). Fitted by sgd; scores any-classes. */
+export interface ClipAdapterFields {
+  /** residual ratio: adapted feature = ratio * adapter(f) + (1 - ratio) * f, from 0 to 1; default 0.2. */
+  ratio?: number
+  /** bottleneck reduction: hidden width = image feature size / reduction; a whole number, at least 1; default 4. */
+  reduction?: number
+  /** the hand-made template of the text side, {} for the class name; default "a photo of a {}.". */
+  template?: string
+  /** seed of every random initialisation of the learner; a whole number, at least 0; default 1. */
+  seed?: number
+}
+
 /** Each method's own options, by method. */
 export interface MethodFields {
   'linear-probe': LinearProbeFields
   coop: CoopFields
   cocoop: CocoopFields
   kgcoop: KgcoopFields
+  'clip-adapter': ClipAdapterFields
 }

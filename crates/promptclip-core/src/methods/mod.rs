@@ -8,10 +8,12 @@
 //! - `coop`: learned context vectors in token-embedding space (Zhou et al., IJCV 2022);
 //! - `cocoop`: CoOp plus a Meta-Net that shifts the context per image (CVPR 2022);
 //! - `kgcoop`: CoOp plus a pull towards the hand-made prompt's text features (CVPR 2023);
-//! - `linear-probe`: logistic regression on image features (CoOp's baseline).
+//! - `linear-probe`: logistic regression on image features (CoOp's baseline);
+//! - `clip-adapter`: a residual bottleneck on the image feature (Gao et al., IJCV 2024).
 //!
 //! Dependencies point one way: methods use the CLIP model; training uses methods.
 pub mod catalogue;
+pub mod clip_adapter;
 pub mod cocoop;
 pub mod coop;
 pub mod io;
@@ -235,7 +237,13 @@ pub struct MethodSpec {
 }
 
 /// Every method promptclip has, in the order tables list them: the baseline, then by year.
-pub static METHODS: &[MethodSpec] = &[linear_probe::SPEC, coop::SPEC, cocoop::SPEC, kgcoop::SPEC];
+pub static METHODS: &[MethodSpec] = &[
+    linear_probe::SPEC,
+    coop::SPEC,
+    cocoop::SPEC,
+    kgcoop::SPEC,
+    clip_adapter::SPEC,
+];
 
 pub fn spec(name: &str) -> Result<&'static MethodSpec> {
     METHODS.iter().find(|s| s.name == name).ok_or_else(|| {
