@@ -456,7 +456,7 @@ fn the_catalogue_documents_each_config_field_with_its_type_and_default() {
     let entries = catalogue::catalogue();
     assert_eq!(
         entries.iter().map(|e| e.name).collect::<Vec<_>>(),
-        ["linear-probe", "coop", "cocoop", "kgcoop"]
+        ["linear-probe", "coop", "cocoop", "kgcoop", "clip-adapter"]
     );
     for e in &entries {
         let defaults = e.defaults.as_object().unwrap();
