@@ -13,8 +13,9 @@ const path = require('node:path')
 const ROOT = path.join(__dirname, '..')
 const OUT = path.join(ROOT, 'ts', 'generated', 'methods.ts')
 
-/** 'linear-probe' -> 'LinearProbe', 'tip-adapter-f' -> 'TipAdapterF'. */
+/** A single-quoted TypeScript string literal. */
 const q = (s) => `'${String(s).replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`
+/** 'linear-probe' -> 'LinearProbe', 'tip-adapter-f' -> 'TipAdapterF'. */
 const pascal = (name) =>
   name
     .split('-')

@@ -503,11 +503,7 @@ def make_tip_adapter(tok, model, write=True):
         "test_labels": test_labels.contiguous(),
         "clip_logits_test": clip_logits_test.contiguous(),
         "tip_logits_test": tip_test.contiguous(),
-        "search_accuracy": torch.tensor(grid, dtype=torch.float32).reshape(steps_b, steps_a),
-        "best_beta": torch.tensor(best_beta, dtype=torch.float32),
-        "best_alpha": torch.tensor(best_alpha, dtype=torch.float32),
-        "best_val_accuracy": torch.tensor(best_acc, dtype=torch.float32),
-        "tip_logits_test_best": tip_test_best.contiguous(),
+        **search_tensors(grid, steps_b, steps_a, best_beta, best_alpha, best_acc, tip_test_best),
     }
     meta = search_metadata(best_beta, best_alpha, best_acc)
     meta.update({
@@ -546,6 +542,17 @@ def check_search_nontrivial(grid, best_acc):
     first = flat.index(best_acc)
     assert flat.count(best_acc) > 1 and first != len(flat) - 1, \
         "want ties with the best after it (tests 'first best wins')"
+
+
+def search_tensors(grid, steps_b, steps_a, best_beta, best_alpha, best_acc, tip_test_best):
+    """The search's grid of validation accuracies, its best point and the test logits there."""
+    return {
+        "search_accuracy": torch.tensor(grid, dtype=torch.float32).reshape(steps_b, steps_a),
+        "best_beta": torch.tensor(best_beta, dtype=torch.float32),
+        "best_alpha": torch.tensor(best_alpha, dtype=torch.float32),
+        "best_val_accuracy": torch.tensor(best_acc, dtype=torch.float32),
+        "tip_logits_test_best": tip_test_best.contiguous(),
+    }
 
 
 def search_metadata(best_beta, best_alpha, best_acc):
@@ -730,11 +737,7 @@ def make_tip_adapter_f(d):
         "val_labels": val_labels.contiguous(),
         "test_features": d["test"].contiguous(),
         "test_labels": d["test_labels"].contiguous(),
-        "search_accuracy": torch.tensor(grid, dtype=torch.float32).reshape(steps_b, steps_a),
-        "best_beta": torch.tensor(best_beta, dtype=torch.float32),
-        "best_alpha": torch.tensor(best_alpha, dtype=torch.float32),
-        "best_val_accuracy": torch.tensor(best_acc, dtype=torch.float32),
-        "tip_logits_test_best": tip_test_best.contiguous(),
+        **search_tensors(grid, steps_b, steps_a, best_beta, best_alpha, best_acc, tip_test_best),
     }
     meta = search_metadata(best_beta, best_alpha, best_acc)
     meta.update({

@@ -59,7 +59,7 @@ export type { CachedRepo } from './hub/cache'
 export { hubCacheDir, scanCache as scanHubCache } from './hub/cache'
 export type { DownloadProgress, HubOptions } from './hub/client'
 export { fetchHubDataset as fetchDataset } from './hub/dataset'
-export type { MethodEntry, OptionDoc } from './methods'
+export type { MethodEntry, MethodRecipe, OptionDoc } from './methods'
 export { methodCatalogue, methodRecipe } from './methods'
 export type {
   ClassTokenPosition,

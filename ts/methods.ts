@@ -41,7 +41,14 @@ export interface MethodEntry {
   /** Every option's default (null: chosen at fit time, or from another option). */
   defaults: Record<string, unknown>
   /** The recipe of a plain `fit`. */
-  recipe: { epochs: number; batchSize: number; lr: number }
+  recipe: MethodRecipe
+}
+
+/** A method's training recipe: SGD epochs, batch and learning rate. */
+export interface MethodRecipe {
+  epochs: number
+  batchSize: number
+  lr: number
 }
 
 let cached: MethodEntry[] | undefined
@@ -57,6 +64,14 @@ export function methodNames(): Method[] {
   return methodCatalogue().map((m) => m.name)
 }
 
+/** The methods trained by SGD steps (checkpointed, resumable): the ones that training flags such
+ *  as epochs, learning rate and batch size are for. */
+export function sgdMethods(): Method[] {
+  return methodCatalogue()
+    .filter((m) => m.fitting === 'sgd')
+    .map((m) => m.name)
+}
+
 /** A method's entry, or a coded refusal that lists the methods there are. */
 export function methodEntry(name: string): MethodEntry {
   const entry = methodCatalogue().find((m) => m.name === name)
@@ -65,10 +80,6 @@ export function methodEntry(name: string): MethodEntry {
 }
 
 /** A method's training recipe for a protocol's shots per class and dataset (catalog name). */
-export function methodRecipe(
-  name: string,
-  shots?: number,
-  dataset?: string,
-): { epochs: number; batchSize: number; lr: number } {
+export function methodRecipe(name: string, shots?: number, dataset?: string): MethodRecipe {
   return nativeSync(() => binding.methodRecipe(name, shots ?? null, dataset ?? null))
 }

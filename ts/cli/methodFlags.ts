@@ -6,8 +6,8 @@
  */
 import { InvalidArgumentError, Option } from 'commander'
 import type { Method } from '../generated/methods'
-import { methodCatalogue, type OptionDoc } from '../methods'
-import { F32_MAX, wholeNumber } from './common'
+import { methodCatalogue, methodEntry, type OptionDoc } from '../methods'
+import { F32_MAX, positiveNumber, U32_MAX, wholeNumber } from './common'
 
 /** One flag and the method options it sets. */
 export interface MethodFlag {
@@ -27,8 +27,10 @@ const SIGNED_DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i
 function parserOf(o: OptionDoc): ((value: string) => unknown) | undefined {
   switch (o.type) {
     case 'integer':
-      return wholeNumber(o.min, 4_294_967_295)
+      return wholeNumber(o.min, U32_MAX)
     case 'number':
+      // Above 0: the parser every positive number flag uses (f32 range, not rounded to 0).
+      if (o.exclusiveMin === 0) return positiveNumber
       return (value) => {
         const v = value.trim()
         const n = Number(v)
@@ -69,18 +71,14 @@ export function methodFlags(): MethodFlag[] {
 /** The commander option of a method flag; its help names the methods it is for. */
 export function commanderOption(f: MethodFlag): Option {
   const o = f.kind
-  const defaults = new Set(
-    f.methods.map((m) => methodCatalogue().find((e) => e.name === m)?.defaults[o.name]).map((d) => JSON.stringify(d)),
-  )
+  const defaults = new Set(f.methods.map((m) => JSON.stringify(methodEntry(m).defaults[o.name])))
   const shared = defaults.size === 1 ? [...defaults][0] : undefined
   const dflt = shared !== undefined && shared !== 'null' && o.type !== 'boolean' ? `, default ${shared}` : ''
   // Methods may document one option differently (CoOp's context starts random, CoCoOp's from
   // words): each doc with the methods it is for.
   const docs = new Map<string, Method[]>()
   for (const m of f.methods) {
-    const doc = methodCatalogue()
-      .find((e) => e.name === m)
-      ?.options.find((x) => x.name === f.option)?.doc
+    const doc = methodEntry(m).options.find((x) => x.name === f.option)?.doc
     if (doc !== undefined) docs.set(doc, [...(docs.get(doc) ?? []), m])
   }
   const help =

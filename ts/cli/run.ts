@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs'
 import { Argument, type Command, Option } from 'commander'
 import { PromptclipError } from '../errors'
-import { methodCatalogue } from '../methods'
+import { sgdMethods } from '../methods'
 import {
   type ProtocolEvent,
   type ProtocolMethod,
@@ -42,12 +42,6 @@ import {
 import type { ImageProgress, StepProgress, Task } from './progress'
 
 const PROTOCOLS: readonly ProtocolName[] = ['few-shot', 'base-to-new', 'cross-dataset', 'domain-generalization']
-/** The learners trained by SGD steps: the ones --epochs, --lr, --train-batch-size and --augment
- *  are for (the catalogue's). */
-const sgdLearners = (): ProtocolMethod[] =>
-  methodCatalogue()
-    .filter((e) => e.fitting === 'sgd')
-    .map((e) => e.name)
 
 interface Flags extends ModelFlags {
   targets?: string[]
@@ -182,7 +176,8 @@ async function run(protocol: ProtocolName, dataset: string, flags: Flags, comman
   checkSource(dataset, 'dataset')
   for (const t of flags.targets ?? []) checkSource(t, 'target')
   const learnerFlags = ['epochs', 'lr', 'trainBatchSize', 'augment'].filter((k) => given(command, k))
-  const sgd = sgdLearners()
+  // The learners --epochs, --lr, --train-batch-size and --augment are for.
+  const sgd: ProtocolMethod[] = sgdMethods()
   if (learnerFlags.length > 0 && flags.methods && !flags.methods.some((m) => sgd.includes(m))) {
     throw badInput(`--epochs, --lr, --train-batch-size and --augment apply to ${sgd.join(', ')} only`)
   }

@@ -8,7 +8,7 @@ import { type Command, Option } from 'commander'
 import { type DatasetSplits, fewShotSplits, openDataset, splitFractions, writeSplitFile } from '../datasets'
 import { PromptclipError } from '../errors'
 import { type Evaluation, Evaluator } from '../evaluate'
-import { methodCatalogue, methodEntry, methodNames } from '../methods'
+import { methodCatalogue, methodEntry, methodNames, sgdMethods } from '../methods'
 import { type Method, PromptLearner } from '../prompt'
 import type { TrainOptions, TrainSummary } from '../train'
 import { Trainer } from '../train'
@@ -137,8 +137,7 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
   )
   for (const [key, flag] of Object.entries(SGD_FLAGS)) {
     if (!learnsBySgd && given(command, key)) {
-      const sgd = methodCatalogue().filter((e) => e.fitting === 'sgd')
-      throw badInput(`${flag} does not apply to --method ${method} (it is for ${sgd.map((e) => e.name).join(', ')})`)
+      throw badInput(`${flag} does not apply to --method ${method} (it is for ${sgdMethods().join(', ')})`)
     }
   }
   checkModel(flags)

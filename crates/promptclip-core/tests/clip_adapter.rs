@@ -242,24 +242,26 @@ fn through_the_registry_it_saves_loads_and_scores_new_class_names() {
 fn bad_options_name_the_field_and_the_model_s_width() {
     let clip = hf_clip();
     let names: Vec<String> = ["a", "b"].map(String::from).to_vec();
-    let create = |o| methods::create(&clip, "clip-adapter", &names, o, Runtime::default());
-    let msg = create(serde_json::json!({ "ratio": 1.5 }))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        msg.contains("ratio must be a number from 0 to 1, got 1.5"),
-        "{msg}"
-    );
-    let msg = create(serde_json::json!({ "reduction": 64 }))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        msg.contains("reduction must be from 1 to the image feature size 16, got 64"),
-        "{msg}"
-    );
-    let msg = create(serde_json::json!({ "nCtx": 4 }))
-        .unwrap_err()
-        .to_string();
+    // The refusal of options `o`, in words.
+    let refusal = |o| {
+        methods::create(&clip, "clip-adapter", &names, o, Runtime::default())
+            .unwrap_err()
+            .to_string()
+    };
+    for (options, expected) in [
+        (
+            serde_json::json!({ "ratio": 1.5 }),
+            "ratio must be a number from 0 to 1, got 1.5",
+        ),
+        (
+            serde_json::json!({ "reduction": 64 }),
+            "reduction must be from 1 to the image feature size 16, got 64",
+        ),
+    ] {
+        let msg = refusal(options);
+        assert!(msg.contains(expected), "{msg}");
+    }
+    let msg = refusal(serde_json::json!({ "nCtx": 4 }));
     assert!(
         msg.contains("unknown field `nCtx`") && msg.contains("ratio"),
         "{msg}"

@@ -155,14 +155,19 @@ pub fn recipe(method: &str, r: RecipeFor<'_>) -> crate::Result<Recipe> {
     Ok((super::spec(method)?.recipe)(r))
 }
 
-/// The official CoOp scripts' epochs per shot count: 50 for 1 shot, 100 for 2 and 4, 200 for 8
-/// and 16; ImageNet 50 at any shots (scripts/coop/main.sh and its configs).
-pub fn coop_epochs(r: RecipeFor<'_>) -> usize {
-    match (r.dataset, r.shots) {
+/// CoOp's recipe (lr 0.002, batch 32) with the official scripts' epochs per shot count: 50 for 1
+/// shot, 100 for 2 and 4, 200 for 8 and 16; ImageNet 50 at any shots (scripts/coop/main.sh and
+/// its configs). Also the recipe of methods whose official code trains with CoOp's configs.
+pub fn coop_recipe(r: RecipeFor<'_>) -> Recipe {
+    let epochs = match (r.dataset, r.shots) {
         (Some("imagenet"), _) | (_, None) => 50,
         (_, Some(s)) if s <= 1 => 50,
         (_, Some(s)) if s <= 4 => 100,
         _ => 200,
+    };
+    Recipe {
+        epochs,
+        ..Recipe::default()
     }
 }
 

@@ -7,8 +7,8 @@
 //! with W1 (E/reduction x E) and W2 (E x E/reduction), no biases (the official `Adapter`; its file
 //! hard-codes E = 1024, RN50: here E is the model's). The adapter never sees class names, so the
 //! learner scores any class list: new names only need their text features.
-use super::catalogue::{coop_epochs, ClassBinding, Fitting, OptionDoc, OptionKind, Takes, SEED};
-use super::{LearnerMeta, Method, MethodSpec, Recipe, Runtime, Scorer};
+use super::catalogue::{coop_recipe, ClassBinding, Fitting, OptionDoc, OptionKind, Takes, SEED};
+use super::{LearnerMeta, Method, MethodSpec, Runtime, Scorer};
 use crate::clip::Clip;
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -223,10 +223,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     defaults: || super::options_json(&ClipAdapterConfig::default()),
     // The official trainer takes Dassl's optimiser and schedule from the CoOp configs: CoOp's
     // recipe, its epochs by shots included.
-    recipe: |r| Recipe {
-        epochs: coop_epochs(r),
-        ..Recipe::default()
-    },
+    recipe: coop_recipe,
     create: |clip, names, options, _runtime: Runtime| {
         let config: ClipAdapterConfig = super::parse_options("clip-adapter", options)?;
         Ok(Box::new(ClipAdapter::new(clip, names, config)?))

@@ -7,10 +7,10 @@
 //! EOS, padding) as `suffix`. The forward pass only concatenates those buffers with the context,
 //! so gradients reach the context vectors and nothing else. CoCoOp and KgCoOp build on this.
 use super::catalogue::{
-    coop_epochs, ClassBinding, Fitting, Takes, CLASS_SPECIFIC, CTX_INIT, INIT_STD, N_CTX, POSITION,
+    coop_recipe, ClassBinding, Fitting, Takes, CLASS_SPECIFIC, CTX_INIT, INIT_STD, N_CTX, POSITION,
     SEED,
 };
-use super::{LearnerMeta, Method, MethodSpec, Recipe, Runtime, Scorer, StepOutput};
+use super::{LearnerMeta, Method, MethodSpec, Runtime, Scorer, StepOutput};
 use crate::clip::{l2_normalize, Clip};
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -591,10 +591,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     template_option: None,
     options: &[N_CTX, CTX_INIT, CLASS_SPECIFIC, POSITION, INIT_STD, SEED],
     defaults: || super::options_json(&CoopConfig::default()),
-    recipe: |r| Recipe {
-        epochs: coop_epochs(r),
-        ..Recipe::default()
-    },
+    recipe: coop_recipe,
     create: |clip, names, options, _runtime: Runtime| {
         let config: CoopConfig = super::parse_options("coop", options)?;
         Ok(Box::new(PromptLearner::new(clip, names, config)?))
