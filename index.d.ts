@@ -231,6 +231,12 @@ export interface NativeRecipe {
   epochs: number
   batchSize: number
   lr: number
+  /** `sgd` or `adamw`. */
+  optimizer: 'sgd' | 'adamw'
+  weightDecay: number
+  warmupEpochs: number
+  /** Whether the cosine anneals per batch instead of per epoch. */
+  lrPerStep: boolean
 }
 
 export interface NativeTrainSummary {
@@ -249,6 +255,11 @@ export interface NativeTrainSummary {
   /** Percentages. */
   epochAccuracy: Array<number>
   seconds: number
-  /** What a method fitted on features reports (the linear probe's C search). */
+  /**
+   * What a method's preparation and closing search report (the linear probe's C search,
+   * Tip-Adapter's alpha and beta).
+   */
   details?: Record<string, unknown>
+  /** Their one-line accounts in words, in order. */
+  fitted: Array<string>
 }

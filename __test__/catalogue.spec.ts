@@ -31,7 +31,7 @@ test('the native declarations have no `any` in options or info', (t) => {
 test('every catalogue entry has the fields MethodEntry declares, with their types', (t) => {
   const entries = methodCatalogue()
   t.true(entries.length >= 4)
-  const kinds = ['integer', 'number', 'boolean', 'string', 'choice']
+  const kinds = ['integer', 'number', 'boolean', 'string', 'string-list', 'choice']
   for (const e of entries) {
     t.deepEqual(
       Object.keys(e).sort(),
@@ -64,7 +64,7 @@ test('every catalogue entry has the fields MethodEntry declares, with their type
       t.true(o.name in e.defaults, `${e.name}.${o.name} has a default (null: chosen later)`)
       if (o.flag !== null) t.regex(o.flag, /^--[a-z][a-z0-9-]*$/)
     }
-    for (const name of [e.templateOption, e.validationUnless]) {
+    for (const name of [e.templateOption, ...e.validationUnless]) {
       if (name !== null)
         t.true(
           e.options.some((o) => o.name === name),
@@ -102,6 +102,11 @@ test("CoOp's epochs by shots are the core's recipe, as the official scripts", (t
   )
   t.is(epochs(16, 'imagenet'), 50)
   t.is(epochs(), 50)
-  t.deepEqual(methodRecipe('cocoop', 16, 'oxford_pets'), { epochs: 10, batchSize: 1, lr: 0.002 })
+  const dassl = { optimizer: 'sgd', weightDecay: 5e-4, warmupEpochs: 1, lrPerStep: false }
+  t.deepEqual(methodRecipe('cocoop', 16, 'oxford_pets'), { epochs: 10, batchSize: 1, lr: 0.002, ...dassl })
+  // Tip-Adapter-F's is the official run_tip_adapter_F's: AdamW, cosine per batch, no warmup.
+  const tipF = { batchSize: 256, lr: 0.001, optimizer: 'adamw', weightDecay: 0.01, warmupEpochs: 0, lrPerStep: true }
+  t.deepEqual(methodRecipe('tip-adapter-f', 16, 'oxford_pets'), { epochs: 20, ...tipF })
+  t.deepEqual(methodRecipe('tip-adapter-f', 16, 'eurosat'), { epochs: 100, ...tipF })
   t.throws(() => methodRecipe('no-such-method', 1), { code: 'E_INVALID_ARGUMENT', message: /coop/ })
 })

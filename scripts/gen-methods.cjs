@@ -31,6 +31,8 @@ function tsType(o) {
       return 'boolean'
     case 'string':
       return 'string'
+    case 'string-list':
+      return 'string[]'
     case 'choice':
       return o.choices.map(q).join(' | ')
     default:

@@ -154,7 +154,7 @@ impl NativeLearner {
             let learner = read(&self.inner)?;
             Ok(NativeCapabilities {
                 scores_any_classes: learner.scores_any_classes(),
-                has_context: learner.prompt().is_some(),
+                has_context: learner.learned_context().is_some(),
             })
         })
     }
@@ -164,8 +164,10 @@ impl NativeLearner {
     pub fn context(&self, env: Env) -> napi::Result<Float32Array> {
         sync(&env, || {
             let learner = read(&self.inner)?;
-            let prompt = learner.prompt().ok_or_else(|| no_context(&learner))?;
-            Ok(Float32Array::new(flat_f32(prompt.ctx.as_tensor())?))
+            let context = learner
+                .learned_context()
+                .ok_or_else(|| no_context(&learner))?;
+            Ok(Float32Array::new(flat_f32(&context.vectors)?))
         })
     }
 
@@ -225,10 +227,12 @@ impl NativeLearner {
         CoreTask::new(
             move || {
                 let learner = read(&learner)?;
-                let prompt = learner.prompt().ok_or_else(|| no_context(&learner))?;
-                let m = prompt.n_ctx();
-                let csc = prompt.config.class_specific;
-                let rows = prompt.interpret(&clip, k)?.into_iter().enumerate();
+                let context = learner
+                    .learned_context()
+                    .ok_or_else(|| no_context(&learner))?;
+                let m = context.n_ctx();
+                let csc = context.class_specific;
+                let rows = context.nearest_tokens(&clip, k)?.into_iter().enumerate();
                 Ok(rows
                     .map(|(r, near)| NativeInterpretRow {
                         position: (r % m) as u32,

@@ -4,6 +4,7 @@ use crate::errors::sync;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use promptclip_core::methods::catalogue::{self, RecipeFor};
+use promptclip_core::methods::OptimizerKind;
 
 /// Every method's catalogue entry (name, title, paper, what it takes and uses, its options with
 /// types, ranges, defaults and docs, its plain recipe), in the order tables list them.
@@ -22,6 +23,13 @@ pub struct NativeRecipe {
     pub epochs: u32,
     pub batch_size: u32,
     pub lr: f64,
+    /// `sgd` or `adamw`.
+    #[napi(ts_type = "'sgd' | 'adamw'")]
+    pub optimizer: String,
+    pub weight_decay: f64,
+    pub warmup_epochs: u32,
+    /// Whether the cosine anneals per batch instead of per epoch.
+    pub lr_per_step: bool,
 }
 
 #[napi]
@@ -39,10 +47,18 @@ pub fn method_recipe(
                 dataset: dataset.as_deref(),
             },
         )?;
+        let optimizer = match r.optimizer {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adamw => "adamw",
+        };
         Ok(NativeRecipe {
             epochs: r.epochs as u32,
             batch_size: r.batch_size as u32,
             lr: r.lr,
+            optimizer: optimizer.into(),
+            weight_decay: r.weight_decay,
+            warmup_epochs: r.warmup_epochs as u32,
+            lr_per_step: r.lr_per_step,
         })
     })
 }

@@ -82,9 +82,12 @@ pub struct NativeTrainSummary {
     /// Percentages.
     pub epoch_accuracy: Vec<f64>,
     pub seconds: f64,
-    /// What a method fitted on features reports (the linear probe's C search).
+    /// What a method's preparation and closing search report (the linear probe's C search,
+    /// Tip-Adapter's alpha and beta).
     #[napi(ts_type = "Record<string, unknown>")]
     pub details: Option<serde_json::Value>,
+    /// Their one-line accounts in words, in order.
+    pub fitted: Vec<String>,
 }
 
 impl From<TrainSummary> for NativeTrainSummary {
@@ -107,6 +110,7 @@ impl From<TrainSummary> for NativeTrainSummary {
             epoch_accuracy: s.epoch_accuracy.iter().map(|&x| x as f64).collect(),
             seconds: s.seconds,
             details: s.details,
+            fitted: s.fitted,
         }
     }
 }

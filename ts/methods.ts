@@ -14,6 +14,7 @@ export type OptionDoc = { name: string; doc: string; flag: string | null } & (
   | { type: 'number'; exclusiveMin: number | null }
   | { type: 'boolean' }
   | { type: 'string' }
+  | { type: 'string-list' }
   | { type: 'choice'; choices: string[] }
 )
 
@@ -31,8 +32,9 @@ export interface MethodEntry {
   classes: 'any-classes' | 'own-classes'
   /** Whether fitting uses a validation split. */
   usesValidation: boolean
-  /** The option that, when set, makes the validation split unneeded (the linear probe's `c`). */
-  validationUnless: string | null
+  /** The options that, when all set, make the validation split unneeded (the linear probe's `c`,
+   *  Tip-Adapter's `alpha` and `beta`). */
+  validationUnless: string[]
   /** The option that takes a dataset's hand-made template, if any. */
   templateOption: string | null
   /** Whether the learner takes a `seed` option (a protocol passes each run's seed there). */
@@ -44,11 +46,16 @@ export interface MethodEntry {
   recipe: MethodRecipe
 }
 
-/** A method's training recipe: SGD epochs, batch and learning rate. */
+/** A method's training recipe: its optimiser, epochs, batch, learning rate, weight decay, warmup
+ *  epochs and whether the cosine anneals per batch. */
 export interface MethodRecipe {
   epochs: number
   batchSize: number
   lr: number
+  optimizer: 'sgd' | 'adamw'
+  weightDecay: number
+  warmupEpochs: number
+  lrPerStep: boolean
 }
 
 let cached: MethodEntry[] | undefined

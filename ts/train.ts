@@ -94,8 +94,12 @@ export interface TrainSummary {
   /** Percentages. */
   epochAccuracy: number[]
   seconds: number
-  /** What a method fitted on features reports (the linear probe: the C search). */
+  /** What a method's preparation and closing search report (the linear probe's C search,
+   *  Tip-Adapter's alpha and beta). */
   details?: Record<string, unknown>
+  /** Their one-line accounts in words ("alpha 2.71 and beta 1.48, searched on the validation
+   *  split: accuracy 55.6%"); empty for methods that only train. */
+  fitted: string[]
 }
 
 /** Labels indexing `classNames` (the learner's), checked, with a dataset's own class names mapped

@@ -163,11 +163,12 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
     log(`split: ${file} (${describe(splits.train)} to train; rerun this split with --split ${file})`)
   }
   const unless = entry.validationUnless
-  if (entry.usesValidation && !val && !(unless !== null && own[unless] !== undefined)) {
-    const flag = methodFlags().find((f) => f.option === unless && f.methods.includes(method))?.flag
+  if (entry.usesValidation && !val && !(unless.length > 0 && unless.every((o) => own[o] !== undefined))) {
+    const flags = unless.map((o) => methodFlags().find((f) => f.option === o && f.methods.includes(method))?.flag)
+    const give = flags.length > 0 && flags.every((f) => f !== undefined) ? `give ${flags.join(' and ')}, or ` : ''
     throw badInput(
       `${entry.title} fits on a validation split, and this dataset has none: ` +
-        `${flag ? `give ${flag}, or ` : ''}--shots N (validation images are then drawn from the rest), ` +
+        `${give}--shots N (validation images are then drawn from the rest), ` +
         '--val-fraction F, or a dataset with a val/ split',
     )
   }
@@ -279,9 +280,8 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
       `trained: ${summary.epochs} epoch${summary.epochs === 1 ? '' : 's'}${resumed}${final}, ${summary.seconds.toFixed(1)} s`,
     )
     print(`checkpoint: ${checkpoint}`)
-  } else if (summary.details && 'c' in summary.details) {
-    print(`fitted: C = ${summary.details.c}${own.c === undefined ? ' (searched on the validation split)' : ''}`)
   }
+  for (const line of summary.fitted) print(`fitted: ${line}`)
   if (test) {
     print(
       `test: accuracy ${pct(test.accuracy)} (${test.correct}/${test.total} images), macro-F1 ${test.macroF1.toFixed(1)}`,

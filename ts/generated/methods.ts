@@ -3,7 +3,7 @@
 // `npm run gen:methods` regenerates it; `npm run build:ts` and __test__/catalogue.spec.ts fail when it is stale.
 
 /** The methods promptclip has, in the order tables list them; each is a learner on a frozen CLIP. */
-export type Method = 'linear-probe' | 'coop' | 'cocoop' | 'kgcoop' | 'clip-adapter'
+export type Method = 'linear-probe' | 'coop' | 'cocoop' | 'kgcoop' | 'clip-adapter' | 'tip-adapter' | 'tip-adapter-f'
 
 /** Linear probe: Radford et al.: Learning Transferable Visual Models From Natural Language Supervision (ICML 2021). Fitted by feature-fit; scores own-classes. */
 export interface LinearProbeFields {
@@ -79,6 +79,50 @@ export interface ClipAdapterFields {
   seed?: number
 }
 
+/** Tip-Adapter: Zhang, Zhang, Fang, Gao, Li, Dai, Qiao, Li: Tip-Adapter: Training-free Adaption of CLIP for Few-shot Classification (ECCV 2022). Fitted by feature-fit; scores own-classes. */
+export interface TipAdapterFields {
+  /** the zero-shot classifier's hand-made templates, {} for the class name (several: ensembled); default ["a photo of a {}."]. */
+  templates?: string[]
+  /** augmented passes over the training images whose features the cache keys average; a whole number, at least 1; default 10. */
+  augmentPasses?: number
+  /** the cache's weight (default: searched on the validation split). */
+  alpha?: number
+  /** the affinity's sharpness (default: searched on the validation split). */
+  beta?: number
+  /** the beta grid's upper end (the official search_scale[0]); above 0.1; default 7. */
+  betaScale?: number
+  /** the alpha grid's upper end (the official search_scale[1]); above 0.1; default 3. */
+  alphaScale?: number
+  /** points of the beta grid (the official search_step[0]); a whole number, at least 1; default 200. */
+  betaSteps?: number
+  /** points of the alpha grid (the official search_step[1]); a whole number, at least 1; default 20. */
+  alphaSteps?: number
+}
+
+/** Tip-Adapter-F: Zhang, Zhang, Fang, Gao, Li, Dai, Qiao, Li: Tip-Adapter: Training-free Adaption of CLIP for Few-shot Classification (ECCV 2022). Fitted by sgd; scores own-classes. */
+export interface TipAdapterFFields {
+  /** the zero-shot classifier's hand-made templates, {} for the class name (several: ensembled); default ["a photo of a {}."]. */
+  templates?: string[]
+  /** augmented passes over the training images whose features the cache keys average; a whole number, at least 1; default 10. */
+  augmentPasses?: number
+  /** the cache's weight (default: searched on the validation split). */
+  alpha?: number
+  /** the affinity's sharpness (default: searched on the validation split). */
+  beta?: number
+  /** the beta grid's upper end (the official search_scale[0]); above 0.1; default 7. */
+  betaScale?: number
+  /** the alpha grid's upper end (the official search_scale[1]); above 0.1; default 3. */
+  alphaScale?: number
+  /** points of the beta grid (the official search_step[0]); a whole number, at least 1; default 200. */
+  betaSteps?: number
+  /** points of the alpha grid (the official search_step[1]); a whole number, at least 1; default 20. */
+  alphaSteps?: number
+  /** the cache's weight while the keys train; default 1. */
+  initAlpha?: number
+  /** the affinity's sharpness while the keys train; default 1. */
+  initBeta?: number
+}
+
 /** Each method's own options, by method. */
 export interface MethodFields {
   'linear-probe': LinearProbeFields
@@ -86,4 +130,6 @@ export interface MethodFields {
   cocoop: CocoopFields
   kgcoop: KgcoopFields
   'clip-adapter': ClipAdapterFields
+  'tip-adapter': TipAdapterFields
+  'tip-adapter-f': TipAdapterFFields
 }

@@ -275,9 +275,11 @@ function evalTargets(ctx: Context): EvalTarget[] {
 function learnerOptions(ctx: Context, run: RunKey, classNames: string[]): Record<string, unknown> {
   const entry = methodEntry(run.method)
   const own = ctx.o.learners[run.method] ?? {}
-  // A method that takes a hand-made template (KgCoOp's knowledge term) gets the dataset's own, as
-  // the official CUSTOM_TEMPLATES.
-  const template = entry.templateOption && ctx.source.template ? { [entry.templateOption]: ctx.source.template } : {}
+  // A method that takes a hand-made template (KgCoOp's knowledge term, Tip-Adapter's classifier)
+  // gets the dataset's own, as the official CUSTOM_TEMPLATES (as a list where it takes several).
+  const option = entry.options.find((o) => o.name === entry.templateOption)
+  const given = option?.type === 'string-list' ? [ctx.source.template] : ctx.source.template
+  const template = option && ctx.source.template ? { [option.name]: given } : {}
   const seed = entry.seeded ? { seed: run.seed } : {}
   return { ...seed, ...template, ...own, classNames }
 }

@@ -52,6 +52,45 @@ pub fn inference_batch_size(clip: &Clip, requested: usize, budget_mb: usize) -> 
     requested.clamp(1, cap)
 }
 
+/// One batch of images as the model's input.
+pub struct Pixels {
+    /// (N_ok, 3, S, S) in the model's dtype, on its device, of the images that could be read.
+    pub pixels: Option<Tensor>,
+    /// Index in the chunk of each row of `pixels`.
+    pub indices: Vec<usize>,
+    pub failures: Vec<(usize, Error)>,
+}
+
+/// Decode and preprocess `chunk` on all cores (the center crop of the model's preprocessing).
+pub fn preprocess_chunk(clip: &Clip, chunk: &[ImageSource]) -> Result<Pixels> {
+    let size = clip.image_config.crop as usize;
+    let mut data = Vec::with_capacity(chunk.len() * 3 * size * size);
+    let (mut indices, mut failures) = (vec![], vec![]);
+    for (j, r) in crate::preprocess::preprocess_batch(chunk, &clip.image_config)
+        .into_iter()
+        .enumerate()
+    {
+        match r {
+            Ok(p) => {
+                data.extend_from_slice(&p);
+                indices.push(j);
+            }
+            Err(e) => failures.push((j, e)),
+        }
+    }
+    let pixels = if indices.is_empty() {
+        None
+    } else {
+        let n = indices.len();
+        Some(Tensor::from_vec(data, (n, 3, size, size), &clip.device)?.to_dtype(clip.dtype)?)
+    };
+    Ok(Pixels {
+        pixels,
+        indices,
+        failures,
+    })
+}
+
 pub fn encode(clip: &Clip, sources: &[ImageSource], batch_size: usize) -> Result<EncodedImages> {
     encode_with_progress(clip, sources, batch_size, &mut |_, _| Ok(()))
 }
@@ -83,31 +122,18 @@ pub fn encode_within(
     on_progress: &mut dyn FnMut(usize, usize) -> Result<()>,
 ) -> Result<EncodedImages> {
     let batch_size = inference_batch_size(clip, batch_size, budget_mb);
-    let size = clip.image_config.crop as usize;
     let mut parts = Vec::new();
     let mut indices = Vec::new();
     let mut failures = Vec::new();
     for (chunk_no, chunk) in sources.chunks(batch_size).enumerate() {
-        let pixels = crate::preprocess::preprocess_batch(chunk, &clip.image_config);
-        let mut data = Vec::with_capacity(chunk.len() * 3 * size * size);
-        let mut n = 0;
-        for (j, r) in pixels.into_iter().enumerate() {
-            let index = chunk_no * batch_size + j;
-            match r {
-                Ok(p) => {
-                    data.extend_from_slice(&p);
-                    indices.push(index);
-                    n += 1;
-                }
-                Err(e) => failures.push((index, e)),
-            }
+        let at = chunk_no * batch_size;
+        let p = preprocess_chunk(clip, chunk)?;
+        indices.extend(p.indices.iter().map(|i| at + i));
+        failures.extend(p.failures.into_iter().map(|(i, e)| (at + i, e)));
+        if let Some(pixels) = &p.pixels {
+            parts.push(clip.encode_image(pixels)?);
         }
-        if n > 0 {
-            let t =
-                Tensor::from_vec(data, (n, 3, size, size), &clip.device)?.to_dtype(clip.dtype)?;
-            parts.push(clip.encode_image(&t)?);
-        }
-        on_progress(chunk_no * batch_size + chunk.len(), sources.len())?;
+        on_progress(at + chunk.len(), sources.len())?;
     }
     let features = if parts.is_empty() {
         None

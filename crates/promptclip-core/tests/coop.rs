@@ -291,6 +291,7 @@ fn schedule_and_sgd_follow_the_official_recipe() {
         max_epochs: 10,
         warmup_epochs: 1,
         warmup_lr: 1e-5,
+        per_step: false,
     };
     assert_eq!(lrs.len(), 10);
     for (e, lr) in lrs.iter().enumerate() {
@@ -561,19 +562,21 @@ fn save_load_and_apply_to_new_classes() {
     let (loaded, meta) = load(&path, &clip, Runtime::default()).unwrap();
     assert_eq!(meta.method, "coop");
     assert_eq!(meta.class_names, names);
-    let loaded = loaded.prompt().expect("CoOp has a prompt");
-    assert_eq!(loaded.config.position, ClassTokenPosition::Middle);
-    assert_eq!(
-        rel_err(loaded.ctx.as_tensor(), learner.ctx.as_tensor()),
-        0.0
-    );
+    assert_eq!(meta.options["position"], "middle");
+    let context = loaded
+        .learned_context()
+        .expect("CoOp has a learned context");
+    assert_eq!(rel_err(&context.vectors, learner.ctx.as_tensor()), 0.0);
     // Unified context transfers to new class names: buffers are rebuilt for them.
     let new_names: Vec<String> = ["golden retriever", "paper crane", "x"]
         .map(String::from)
         .to_vec();
-    let b = loaded.buffers_for(&clip, &new_names).unwrap();
+    let b = learner.buffers_for(&clip, &new_names).unwrap();
     assert_eq!(b.class_names, new_names);
-    let f = l2_normalize(&loaded.text_features(&clip, &b).unwrap()).unwrap();
+    let f = l2_normalize(&learner.text_features(&clip, &b).unwrap()).unwrap();
+    let features = Tensor::randn(0f32, 1.0, (2, 16), &clip.device).unwrap();
+    let scored = loaded.scorer(&clip, Some(&new_names)).unwrap();
+    assert_eq!(scored.logits(&features).unwrap().dims(), &[2, 3]);
     assert_eq!(f.dims(), &[3, 16]);
     // Class-specific context does not.
     let csc = PromptLearner::new(

@@ -162,7 +162,8 @@ fn recipes_are_the_papers_and_options_override_them_field_by_field() {
         Recipe {
             epochs: 50,
             batch_size: 32,
-            lr: 0.002
+            lr: 0.002,
+            ..Recipe::default()
         }
     );
     assert_eq!(
@@ -170,7 +171,8 @@ fn recipes_are_the_papers_and_options_override_them_field_by_field() {
         Recipe {
             epochs: 10,
             batch_size: 1,
-            lr: 0.002
+            lr: 0.002,
+            ..Recipe::default()
         }
     );
     for recipe in [coop, cocoop] {
@@ -403,7 +405,8 @@ fn linear_probe_through_the_trainer_is_the_official_search_on_center_crop_featur
     let (_, val) = colours(2, 6, 0..3);
     let probe =
         methods::create(&clip, "linear-probe", &names, json!({}), Runtime::default()).unwrap();
-    assert!(probe.fits_on_features());
+    let spec = methods::spec("linear-probe").unwrap();
+    assert_eq!(spec.fitting, methods::catalogue::Fitting::FeatureFit);
     let config = TrainConfig::default();
     let cancel = AtomicBool::new(false);
     let err = fit(&clip, probe.as_ref(), &train, &config, &mut |_| {}, &cancel).unwrap_err();
@@ -456,7 +459,15 @@ fn the_catalogue_documents_each_config_field_with_its_type_and_default() {
     let entries = catalogue::catalogue();
     assert_eq!(
         entries.iter().map(|e| e.name).collect::<Vec<_>>(),
-        ["linear-probe", "coop", "cocoop", "kgcoop", "clip-adapter"]
+        [
+            "linear-probe",
+            "coop",
+            "cocoop",
+            "kgcoop",
+            "clip-adapter",
+            "tip-adapter",
+            "tip-adapter-f"
+        ]
     );
     for e in &entries {
         let defaults = e.defaults.as_object().unwrap();
@@ -478,6 +489,9 @@ fn the_catalogue_documents_each_config_field_with_its_type_and_default() {
                 OptionKind::Number { .. } => d.is_null() || d.is_f64(),
                 OptionKind::Boolean => d.is_boolean(),
                 OptionKind::String => d.is_null() || d.is_string(),
+                OptionKind::StringList => d
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(|s| s.is_string())),
                 OptionKind::Choice { choices } => choices.contains(&d.as_str().unwrap()),
             };
             assert!(
@@ -492,6 +506,7 @@ fn the_catalogue_documents_each_config_field_with_its_type_and_default() {
                 OptionKind::Boolean => json!(true),
                 OptionKind::String if o.name == "template" => json!("a drawing of a {}."),
                 OptionKind::String => json!("a photo of a"),
+                OptionKind::StringList => json!(["a drawing of a {}.", "a photo of a {}."]),
                 OptionKind::Choice { choices } => json!(choices[choices.len() - 1]),
             };
             let learner = methods::create(

@@ -331,14 +331,24 @@ pub struct ImageEncoder {
 impl ImageEncoder {
     /// Features (B, E) of 8-bit crops (B, S, S, 3), normalised on this encoder's device.
     pub fn encode_crops(&self, crops: Tensor) -> Result<Tensor> {
+        self.encode_pixels(&self.pixels_of_crops(crops)?)
+    }
+
+    /// The model's input (B, 3, S, S) in its dtype, on this encoder's device, from 8-bit crops
+    /// (B, S, S, 3): the mean and std normalisation of its preprocessing.
+    pub fn pixels_of_crops(&self, crops: Tensor) -> Result<Tensor> {
         let c = &self.image_config;
-        let pixels = crate::kernels::normalize_pixels(
+        Ok(crate::kernels::normalize_pixels(
             &crops.to_device(&self.device)?,
             c.mean,
             c.std,
             self.dtype,
-        )?;
-        self.vision.forward(&pixels)
+        )?)
+    }
+
+    /// Features (B, E) of preprocessed pixels (B, 3, S, S).
+    pub fn encode_pixels(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.vision.forward(pixels)
     }
 }
 

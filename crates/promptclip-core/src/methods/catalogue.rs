@@ -53,6 +53,8 @@ pub enum OptionKind {
     },
     Boolean,
     String,
+    /// A list of strings (TypeScript `string[]`).
+    StringList,
     Choice {
         choices: &'static [&'static str],
     },
@@ -90,9 +92,9 @@ pub struct MethodEntry {
     pub classes: ClassBinding,
     /// Whether fitting uses a validation split (to choose hyperparameters).
     pub uses_validation: bool,
-    /// The option that, when set, makes the validation split unneeded (the linear probe's C:
-    /// searched on validation unless given).
-    pub validation_unless: Option<&'static str>,
+    /// The options that, when all set, make the validation split unneeded (the linear probe's C,
+    /// Tip-Adapter's alpha and beta: searched on validation unless given).
+    pub validation_unless: &'static [&'static str],
     /// The option that takes the dataset's hand-made template, when the method has one.
     pub template_option: Option<&'static str>,
     /// Whether the learner takes a `seed` option (its random initialisation); a protocol passes
@@ -112,6 +114,10 @@ pub struct RecipeEntry {
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f64,
+    pub optimizer: super::OptimizerKind,
+    pub weight_decay: f64,
+    pub warmup_epochs: usize,
+    pub lr_per_step: bool,
 }
 
 impl From<Recipe> for RecipeEntry {
@@ -120,6 +126,10 @@ impl From<Recipe> for RecipeEntry {
             epochs: r.epochs,
             batch_size: r.batch_size,
             lr: r.lr,
+            optimizer: r.optimizer,
+            weight_decay: r.weight_decay,
+            warmup_epochs: r.warmup_epochs,
+            lr_per_step: r.lr_per_step,
         }
     }
 }

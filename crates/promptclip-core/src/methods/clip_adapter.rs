@@ -217,7 +217,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     fitting: Fitting::Sgd,
     classes: ClassBinding::AnyClasses,
     uses_validation: false,
-    validation_unless: None,
+    validation_unless: &[],
     template_option: Some("template"),
     options: &[RATIO, REDUCTION, TEMPLATE, SEED],
     defaults: || super::options_json(&ClipAdapterConfig::default()),

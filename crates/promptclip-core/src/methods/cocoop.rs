@@ -325,8 +325,8 @@ impl Method for CocoopLearner {
         }))
     }
 
-    fn prompt(&self) -> Option<&PromptLearner> {
-        Some(&self.prompt)
+    fn learned_context(&self) -> Option<super::LearnedContext> {
+        Some(self.prompt.learned())
     }
 
     /// Mean cross-entropy over the batch, with backward run per chunk of images and the
@@ -407,7 +407,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     fitting: Fitting::Sgd,
     classes: ClassBinding::AnyClasses,
     uses_validation: false,
-    validation_unless: None,
+    validation_unless: &[],
     template_option: None,
     options: &[
         N_CTX,

@@ -10,7 +10,7 @@ use super::catalogue::{
     coop_recipe, ClassBinding, Fitting, Takes, CLASS_SPECIFIC, CTX_INIT, INIT_STD, N_CTX, POSITION,
     SEED,
 };
-use super::{LearnerMeta, Method, MethodSpec, Runtime, Scorer, StepOutput};
+use super::{LearnedContext, LearnerMeta, Method, MethodSpec, Runtime, Scorer, StepOutput};
 use crate::clip::{l2_normalize, Clip};
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -314,39 +314,18 @@ impl PromptLearner {
         clip.logits(&image_features.to_dtype(text.dtype())?, &text)
     }
 
-    /// For each context vector, the `k` nearest vocabulary tokens by Euclidean distance in
-    /// token-embedding space (CoOp Table 4). Rows: context position (per class when CSC).
+    /// For each context vector, the `k` nearest vocabulary tokens (see
+    /// [`LearnedContext::nearest_tokens`]).
     pub fn interpret(&self, clip: &Clip, k: usize) -> Result<Vec<Vec<(u32, String, f32)>>> {
-        let ctx = self.ctx.as_tensor().to_dtype(DType::F32)?;
-        let d = ctx.dim(D::Minus1)?;
-        let ctx = ctx.reshape(((), d))?;
-        let vocab = clip.text.token_embedding.to_dtype(DType::F32)?;
-        // |a - b|^2 = |a|^2 + |b|^2 - 2 a.b, for all pairs at once.
-        let a2 = ctx.sqr()?.sum_keepdim(1)?;
-        let b2 = vocab.sqr()?.sum_keepdim(1)?.t()?;
-        let dist2 = a2
-            .broadcast_add(&b2)?
-            .broadcast_sub(&(ctx.matmul(&vocab.t()?)? * 2.0)?)?;
-        let rows = dist2.to_vec2::<f32>()?;
-        Ok(rows
-            .into_iter()
-            .map(|row| {
-                let mut idx: Vec<usize> = (0..row.len()).collect();
-                let k = k.min(idx.len());
-                idx.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| row[a].total_cmp(&row[b]));
-                idx.truncate(k);
-                idx.sort_by(|&a, &b| row[a].total_cmp(&row[b]));
-                idx.into_iter()
-                    .map(|i| {
-                        (
-                            i as u32,
-                            clip.tokenizer.decode_token(i as u32).unwrap_or_default(),
-                            row[i].max(0.0).sqrt(),
-                        )
-                    })
-                    .collect()
-            })
-            .collect())
+        self.learned().nearest_tokens(clip, k)
+    }
+
+    /// The context as users can ask for it.
+    pub fn learned(&self) -> LearnedContext {
+        LearnedContext {
+            vectors: self.ctx.as_tensor().clone(),
+            class_specific: self.config.class_specific,
+        }
     }
 }
 
@@ -570,8 +549,8 @@ impl Method for PromptLearner {
         Ok(Box::new(self.embedding_scorer(clip, class_names)?))
     }
 
-    fn prompt(&self) -> Option<&PromptLearner> {
-        Some(self)
+    fn learned_context(&self) -> Option<LearnedContext> {
+        Some(self.learned())
     }
 
     fn scores_any_classes(&self) -> bool {
@@ -587,7 +566,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     fitting: Fitting::Sgd,
     classes: ClassBinding::AnyClasses,
     uses_validation: false,
-    validation_unless: None,
+    validation_unless: &[],
     template_option: None,
     options: &[N_CTX, CTX_INIT, CLASS_SPECIFIC, POSITION, INIT_STD, SEED],
     defaults: || super::options_json(&CoopConfig::default()),

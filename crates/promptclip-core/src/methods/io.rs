@@ -1,4 +1,4 @@
-//! Learner files: safetensors holding the trainable tensors, and JSON in the file's metadata with
+//! Learner files: safetensors holding the trainable tensors and any state fitted on data, and JSON in the file's metadata with
 //! everything needed to rebuild the learner (its [`LearnerMeta`], the CLIP it was learned on, a
 //! format version). Any registered method saves and loads through here.
 use super::{Learner, LearnerMeta, Method, Runtime};
@@ -78,9 +78,11 @@ pub fn save(path: &Path, learner: &dyn Method, clip: &Clip) -> Result<()> {
         META_KEY.to_string(),
         serde_json::to_string(&file).map_err(|e| Error::Internal(e.to_string()))?,
     );
+    // The trained tensors, then the state the data decided (a cache), as `meta.params` lists them.
     let tensors: Vec<(String, Tensor)> = vars
         .iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .chain(learner.state())
         .collect();
     let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     write_safetensors_atomic(path, &refs, md)

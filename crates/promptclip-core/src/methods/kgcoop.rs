@@ -145,8 +145,8 @@ impl Method for KgcoopLearner {
         Ok(Box::new(self.prompt.embedding_scorer(clip, class_names)?))
     }
 
-    fn prompt(&self) -> Option<&PromptLearner> {
-        Some(&self.prompt)
+    fn learned_context(&self) -> Option<super::LearnedContext> {
+        Some(self.prompt.learned())
     }
 
     fn scores_any_classes(&self) -> bool {
@@ -177,7 +177,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     fitting: Fitting::Sgd,
     classes: ClassBinding::AnyClasses,
     uses_validation: false,
-    validation_unless: None,
+    validation_unless: &[],
     template_option: Some("template"),
     options: &[N_CTX, CTX_INIT_PHOTO, CLASS_SPECIFIC, POSITION, W, TEMPLATE, INIT_STD, SEED],
     defaults: || super::options_json(&KgcoopConfig::default()),

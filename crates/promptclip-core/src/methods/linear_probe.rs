@@ -5,9 +5,7 @@
 //! belong to its own classes: it cannot score new class names.
 use super::catalogue::{ClassBinding, Fitting, OptionDoc, OptionKind, Takes};
 use super::coop::own_classes_only;
-use super::{
-    FeatureFit, FeatureFitSummary, LearnerMeta, Method, MethodSpec, Recipe, Runtime, Scorer,
-};
+use super::{FitData, FitReport, LearnerMeta, Method, MethodSpec, Recipe, Runtime, Scorer};
 use crate::clip::Clip;
 use crate::logreg::{search_c, LogReg, LogRegConfig, SearchConfig};
 use crate::{Error, Result};
@@ -144,14 +142,19 @@ impl Method for LinearProbe {
         }
     }
 
-    fn fits_on_features(&self) -> bool {
-        true
-    }
-
-    fn fit_features(&self, fit: FeatureFit<'_>) -> Result<FeatureFitSummary> {
-        let (x, y) = fit.train;
+    /// The whole fit: L-BFGS on the center-crop features, C searched on validation unless set
+    /// (the validation images are encoded only then).
+    fn prepare(&self, _clip: &Clip, data: &mut dyn FitData) -> Result<Option<FitReport>> {
+        let x = &data.features()?;
+        let y = data.labels().to_vec();
+        let y = y.as_slice();
+        let validation = match self.config.c {
+            Some(_) => None,
+            None => data.validation()?,
+        };
+        data.check_cancelled()?;
         let k = self.class_names.len();
-        let (model, details) = match (self.config.c, fit.validation) {
+        let (model, details) = match (self.config.c, validation.as_ref()) {
             (Some(c), _) => (
                 LogReg::fit(x, y, k, &self.fit_config(c))?,
                 serde_json::json!({ "c": c }),
@@ -205,11 +208,19 @@ impl Method for LinearProbe {
         let mut details = details;
         details["iterations"] = model.n_iter.into();
         details["converged"] = model.converged.into();
-        Ok(FeatureFitSummary {
+        let summary = match self.config.c {
+            Some(c) => format!("C = {}", super::shown(c)),
+            None => format!(
+                "C = {}, searched on the validation split",
+                super::shown(details["c"].as_f64().unwrap_or(f64::NAN))
+            ),
+        };
+        Ok(Some(FitReport {
+            summary,
             details,
-            loss,
-            accuracy: 100.0 * correct as f32 / y.len() as f32,
-        })
+            loss: Some(loss),
+            accuracy: Some(100.0 * correct as f32 / y.len() as f32),
+        }))
     }
 }
 
@@ -244,7 +255,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     fitting: Fitting::FeatureFit,
     classes: ClassBinding::OwnClasses,
     uses_validation: true,
-    validation_unless: Some("c"),
+    validation_unless: &["c"],
     template_option: None,
     options: &[C, MAX_ITER, TOL],
     defaults: || super::options_json(&LinearProbeConfig::default()),

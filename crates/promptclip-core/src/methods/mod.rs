@@ -9,16 +9,29 @@
 //! - `cocoop`: CoOp plus a Meta-Net that shifts the context per image (CVPR 2022);
 //! - `kgcoop`: CoOp plus a pull towards the hand-made prompt's text features (CVPR 2023);
 //! - `linear-probe`: logistic regression on image features (CoOp's baseline);
-//! - `clip-adapter`: a residual bottleneck on the image feature (Gao et al., IJCV 2024).
+//! - `clip-adapter`: a residual bottleneck on the image feature (Gao et al., IJCV 2024);
+//! - `tip-adapter`: a training-free cache of the few-shot features (Zhang et al., ECCV 2022);
+//! - `tip-adapter-f`: the same cache with its keys fine-tuned.
 //!
-//! Dependencies point one way: methods use the CLIP model; training uses methods.
+//! A learner's life: `create` (shapes from the model and options), an optional `prepare` that
+//! sees the training and validation data and may allocate state (a cache, a closed-form fit),
+//! SGD epochs when its catalogue entry says it trains by SGD, an optional `finish` (a search on
+//! validation), then prediction. Its forward reads a [`Batch`]: the images, and lazily their
+//! frozen features.
+//!
+//! Dependencies point one way: methods use the CLIP model; training uses methods (and gives
+//! them its data through [`FitData`]).
+pub mod batch;
 pub mod catalogue;
 pub mod clip_adapter;
 pub mod cocoop;
+pub mod context;
 pub mod coop;
 pub mod io;
 pub mod kgcoop;
 pub mod linear_probe;
+pub mod tip_adapter;
+pub mod tip_adapter_f;
 
 use crate::clip::Clip;
 use crate::{Error, Result};
@@ -26,28 +39,60 @@ use candle_core::{DType, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+pub use batch::{Batch, FrozenTower};
 pub use cocoop::{CocoopConfig, CocoopLearner, MetaNet};
+pub use context::LearnedContext;
 pub use coop::{ClassTokenPosition, CoopConfig, PromptLearner};
 pub use kgcoop::{KgcoopConfig, KgcoopLearner};
 pub use linear_probe::{LinearProbe, LinearProbeConfig};
 
-/// A method's training defaults: what its paper's scripts set on top of the shared recipe
-/// (SGD with momentum 0.9 and weight decay 5e-4, one constant warmup epoch, then cosine).
+/// The optimiser of a recipe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// `torch.optim.SGD` (momentum, dampening, weight decay, Nesterov).
+    #[default]
+    Sgd,
+    /// `torch.optim.AdamW` (decoupled weight decay).
+    Adamw,
+}
+
+/// A method's training defaults: what its paper's scripts set. The shared recipe is Dassl's for
+/// CoOp (SGD with momentum 0.9 and weight decay 5e-4, one constant warmup epoch, then cosine per
+/// epoch); a method whose official code trains otherwise says so here (Tip-Adapter-F: AdamW,
+/// cosine per batch, no warmup).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Recipe {
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f64,
+    pub optimizer: OptimizerKind,
+    pub weight_decay: f64,
+    /// AdamW's epsilon (unused by SGD).
+    pub eps: f64,
+    /// Epochs at the constant warmup rate (1e-5) before the cosine.
+    pub warmup_epochs: usize,
+    /// Anneal after every batch (T_max = epochs x batches) instead of every epoch.
+    pub lr_per_step: bool,
+    /// The random resized crop's scale range, where the official code's differs from Dassl's
+    /// (0.08, 1) (a model's own training crop, where it has one, still comes first).
+    pub crop_scale: Option<(f64, f64)>,
 }
 
 impl Default for Recipe {
-    /// CoOp's: lr 0.002 and batch 32. Its scripts train 50 to 200 epochs depending on the shots;
-    /// 50 is the 1-shot and ImageNet setting.
+    /// CoOp's: SGD, lr 0.002 and batch 32. Its scripts train 50 to 200 epochs depending on the
+    /// shots; 50 is the 1-shot and ImageNet setting.
     fn default() -> Self {
         Self {
             epochs: 50,
             batch_size: 32,
             lr: 0.002,
+            optimizer: OptimizerKind::Sgd,
+            weight_decay: 5e-4,
+            eps: 1e-8,
+            warmup_epochs: 1,
+            lr_per_step: false,
+            crop_scale: None,
         }
     }
 }
@@ -68,10 +113,16 @@ pub struct LearnerMeta {
     pub params: Vec<(String, Vec<usize>)>,
 }
 
-/// A learner bound to one class list, scoring batches of image features.
+/// A learner bound to one class list, scoring batches of images.
 pub trait Scorer {
     /// Logits (B, K) for image features (B, E), without gradients.
     fn logits(&self, image_features: &Tensor) -> Result<Tensor>;
+
+    /// Logits (B, K) of a batch: by default of its frozen features; a method that runs the image
+    /// encoder itself scores the batch's pixels.
+    fn batch_logits(&self, batch: &Batch<'_>) -> Result<Tensor> {
+        self.logits(&batch.features()?)
+    }
 }
 
 /// Loss, logits (detached) and the gradient of each trainable tensor, for one batch.
@@ -81,11 +132,37 @@ pub struct StepOutput {
     pub grads: Vec<Tensor>,
 }
 
-/// What the trainer needs of a method that is fitted on fixed image features in one go
-/// (closed form or full batch) instead of by SGD.
-pub struct FeatureFit<'a> {
-    pub train: (&'a Tensor, &'a [usize]),
-    pub validation: Option<(&'a Tensor, &'a [usize])>,
+/// The training and validation data as a method's `prepare` and `finish` see it, from the
+/// trainer: the usable training images (after skipUnreadable) with their labels, and their
+/// frozen features on request, computed once.
+pub trait FitData {
+    /// Labels of the training images, in the order of every feature row below.
+    fn labels(&self) -> &[usize];
+    /// Center-crop image features (N, E), unnormalised.
+    fn features(&mut self) -> Result<Tensor>;
+    /// Features (P, N, E) of `passes` augmented views of every training image (random resized
+    /// crop with `crop_scale`, the run's ratio and flip), each pass its own random stream of the
+    /// run's seed.
+    fn augmented_features(&mut self, passes: usize, crop_scale: (f64, f64)) -> Result<Tensor>;
+    /// The validation split's center-crop features and labels, if the run has one.
+    fn validation(&mut self) -> Result<Option<(Tensor, Vec<usize>)>>;
+    /// `Err(Cancelled)` once the run is cancelled (long preparations check it between stages).
+    fn check_cancelled(&self) -> Result<()>;
+}
+
+/// What a preparation or a closing search reports (the linear probe's C search, Tip-Adapter's
+/// alpha and beta).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FitReport {
+    /// One line in the user's words: what was fitted and chosen ("C = 0.3, searched on the
+    /// validation split").
+    pub summary: String,
+    /// Free-form, method-specific details.
+    pub details: serde_json::Value,
+    /// Training loss and accuracy (%) of the fitted model, when the fit computes them.
+    pub loss: Option<f32>,
+    pub accuracy: Option<f32>,
 }
 
 /// A learner on a frozen CLIP.
@@ -150,8 +227,8 @@ pub trait Method: Send + Sync + std::fmt::Debug {
         class_names: Option<&[String]>,
     ) -> Result<Box<dyn Scorer + 'a>>;
 
-    /// The learned prompt context, for methods that have one (interpretation, `context()`).
-    fn prompt(&self) -> Option<&PromptLearner> {
+    /// The learned text context, for methods that have one (`context()`, `interpret()`).
+    fn learned_context(&self) -> Option<LearnedContext> {
         None
     }
 
@@ -161,29 +238,43 @@ pub trait Method: Send + Sync + std::fmt::Debug {
         spec(&self.meta().method).is_ok_and(|s| s.classes == catalogue::ClassBinding::AnyClasses)
     }
 
-    /// Whether the method is fitted on fixed center-crop features in one go (`fit_features`)
-    /// instead of by SGD steps; the trainer then encodes the images once.
-    fn fits_on_features(&self) -> bool {
-        false
+    /// Tensors saved with the learner that SGD does not train (Tip-Adapter's cache values), by
+    /// name; their shapes are listed in `meta().params` after `vars()`'.
+    fn state(&self) -> Vec<(String, Tensor)> {
+        vec![]
     }
 
-    fn fit_features(&self, _fit: FeatureFit<'_>) -> Result<FeatureFitSummary> {
-        Err(Error::Unsupported(format!(
-            "{} is trained by SGD, not fitted on features",
-            self.meta().method
-        )))
+    /// Before any SGD step: fit what the data decides (a closed-form fit, a cache). The default
+    /// does nothing. A method whose catalogue entry says `FeatureFit` is done after this.
+    fn prepare(&self, _clip: &Clip, _data: &mut dyn FitData) -> Result<Option<FitReport>> {
+        Ok(None)
+    }
+
+    /// After the last SGD step (a resumed run too): choose what validation decides (Tip-Adapter-F's
+    /// alpha and beta). The default does nothing.
+    fn finish(&self, _clip: &Clip, _data: &mut dyn FitData) -> Result<Option<FitReport>> {
+        Ok(None)
+    }
+
+    /// Mean loss of a batch and its gradients (see [`Method::loss_and_grads_scaled`]): what the
+    /// trainer calls. The default reads the batch's frozen features; a method that runs the image
+    /// encoder itself reads its pixels.
+    fn batch_loss_and_grads(
+        &self,
+        clip: &Clip,
+        batch: &Batch<'_>,
+        labels: &Tensor,
+        grad_scale: f64,
+    ) -> Result<StepOutput> {
+        self.loss_and_grads_scaled(clip, &batch.features()?, labels, grad_scale)
     }
 }
 
-/// What a feature fit reports (the linear probe's C search).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FeatureFitSummary {
-    /// Free-form, method-specific details (for the linear probe: the C search).
-    pub details: serde_json::Value,
-    /// Training loss and accuracy (%) of the final model.
-    pub loss: f32,
-    pub accuracy: f32,
+/// A number as a one-line account shows it: 4 significant digits, shortest form (0.238, not
+/// 0.23800000000000002; 100000, not 100000.0; 0.000001).
+pub fn shown(v: f64) -> String {
+    let rounded: f64 = format!("{v:.3e}").parse().unwrap_or(v);
+    format!("{rounded}")
 }
 
 /// A learner of any method.
@@ -219,8 +310,8 @@ pub struct MethodSpec {
     pub classes: catalogue::ClassBinding,
     /// Whether fitting uses a validation split (to choose hyperparameters).
     pub uses_validation: bool,
-    /// The option that, when set, makes the validation split unneeded (the linear probe's C).
-    pub validation_unless: Option<&'static str>,
+    /// The options that, when all set, make the validation split unneeded (the linear probe's C).
+    pub validation_unless: &'static [&'static str],
     /// The option that takes the dataset's hand-made template, if any.
     pub template_option: Option<&'static str>,
     /// The options users may set, documented (the config's other fields are internal).
@@ -243,6 +334,8 @@ pub static METHODS: &[MethodSpec] = &[
     cocoop::SPEC,
     kgcoop::SPEC,
     clip_adapter::SPEC,
+    tip_adapter::SPEC,
+    tip_adapter_f::SPEC,
 ];
 
 pub fn spec(name: &str) -> Result<&'static MethodSpec> {
@@ -454,18 +547,17 @@ pub fn predict_with_progress(
         failures: vec![],
     };
     for (b, chunk) in sources.chunks(batch_size).enumerate() {
-        let enc = crate::features::encode(clip, chunk, batch_size)?;
-        out.failures.extend(
-            enc.failures
-                .into_iter()
-                .map(|(i, e)| (b * batch_size + i, e)),
-        );
-        if let Some(f) = &enc.features {
-            let logits = scorer.logits(f)?.to_dtype(DType::F32)?;
+        let p = crate::features::preprocess_chunk(clip, chunk)?;
+        out.failures
+            .extend(p.failures.into_iter().map(|(i, e)| (b * batch_size + i, e)));
+        if let Some(pixels) = p.pixels {
+            // The learner scores the images: its own forward reads their pixels or features.
+            let batch = Batch::of_pixels(pixels, FrozenTower::Clip(clip), batch_size)?;
+            let logits = scorer.batch_logits(&batch)?.to_dtype(DType::F32)?;
             let probs = candle_nn::ops::softmax(&logits, D::Minus1)?;
             out.probs.extend(probs.flatten_all()?.to_vec1::<f32>()?);
             out.indices
-                .extend(enc.indices.iter().map(|i| b * batch_size + i));
+                .extend(p.indices.iter().map(|i| b * batch_size + i));
         }
         on_progress(((b + 1) * batch_size).min(sources.len()), sources.len())?;
     }

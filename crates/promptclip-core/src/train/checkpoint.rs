@@ -77,14 +77,22 @@ pub struct RunConfig {
     pub augment_scale: (f64, f64),
     pub augment_ratio: (f64, f64),
     pub augment_flip_p: f64,
+    /// Absent in files written before AdamW: SGD.
+    #[serde(default)]
+    pub optimizer: crate::methods::OptimizerKind,
+    /// AdamW's eps and betas (absent for SGD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adamw: Option<(f64, (f64, f64))>,
+    #[serde(default)]
+    pub lr_per_step: bool,
 }
 
 impl RunConfig {
     pub fn of(c: &super::TrainConfig) -> Self {
         Self {
-            lr: c.sgd.lr,
+            lr: c.lr(),
             momentum: c.sgd.momentum,
-            weight_decay: c.sgd.weight_decay,
+            weight_decay: c.weight_decay(),
             dampening: c.sgd.dampening,
             nesterov: c.sgd.nesterov,
             schedule: c.schedule,
@@ -94,6 +102,10 @@ impl RunConfig {
             augment_scale: c.augment_config.scale,
             augment_ratio: c.augment_config.ratio,
             augment_flip_p: c.augment_config.flip_p,
+            optimizer: c.optimizer,
+            adamw: (c.optimizer == crate::methods::OptimizerKind::Adamw)
+                .then_some((c.adamw.eps, c.adamw.betas)),
+            lr_per_step: c.lr_per_step,
         }
     }
 
@@ -158,6 +170,21 @@ impl RunConfig {
             now.warmup_epochs.to_string(),
         );
         other("augment", self.augment.to_string(), now.augment.to_string());
+        other(
+            "optimizer",
+            format!("{:?}", self.optimizer),
+            format!("{:?}", now.optimizer),
+        );
+        other(
+            "AdamW eps and betas",
+            format!("{:?}", self.adamw),
+            format!("{:?}", now.adamw),
+        );
+        other(
+            "lr per step",
+            self.lr_per_step.to_string(),
+            now.lr_per_step.to_string(),
+        );
         out
     }
 }
@@ -166,13 +193,14 @@ pub fn save(
     path: &Path,
     meta: &CheckpointMeta,
     params: &[(String, Tensor)],
-    momentum: &[(String, Tensor)],
+    optimizer: &[(String, Tensor)],
 ) -> Result<()> {
     let mut named: Vec<(String, &Tensor)> = params
         .iter()
         .map(|(n, t)| (format!("param.{n}"), t))
         .collect();
-    named.extend(momentum.iter().map(|(n, t)| (format!("momentum.{n}"), t)));
+    // Already named by kind (`momentum.ctx`, `exp_avg.ctx`: `Optimizer::state`).
+    named.extend(optimizer.iter().map(|(n, t)| (n.clone(), t)));
     let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
     let mut md = HashMap::new();
     md.insert(
@@ -185,7 +213,8 @@ pub fn save(
 pub struct Loaded {
     pub meta: CheckpointMeta,
     pub params: HashMap<String, Tensor>,
-    pub momentum: HashMap<String, Tensor>,
+    /// The optimiser's state by its names (`momentum.ctx`, `exp_avg.ctx`, ...).
+    pub optimizer: HashMap<String, Tensor>,
 }
 
 pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
@@ -255,17 +284,16 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
         )));
     }
     let mut params = HashMap::new();
-    let mut momentum = HashMap::new();
+    let mut optimizer = HashMap::new();
     for (name, t) in tensors {
-        if let Some(n) = name.strip_prefix("param.") {
-            params.insert(n.to_string(), t);
-        } else if let Some(n) = name.strip_prefix("momentum.") {
-            momentum.insert(n.to_string(), t);
-        }
+        match name.strip_prefix("param.") {
+            Some(n) => params.insert(n.to_string(), t),
+            None => optimizer.insert(name, t),
+        };
     }
     Ok(Loaded {
         meta,
         params,
-        momentum,
+        optimizer,
     })
 }

@@ -1,7 +1,10 @@
-//! SGD exactly as `torch.optim.SGD` (momentum, dampening, weight decay, Nesterov), which candle's
-//! own SGD lacks. Momentum buffers are exposed for checkpoints.
-use crate::Result;
+//! The optimisers of the methods' recipes, exactly as PyTorch's: SGD as `torch.optim.SGD`
+//! (momentum, dampening, weight decay, Nesterov), which candle's own SGD lacks, and AdamW as
+//! `torch.optim.AdamW` (decoupled weight decay, bias-corrected moments). Their state (momentum
+//! buffers, moments) is exposed by name for checkpoints.
+use crate::{Error, Result};
 use candle_core::{Tensor, Var};
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SgdConfig {
@@ -62,6 +65,152 @@ impl Sgd {
                 self.buffers[i] = Some(buf);
             }
             p.set(&(p.as_tensor() - (d * lr)?)?.detach())?;
+        }
+        Ok(())
+    }
+}
+
+/// `torch.optim.AdamW`'s settings; lr and weight decay come from the recipe.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    /// PyTorch's defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight decay 0.01.
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+pub struct AdamW {
+    pub config: AdamWConfig,
+    /// Steps taken (t), the bias corrections' exponent.
+    pub steps: usize,
+    /// First and second moments per parameter, created at the first step.
+    pub exp_avg: Vec<Option<Tensor>>,
+    pub exp_avg_sq: Vec<Option<Tensor>>,
+}
+
+impl AdamW {
+    pub fn new(config: AdamWConfig, n_params: usize) -> Self {
+        Self {
+            config,
+            steps: 0,
+            exp_avg: vec![None; n_params],
+            exp_avg_sq: vec![None; n_params],
+        }
+    }
+
+    /// One update with learning rate `lr`, in torch's order (its single-tensor path):
+    ///   t += 1;  p *= 1 - lr wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g²;
+    ///   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    pub fn step(&mut self, params: &[Var], grads: &[Tensor], lr: f64) -> Result<()> {
+        let c = self.config;
+        let (b1, b2) = c.betas;
+        self.steps += 1;
+        let t = self.steps as i32;
+        let (bc1, bc2_sqrt) = (1.0 - b1.powi(t), (1.0 - b2.powi(t)).sqrt());
+        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+            let g = g.to_dtype(p.dtype())?;
+            let mut w = p.as_tensor().clone();
+            if c.weight_decay != 0.0 {
+                w = (w * (1.0 - lr * c.weight_decay))?;
+            }
+            let m = match self.exp_avg[i].take() {
+                None => (&g * (1.0 - b1))?,
+                Some(m) => ((m * b1)? + (&g * (1.0 - b1))?)?,
+            };
+            let g2 = g.sqr()?;
+            let v = match self.exp_avg_sq[i].take() {
+                None => (g2 * (1.0 - b2))?,
+                Some(v) => ((v * b2)? + (g2 * (1.0 - b2))?)?,
+            };
+            let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
+            let update = ((&m / denom)? * (lr / bc1))?;
+            p.set(&(w - update)?.detach())?;
+            self.exp_avg[i] = Some(m);
+            self.exp_avg_sq[i] = Some(v);
+        }
+        Ok(())
+    }
+}
+
+/// The optimiser a run trains with, and its state by name for checkpoints.
+pub enum Optimizer {
+    Sgd(Sgd),
+    AdamW(AdamW),
+}
+
+impl Optimizer {
+    pub fn step(&mut self, params: &[Var], grads: &[Tensor], lr: f64) -> Result<()> {
+        match self {
+            Self::Sgd(o) => o.step(params, grads, lr),
+            Self::AdamW(o) => o.step(params, grads, lr),
+        }
+    }
+
+    /// The state tensors, named `<kind>.<parameter>` (`momentum.ctx`, `exp_avg.ctx`, ...).
+    pub fn state(&self, names: &[String]) -> Vec<(String, Tensor)> {
+        let named = |kind: &str, ts: &[Option<Tensor>]| -> Vec<(String, Tensor)> {
+            names
+                .iter()
+                .zip(ts)
+                .filter_map(|(n, t)| t.clone().map(|t| (format!("{kind}.{n}"), t)))
+                .collect()
+        };
+        match self {
+            Self::Sgd(o) => named("momentum", &o.buffers),
+            Self::AdamW(o) => {
+                let mut out = named("exp_avg", &o.exp_avg);
+                out.extend(named("exp_avg_sq", &o.exp_avg_sq));
+                out
+            }
+        }
+    }
+
+    /// Restore the state written by [`Optimizer::state`] for `vars`, after `steps` steps; each
+    /// tensor must have its parameter's shape (`what` names the file in errors).
+    pub fn restore(
+        &mut self,
+        vars: &[(String, Var)],
+        state: &HashMap<String, Tensor>,
+        steps: usize,
+        what: &std::path::Path,
+    ) -> Result<()> {
+        let take = |kind: &str, name: &str, var: &Var| -> Result<Option<Tensor>> {
+            let key = format!("{kind}.{name}");
+            match state.get(&key) {
+                Some(b) if b.dims() != var.dims() => Err(Error::ShapeMismatch {
+                    name: key,
+                    path: what.to_path_buf(),
+                    expected: var.dims().to_vec(),
+                    actual: b.dims().to_vec(),
+                }),
+                Some(b) => Ok(Some(b.to_dtype(var.dtype())?)),
+                None => Ok(None),
+            }
+        };
+        for (i, (name, var)) in vars.iter().enumerate() {
+            match self {
+                Self::Sgd(o) => o.buffers[i] = take("momentum", name, var)?,
+                Self::AdamW(o) => {
+                    o.exp_avg[i] = take("exp_avg", name, var)?;
+                    o.exp_avg_sq[i] = take("exp_avg_sq", name, var)?;
+                }
+            }
+        }
+        if let Self::AdamW(o) = self {
+            // AdamW steps every batch: its step count is the run's.
+            o.steps = steps;
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! Learning-rate schedules as Dassl builds them for CoOp/CoCoOp: stepped once per epoch,
 //! `warmup_epochs` at a constant `warmup_lr`, then cosine annealing over `max_epochs`
-//! (Dassl's ConstantWarmupScheduler wrapping CosineAnnealingLR(T_max = max_epochs)).
+//! (Dassl's ConstantWarmupScheduler wrapping CosineAnnealingLR(T_max = max_epochs)). Some
+//! recipes step the cosine after every batch instead (Tip-Adapter-F: CosineAnnealingLR with
+//! T_max = epochs x batches, stepped per batch).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScheduleKind {
@@ -15,9 +17,27 @@ pub struct LrSchedule {
     pub max_epochs: usize,
     pub warmup_epochs: usize,
     pub warmup_lr: f64,
+    /// Anneal per batch (T_max = max_epochs x steps per epoch) instead of per epoch.
+    pub per_step: bool,
 }
 
 impl LrSchedule {
+    /// Learning rate of step `step` (0-based) of `epoch`, in epochs of `steps_per_epoch` steps.
+    pub fn lr_at(&self, epoch: usize, step: usize, steps_per_epoch: usize) -> f64 {
+        if !self.per_step || epoch < self.warmup_epochs {
+            return self.lr(epoch);
+        }
+        match self.kind {
+            ScheduleKind::Constant => self.base_lr,
+            ScheduleKind::Cosine => {
+                let s = steps_per_epoch.max(1);
+                let t = ((epoch - self.warmup_epochs) * s + step) as f64;
+                let t_max = (self.max_epochs.max(1) * s) as f64;
+                self.base_lr * (1.0 + (std::f64::consts::PI * t / t_max).cos()) / 2.0
+            }
+        }
+    }
+
     /// Learning rate used during `epoch` (0-based).
     ///
     /// With one warmup epoch, epoch 0 uses `warmup_lr`, epoch 1 the base rate, and epoch e >= 1

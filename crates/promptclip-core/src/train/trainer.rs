@@ -4,12 +4,13 @@
 //! run. Methods fitted on fixed features (the linear probe) take their own path.
 use super::augment::AugmentConfig;
 use super::checkpoint::{self, CheckpointMeta, RunConfig, CHECKPOINT_FORMAT, CHECKPOINT_VERSION};
-use super::optim::{all_finite, LossScaler, Sgd, SgdConfig};
+use super::optim::{all_finite, AdamW, AdamWConfig, LossScaler, Optimizer, Sgd, SgdConfig};
 use super::pipeline::{augmented_crops, DecodedImages};
 use super::schedule::{LrSchedule, ScheduleKind};
 use crate::clip::Clip;
+use crate::methods::catalogue::Fitting;
 use crate::methods::io::first_non_finite;
-use crate::methods::{FeatureFit, Method, Recipe, StepOutput};
+use crate::methods::{Batch, FitData, FrozenTower, Method, OptimizerKind, Recipe, StepOutput};
 use crate::preprocess::ImageSource;
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -56,8 +57,13 @@ impl LabelledImages {
 pub struct TrainConfig {
     pub epochs: usize,
     pub batch_size: usize,
+    /// Which optimiser steps: `sgd` or `adamw` (each with its own settings below).
+    pub optimizer: OptimizerKind,
     pub sgd: SgdConfig,
+    pub adamw: AdamWConfig,
     pub schedule: ScheduleKind,
+    /// Anneal after every batch instead of every epoch.
+    pub lr_per_step: bool,
     pub warmup_epochs: usize,
     pub warmup_lr: f64,
     pub seed: u64,
@@ -146,6 +152,11 @@ impl TrainOptions {
         if let Some(p) = image.and_then(|i| i.train_flip_p) {
             d.augment_config.flip_p = p;
         }
+        if let (OptimizerKind::Adamw, Some(m)) = (d.optimizer, self.momentum) {
+            return Err(Error::InvalidArgument(format!(
+                "momentum {m}: this method trains with AdamW, which has no momentum option (its betas are the recipe's)"
+            )));
+        }
         let config = TrainConfig {
             epochs: self.epochs.unwrap_or(d.epochs),
             batch_size: self.batch_size.unwrap_or(d.batch_size),
@@ -154,6 +165,11 @@ impl TrainOptions {
                 momentum: self.momentum.unwrap_or(d.sgd.momentum),
                 weight_decay: self.weight_decay.unwrap_or(d.sgd.weight_decay),
                 ..d.sgd
+            },
+            adamw: AdamWConfig {
+                lr: self.lr.unwrap_or(d.adamw.lr),
+                weight_decay: self.weight_decay.unwrap_or(d.adamw.weight_decay),
+                ..d.adamw
             },
             schedule: self.schedule.unwrap_or(d.schedule),
             warmup_epochs: self.warmup_epochs.unwrap_or(d.warmup_epochs),
@@ -173,22 +189,35 @@ impl TrainOptions {
 }
 
 impl TrainConfig {
-    /// A method's recipe on the shared defaults: SGD momentum 0.9, weight decay 5e-4, one
-    /// constant warmup epoch at 1e-5, cosine per epoch, random resized crop + flip, seed 1.
+    /// A method's recipe (optimiser, lr, weight decay, warmup epochs, per-epoch or per-batch
+    /// cosine) on the shared defaults: SGD momentum 0.9, AdamW betas (0.9, 0.999), warmup at 1e-5,
+    /// random resized crop + flip, seed 1.
     pub fn for_recipe(recipe: &Recipe) -> Self {
         Self {
             epochs: recipe.epochs,
             batch_size: recipe.batch_size,
+            optimizer: recipe.optimizer,
             sgd: SgdConfig {
                 lr: recipe.lr,
+                weight_decay: recipe.weight_decay,
                 ..SgdConfig::default()
             },
+            adamw: AdamWConfig {
+                lr: recipe.lr,
+                eps: recipe.eps,
+                weight_decay: recipe.weight_decay,
+                ..AdamWConfig::default()
+            },
             schedule: ScheduleKind::Cosine,
-            warmup_epochs: 1,
+            lr_per_step: recipe.lr_per_step,
+            warmup_epochs: recipe.warmup_epochs,
             warmup_lr: 1e-5,
             seed: 1,
             augment: true,
-            augment_config: AugmentConfig::default(),
+            augment_config: AugmentConfig {
+                scale: recipe.crop_scale.unwrap_or(AugmentConfig::default().scale),
+                ..AugmentConfig::default()
+            },
             checkpoint_path: None,
             checkpoint_every: 1,
             resume_from: None,
@@ -211,8 +240,19 @@ impl TrainConfig {
         if let Some((name, v)) = at_least_1.iter().find(|(_, v)| *v == 0) {
             return bad(format!("{name} must be at least 1, got {v}"));
         }
-        if !(self.sgd.lr > 0.0 && self.sgd.lr.is_finite()) {
-            return bad(format!("lr must be a positive number, got {}", self.sgd.lr));
+        if !(self.lr() > 0.0 && self.lr().is_finite()) {
+            return bad(format!("lr must be a positive number, got {}", self.lr()));
+        }
+        let (b1, b2) = self.adamw.betas;
+        let adamw_ok = (0.0..1.0).contains(&b1)
+            && (0.0..1.0).contains(&b2)
+            && self.adamw.eps.is_finite()
+            && self.adamw.eps > 0.0;
+        if self.optimizer == OptimizerKind::Adamw && !adamw_ok {
+            return bad(format!(
+                "AdamW needs betas in [0, 1) and a positive eps, got betas ({b1}, {b2}) and eps {}",
+                self.adamw.eps
+            ));
         }
         let numbers = [
             (
@@ -229,9 +269,9 @@ impl TrainConfig {
             ),
             (
                 "weightDecay",
-                self.sgd.weight_decay,
+                self.weight_decay(),
                 "a finite non-negative number",
-                self.sgd.weight_decay.is_finite() && self.sgd.weight_decay >= 0.0,
+                self.weight_decay().is_finite() && self.weight_decay() >= 0.0,
             ),
             (
                 "warmupLr",
@@ -257,10 +297,34 @@ impl TrainConfig {
     pub fn lr_schedule(&self) -> LrSchedule {
         LrSchedule {
             kind: self.schedule,
-            base_lr: self.sgd.lr,
+            base_lr: self.lr(),
             max_epochs: self.epochs,
             warmup_epochs: self.warmup_epochs,
             warmup_lr: self.warmup_lr,
+            per_step: self.lr_per_step,
+        }
+    }
+
+    /// The base learning rate of the optimiser that steps.
+    pub fn lr(&self) -> f64 {
+        match self.optimizer {
+            OptimizerKind::Sgd => self.sgd.lr,
+            OptimizerKind::Adamw => self.adamw.lr,
+        }
+    }
+
+    pub fn weight_decay(&self) -> f64 {
+        match self.optimizer {
+            OptimizerKind::Sgd => self.sgd.weight_decay,
+            OptimizerKind::Adamw => self.adamw.weight_decay,
+        }
+    }
+
+    /// A fresh optimiser of this run for `n_params` parameters.
+    pub fn new_optimizer(&self, n_params: usize) -> Optimizer {
+        match self.optimizer {
+            OptimizerKind::Sgd => Optimizer::Sgd(Sgd::new(self.sgd, n_params)),
+            OptimizerKind::Adamw => Optimizer::AdamW(AdamW::new(self.adamw, n_params)),
         }
     }
 }
@@ -308,8 +372,11 @@ pub struct TrainSummary {
     pub epoch_loss: Vec<f32>,
     pub epoch_accuracy: Vec<f32>,
     pub seconds: f64,
-    /// What a method fitted on features reports (the linear probe's C search).
+    /// What a method's preparation and closing search report (the linear probe's C search,
+    /// Tip-Adapter's alpha and beta).
     pub details: Option<serde_json::Value>,
+    /// Their one-line accounts, in order.
+    pub fitted: Vec<String>,
 }
 
 /// Independent random stream per (seed, a, b): order of work across threads never matters.
@@ -334,8 +401,12 @@ pub fn fit(
     fit_with_validation(clip, model, data, None, config, on_progress, cancel)
 }
 
-/// `fit`, with a validation split for methods that choose hyperparameters on one (the linear
-/// probe's C); SGD methods ignore it.
+/// `fit`, with a validation split for methods that choose something on one (the linear probe's
+/// C, Tip-Adapter's alpha and beta); methods that use none never read it.
+///
+/// The learner's life: its `prepare` sees the training (and validation) data and may allocate
+/// state; then, when its catalogue entry says it trains by SGD, the epochs (checkpointed and
+/// resumable); then its `finish`.
 pub fn fit_with_validation(
     clip: &Clip,
     model: &dyn Method,
@@ -353,113 +424,24 @@ pub fn fit_with_validation(
             .map_err(|e| Error::InvalidArgument(format!("validation set: {e}")))?;
     }
     let started = Instant::now();
-    if model.fits_on_features() {
-        return fit_on_features(clip, model, data, validation, config, started, cancel);
-    }
-    // Before any work: a checkpoint that cannot be written would otherwise fail the run only
-    // after its first epoch.
-    if let Some(path) = &config.checkpoint_path {
+    let trains = crate::methods::spec(&model.meta().method)?.fitting == Fitting::Sgd;
+    // Before any work: a checkpoint that cannot be written, or one that cannot be resumed with
+    // these options, would otherwise fail the run only after the images are read.
+    let resumed = match (&config.resume_from, trains) {
+        (Some(path), true) => Some((checkpoint_for(path, clip, config)?, path.clone())),
+        _ => None,
+    };
+    if let (Some(path), true) = (&config.checkpoint_path, trains) {
         crate::files::check_writable(path)?;
     }
-    let vars = model.vars();
-    let mut sgd = Sgd::new(config.sgd, vars.len());
-    // fp16 weights: loss scaling, as the official `amp` path (bf16 has fp32's range).
-    let mut scaler = (clip.dtype == DType::F16).then(LossScaler::default);
-    let mut start = Position::default();
-    // Each completed epoch's mean loss and accuracy, from the checkpoint when resuming.
-    let mut history: (Vec<f32>, Vec<f32>) = (vec![], vec![]);
-    let mut resumed_images = None;
 
-    if let Some(path) = &config.resume_from {
-        let ck = checkpoint::load(path, &clip.device)?;
-        let m = &ck.meta;
-        let now = model.meta();
-        if m.model != now {
-            return Err(Error::InvalidArgument(format!(
-                "{}: cannot resume, the checkpoint was made with a different learner: {} (resume with the learner the checkpoint was made with)",
-                path.display(),
-                learner_differences(&m.model, &now).join("; ")
-            )));
-        }
-        // Every option that changes the run must be as it was, each named with both values.
-        let mut changed: Vec<(&str, String, String)> = [
-            ("seed", m.seed.to_string(), config.seed.to_string()),
-            ("epochs", m.epochs.to_string(), config.epochs.to_string()),
-            (
-                "batchSize",
-                m.batch_size.to_string(),
-                config.batch_size.to_string(),
-            ),
-        ]
-        .into_iter()
-        .filter(|(_, a, b)| a != b)
-        .collect();
-        if let Some(run) = &m.run {
-            changed.extend(run.differences(&RunConfig::of(config)));
-        }
-        if !changed.is_empty() {
-            let list: Vec<String> = changed
-                .iter()
-                .map(|(name, was, now)| format!("{name} was {was}, this run has {now}"))
-                .collect();
-            return Err(Error::InvalidArgument(format!(
-                "{}: cannot resume, the run would change: {} (resume with the options the checkpoint was made with)",
-                path.display(),
-                list.join("; ")
-            )));
-        }
-        for (i, (name, var)) in vars.iter().enumerate() {
-            let p = ck.params.get(name).ok_or_else(|| Error::MissingTensor {
-                name: format!("param.{name}"),
-                path: path.clone(),
-            })?;
-            if p.dims() != var.dims() {
-                return Err(Error::ShapeMismatch {
-                    name: format!("param.{name}"),
-                    path: path.clone(),
-                    expected: var.dims().to_vec(),
-                    actual: p.dims().to_vec(),
-                });
-            }
-            var.set(&p.to_dtype(var.dtype())?)?;
-            sgd.buffers[i] = match ck.momentum.get(name) {
-                Some(b) if b.dims() != var.dims() => {
-                    return Err(Error::ShapeMismatch {
-                        name: format!("momentum.{name}"),
-                        path: path.clone(),
-                        expected: var.dims().to_vec(),
-                        actual: b.dims().to_vec(),
-                    })
-                }
-                Some(b) => Some(b.to_dtype(var.dtype())?),
-                None => None,
-            };
-        }
-        start = Position {
-            epoch: m.epochs_done,
-            step: m.step_in_epoch,
-            global_step: m.global_step,
-            loss_sum: m.epoch_loss_sum,
-            correct: m.epoch_correct,
-            seen: m.epoch_seen,
-        };
-        history = (
-            m.epoch_loss_history.clone(),
-            m.epoch_accuracy_history.clone(),
-        );
-        resumed_images = m.num_images.map(|n| (n, path.clone()));
-        if scaler.is_some() {
-            scaler = Some(m.loss_scaler.unwrap_or_default());
-        }
-    }
-
-    // Image features: without augmentation every epoch sees the same center crops, encoded once
-    // (which is also where unreadable images show); with it, every image is decoded once up
-    // front into the decode cache (DecodedImages::probe), and the input pipeline's producer
-    // thread makes each step's augmented crops ahead of the step (train/pipeline.rs), which this
-    // thread encodes just before it.
+    // The usable training images. With augmentation every image is decoded once up front into
+    // the decode cache (DecodedImages::probe), and the input pipeline's producer thread makes
+    // each step's augmented crops ahead of the step (train/pipeline.rs); without it every epoch
+    // sees the same center crops, encoded once. Either is where unreadable images show.
     let mut skipped = vec![];
-    let (fixed, images, data) = if config.augment {
+    let augment = trains && config.augment;
+    let (fixed, images, data) = if augment {
         let images = DecodedImages::new(data.sources.clone(), config.decoded_cache_bytes);
         let failures = images.probe(cancel);
         cancelled_if(cancel)?;
@@ -474,14 +456,167 @@ pub fn fit_with_validation(
         let (features, keep) = center_crop_features(clip, data, config, &mut skipped, cancel)?;
         (Some(features), None, data.subset(&keep))
     };
-    let data = data.as_ref();
-    if let Some((n, path)) = resumed_images {
-        if n != data.sources.len() {
+    let mut fit_data = RunData {
+        clip,
+        data: data.as_ref(),
+        features: fixed,
+        images,
+        validation,
+        validation_features: None,
+        config,
+        cancel,
+    };
+    let prepared = model.prepare(clip, &mut fit_data)?;
+    cancelled_if(cancel)?;
+    if let Some(name) = first_non_finite(&model.vars())? {
+        return Err(Error::NonFiniteParams(format!(
+            "the fit left parameter `{name}` non-finite"
+        )));
+    }
+    let mut summary = if trains {
+        train_epochs(clip, model, &fit_data, config, resumed, on_progress, cancel)?
+    } else {
+        TrainSummary {
+            epochs: 0,
+            start_epoch: 0,
+            start_step: 0,
+            skipped: vec![],
+            global_step: 0,
+            epoch_loss: vec![],
+            epoch_accuracy: vec![],
+            seconds: 0.0,
+            details: None,
+            fitted: vec![],
+        }
+    };
+    let finished = model.finish(clip, &mut fit_data)?;
+    for report in [&prepared, &finished].into_iter().flatten() {
+        summary.fitted.push(report.summary.clone());
+        if !trains {
+            summary.epoch_loss.extend(report.loss);
+            summary.epoch_accuracy.extend(report.accuracy);
+        }
+        summary.details = Some(match summary.details.take() {
+            Some(serde_json::Value::Object(mut a)) => {
+                if let serde_json::Value::Object(b) = &report.details {
+                    a.extend(b.clone());
+                }
+                serde_json::Value::Object(a)
+            }
+            _ => report.details.clone(),
+        });
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.skipped = skipped;
+    Ok(summary)
+}
+
+/// The checkpoint at `path`, checked against this run's options (the learner is checked once it
+/// is prepared: its state's shapes depend on the data).
+fn checkpoint_for(
+    path: &std::path::Path,
+    clip: &Clip,
+    config: &TrainConfig,
+) -> Result<checkpoint::Loaded> {
+    let ck = checkpoint::load(path, &clip.device)?;
+    let m = &ck.meta;
+    // Every option that changes the run must be as it was, each named with both values.
+    let mut changed: Vec<(&str, String, String)> = [
+        ("seed", m.seed.to_string(), config.seed.to_string()),
+        ("epochs", m.epochs.to_string(), config.epochs.to_string()),
+        (
+            "batchSize",
+            m.batch_size.to_string(),
+            config.batch_size.to_string(),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, a, b)| a != b)
+    .collect();
+    if let Some(run) = &m.run {
+        changed.extend(run.differences(&RunConfig::of(config)));
+    }
+    if !changed.is_empty() {
+        let list: Vec<String> = changed
+            .iter()
+            .map(|(name, was, now)| format!("{name} was {was}, this run has {now}"))
+            .collect();
+        return Err(Error::InvalidArgument(format!(
+            "{}: cannot resume, the run would change: {} (resume with the options the checkpoint was made with)",
+            path.display(),
+            list.join("; ")
+        )));
+    }
+    Ok(ck)
+}
+
+/// The SGD epochs of a prepared learner, from a checkpoint when resuming.
+fn train_epochs(
+    clip: &Clip,
+    model: &dyn Method,
+    fit_data: &RunData<'_>,
+    config: &TrainConfig,
+    resumed: Option<(checkpoint::Loaded, PathBuf)>,
+    on_progress: &mut dyn FnMut(&Progress),
+    cancel: &AtomicBool,
+) -> Result<TrainSummary> {
+    let vars = model.vars();
+    let mut optimizer = config.new_optimizer(vars.len());
+    // fp16 weights: loss scaling, as the official `amp` path (bf16 has fp32's range).
+    let mut scaler = (clip.dtype == DType::F16).then(LossScaler::default);
+    let mut start = Position::default();
+    // Each completed epoch's mean loss and accuracy, from the checkpoint when resuming.
+    let mut history: (Vec<f32>, Vec<f32>) = (vec![], vec![]);
+    let data = fit_data.data;
+    if let Some((ck, path)) = resumed {
+        let m = &ck.meta;
+        let now = model.meta();
+        if m.model != now {
             return Err(Error::InvalidArgument(format!(
-                "{}: cannot resume, the checkpoint was made with {n} training images, this run has {}",
+                "{}: cannot resume, the checkpoint was made with a different learner: {} (resume with the learner the checkpoint was made with)",
                 path.display(),
-                data.sources.len()
+                learner_differences(&m.model, &now).join("; ")
             )));
+        }
+        if let Some(n) = m.num_images {
+            if n != data.sources.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: cannot resume, the checkpoint was made with {n} training images, this run has {}",
+                    path.display(),
+                    data.sources.len()
+                )));
+            }
+        }
+        for (name, var) in &vars {
+            let p = ck.params.get(name).ok_or_else(|| Error::MissingTensor {
+                name: format!("param.{name}"),
+                path: path.clone(),
+            })?;
+            if p.dims() != var.dims() {
+                return Err(Error::ShapeMismatch {
+                    name: format!("param.{name}"),
+                    path: path.clone(),
+                    expected: var.dims().to_vec(),
+                    actual: p.dims().to_vec(),
+                });
+            }
+            var.set(&p.to_dtype(var.dtype())?)?;
+        }
+        optimizer.restore(&vars, &ck.optimizer, m.global_step, &path)?;
+        start = Position {
+            epoch: m.epochs_done,
+            step: m.step_in_epoch,
+            global_step: m.global_step,
+            loss_sum: m.epoch_loss_sum,
+            correct: m.epoch_correct,
+            seen: m.epoch_seen,
+        };
+        history = (
+            m.epoch_loss_history.clone(),
+            m.epoch_accuracy_history.clone(),
+        );
+        if scaler.is_some() {
+            scaler = Some(m.loss_scaler.unwrap_or_default());
         }
     }
     let (bs, steps_per_epoch) = step_shape(data.sources.len(), config.batch_size);
@@ -494,7 +629,7 @@ pub fn fit_with_validation(
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Tensor>>(PREFETCH_BATCHES);
-        if let Some(images) = images {
+        if let (Some(images), true) = (&fit_data.images, config.augment) {
             let (image_config, stop) = (&clip.image_config, &stop);
             scope.spawn(move || {
                 for epoch in start.epoch..config.epochs {
@@ -507,7 +642,7 @@ pub fn fit_with_validation(
                             return;
                         }
                         let crops = augmented_crops(
-                            &images,
+                            images,
                             image_config,
                             config,
                             epoch,
@@ -522,9 +657,9 @@ pub fn fit_with_validation(
             });
         }
         let encoder = clip.image_encoder(&clip.device)?;
-        let mut features_for = |idx: &[usize]| -> Result<Tensor> {
-            match &fixed {
-                Some(f) => Ok(f.index_select(
+        let mut batch_for = |idx: &[usize]| -> Result<Batch<'_>> {
+            match &fit_data.features {
+                Some(f) => Batch::of_features(f.index_select(
                     &Tensor::from_vec(
                         idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
                         idx.len(),
@@ -543,17 +678,11 @@ pub fn fit_with_validation(
                         }
                     };
                     let crops = rx.recv().map_err(|_| stopped())??;
-                    let chunks = (0..idx.len())
-                        .step_by(config.encode_batch_size)
-                        .map(|i| {
-                            encoder.encode_crops(crops.narrow(
-                                0,
-                                i,
-                                config.encode_batch_size.min(idx.len() - i),
-                            )?)
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    Ok(Tensor::cat(&chunks, 0)?)
+                    Batch::of_pixels(
+                        encoder.pixels_of_crops(crops)?,
+                        FrozenTower::Encoder(&encoder),
+                        config.encode_batch_size,
+                    )
                 }
             }
         };
@@ -562,11 +691,11 @@ pub fn fit_with_validation(
             model,
             data,
             config,
-            &mut sgd,
+            &mut optimizer,
             &mut scaler,
             start,
             history,
-            &mut features_for,
+            &mut batch_for,
             on_progress,
             cancel,
         );
@@ -574,11 +703,110 @@ pub fn fit_with_validation(
         stop.store(true, Ordering::Relaxed);
         summary
     })
-    .map(|mut summary| {
-        summary.seconds = started.elapsed().as_secs_f64();
-        summary.skipped = skipped;
-        summary
-    })
+}
+
+/// The run's data as a method's `prepare` and `finish` see it ([`FitData`]): what the trainer
+/// already has (the center-crop features, the decoded images), and the rest computed on request.
+struct RunData<'a> {
+    clip: &'a Clip,
+    data: &'a LabelledImages,
+    features: Option<Tensor>,
+    images: Option<DecodedImages>,
+    validation: Option<&'a LabelledImages>,
+    validation_features: Option<Tensor>,
+    config: &'a TrainConfig,
+    cancel: &'a AtomicBool,
+}
+
+/// The random streams of augmented passes for a method's preparation (Tip-Adapter's cache): far
+/// from every training epoch's, so that the passes and the epochs never share crops.
+const PREPARE_PASS_STREAM: usize = 1 << 40;
+
+impl FitData for RunData<'_> {
+    fn labels(&self) -> &[usize] {
+        &self.data.labels
+    }
+
+    fn features(&mut self) -> Result<Tensor> {
+        if let Some(f) = &self.features {
+            return Ok(f.clone());
+        }
+        let cancel = self.cancel;
+        let enc = crate::features::encode_with_progress(
+            self.clip,
+            &self.data.sources,
+            crate::features::BATCH_SIZE,
+            &mut |_, _| cancelled_if(cancel),
+        )?;
+        // The images were all read once already (the decode cache's probe).
+        if let Some((index, e)) = enc.failures.into_iter().next() {
+            return Err(Error::UnusableImage {
+                what: "training image".into(),
+                index,
+                source: Box::new(e),
+            });
+        }
+        let f = enc
+            .features
+            .ok_or_else(|| Error::Internal("no features of readable images".into()))?;
+        self.features = Some(f.clone());
+        Ok(f)
+    }
+
+    fn augmented_features(&mut self, passes: usize, crop_scale: (f64, f64)) -> Result<Tensor> {
+        if passes == 0 {
+            return Err(Error::InvalidArgument(
+                "the augmented passes must be at least 1".into(),
+            ));
+        }
+        let images = self.images.get_or_insert_with(|| {
+            DecodedImages::new(self.data.sources.clone(), self.config.decoded_cache_bytes)
+        });
+        let mut config = self.config.clone();
+        config.augment_config.scale = crop_scale;
+        config.validate()?;
+        let encoder = self.clip.image_encoder(&self.clip.device)?;
+        let all: Vec<usize> = (0..images.len()).collect();
+        let mut out = Vec::with_capacity(passes);
+        for pass in 0..passes {
+            let mut parts = vec![];
+            for chunk in all.chunks(config.encode_batch_size) {
+                cancelled_if(self.cancel)?;
+                let crops = augmented_crops(
+                    images,
+                    &self.clip.image_config,
+                    &config,
+                    PREPARE_PASS_STREAM + pass,
+                    chunk,
+                )?;
+                parts.push(encoder.encode_crops(crops)?);
+            }
+            out.push(Tensor::cat(&parts, 0)?);
+        }
+        Ok(Tensor::stack(&out, 0)?)
+    }
+
+    fn validation(&mut self) -> Result<Option<(Tensor, Vec<usize>)>> {
+        let Some(v) = self.validation else {
+            return Ok(None);
+        };
+        if self.validation_features.is_none() {
+            cancelled_if(self.cancel)?;
+            self.validation_features = Some(crate::features::encode_all(
+                self.clip,
+                &v.sources,
+                "validation image",
+            )?);
+        }
+        Ok(self
+            .validation_features
+            .clone()
+            .map(|f| (f, v.labels.clone())))
+    }
+
+    fn check_cancelled(&self) -> Result<()> {
+        cancelled_if(self.cancel)
+    }
 }
 
 impl LabelledImages {
@@ -662,50 +890,6 @@ fn center_crop_features(
         .features
         .ok_or_else(|| Error::Internal("no features of readable images".into()))?;
     Ok((features, keep))
-}
-
-/// Encode the center crops once and let the method fit itself on them.
-fn fit_on_features(
-    clip: &Clip,
-    model: &dyn Method,
-    data: &LabelledImages,
-    validation: Option<&LabelledImages>,
-    config: &TrainConfig,
-    started: Instant,
-    cancel: &AtomicBool,
-) -> Result<TrainSummary> {
-    let mut skipped = vec![];
-    let (train, keep) = center_crop_features(clip, data, config, &mut skipped, cancel)?;
-    let data = data.subset(&keep);
-    let val = match validation {
-        Some(v) => Some((
-            crate::features::encode_all(clip, &v.sources, "validation image")?,
-            v,
-        )),
-        None => None,
-    };
-    cancelled_if(cancel)?;
-    let fit = FeatureFit {
-        train: (&train, &data.labels),
-        validation: val.as_ref().map(|(f, v)| (f, v.labels.as_slice())),
-    };
-    let s = model.fit_features(fit)?;
-    if let Some(name) = first_non_finite(&model.vars())? {
-        return Err(Error::NonFiniteParams(format!(
-            "the fit left parameter `{name}` non-finite"
-        )));
-    }
-    Ok(TrainSummary {
-        epochs: 0,
-        start_epoch: 0,
-        start_step: 0,
-        skipped,
-        global_step: 0,
-        epoch_loss: vec![s.loss],
-        epoch_accuracy: vec![s.accuracy],
-        seconds: started.elapsed().as_secs_f64(),
-        details: Some(s.details),
-    })
 }
 
 /// Batches the input pipeline keeps ready ahead of the steps.
@@ -815,7 +999,7 @@ fn save_checkpoint(
     model: &dyn Method,
     config: &TrainConfig,
     num_images: usize,
-    sgd: &Sgd,
+    optimizer: &Optimizer,
     scaler: &Option<LossScaler>,
     at: Position,
     history: (&[f32], &[f32]),
@@ -844,27 +1028,23 @@ fn save_checkpoint(
         .iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
         .collect();
-    let momentum: Vec<(String, Tensor)> = vars
-        .iter()
-        .zip(&sgd.buffers)
-        .filter_map(|((n, _), b)| b.clone().map(|b| (n.clone(), b)))
-        .collect();
-    checkpoint::save(path, &meta, &params, &momentum)
+    let names: Vec<String> = vars.iter().map(|(n, _)| n.clone()).collect();
+    checkpoint::save(path, &meta, &params, &optimizer.state(&names))
 }
 
-/// The epochs from `start` on, each step's image features (B, E) from `features_for` given the
-/// step's images, called in step order.
+/// The epochs from `start` on, each step's batch from `batch_for` given the step's images,
+/// called in step order.
 #[allow(clippy::too_many_arguments)]
-fn run_epochs(
+fn run_epochs<'b>(
     clip: &Clip,
     model: &dyn Method,
     data: &LabelledImages,
     config: &TrainConfig,
-    sgd: &mut Sgd,
+    optimizer: &mut Optimizer,
     scaler: &mut Option<LossScaler>,
     start: Position,
     history: (Vec<f32>, Vec<f32>),
-    features_for: &mut dyn FnMut(&[usize]) -> Result<Tensor>,
+    batch_for: &mut dyn FnMut(&[usize]) -> Result<Batch<'b>>,
     on_progress: &mut dyn FnMut(&Progress),
     cancel: &AtomicBool,
 ) -> Result<TrainSummary> {
@@ -886,9 +1066,9 @@ fn run_epochs(
         epoch_accuracy: history.1.into_iter().take(start.epoch).collect(),
         seconds: 0.0,
         details: None,
+        fitted: vec![],
     };
     for epoch in start.epoch..config.epochs {
-        let lr = schedule.lr(epoch);
         let order = epoch_order(config.seed, epoch, n);
         let resumed = epoch == start.epoch;
         let (first, mut loss_sum, mut correct, mut seen) = if resumed {
@@ -912,7 +1092,7 @@ fn run_epochs(
                     seen,
                 };
                 let history = (&summary.epoch_loss[..], &summary.epoch_accuracy[..]);
-                match save_checkpoint(path, model, config, n, sgd, scaler, at, history) {
+                match save_checkpoint(path, model, config, n, optimizer, scaler, at, history) {
                     Ok(()) => Error::Cancelled {
                         checkpoint: Some(path.clone()),
                     },
@@ -922,8 +1102,9 @@ fn run_epochs(
             if cancel.load(Ordering::Relaxed) {
                 return Err(cancelled());
             }
+            let lr = schedule.lr_at(epoch, step, steps_per_epoch);
             let idx = &order[step * bs..(step + 1) * bs];
-            let features = match features_for(idx) {
+            let batch = match batch_for(idx) {
                 Err(Error::Cancelled { .. }) => return Err(cancelled()),
                 r => r?,
             };
@@ -938,7 +1119,7 @@ fn run_epochs(
                     loss: loss_value,
                     logits,
                     grads: gs,
-                } = model.loss_and_grads_scaled(clip, &features, &labels, grad_scale)?;
+                } = model.batch_loss_and_grads(clip, &batch, &labels, grad_scale)?;
                 if !loss_value.is_finite() {
                     let hint = if clip.dtype == DType::F32 {
                         String::new()
@@ -975,7 +1156,7 @@ fn run_epochs(
                 }
             };
             let params: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
-            sgd.step(&params, &gs, lr)?;
+            optimizer.step(&params, &gs, lr)?;
             // A finite loss can still come with an update that overflows (a huge learning rate):
             // stop before the parameters are used, saved or checkpointed.
             if let Some(name) = first_non_finite(&vars)? {
@@ -1019,7 +1200,7 @@ fn run_epochs(
                     ..Position::default()
                 };
                 let history = (&summary.epoch_loss[..], &summary.epoch_accuracy[..]);
-                save_checkpoint(path, model, config, n, sgd, scaler, at, history)?;
+                save_checkpoint(path, model, config, n, optimizer, scaler, at, history)?;
             }
         }
     }

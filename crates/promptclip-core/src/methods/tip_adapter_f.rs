@@ -1,0 +1,282 @@
+//! Tip-Adapter-F (Zhang et al., ECCV 2022): Tip-Adapter's cache with its keys fine-tuned (the
+//! official main.py, run_tip_adapter_F). The keys become a trainable linear layer initialised
+//! from the cache, trained with alpha and beta held at their initial values:
+//!
+//!   logits = 100 f Wᵀ + alpha₀ exp(-beta₀ (1 - f Kᵀ)) values,   K trainable (N, E)
+//!
+//! by AdamW (lr 0.001, eps 1e-4, weight decay 0.01), batch 256, cosine per batch over 20 epochs
+//! on augmented crops; then alpha and beta are searched on the validation split with the trained
+//! keys. The official code keeps the epoch with the best *test* accuracy; this one keeps the last
+//! state and chooses alpha and beta on validation only, never on test data.
+use super::catalogue::{ClassBinding, Fitting, OptionDoc, OptionKind, RecipeFor, Takes};
+use super::tip_adapter::{
+    cache_classes_only, check_cache, choose, chosen, classifier, clip_logits, missing_validation,
+    normalized, tip_logits, Cache, TipAdapterConfig, ALPHA, ALPHA_SCALE, ALPHA_STEPS,
+    AUGMENT_PASSES, BETA, BETA_SCALE, BETA_STEPS, CACHE_CROP_SCALE, TEMPLATES,
+};
+use super::{
+    FitData, FitReport, LearnerMeta, Method, MethodSpec, OptimizerKind, Recipe, Runtime, Scorer,
+};
+use crate::clip::Clip;
+use crate::{Error, Result};
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+use std::sync::RwLock;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TipAdapterFConfig {
+    #[serde(flatten)]
+    pub cache: TipAdapterConfig,
+    /// alpha and beta while the keys train (the official init_alpha, init_beta).
+    pub init_alpha: f64,
+    pub init_beta: f64,
+}
+
+impl Default for TipAdapterFConfig {
+    fn default() -> Self {
+        Self {
+            cache: TipAdapterConfig::default(),
+            init_alpha: 1.0,
+            init_beta: 1.0,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct TipAdapterF {
+    pub config: TipAdapterFConfig,
+    class_names: Vec<String>,
+    /// (K, E) normalised: the templates' classifier.
+    text: Tensor,
+    cache: RwLock<Option<Cache>>,
+}
+
+impl TipAdapterF {
+    pub fn new(
+        clip: &Clip,
+        class_names: &[String],
+        config: TipAdapterFConfig,
+        cache: Option<Cache>,
+    ) -> Result<Self> {
+        config.cache.validate()?;
+        for (name, v) in [
+            ("initAlpha", config.init_alpha),
+            ("initBeta", config.init_beta),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} must be a finite number, at least 0, got {v}"
+                )));
+            }
+        }
+        let text = classifier(clip, class_names, &config.cache.templates)?;
+        if let Some(c) = &cache {
+            check_cache(c, clip, class_names.len())?;
+        }
+        Ok(Self {
+            config,
+            class_names: class_names.to_vec(),
+            text,
+            cache: RwLock::new(cache),
+        })
+    }
+
+    pub fn cache(&self) -> Option<Cache> {
+        self.cache.read().ok().and_then(|c| c.clone())
+    }
+
+    fn set_cache(&self, cache: Cache) -> Result<()> {
+        *self
+            .cache
+            .write()
+            .map_err(|_| Error::Internal("the Tip-Adapter-F cache lock".into()))? = Some(cache);
+        Ok(())
+    }
+
+    /// Logits of image features (B, E), differentiable in the keys.
+    pub fn logits_of(&self, image_features: &Tensor) -> Result<Tensor> {
+        let f = normalized(image_features)?;
+        match self.cache() {
+            Some(c) => tip_logits(&f, &self.text, &c, c.keys.as_tensor()),
+            None => clip_logits(&f, &self.text),
+        }
+    }
+}
+
+struct TipFScorer<'a>(&'a TipAdapterF);
+
+impl Scorer for TipFScorer<'_> {
+    fn logits(&self, image_features: &Tensor) -> Result<Tensor> {
+        Ok(self.0.logits_of(image_features)?.detach())
+    }
+}
+
+impl Method for TipAdapterF {
+    fn meta(&self) -> LearnerMeta {
+        LearnerMeta {
+            method: SPEC.name.into(),
+            class_names: self.class_names.clone(),
+            options: super::options_json(&self.config),
+            params: self.cache().map(|c| c.shapes()).unwrap_or_default(),
+        }
+    }
+
+    /// The cache keys, once the cache is built.
+    fn vars(&self) -> Vec<(String, Var)> {
+        self.cache()
+            .map(|c| vec![("cacheKeys".to_string(), c.keys)])
+            .unwrap_or_default()
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        self.cache()
+            .and_then(|c| c.state().ok())
+            .unwrap_or_default()
+    }
+
+    fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+
+    fn logits(&self, _clip: &Clip, image_features: &Tensor) -> Result<Tensor> {
+        self.logits_of(image_features)
+    }
+
+    fn scorer<'a>(
+        &'a self,
+        _clip: &'a Clip,
+        class_names: Option<&[String]>,
+    ) -> Result<Box<dyn Scorer + 'a>> {
+        match class_names {
+            Some(names) if names != self.class_names.as_slice() => {
+                Err(cache_classes_only("a Tip-Adapter-F", &self.class_names))
+            }
+            _ => Ok(Box::new(TipFScorer(self))),
+        }
+    }
+
+    /// The cache, as Tip-Adapter's, with alpha and beta at their initial values for training.
+    fn prepare(&self, _clip: &Clip, data: &mut dyn FitData) -> Result<Option<FitReport>> {
+        // Before the epochs: a search that cannot run would otherwise fail the run at its end.
+        if self.config.cache.searches() && data.validation()?.is_none() {
+            return Err(missing_validation("Tip-Adapter-F"));
+        }
+        let passes = self.config.cache.augment_passes;
+        let augmented = data.augmented_features(passes, CACHE_CROP_SCALE)?;
+        let mut cache = Cache::build(&augmented, data.labels(), self.class_names.len())?;
+        (cache.alpha, cache.beta) = (self.config.init_alpha, self.config.init_beta);
+        let size = cache.keys.dims()[0];
+        self.set_cache(cache)?;
+        Ok(Some(FitReport {
+            summary: format!(
+                "a cache of {size} images ({passes} augmented passes), its keys trained with alpha {} and beta {}",
+                self.config.init_alpha, self.config.init_beta
+            ),
+            details: serde_json::json!({ "cacheSize": size, "augmentPasses": passes }),
+            loss: None,
+            accuracy: None,
+        }))
+    }
+
+    /// alpha and beta on validation with the trained keys.
+    fn finish(&self, _clip: &Clip, data: &mut dyn FitData) -> Result<Option<FitReport>> {
+        let mut cache = self
+            .cache()
+            .ok_or_else(|| Error::Internal("Tip-Adapter-F finished without a cache".into()))?;
+        let ((alpha, beta), details) = choose(
+            data,
+            &self.text,
+            &cache,
+            &self.config.cache,
+            "Tip-Adapter-F",
+        )?;
+        (cache.alpha, cache.beta) = (alpha, beta);
+        self.set_cache(cache)?;
+        Ok(Some(FitReport {
+            summary: format!("with the trained keys: {}", chosen(&details)),
+            details,
+            loss: None,
+            accuracy: None,
+        }))
+    }
+}
+
+const INIT_ALPHA: OptionDoc = OptionDoc {
+    name: "initAlpha",
+    kind: OptionKind::Number {
+        exclusive_min: None,
+    },
+    doc: "the cache's weight while the keys train",
+    flag: None,
+};
+const INIT_BETA: OptionDoc = OptionDoc {
+    name: "initBeta",
+    kind: OptionKind::Number {
+        exclusive_min: None,
+    },
+    doc: "the affinity's sharpness while the keys train",
+    flag: None,
+};
+
+/// The official run_tip_adapter_F: AdamW (lr 0.001, eps 1e-4, torch's weight decay 0.01), batch
+/// 256, CosineAnnealingLR over epochs x batches stepped per batch (no warmup), 20 epochs (its
+/// EuroSAT config: 100), crops as its cache's (scale 0.5 to 1).
+fn recipe(r: RecipeFor<'_>) -> Recipe {
+    Recipe {
+        epochs: if r.dataset == Some("eurosat") {
+            100
+        } else {
+            20
+        },
+        batch_size: 256,
+        lr: 0.001,
+        optimizer: OptimizerKind::Adamw,
+        weight_decay: 0.01,
+        eps: 1e-4,
+        warmup_epochs: 0,
+        lr_per_step: true,
+        crop_scale: Some(CACHE_CROP_SCALE),
+    }
+}
+
+pub const SPEC: MethodSpec = MethodSpec {
+    name: "tip-adapter-f",
+    title: "Tip-Adapter-F",
+    paper: "Zhang, Zhang, Fang, Gao, Li, Dai, Qiao, Li: Tip-Adapter: Training-free Adaption of CLIP for Few-shot Classification (ECCV 2022)",
+    takes: Takes::ImageFeatures,
+    fitting: Fitting::Sgd,
+    classes: ClassBinding::OwnClasses,
+    uses_validation: true,
+    validation_unless: &["alpha", "beta"],
+    template_option: Some("templates"),
+    options: &[
+        TEMPLATES,
+        AUGMENT_PASSES,
+        ALPHA,
+        BETA,
+        BETA_SCALE,
+        ALPHA_SCALE,
+        BETA_STEPS,
+        ALPHA_STEPS,
+        INIT_ALPHA,
+        INIT_BETA,
+    ],
+    defaults: || super::options_json(&TipAdapterFConfig::default()),
+    recipe,
+    create: |clip, names, options, _runtime: Runtime| {
+        let config: TipAdapterFConfig = super::parse_options("tip-adapter-f", options)?;
+        Ok(Box::new(TipAdapterF::new(clip, names, config, None)?))
+    },
+    restore: |clip, meta, tensors, _runtime| {
+        let config: TipAdapterFConfig =
+            super::parse_options("tip-adapter-f", meta.options.clone())?;
+        let cache = Cache::restore(tensors)?;
+        Ok(Box::new(TipAdapterF::new(
+            clip,
+            &meta.class_names,
+            config,
+            cache,
+        )?))
+    },
+};
