@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import test from 'ava'
 import { encodePng } from '../ts/report'
-import { collect, type ProcessResult } from './helpers'
+import { collect, IMAGES, type ProcessResult } from './helpers'
 
 const ROOT = join(import.meta.dirname ?? __dirname, '..')
 const CLI = join(ROOT, 'dist', 'cli.js')
@@ -287,6 +287,55 @@ test('train saves a prompt that predict, eval, interpret and info use, with new 
   const zs = await cli(['eval', DATA, '--template', 'a photo of a {}.', '--template', 'a drawing of a {}.', '--json'])
   t.is(zs.code, 0, zs.stderr)
   t.like(JSON.parse(zs.stdout), { split: 'test', total: 12, templates: ['a photo of a {}.', 'a drawing of a {}.'] })
+})
+
+test('train: Tip-Adapter and Tip-Adapter-F say what they fitted and chose, on validation only', async (t) => {
+  const tip = await cli([
+    'train',
+    DATA,
+    '--method',
+    'tip-adapter',
+    '--shots',
+    '2',
+    '--augment-passes',
+    '2',
+    '--out',
+    'tip.safetensors',
+  ])
+  t.is(tip.code, 0, tip.stderr)
+  t.regex(
+    tip.stdout,
+    /fitted: a cache of 8 images \(2 augmented passes\); alpha [\d.]+ and beta [\d.]+, searched on the validation split/,
+  )
+  const args = ['train', DATA, '--method', 'tip-adapter-f', '--shots', '2', '--augment-passes', '2', '--epochs', '2']
+  const f = await cli([...args, '--out', 'tipf.safetensors'])
+  t.is(f.code, 0, f.stderr)
+  t.regex(f.stdout, /trained: 2 epochs/)
+  t.regex(f.stdout, /fitted: with the trained keys: alpha [\d.]+ and beta [\d.]+, searched on the validation split/)
+  // Without a validation split: both values, or a split to search on, said before any work.
+  isUsageError(
+    t,
+    await cli(['train', DATA, '--method', 'tip-adapter', '--out', 'tip2.safetensors']),
+    /give --alpha and --beta/,
+  )
+  const given = await cli([
+    'train',
+    DATA,
+    '--method',
+    'tip-adapter',
+    '--alpha',
+    '2',
+    '--beta',
+    '3',
+    '--out',
+    'tip3.safetensors',
+  ])
+  t.is(given.code, 0, given.stderr)
+  t.regex(given.stdout, /alpha 2 and beta 3, as given/)
+  // A cache has no new classes.
+  const p = await cli(['predict', '--prompt', 'tip.safetensors', '--classes', 'cat,dog', IMAGES])
+  t.not(p.code, 0)
+  t.regex(p.stderr, /its cache holds only the few-shot images of those classes/)
 })
 
 test('train --json, the linear probe and few-shot sampling', async (t) => {

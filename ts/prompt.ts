@@ -96,9 +96,10 @@ export class PromptLearner {
   /** @internal Set by `Trainer.fit` from its call until it settles: `context()` and another
    *  `fit` fail fast with E_BUSY. */
   training = false
-  /** What the learner is never changes (training changes only its tensors): read once, so that
-   *  `info` answers at any time, also while the learner trains. */
-  private readonly meta: LearnerInfo
+  /** What the learner is, read when it is made and again after each fit (a fit may allocate
+   *  state whose shapes the data decide: Tip-Adapter's cache), so that `info` answers at any time,
+   *  also while the learner trains. */
+  private meta: LearnerInfo
   private caps?: Native.NativeCapabilities
   /** Settles when the last native task queued on this learner has settled; it never rejects. */
   private tail: Promise<void> = Promise.resolve()
@@ -107,6 +108,11 @@ export class PromptLearner {
     this.clip = clip
     this.native = nativeLearner
     this.meta = nativeSync(() => nativeLearner.info) as LearnerInfo
+  }
+
+  /** @internal Read `info` again from the core (by `Trainer.fit`, once its native task settled). */
+  refreshInfo(): void {
+    this.meta = nativeSync(() => this.native.info) as LearnerInfo
   }
 
   /**

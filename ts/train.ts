@@ -178,7 +178,17 @@ export class Trainer {
         unlock = lockOutput(checkpoint)
         await this.checkAndRecordFingerprint(checkpoint, data, validationGiven, resumeFrom)
       }
-      return await learner.exclusive(() => this.run(train, val, options, onProgress, signal), signal)
+      return await learner.exclusive(async () => {
+        try {
+          return await this.run(train, val, options, onProgress, signal)
+        } finally {
+          // A fit may have allocated state whose shapes the data decide (a cache). A learner
+          // whose state a failure poisoned keeps its last description (the failure is the error).
+          try {
+            learner.refreshInfo()
+          } catch {}
+        }
+      }, signal)
     } finally {
       unlock?.()
       learner.training = false
