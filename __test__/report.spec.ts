@@ -1,8 +1,10 @@
 /**
- * The demo's HTML report (ts/report.ts), on synthetic results: the page is written atomically, its
- * PNGs decode to the given pixels, and — in Debian's chromium, driven by playwright-core — it renders
- * offline without errors: every chart is an SVG with its marks, the table has the six methods, the
- * example images load. Set REPORT_SCREENSHOT=/path.png to keep a full-page screenshot (and the page).
+ * The HTML report (ts/protocols/report.ts on the page of ts/report.ts), the one report of the
+ * protocols and the demo, on synthetic base-to-new runs with the demo's extras: the page is
+ * written atomically, its PNGs decode to the given pixels, and — in Debian's chromium, driven by
+ * playwright-core — it renders offline without errors: every chart is an SVG with its marks, the
+ * table has every method, the example images load. Set REPORT_SCREENSHOT=/path.png to keep a
+ * full-page screenshot (and the page).
  */
 import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -11,7 +13,10 @@ import { inflateSync } from 'node:zlib'
 import test from 'ava'
 import { rng } from '../ts/datasets'
 import type { RawImage } from '../ts/options'
-import { type DemoResults, encodePng, escapeHtml, formatMeanStd, renderReport, writeReport } from '../ts/report'
+import type { EvalRecord, ProtocolMethod, RunRecord } from '../ts/protocols'
+import type { ReportPlan } from '../ts/protocols/plan'
+import { type ReportExtras, renderProtocolReport } from '../ts/protocols/report'
+import { encodePng, escapeHtml, formatMeanStd, writeFileAtomic } from '../ts/report'
 import { browserTest, chartMarks, withReportPage } from './browser'
 
 const CLASSES = [
@@ -27,9 +32,10 @@ const CLASSES = [
   'ankle boot',
   ...Array.from({ length: 10 }, (_, d) => `digit ${d}`),
 ]
-const BASE = [0, 1, 2, 3, 4, 10, 11, 12, 13, 14]
-const NEW = [5, 6, 7, 8, 9, 15, 16, 17, 18, 19]
+const BASE = [0, 1, 2, 3, 4, 10, 11, 12, 13, 14].map((i) => CLASSES[i])
+const NEW = [5, 6, 7, 8, 9, 15, 16, 17, 18, 19].map((i) => CLASSES[i])
 const SEEDS = [1, 2, 3]
+const TITLES = ['Zero-shot CLIP', 'Prompt ensembling', 'Linear probe', 'CoOp', 'CoCoOp', 'KgCoOp', 'CLIP-Adapter']
 
 /** A 28x28 grey image: a ring whose radius depends on `k`, plus noise. */
 function ring(k: number, rand: () => number): RawImage {
@@ -45,64 +51,104 @@ function ring(k: number, rand: () => number): RawImage {
   return { width: 28, height: 28, channels: 1, data }
 }
 
-function syntheticResults(): DemoResults {
+/** Base-to-new runs of seven methods (the zero-shot baselines once, the learners on three seeds),
+ *  as the runner records them; the linear probe cannot score the new half. */
+function syntheticRuns(): { plan: ReportPlan; runs: RunRecord[]; extras: ReportExtras } {
   const rand = rng(7)
-  const perSeed = (m: number) => SEEDS.map(() => Math.round((m + (rand() - 0.5) * 6) * 10) / 10)
-  const harmonic = (b: number[], n: number[]) => b.map((x, i) => (2 * x * n[i]) / (x + n[i]))
-  const method = (name: string, base: number, nu: number | null) => {
-    const b = perSeed(base)
-    const n = nu === null ? null : perSeed(nu)
-    return { name, base: b, new: n, h: n === null ? null : harmonic(b, n) }
-  }
-  const methods = [
-    method('zero-shot', 41, 44),
-    method('zero-shot (ensemble)', 44, 46),
-    method('linear probe', 78, null),
-    method('CoOp', 82, 35),
-    method('CoCoOp', 77, 45),
-    method('KgCoOp', 75, 48),
-  ]
-  const perClass = methods.map((m) => ({
-    method: m.name,
-    accuracy: CLASSES.map((_, i) => {
-      if (m.new === null && NEW.includes(i)) return null
-      if (m.name === 'zero-shot' && i === 19) return null // a class without test images
-      return Math.round(rand() * 1000) / 10
-    }),
-  }))
-  const confusionNames = NEW.slice(0, 10).map((i) => CLASSES[i])
-  const matrix = confusionNames.map((_, t) =>
-    confusionNames.map((_, p) => (t === p ? 20 + Math.floor(rand() * 30) : rand() < 0.4 ? Math.floor(rand() * 8) : 0)),
-  )
-  const examples = Array.from({ length: 12 }, (_, k) => {
-    const label = CLASSES[NEW[k % 10]]
-    const other = CLASSES[NEW[(k + 3) % 10]]
-    return {
-      image: ring(k, rand),
-      label,
-      before: k % 3 === 0 ? label : other,
-      after: k % 4 === 3 ? other : label,
+  const evaluation = (split: string, classNames: string[], around: number, withoutImages = -1): EvalRecord => {
+    const perClass = classNames.map((name, i) => ({
+      name,
+      accuracy: i === withoutImages ? null : Math.round(Math.min(100, around + (rand() - 0.5) * 40) * 10) / 10,
+      support: i === withoutImages ? 0 : 50,
+    }))
+    const confusion: [number, number, number][] = []
+    for (let t = 0; t < classNames.length; t++) {
+      for (let p = 0; p < classNames.length; p++) {
+        const count = t === p ? 20 + Math.floor(rand() * 30) : rand() < 0.4 ? Math.floor(rand() * 8) : 0
+        if (count > 0) confusion.push([t, p, count])
+      }
     }
-  })
-  return {
-    model: 'fixtures/tiny-clip-hf',
-    shots: 16,
-    seeds: SEEDS,
-    classNames: CLASSES,
-    baseClasses: BASE,
-    newClasses: NEW,
-    methods,
-    perClass,
-    confusion: { method: 'CoOp', classNames: confusionNames, matrix },
-    examples,
-    contextWords: [
-      ['photo', 'picture', 'image', 'snapshot'],
-      ['of', 'with', 'from', 'in'],
-      ['a', 'the', 'an', 'one'],
-      ['small', 'tiny', 'little', 'mini'],
-    ],
-    seconds: 754.3,
+    const accuracy = Math.round((around + (rand() - 0.5) * 6) * 10) / 10
+    return {
+      split,
+      dataset: 'clothes-and-digits',
+      classNames,
+      total: 500,
+      correct: Math.round(5 * accuracy),
+      accuracy,
+      errorRate: 100 - accuracy,
+      macroF1: accuracy,
+      topK: [{ k: 1, accuracy }],
+      perClass,
+      confusion,
+      skipped: 0,
+      seconds: 1,
+    }
   }
+  const record = (method: ProtocolMethod, seed: number, base: number, nu: number | null): RunRecord => {
+    const shots = seed === 0 ? 0 : 16
+    return {
+      run: { method, dataset: 'clothes-and-digits', shots, seed },
+      config: { model: { path: 'fixtures/tiny-clip-hf' } },
+      // Zero-shot CLIP has no test images of the last new class.
+      evaluations: [
+        evaluation('base', BASE, base),
+        ...(nu === null ? [] : [evaluation('new', NEW, nu, method === 'zero-shot' ? 9 : -1)]),
+      ],
+      unsupported: nu === null ? ['new'] : [],
+      train: null,
+      timings: { trainSeconds: 0, evalSeconds: 1, totalSeconds: 1 },
+      versions: {},
+      executedBy: { host: 'test', pid: 1, device: 'cpu' },
+      finishedAt: '2025-01-01T00:00:00.000Z',
+    }
+  }
+  const learners: [ProtocolMethod, number, number | null][] = [
+    ['linear-probe', 78, null],
+    ['coop', 82, 35],
+    ['cocoop', 77, 45],
+    ['kgcoop', 75, 48],
+    ['clip-adapter', 80, 44],
+  ]
+  const runs = [
+    record('zero-shot', 0, 41, 44),
+    record('ensemble', 0, 44, 46),
+    ...SEEDS.flatMap((seed) => learners.map(([m, b, n]) => record(m, seed, b, n))),
+  ]
+  const plan: ReportPlan = {
+    protocol: 'base-to-new',
+    dataset: 'clothes-and-digits',
+    targets: [],
+    methods: ['zero-shot', 'ensemble', 'linear-probe', 'coop', 'cocoop', 'kgcoop', 'clip-adapter'],
+    shots: [16],
+    seeds: SEEDS,
+    labels: { 'clothes-and-digits': 'clothes-and-digits' },
+  }
+  const images = Array.from({ length: 12 }, (_, k) => {
+    const label = NEW[k % 10]
+    const other = NEW[(k + 3) % 10]
+    return { image: ring(k, rand), label, before: k % 3 === 0 ? label : other, after: k % 4 === 3 ? other : label }
+  })
+  const extras: ReportExtras = {
+    title: 'promptclip demo: base-to-new, 16 shots',
+    seconds: 754.3,
+    examples: { after: 'CoCoOp', images },
+    context: {
+      learner: 'CoOp',
+      words: [
+        ['photo', 'picture', 'image', 'snapshot'],
+        ['of', 'with', 'from', 'in'],
+        ['a', 'the', 'an', 'one'],
+        ['small', 'tiny', 'little', 'mini'],
+      ],
+    },
+  }
+  return { plan, runs, extras }
+}
+
+function syntheticReport(): string {
+  const { plan, runs, extras } = syntheticRuns()
+  return renderProtocolReport(plan, runs, 'fixtures/tiny-clip-hf', extras)
 }
 
 /** Reads a PNG back (8-bit, filter 0 rows only, as encodePng writes them): header fields and pixels. */
@@ -151,7 +197,7 @@ test('formatting and escaping', (t) => {
   t.is(formatMeanStd([72.44]), '72.4')
   t.is(formatMeanStd(null), '—')
   t.is(escapeHtml('<a href="x">&\'</a>'), '&#60;a href=&#34;x&#34;&#62;&#38;&#39;&#60;/a&#62;')
-  const html = renderReport(syntheticResults())
+  const html = syntheticReport()
   t.false(html.includes('bag <i>'), 'a class name is put into the page unescaped')
   t.regex(html, /bag &#60;i&#62;&#38;&#34;&#39;/)
   // No external resources: nothing but inline scripts, data: images and the $schema id.
@@ -159,11 +205,11 @@ test('formatting and escaping', (t) => {
   t.deepEqual(markup.match(/<script[^>]*\ssrc=|<link[^>]*href=|src="(?!data:)|url\(/g), null)
 })
 
-test('writeReport creates the folder and leaves no temporary file', (t) => {
+test('the report is written atomically: the folder is created and no temporary file is left', (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'promptclip-report-'))
   try {
     const path = join(dir, 'a', 'b', 'report.html')
-    writeReport(syntheticResults(), path)
+    writeFileAtomic(path, syntheticReport())
     t.deepEqual(readdirSync(join(dir, 'a', 'b')), ['report.html'])
     const html = readFileSync(path, 'utf8')
     t.true(html.startsWith('<!doctype html>'))
@@ -177,22 +223,24 @@ browserTest('the report renders offline in headless chromium: charts, table, ima
   const dir = mkdtempSync(join(tmpdir(), 'promptclip-report-'))
   const started = Date.now()
   try {
-    const results = syntheticResults()
     const path = join(dir, 'out', 'report.html')
-    writeReport(results, path)
+    writeFileAtomic(path, syntheticReport())
     await withReportPage(path, async ({ page, problems, warnings, remote }) => {
       const marks = (id: string) => chartMarks(page, id)
-      // 16 bars: six methods x base/new/H, less the linear probe's new and H; 3 seeds each.
-      t.like(await marks('chart-summary'), { svg: true, bars: 16, rules: 16, points: 48 })
-      // CoOp (the default choice): all 20 classes.
+      // 19 bars: seven methods x base/new/H, less the linear probe's new and H; a dot per run
+      // (the two zero-shot baselines ran once, the learners on 3 seeds).
+      t.like(await marks('chart-base-to-new-16'), { svg: true, bars: 19, rules: 19, points: 2 * 3 + 3 + 4 * 3 * 3 })
+      // CoOp (the first learner that scores every class, chosen first): all 20 classes.
       t.like(await marks('chart-per-class'), { svg: true, bars: 20, texts: 20 })
       // The selector switches methods: the linear probe has only the 10 base classes.
-      await page.selectOption('#chart-per-class select', 'linear probe')
+      await page.selectOption('#chart-per-class select', 'Linear probe')
       await page.waitForFunction(
         'document.querySelectorAll("#chart-per-class .mark-rect.role-mark path").length === 10',
       )
       t.like(await marks('chart-per-class'), { bars: 10 })
-      const confusion = await marks('chart-confusion')
+      // A confusion matrix per method, the first (zero-shot CLIP's, on the base classes) open.
+      t.is(await page.locator('#confusion details').count(), TITLES.length)
+      const confusion = await marks('chart-confusion-0')
       t.like(confusion, { svg: true, bars: 100 })
       t.true(confusion.texts > 10)
 
@@ -202,15 +250,19 @@ browserTest('the report renders offline in headless chromium: charts, table, ima
       }
       t.deepEqual(
         rows.map((r) => r[0]),
-        results.methods.map((m) => m.name),
+        TITLES,
       )
       for (const [name, ...cells] of rows) {
         for (const [j, cell] of cells.entries()) {
-          if (name === 'linear probe' && j > 0) t.is(cell, '—')
-          else t.regex(cell, /^\d+\.\d ± \d+\.\d$/, `${name}, column ${j}`)
+          if (name === 'Linear probe' && j > 0) t.is(cell, '—')
+          // The zero-shot baselines ran once: one value, no spread.
+          else if (name === 'Zero-shot CLIP' || name === 'Prompt ensembling') t.regex(cell, /^\d+\.\d\d$/, name)
+          else t.regex(cell, /^\d+\.\d\d ± \d+\.\d\d$/, `${name}, column ${j}`)
         }
       }
-      t.regex((await page.textContent('header')) ?? '', /16 shots[\s\S]*seeds 1, 2, 3[\s\S]*12 min 34 s/)
+      t.is(await page.locator('table.results td.best').count(), 3)
+      t.regex((await page.textContent('header')) ?? '', /shots 16[\s\S]*seeds 1, 2, 3[\s\S]*12 min 34 s/)
+      t.regex((await page.textContent('header')) ?? '', /base[\s\S]*T-shirt\/top[\s\S]*new[\s\S]*sandal/)
       t.is(await page.locator('main i').count(), 0)
 
       const images: { complete: unknown; w: unknown; h: unknown }[] = []

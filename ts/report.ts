@@ -1,45 +1,16 @@
 /**
- * The demo's HTML report: one self-contained page (no network needed to open it) with the
- * base-to-new table, Vega-Lite charts (rendered by vega-embed, whose minified builds are inlined
- * from dist/vendor/), the example test images as PNG data URIs, and CoOp's context as words.
- * Internal to the CLI; not part of the package's API.
+ * The one HTML report page, shared by every report (a protocol's, and the demo's, which is its
+ * base-to-new protocol's report with the demo's extras; ts/protocols/report.ts composes it): the
+ * page shell (one self-contained file, no network needed to open it, with the minified builds of
+ * Vega, Vega-Lite and vega-embed inlined from dist/vendor/), its Vega-Lite charts, the numbers'
+ * formatting, PNG data URIs for images, and atomic writes. Internal to the CLI; not part of the
+ * package's API.
  */
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { basename, dirname, join } from 'node:path'
 import { deflateSync } from 'node:zlib'
 import { packageRequire } from './binding'
 import type { RawImage } from './options'
-
-export interface DemoResults {
-  /** Model path, or 'built-in'. */
-  model: string
-  shots: number
-  seeds: number[]
-  /** All classes, in label order. */
-  classNames: string[]
-  /** Label indices of the base half. */
-  baseClasses: number[]
-  /** Label indices of the new half. */
-  newClasses: number[]
-  methods: {
-    name: string
-    /** Accuracy % per seed on the base classes. */
-    base: number[]
-    /** Accuracy % per seed on the new classes; null when the method cannot score unseen classes. */
-    new: number[] | null
-    /** Harmonic mean of base and new per seed. */
-    h: number[] | null
-  }[]
-  /** Accuracy % per class (all classes, label order), first seed; null = no test images. */
-  perClass: { method: string; accuracy: (number | null)[] }[]
-  /** One method on one half: matrix[true][predicted] counts. */
-  confusion: { method: string; classNames: string[]; matrix: number[][] }
-  /** Test images with the true label and the predictions before (zero-shot) and after prompt learning. */
-  examples: { image: RawImage; label: string; before: string; after: string }[]
-  /** CoOp's learned context: for each position, its nearest words. */
-  contextWords: string[][]
-  seconds: number
-}
 
 interface Library {
   name: string
@@ -190,32 +161,38 @@ export const CONFIG = {
   legend: { labelFontSize: 11, titleFontSize: 12 },
 }
 
+/** One method's accuracies on one split, with the seed of each (a zero-shot run's is 0). */
+export type SeedValues = { values: number[]; seeds: number[] } | null
+
 /** Grouped bars of base / new / H per method: mean over seeds, ± std rules, one dot per seed. */
-export function summarySpec(r: Pick<DemoResults, 'methods' | 'seeds'>): object {
-  const methods = r.methods.map((m) => m.name)
+export function summarySpec(rows: { name: string; base: SeedValues; new: SeedValues; h: SeedValues }[]): object {
+  const methods = rows.map((m) => m.name)
   const splits = ['base', 'new', 'H'] as const
   const stats: object[] = []
   const points: object[] = []
-  for (const m of r.methods) {
+  for (const m of rows) {
     for (const split of splits) {
-      const xs = split === 'base' ? m.base : split === 'new' ? m.new : m.h
-      if (!xs || xs.length === 0) continue
+      const cell = split === 'base' ? m.base : split === 'new' ? m.new : m.h
+      const xs = cell?.values ?? []
+      if (!cell || xs.length === 0) continue
       const mu = mean(xs)
       const sd = std(xs)
       stats.push({ method: m.name, split, mean: mu, lo: mu - sd, hi: mu + sd, text: formatMeanStd(xs) })
       xs.forEach((acc, i) => {
-        points.push({ method: m.name, split, seed: r.seeds[i] ?? i, acc })
+        points.push({ method: m.name, split, seed: cell.seeds[i] ?? i, acc })
       })
     }
   }
-  const x = { field: 'method', type: 'nominal', sort: methods, title: null, axis: { labelAngle: 0, labelLimit: 140 } }
+  // A band per method, narrower as methods are added, so that the chart fits the page (960 px).
+  const step = Math.max(60, Math.min(120, Math.floor(960 / Math.max(1, methods.length))))
+  const x = { field: 'method', type: 'nominal', sort: methods, title: null, axis: { labelAngle: 0, labelLimit: step } }
   const xOffset = { field: 'split', type: 'nominal', sort: [...splits] }
   const y = { type: 'quantitative', scale: { domain: [0, 100] }, title: 'accuracy (%)' }
   return {
     $schema: SCHEMA,
     config: CONFIG,
     // The step is per method (the x band), not per bar of the group.
-    width: { step: 120, for: 'position' },
+    width: { step, for: 'position' },
     height: 260,
     layer: [
       {
@@ -262,19 +239,28 @@ export function summarySpec(r: Pick<DemoResults, 'methods' | 'seeds'>): object {
   }
 }
 
-/** Bars per class (base classes, then new), coloured by half; one method at a time, chosen in a select. */
-function perClassSpec(r: DemoResults): object {
-  const isBase = new Set(r.baseClasses)
-  const order = [...r.baseClasses, ...r.newClasses].map((i) => r.classNames[i])
-  const methods = r.perClass.map((p) => p.method)
-  const values = r.perClass.flatMap((p) =>
-    r.classNames.map((cls, i) => ({
-      method: p.method,
+/**
+ * Bars per class, coloured by the split that scored it (base, new; a test split as base); one
+ * method at a time, chosen in a select (first `initial`). A class a method has no accuracy for has
+ * no bar.
+ */
+export function perClassSpec(t: {
+  classNames: string[]
+  splits: string[]
+  rows: { name: string; accuracy: (number | null)[] }[]
+  initial: string
+}): object {
+  const order = t.classNames
+  const methods = t.rows.map((p) => p.name)
+  const values = t.rows.flatMap((p) =>
+    t.classNames.map((cls, i) => ({
+      method: p.name,
       cls,
-      half: isBase.has(i) ? 'base' : 'new',
+      half: t.splits[i],
       acc: p.accuracy[i] ?? null,
     })),
   )
+  const halves = [...new Set(t.splits)]
   const x = {
     field: 'cls',
     type: 'nominal',
@@ -290,7 +276,7 @@ function perClassSpec(r: DemoResults): object {
     params: [
       {
         name: 'method',
-        value: methods.includes('CoOp') ? 'CoOp' : methods[0],
+        value: methods.includes(t.initial) ? t.initial : methods[0],
         bind: { input: 'select', options: methods, name: 'method: ' },
       },
     ],
@@ -307,7 +293,7 @@ function perClassSpec(r: DemoResults): object {
           color: {
             field: 'half',
             type: 'nominal',
-            scale: { domain: ['base', 'new'], range: [SPLIT_COLOURS.base, SPLIT_COLOURS.new] },
+            scale: { domain: halves, range: halves.map((h) => (h === 'new' ? SPLIT_COLOURS.new : SPLIT_COLOURS.base)) },
             legend: { title: 'classes', orient: 'top' },
           },
           tooltip: [
@@ -426,107 +412,6 @@ details summary { cursor: pointer; margin: 6px 0; }
 footer { margin-top: 36px; color: #8c959f; font-size: 12px; }
 `
 
-function resultsTable(r: DemoResults): string {
-  // The best mean per column is set in bold.
-  const best = (pick: (m: DemoResults['methods'][number]) => number[] | null) => {
-    const means = r.methods.map((m) => {
-      const xs = pick(m)
-      return xs && xs.length > 0 ? mean(xs) : Number.NEGATIVE_INFINITY
-    })
-    return Math.max(...means)
-  }
-  const cols = [
-    { title: 'Base', pick: (m: DemoResults['methods'][number]) => m.base },
-    { title: 'New', pick: (m: DemoResults['methods'][number]) => m.new },
-    { title: 'H', pick: (m: DemoResults['methods'][number]) => m.h },
-  ]
-  const bests = cols.map((c) => best(c.pick))
-  const rows = r.methods.map((m) => {
-    const cells = cols.map((c, j) => {
-      const xs = c.pick(m)
-      if (!xs || xs.length === 0) return '<td class="num na">—</td>'
-      const perSeed = xs.map((v, i) => `seed ${r.seeds[i] ?? i}: ${v.toFixed(1)}`).join(', ')
-      const cls = mean(xs) === bests[j] && Number.isFinite(bests[j]) ? 'num best' : 'num'
-      return `<td class="${cls}" title="${escapeHtml(perSeed)}">${escapeHtml(formatMeanStd(xs))}</td>`
-    })
-    return `<tr><th scope="row">${escapeHtml(m.name)}</th>${cells.join('')}</tr>`
-  })
-  return `<table class="results">
-<thead><tr><th scope="col">Method</th>${cols.map((c) => `<th scope="col" class="num">${c.title}</th>`).join('')}</tr></thead>
-<tbody>
-${rows.join('\n')}
-</tbody>
-</table>`
-}
-
-function examplesGrid(r: DemoResults): string {
-  if (r.examples.length === 0) return '<p class="note">No example images in this run.</p>'
-  const figures = r.examples.map((ex, i) => {
-    const okBefore = ex.before === ex.label
-    const okAfter = ex.after === ex.label
-    const state = !okBefore && okAfter ? ' fixed' : okBefore && !okAfter ? ' broken' : ''
-    const pred = (when: string, p: string, ok: boolean) =>
-      `<span class="pred ${ok ? 'ok' : 'bad'}" title="${escapeHtml(`${when}: ${p}`)}">${ok ? '✓' : '✗'} ${when}: ${escapeHtml(p)}</span>`
-    return `<figure class="example${state}">
-<img src="${pngDataUri(ex.image)}" width="${ex.image.width * 4}" height="${ex.image.height * 4}" alt="${escapeHtml(`test image ${i + 1}, a ${ex.label}`)}">
-<figcaption><span class="label">${escapeHtml(ex.label)}</span>${pred('before', ex.before, okBefore)}${pred('after', ex.after, okAfter)}</figcaption>
-</figure>`
-  })
-  const fixed = r.examples.filter((e) => e.before !== e.label && e.after === e.label).length
-  const broken = r.examples.filter((e) => e.before === e.label && e.after !== e.label).length
-  const before = r.examples.filter((e) => e.before === e.label).length
-  const after = r.examples.filter((e) => e.after === e.label).length
-  return `<p class="note">Before = zero-shot CLIP, after = prompt learning. Correct before: ${before} of ${r.examples.length}, after: ${after}; fixed ${fixed} (green frame), broke ${broken} (red frame).</p>
-<div class="examples">
-${figures.join('\n')}
-</div>`
-}
-
-function contextList(r: DemoResults): string {
-  if (r.contextWords.length === 0) return '<p class="note">No learned context in this run.</p>'
-  const items = r.contextWords.map((words) => {
-    if (words.length === 0) return '<li><span class="rest">(no words)</span></li>'
-    const [first, ...rest] = words
-    const tail = rest.length > 0 ? ` <span class="rest">· ${rest.map(escapeHtml).join(' · ')}</span>` : ''
-    return `<li><span class="first">${escapeHtml(first)}</span>${tail}</li>`
-  })
-  return `<p class="note">For each of the ${r.contextWords.length} context vectors, the vocabulary words whose embeddings are nearest (closest first). The vectors are continuous, so these words are only an approximate reading.</p>
-<ol class="context">
-${items.join('\n')}
-</ol>`
-}
-
-function halfOf(r: DemoResults, names: string[]): string {
-  const base = new Set(r.baseClasses.map((i) => r.classNames[i]))
-  const neu = new Set(r.newClasses.map((i) => r.classNames[i]))
-  if (names.length > 0 && names.every((n) => base.has(n))) return 'base classes'
-  if (names.length > 0 && names.every((n) => neu.has(n))) return 'new classes'
-  return `${names.length} classes`
-}
-
-function check(r: DemoResults): void {
-  const n = r.classNames.length
-  const bad = (what: string) => {
-    throw new TypeError(`renderReport: ${what}`)
-  }
-  for (const i of [...r.baseClasses, ...r.newClasses])
-    if (!(Number.isInteger(i) && i >= 0 && i < n)) bad(`class index ${i}`)
-  for (const m of r.methods) {
-    for (const [k, xs] of [
-      ['base', m.base],
-      ['new', m.new],
-      ['h', m.h],
-    ] as const) {
-      if (xs && xs.length !== r.seeds.length) bad(`${m.name}.${k} has ${xs.length} values for ${r.seeds.length} seeds`)
-    }
-  }
-  for (const p of r.perClass) if (p.accuracy.length !== n) bad(`perClass ${p.method} has ${p.accuracy.length} of ${n}`)
-  const k = r.confusion.classNames.length
-  if (r.confusion.matrix.length !== k || r.confusion.matrix.some((row) => row.length !== k)) {
-    bad(`the confusion matrix is not ${k}x${k}`)
-  }
-}
-
 /** One self-contained HTML page: `body` (the page's sections), then the chart libraries inlined,
  *  and a script that draws each spec of `specs` into the element with its id. */
 export function renderPage(page: { title: string; body: string; specs: Record<string, object> }): string {
@@ -568,65 +453,6 @@ ${libs.map((l) => `<script>/* ${l.name} ${l.version} */\n${l.source}\n</script>`
 </body>
 </html>
 `
-}
-
-/** The demo's report as one self-contained HTML page (scripts, data and images inline; works offline). */
-export function renderReport(results: DemoResults): string {
-  const r = results
-  check(r)
-  const specs = {
-    'chart-summary': summarySpec(r),
-    'chart-per-class': perClassSpec(r),
-    'chart-confusion': confusionSpec(r.confusion),
-  }
-  const names = (idx: number[]) => idx.map((i) => escapeHtml(r.classNames[i])).join(', ')
-  const seed0 = r.seeds[0]
-  const seeds = r.seeds.length
-  const confusionHalf = halfOf(r, r.confusion.classNames)
-  const body = `<header>
-<h1>promptclip demo: base-to-new generalisation</h1>
-<p class="meta">Model <b>${escapeHtml(r.model)}</b> · <b>${escapeHtml(r.shots)}</b> shots per base class · seeds <b>${escapeHtml(r.seeds.join(', '))}</b> · ${r.classNames.length} classes (${r.baseClasses.length} base, ${r.newClasses.length} new) · ran in <b>${escapeHtml(formatSeconds(r.seconds))}</b></p>
-<dl class="classes">
-<dt><span class="swatch" style="background:var(--base)"></span>base</dt><dd>${names(r.baseClasses)}</dd>
-<dt><span class="swatch" style="background:var(--new)"></span>new</dt><dd>${names(r.newClasses)}</dd>
-</dl>
-</header>
-
-<section id="summary">
-<h2>Accuracy on base and new classes</h2>
-${resultsTable(r)}
-<p class="note">Accuracy in %, mean ± standard deviation (n − 1) over ${seeds} seed${seeds === 1 ? '' : 's'}; hover a cell for the per-seed values. Methods learn on the base classes only and are tested on each half separately; H is the harmonic mean 2·base·new / (base + new), per seed. “—”: the method cannot score classes it has not seen. Best mean in each column in bold.</p>
-<div class="chart" id="chart-summary"></div>
-<p class="note">Bars: mean over seeds; black line: ± one standard deviation; dots: the individual seeds.</p>
-</section>
-
-<section id="per-class">
-<h2>Per-class accuracy (seed ${escapeHtml(seed0)})</h2>
-<p class="note">Base classes from the base-class evaluation, new classes from the new-class one. Choose the method below; a missing bar means the method gave no accuracy for that class.</p>
-<div class="chart" id="chart-per-class"></div>
-</section>
-
-<section id="confusion">
-<h2>Confusion matrix: ${escapeHtml(r.confusion.method)} on the ${escapeHtml(confusionHalf)} (seed ${escapeHtml(seed0)})</h2>
-<p class="note">Rows: true class; columns: predicted class. Numbers are image counts, colour is the share of the row.</p>
-<div class="chart" id="chart-confusion"></div>
-</section>
-
-<section id="examples">
-<h2>Test images, before and after prompt learning</h2>
-${examplesGrid(r)}
-</section>
-
-<section id="context">
-<h2>CoOp's learned context, as nearest words</h2>
-${contextList(r)}
-</section>`
-  return renderPage({ title: `promptclip demo: base-to-new, ${r.shots} shots`, body, specs })
-}
-
-/** Writes the report to `path` (creating its folder), atomically: a temporary file, then a rename. */
-export function writeReport(results: DemoResults, path: string): void {
-  writeFileAtomic(path, renderReport(results))
 }
 
 /** Writes `text` to `path` (creating its folder), atomically: a temporary file, then a rename, so

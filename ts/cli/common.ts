@@ -27,7 +27,7 @@ Exit codes:
   1    failure while working (training diverged, a file could not be written, an internal error)
   2    bad input: usage, unknown or malformed options, missing files, unreadable models or data
   3    done, but some images could not be read (each is reported with the results)
-  130  interrupted (Ctrl-C); \`train\` and \`run\` leave a checkpoint that the same command resumes from
+  130  interrupted (Ctrl-C); \`train\`, \`run\` and \`demo\` leave a checkpoint that the same command resumes from
 
 Results go to stdout; progress bars (on a terminal) and notes go to stderr. With --json, stdout
 holds one JSON document, and an error is written to stderr as {"error":{"code","message"}}.`

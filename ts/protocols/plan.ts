@@ -8,7 +8,7 @@ import { invalidArgument } from '../errors'
 import { methodCatalogue, methodNames } from '../methods'
 import { positiveInt } from '../options'
 import type { TrainOptions } from '../train'
-import type { ProtocolMethod, ProtocolName, ProtocolOptions, RunKey } from './index'
+import type { ProtocolMethod, ProtocolName, ProtocolOptions, RunKey, RunRecord } from './index'
 
 export const PROTOCOLS: readonly ProtocolName[] = ['few-shot', 'base-to-new', 'cross-dataset', 'domain-generalization']
 
@@ -165,6 +165,19 @@ export function resolveOptions(o: ProtocolOptions): ResolvedOptions {
     skipUnreadable: o.skipUnreadable ?? false,
     labels: datasetLabels([dataset, ...targetKeys]),
   }
+}
+
+/** What a protocol's tables and report read of its options. */
+export type ReportPlan = Pick<
+  ResolvedOptions,
+  'protocol' | 'dataset' | 'targets' | 'methods' | 'shots' | 'seeds' | 'labels'
+>
+
+/** The options as the results files show them: the methods of every run recorded (this call's
+ *  and a folder's earlier ones), in the catalogue's order. */
+export function resultsPlan(o: ResolvedOptions, records: RunRecord[]): ResolvedOptions {
+  const recorded = new Set(records.map((r) => r.run.method))
+  return { ...o, methods: protocolMethods().filter((m) => recorded.has(m)) }
 }
 
 /** Zero-shot baselines first (once each), then every learner at each shot count and seed. */

@@ -21,7 +21,7 @@ import { resultDamage } from './damage'
 import type { EvalRecord, ProtocolEvent, ProtocolOptions, ProtocolResults, RunKey, RunRecord } from './index'
 import { type Executor, runFolder, sweepOptions } from './jobs'
 import { checkDevices, sweepOnLocalWorkers } from './local'
-import { ENSEMBLE_TEMPLATES, planRuns, protocolMethods, type ResolvedOptions, resolveOptions, runId } from './plan'
+import { ENSEMBLE_TEMPLATES, planRuns, type ResolvedOptions, resolveOptions, resultsPlan, runId } from './plan'
 import { checkQueueUrl, sweepOnQueue } from './queue'
 import { renderProtocolReport } from './report'
 import { formatProtocolTable } from './table'
@@ -219,14 +219,7 @@ function earlierRuns(ctx: Context, records: RunRecord[]): RunRecord[] {
  *  the folder's earlier ones. */
 function writeProtocolResults(ctx: Context, current: RunRecord[]): ProtocolResults {
   const records = [...earlierRuns(ctx, current), ...current]
-  const union = <T>(all: readonly T[], xs: T[]) => all.filter((x) => xs.includes(x))
-  const o: ResolvedOptions = {
-    ...ctx.o,
-    methods: union(
-      protocolMethods(),
-      records.map((r) => r.run.method),
-    ),
-  }
+  const o = resultsPlan(ctx.o, records)
   const table = formatProtocolTable(o, records)
   const files = {
     json: join(o.out, 'results.json'),

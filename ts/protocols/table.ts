@@ -7,7 +7,7 @@
  */
 import { formatMeanStd, harmonic, mean } from '../report'
 import type { ProtocolMethod, RunRecord } from './index'
-import { methodTitle, type ResolvedOptions, ZERO_SHOT_METHODS } from './plan'
+import { methodTitle, type ReportPlan, ZERO_SHOT_METHODS } from './plan'
 
 /** Accuracy of one split across a method's seeds at one shot count (zero-shot: one value). */
 export interface SeriesPoint {
@@ -20,7 +20,7 @@ export interface SeriesPoint {
 }
 
 /** Every (method, shots, split) with its per-seed accuracies; H is a split of its own. */
-export function collectSeries(o: ResolvedOptions, records: RunRecord[]): SeriesPoint[] {
+export function collectSeries(o: ReportPlan, records: RunRecord[]): SeriesPoint[] {
   const points = new Map<string, SeriesPoint>()
   const add = (method: ProtocolMethod, shots: number, split: string, seed: number, value: number) => {
     const key = `${method}|${shots}|${split}`
@@ -44,35 +44,51 @@ export function collectSeries(o: ResolvedOptions, records: RunRecord[]): SeriesP
   return [...points.values()]
 }
 
-function markdown(head: string[], rows: string[][]): string {
-  const line = (cells: string[]) => `| ${cells.join(' | ')} |`
-  const rule = `|${head.map((_, i) => (i === 0 ? ' --- ' : ' ---: ')).join('|')}|`
-  return [line(head), rule, ...rows.map(line)].join('\n')
+/** A cell of a table: one split's accuracies over seeds, or null where the method has none. */
+export type TableCell = SeriesPoint | null
+
+export interface TableRow {
+  method: ProtocolMethod
+  title: string
+  cells: TableCell[]
 }
 
-export function formatProtocolTable(o: ResolvedOptions, records: RunRecord[]): string {
+/** One of a protocol's tables, the one model the markdown, the report's HTML table and the demo's
+ *  terminal table are written from. */
+export interface ResultTable {
+  /** What the table shows, e.g. "Base-to-new accuracy (%) on digits, 16 shots, mean ± std over seeds 1, 2, 3". */
+  heading: string
+  /** The column titles after the method's. */
+  columns: string[]
+  /** The shot count of a table per shots (base-to-new and transfer); null for few-shot's one table. */
+  shots: number | null
+  rows: TableRow[]
+}
+
+/** The papers' tables of a protocol (few-shot: one; the others: one per shot count). */
+export function resultTables(o: ReportPlan, records: RunRecord[]): ResultTable[] {
   const series = collectSeries(o, records)
-  const cell = (method: ProtocolMethod, shots: number, split: string) => {
-    const p = series.find((s) => s.method === method && s.shots === shots && s.split === split)
-    return formatMeanStd(p ? p.values : null, 2)
-  }
+  const cell = (method: ProtocolMethod, shots: number, split: string): TableCell =>
+    series.find((s) => s.method === method && s.shots === shots && s.split === split) ?? null
   const seeds = o.seeds.join(', ')
   const learners = o.methods.filter((m) => !ZERO_SHOT_METHODS.includes(m))
   const baselines = o.methods.filter((m) => ZERO_SHOT_METHODS.includes(m))
-  // Zero-shot baselines take no shots: their rows sit at "0" (few-shot) or in every shot's table.
-  const rowsFor = (shots: number) => [
-    ...baselines.map((m) => ({ m, shots: 0, title: methodTitle(m) })),
-    ...learners.map((m) => ({ m, shots, title: methodTitle(m) })),
-  ]
 
   if (o.protocol === 'few-shot') {
+    // Zero-shot baselines take no shots: their rows have one value, in the "zero-shot" column.
     const cols = [...(baselines.length > 0 ? [0] : []), ...o.shots]
-    const head = ['Method', ...cols.map((k) => (k === 0 ? 'zero-shot' : `${k} shot${k === 1 ? '' : 's'}`))]
-    const rows = o.methods.map((m) => [
-      methodTitle(m),
-      ...cols.map((k) => (ZERO_SHOT_METHODS.includes(m) === (k === 0) ? cell(m, k, 'test') : '—')),
-    ])
-    return `Few-shot accuracy (%) on ${o.labels[o.dataset]}, mean ± std over seeds ${seeds}\n\n${markdown(head, rows)}`
+    return [
+      {
+        heading: `Few-shot accuracy (%) on ${o.labels[o.dataset]}, mean ± std over seeds ${seeds}`,
+        columns: cols.map((k) => (k === 0 ? 'zero-shot' : `${k} shot${k === 1 ? '' : 's'}`)),
+        shots: null,
+        rows: o.methods.map((m) => ({
+          method: m,
+          title: methodTitle(m),
+          cells: cols.map((k) => (ZERO_SHOT_METHODS.includes(m) === (k === 0) ? cell(m, k, 'test') : null)),
+        })),
+      },
+    ]
   }
 
   const splits =
@@ -96,10 +112,73 @@ export function formatProtocolTable(o: ResolvedOptions, records: RunRecord[]): s
       : o.protocol === 'cross-dataset'
         ? 'Cross-dataset transfer accuracy (%)'
         : 'Domain generalisation accuracy (%)'
-  const tables = o.shots.map((shots) => {
-    const rows = rowsFor(shots).map(({ m, shots: k, title }) => [title, ...splits.map((s) => cell(m, k, s))])
-    const heading = `${what} on ${o.labels[o.dataset]}, ${shots} shots, mean ± std over seeds ${seeds}`
-    return `${heading}\n\n${markdown(['Method', ...titles], rows)}`
+  // Zero-shot baselines take no shots: their rows are the same in every shot's table.
+  return o.shots.map((shots) => ({
+    heading: `${what} on ${o.labels[o.dataset]}, ${shots} shots, mean ± std over seeds ${seeds}`,
+    columns: titles,
+    shots,
+    rows: [
+      ...baselines.map((m) => ({ method: m, title: methodTitle(m), cells: splits.map((s) => cell(m, 0, s)) })),
+      ...learners.map((m) => ({ method: m, title: methodTitle(m), cells: splits.map((s) => cell(m, shots, s)) })),
+    ],
+  }))
+}
+
+function markdown(head: string[], rows: string[][]): string {
+  const line = (cells: string[]) => `| ${cells.join(' | ')} |`
+  const rule = `|${head.map((_, i) => (i === 0 ? ' --- ' : ' ---: ')).join('|')}|`
+  return [line(head), rule, ...rows.map(line)].join('\n')
+}
+
+/** The tables as markdown (results.md), two decimals. */
+export function formatProtocolTable(o: ReportPlan, records: RunRecord[]): string {
+  return resultTables(o, records)
+    .map((t) => {
+      const rows = t.rows.map((r) => [r.title, ...r.cells.map((c) => formatMeanStd(c ? c.values : null, 2))])
+      return `${t.heading}\n\n${markdown(['Method', ...t.columns], rows)}`
+    })
+    .join('\n\n')
+}
+
+/** Accuracy per class of each method, on one draw (the most shots, the first seed), over the
+ *  source's test classes: base-to-new's base classes and then its new ones, else the test split. */
+export interface PerClassTable {
+  shots: number
+  seed: number
+  classNames: string[]
+  /** The split each class was scored in ('base', 'new' or 'test'). */
+  splits: string[]
+  /** Percentages, by class; null where the method has no accuracy for the class (no test images,
+   *  or a split it cannot score). */
+  rows: { method: ProtocolMethod; title: string; accuracy: (number | null)[] }[]
+}
+
+export function perClassTable(o: ReportPlan, records: RunRecord[]): PerClassTable {
+  const shots = Math.max(...o.shots)
+  const seed = Math.min(...o.seeds)
+  const splits = o.protocol === 'base-to-new' ? ['base', 'new'] : ['test']
+  const picked = o.methods.flatMap((m) => {
+    const r = records.find(
+      (x) => x.run.method === m && (ZERO_SHOT_METHODS.includes(m) || (x.run.shots === shots && x.run.seed === seed)),
+    )
+    return r ? [{ m, r }] : []
   })
-  return tables.join('\n\n')
+  // Each split's classes, from any run that scored it (a method that cannot score a split has none).
+  const classesOf = splits.map(
+    (s) => picked.flatMap(({ r }) => r.evaluations.filter((e) => e.split === s)).at(0)?.classNames ?? [],
+  )
+  return {
+    shots,
+    seed,
+    classNames: classesOf.flat(),
+    splits: splits.flatMap((s, i) => classesOf[i].map(() => s)),
+    rows: picked.map(({ m, r }) => ({
+      method: m,
+      title: methodTitle(m),
+      accuracy: splits.flatMap((s, i) => {
+        const e = r.evaluations.find((x) => x.split === s)
+        return classesOf[i].map((_, c) => e?.perClass[c]?.accuracy ?? null)
+      }),
+    })),
+  }
 }
