@@ -16,10 +16,11 @@ use super::tip_adapter::{
 };
 use super::{
     FitData, FitReport, LearnerMeta, Method, MethodSpec, OptimizerKind, Recipe, Runtime, Scorer,
+    StepOutput,
 };
 use crate::clip::Clip;
 use crate::{Error, Result};
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::sync::RwLock;
 
@@ -141,6 +142,47 @@ impl Method for TipAdapterF {
 
     fn logits(&self, _clip: &Clip, image_features: &Tensor) -> Result<Tensor> {
         self.logits_of(image_features)
+    }
+
+    /// The step's loss and d loss / d keys, the backward pass written out (the official's
+    /// autograd graph, without its bookkeeping): with A = f Kᵀ, E = exp(-beta (1 - A)),
+    /// logits = 100 f Wᵀ + alpha E values and G = (softmax(logits) - onehot) / B,
+    ///   dE = alpha G valuesᵀ,   dA = beta dE ⊙ E,   dK = dAᵀ f.
+    /// Everything runs in f32 (the keys' dtype), so no loss scaling is needed.
+    fn loss_and_grads_scaled(
+        &self,
+        _clip: &Clip,
+        image_features: &Tensor,
+        labels: &Tensor,
+        _grad_scale: f64,
+    ) -> Result<StepOutput> {
+        let cache = self.cache().ok_or_else(|| {
+            Error::Internal("Tip-Adapter-F trains once its cache is built".into())
+        })?;
+        let (alpha, beta) = (cache.alpha, cache.beta);
+        let f = normalized(image_features)?; // (B, E)
+        let keys = cache.keys.as_tensor().detach(); // (N, E)
+        let affinity = f.matmul(&keys.t()?)?; // (B, N)
+        let e = (&affinity * beta)?.affine(-1.0, beta)?.neg()?.exp()?; // (B, N)
+        let logits = (clip_logits(&f, &self.text)? + (e.matmul(&cache.values)? * alpha)?)?; // (B, K)
+        let loss = crate::loss::cross_entropy(&logits, labels)?.to_scalar::<f32>()?;
+        let b = f.dim(0)?;
+        let onehot = labels
+            .to_dtype(DType::U32)?
+            .unsqueeze(1)?
+            .broadcast_eq(
+                &Tensor::arange(0u32, logits.dim(1)? as u32, logits.device())?.unsqueeze(0)?,
+            )?
+            .to_dtype(DType::F32)?;
+        let g = ((candle_nn::ops::softmax_last_dim(&logits)? - onehot)? / b as f64)?; // (B, K)
+        let d_e = (g.matmul(&cache.values.t()?)? * alpha)?; // (B, N)
+        let d_a = ((d_e * &e)? * beta)?; // (B, N)
+        let d_keys = d_a.t()?.matmul(&f)?; // (N, E)
+        Ok(StepOutput {
+            loss,
+            logits,
+            grads: vec![d_keys],
+        })
     }
 
     fn scorer<'a>(
