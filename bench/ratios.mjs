@@ -11,7 +11,14 @@ const [ours, theirs] = process.argv.slice(2).map(read)
 const rows = []
 for (const o of ours) {
   for (const t of theirs.filter((t) => t.what === o.what || t.what === `${o.what}_pad77`)) {
-    const unit = o.what === 'text_encode' ? 'prompts/s' : o.what.startsWith('coop_step') ? 'steps/s' : 'images/s'
+    const unit =
+      o.what === 'text_encode'
+        ? 'prompts/s'
+        : o.what.startsWith('coop_step')
+          ? 'steps/s'
+          : o.what.startsWith('tip_adapter')
+            ? 'runs/s'
+            : 'images/s'
     rows.push({
       measure: t.what,
       unit,

@@ -2,6 +2,7 @@
 //!
 //!   promptclip-bench encode <checkpoint.safetensors> [ViT-B/16|RN50|...] [images-dir]
 //!   promptclip-bench features <checkpoint.safetensors> <arch> <out-prefix>
+//!   promptclip-bench tip-adapter <checkpoint.safetensors> <images-dir>   (ViT-B/16; see adapters.rs)
 //!
 //! Writes the checkpoint first when it does not exist. Prints one JSON line per measurement;
 //! bench/run.sh runs the PyTorch counterpart on the same machine and prints the ratios.
@@ -153,6 +154,7 @@ fn cocoop_step(clip: &Clip, k: usize, batch: usize, reps: usize) -> f64 {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod adapters;
 mod gpu;
 
 fn main() {
@@ -191,6 +193,30 @@ fn main() {
         println!(
             "{}",
             serde_json::json!({"impl": "promptclip", "what": format!("cocoop_step_b{batch}"), "arch": "ViT-B/16", "classes": k, "batch": batch, "seconds": s, "seconds_per_image": s / batch as f64, "per_second": batch as f64 / s, "peak_rss_mib": peak_rss_mib()})
+        );
+        return;
+    }
+    if args.len() >= 4 && args[1] == "tip-adapter" {
+        let path = Path::new(&args[2]);
+        let spec = RandomClipSpec::VIT_B_16;
+        if !path.exists() {
+            write_random_openai_clip(path, &spec, DType::F32, 0).expect("write random checkpoint");
+        }
+        let clip = Clip::load(path, &Device::Cpu).expect("load");
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let (shots, k, epochs) = (16, 100, 20);
+        let s = adapters::tip_adapter_f_fit(&clip, shots, k, epochs);
+        println!(
+            "{}",
+            serde_json::json!({"impl": "promptclip", "what": "tip_adapter_f_fit", "arch": "ViT-B/16", "shots": shots, "classes": k, "epochs": epochs, "threads": threads, "seconds": s, "per_second": 1.0 / s})
+        );
+        let (n, passes) = (32, 10);
+        let s = adapters::tip_adapter_cache(&clip, Path::new(&args[3]), n, passes);
+        println!(
+            "{}",
+            serde_json::json!({"impl": "promptclip", "what": "tip_adapter_cache", "arch": "ViT-B/16", "images": n, "passes": passes, "threads": threads, "seconds": s, "per_second": 1.0 / s, "image_passes_per_second": (n * passes) as f64 / s})
         );
         return;
     }
