@@ -24,8 +24,9 @@ export interface MethodEntry {
   /** As tables and reports print it. */
   title: string
   paper: string
-  /** What its forward reads from a batch of images. */
-  takes: 'image-features'
+  /** What its forward reads from a batch of images: the frozen encoder's features (cached once
+   *  per run without augmentation), or the images' pixels (a method that runs the encoder). */
+  takes: 'image-features' | 'images'
   /** Epochs of SGD steps (checkpointed, resumable), or one fit on the features. */
   fitting: 'sgd' | 'feature-fit'
   /** The class lists it scores: any names, or only those it was fitted on. */

@@ -15,6 +15,10 @@ use serde::Serialize;
 pub enum Takes {
     /// The frozen image encoder's features (B, E): the trainer may compute them once per run.
     ImageFeatures,
+    /// The images' pixels (B, 3, S, S): the method runs the image encoder itself (with its own
+    /// prompts or weights), so nothing is cached; without augmentation every step gets the
+    /// center crops.
+    Images,
 }
 
 /// How a method's parameters are found.

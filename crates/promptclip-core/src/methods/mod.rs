@@ -232,6 +232,16 @@ pub trait Method: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// What the learner's forward reads from a batch: its catalogue entry's `takes`.
+    fn takes(&self) -> catalogue::Takes {
+        spec(&self.meta().method).map_or(catalogue::Takes::ImageFeatures, |s| s.takes)
+    }
+
+    /// How the learner is fitted: its catalogue entry's `fitting` (SGD epochs, or one fit).
+    fn fitting(&self) -> catalogue::Fitting {
+        spec(&self.meta().method).map_or(catalogue::Fitting::Sgd, |s| s.fitting)
+    }
+
     /// Whether [`Method::scorer`] takes class names the learner was not fitted on: the method's
     /// class binding, unless its options tie the parameters to classes (class-specific context).
     fn scores_any_classes(&self) -> bool {

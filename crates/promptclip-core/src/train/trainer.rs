@@ -8,7 +8,7 @@ use super::optim::{all_finite, AdamW, AdamWConfig, LossScaler, Optimizer, Sgd, S
 use super::pipeline::{augmented_crops, DecodedImages};
 use super::schedule::{LrSchedule, ScheduleKind};
 use crate::clip::Clip;
-use crate::methods::catalogue::Fitting;
+use crate::methods::catalogue::{Fitting, Takes};
 use crate::methods::io::first_non_finite;
 use crate::methods::{Batch, FitData, FrozenTower, Method, OptimizerKind, Recipe, StepOutput};
 use crate::preprocess::ImageSource;
@@ -424,7 +424,9 @@ pub fn fit_with_validation(
             .map_err(|e| Error::InvalidArgument(format!("validation set: {e}")))?;
     }
     let started = Instant::now();
-    let trains = crate::methods::spec(&model.meta().method)?.fitting == Fitting::Sgd;
+    let trains = model.fitting() == Fitting::Sgd;
+    // A method that runs the image encoder itself gets pixels: no features are cached for it.
+    let takes_images = model.takes() == Takes::Images;
     // Before any work: a checkpoint that cannot be written, or one that cannot be resumed with
     // these options, would otherwise fail the run only after the images are read.
     let resumed = match (&config.resume_from, trains) {
@@ -441,7 +443,7 @@ pub fn fit_with_validation(
     // sees the same center crops, encoded once. Either is where unreadable images show.
     let mut skipped = vec![];
     let augment = trains && config.augment;
-    let (fixed, images, data) = if augment {
+    let (fixed, images, data) = if augment || (trains && takes_images) {
         let images = DecodedImages::new(data.sources.clone(), config.decoded_cache_bytes);
         let failures = images.probe(cancel);
         cancelled_if(cancel)?;
@@ -658,6 +660,26 @@ fn train_epochs(
         }
         let encoder = clip.image_encoder(&clip.device)?;
         let mut batch_for = |idx: &[usize]| -> Result<Batch<'_>> {
+            if !config.augment && fit_data.features.is_none() {
+                // Pixels without augmentation (a method that takes images): the center crops.
+                let sources: Vec<_> = idx.iter().map(|&i| data.sources[i].clone()).collect();
+                let p = crate::features::preprocess_chunk(clip, &sources)?;
+                if let Some((j, e)) = p.failures.into_iter().next() {
+                    return Err(Error::UnusableImage {
+                        what: "training image".into(),
+                        index: idx[j],
+                        source: Box::new(e),
+                    });
+                }
+                let pixels = p
+                    .pixels
+                    .ok_or_else(|| Error::Internal("an empty training batch".into()))?;
+                return Batch::of_pixels(
+                    pixels,
+                    FrozenTower::Encoder(&encoder),
+                    config.encode_batch_size,
+                );
+            }
             match &fit_data.features {
                 Some(f) => Batch::of_features(f.index_select(
                     &Tensor::from_vec(
