@@ -30,9 +30,9 @@ import {
   type RunRecord,
   runProtocol,
 } from './protocols'
-import { runFolder } from './protocols/jobs'
 import { methodTitle, resolveOptions, resultsPlan } from './protocols/plan'
 import { type ReportExtras, renderProtocolReport } from './protocols/report'
+import { runFolder } from './protocols/sweep'
 import { perClassTable, resultTables } from './protocols/table'
 import { formatMeanStd, harmonic, writeFileAtomic } from './report'
 import type { TrainOptions } from './train'

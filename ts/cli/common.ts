@@ -6,39 +6,14 @@
 import { existsSync, readFileSync, statSync } from 'node:fs'
 import { type Command, InvalidArgumentError, Option } from 'commander'
 import { BUILTIN_MODEL, Clip, type DeviceName, type Precision } from '../clip'
-import { INPUT_ERROR_CODES, PromptclipError } from '../errors'
+import { PromptclipError } from '../errors'
 import { fetchHubDataset, isHubDatasetUri } from '../hub/dataset'
 import { isHubModelId } from '../hub/model'
 import type { Interrupt } from './interrupt'
 import type { Progress } from './progress'
 
-export const EXIT = {
-  OK: 0,
-  FAILURE: 1,
-  BAD_INPUT: 2,
-  /** The work was done, but some images could not be read (each is reported with the results). */
-  PARTIAL: 3,
-  INTERRUPTED: 130,
-} as const
-
-export const EXIT_HELP = `
-Exit codes:
-  0    success
-  1    failure while working (training diverged, a file could not be written, an internal error)
-  2    bad input: usage, unknown or malformed options, missing files, unreadable models or data
-  3    done, but some images could not be read (each is reported with the results)
-  130  interrupted (Ctrl-C); \`train\`, \`run\` and \`demo\` leave a checkpoint that the same command resumes from
-
-Results go to stdout; progress bars (on a terminal) and notes go to stderr. With --json, stdout
-holds one JSON document, and an error is written to stderr as {"error":{"code","message"}}.`
-
-export function exitCodeOf(err: unknown): number {
-  if (err instanceof PromptclipError) {
-    if (err.code === 'E_CANCELLED') return EXIT.INTERRUPTED
-    return INPUT_ERROR_CODES.has(err.code) ? EXIT.BAD_INPUT : EXIT.FAILURE
-  }
-  return EXIT.FAILURE
-}
+// Exit codes live in exit.ts (the interrupt handler needs them without the rest of this file).
+export { EXIT, EXIT_HELP, exitCodeOf } from './exit'
 
 export function badInput(message: string): PromptclipError {
   return new PromptclipError('E_INVALID_ARGUMENT', message)
@@ -282,15 +257,6 @@ export function print(line = ''): void {
 }
 
 export const pct = (x: number) => `${x.toFixed(1)}%`
-
-export function formatSeconds(s: number): string {
-  if (!Number.isFinite(s) || s < 0) return '--'
-  const t = Math.round(s)
-  if (t < 60) return `${t}s`
-  const m = Math.floor(t / 60)
-  if (m < 60) return `${m}m${String(t % 60).padStart(2, '0')}s`
-  return `${Math.floor(m / 60)}h${String(m % 60).padStart(2, '0')}m`
-}
 
 // ---------------------------------------------------------------------------------------------
 // What a command's action gets.

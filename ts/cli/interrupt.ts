@@ -3,7 +3,7 @@
  * then writes its checkpoint and the command exits 130 after saying how to resume), and a second
  * SIGINT exits at once. A command that asked for no signal exits at the first SIGINT.
  */
-import { EXIT } from './common'
+import { EXIT } from './exit'
 import type { Progress } from './progress'
 
 export class Interrupt {

@@ -3,7 +3,6 @@
  * line now and then (every 10 s at most per task), so logs stay short. stdout is never touched.
  */
 import { MultiBar, type SingleBar } from 'cli-progress'
-import { formatSeconds } from './common'
 
 const PLAIN_EVERY_MS = 10_000
 
@@ -154,4 +153,14 @@ export class Progress {
     this.bars?.stop()
     this.bars = undefined
   }
+}
+
+/** Seconds as a progress bar shows them: 42s, 3m05s, 1h02m. */
+export function formatSeconds(s: number): string {
+  if (!Number.isFinite(s) || s < 0) return '--'
+  const t = Math.round(s)
+  if (t < 60) return `${t}s`
+  const m = Math.floor(t / 60)
+  if (m < 60) return `${m}m${String(t % 60).padStart(2, '0')}s`
+  return `${Math.floor(m / 60)}h${String(m % 60).padStart(2, '0')}m`
 }

@@ -6,10 +6,11 @@
 import { type Command, Option } from 'commander'
 import { PromptclipError, toPromptclipError } from '../errors'
 import type { RunKey } from '../protocols'
-import { isPermanent, JobRunner } from '../protocols/jobs'
+import { JobRunner } from '../protocols/jobs'
 import type { FromWorker, ToWorker } from '../protocols/local'
 import { runId } from '../protocols/plan'
 import { DEFAULT_LOCK_MS, startWorker, type WorkerEvent } from '../protocols/queue'
+import { isPermanent } from '../protocols/sweep'
 import { badInput, type Ctx, device, EXIT, EXIT_HELP, wholeNumber } from './common'
 
 interface Flags {

@@ -4,7 +4,7 @@
  * damaged (and will be redone) as well as the protocol can.
  */
 import { closeSync, openSync, readFileSync, readSync, statSync } from 'node:fs'
-import type { RunRecord } from './index'
+import type { RunRecord } from './types'
 
 const isNumber = (x: unknown) => typeof x === 'number' && Number.isFinite(x)
 

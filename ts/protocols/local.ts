@@ -9,11 +9,12 @@ import { type ChildProcess, fork } from 'node:child_process'
 import { join } from 'node:path'
 import { PACKAGE_ROOT } from '../binding'
 import { AbortError, type ErrorCode, invalidArgument, PromptclipError } from '../errors'
-import type { ProtocolEvent, RunKey, RunRecord } from './index'
-import { type FailedRun, type RunJob, splitFinished, sweepId, sweepOptions, sweepRecords } from './jobs'
+import { type Context, metricsOf } from './context'
+import { splitFinished } from './jobs'
 import { runId } from './plan'
 import { ATTEMPTS } from './queue'
-import { type Context, metricsOf } from './run'
+import { type FailedRun, type RunJob, sweepId, sweepOptions, sweepRecords } from './sweep'
+import type { ProtocolEvent, RunKey, RunRecord } from './types'
 
 /** Parent -> worker. */
 export type ToWorker = { type: 'job'; job: RunJob } | { type: 'stop' }

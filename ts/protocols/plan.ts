@@ -8,7 +8,7 @@ import { invalidArgument } from '../errors'
 import { methodCatalogue, methodNames } from '../methods'
 import { positiveInt } from '../options'
 import type { TrainOptions } from '../train'
-import type { ProtocolMethod, ProtocolName, ProtocolOptions, RunKey, RunRecord } from './index'
+import type { ProtocolMethod, ProtocolName, ProtocolOptions, RunKey, RunRecord } from './types'
 
 export const PROTOCOLS: readonly ProtocolName[] = ['few-shot', 'base-to-new', 'cross-dataset', 'domain-generalization']
 

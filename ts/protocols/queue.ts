@@ -17,22 +17,21 @@ import { readdirSync, readFileSync, rmdirSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Job, Queue } from 'bullmq'
 import { AbortError, invalidArgument, PromptclipError, toPromptclipError } from '../errors'
-import type { ProtocolEvent, RunKey, RunRecord } from './index'
+import { type Context, firstDifference, metricsOf } from './context'
+import { JobRunner, splitFinished } from './jobs'
+import { runId } from './plan'
 import {
   type FailedRun,
   isPermanent,
-  JobRunner,
   jobId,
   type RunJob,
   readFailure,
   runFolder,
-  splitFinished,
   sweepId,
   sweepOptions,
   sweepRecords,
-} from './jobs'
-import { runId } from './plan'
-import { type Context, firstDifference, metricsOf } from './run'
+} from './sweep'
+import type { ProtocolEvent, RunKey, RunRecord } from './types'
 
 /** The queue every promptclip worker listens on. */
 export const QUEUE_NAME = 'promptclip-runs'

@@ -20,9 +20,9 @@ import {
   std,
   summarySpec,
 } from '../report'
-import type { ProtocolMethod, RunRecord } from './index'
 import { methodTitle, type ReportPlan, ZERO_SHOT_METHODS } from './plan'
 import { collectSeries, perClassTable, type ResultTable, resultTables } from './table'
+import type { ProtocolMethod, RunRecord } from './types'
 
 /** What a caller adds to a report (the demo: its time, examples and CoOp's words). */
 export interface ReportExtras {

@@ -5,8 +5,8 @@
 import { existsSync, readdirSync, statSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { resultDamage, safetensorsDamage } from './damage'
-import { sweepId } from './jobs'
 import type { RunStatus } from './queue'
+import { sweepId } from './sweep'
 
 export function folderStatus(out: string): RunStatus[] {
   const runs = join(out, 'runs')

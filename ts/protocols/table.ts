@@ -6,8 +6,8 @@
  *                   (CoCoOp's Tables 2 and 3)
  */
 import { formatMeanStd, harmonic, mean } from '../report'
-import type { ProtocolMethod, RunRecord } from './index'
 import { methodTitle, type ReportPlan, ZERO_SHOT_METHODS } from './plan'
+import type { ProtocolMethod, RunRecord } from './types'
 
 /** Accuracy of one split across a method's seeds at one shot count (zero-shot: one value). */
 export interface SeriesPoint {
