@@ -1,8 +1,8 @@
 //! CLIP itself: loading, encoding images and texts, tokenizing, zero-shot classification, and
 //! the images every call accepts.
+use crate::cancel::NativeCancelToken;
 use crate::errors::sync;
 use crate::tasks::CoreTask;
-use crate::train::NativeCancelToken;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;

@@ -1,12 +1,12 @@
 //! Learners of every registered method, through the core's one seam: create by method name with
 //! the method's own options, load, save, read `info` and the context, predict, interpret.
+use crate::cancel::NativeCancelToken;
 use crate::clip::{
     batch_reporter, batch_size, flat_f32, image_sources, Classified, NativeBatchProgress,
     NativeClip, NativePredictions, NativeRawImage,
 };
 use crate::errors::sync;
 use crate::tasks::CoreTask;
-use crate::train::NativeCancelToken;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunction;
 use napi_derive::napi;

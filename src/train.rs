@@ -1,6 +1,7 @@
 //! Training any learner: options parsed by the core on top of the method's recipe, progress
 //! through a threadsafe function, cancellation through a token the TypeScript layer ties to an
 //! AbortSignal.
+use crate::cancel::NativeCancelToken;
 use crate::clip::{image_sources, NativeImageFailure, NativeRawImage};
 use crate::learner::{write, NativeLearner};
 use crate::tasks::CoreTask;
@@ -11,30 +12,6 @@ use promptclip_core::methods;
 use promptclip_core::train::{
     fit_with_validation, LabelledImages, Progress, TrainOptions, TrainSummary,
 };
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
-/// Cancellation flag shared with a running task (training, or a batched inference call).
-#[napi]
-pub struct NativeCancelToken {
-    pub(crate) flag: Arc<AtomicBool>,
-}
-
-#[napi]
-impl NativeCancelToken {
-    #[napi(constructor)]
-    #[allow(clippy::new_without_default)]
-    pub fn new() -> Self {
-        Self {
-            flag: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    #[napi]
-    pub fn cancel(&self) {
-        self.flag.store(true, Ordering::Relaxed);
-    }
-}
 
 /// One training step's report. `epoch` and `step` count from 1; accuracies are percentages.
 #[napi(object)]

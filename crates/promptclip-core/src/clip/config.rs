@@ -1,6 +1,5 @@
 //! CLIP configuration, as Hugging Face's `config.json` writes it, or inferred from the tensor
 //! shapes of an OpenAI-named state dict (the way OpenAI's own `build_model` does it).
-use super::resnet::ResNetShape;
 use crate::{Error, Result};
 use serde::Deserialize;
 use std::path::Path;
@@ -246,5 +245,28 @@ impl ClipVisionConfig {
     }
     pub fn num_patches(&self) -> usize {
         (self.image_size / self.patch_size).pow(2)
+    }
+}
+
+/// The shape of a ModifiedResNet, as OpenAI's `build_model` infers it from the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResNetShape {
+    /// Bottleneck blocks in each of the four stages: [3, 4, 6, 3] for RN50, [3, 4, 23, 3] for
+    /// RN101, [4, 6, 10, 6] for RN50x4.
+    pub layers: [usize; 4],
+    /// The stem's output width: 64 for RN50 and RN101, 80 for RN50x4. The stages are 1, 2, 4 and
+    /// 8 times as wide, times 4 after each block's expansion: the attention pool sees width × 32.
+    pub width: usize,
+}
+
+impl ResNetShape {
+    /// Channels reaching the attention pool (2048 for RN50).
+    pub fn pool_width(&self) -> usize {
+        self.width * 32
+    }
+
+    /// OpenAI's `vision_heads = vision_width * 32 // 64`: heads of 64.
+    pub fn heads(&self) -> usize {
+        self.pool_width() / 64
     }
 }

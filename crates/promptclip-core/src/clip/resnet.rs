@@ -19,7 +19,7 @@
 //! the rows, and a 3×3 one is a matmul over the nine shifted copies of the input laid side by
 //! side (im2col), so all the arithmetic runs in the matrix-multiply kernels (gemm on the CPU,
 //! cuBLAS on a GPU).
-use super::config::Activation;
+use super::config::{Activation, ResNetShape};
 use super::nn::{softmax_last_dim, Linear};
 use super::weights::Weights;
 use crate::{Error, Result};
@@ -27,29 +27,6 @@ use candle_core::{DType, Device, Module, Tensor};
 
 /// PyTorch's BatchNorm2d default.
 const BN_EPS: f64 = 1e-5;
-
-/// The shape of a ModifiedResNet, as OpenAI's `build_model` infers it from the weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ResNetShape {
-    /// Bottleneck blocks in each of the four stages: [3, 4, 6, 3] for RN50, [3, 4, 23, 3] for
-    /// RN101, [4, 6, 10, 6] for RN50x4.
-    pub layers: [usize; 4],
-    /// The stem's output width: 64 for RN50 and RN101, 80 for RN50x4. The stages are 1, 2, 4 and
-    /// 8 times as wide, times 4 after each block's expansion: the attention pool sees width × 32.
-    pub width: usize,
-}
-
-impl ResNetShape {
-    /// Channels reaching the attention pool (2048 for RN50).
-    pub fn pool_width(&self) -> usize {
-        self.width * 32
-    }
-
-    /// OpenAI's `vision_heads = vision_width * 32 // 64`: heads of 64.
-    pub fn heads(&self) -> usize {
-        self.pool_width() / 64
-    }
-}
 
 /// A convolution followed by an inference-mode BatchNorm, folded into one: kernel 1 (stride 1)
 /// or kernel 3 (padding 1, stride 1 or 2).

@@ -2,8 +2,8 @@
 //! Hugging Face's (`text_model.encoder.layers.N.self_attn.q_proj.weight`, ...) or OpenAI's own
 //! (`transformer.resblocks.N.attn.in_proj_weight`, `visual.*`), which is what the official
 //! prompt-learning code loads. Model code asks for tensors by role; this file maps roles to names.
+use super::config::ResNetShape;
 use super::config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
-use super::resnet::ResNetShape;
 use crate::{Error, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
