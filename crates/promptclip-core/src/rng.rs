@@ -63,6 +63,14 @@ impl Rng {
     }
 }
 
+/// Independent random stream per (seed, a, b): order of work across threads never matters.
+pub fn derive_seed(seed: u64, a: u64, b: u64) -> u64 {
+    let mut r = Rng::new(
+        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F),
+    );
+    r.next_u64()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

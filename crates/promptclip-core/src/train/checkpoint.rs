@@ -5,7 +5,11 @@
 //! boundary, still load). Version 3 adds the run's whole resolved recipe ([`RunConfig`]), so that
 //! resuming with any option that would change the run is refused by name; version 1 and 2 files
 //! still resume, checked on what they recorded (seed, epochs, batch size, learner, images).
+use super::config::TrainConfig;
+use super::optim::{LossScaler, Optimizer};
+use crate::clip::Clip;
 use crate::files::{read_safetensors, write_safetensors_atomic};
+use crate::methods::{LearnerMeta, Method};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -51,10 +55,10 @@ pub struct CheckpointMeta {
     pub epochs: usize,
     pub batch_size: usize,
     /// The learner's description (method, options, classes): resuming requires equality.
-    pub model: crate::methods::LearnerMeta,
+    pub model: LearnerMeta,
     /// fp16 loss scaling's state, when training in fp16.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss_scaler: Option<super::optim::LossScaler>,
+    pub loss_scaler: Option<LossScaler>,
     /// The rest of the resolved recipe (version 3 on; absent before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunConfig>,
@@ -88,7 +92,7 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    pub fn of(c: &super::TrainConfig) -> Self {
+    pub fn of(c: &TrainConfig) -> Self {
         Self {
             lr: c.lr(),
             momentum: c.sgd.momentum,
@@ -296,4 +300,164 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
         params,
         optimizer,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// A run's checkpoints: resuming checks, what differs, where training stands, writing one.
+
+/// The checkpoint at `path`, checked against this run's options (the learner is checked once it
+/// is prepared: its state's shapes depend on the data).
+pub(super) fn checkpoint_for(
+    path: &std::path::Path,
+    clip: &Clip,
+    config: &TrainConfig,
+) -> Result<Loaded> {
+    let ck = load(path, &clip.device)?;
+    let m = &ck.meta;
+    // Every option that changes the run must be as it was, each named with both values.
+    let mut changed: Vec<(&str, String, String)> = [
+        ("seed", m.seed.to_string(), config.seed.to_string()),
+        ("epochs", m.epochs.to_string(), config.epochs.to_string()),
+        (
+            "batchSize",
+            m.batch_size.to_string(),
+            config.batch_size.to_string(),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, a, b)| a != b)
+    .collect();
+    if let Some(run) = &m.run {
+        changed.extend(run.differences(&RunConfig::of(config)));
+    }
+    if !changed.is_empty() {
+        let list: Vec<String> = changed
+            .iter()
+            .map(|(name, was, now)| format!("{name} was {was}, this run has {now}"))
+            .collect();
+        return Err(Error::InvalidArgument(format!(
+            "{}: cannot resume, the run would change: {} (resume with the options the checkpoint was made with)",
+            path.display(),
+            list.join("; ")
+        )));
+    }
+    Ok(ck)
+}
+
+/// What differs between the learner a checkpoint was made with and this one, each named with
+/// both values: the method, each option, the class list, the tensors' shapes (another CLIP's
+/// checkpoint shows there: its widths differ).
+pub(super) fn learner_differences(was: &LearnerMeta, now: &LearnerMeta) -> Vec<String> {
+    let mut out = vec![];
+    if was.method != now.method {
+        out.push(format!(
+            "method was {}, this run has {}",
+            was.method, now.method
+        ));
+    }
+    let empty = serde_json::Map::new();
+    let (a, b) = (
+        was.options.as_object().unwrap_or(&empty),
+        now.options.as_object().unwrap_or(&empty),
+    );
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        let show = |v: Option<&serde_json::Value>| v.map_or("unset".to_string(), |v| v.to_string());
+        if a.get(k) != b.get(k) {
+            out.push(format!(
+                "{k} was {}, this run has {}",
+                show(a.get(k)),
+                show(b.get(k))
+            ));
+        }
+    }
+    if was.class_names != now.class_names {
+        let first = was
+            .class_names
+            .iter()
+            .zip(&now.class_names)
+            .position(|(x, y)| x != y);
+        out.push(match first {
+            Some(i) => format!(
+                "class {i} was {:?}, this run has {:?}",
+                was.class_names[i], now.class_names[i]
+            ),
+            None => format!(
+                "the classes were {}, this run has {}",
+                was.class_names.len(),
+                now.class_names.len()
+            ),
+        });
+    }
+    if was.params != now.params && out.is_empty() {
+        let shapes = |p: &[(String, Vec<usize>)]| {
+            p.iter()
+                .map(|(n, s)| format!("{n} {s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push(format!(
+            "the learned tensors were {}, this run has {} (a checkpoint of another CLIP?)",
+            shapes(&was.params),
+            shapes(&now.params)
+        ));
+    }
+    if out.is_empty() {
+        out.push("its description differs".into());
+    }
+    out
+}
+
+/// Where training stands between two steps: `step` steps of epoch `epoch` (both 0-based) done,
+/// with that epoch's running sums so far. What a checkpoint records and a resumed run starts at.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Position {
+    pub(super) epoch: usize,
+    pub(super) step: usize,
+    pub(super) global_step: usize,
+    pub(super) loss_sum: f64,
+    pub(super) correct: usize,
+    pub(super) seen: usize,
+}
+
+/// Write a checkpoint of the state at `at`, with the completed epochs' curve.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn save_checkpoint(
+    path: &std::path::Path,
+    model: &dyn Method,
+    config: &TrainConfig,
+    num_images: usize,
+    optimizer: &Optimizer,
+    scaler: &Option<LossScaler>,
+    at: Position,
+    history: (&[f32], &[f32]),
+) -> Result<()> {
+    let vars = model.vars();
+    let meta = CheckpointMeta {
+        format: CHECKPOINT_FORMAT.into(),
+        format_version: CHECKPOINT_VERSION,
+        epochs_done: at.epoch,
+        step_in_epoch: at.step,
+        epoch_loss_sum: at.loss_sum,
+        epoch_correct: at.correct,
+        epoch_seen: at.seen,
+        epoch_loss_history: history.0.to_vec(),
+        epoch_accuracy_history: history.1.to_vec(),
+        num_images: Some(num_images),
+        global_step: at.global_step,
+        seed: config.seed,
+        epochs: config.epochs,
+        batch_size: config.batch_size,
+        model: model.meta(),
+        loss_scaler: *scaler,
+        run: Some(RunConfig::of(config)),
+    };
+    let params: Vec<(String, Tensor)> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let names: Vec<String> = vars.iter().map(|(n, _)| n.clone()).collect();
+    save(path, &meta, &params, &optimizer.state(&names))
 }

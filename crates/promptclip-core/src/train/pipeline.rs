@@ -11,10 +11,9 @@
 //! H100 (`promptclip-bench e2e`, 50 steps an epoch) the two threads launching kernels slowed
 //! each other more than the overlap gained: 649 ms an epoch, 188 ms more than its steps alone
 //! with their images (50 x 9.2 ms). This design: 561 ms, 108 ms more than 50 x 9.1 ms.
-use super::augment::augment_crop;
-use super::trainer::{derive_seed, TrainConfig};
+use super::augment::{augment_crop, AugmentConfig};
 use crate::preprocess::{decode, ImageConfig, ImageSource};
-use crate::rng::Rng;
+use crate::rng::{derive_seed, Rng};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
@@ -104,12 +103,13 @@ impl DecodedImages {
     }
 }
 
-/// The 8-bit crops (B, S, S, 3) of the images `idx` for `epoch`, augmented on all cores; errors
-/// name the image that failed.
+/// The 8-bit crops (B, S, S, 3) of the images `idx` for `epoch` of a run seeded `seed`, augmented
+/// on all cores; errors name the image that failed.
 pub fn augmented_crops(
     images: &DecodedImages,
     image_config: &ImageConfig,
-    config: &TrainConfig,
+    augment: &AugmentConfig,
+    seed: u64,
     epoch: usize,
     idx: &[usize],
 ) -> Result<Tensor> {
@@ -117,13 +117,8 @@ pub fn augmented_crops(
     let crops: Vec<Result<RgbImage>> = idx
         .par_iter()
         .map(|&i| {
-            let mut rng = Rng::new(derive_seed(config.seed, epoch as u64, i as u64));
-            augment_crop(
-                images.get(i)?.as_ref(),
-                image_config,
-                &config.augment_config,
-                &mut rng,
-            )
+            let mut rng = Rng::new(derive_seed(seed, epoch as u64, i as u64));
+            augment_crop(images.get(i)?.as_ref(), image_config, augment, &mut rng)
         })
         .collect();
     let mut data = Vec::with_capacity(idx.len() * size * size * 3);
