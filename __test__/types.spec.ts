@@ -74,7 +74,7 @@ export async function main(model: string, folder: string): Promise<number> {
     onProgress: (p) => steps.push(p),
     signal: controller.signal,
   })
-  await new Trainer(cocoop).train(split.train)
+  await new Trainer(cocoop).fit(split.train)
   await new Trainer(probe).fit(split.train, { validation: split.val })
   const ctx: Float32Array = coop.context()
   await coop.save('prompt.safetensors')

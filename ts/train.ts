@@ -283,9 +283,4 @@ export class Trainer {
       signal?.removeEventListener('abort', abort)
     }
   }
-
-  /** Alias of `fit`. */
-  train(data: Dataset, fitOptions: FitOptions = {}): Promise<TrainSummary> {
-    return this.fit(data, fitOptions)
-  }
 }

@@ -93,8 +93,6 @@ fn forward_loss_gradients_and_one_sgd_step_equal_pytorch() {
             lr,
             momentum: sgd["momentum"].as_f64().unwrap(),
             weight_decay: sgd["weight_decay"].as_f64().unwrap(),
-            dampening: 0.0,
-            nesterov: false,
         },
         2,
     );

@@ -312,8 +312,6 @@ fn schedule_and_sgd_follow_the_official_recipe() {
             lr: 0.1,
             momentum: 0.9,
             weight_decay: 5e-4,
-            dampening: 0.0,
-            nesterov: false,
         },
         1,
     );

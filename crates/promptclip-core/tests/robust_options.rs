@@ -210,7 +210,6 @@ fn non_finite_options_are_refused_by_name() {
         ("momentum", Box::new(|c, v| c.sgd.momentum = v)),
         ("weightDecay", Box::new(|c, v| c.sgd.weight_decay = v)),
         ("warmupLr", Box::new(|c, v| c.warmup_lr = v)),
-        ("dampening", Box::new(|c, v| c.sgd.dampening = v)),
     ];
     for (name, set) in &cases {
         for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {

@@ -203,10 +203,6 @@ impl PromptLearner {
         self.ctx.dims()[self.ctx.rank() - 2]
     }
 
-    pub fn prompt_prefix(&self) -> &str {
-        &self.prompt_prefix
-    }
-
     pub fn class_names(&self) -> &[String] {
         &self.buffers.class_names
     }

@@ -50,7 +50,7 @@ pub use linear_probe::{LinearProbe, LinearProbeConfig};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
-    /// `torch.optim.SGD` (momentum, dampening, weight decay, Nesterov).
+    /// `torch.optim.SGD` (momentum and weight decay).
     #[default]
     Sgd,
     /// `torch.optim.AdamW` (decoupled weight decay).

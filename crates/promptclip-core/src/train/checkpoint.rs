@@ -72,8 +72,6 @@ pub struct RunConfig {
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
-    pub dampening: f64,
-    pub nesterov: bool,
     pub schedule: super::schedule::ScheduleKind,
     pub warmup_epochs: usize,
     pub warmup_lr: f64,
@@ -97,8 +95,6 @@ impl RunConfig {
             lr: c.lr(),
             momentum: c.sgd.momentum,
             weight_decay: c.weight_decay(),
-            dampening: c.sgd.dampening,
-            nesterov: c.sgd.nesterov,
             schedule: c.schedule,
             warmup_epochs: c.warmup_epochs,
             warmup_lr: c.warmup_lr,
@@ -126,7 +122,6 @@ impl RunConfig {
         num("lr", self.lr, now.lr);
         num("momentum", self.momentum, now.momentum);
         num("weightDecay", self.weight_decay, now.weight_decay);
-        num("dampening", self.dampening, now.dampening);
         num("warmupLr", self.warmup_lr, now.warmup_lr);
         num(
             "augment scale (min)",
@@ -158,11 +153,6 @@ impl RunConfig {
                 out.push((name, a, b));
             }
         };
-        other(
-            "nesterov",
-            self.nesterov.to_string(),
-            now.nesterov.to_string(),
-        );
         other(
             "schedule",
             format!("{:?}", self.schedule).to_lowercase(),

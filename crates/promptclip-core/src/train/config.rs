@@ -9,6 +9,7 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// A run's resolved settings: what the loop reads (`TrainOptions::resolve` makes one).
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
     pub epochs: usize,
@@ -120,7 +121,6 @@ impl TrainOptions {
                 lr: self.lr.unwrap_or(d.sgd.lr),
                 momentum: self.momentum.unwrap_or(d.sgd.momentum),
                 weight_decay: self.weight_decay.unwrap_or(d.sgd.weight_decay),
-                ..d.sgd
             },
             adamw: AdamWConfig {
                 lr: self.lr.unwrap_or(d.adamw.lr),
@@ -216,12 +216,6 @@ impl TrainConfig {
                 self.sgd.momentum,
                 "in [0, 1)",
                 (0.0..1.0).contains(&self.sgd.momentum),
-            ),
-            (
-                "dampening",
-                self.sgd.dampening,
-                "in [0, 1]",
-                (0.0..=1.0).contains(&self.sgd.dampening),
             ),
             (
                 "weightDecay",

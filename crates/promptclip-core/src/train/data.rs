@@ -11,6 +11,7 @@ use candle_core::Tensor;
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// Images with their class indices (into the learner's class list).
 #[derive(Debug, Clone)]
 pub struct LabelledImages {
     pub sources: Vec<ImageSource>,

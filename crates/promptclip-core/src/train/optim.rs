@@ -1,5 +1,6 @@
-//! The optimisers of the methods' recipes, exactly as PyTorch's: SGD as `torch.optim.SGD`
-//! (momentum, dampening, weight decay, Nesterov), which candle's own SGD lacks, and AdamW as
+//! The optimisers of the methods' recipes, exactly as PyTorch's: SGD as `torch.optim.SGD` with
+//! momentum and weight decay (its dampening 0 and no Nesterov, as every recipe here), which
+//! candle's own SGD lacks, and AdamW as
 //! `torch.optim.AdamW` (decoupled weight decay, bias-corrected moments). Their state (momentum
 //! buffers, moments) is exposed by name for checkpoints.
 use crate::{Error, Result};
@@ -11,8 +12,6 @@ pub struct SgdConfig {
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
-    pub dampening: f64,
-    pub nesterov: bool,
 }
 
 impl Default for SgdConfig {
@@ -22,8 +21,6 @@ impl Default for SgdConfig {
             lr: crate::methods::Recipe::default().lr,
             momentum: 0.9,
             weight_decay: 5e-4,
-            dampening: 0.0,
-            nesterov: false,
         }
     }
 }
@@ -43,8 +40,7 @@ impl Sgd {
     }
 
     /// One update with learning rate `lr` (the schedule's value for this epoch):
-    ///   d = g + wd * p;  b = mu * b + (1 - dampening) * d  (b = d at the first step);
-    ///   d = nesterov ? d + mu * b : b;  p = p - lr * d
+    ///   d = g + wd * p;  b = mu * b + d  (b = d at the first step);  p = p - lr * b
     pub fn step(&mut self, params: &[Var], grads: &[Tensor], lr: f64) -> Result<()> {
         let c = self.config;
         for (i, (p, g)) in params.iter().zip(grads).enumerate() {
@@ -55,13 +51,9 @@ impl Sgd {
             if c.momentum != 0.0 {
                 let buf = match self.buffers[i].take() {
                     None => d.clone(),
-                    Some(b) => ((b * c.momentum)? + (&d * (1.0 - c.dampening))?)?,
+                    Some(b) => ((b * c.momentum)? + &d)?,
                 };
-                d = if c.nesterov {
-                    (d + (&buf * c.momentum)?)?
-                } else {
-                    buf.clone()
-                };
+                d = buf.clone();
                 self.buffers[i] = Some(buf);
             }
             p.set(&(p.as_tensor() - (d * lr)?)?.detach())?;
