@@ -10,7 +10,7 @@ import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import test from 'ava'
-import { encodePng } from '../ts/report'
+import { encodePng } from '../ts/png'
 import { collect, IMAGES, type ProcessResult } from './helpers'
 
 const ROOT = join(import.meta.dirname ?? __dirname, '..')

@@ -34,8 +34,9 @@ import { methodTitle, resolveOptions, resultsPlan } from './protocols/plan'
 import { type ReportExtras, renderProtocolReport } from './protocols/report'
 import { runFolder } from './protocols/sweep'
 import { perClassTable, resultTables } from './protocols/table'
-import { formatMeanStd, harmonic, writeFileAtomic } from './report'
+import { formatMeanStd, harmonic } from './stats'
 import type { TrainOptions } from './train'
+import { writeFileAtomic } from './writeAtomic'
 
 export interface DemoOptions {
   /** A CLIP checkpoint (default: the built-in one). */

@@ -5,21 +5,12 @@
  * accuracy per target dataset), accuracy per class, confusion matrices, and what a caller adds:
  * test images labelled before and after learning, a learner's context as words.
  */
+
+import { CONFIG, confusionSpec, perClassSpec, SCHEMA, summarySpec } from '../charts'
 import type { RawImage } from '../options'
-import {
-  CONFIG,
-  confusionSpec,
-  escapeHtml,
-  formatMeanStd,
-  formatSeconds,
-  mean,
-  perClassSpec,
-  pngDataUri,
-  renderPage,
-  SCHEMA,
-  std,
-  summarySpec,
-} from '../report'
+import { pngDataUri } from '../png'
+import { escapeHtml, renderPage } from '../report'
+import { formatDuration, formatMeanStd, mean, std } from '../stats'
 import { methodTitle, type ReportPlan, ZERO_SHOT_METHODS } from './plan'
 import { collectSeries, perClassTable, type ResultTable, resultTables } from './table'
 import type { ProtocolMethod, RunRecord } from './types'
@@ -335,7 +326,7 @@ ${examplesGrid(extras.examples)}</section>`)
 ${contextList(extras.context.words)}</section>`)
   }
   const title = extras.title ?? `promptclip: ${o.protocol} on ${o.labels[o.dataset]}`
-  const took = extras.seconds !== undefined ? ` · ran in <b>${escapeHtml(formatSeconds(extras.seconds))}</b>` : ''
+  const took = extras.seconds !== undefined ? ` · ran in <b>${escapeHtml(formatDuration(extras.seconds))}</b>` : ''
   const body = `<header><h1>${escapeHtml(title)}</h1>
 <p class="meta">Model <b>${escapeHtml(model)}</b> · ${escapeHtml(o.protocol)} on <b>${escapeHtml(o.labels[o.dataset])}</b> · methods <b>${escapeHtml(o.methods.map((m) => methodTitle(m)).join(', '))}</b> · shots <b>${escapeHtml(o.shots.join(', '))}</b> · seeds <b>${escapeHtml(o.seeds.join(', '))}</b>${o.targets.length > 0 ? ` · targets <b>${escapeHtml(o.targets.map((t) => o.labels[t]).join(', '))}</b>` : ''}${took}</p>${o.protocol === 'base-to-new' ? halvesHtml(records) : ''}</header>
 ${sections.join('\n')}`

@@ -6,7 +6,7 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { AbortError, invalidArgument } from '../errors'
-import { writeFileAtomic } from '../report'
+import { writeFileAtomic } from '../writeAtomic'
 import { type Context, executeRun, prepareProtocol, writeJson } from './context'
 import { checkDevices, sweepOnLocalWorkers } from './local'
 import { planRuns, resultsPlan, runId } from './plan'

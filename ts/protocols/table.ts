@@ -5,7 +5,7 @@
  *   cross-dataset / domain generalisation: the source, each target and the targets' average
  *                   (CoCoOp's Tables 2 and 3)
  */
-import { formatMeanStd, harmonic, mean } from '../report'
+import { formatMeanStd, harmonic, mean } from '../stats'
 import { methodTitle, type ReportPlan, ZERO_SHOT_METHODS } from './plan'
 import type { ProtocolMethod, RunRecord } from './types'
 
