@@ -35,10 +35,10 @@ export interface TrainProgress {
   lr: number
 }
 
-/** Each method's paper recipe by default: SGD lr 0.002, momentum 0.9, weight decay 5e-4, one
- *  warmup epoch at 1e-5, cosine per epoch, random resized crop + flip; CoOp and KgCoOp 50 epochs
- *  at batch 32, CoCoOp 10 epochs at batch 1 (larger batches work: prompts are chunked to a memory
- *  budget). The linear probe is fitted on features in one go and takes none of these. */
+/** Each field left out takes the method's recipe, from the core's catalogue (`methodRecipe`):
+ *  CoOp's is Dassl's SGD (lr 0.002, momentum 0.9, weight decay 5e-4, one warmup epoch at 1e-5,
+ *  cosine per epoch), Tip-Adapter-F's AdamW; random resized crop + flip unless the model says
+ *  otherwise. Methods fitted in one go (the linear probe, Tip-Adapter) take none of these. */
 export interface TrainOptions {
   /** The protocol's shots per class and dataset (catalog name): the method's recipe follows them
    *  where its paper does (CoOp: 50 epochs at 1 shot, 100 at 2 and 4, 200 at 8 and 16; ImageNet 50). */
