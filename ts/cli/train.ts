@@ -88,7 +88,9 @@ export function register(program: Command, ctx: Ctx): void {
     .addOption(new Option('--method <method>', 'what to learn').choices(methodNames()).default('coop'))
     .addOption(new Option('--epochs <n>', 'training epochs (default: the method’s recipe)').argParser(epochCount))
     .addOption(new Option('--lr <rate>', 'learning rate (default: the method’s recipe)').argParser(positiveNumber))
-    .addOption(new Option('--batch-size <n>', 'images per training step (default: the method’s recipe)').argParser(positiveInt))
+    .addOption(
+      new Option('--batch-size <n>', 'images per training step (default: the method’s recipe)').argParser(positiveInt),
+    )
     .addOption(
       new Option('--seed <n>', 'seed of the few-shot draw, the initialisation and training')
         .argParser(nonNegativeInt)
