@@ -307,7 +307,7 @@ pub fn choose(
     config: &TipAdapterConfig,
     what: &str,
 ) -> Result<((f64, f64), serde_json::Value)> {
-    if let (Some(alpha), Some(beta), false) = (config.alpha, config.beta, config.searches()) {
+    if let (Some(alpha), Some(beta)) = (config.alpha, config.beta) {
         return Ok((
             (alpha, beta),
             serde_json::json!({ "alpha": alpha, "beta": beta }),
@@ -342,14 +342,115 @@ pub fn missing_validation(what: &str) -> Error {
     ))
 }
 
+/// What Tip-Adapter and Tip-Adapter-F share: the class list, the templates' classifier and the
+/// cache, allocated by `prepare` (its size is the training set's), scoring only those classes.
 #[derive(Debug)]
-pub struct TipAdapter {
-    pub config: TipAdapterConfig,
+pub struct CacheModel {
     class_names: Vec<String>,
     /// (K, E) normalised: the templates' classifier of the learner's own classes.
     text: Tensor,
-    /// Allocated by `prepare` (its size is the training set's).
     cache: RwLock<Option<Cache>>,
+}
+
+impl CacheModel {
+    pub fn new(
+        clip: &Clip,
+        class_names: &[String],
+        templates: &[String],
+        cache: Option<Cache>,
+    ) -> Result<Self> {
+        let text = classifier(clip, class_names, templates)?;
+        if let Some(c) = &cache {
+            check_cache(c, clip, class_names.len())?;
+        }
+        Ok(Self {
+            class_names: class_names.to_vec(),
+            text,
+            cache: RwLock::new(cache),
+        })
+    }
+
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+
+    /// The templates' classifier (K, E).
+    pub fn text(&self) -> &Tensor {
+        &self.text
+    }
+
+    /// The fitted cache, if any.
+    pub fn cache(&self) -> Option<Cache> {
+        self.cache.read().ok().and_then(|c| c.clone())
+    }
+
+    pub fn set_cache(&self, cache: Cache) -> Result<()> {
+        *self
+            .cache
+            .write()
+            .map_err(|_| Error::Internal("the Tip-Adapter cache lock".into()))? = Some(cache);
+        Ok(())
+    }
+
+    /// The cache's tensors as `meta().params` lists them (none before a fit).
+    pub fn shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.cache().map(|c| c.shapes()).unwrap_or_default()
+    }
+
+    /// Logits of image features (B, E) against the learner's classes, differentiable in the
+    /// keys; without a cache, zero-shot CLIP with the templates.
+    pub fn logits(&self, image_features: &Tensor) -> Result<Tensor> {
+        let f = normalized(image_features)?;
+        match self.cache() {
+            Some(c) => tip_logits(&f, &self.text, &c, c.keys.as_tensor()),
+            None => clip_logits(&f, &self.text),
+        }
+    }
+
+    /// The scorer of the learner's own classes (`what` names the learner when another list is
+    /// asked for).
+    pub fn scorer(
+        &self,
+        what: &str,
+        class_names: Option<&[String]>,
+    ) -> Result<Box<dyn Scorer + '_>> {
+        match class_names {
+            Some(names) if names != self.class_names.as_slice() => {
+                Err(cache_classes_only(what, &self.class_names))
+            }
+            _ => Ok(Box::new(CacheScorer(self))),
+        }
+    }
+
+    /// A cache from `config.augmentPasses` augmented passes over the training images (alpha and
+    /// beta at 1), refused before any work when the search that follows would have no
+    /// validation split (`what` names the learner).
+    pub fn build(
+        &self,
+        data: &mut dyn FitData,
+        config: &TipAdapterConfig,
+        what: &str,
+    ) -> Result<Cache> {
+        if config.searches() && data.validation()?.is_none() {
+            return Err(missing_validation(what));
+        }
+        let augmented = data.augmented_features(config.augment_passes, CACHE_CROP_SCALE)?;
+        Cache::build(&augmented, data.labels(), self.class_names.len())
+    }
+}
+
+struct CacheScorer<'a>(&'a CacheModel);
+
+impl Scorer for CacheScorer<'_> {
+    fn logits(&self, image_features: &Tensor) -> Result<Tensor> {
+        Ok(self.0.logits(image_features)?.detach())
+    }
+}
+
+#[derive(Debug)]
+pub struct TipAdapter {
+    pub config: TipAdapterConfig,
+    pub model: CacheModel,
 }
 
 impl TipAdapter {
@@ -364,30 +465,8 @@ impl TipAdapter {
         cache: Option<Cache>,
     ) -> Result<Self> {
         config.validate()?;
-        let text = classifier(clip, class_names, &config.templates)?;
-        if let Some(c) = &cache {
-            check_cache(c, clip, class_names.len())?;
-        }
-        Ok(Self {
-            config,
-            class_names: class_names.to_vec(),
-            text,
-            cache: RwLock::new(cache),
-        })
-    }
-
-    /// The fitted cache, if any.
-    pub fn cache(&self) -> Option<Cache> {
-        self.cache.read().ok().and_then(|c| c.clone())
-    }
-
-    /// Logits of image features (B, E) against the learner's classes.
-    pub fn logits_of(&self, image_features: &Tensor) -> Result<Tensor> {
-        let f = normalized(image_features)?;
-        match self.cache() {
-            Some(c) => tip_logits(&f, &self.text, &c, c.keys.as_tensor()),
-            None => clip_logits(&f, &self.text),
-        }
+        let model = CacheModel::new(clip, class_names, &config.templates, cache)?;
+        Ok(Self { config, model })
     }
 }
 
@@ -408,14 +487,6 @@ pub fn check_cache(cache: &Cache, clip: &Clip, k: usize) -> Result<()> {
     Ok(())
 }
 
-struct TipScorer<'a>(&'a TipAdapter);
-
-impl Scorer for TipScorer<'_> {
-    fn logits(&self, image_features: &Tensor) -> Result<Tensor> {
-        self.0.logits_of(image_features)
-    }
-}
-
 /// The cache's classes only: a different class list has no keys in the cache.
 pub fn cache_classes_only(what: &str, own: &[String]) -> Error {
     let e = own_classes_only(what, own);
@@ -428,9 +499,9 @@ impl Method for TipAdapter {
     fn meta(&self) -> LearnerMeta {
         LearnerMeta {
             method: SPEC.name.into(),
-            class_names: self.class_names.clone(),
+            class_names: self.model.class_names().to_vec(),
             options: super::options_json(&self.config),
-            params: self.cache().map(|c| c.shapes()).unwrap_or_default(),
+            params: self.model.shapes(),
         }
     }
 
@@ -440,7 +511,7 @@ impl Method for TipAdapter {
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        let Some(c) = self.cache() else {
+        let Some(c) = self.model.cache() else {
             return vec![];
         };
         let mut out = vec![("cacheKeys".to_string(), c.keys.as_tensor().clone())];
@@ -449,11 +520,11 @@ impl Method for TipAdapter {
     }
 
     fn class_names(&self) -> &[String] {
-        &self.class_names
+        self.model.class_names()
     }
 
     fn logits(&self, _clip: &Clip, image_features: &Tensor) -> Result<Tensor> {
-        self.logits_of(image_features)
+        self.model.logits(image_features)
     }
 
     fn scorer<'a>(
@@ -461,23 +532,14 @@ impl Method for TipAdapter {
         _clip: &'a Clip,
         class_names: Option<&[String]>,
     ) -> Result<Box<dyn Scorer + 'a>> {
-        match class_names {
-            Some(names) if names != self.class_names.as_slice() => {
-                Err(cache_classes_only("a Tip-Adapter", &self.class_names))
-            }
-            _ => Ok(Box::new(TipScorer(self))),
-        }
+        self.model.scorer("a Tip-Adapter", class_names)
     }
 
     /// The cache from `augmentPasses` augmented passes, then alpha and beta.
     fn prepare(&self, _clip: &Clip, data: &mut dyn FitData) -> Result<Option<FitReport>> {
-        if self.config.searches() && data.validation()?.is_none() {
-            return Err(missing_validation("Tip-Adapter"));
-        }
-        let augmented = data.augmented_features(self.config.augment_passes, CACHE_CROP_SCALE)?;
-        let mut cache = Cache::build(&augmented, data.labels(), self.class_names.len())?;
+        let mut cache = self.model.build(data, &self.config, "Tip-Adapter")?;
         let ((alpha, beta), mut details) =
-            choose(data, &self.text, &cache, &self.config, "Tip-Adapter")?;
+            choose(data, self.model.text(), &cache, &self.config, "Tip-Adapter")?;
         (cache.alpha, cache.beta) = (alpha, beta);
         let size = cache.keys.dims()[0];
         details["cacheSize"] = size.into();
@@ -487,10 +549,7 @@ impl Method for TipAdapter {
             self.config.augment_passes,
             chosen(&details)
         );
-        *self
-            .cache
-            .write()
-            .map_err(|_| Error::Internal("the Tip-Adapter cache lock".into()))? = Some(cache);
+        self.model.set_cache(cache)?;
         Ok(Some(FitReport {
             summary,
             details,

@@ -10,9 +10,9 @@
 //! state and chooses alpha and beta on validation only, never on test data.
 use super::catalogue::{ClassBinding, Fitting, OptionDoc, OptionKind, RecipeFor, Takes};
 use super::tip_adapter::{
-    cache_classes_only, check_cache, choose, chosen, classifier, clip_logits, missing_validation,
-    normalized, tip_logits, Cache, TipAdapterConfig, ALPHA, ALPHA_SCALE, ALPHA_STEPS,
-    AUGMENT_PASSES, BETA, BETA_SCALE, BETA_STEPS, CACHE_CROP_SCALE, TEMPLATES,
+    choose, chosen, clip_logits, normalized, Cache, CacheModel, TipAdapterConfig, ALPHA,
+    ALPHA_SCALE, ALPHA_STEPS, AUGMENT_PASSES, BETA, BETA_SCALE, BETA_STEPS, CACHE_CROP_SCALE,
+    TEMPLATES,
 };
 use super::{
     FitData, FitReport, LearnerMeta, Method, MethodSpec, OptimizerKind, Recipe, Runtime, Scorer,
@@ -22,7 +22,6 @@ use crate::clip::Clip;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
-use std::sync::RwLock;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -47,10 +46,7 @@ impl Default for TipAdapterFConfig {
 #[derive(Debug)]
 pub struct TipAdapterF {
     pub config: TipAdapterFConfig,
-    class_names: Vec<String>,
-    /// (K, E) normalised: the templates' classifier.
-    text: Tensor,
-    cache: RwLock<Option<Cache>>,
+    pub model: CacheModel,
 }
 
 impl TipAdapterF {
@@ -71,45 +67,8 @@ impl TipAdapterF {
                 )));
             }
         }
-        let text = classifier(clip, class_names, &config.cache.templates)?;
-        if let Some(c) = &cache {
-            check_cache(c, clip, class_names.len())?;
-        }
-        Ok(Self {
-            config,
-            class_names: class_names.to_vec(),
-            text,
-            cache: RwLock::new(cache),
-        })
-    }
-
-    pub fn cache(&self) -> Option<Cache> {
-        self.cache.read().ok().and_then(|c| c.clone())
-    }
-
-    fn set_cache(&self, cache: Cache) -> Result<()> {
-        *self
-            .cache
-            .write()
-            .map_err(|_| Error::Internal("the Tip-Adapter-F cache lock".into()))? = Some(cache);
-        Ok(())
-    }
-
-    /// Logits of image features (B, E), differentiable in the keys.
-    pub fn logits_of(&self, image_features: &Tensor) -> Result<Tensor> {
-        let f = normalized(image_features)?;
-        match self.cache() {
-            Some(c) => tip_logits(&f, &self.text, &c, c.keys.as_tensor()),
-            None => clip_logits(&f, &self.text),
-        }
-    }
-}
-
-struct TipFScorer<'a>(&'a TipAdapterF);
-
-impl Scorer for TipFScorer<'_> {
-    fn logits(&self, image_features: &Tensor) -> Result<Tensor> {
-        Ok(self.0.logits_of(image_features)?.detach())
+        let model = CacheModel::new(clip, class_names, &config.cache.templates, cache)?;
+        Ok(Self { config, model })
     }
 }
 
@@ -117,31 +76,33 @@ impl Method for TipAdapterF {
     fn meta(&self) -> LearnerMeta {
         LearnerMeta {
             method: SPEC.name.into(),
-            class_names: self.class_names.clone(),
+            class_names: self.model.class_names().to_vec(),
             options: super::options_json(&self.config),
-            params: self.cache().map(|c| c.shapes()).unwrap_or_default(),
+            params: self.model.shapes(),
         }
     }
 
     /// The cache keys, once the cache is built.
     fn vars(&self) -> Vec<(String, Var)> {
-        self.cache()
+        self.model
+            .cache()
             .map(|c| vec![("cacheKeys".to_string(), c.keys)])
             .unwrap_or_default()
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        self.cache()
+        self.model
+            .cache()
             .and_then(|c| c.state().ok())
             .unwrap_or_default()
     }
 
     fn class_names(&self) -> &[String] {
-        &self.class_names
+        self.model.class_names()
     }
 
     fn logits(&self, _clip: &Clip, image_features: &Tensor) -> Result<Tensor> {
-        self.logits_of(image_features)
+        self.model.logits(image_features)
     }
 
     /// The step's loss and d loss / d keys, the backward pass written out (the official's
@@ -156,7 +117,7 @@ impl Method for TipAdapterF {
         labels: &Tensor,
         _grad_scale: f64,
     ) -> Result<StepOutput> {
-        let cache = self.cache().ok_or_else(|| {
+        let cache = self.model.cache().ok_or_else(|| {
             Error::Internal("Tip-Adapter-F trains once its cache is built".into())
         })?;
         let (alpha, beta) = (cache.alpha, cache.beta);
@@ -164,7 +125,7 @@ impl Method for TipAdapterF {
         let keys = cache.keys.as_tensor().detach(); // (N, E)
         let affinity = f.matmul(&keys.t()?)?; // (B, N)
         let e = (&affinity * beta)?.affine(-1.0, beta)?.neg()?.exp()?; // (B, N)
-        let logits = (clip_logits(&f, &self.text)? + (e.matmul(&cache.values)? * alpha)?)?; // (B, K)
+        let logits = (clip_logits(&f, self.model.text())? + (e.matmul(&cache.values)? * alpha)?)?; // (B, K)
         let loss = crate::loss::cross_entropy(&logits, labels)?.to_scalar::<f32>()?;
         let b = f.dim(0)?;
         let onehot = labels
@@ -190,26 +151,18 @@ impl Method for TipAdapterF {
         _clip: &'a Clip,
         class_names: Option<&[String]>,
     ) -> Result<Box<dyn Scorer + 'a>> {
-        match class_names {
-            Some(names) if names != self.class_names.as_slice() => {
-                Err(cache_classes_only("a Tip-Adapter-F", &self.class_names))
-            }
-            _ => Ok(Box::new(TipFScorer(self))),
-        }
+        self.model.scorer("a Tip-Adapter-F", class_names)
     }
 
     /// The cache, as Tip-Adapter's, with alpha and beta at their initial values for training.
     fn prepare(&self, _clip: &Clip, data: &mut dyn FitData) -> Result<Option<FitReport>> {
         // Before the epochs: a search that cannot run would otherwise fail the run at its end.
-        if self.config.cache.searches() && data.validation()?.is_none() {
-            return Err(missing_validation("Tip-Adapter-F"));
-        }
-        let passes = self.config.cache.augment_passes;
-        let augmented = data.augmented_features(passes, CACHE_CROP_SCALE)?;
-        let mut cache = Cache::build(&augmented, data.labels(), self.class_names.len())?;
+        let mut cache = self
+            .model
+            .build(data, &self.config.cache, "Tip-Adapter-F")?;
         (cache.alpha, cache.beta) = (self.config.init_alpha, self.config.init_beta);
-        let size = cache.keys.dims()[0];
-        self.set_cache(cache)?;
+        let (size, passes) = (cache.keys.dims()[0], self.config.cache.augment_passes);
+        self.model.set_cache(cache)?;
         Ok(Some(FitReport {
             summary: format!(
                 "a cache of {size} images ({passes} augmented passes), its keys trained with alpha {} and beta {}",
@@ -224,17 +177,18 @@ impl Method for TipAdapterF {
     /// alpha and beta on validation with the trained keys.
     fn finish(&self, _clip: &Clip, data: &mut dyn FitData) -> Result<Option<FitReport>> {
         let mut cache = self
+            .model
             .cache()
             .ok_or_else(|| Error::Internal("Tip-Adapter-F finished without a cache".into()))?;
         let ((alpha, beta), details) = choose(
             data,
-            &self.text,
+            self.model.text(),
             &cache,
             &self.config.cache,
             "Tip-Adapter-F",
         )?;
         (cache.alpha, cache.beta) = (alpha, beta);
-        self.set_cache(cache)?;
+        self.model.set_cache(cache)?;
         Ok(Some(FitReport {
             summary: format!("with the trained keys: {}", chosen(&details)),
             details,
