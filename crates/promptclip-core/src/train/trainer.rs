@@ -9,7 +9,7 @@ use super::data::{
     cancelled_if, center_crop_features, usable, LabelledImages, RunData, SkippedImage,
 };
 use super::optim::{all_finite, LossScaler, Optimizer};
-use super::pipeline::{augmented_crops, DecodedImages};
+use super::pipeline::{augmented_crops, center_crops, DecodedImages};
 use crate::clip::Clip;
 use crate::methods::catalogue::{Fitting, Takes};
 use crate::methods::io::first_non_finite;
@@ -298,22 +298,14 @@ fn train_epochs(
         }
         let encoder = clip.image_encoder(&clip.device)?;
         let mut batch_for = |idx: &[usize]| -> Result<Batch<'_>> {
-            if !config.augment && fit_data.features.is_none() {
-                // Pixels without augmentation (a method that takes images): the center crops.
-                let sources: Vec<_> = idx.iter().map(|&i| data.sources[i].clone()).collect();
-                let p = crate::features::preprocess_chunk(clip, &sources)?;
-                if let Some((j, e)) = p.failures.into_iter().next() {
-                    return Err(Error::UnusableImage {
-                        what: "training image".into(),
-                        index: idx[j],
-                        source: Box::new(e),
-                    });
-                }
-                let pixels = p
-                    .pixels
-                    .ok_or_else(|| Error::Internal("an empty training batch".into()))?;
+            if let (false, None, Some(images)) =
+                (config.augment, &fit_data.features, &fit_data.images)
+            {
+                // Pixels without augmentation (a method that takes images): the center crops,
+                // from the decode cache.
+                let crops = center_crops(images, &clip.image_config, idx)?;
                 return Batch::of_pixels(
-                    pixels,
+                    encoder.pixels_of_crops(crops)?,
                     FrozenTower::Encoder(&encoder),
                     config.encode_batch_size,
                 );
