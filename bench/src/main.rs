@@ -16,6 +16,21 @@ use promptclip_core::Clip;
 use std::path::Path;
 use std::time::Instant;
 
+/// The random CLIP of `spec` at `path`, written first when the file does not exist.
+fn random_clip(path: &Path, spec: &RandomClipSpec) -> Clip {
+    if !path.exists() {
+        write_random_openai_clip(path, spec, DType::F32, 0).expect("write random checkpoint");
+    }
+    Clip::load(path, &Device::Cpu).expect("load")
+}
+
+/// The cores the measurements run on.
+fn threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 /// Median seconds of `reps` runs after one warm-up.
 fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
     f();
@@ -184,10 +199,7 @@ fn main() {
         let path = Path::new(&args[2]);
         let batch: usize = args[3].parse().expect("batch size");
         let spec = RandomClipSpec::VIT_B_16;
-        if !path.exists() {
-            write_random_openai_clip(path, &spec, DType::F32, 0).expect("write random checkpoint");
-        }
-        let clip = Clip::load(path, &Device::Cpu).expect("load");
+        let clip = random_clip(path, &spec);
         let k = 50;
         let s = cocoop_step(&clip, k, batch, if batch == 1 { 3 } else { 1 });
         println!(
@@ -199,13 +211,8 @@ fn main() {
     if args.len() >= 4 && args[1] == "tip-adapter" {
         let path = Path::new(&args[2]);
         let spec = RandomClipSpec::VIT_B_16;
-        if !path.exists() {
-            write_random_openai_clip(path, &spec, DType::F32, 0).expect("write random checkpoint");
-        }
-        let clip = Clip::load(path, &Device::Cpu).expect("load");
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let clip = random_clip(path, &spec);
+        let threads = threads();
         let (shots, k, epochs) = (16, 100, 20);
         let s = adapters::tip_adapter_f_fit(&clip, shots, k, epochs);
         println!(
@@ -224,13 +231,8 @@ fn main() {
         let path = Path::new(&args[2]);
         let arch = args.get(3).map(String::as_str).unwrap_or("ViT-B/16");
         let spec = RandomClipSpec::by_name(arch).expect("arch");
-        if !path.exists() {
-            write_random_openai_clip(path, &spec, DType::F32, 0).expect("write random checkpoint");
-        }
-        let clip = Clip::load(path, &Device::Cpu).expect("load");
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let clip = random_clip(path, &spec);
+        let threads = threads();
         let (k, batch, m) = (100, 32, 16);
         for (what, encode) in [("coop_step_cached_features", false), ("coop_step", true)] {
             let s = coop_step(&clip, k, batch, m, encode, if encode { 2 } else { 3 });
@@ -244,10 +246,7 @@ fn main() {
     if args.len() >= 5 && args[1] == "features" {
         let path = Path::new(&args[2]);
         let spec = RandomClipSpec::by_name(&args[3]).expect("arch");
-        if !path.exists() {
-            write_random_openai_clip(path, &spec, DType::F32, 0).expect("write random checkpoint");
-        }
-        let clip = Clip::load(path, &Device::Cpu).expect("load");
+        let clip = random_clip(path, &spec);
         let (batch, s) = (2, spec.image_size);
         let mut rng = promptclip_core::rng::Rng::new(1);
         let pixels = Tensor::from_vec(
@@ -267,20 +266,15 @@ fn main() {
         return;
     }
     if args.len() < 3 || args[1] != "encode" {
-        eprintln!("usage: promptclip-bench encode|coop-step|cocoop-step <checkpoint.safetensors> [ViT-B/16|RN50|...] [images-dir]\n       promptclip-bench features <checkpoint.safetensors> <arch> <out-prefix>\n       promptclip-bench gpu|e2e <work-dir> [cuda:N] [epochs]");
+        eprintln!("usage: promptclip-bench encode|coop-step|cocoop-step <checkpoint.safetensors> [ViT-B/16|RN50|...] [images-dir]\n       promptclip-bench tip-adapter <checkpoint.safetensors> <images-dir>\n       promptclip-bench features <checkpoint.safetensors> <arch> <out-prefix>\n       promptclip-bench gpu|e2e <work-dir> [cuda:N] [epochs]");
         std::process::exit(2);
     }
     let path = Path::new(&args[2]);
     let arch = args.get(3).map(String::as_str).unwrap_or("ViT-B/16");
     let spec =
         RandomClipSpec::by_name(arch).expect("arch: ViT-B/32, ViT-B/16, ViT-L/14, RN50 or RN101");
-    if !path.exists() {
-        write_random_openai_clip(path, &spec, DType::F32, 0).expect("write random checkpoint");
-    }
-    let clip = Clip::load(path, &Device::Cpu).expect("load");
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let clip = random_clip(path, &spec);
+    let threads = threads();
 
     let batch = 8;
     let pixels = Tensor::randn(
