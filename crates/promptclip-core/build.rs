@@ -1,12 +1,19 @@
-//! With the `cuda` feature, compile src/kernels/ops.cu to PTX (loaded at run time by
-//! src/kernels/mod.rs), as candle-kernels does: nvcc from CUDA_ROOT/CUDA_PATH or PATH, for the
-//! compute capability in CUDA_COMPUTE_CAP (or the local GPU's, or 8.0).
+//! With the `cuda` feature, compile src/kernels/ops.cu (which includes each kernel family's
+//! .cu file) to PTX, loaded at run time by src/kernels/cuda.rs, as candle-kernels does: nvcc
+//! from CUDA_ROOT/CUDA_PATH or PATH, for the compute capability in CUDA_COMPUTE_CAP (or the local GPU's, or 8.0).
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
-    println!("cargo::rerun-if-changed=src/kernels/ops.cu");
+    // Every family's .cu and the headers they share: ops.cu includes them.
+    println!("cargo::rerun-if-changed=src/kernels");
+    for entry in std::fs::read_dir("src/kernels").expect("src/kernels") {
+        let path = entry.expect("src/kernels").path();
+        if path.extension().is_some_and(|e| e == "cu" || e == "cuh") {
+            println!("cargo::rerun-if-changed={}", path.display());
+        }
+    }
     println!("cargo::rerun-if-env-changed=CUDA_COMPUTE_CAP");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
