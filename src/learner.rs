@@ -10,7 +10,7 @@ use crate::tasks::CoreTask;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunction;
 use napi_derive::napi;
-use promptclip_core::methods::{self, io, Learner, Runtime};
+use promptclip_core::methods::{self, io, BoxedLearner, Runtime};
 use promptclip_core::{Clip, Error};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 #[napi]
 pub struct NativeLearner {
     pub(crate) clip: Arc<Clip>,
-    pub(crate) inner: Arc<RwLock<Learner>>,
+    pub(crate) inner: Arc<RwLock<BoxedLearner>>,
 }
 
 const POISONED: &str = "the learner's state was poisoned by an earlier failure";
@@ -37,13 +37,17 @@ fn busy<G>(e: TryLockError<G>, what: &str) -> Error {
 }
 
 /// For reading the learner (concurrent reads are fine): fails with E_BUSY while it trains.
-pub(crate) fn read(m: &RwLock<Learner>) -> promptclip_core::Result<RwLockReadGuard<'_, Learner>> {
+pub(crate) fn read(
+    m: &RwLock<BoxedLearner>,
+) -> promptclip_core::Result<RwLockReadGuard<'_, BoxedLearner>> {
     m.try_read()
         .map_err(|e| busy(e, "the learner is training; use it after fit() resolves"))
 }
 
 /// For training: fails with E_BUSY while any other call uses the learner.
-pub(crate) fn write(m: &RwLock<Learner>) -> promptclip_core::Result<RwLockWriteGuard<'_, Learner>> {
+pub(crate) fn write(
+    m: &RwLock<BoxedLearner>,
+) -> promptclip_core::Result<RwLockWriteGuard<'_, BoxedLearner>> {
     m.try_write().map_err(|e| {
         busy(
             e,
@@ -91,7 +95,7 @@ pub fn load_learner(
     clip: &NativeClip,
     path: String,
     #[napi(ts_arg_type = "{ memoryBudgetMb?: number }")] runtime_options: Option<serde_json::Value>,
-) -> AsyncTask<CoreTask<(Arc<Clip>, Learner), NativeLearner>> {
+) -> AsyncTask<CoreTask<(Arc<Clip>, BoxedLearner), NativeLearner>> {
     let clip = clip.inner.clone();
     CoreTask::new(
         move || {
@@ -119,7 +123,7 @@ pub struct NativeInterpretRow {
     pub distances: Vec<f64>,
 }
 
-fn no_context(learner: &Learner) -> Error {
+fn no_context(learner: &BoxedLearner) -> Error {
     Error::Unsupported(format!(
         "a {} learner has no learned text context, so it has no words to show (only CoOp-style \
          context vectors live in the token-embedding space)",

@@ -13,7 +13,7 @@
 use crate::class_names;
 use promptclip_core::clip::random::{write_random_openai_clip, RandomClipSpec};
 use promptclip_core::methods::{
-    CocoopConfig, CocoopLearner, CoopConfig, Method, PromptLearner, Runtime, StepOutput,
+    CocoopConfig, CocoopLearner, CoopConfig, CoopContext, Learner, Runtime, StepOutput,
 };
 use promptclip_core::tensor::{DType, Device, Tensor};
 use promptclip_core::train::optim::{all_finite, LossScaler, Sgd, SgdConfig};
@@ -87,7 +87,7 @@ fn write_inputs(path: &Path, clip: &Clip) {
         &cpu,
     )
     .unwrap();
-    let coop = PromptLearner::new(
+    let coop = CoopContext::new(
         clip,
         &class_names(2),
         CoopConfig {
@@ -111,7 +111,7 @@ fn write_inputs(path: &Path, clip: &Clip) {
     for (name, v) in cocoop.meta.named() {
         tensors.push((format!("cocoop.{name}"), v.as_tensor().clone()));
     }
-    tensors.push(("cocoop.ctx".into(), cocoop.prompt.ctx.as_tensor().clone()));
+    tensors.push(("cocoop.ctx".into(), cocoop.context.ctx.as_tensor().clone()));
     let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let md = HashMap::from([(
         "class_names_1000".to_string(),
@@ -144,8 +144,8 @@ impl Inputs {
     }
 }
 
-fn coop_learner(clip: &Clip, inputs: &Inputs, k: usize) -> PromptLearner {
-    let l = PromptLearner::new(
+fn coop_learner(clip: &Clip, inputs: &Inputs, k: usize) -> CoopContext {
+    let l = CoopContext::new(
         clip,
         &class_names(k),
         CoopConfig {
@@ -192,7 +192,7 @@ impl Step {
     }
 
     /// One step; returns its loss.
-    fn run<M: Method>(
+    fn run<M: Learner>(
         &mut self,
         clip: &Clip,
         learner: &M,
@@ -438,7 +438,7 @@ pub fn e2e(work: &Path, device: &str, epochs: usize) {
         DType::F32
     };
     let clip = Clip::load_with_dtype(&ckpt, &dev, dtype).unwrap();
-    let learner = PromptLearner::new(
+    let learner = CoopContext::new(
         &clip,
         &class_names(k),
         CoopConfig {

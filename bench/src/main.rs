@@ -88,9 +88,9 @@ fn coop_step(
     encode_images: bool,
     reps: usize,
 ) -> f64 {
-    use promptclip_core::methods::{CoopConfig, Method, PromptLearner};
+    use promptclip_core::methods::{CoopConfig, CoopContext, Learner};
     use promptclip_core::train::optim::{Sgd, SgdConfig};
-    let learner = PromptLearner::new(
+    let learner = CoopContext::new(
         clip,
         &class_names(k),
         CoopConfig {
@@ -139,7 +139,7 @@ fn peak_rss_mib() -> f64 {
 /// One CoCoOp training step as the official code runs it (images through the frozen encoder,
 /// K prompts per image, backward to context and Meta-Net, SGD), batched here.
 fn cocoop_step(clip: &Clip, k: usize, batch: usize, reps: usize) -> f64 {
-    use promptclip_core::methods::{CocoopConfig, CocoopLearner, Method, Runtime};
+    use promptclip_core::methods::{CocoopConfig, CocoopLearner, Learner, Runtime};
     use promptclip_core::train::optim::{Sgd, SgdConfig};
     let learner = CocoopLearner::new(
         clip,

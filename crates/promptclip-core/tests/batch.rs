@@ -7,7 +7,7 @@ mod common;
 use candle_core::{DType, Tensor, Var, D};
 use common::{colours, dev};
 use promptclip_core::methods::catalogue::{Fitting, Takes};
-use promptclip_core::methods::{self, Batch, LearnerMeta, Method, Scorer, StepOutput};
+use promptclip_core::methods::{self, Batch, Learner, LearnerMeta, Scorer, StepOutput};
 use promptclip_core::train::{fit, TrainConfig};
 use promptclip_core::{Clip, Error, Result};
 use std::sync::atomic::AtomicBool;
@@ -44,7 +44,7 @@ impl Scorer for MeanColourScorer<'_> {
     }
 }
 
-impl Method for MeanColour {
+impl Learner for MeanColour {
     fn meta(&self) -> LearnerMeta {
         LearnerMeta {
             method: "mean-colour".into(),

@@ -8,7 +8,7 @@ use candle_core::{DType, Tensor};
 use common::{dev, fixtures, rel_err};
 use promptclip_core::clip::l2_normalize;
 use promptclip_core::methods::clip_adapter::{ClipAdapter, ClipAdapterConfig};
-use promptclip_core::methods::{self, io, Method, Runtime};
+use promptclip_core::methods::{self, io, Learner, Runtime};
 use promptclip_core::train::optim::{Sgd, SgdConfig};
 use promptclip_core::Clip;
 use std::collections::HashMap;

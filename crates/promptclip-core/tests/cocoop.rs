@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use common::{colours, dev, fixtures, rel_err};
 use promptclip_core::methods::io::{load, save};
 use promptclip_core::methods::{
-    CocoopConfig, CocoopLearner, CoopConfig, MetaNet, Method, PromptLearner, Runtime, StepOutput,
+    CocoopConfig, CocoopLearner, CoopConfig, CoopContext, Learner, MetaNet, Runtime, StepOutput,
 };
 use promptclip_core::train::optim::SgdConfig;
 use promptclip_core::train::{fit, LabelledImages, TrainConfig};
@@ -46,7 +46,7 @@ fn learner_for(
     // The budget in bytes, finer than `Runtime`'s MiB (one byte: one image per chunk).
     l.memory_budget_bytes = budget;
     assert_eq!(
-        rel_err(l.prompt.ctx.as_tensor(), &t["ctx"]),
+        rel_err(l.context.ctx.as_tensor(), &t["ctx"]),
         0.0,
         "ctx from \"a photo of a\""
     );
@@ -109,7 +109,7 @@ fn batched_equals_per_image_loop_and_chunking_changes_nothing() {
     // A budget that fits one image's K prompts at a time: three chunks, gradients accumulated.
     let small = learner_for(&clip, &t, &md, 1);
     assert_eq!(
-        small.prompts_per_chunk(&clip, &small.prompt.buffers, true),
+        small.prompts_per_chunk(&clip, &small.context.buffers, true),
         3
     );
     let StepOutput {
@@ -155,7 +155,7 @@ fn batched_equals_per_image_loop_and_chunking_changes_nothing() {
     assert!(
         rel_err(
             &small
-                .logits_for(&clip, &t["image_features"], &small.prompt.buffers)
+                .logits_for(&clip, &t["image_features"], &small.context.buffers)
                 .unwrap(),
             &logits
         ) < 1e-6
@@ -247,7 +247,7 @@ fn trains_on_base_classes_and_predicts_new_ones() {
         Runtime::default(),
     )
     .unwrap();
-    let co_initial = flat(co.prompt.ctx.as_tensor());
+    let co_initial = flat(co.context.ctx.as_tensor());
     let s = fit(
         &clip,
         &co,
@@ -258,22 +258,22 @@ fn trains_on_base_classes_and_predicts_new_ones() {
     )
     .unwrap();
     // The comparison below means nothing if training left the context where it started.
-    let moved = relative_change(&co_initial, &flat(co.prompt.ctx.as_tensor()));
+    let moved = relative_change(&co_initial, &flat(co.context.ctx.as_tensor()));
     assert!(
         moved > 0.01,
         "CoCoOp's context moved by only {moved} of its norm"
     );
-    let new_buffers = co.prompt.buffers_for(&clip, &new_names).unwrap();
+    let new_buffers = co.context.buffers_for(&clip, &new_names).unwrap();
     let co_new_logits = co.logits_for(&clip, &fnw, &new_buffers).unwrap();
     let (co_base, co_new) = (
         acc(
-            &co.logits_for(&clip, &fb, &co.prompt.buffers).unwrap(),
+            &co.logits_for(&clip, &fb, &co.context.buffers).unwrap(),
             &base_test,
         ),
         acc(&co_new_logits, &new_test),
     );
 
-    let coop = PromptLearner::new(
+    let coop = CoopContext::new(
         &clip,
         &base_names,
         CoopConfig {
@@ -338,7 +338,7 @@ fn trains_on_base_classes_and_predicts_new_ones() {
         0.0,
         "scorer vs logits_for"
     );
-    let with_base_names = co.logits_for(&clip, &fnw, &co.prompt.buffers).unwrap();
+    let with_base_names = co.logits_for(&clip, &fnw, &co.context.buffers).unwrap();
     let e = rel_err(&with_base_names, &scored);
     assert!(
         e > 1e-3,
@@ -596,7 +596,7 @@ fn default_options_work_on_a_clip_narrower_than_the_ratio() {
     let co =
         CocoopLearner::new(&clip, &names, CocoopConfig::default(), Runtime::default()).unwrap();
     assert_eq!(
-        (co.meta.hidden(), co.meta_net_ratio, co.prompt.n_ctx()),
+        (co.meta.hidden(), co.meta_net_ratio, co.context.n_ctx()),
         (1, 16, 4)
     );
     let feats = Tensor::randn(0f32, 1.0, (2, 16), &dev()).unwrap();
@@ -624,7 +624,7 @@ fn default_options_work_on_a_clip_narrower_than_the_ratio() {
         ..TrainConfig::for_recipe(&recipe)
     };
     assert_eq!(config.batch_size, 1);
-    let before = co.prompt.ctx.as_tensor().copy().unwrap();
+    let before = co.context.ctx.as_tensor().copy().unwrap();
     let mut steps = 0;
     let s = fit(
         &clip,
@@ -641,7 +641,7 @@ fn default_options_work_on_a_clip_narrower_than_the_ratio() {
     assert_eq!((steps, s.global_step, s.epoch_loss.len()), (3, 3, 1));
     assert!(s.epoch_loss[0].is_finite());
     assert!(
-        rel_err(co.prompt.ctx.as_tensor(), &before) > 0.0,
+        rel_err(co.context.ctx.as_tensor(), &before) > 0.0,
         "ctx did not move"
     );
 }

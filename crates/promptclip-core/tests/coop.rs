@@ -5,9 +5,9 @@ mod common;
 use candle_core::{DType, Tensor, Var};
 use common::{dev, fixtures, rel_err};
 use promptclip_core::clip::l2_normalize;
-use promptclip_core::methods::coop::{ClassTokenPosition, CoopConfig, PromptLearner};
+use promptclip_core::methods::coop::{ClassTokenPosition, CoopConfig, CoopContext};
 use promptclip_core::methods::io::{load, save};
-use promptclip_core::methods::{Method, Runtime, StepOutput};
+use promptclip_core::methods::{Learner, Runtime, StepOutput};
 use promptclip_core::preprocess::ImageSource;
 use promptclip_core::train::optim::{Sgd, SgdConfig};
 use promptclip_core::train::schedule::{LrSchedule, ScheduleKind};
@@ -25,7 +25,7 @@ fn class_names(md: &HashMap<String, String>) -> Vec<String> {
     serde_json::from_str(&md["class_names"]).unwrap()
 }
 
-fn learner_for_case(clip: &Clip, case: &str) -> (PromptLearner, HashMap<String, Tensor>) {
+fn learner_for_case(clip: &Clip, case: &str) -> (CoopContext, HashMap<String, Tensor>) {
     let (t, md) = promptclip_core::files::read_safetensors(
         &fixtures().join(format!("coop/{case}.safetensors")),
         &dev(),
@@ -41,7 +41,7 @@ fn learner_for_case(clip: &Clip, case: &str) -> (PromptLearner, HashMap<String, 
         init_std: 0.02,
         seed: 0,
     };
-    let learner = PromptLearner::new(clip, &class_names(&md), config).unwrap();
+    let learner = CoopContext::new(clip, &class_names(&md), config).unwrap();
     assert_eq!(learner.n_ctx(), n_ctx, "{case}: M");
     assert_eq!(learner.config.n_ctx, Some(n_ctx), "{case}: resolved nCtx");
     if md["init"] == "random" {
@@ -83,7 +83,7 @@ fn prompts_logits_and_gradients_match_pytorch() {
             "{case}: prompt assembly"
         );
         let labels = t["labels"].to_dtype(DType::U32).unwrap();
-        let logits = Method::logits(&learner, &clip, &t["image_features"]).unwrap();
+        let logits = Learner::logits(&learner, &clip, &t["image_features"]).unwrap();
         let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
         let grads = loss.backward().unwrap();
         let g = grads
@@ -122,7 +122,7 @@ fn gradient_matches_finite_differences_through_the_whole_pipeline() {
         seed: 3,
         ..CoopConfig::default()
     };
-    let learner = PromptLearner::new(&clip, &names, config).unwrap();
+    let learner = CoopContext::new(&clip, &names, config).unwrap();
     let ctx64 = learner.ctx.as_tensor().to_dtype(DType::F64).unwrap();
     let ctx = Var::from_tensor(&ctx64).unwrap();
     let feats = Tensor::randn(0f64, 1.0, (4, clip.embed_dim()), &dev()).unwrap();
@@ -197,12 +197,12 @@ fn loss_and_grads_equal_autograd_for_every_variant() {
             seed: 3,
             ..CoopConfig::default()
         };
-        let mut learner = PromptLearner::new(&clip, &names, config).unwrap();
+        let mut learner = CoopContext::new(&clip, &names, config).unwrap();
         // The context in f64 too, so that the whole comparison runs in f64 (learners keep their
         // parameters in f32; the field is public for tests like this one).
         learner.ctx =
             Var::from_tensor(&learner.ctx.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
-        let logits = Method::logits(&learner, &clip, &feats).unwrap();
+        let logits = Learner::logits(&learner, &clip, &feats).unwrap();
         let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
         let g_ref = loss
             .backward()
@@ -233,7 +233,7 @@ fn loss_scaling_by_a_power_of_two_leaves_gradients_bit_identical() {
     let names: Vec<String> = ["dog", "cat", "paper crane"].map(String::from).to_vec();
     let feats = Tensor::randn(0f32, 1.0, (4, clip.embed_dim()), &dev()).unwrap();
     let labels = Tensor::new(&[0u32, 1, 2, 1], &dev()).unwrap();
-    let learner = PromptLearner::new(
+    let learner = CoopContext::new(
         &clip,
         &names,
         CoopConfig {
@@ -382,7 +382,7 @@ fn same_seed_same_context_bit_for_bit() {
     let clip = hf_clip();
     let (names, data) = colour_dataset(3, 1);
     let run = || {
-        let l = PromptLearner::new(
+        let l = CoopContext::new(
             &clip,
             &names,
             CoopConfig {
@@ -432,7 +432,7 @@ fn resume_from_checkpoint_equals_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("run.ckpt");
     let new_learner = || {
-        PromptLearner::new(
+        CoopContext::new(
             &clip,
             &names,
             CoopConfig {
@@ -512,7 +512,7 @@ fn resume_from_checkpoint_equals_uninterrupted_run() {
     );
 
     // A checkpoint of another configuration is refused by name.
-    let other = PromptLearner::new(
+    let other = CoopContext::new(
         &clip,
         &names,
         CoopConfig {
@@ -545,7 +545,7 @@ fn save_load_and_apply_to_new_classes() {
     let clip = hf_clip();
     let names: Vec<String> = ["dog", "cat"].map(String::from).to_vec();
     let dir = tempfile::tempdir().unwrap();
-    let learner = PromptLearner::new(
+    let learner = CoopContext::new(
         &clip,
         &names,
         CoopConfig {
@@ -577,7 +577,7 @@ fn save_load_and_apply_to_new_classes() {
     assert_eq!(scored.logits(&features).unwrap().dims(), &[2, 3]);
     assert_eq!(f.dims(), &[3, 16]);
     // Class-specific context does not.
-    let csc = PromptLearner::new(
+    let csc = CoopContext::new(
         &clip,
         &names,
         CoopConfig {
@@ -611,7 +611,7 @@ fn save_load_and_apply_to_new_classes() {
 fn bad_options_are_named() {
     let clip = hf_clip();
     let names: Vec<String> = ["dog", "cat"].map(String::from).to_vec();
-    let err = PromptLearner::new(
+    let err = CoopContext::new(
         &clip,
         &names,
         CoopConfig {
@@ -621,16 +621,16 @@ fn bad_options_are_named() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("nCtx"), "{err}");
-    assert!(PromptLearner::new(&clip, &[], CoopConfig::default())
+    assert!(CoopContext::new(&clip, &[], CoopConfig::default())
         .unwrap_err()
         .to_string()
         .contains("empty"));
     let dup: Vec<String> = ["dog", "dog"].map(String::from).to_vec();
-    assert!(PromptLearner::new(&clip, &dup, CoopConfig::default())
+    assert!(CoopContext::new(&clip, &dup, CoopConfig::default())
         .unwrap_err()
         .to_string()
         .contains("duplicate"));
-    assert!(PromptLearner::new(
+    assert!(CoopContext::new(
         &clip,
         &names,
         CoopConfig {
@@ -644,7 +644,7 @@ fn bad_options_are_named() {
         serde_json::from_value::<ClassTokenPosition>(serde_json::json!("middle")).unwrap(),
         ClassTokenPosition::Middle
     );
-    let l = PromptLearner::new(
+    let l = CoopContext::new(
         &clip,
         &names,
         CoopConfig {
@@ -688,7 +688,7 @@ fn bad_options_are_named() {
 fn interpret_finds_the_init_words() {
     let clip = hf_clip();
     let names: Vec<String> = ["dog", "cat"].map(String::from).to_vec();
-    let l = PromptLearner::new(
+    let l = CoopContext::new(
         &clip,
         &names,
         CoopConfig {
@@ -725,7 +725,7 @@ fn learning_beats_zero_shot_on_held_out_images() {
     let zs = promptclip_core::zeroshot::class_embeddings(&clip, &names, &templates).unwrap();
     let zero_shot = accuracy(&clip.logits(&test_feats, &zs).unwrap());
 
-    let learner = PromptLearner::new(
+    let learner = CoopContext::new(
         &clip,
         &names,
         CoopConfig {
@@ -786,7 +786,7 @@ fn non_finite_loss_stops_training_with_a_clear_error() {
     // encoder, so the very first loss is NaN.
     let clip = hf_clip();
     let (names, data) = colour_dataset(2, 5);
-    let l = PromptLearner::new(
+    let l = CoopContext::new(
         &clip,
         &names,
         CoopConfig {
@@ -836,7 +836,7 @@ fn diverging_update_stops_training_before_it_is_saved_or_checkpointed() {
     // step 1 (one step per epoch), and the checkpoint keeps the finite first epoch.
     let clip = hf_clip();
     let (names, data) = colour_dataset(2, 5);
-    let l = PromptLearner::new(
+    let l = CoopContext::new(
         &clip,
         &names,
         CoopConfig {
@@ -915,7 +915,7 @@ fn half_precision_runs_close_to_fp32() {
         let err = rel_err(&feats, &feats32);
         assert!(err < 0.05, "{dtype:?} image features rel err {err}");
         // A training step runs and the context (kept in f32) receives a gradient.
-        let l = PromptLearner::new(
+        let l = CoopContext::new(
             &clip,
             &names,
             CoopConfig {
@@ -925,7 +925,7 @@ fn half_precision_runs_close_to_fp32() {
         )
         .unwrap();
         let labels = Tensor::new(&[0u32, 1, 2, 0], &dev()).unwrap();
-        let logits = Method::logits(&l, &clip, &feats).unwrap();
+        let logits = Learner::logits(&l, &clip, &feats).unwrap();
         let loss = promptclip_core::loss::cross_entropy(&logits, &labels).unwrap();
         let g = loss
             .backward()

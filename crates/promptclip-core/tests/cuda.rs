@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{colours, fixtures, rel_err};
 use promptclip_core::methods::{
-    CocoopConfig, CocoopLearner, CoopConfig, Method, PromptLearner, Runtime,
+    CocoopConfig, CocoopLearner, CoopConfig, CoopContext, Learner, Runtime,
 };
 use promptclip_core::train::optim::SgdConfig;
 use promptclip_core::train::{fit, TrainConfig};
@@ -32,7 +32,7 @@ fn flat(t: &Tensor) -> Tensor {
 
 /// Train `make`'s learner with the same seed on CPU (fp32) and on CUDA (`dtype`); return the
 /// largest relative difference of the final parameters and of the epoch losses.
-fn cpu_vs_cuda<M: Method>(
+fn cpu_vs_cuda<M: Learner>(
     dtype: DType,
     make: impl Fn(&Clip) -> M,
     config: &TrainConfig,
@@ -87,7 +87,7 @@ fn train_config(batch: usize) -> TrainConfig {
 #[test]
 fn coop_trained_on_cuda_ends_within_tolerance_of_the_cpu_run() {
     let coop = |clip: &Clip| {
-        PromptLearner::new(
+        CoopContext::new(
             clip,
             &names(),
             CoopConfig {

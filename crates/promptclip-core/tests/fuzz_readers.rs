@@ -13,7 +13,7 @@
 //! Each test prints how many inputs it ran and how many were accepted and refused (by code).
 mod common;
 use common::{dev, fixtures};
-use promptclip_core::methods::coop::{CoopConfig, PromptLearner};
+use promptclip_core::methods::coop::{CoopConfig, CoopContext};
 use promptclip_core::methods::{io, Runtime};
 use promptclip_core::tokenizer::ClipTokenizer;
 use promptclip_core::train::checkpoint;
@@ -652,7 +652,7 @@ fn checkpoints() {
         ..TrainConfig::default()
     };
     let learner = || {
-        PromptLearner::new(
+        CoopContext::new(
             clip,
             &names(),
             CoopConfig {

@@ -4,8 +4,8 @@
 mod common;
 use common::{colours, dev, fixtures};
 use promptclip_core::features::{encode, encode_with_progress};
-use promptclip_core::methods::coop::{CoopConfig, PromptLearner};
-use promptclip_core::methods::Method;
+use promptclip_core::methods::coop::{CoopConfig, CoopContext};
+use promptclip_core::methods::Learner;
 use promptclip_core::preprocess::{preprocess, ImageConfig, ImageSource};
 use promptclip_core::train::checkpoint;
 use promptclip_core::train::optim::SgdConfig;
@@ -155,8 +155,8 @@ fn encoding_reports_progress_per_batch_and_stops_when_asked() {
     assert_eq!(calls, 1);
 }
 
-fn coop(clip: &Clip, names: &[String]) -> PromptLearner {
-    PromptLearner::new(
+fn coop(clip: &Clip, names: &[String]) -> CoopContext {
+    CoopContext::new(
         clip,
         names,
         CoopConfig {
@@ -181,7 +181,7 @@ fn recipe(epochs: usize, augment: bool) -> TrainConfig {
     }
 }
 
-fn params(l: &PromptLearner) -> Vec<Vec<f32>> {
+fn params(l: &CoopContext) -> Vec<Vec<f32>> {
     l.vars()
         .iter()
         .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
@@ -190,7 +190,7 @@ fn params(l: &PromptLearner) -> Vec<Vec<f32>> {
 
 fn train(
     clip: &Clip,
-    learner: &PromptLearner,
+    learner: &CoopContext,
     data: &LabelledImages,
     config: &TrainConfig,
 ) -> promptclip_core::Result<TrainSummary> {
@@ -199,7 +199,7 @@ fn train(
 
 fn train_any(
     clip: &Clip,
-    learner: &dyn Method,
+    learner: &dyn Learner,
     data: &LabelledImages,
     config: &TrainConfig,
 ) -> promptclip_core::Result<TrainSummary> {
@@ -313,7 +313,7 @@ fn interrupt_and_resume(
     data: &LabelledImages,
     config: &TrainConfig,
     steps: usize,
-) -> (PromptLearner, TrainSummary, Error) {
+) -> (CoopContext, TrainSummary, Error) {
     let interrupted = coop(clip, names);
     let cancel = AtomicBool::new(false);
     let err = fit(

@@ -3,7 +3,7 @@
 //! batches are bounded by a memory budget.
 mod common;
 use common::{colours, dev, fixtures};
-use promptclip_core::methods::coop::{CoopConfig, PromptLearner};
+use promptclip_core::methods::coop::{CoopConfig, CoopContext};
 use promptclip_core::methods::{self, io, Runtime};
 use promptclip_core::preprocess::ImageSource;
 use promptclip_core::{features, zeroshot, Clip};
@@ -68,7 +68,7 @@ fn long_prompts_are_refused_by_zero_shot_prediction_and_training_alike() {
         &["texts[0]", "it needs 102 tokens", &limit],
     );
     // A learned prompt applied to long names (prediction) is refused like training is.
-    let learner = PromptLearner::new(&clip, &s(&["red", "green"]), CoopConfig::default()).unwrap();
+    let learner = CoopContext::new(&clip, &s(&["red", "green"]), CoopConfig::default()).unwrap();
     assert_err(
         learner.buffers_for(&clip, &long_names),
         "E_INVALID_ARGUMENT",
@@ -142,7 +142,7 @@ fn an_empty_image_file_says_it_is_empty() {
 fn learner_metadata_errors_name_the_file() {
     let clip = hf_clip();
     let dir = tempfile::tempdir().unwrap();
-    let learner = PromptLearner::new(&clip, &s(&["red", "green"]), CoopConfig::default()).unwrap();
+    let learner = CoopContext::new(&clip, &s(&["red", "green"]), CoopConfig::default()).unwrap();
     let good = dir.path().join("good.safetensors");
     io::save(&good, &learner, &clip).unwrap();
     let (tensors, md) =

@@ -5,7 +5,7 @@ mod common;
 use candle_core::{DType, Tensor};
 use common::{dev, fixtures, rel_err};
 use promptclip_core::clip::l2_normalize;
-use promptclip_core::methods::{CoopConfig, KgcoopConfig, KgcoopLearner, Method, StepOutput};
+use promptclip_core::methods::{CoopConfig, KgcoopConfig, KgcoopLearner, Learner, StepOutput};
 use promptclip_core::Clip;
 use std::collections::HashMap;
 
@@ -39,9 +39,9 @@ fn learner(
         template: md["template"].clone(),
     };
     let l = KgcoopLearner::new(clip, &names, config).unwrap();
-    assert_eq!(l.prompt.n_ctx().to_string(), md["n_ctx"]);
-    assert_eq!(l.prompt.ctx.dims(), t["ctx"].dims());
-    l.prompt.ctx.set(&t["ctx"]).unwrap();
+    assert_eq!(l.context.n_ctx().to_string(), md["n_ctx"]);
+    assert_eq!(l.context.ctx.dims(), t["ctx"].dims());
+    l.context.ctx.set(&t["ctx"]).unwrap();
     l
 }
 
@@ -64,13 +64,13 @@ fn knowledge_term_loss_and_gradient_match_pytorch() {
         &l2_normalize(&t["clip_text_features"]).unwrap(),
     );
     // The learned prompts' text features and the knowledge-guided term (before w).
-    let text = l.prompt.text_features(&clip, &l.prompt.buffers).unwrap();
+    let text = l.context.text_features(&clip, &l.context.buffers).unwrap();
     let e_text = rel_err(&text, &t["text_features"]);
     let kg = scalar(&l.knowledge_term(&text).unwrap()) / w;
     let kg_ref = scalar(&t["loss_kg"]);
     let e_kg = (kg - kg_ref).abs() / kg_ref.abs();
     // Logits (prediction is CoOp's), then the trainer's step: total loss and d(loss)/d(ctx).
-    let logits = Method::logits(&l, &clip, &t["image_features"]).unwrap();
+    let logits = Learner::logits(&l, &clip, &t["image_features"]).unwrap();
     let e_logits = rel_err(&logits, &t["logits"]);
     let StepOutput {
         loss,
@@ -134,10 +134,10 @@ fn at_the_template_context_the_knowledge_term_vanishes() {
     let names: Vec<String> = serde_json::from_str(&md["class_names"]).unwrap();
     let l = KgcoopLearner::new(&clip, &names, KgcoopConfig::default()).unwrap();
     assert_eq!(
-        (l.w, l.template.as_str(), l.prompt.n_ctx()),
+        (l.w, l.template.as_str(), l.context.n_ctx()),
         (8.0, "a photo of a {}.", 4)
     );
-    let text = l.prompt.text_features(&clip, &l.prompt.buffers).unwrap();
+    let text = l.context.text_features(&clip, &l.context.buffers).unwrap();
     let kg = scalar(&l.knowledge_term(&text).unwrap());
     println!("kgcoop knowledge term at the template context: {kg:.1e}");
     assert!(kg.abs() < 1e-5, "knowledge term {kg}");

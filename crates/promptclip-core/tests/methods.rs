@@ -5,7 +5,7 @@ use candle_core::Tensor;
 use common::{colours, dev, fixtures};
 use promptclip_core::methods::catalogue::{self, OptionKind, RecipeFor};
 use promptclip_core::methods::io::{load, save};
-use promptclip_core::methods::{self, recipe_of, Learner, Recipe, Runtime};
+use promptclip_core::methods::{self, recipe_of, BoxedLearner, Recipe, Runtime};
 use promptclip_core::train::{fit, TrainConfig, TrainOptions};
 use promptclip_core::{Clip, Error};
 use serde_json::json;
@@ -27,7 +27,7 @@ fn create(
     clip: &Clip,
     method: &str,
     options: serde_json::Value,
-) -> promptclip_core::Result<Learner> {
+) -> promptclip_core::Result<BoxedLearner> {
     methods::create(clip, method, &names(), options, Runtime::default())
 }
 

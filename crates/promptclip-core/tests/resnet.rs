@@ -7,8 +7,8 @@ mod common;
 use candle_core::{DType, Tensor};
 use common::{colours, dev, fixtures, rel_err};
 use promptclip_core::clip::{ResNetShape, VisionTower};
-use promptclip_core::methods::coop::{CoopConfig, PromptLearner};
-use promptclip_core::methods::{self, Method, Runtime};
+use promptclip_core::methods::coop::{CoopConfig, CoopContext};
+use promptclip_core::methods::{self, Learner, Runtime};
 use promptclip_core::train::{fit, fit_with_validation, TrainConfig};
 use promptclip_core::Clip;
 use serde_json::json;
@@ -96,7 +96,7 @@ fn check_coop(clip: &Clip, t: &HashMap<String, Tensor>, md: &HashMap<String, Str
     }
     let names: Vec<String> = serde_json::from_str(&md["class_names"]).unwrap();
     let n_ctx: usize = md["n_ctx"].parse().unwrap();
-    let learner = PromptLearner::new(
+    let learner = CoopContext::new(
         clip,
         &names,
         CoopConfig {
@@ -112,7 +112,7 @@ fn check_coop(clip: &Clip, t: &HashMap<String, Tensor>, md: &HashMap<String, Str
         .unwrap();
     assert_eq!(rel_err(&prompts, &t["prompts"]), 0.0, "{what}: prompts");
     let labels = t["labels"].to_dtype(DType::U32).unwrap();
-    let logits = Method::logits(&learner, clip, &t["image_features"]).unwrap();
+    let logits = Learner::logits(&learner, clip, &t["image_features"]).unwrap();
     let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
     let grads = loss.backward().unwrap();
     let g = grads

@@ -3,8 +3,8 @@
 //! the tensor (issue 11). One test per point of the issue, in its order.
 mod common;
 use common::{colours, dev, fixtures};
-use promptclip_core::methods::coop::{CoopConfig, PromptLearner};
-use promptclip_core::methods::{self, io, Method, Runtime};
+use promptclip_core::methods::coop::{CoopConfig, CoopContext};
+use promptclip_core::methods::{self, io, Learner, Runtime};
 use promptclip_core::train::checkpoint;
 use promptclip_core::train::optim::SgdConfig;
 use promptclip_core::train::schedule::ScheduleKind;
@@ -73,7 +73,7 @@ fn n_ctx_beyond_the_context_is_refused_before_allocating() {
     }
     // The largest M that fits still builds: SOS + M + "red" (1 token) + "." + EOT = 77.
     let m = l - 4;
-    let built = PromptLearner::new(
+    let built = CoopContext::new(
         &clip,
         &names(1),
         CoopConfig {
@@ -224,7 +224,7 @@ fn non_finite_options_are_refused_by_name() {
     }
     let clip = hf_clip();
     for v in [f64::NAN, f64::INFINITY] {
-        let r = PromptLearner::new(
+        let r = CoopContext::new(
             &clip,
             &names(2),
             CoopConfig {
@@ -291,7 +291,7 @@ fn with_nan(t: &candle_core::Tensor) -> candle_core::Tensor {
 fn non_finite_learner_files_and_weights_are_refused_naming_file_and_tensor() {
     let clip = hf_clip();
     let dir = tempfile::tempdir().unwrap();
-    let learner = PromptLearner::new(&clip, &names(2), CoopConfig::default()).unwrap();
+    let learner = CoopContext::new(&clip, &names(2), CoopConfig::default()).unwrap();
     let good = dir.path().join("good.safetensors");
     io::save(&good, &learner, &clip).unwrap();
     let bad = dir.path().join("nan.safetensors");
@@ -385,8 +385,8 @@ fn finiteness_check_cost_at_load() {
 
 // ---- 4. resuming refuses every option that changes the run ----
 
-fn coop(clip: &Clip) -> PromptLearner {
-    PromptLearner::new(
+fn coop(clip: &Clip) -> CoopContext {
+    CoopContext::new(
         clip,
         &names(3),
         CoopConfig {
@@ -403,7 +403,7 @@ fn data() -> LabelledImages {
 
 fn train(
     clip: &Clip,
-    l: &dyn Method,
+    l: &dyn Learner,
     config: &TrainConfig,
 ) -> promptclip_core::Result<TrainSummary> {
     fit(
@@ -867,7 +867,7 @@ fn cancel_stops_the_encoding_before_the_first_step() {
     .unwrap();
     let l = coop(&clip);
     for (what, model, augment) in [
-        ("coop, encoding", &l as &dyn Method, false),
+        ("coop, encoding", &l as &dyn Learner, false),
         ("coop, decoding", &l, true),
         ("linear probe", probe.as_ref(), false),
     ] {

@@ -10,7 +10,7 @@ mod common;
 use candle_core::{DType, Tensor};
 use common::{colours, dev, fixtures, rel_err};
 use promptclip_core::methods::tip_adapter;
-use promptclip_core::methods::{self, io, FitData, Method, Runtime};
+use promptclip_core::methods::{self, io, FitData, Learner, Runtime};
 use promptclip_core::train::optim::{AdamW, AdamWConfig};
 use promptclip_core::train::schedule::{LrSchedule, ScheduleKind};
 use promptclip_core::train::{fit_with_validation, TrainOptions};
@@ -414,7 +414,7 @@ fn through_the_trainer_they_save_load_refuse_new_classes_and_resume_bit_for_bit(
         .unwrap()
     };
     let recipe = methods::recipe_of(fresh().as_ref(), Default::default()).unwrap();
-    let run = |learner: &dyn Method, extra: serde_json::Value, stop_at: Option<usize>| {
+    let run = |learner: &dyn Learner, extra: serde_json::Value, stop_at: Option<usize>| {
         let config = options(extra).resolve(&recipe).unwrap();
         let flag = AtomicBool::new(false);
         let mut on_progress = |p: &promptclip_core::train::Progress| {
@@ -449,7 +449,7 @@ fn through_the_trainer_they_save_load_refuse_new_classes_and_resume_bit_for_bit(
     let r = run(resumed.as_ref(), again, None).unwrap();
     assert_eq!((r.start_epoch, r.start_step), (1, 1));
     assert_eq!(r.epoch_loss, s.epoch_loss);
-    let bits = |l: &dyn Method| -> Vec<Vec<u32>> {
+    let bits = |l: &dyn Learner| -> Vec<Vec<u32>> {
         l.vars()
             .into_iter()
             .map(|(_, v)| {

@@ -8,7 +8,7 @@
 //! hard-codes E = 1024, RN50: here E is the model's). The adapter never sees class names, so the
 //! learner scores any class list: new names only need their text features.
 use super::catalogue::{coop_recipe, ClassBinding, Fitting, OptionDoc, OptionKind, Takes, SEED};
-use super::{LearnerMeta, Method, MethodSpec, Runtime, Scorer};
+use super::{Learner, LearnerMeta, MethodSpec, Runtime, Scorer};
 use crate::clip::Clip;
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -144,7 +144,7 @@ impl Scorer for AdapterScorer<'_> {
     }
 }
 
-impl Method for ClipAdapter {
+impl Learner for ClipAdapter {
     fn meta(&self) -> LearnerMeta {
         LearnerMeta {
             method: SPEC.name.into(),

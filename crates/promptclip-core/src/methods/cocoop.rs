@@ -10,8 +10,8 @@ use super::catalogue::{
     ClassBinding, Fitting, OptionDoc, OptionKind, Takes, CTX_INIT_PHOTO, INIT_STD, N_CTX, POSITION,
     SEED,
 };
-use super::coop::{ClassBuffers, CoopConfig, PromptLearner, PHOTO_CTX_INIT};
-use super::{LearnerMeta, Method, MethodSpec, Recipe, Runtime, Scorer, StepOutput};
+use super::coop::{ClassBuffers, CoopConfig, CoopContext, PHOTO_CTX_INIT};
+use super::{Learner, LearnerMeta, MethodSpec, Recipe, Runtime, Scorer, StepOutput};
 use crate::clip::{l2_normalize, Clip};
 use crate::loss::cross_entropy;
 use crate::rng::Rng;
@@ -100,7 +100,7 @@ impl Default for CocoopConfig {
 #[derive(Debug)]
 pub struct CocoopLearner {
     /// The context vectors and class buffers (CoOp's, unified); its config is the resolved one.
-    pub prompt: PromptLearner,
+    pub context: CoopContext,
     pub meta: MetaNet,
     pub meta_net_ratio: usize,
     /// Activation memory the text encoder may use at once; B x K prompts are chunked to fit.
@@ -130,7 +130,7 @@ impl CocoopLearner {
         }
         let vis_dim = clip.embed_dim();
         let seed = config.context.seed;
-        let prompt = PromptLearner::with_default_init(
+        let context = CoopContext::with_default_init(
             clip,
             class_names,
             config.context,
@@ -139,7 +139,7 @@ impl CocoopLearner {
         let hidden = (vis_dim / config.meta_net_ratio).max(1);
         let meta = MetaNet::new(vis_dim, hidden, clip.text.hidden_size(), seed, &clip.device)?;
         Ok(Self::from_parts(
-            prompt,
+            context,
             meta,
             config.meta_net_ratio,
             runtime,
@@ -147,13 +147,13 @@ impl CocoopLearner {
     }
 
     pub fn from_parts(
-        prompt: PromptLearner,
+        context: CoopContext,
         meta: MetaNet,
         meta_net_ratio: usize,
         runtime: Runtime,
     ) -> Self {
         Self {
-            prompt,
+            context,
             meta,
             meta_net_ratio,
             memory_budget_bytes: runtime.memory_budget_mb.saturating_mul(1 << 20),
@@ -163,7 +163,7 @@ impl CocoopLearner {
     /// The resolved options, as saved.
     pub fn config(&self) -> CocoopConfig {
         CocoopConfig {
-            context: self.prompt.config.clone(),
+            context: self.context.config.clone(),
             meta_net_ratio: self.meta_net_ratio,
         }
     }
@@ -195,7 +195,7 @@ impl CocoopLearner {
         let used = buffers.eot.iter().max().map(|e| e + 1).unwrap_or(1);
         let prompts = (0..b)
             .map(|i| {
-                self.prompt
+                self.context
                     .assemble(&ctx_shifted.get(i)?, buffers)?
                     .narrow(1, 0, used)
                     .map_err(Error::from)
@@ -231,7 +231,7 @@ impl CocoopLearner {
         let f = l2_normalize(&image_features.to_dtype(DType::F32)?)?;
         let (prompts, eot, group) = self.prompts(&self.shifted_context(&f, ctx)?, buffers)?;
         let text =
-            clip.encode_text_embeds_shared(&prompts, &eot, self.prompt.shared_len(), &group)?;
+            clip.encode_text_embeds_shared(&prompts, &eot, self.context.shared_len(), &group)?;
         Self::image_logits(clip, &f, &text, buffers.class_names.len())
     }
 
@@ -246,7 +246,7 @@ impl CocoopLearner {
         image_features: &Tensor,
         buffers: &ClassBuffers,
     ) -> Result<Tensor> {
-        let ctx = self.prompt.ctx.as_tensor().detach();
+        let ctx = self.context.ctx.as_tensor().detach();
         let n = self.images_per_chunk(clip, buffers, false);
         let b = image_features.dim(0)?;
         let parts = (0..b)
@@ -280,32 +280,32 @@ impl Scorer for PerImageScorer<'_> {
     }
 }
 
-impl Method for CocoopLearner {
+impl Learner for CocoopLearner {
     fn meta(&self) -> LearnerMeta {
         LearnerMeta {
             method: SPEC.name.into(),
-            class_names: self.prompt.buffers.class_names.clone(),
+            class_names: self.context.buffers.class_names.clone(),
             options: super::options_json(&self.config()),
             params: super::param_shapes(&self.vars()),
         }
     }
 
     fn vars(&self) -> Vec<(String, Var)> {
-        let mut v = vec![("ctx".to_string(), self.prompt.ctx.clone())];
+        let mut v = vec![("ctx".to_string(), self.context.ctx.clone())];
         v.extend(self.meta.named());
         v
     }
 
     fn class_names(&self) -> &[String] {
-        &self.prompt.buffers.class_names
+        &self.context.buffers.class_names
     }
 
     fn logits(&self, clip: &Clip, image_features: &Tensor) -> Result<Tensor> {
         self.chunk_logits(
             clip,
             image_features,
-            &self.prompt.buffers,
-            self.prompt.ctx.as_tensor(),
+            &self.context.buffers,
+            self.context.ctx.as_tensor(),
         )
     }
 
@@ -315,8 +315,8 @@ impl Method for CocoopLearner {
         class_names: Option<&[String]>,
     ) -> Result<Box<dyn Scorer + 'a>> {
         let buffers = match class_names {
-            Some(names) => self.prompt.buffers_for(clip, names)?,
-            None => self.prompt.buffers.clone(),
+            Some(names) => self.context.buffers_for(clip, names)?,
+            None => self.context.buffers.clone(),
         };
         Ok(Box::new(PerImageScorer {
             learner: self,
@@ -326,7 +326,7 @@ impl Method for CocoopLearner {
     }
 
     fn learned_context(&self) -> Option<super::LearnedContext> {
-        Some(self.prompt.learned())
+        Some(self.context.learned())
     }
 
     /// Mean cross-entropy over the batch, with backward run per chunk of images and the
@@ -338,7 +338,7 @@ impl Method for CocoopLearner {
         labels: &Tensor,
         grad_scale: f64,
     ) -> Result<StepOutput> {
-        let buffers = &self.prompt.buffers;
+        let buffers = &self.context.buffers;
         let n = self.images_per_chunk(clip, buffers, true);
         let b = image_features.dim(0)?;
         let vars = self.vars();
@@ -349,7 +349,7 @@ impl Method for CocoopLearner {
             let len = n.min(b - s);
             let f = l2_normalize(&image_features.narrow(0, s, len)?.to_dtype(DType::F32)?)?;
             let (prompts, eot, _) = self.prompts(
-                &self.shifted_context(&f, self.prompt.ctx.as_tensor())?,
+                &self.shifted_context(&f, self.context.ctx.as_tensor())?,
                 buffers,
             )?;
             let chunk_labels = labels.narrow(0, s, len)?;
@@ -358,7 +358,7 @@ impl Method for CocoopLearner {
                 clip,
                 &prompts,
                 &eot,
-                self.prompt.shared_len(),
+                self.context.shared_len(),
                 k,
                 &vars,
                 grad_scale,
@@ -432,7 +432,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     restore: |clip, meta, tensors, runtime| {
         let config: CocoopConfig = super::parse_options("cocoop", meta.options.clone())?;
         let ctx = super::saved(tensors, "ctx")?;
-        let prompt = PromptLearner::from_parts(clip, &meta.class_names, config.context, ctx)?;
+        let context = CoopContext::from_parts(clip, &meta.class_names, config.context, ctx)?;
         let var =
             |name: &str| -> Result<Var> { Ok(Var::from_tensor(&super::saved(tensors, name)?)?) };
         let meta_net = MetaNet {
@@ -442,7 +442,7 @@ pub const SPEC: MethodSpec = MethodSpec {
             linear2_bias: var("meta.linear2.bias")?,
         };
         Ok(Box::new(CocoopLearner::from_parts(
-            prompt,
+            context,
             meta_net,
             config.meta_net_ratio,
             runtime,

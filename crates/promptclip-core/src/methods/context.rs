@@ -1,6 +1,6 @@
 //! A learned text context as users can ask for it: the vectors in token-embedding space that the
 //! prompt methods (CoOp and the methods built on its prompt learner) put around the class name.
-//! A learner that has one says so (`Method::learned_context`); the binding's `context()` and
+//! A learner that has one says so (`Learner::learned_context`); the binding's `context()` and
 //! `interpret()` read it from there, whatever the method.
 use crate::clip::Clip;
 use crate::Result;

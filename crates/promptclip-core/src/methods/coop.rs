@@ -10,7 +10,7 @@ use super::catalogue::{
     coop_recipe, ClassBinding, Fitting, Takes, CLASS_SPECIFIC, CTX_INIT, INIT_STD, N_CTX, POSITION,
     SEED,
 };
-use super::{LearnedContext, LearnerMeta, Method, MethodSpec, Runtime, Scorer, StepOutput};
+use super::{LearnedContext, Learner, LearnerMeta, MethodSpec, Runtime, Scorer, StepOutput};
 use crate::clip::{l2_normalize, Clip};
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -93,7 +93,7 @@ pub struct ClassBuffers {
 }
 
 #[derive(Debug)]
-pub struct PromptLearner {
+pub struct CoopContext {
     /// Resolved: `n_ctx` is M as built, `ctx_init` the init words if any.
     pub config: CoopConfig,
     /// (M, d) unified or (K, M, d) class-specific; the only trainable tensor.
@@ -103,7 +103,7 @@ pub struct PromptLearner {
     pub buffers: ClassBuffers,
 }
 
-impl PromptLearner {
+impl CoopContext {
     /// A CoOp learner: random context unless `ctxInit` is given.
     pub fn new(clip: &Clip, class_names: &[String], config: CoopConfig) -> Result<Self> {
         Self::with_default_init(clip, class_names, config, None)
@@ -410,7 +410,7 @@ pub(crate) fn own_classes_only(what: &str, own: &[String]) -> Error {
 
 /// Normalised text features of the learned prompts, without gradient tracking.
 pub fn class_embeddings(
-    learner: &PromptLearner,
+    learner: &CoopContext,
     clip: &Clip,
     buffers: &ClassBuffers,
 ) -> Result<Tensor> {
@@ -438,7 +438,7 @@ impl Scorer for EmbeddingScorer<'_> {
     }
 }
 
-impl PromptLearner {
+impl CoopContext {
     pub(crate) fn embedding_scorer<'a>(
         &self,
         clip: &'a Clip,
@@ -497,7 +497,7 @@ impl PromptLearner {
     }
 }
 
-impl Method for PromptLearner {
+impl Learner for CoopContext {
     fn meta(&self) -> LearnerMeta {
         let vars = self.vars();
         LearnerMeta {
@@ -517,7 +517,7 @@ impl Method for PromptLearner {
     }
 
     fn logits(&self, clip: &Clip, image_features: &Tensor) -> Result<Tensor> {
-        PromptLearner::logits(self, clip, image_features, &self.buffers)
+        CoopContext::logits(self, clip, image_features, &self.buffers)
     }
 
     fn loss_and_grads_scaled(
@@ -532,7 +532,7 @@ impl Method for PromptLearner {
             image_features,
             labels,
             grad_scale,
-            &Method::vars(self),
+            &Learner::vars(self),
             None,
         )
     }
@@ -569,11 +569,11 @@ pub const SPEC: MethodSpec = MethodSpec {
     recipe: coop_recipe,
     create: |clip, names, options, _runtime: Runtime| {
         let config: CoopConfig = super::parse_options("coop", options)?;
-        Ok(Box::new(PromptLearner::new(clip, names, config)?))
+        Ok(Box::new(CoopContext::new(clip, names, config)?))
     },
     restore: |clip, meta, tensors, _runtime| {
         let config: CoopConfig = super::parse_options("coop", meta.options.clone())?;
-        Ok(Box::new(PromptLearner::from_parts(
+        Ok(Box::new(CoopContext::from_parts(
             clip,
             &meta.class_names,
             config,

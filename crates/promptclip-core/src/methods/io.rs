@@ -1,7 +1,7 @@
 //! Learner files: safetensors holding the trainable tensors and any state fitted on data, and JSON in the file's metadata with
 //! everything needed to rebuild the learner (its [`LearnerMeta`], the CLIP it was learned on, a
 //! format version). Any registered method saves and loads through here.
-use super::{Learner, LearnerMeta, Method, Runtime};
+use super::{BoxedLearner, Learner, LearnerMeta, Runtime};
 use crate::clip::Clip;
 use crate::files::{read_safetensors, write_safetensors_atomic};
 use crate::{Error, Result};
@@ -59,7 +59,7 @@ pub fn first_non_finite(vars: &[(String, Var)]) -> Result<Option<String>> {
 
 /// Save a learner of any method, atomically. Non-finite parameters are refused: a file that would
 /// only ever predict NaN is worse than none.
-pub fn save(path: &Path, learner: &dyn Method, clip: &Clip) -> Result<()> {
+pub fn save(path: &Path, learner: &dyn Learner, clip: &Clip) -> Result<()> {
     let vars = learner.vars();
     if let Some(name) = first_non_finite(&vars)? {
         return Err(Error::NonFiniteParams(format!(
@@ -148,7 +148,7 @@ pub fn check_compatible(path: &Path, file: &PromptFile, clip: &Clip) -> Result<(
 }
 
 /// Load a learner file of any registered method onto `clip`.
-pub fn load(path: &Path, clip: &Clip, runtime: Runtime) -> Result<(Learner, LearnerMeta)> {
+pub fn load(path: &Path, clip: &Clip, runtime: Runtime) -> Result<(BoxedLearner, LearnerMeta)> {
     let (mut tensors, metadata) = read_safetensors(path, &clip.device)?;
     let file = read_meta(path, &metadata)?;
     crate::files::check_float_tensors(path, &tensors)?;

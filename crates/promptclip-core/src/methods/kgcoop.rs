@@ -10,8 +10,8 @@ use super::catalogue::{
     ClassBinding, Fitting, OptionDoc, OptionKind, Takes, CLASS_SPECIFIC, CTX_INIT_PHOTO, INIT_STD,
     N_CTX, POSITION, SEED,
 };
-use super::coop::{CoopConfig, PromptLearner, PHOTO_CTX_INIT};
-use super::{LearnerMeta, Method, MethodSpec, Recipe, Runtime, Scorer, StepOutput};
+use super::coop::{CoopConfig, CoopContext, PHOTO_CTX_INIT};
+use super::{Learner, LearnerMeta, MethodSpec, Recipe, Runtime, Scorer, StepOutput};
 use crate::clip::{l2_normalize, Clip};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var, D};
@@ -42,7 +42,7 @@ impl Default for KgcoopConfig {
 
 #[derive(Debug)]
 pub struct KgcoopLearner {
-    pub prompt: PromptLearner,
+    pub context: CoopContext,
     pub w: f64,
     pub template: String,
     /// (K, E) normalised, frozen: g(t_k^clip) of the learner's own classes.
@@ -51,30 +51,25 @@ pub struct KgcoopLearner {
 
 impl KgcoopLearner {
     pub fn new(clip: &Clip, class_names: &[String], config: KgcoopConfig) -> Result<Self> {
-        let prompt = PromptLearner::with_default_init(
+        let context = CoopContext::with_default_init(
             clip,
             class_names,
             config.context,
             Some(PHOTO_CTX_INIT),
         )?;
-        Self::from_parts(clip, prompt, config.w, config.template)
+        Self::from_parts(clip, context, config.w, config.template)
     }
 
-    pub fn from_parts(
-        clip: &Clip,
-        prompt: PromptLearner,
-        w: f64,
-        template: String,
-    ) -> Result<Self> {
+    pub fn from_parts(clip: &Clip, context: CoopContext, w: f64, template: String) -> Result<Self> {
         if !(w.is_finite() && w >= 0.0) {
             return Err(Error::InvalidArgument(format!(
                 "w must be a non-negative number, got {w}"
             )));
         }
         let templates = [template.clone()];
-        let clip_text = crate::zeroshot::class_embeddings(clip, prompt.class_names(), &templates)?;
+        let clip_text = crate::zeroshot::class_embeddings(clip, context.class_names(), &templates)?;
         Ok(Self {
-            prompt,
+            context,
             w,
             template,
             clip_text: clip_text.to_dtype(DType::F32)?,
@@ -83,7 +78,7 @@ impl KgcoopLearner {
 
     pub fn config(&self) -> KgcoopConfig {
         KgcoopConfig {
-            context: self.prompt.config.clone(),
+            context: self.context.config.clone(),
             w: self.w,
             template: self.template.clone(),
         }
@@ -97,26 +92,26 @@ impl KgcoopLearner {
     }
 }
 
-impl Method for KgcoopLearner {
+impl Learner for KgcoopLearner {
     fn meta(&self) -> LearnerMeta {
         LearnerMeta {
             method: SPEC.name.into(),
-            class_names: self.prompt.class_names().to_vec(),
+            class_names: self.context.class_names().to_vec(),
             options: super::options_json(&self.config()),
             params: super::param_shapes(&self.vars()),
         }
     }
 
     fn vars(&self) -> Vec<(String, Var)> {
-        Method::vars(&self.prompt)
+        Learner::vars(&self.context)
     }
 
     fn class_names(&self) -> &[String] {
-        self.prompt.class_names()
+        self.context.class_names()
     }
 
     fn logits(&self, clip: &Clip, image_features: &Tensor) -> Result<Tensor> {
-        Method::logits(&self.prompt, clip, image_features)
+        Learner::logits(&self.context, clip, image_features)
     }
 
     fn loss_and_grads_scaled(
@@ -127,7 +122,7 @@ impl Method for KgcoopLearner {
         grad_scale: f64,
     ) -> Result<StepOutput> {
         let term = |text: &Tensor| self.knowledge_term(text);
-        self.prompt.step(
+        self.context.step(
             clip,
             image_features,
             labels,
@@ -142,15 +137,15 @@ impl Method for KgcoopLearner {
         clip: &'a Clip,
         class_names: Option<&[String]>,
     ) -> Result<Box<dyn Scorer + 'a>> {
-        Ok(Box::new(self.prompt.embedding_scorer(clip, class_names)?))
+        Ok(Box::new(self.context.embedding_scorer(clip, class_names)?))
     }
 
     fn learned_context(&self) -> Option<super::LearnedContext> {
-        Some(self.prompt.learned())
+        Some(self.context.learned())
     }
 
     fn scores_any_classes(&self) -> bool {
-        !self.prompt.config.class_specific
+        !self.context.config.class_specific
     }
 }
 
@@ -189,10 +184,10 @@ pub const SPEC: MethodSpec = MethodSpec {
     restore: |clip, meta, tensors, _runtime| {
         let config: KgcoopConfig = super::parse_options("kgcoop", meta.options.clone())?;
         let ctx = super::saved(tensors, "ctx")?;
-        let prompt = PromptLearner::from_parts(clip, &meta.class_names, config.context, ctx)?;
+        let context = CoopContext::from_parts(clip, &meta.class_names, config.context, ctx)?;
         Ok(Box::new(KgcoopLearner::from_parts(
             clip,
-            prompt,
+            context,
             config.w,
             config.template,
         )?))

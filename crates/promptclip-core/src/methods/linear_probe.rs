@@ -5,7 +5,7 @@
 //! belong to its own classes: it cannot score new class names.
 use super::catalogue::{ClassBinding, Fitting, OptionDoc, OptionKind, Takes};
 use super::coop::own_classes_only;
-use super::{FitData, FitReport, LearnerMeta, Method, MethodSpec, Recipe, Runtime, Scorer};
+use super::{FitData, FitReport, Learner, LearnerMeta, MethodSpec, Recipe, Runtime, Scorer};
 use crate::clip::Clip;
 use crate::logreg::{search_c, LogReg, LogRegConfig, SearchConfig};
 use crate::{Error, Result};
@@ -104,7 +104,7 @@ impl Scorer for ProbeScorer<'_> {
     }
 }
 
-impl Method for LinearProbe {
+impl Learner for LinearProbe {
     fn meta(&self) -> LearnerMeta {
         LearnerMeta {
             method: SPEC.name.into(),

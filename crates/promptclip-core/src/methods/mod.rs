@@ -1,6 +1,6 @@
 //! Methods: what a learner on a frozen CLIP is, and the registry of the ones promptclip has.
 //!
-//! A method is one module here that implements [`Method`] and registers one [`MethodSpec`] in
+//! A method is one module here that implements [`Learner`] and registers one [`MethodSpec`] in
 //! [`METHODS`]; the trainer, prompt files, checkpoints, prediction and the Node binding go through
 //! this seam and know no method by name. The spec is also the method's catalogue entry
 //! ([`catalogue`]): what TypeScript knows of a method, it reads from there.
@@ -42,7 +42,7 @@ use std::collections::HashMap;
 pub use batch::{Batch, FrozenTower};
 pub use cocoop::{CocoopConfig, CocoopLearner, MetaNet};
 pub use context::LearnedContext;
-pub use coop::{ClassTokenPosition, CoopConfig, PromptLearner};
+pub use coop::{ClassTokenPosition, CoopConfig, CoopContext};
 pub use kgcoop::{KgcoopConfig, KgcoopLearner};
 pub use linear_probe::{LinearProbe, LinearProbeConfig};
 
@@ -166,7 +166,7 @@ pub struct FitReport {
 }
 
 /// A learner on a frozen CLIP.
-pub trait Method: Send + Sync + std::fmt::Debug {
+pub trait Learner: Send + Sync + std::fmt::Debug {
     /// Registry name and resolved options; see [`LearnerMeta`].
     fn meta(&self) -> LearnerMeta;
 
@@ -242,7 +242,7 @@ pub trait Method: Send + Sync + std::fmt::Debug {
         spec(&self.meta().method).map_or(catalogue::Fitting::Sgd, |s| s.fitting)
     }
 
-    /// Whether [`Method::scorer`] takes class names the learner was not fitted on: the method's
+    /// Whether [`Learner::scorer`] takes class names the learner was not fitted on: the method's
     /// class binding, unless its options tie the parameters to classes (class-specific context).
     fn scores_any_classes(&self) -> bool {
         spec(&self.meta().method).is_ok_and(|s| s.classes == catalogue::ClassBinding::AnyClasses)
@@ -266,7 +266,7 @@ pub trait Method: Send + Sync + std::fmt::Debug {
         Ok(None)
     }
 
-    /// Mean loss of a batch and its gradients (see [`Method::loss_and_grads_scaled`]): what the
+    /// Mean loss of a batch and its gradients (see [`Learner::loss_and_grads_scaled`]): what the
     /// trainer calls. The default reads the batch's frozen features; a method that runs the image
     /// encoder itself reads its pixels.
     fn batch_loss_and_grads(
@@ -288,7 +288,7 @@ pub fn shown(v: f64) -> String {
 }
 
 /// A learner of any method.
-pub type Learner = Box<dyn Method>;
+pub type BoxedLearner = Box<dyn Learner>;
 
 /// Runtime settings that are not part of what a learner is (not saved with it).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -332,9 +332,9 @@ pub struct MethodSpec {
     pub recipe: fn(catalogue::RecipeFor<'_>) -> Recipe,
     /// A new learner for `class_names` from the method's options (JSON; missing fields take the
     /// method's defaults, unknown ones are refused).
-    pub create: fn(&Clip, &[String], serde_json::Value, Runtime) -> Result<Learner>,
+    pub create: fn(&Clip, &[String], serde_json::Value, Runtime) -> Result<BoxedLearner>,
     /// A learner from saved metadata and tensors (shapes already checked against `meta.params`).
-    pub restore: fn(&Clip, &LearnerMeta, &HashMap<String, Tensor>, Runtime) -> Result<Learner>,
+    pub restore: fn(&Clip, &LearnerMeta, &HashMap<String, Tensor>, Runtime) -> Result<BoxedLearner>,
 }
 
 /// Every method promptclip has, in the order tables list them: the baseline, then by year.
@@ -359,7 +359,7 @@ pub fn spec(name: &str) -> Result<&'static MethodSpec> {
 }
 
 /// The recipe of `learner`'s method for a protocol's shots and dataset.
-pub fn recipe_of(learner: &dyn Method, r: catalogue::RecipeFor<'_>) -> Result<Recipe> {
+pub fn recipe_of(learner: &dyn Learner, r: catalogue::RecipeFor<'_>) -> Result<Recipe> {
     Ok((spec(&learner.meta().method)?.recipe)(r))
 }
 
@@ -370,7 +370,7 @@ pub fn create(
     class_names: &[String],
     options: serde_json::Value,
     runtime: Runtime,
-) -> Result<Learner> {
+) -> Result<BoxedLearner> {
     (spec(name)?.create)(clip, class_names, options, runtime)
 }
 
@@ -519,7 +519,7 @@ pub struct Predictions {
 /// Predict in batches of `batch_size` images; `on_progress(done, total)` after each batch.
 pub fn predict(
     clip: &Clip,
-    learner: &dyn Method,
+    learner: &dyn Learner,
     sources: &[crate::preprocess::ImageSource],
     class_names: Option<&[String]>,
     batch_size: usize,
@@ -536,7 +536,7 @@ pub fn predict(
 /// call's (the binding stops this way once a JavaScript progress callback has thrown).
 pub fn predict_with_progress(
     clip: &Clip,
-    learner: &dyn Method,
+    learner: &dyn Learner,
     sources: &[crate::preprocess::ImageSource],
     class_names: Option<&[String]>,
     batch_size: usize,

@@ -16,7 +16,7 @@
 //! here are shared with it.
 use super::catalogue::{ClassBinding, Fitting, OptionDoc, OptionKind, RecipeFor, Takes};
 use super::coop::own_classes_only;
-use super::{FitData, FitReport, LearnerMeta, Method, MethodSpec, Recipe, Runtime, Scorer};
+use super::{FitData, FitReport, Learner, LearnerMeta, MethodSpec, Recipe, Runtime, Scorer};
 use crate::clip::{l2_normalize, Clip};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var};
@@ -495,7 +495,7 @@ pub fn cache_classes_only(what: &str, own: &[String]) -> Error {
     ))
 }
 
-impl Method for TipAdapter {
+impl Learner for TipAdapter {
     fn meta(&self) -> LearnerMeta {
         LearnerMeta {
             method: SPEC.name.into(),

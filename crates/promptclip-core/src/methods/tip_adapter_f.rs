@@ -15,7 +15,7 @@ use super::tip_adapter::{
     TEMPLATES,
 };
 use super::{
-    FitData, FitReport, LearnerMeta, Method, MethodSpec, OptimizerKind, Recipe, Runtime, Scorer,
+    FitData, FitReport, Learner, LearnerMeta, MethodSpec, OptimizerKind, Recipe, Runtime, Scorer,
     StepOutput,
 };
 use crate::clip::Clip;
@@ -72,7 +72,7 @@ impl TipAdapterF {
     }
 }
 
-impl Method for TipAdapterF {
+impl Learner for TipAdapterF {
     fn meta(&self) -> LearnerMeta {
         LearnerMeta {
             method: SPEC.name.into(),

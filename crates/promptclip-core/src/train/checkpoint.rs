@@ -9,7 +9,7 @@ use super::config::TrainConfig;
 use super::optim::{LossScaler, Optimizer};
 use crate::clip::Clip;
 use crate::files::{read_safetensors, write_safetensors_atomic};
-use crate::methods::{LearnerMeta, Method};
+use crate::methods::{Learner, LearnerMeta};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -416,7 +416,7 @@ pub(super) struct Position {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn save_checkpoint(
     path: &std::path::Path,
-    model: &dyn Method,
+    model: &dyn Learner,
     config: &TrainConfig,
     num_images: usize,
     optimizer: &Optimizer,

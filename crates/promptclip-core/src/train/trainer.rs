@@ -13,7 +13,7 @@ use super::pipeline::{augmented_crops, center_crops, DecodedImages};
 use crate::clip::Clip;
 use crate::methods::catalogue::{Fitting, Takes};
 use crate::methods::io::first_non_finite;
-use crate::methods::{Batch, FrozenTower, Method, StepOutput};
+use crate::methods::{Batch, FrozenTower, Learner, StepOutput};
 use crate::rng::Rng;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var, D};
@@ -68,7 +68,7 @@ pub use crate::rng::derive_seed;
 /// `checkpoint_path` is set, from which `resume_from` continues at that very step.
 pub fn fit(
     clip: &Clip,
-    model: &dyn Method,
+    model: &dyn Learner,
     data: &LabelledImages,
     config: &TrainConfig,
     on_progress: &mut dyn FnMut(&Progress),
@@ -85,7 +85,7 @@ pub fn fit(
 /// resumable); then its `finish`.
 pub fn fit_with_validation(
     clip: &Clip,
-    model: &dyn Method,
+    model: &dyn Learner,
     data: &LabelledImages,
     validation: Option<&LabelledImages>,
     config: &TrainConfig,
@@ -192,7 +192,7 @@ pub fn fit_with_validation(
 /// The SGD epochs of a prepared learner, from a checkpoint when resuming.
 fn train_epochs(
     clip: &Clip,
-    model: &dyn Method,
+    model: &dyn Learner,
     fit_data: &RunData<'_>,
     config: &TrainConfig,
     resumed: Option<(Loaded, PathBuf)>,
@@ -381,7 +381,7 @@ fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
 #[allow(clippy::too_many_arguments)]
 fn run_epochs<'b>(
     clip: &Clip,
-    model: &dyn Method,
+    model: &dyn Learner,
     data: &LabelledImages,
     config: &TrainConfig,
     optimizer: &mut Optimizer,
