@@ -105,6 +105,8 @@ export interface NativeDefaults {
   topK: number
   evalTopK: Array<number>
   template: string
+  /** The seed of runs, learners and sampled dataset fractions when none is given. */
+  seed: number
 }
 
 export interface NativeEncodedImages {

@@ -189,6 +189,8 @@ pub struct NativeDefaults {
     pub top_k: u32,
     pub eval_top_k: Vec<u32>,
     pub template: String,
+    /// The seed of runs, learners and sampled dataset fractions when none is given.
+    pub seed: u32,
 }
 
 #[napi]
@@ -201,6 +203,7 @@ pub fn defaults() -> NativeDefaults {
             .map(|&k| k as u32)
             .collect(),
         template: zeroshot::DEFAULT_TEMPLATE.into(),
+        seed: promptclip_core::rng::DEFAULT_SEED as u32,
     }
 }
 

@@ -3,6 +3,7 @@
  * seeded, stratified per class, and written as a split file so that the run can be reproduced.
  */
 import { invalidArgument } from '../errors'
+import { defaults } from '../options'
 import { plural } from './checks'
 import { rng } from './sampling'
 import type { DatasetSplits, LabelledDataset } from './types'
@@ -58,7 +59,7 @@ export function splitFractions(splits: DatasetSplits, options: FractionOptions):
       `valFraction: dataset ${splits.name} already has a validation split (${plural(splits.val.images.length, 'image')})`,
     )
   }
-  const seed = options.seed ?? 1
+  const seed = options.seed ?? defaults().seed
   if (!Number.isInteger(seed) || seed < 0)
     throw invalidArgument(`seed must be a whole number of at least 0, got ${seed}`)
   const random = rng(seed)

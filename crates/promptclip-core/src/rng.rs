@@ -2,6 +2,10 @@
 //! initialisation and augmentation are reproducible bit for bit on every platform.
 //! candle's CPU device cannot be seeded, and results must not depend on the tensor backend.
 
+/// The seed of a run, a learner's initialisation and a dataset's sampled fractions when the caller
+/// gives none (Dassl's default, as CoOp's scripts run seed 1 first).
+pub const DEFAULT_SEED: u64 = 1;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rng {
     s: [u64; 4],

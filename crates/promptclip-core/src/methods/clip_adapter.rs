@@ -34,7 +34,7 @@ impl Default for ClipAdapterConfig {
             ratio: 0.2,
             reduction: 4,
             template: crate::zeroshot::DEFAULT_TEMPLATE.into(),
-            seed: 1,
+            seed: crate::rng::DEFAULT_SEED,
         }
     }
 }

@@ -60,7 +60,7 @@ impl Default for CoopConfig {
             class_specific: false,
             position: ClassTokenPosition::End,
             init_std: 0.02,
-            seed: 1,
+            seed: crate::rng::DEFAULT_SEED,
         }
     }
 }

@@ -168,7 +168,7 @@ impl TrainConfig {
             lr_per_step: recipe.lr_per_step,
             warmup_epochs: recipe.warmup_epochs,
             warmup_lr: 1e-5,
-            seed: 1,
+            seed: crate::rng::DEFAULT_SEED,
             augment: true,
             augment_config: AugmentConfig {
                 scale: recipe.crop_scale.unwrap_or(AugmentConfig::default().scale),
