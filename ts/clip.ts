@@ -111,6 +111,12 @@ export interface ZeroShotPrediction {
  */
 export const BUILTIN_MODEL: string = join(PACKAGE_ROOT, 'models', 'builtin')
 
+/** @internal A model's name in output, tables and results: "built-in" for the built-in CLIP, else
+ *  its path as given. */
+export function modelName(path: string): string {
+  return path === BUILTIN_MODEL ? 'built-in' : path
+}
+
 /** The hand-made template used when none is given ("a photo of a {}."). */
 export const DEFAULT_TEMPLATE: string = defaults().template
 

@@ -9,7 +9,7 @@
 import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { BUILTIN_MODEL, Clip, type DeviceName } from './clip'
+import { BUILTIN_MODEL, Clip, type DeviceName, modelName } from './clip'
 import {
   baseToNew,
   type DatasetSplits,
@@ -34,18 +34,24 @@ import { methodTitle, resolveOptions, resultsPlan } from './protocols/plan'
 import { type ReportExtras, renderProtocolReport } from './protocols/report'
 import { runFolder } from './protocols/sweep'
 import { perClassTable, resultTables } from './protocols/table'
+import { DEFAULT_SEEDS, DEFAULT_SHOTS } from './protocols/types'
 import { formatMeanStd, harmonic } from './stats'
 import type { TrainOptions } from './train'
 import { writeFileAtomic } from './writeAtomic'
+
+/** What the demo runs when its options leave them out (the command line shows these). */
+export const DEMO_DEFAULTS = { shots: DEFAULT_SHOTS, seeds: DEFAULT_SEEDS, testPerClass: 50 } as const
 
 export interface DemoOptions {
   /** A CLIP checkpoint (default: the built-in one). */
   model?: string
   /** Fashion-MNIST's IDX folder (Debian's dataset-fashion-mnist). */
   fashionDir?: string
+  /** Default 16. */
   shots?: number
+  /** Default [1, 2, 3]. */
   seeds?: number[]
-  /** Test images per class (the first of each class in the test split). */
+  /** Test images per class (the first of each class in the test split; default 50). */
   testPerClass?: number
   /** Scales every method's epochs (tests use less than 1). */
   epochScale?: number
@@ -165,14 +171,14 @@ function firstPerClass<T extends LabelledDataset>(data: T, n: number): T {
 
 /** The demo's protocol: base-to-new on `dataset`, every method, the demo's settings. */
 export function demoProtocol(options: DemoOptions, dataset: DatasetSplits, out: string): ProtocolOptions {
-  const shots = options.shots ?? 16
+  const shots = options.shots ?? DEMO_DEFAULTS.shots
   return {
     protocol: 'base-to-new',
     model: options.model ?? BUILTIN_MODEL,
     device: options.device ?? 'cpu',
     dataset,
     shots: [shots],
-    seeds: options.seeds ?? [1, 2, 3],
+    seeds: options.seeds ?? [...DEMO_DEFAULTS.seeds],
     out,
     train: demoTraining(shots, options.epochScale ?? 1, dataset.name),
     learners: demoLearners(),
@@ -263,7 +269,10 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
   const model = options.model ?? BUILTIN_MODEL
   const fashionDir = options.fashionDir ?? FASHION_MNIST_DIR
   const train = loadClothesAndDigits('train', fashionDir)
-  const test = firstPerClass(loadClothesAndDigits('test', fashionDir), options.testPerClass ?? 50)
+  const test = firstPerClass(
+    loadClothesAndDigits('test', fashionDir),
+    options.testPerClass ?? DEMO_DEFAULTS.testPerClass,
+  )
   const dataset: DatasetSplits = { name: DATASET, classNames: train.classNames, train, test, skipped: [] }
   const out = options.out ?? mkdtempSync(join(tmpdir(), 'promptclip-demo-'))
   try {
@@ -271,7 +280,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
     const o = resolveOptions(plan)
     const [shots] = o.shots
     log(
-      `CLIP ${model === BUILTIN_MODEL ? 'built-in' : model}; ${train.classNames.length} classes, base-to-new, ` +
+      `CLIP ${modelName(model)}; ${train.classNames.length} classes, base-to-new, ` +
         `${shots} shots, seeds ${o.seeds.join(', ')}; ${test.images.length} test images`,
     )
     const results = await runProtocol({ ...plan, onEvent: commentary(options) })
@@ -281,7 +290,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
     const perClass = perClassTable(shown, results.runs)
     const cut = Math.ceil(train.classNames.length / 2) // baseToNew's split
     const r: DemoResults = {
-      model: model === BUILTIN_MODEL ? 'built-in' : model,
+      model: modelName(model),
       shots,
       seeds: o.seeds,
       classNames: train.classNames,

@@ -267,8 +267,3 @@ export interface Ctx {
   /** What the process exits with once the action returns. */
   exitCode: number
 }
-
-/** The model's name in output: "built-in" for the built-in CLIP, else its path. */
-export function modelName(path: string): string {
-  return path === BUILTIN_MODEL ? 'built-in' : path
-}

@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs'
 import { type Command, Option } from 'commander'
 import { BUILTIN_MODEL, type DeviceName } from '../clip'
 import { FASHION_MNIST_DIR } from '../datasets'
-import { formatTable, runDemo } from '../demo'
+import { DEMO_DEFAULTS, formatTable, runDemo } from '../demo'
 import { PromptclipError } from '../errors'
 import {
   addJsonOption,
@@ -46,9 +46,17 @@ export function register(program: Command, ctx: Ctx): void {
     )
     .addOption(new Option('--model <path>', 'CLIP checkpoint').default(BUILTIN_MODEL, 'the built-in CLIP'))
     .option('--data <dir>', "Fashion-MNIST's IDX files (Debian: dataset-fashion-mnist)", FASHION_MNIST_DIR)
-    .addOption(new Option('--shots <n>', 'shots per class').argParser(positiveInt).default(16))
-    .addOption(new Option('--seeds <list>', 'seeds').argParser(intList(nonNegativeInt)).default([1, 2, 3], '1,2,3'))
-    .addOption(new Option('--test-per-class <n>', 'test images per class').argParser(positiveInt).default(50))
+    .addOption(new Option('--shots <n>', 'shots per class').argParser(positiveInt).default(DEMO_DEFAULTS.shots))
+    .addOption(
+      new Option('--seeds <list>', 'seeds')
+        .argParser(intList(nonNegativeInt))
+        .default([...DEMO_DEFAULTS.seeds], DEMO_DEFAULTS.seeds.join(',')),
+    )
+    .addOption(
+      new Option('--test-per-class <n>', 'test images per class')
+        .argParser(positiveInt)
+        .default(DEMO_DEFAULTS.testPerClass),
+    )
     .option('--out <dir>', 'where the runs, results and report go', 'promptclip-demo')
     .addOption(new Option('--device <device>', 'cpu, cuda or cuda:N').default('cpu').argParser(device))
   addJsonOption(cmd)

@@ -3,6 +3,7 @@
  * on a dataset split, with the learned classes or new class names.
  */
 import { type Command, Option } from 'commander'
+import { modelName } from '../clip'
 import { openDataset } from '../datasets'
 import { type Evaluation, Evaluator } from '../evaluate'
 import { PromptLearner } from '../prompt'
@@ -19,7 +20,6 @@ import {
   intList,
   loadClip,
   type ModelFlags,
-  modelName,
   pct,
   positiveInt,
   print,

@@ -3,7 +3,7 @@
  * and templates) or from a saved prompt (its own classes, or new class names).
  */
 import { type Command, Option } from 'commander'
-import type { ZeroShotPrediction } from '../clip'
+import { modelName, type ZeroShotPrediction } from '../clip'
 import { PromptLearner } from '../prompt'
 import {
   addClassOptions,
@@ -16,7 +16,6 @@ import {
   EXIT_HELP,
   loadClip,
   type ModelFlags,
-  modelName,
   positiveInt,
   print,
   printJson,

@@ -17,6 +17,7 @@ import {
 import { protocolMethods } from '../protocols/plan'
 import { checkQueueReachable, checkQueueUrl, sweepStatus } from '../protocols/queue'
 import { folderStatus } from '../protocols/status'
+import { DEFAULT_SEEDS, DEFAULT_SHOTS, FEW_SHOT_SHOTS } from '../protocols/types'
 import type { TrainOptions } from '../train'
 import {
   addJsonOption,
@@ -93,11 +94,14 @@ export function register(program: Command, ctx: Ctx): void {
       ),
     )
     .addOption(
-      new Option('--shots <list>', 'shots per class (default 1,2,4,8,16 for few-shot, else 16)').argParser(
-        intList(positiveInt),
-      ),
+      new Option(
+        '--shots <list>',
+        `shots per class (default ${FEW_SHOT_SHOTS.join(',')} for few-shot, else ${DEFAULT_SHOTS})`,
+      ).argParser(intList(positiveInt)),
     )
-    .addOption(new Option('--seeds <list>', 'seeds (default 1,2,3)').argParser(intList(nonNegativeInt)))
+    .addOption(
+      new Option('--seeds <list>', `seeds (default ${DEFAULT_SEEDS.join(',')})`).argParser(intList(nonNegativeInt)),
+    )
     .option('--out <dir>', 'where runs and results go (default promptclip-<protocol>)')
     .option('--image-root <dir>', 'folder a split file’s image paths are relative to')
     .option('--data-root <dir>', 'where catalog datasets live (default: $PROMPTCLIP_DATA, else ./data)')

@@ -5,6 +5,7 @@
 import { existsSync, mkdirSync, statSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { type Command, Option } from 'commander'
+import { modelName } from '../clip'
 import { type DatasetSplits, fewShotSplits, openDataset, splitFractions, writeSplitFile } from '../datasets'
 import { PromptclipError } from '../errors'
 import { type Evaluation, Evaluator } from '../evaluate'
@@ -26,7 +27,6 @@ import {
   given,
   loadClip,
   type ModelFlags,
-  modelName,
   nameList,
   nonNegativeInt,
   pct,

@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { join, resolve } from 'node:path'
 import { PACKAGE_ROOT } from '../binding'
-import { BUILTIN_MODEL, Clip, cudaCompiled, DEFAULT_TEMPLATE, type DeviceName } from '../clip'
+import { BUILTIN_MODEL, Clip, cudaCompiled, DEFAULT_TEMPLATE, type DeviceName, modelName } from '../clip'
 import { baseToNew, type DatasetSplits, fewShotSplits, type LabelledDataset, openDataset } from '../datasets'
 import { AbortError, invalidArgument, PromptclipError } from '../errors'
 import { type Evaluation, Evaluator } from '../evaluate'
@@ -132,7 +132,7 @@ export async function prepareProtocol(options: ProtocolOptions): Promise<Context
     options,
     clip,
     modelConfig: {
-      path: model === BUILTIN_MODEL ? 'built-in' : resolve(model),
+      path: modelName(resolve(model)),
       embedDim: info.embedDim,
       imageSize: info.imageSize,
       visionLayers: info.visionLayers,

@@ -8,7 +8,16 @@ import { invalidArgument } from '../errors'
 import { methodCatalogue, methodNames } from '../methods'
 import { positiveInt } from '../options'
 import type { TrainOptions } from '../train'
-import type { ProtocolMethod, ProtocolName, ProtocolOptions, RunKey, RunRecord } from './types'
+import {
+  DEFAULT_SEEDS,
+  DEFAULT_SHOTS,
+  FEW_SHOT_SHOTS,
+  type ProtocolMethod,
+  type ProtocolName,
+  type ProtocolOptions,
+  type RunKey,
+  type RunRecord,
+} from './types'
 
 export const PROTOCOLS: readonly ProtocolName[] = ['few-shot', 'base-to-new', 'cross-dataset', 'domain-generalization']
 
@@ -156,8 +165,8 @@ export function resolveOptions(o: ProtocolOptions): ResolvedOptions {
     targets: targetKeys,
     sources,
     methods: METHODS.filter((m) => methods.includes(m)),
-    shots: intList('shots', o.shots ?? (o.protocol === 'few-shot' ? [1, 2, 4, 8, 16] : [16]), 1),
-    seeds: intList('seeds', o.seeds ?? [1, 2, 3], 0),
+    shots: intList('shots', o.shots ?? (o.protocol === 'few-shot' ? [...FEW_SHOT_SHOTS] : [DEFAULT_SHOTS]), 1),
+    seeds: intList('seeds', o.seeds ?? [...DEFAULT_SEEDS], 0),
     out: o.out,
     train: o.train ?? {},
     learners: (o.learners ?? {}) as ResolvedOptions['learners'],

@@ -8,6 +8,12 @@ import type { DatasetSplits } from '../datasets'
 import type { Method, MethodFields } from '../generated/methods'
 import type { TrainOptions } from '../train'
 
+/** The papers' seeds: CoOp's scripts run 1, 2 and 3 and report the mean. */
+export const DEFAULT_SEEDS: readonly number[] = [1, 2, 3]
+/** The papers' shots: few-shot sweeps 1 to 16, the other protocols train on 16. */
+export const FEW_SHOT_SHOTS: readonly number[] = [1, 2, 4, 8, 16]
+export const DEFAULT_SHOTS = 16
+
 export type ProtocolName = 'few-shot' | 'base-to-new' | 'cross-dataset' | 'domain-generalization'
 
 /** Zero-shot CLIP (one template), prompt ensembling, and every learner of the core's catalogue
@@ -35,9 +41,9 @@ export interface ProtocolOptions {
   targets?: (string | DatasetSplits)[]
   /** Default: every method. */
   methods?: ProtocolMethod[]
-  /** Default: [1, 2, 4, 8, 16] for few-shot, [16] otherwise. */
+  /** Default: [1, 2, 4, 8, 16] for few-shot, [16] otherwise (`FEW_SHOT_SHOTS`, `DEFAULT_SHOTS`). */
   shots?: number[]
-  /** Default: [1, 2, 3]. */
+  /** Default: [1, 2, 3] (`DEFAULT_SEEDS`). */
   seeds?: number[]
   /** Where runs, checkpoints and results go. Rerunning with the same folder skips finished runs
    *  and resumes an interrupted one from its checkpoint. */
