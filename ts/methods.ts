@@ -5,7 +5,7 @@
  * method list and the report's titles come from here, so a method added to the core needs no
  * TypeScript.
  */
-import { binding } from './binding'
+import { binding, type Native } from './binding'
 import { invalidArgument, nativeSync } from './errors'
 import type { Method } from './generated/methods'
 
@@ -48,16 +48,8 @@ export interface MethodEntry {
 }
 
 /** A method's training recipe: its optimiser, epochs, batch, learning rate, weight decay, warmup
- *  epochs and whether the cosine anneals per batch. */
-export interface MethodRecipe {
-  epochs: number
-  batchSize: number
-  lr: number
-  optimizer: 'sgd' | 'adamw'
-  weightDecay: number
-  warmupEpochs: number
-  lrPerStep: boolean
-}
+ *  epochs and whether the cosine anneals per batch (the binding's type, generated from the core). */
+export type MethodRecipe = Native.NativeRecipe
 
 let cached: MethodEntry[] | undefined
 
