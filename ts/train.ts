@@ -5,7 +5,7 @@ import { failuresOf, type ImageFailure } from './clip'
 import { requireTwoClasses } from './datasets/checks'
 import { AbortError, invalidArgument, native, ProgressRelay, PromptclipError } from './errors'
 import { checkFingerprint, dataFingerprint, type Fingerprint, modelFingerprint } from './fingerprint'
-import { type ImageInput, toNativeImages, toNativeTrainOptions } from './options'
+import { type ImageInput, MAX_COUNT, toNativeImages, toNativeTrainOptions } from './options'
 import { lockOutput } from './outputLock'
 import type { PromptLearner } from './prompt'
 
@@ -102,23 +102,22 @@ export interface TrainSummary {
   fitted: string[]
 }
 
-/** Labels indexing `classNames` (the learner's), checked, with a dataset's own class names mapped
- *  onto them by name. */
+/** Labels indexing `classNames` (the learner's), with a dataset's own class names mapped onto them
+ *  by name. The core checks the rest (an empty dataset, as many labels as images, labels below the
+ *  learner's class count); here only what it cannot see: labels that napi's u32 would garble, and
+ *  labels of the dataset's own class list. */
 export function alignLabels(data: Dataset, classNames: string[], what = 'dataset'): number[] {
   if (!data || !Array.isArray(data.images) || !Array.isArray(data.labels)) {
     throw invalidArgument(`${what} must be { images: [...], labels: [...] }`)
   }
-  if (data.images.length === 0) throw invalidArgument(`the ${what} is empty`)
-  if (data.images.length !== data.labels.length) {
-    throw invalidArgument(`${what}: ${data.images.length} images but ${data.labels.length} labels`)
-  }
   const own = data.classNames ?? classNames
+  const mapped = data.classNames !== undefined && !data.classNames.every((n, i) => n === classNames[i])
   for (const [i, l] of data.labels.entries()) {
-    if (!Number.isInteger(l) || l < 0 || l >= own.length) {
+    if (!Number.isInteger(l) || l < 0 || l > MAX_COUNT || (mapped && l >= own.length)) {
       throw invalidArgument(`${what}: labels[${i}] = ${l} is out of range for ${own.length} classes`)
     }
   }
-  if (!data.classNames || data.classNames.every((n, i) => n === classNames[i])) return data.labels
+  if (!mapped || !data.classNames) return data.labels
   const index = new Map(classNames.map((n, i) => [n, i]))
   const unknown = data.classNames.filter((n) => !index.has(n))
   if (unknown.length > 0) {
