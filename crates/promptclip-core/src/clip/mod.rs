@@ -18,7 +18,7 @@ use nn::Linear;
 pub use resnet::ModifiedResNet;
 use std::path::{Path, PathBuf};
 pub use text::{TextTape, TextTransformer};
-pub use vision::VisionTransformer;
+pub use vision::{VisionPromptGrads, VisionPrompts, VisionTape, VisionTransformer};
 use weights::{Naming, Weights};
 
 #[derive(Debug, Clone)]
@@ -163,6 +163,57 @@ impl Clip {
     /// Image features (B, E), not normalised: the image tower's pooled output, projected.
     pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
         self.vision.forward(pixels)
+    }
+
+    /// The ViT image tower and its projection, for the methods that put tokens inside it.
+    fn vit(&self) -> Result<(&VisionTransformer, &Linear)> {
+        match &self.vision {
+            VisionTower::Vit {
+                encoder,
+                projection,
+            } => Ok((encoder, projection)),
+            VisionTower::ResNet(_) => Err(Error::Unsupported(
+                "this CLIP's image tower is a ResNet, which has no tokens to prompt".into(),
+            )),
+        }
+    }
+
+    /// Whether the image tower is a ViT (the towers that take prompts inside).
+    pub fn has_vit(&self) -> bool {
+        matches!(self.vision, VisionTower::Vit { .. })
+    }
+
+    /// Image features (B, E), not normalised, with learned tokens inside the image tower (a ViT).
+    pub fn encode_image_prompted(
+        &self,
+        pixels: &Tensor,
+        prompts: VisionPrompts<'_>,
+    ) -> Result<Tensor> {
+        let (encoder, projection) = self.vit()?;
+        Ok(projection.forward(&encoder.forward_prompted(pixels, Some(prompts))?)?)
+    }
+
+    /// Image features (B, E) through the image tower's training pass with `prompts` (see
+    /// `VisionTransformer::forward_train`), and its tape for `image_features_backward`.
+    pub fn image_features_train(
+        &self,
+        pixels: &Tensor,
+        prompts: VisionPrompts<'_>,
+    ) -> Result<(Tensor, VisionTape<'_>)> {
+        let (encoder, projection) = self.vit()?;
+        let (pooled, tape) = encoder.forward_train(pixels, prompts)?;
+        Ok((projection.forward(&pooled)?, tape))
+    }
+
+    /// The prompts' gradients (summed over the batch) for that of the features of
+    /// `image_features_train`.
+    pub fn image_features_backward(
+        &self,
+        tape: &VisionTape<'_>,
+        d_features: &Tensor,
+    ) -> Result<VisionPromptGrads> {
+        let (_, projection) = self.vit()?;
+        tape.backward(&projection.backward_input(&d_features.to_dtype(self.dtype)?)?)
     }
 
     /// The image side on `device` (a copy of its weights when that is another device), with the

@@ -1,8 +1,9 @@
 //! CLIP's ViT image encoder: patch embedding (a stride-p convolution without bias, computed as
 //! one matmul over non-overlapping patches), class token, positions, ln_pre, blocks, ln_post on
-//! the class token.
+//! the class token; optionally with learned prompt tokens inside (`VisionPrompts`), and a
+//! training pass that gives their gradients (`forward_train`, `VisionTape`).
 use super::config::ClipVisionConfig;
-use super::nn::{EncoderLayer, LayerNorm};
+use super::nn::{EncoderLayer, LayerNorm, StreamTape};
 use super::text::load_layers;
 use super::weights::{Tower, Weights};
 use crate::{Error, Result};
@@ -89,6 +90,11 @@ impl VisionTransformer {
 
     /// Pixels (B, C, H, W), already normalised, to the pooled, post-layer-normed class token (B, D).
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.forward_prompted(pixels, None)
+    }
+
+    /// The tokens (B, 1 + g², D) before ln_pre: the class token and the patches, with positions.
+    fn tokens(&self, pixels: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = pixels.dims4()?;
         let (p, s) = (self.config.patch_size, self.config.image_size);
         if c != self.config.num_channels || h != s || w != s {
@@ -113,13 +119,31 @@ impl VisionTransformer {
             .class_embedding
             .reshape((1, 1, d))?
             .broadcast_as((b, 1, d))?;
-        let x = Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&self.position_embedding)?;
+        Ok(Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&self.position_embedding)?)
+    }
+
+    /// `forward` with learned tokens inside the tower (see [`VisionPrompts`]).
+    pub fn forward_prompted(
+        &self,
+        pixels: &Tensor,
+        prompts: Option<VisionPrompts<'_>>,
+    ) -> Result<Tensor> {
+        let x = self.tokens(pixels)?;
+        // The prompts' positions: after the class token and the patches.
+        let at = x.dim(1)?;
+        let x = match prompts {
+            Some(p) => {
+                p.check(self)?;
+                append(&x, p.input)?
+            }
+            None => x,
+        };
         // Without gradients on a GPU, when attention is not fused into one kernel (which pads
         // keys itself), pad the tokens to a multiple of 8 (197 -> 200 at ViT-B/16): the
         // attention matmuls then run on aligned tensor-core kernels, several times faster than
         // the unaligned ones. Padding keys are masked, and padding rows are never read. The CPU
         // has no such alignment cliff and would only do 1.5% more work.
-        let tokens = g * g + 1;
+        let tokens = x.dim(1)?;
         let pad = !x.track_op()
             && tokens % 8 != 0
             && x.device().is_cuda()
@@ -130,10 +154,210 @@ impl VisionTransformer {
             (x, None)
         };
         let mut x = self.pre_ln.forward(&x)?;
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
+            if let Some(deep) = prompts.and_then(|p| p.deep_at(i)) {
+                x = replace(&x, at, deep)?;
+            }
             x = layer.forward(&x, None, valid)?;
         }
         let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
         Ok(self.post_ln.forward(&cls)?)
     }
+
+    /// The tower's training pass with prompts: the pooled class token (B, D), as
+    /// `forward_prompted` computes it, and the tape for the prompts' gradients. It keeps what the
+    /// backward needs per block, as the text tower's `forward_train` does, and nothing of the
+    /// frozen weights' gradients.
+    pub fn forward_train(
+        &self,
+        pixels: &Tensor,
+        prompts: VisionPrompts<'_>,
+    ) -> Result<(Tensor, VisionTape<'_>)> {
+        prompts.check(self)?;
+        let x = self.tokens(&pixels.detach())?;
+        let at = x.dim(1)?;
+        let input = append(&x, &prompts.input.detach())?;
+        let mut s = self.pre_ln.forward(&input)?;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            if let Some(deep) = prompts.deep_at(i) {
+                s = replace(&s, at, &deep.detach())?;
+            }
+            let (q, k, v) = layer.qkv_train(&s)?;
+            let (merged, probs) = layer.attn.core(&q, &k, &v, None, None)?;
+            let (y, mid, h) = layer.finish_train(&s, &merged, true)?;
+            let h = h.ok_or_else(|| Error::Internal("fc1 pre-activation not kept".into()))?;
+            layers.push(StreamTape {
+                x: s,
+                q,
+                k,
+                v,
+                probs,
+                mid,
+                h,
+            });
+            s = y;
+        }
+        let pooled_in = s.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?;
+        let pooled = self.post_ln.forward(&pooled_in)?;
+        let tape = VisionTape {
+            model: self,
+            input,
+            layers,
+            pooled_in,
+            at,
+            n: prompts.input.dim(0)?,
+            deep: prompts.deep.len(),
+        };
+        Ok((pooled, tape))
+    }
+}
+
+/// Learned tokens inside the image tower (VPT-deep, IVLP, MaPLe, PromptSRC): `input` (n, D) is
+/// appended after the patch tokens, after the positional embedding and before ln_pre; `deep[i]`
+/// (n, D) replaces the previous block's outputs at those positions at the input of block i + 1
+/// (blocks past the last deep prompt keep what flows in). The class token is still what is read.
+#[derive(Debug, Clone, Copy)]
+pub struct VisionPrompts<'a> {
+    pub input: &'a Tensor,
+    pub deep: &'a [Tensor],
+}
+
+impl<'a> VisionPrompts<'a> {
+    /// The deep prompt at the input of block `i` (block 0 reads the input prompts).
+    fn deep_at(&self, i: usize) -> Option<&'a Tensor> {
+        i.checked_sub(1).and_then(|j| self.deep.get(j))
+    }
+
+    fn check(&self, tower: &VisionTransformer) -> Result<()> {
+        let d = tower.hidden_size();
+        let n = match self.input.dims() {
+            &[n, w] if n > 0 && w == d => n,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                "vision prompts of shape {other:?}; this image tower takes (n, {d}), n at least 1"
+            )))
+            }
+        };
+        if self.deep.len() >= tower.layers.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} deep vision prompts for an image tower of {} blocks (at most {})",
+                self.deep.len(),
+                tower.layers.len(),
+                tower.layers.len() - 1
+            )));
+        }
+        if let Some((i, p)) = self
+            .deep
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.dims() != [n, d])
+        {
+            return Err(Error::InvalidArgument(format!(
+                "deep vision prompt {} has shape {:?}; the input prompts' is ({n}, {d})",
+                i + 1,
+                p.dims()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// x (B, T, D) with `p` (n, D), in x's dtype, after its T tokens: (B, T + n, D).
+fn append(x: &Tensor, p: &Tensor) -> Result<Tensor> {
+    let (b, _, d) = x.dims3()?;
+    let n = p.dim(0)?;
+    let p = p
+        .to_dtype(x.dtype())?
+        .unsqueeze(0)?
+        .broadcast_as((b, n, d))?;
+    Ok(Tensor::cat(&[x, &p], 1)?)
+}
+
+/// x (B, T, D) with positions at..at + n replaced by `p` (n, D): (B, T, D).
+fn replace(x: &Tensor, at: usize, p: &Tensor) -> Result<Tensor> {
+    let (b, t, d) = x.dims3()?;
+    let n = p.dim(0)?;
+    let p = p
+        .to_dtype(x.dtype())?
+        .unsqueeze(0)?
+        .broadcast_as((b, n, d))?;
+    let mut parts = vec![x.narrow(1, 0, at)?, p];
+    if at + n < t {
+        parts.push(x.narrow(1, at + n, t - at - n)?);
+    }
+    Ok(Tensor::cat(&parts, 1)?)
+}
+
+/// What `VisionTransformer::forward_train` keeps for the backward pass.
+pub struct VisionTape<'a> {
+    model: &'a VisionTransformer,
+    /// ln_pre's input, the prompts appended.
+    input: Tensor,
+    layers: Vec<StreamTape>,
+    /// The class token before ln_post (B, D).
+    pooled_in: Tensor,
+    /// Where the prompts sit, how many, and how many blocks replaced theirs.
+    at: usize,
+    n: usize,
+    deep: usize,
+}
+
+/// The gradients of a [`VisionPrompts`]' tokens, in the model's dtype.
+#[derive(Debug)]
+pub struct VisionPromptGrads {
+    /// (n, D).
+    pub input: Tensor,
+    /// (n, D) each, as `VisionPrompts::deep`.
+    pub deep: Vec<Tensor>,
+}
+
+impl VisionTape<'_> {
+    /// The prompts' gradients for the gradient of the pooled output (B, D), summed over the
+    /// batch. A deep prompt's gradient is its block input's at the prompt positions; the previous
+    /// block's outputs there were dropped, so no gradient flows to them.
+    pub fn backward(&self, d_pooled: &Tensor) -> Result<VisionPromptGrads> {
+        let m = self.model;
+        let (b, t, d) = self.input.dims3()?;
+        let d_cls = m
+            .post_ln
+            .backward(&self.pooled_in, &d_pooled.to_dtype(self.pooled_in.dtype())?)?;
+        let mut ds = Tensor::cat(
+            &[
+                &d_cls.unsqueeze(1)?,
+                &Tensor::zeros((b, t - 1, d), d_cls.dtype(), d_cls.device())?,
+            ],
+            1,
+        )?;
+        let mut deep = vec![None; self.deep];
+        for (i, (layer, tape)) in m.layers.iter().zip(&self.layers).enumerate().rev() {
+            let (d_mid, d_merged) = layer.finish_backward(tape, &ds)?;
+            let (d_q, d_k, d_v) =
+                layer
+                    .attn
+                    .core_backward(&tape.q, &tape.k, &tape.v, &tape.probs, &d_merged)?;
+            ds = layer.input_backward(tape, &d_mid, &d_q, &d_k, &d_v, 0)?;
+            if let Some(j) = i.checked_sub(1).filter(|&j| j < self.deep) {
+                deep[j] = Some(prompt_rows(&ds, self.at, self.n)?);
+                ds = replace(
+                    &ds,
+                    self.at,
+                    &Tensor::zeros((self.n, d), ds.dtype(), ds.device())?,
+                )?;
+            }
+        }
+        let d_input = m.pre_ln.backward(&self.input, &ds)?;
+        Ok(VisionPromptGrads {
+            input: prompt_rows(&d_input, self.at, self.n)?,
+            deep: deep
+                .into_iter()
+                .map(|g| g.ok_or_else(|| Error::Internal("a deep prompt got no gradient".into())))
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+/// Rows at..at + n of every sequence of x (B, T, D), summed over the batch: (n, D).
+fn prompt_rows(x: &Tensor, at: usize, n: usize) -> Result<Tensor> {
+    Ok(x.narrow(1, at, n)?.sum(0)?)
 }

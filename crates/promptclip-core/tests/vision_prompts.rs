@@ -1,0 +1,154 @@
+//! Prompts inside the image tower (VPT-deep, IVLP, MaPLe, PromptSRC): the training pass and its
+//! hand-written backward against candle's autograd through the composed ops and against central
+//! finite differences, in f64.
+mod common;
+use candle_core::{DType, Tensor, Var};
+use common::{dev, fixtures, rel_err};
+use promptclip_core::clip::VisionPrompts;
+use promptclip_core::Clip;
+
+fn clip64() -> Clip {
+    Clip::load_with_dtype(
+        &fixtures().join("tiny-clip-openai.safetensors"),
+        &dev(),
+        DType::F64,
+    )
+    .unwrap()
+}
+
+fn dot(a: &Tensor, b: &Tensor) -> f64 {
+    (a * b)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+#[test]
+fn training_pass_equals_inference_and_its_gradients_equal_autograd_and_finite_differences() {
+    let clip = clip64();
+    let d = clip.config.vision_config.hidden_size;
+    let s = clip.config.vision_config.image_size;
+    let n = 3;
+    let pixels = Tensor::randn(0f64, 1.0, (2, 3, s, s), &dev()).unwrap();
+    let input = Tensor::randn(0f64, 0.5, (n, d), &dev()).unwrap();
+    let deep = Tensor::randn(0f64, 0.5, (n, d), &dev()).unwrap();
+    let target = Tensor::randn(0f64, 1.0, (2, clip.embed_dim()), &dev()).unwrap();
+    let unprompted = clip.encode_image(&pixels).unwrap();
+    // With deep prompts (the tiny tower's 2 blocks: one deep prompt) and with the input's only.
+    for deep_prompts in [vec![deep.clone()], vec![]] {
+        let prompts = VisionPrompts {
+            input: &input,
+            deep: &deep_prompts,
+        };
+        let f_inf = clip.encode_image_prompted(&pixels, prompts).unwrap();
+        assert!(
+            rel_err(&f_inf, &unprompted) > 1e-3,
+            "the prompts change the features"
+        );
+        let (f, tape) = clip.image_features_train(&pixels, prompts).unwrap();
+        let e = rel_err(&f, &f_inf);
+        assert!(e < 1e-12, "training pass vs inference: {e}");
+        let g = clip.image_features_backward(&tape, &target).unwrap();
+        assert_eq!(g.deep.len(), deep_prompts.len());
+
+        // Autograd through the composed ops (the tower's tracked path).
+        let vi = Var::from_tensor(&input).unwrap();
+        let vd: Vec<Var> = deep_prompts
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let vd_t: Vec<Tensor> = vd.iter().map(|v| v.as_tensor().clone()).collect();
+        let f_ref = clip
+            .encode_image_prompted(
+                &pixels,
+                VisionPrompts {
+                    input: vi.as_tensor(),
+                    deep: &vd_t,
+                },
+            )
+            .unwrap();
+        let grads = (&f_ref * &target)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let e = rel_err(&g.input, grads.get(vi.as_tensor()).unwrap());
+        assert!(e < 1e-10, "input prompt gradient vs autograd: {e}");
+        for (i, v) in vd.iter().enumerate() {
+            let e = rel_err(&g.deep[i], grads.get(v.as_tensor()).unwrap());
+            assert!(e < 1e-10, "deep prompt {i} gradient vs autograd: {e}");
+        }
+
+        // Central finite differences along a random direction of every prompt at once.
+        let dir_in = Tensor::randn(0f64, 1.0, (n, d), &dev()).unwrap();
+        let dir_deep: Vec<Tensor> = deep_prompts
+            .iter()
+            .map(|_| Tensor::randn(0f64, 1.0, (n, d), &dev()).unwrap())
+            .collect();
+        let loss_at = |h: f64| {
+            let i = (&input + (&dir_in * h).unwrap()).unwrap();
+            let dp: Vec<Tensor> = deep_prompts
+                .iter()
+                .zip(&dir_deep)
+                .map(|(p, dd)| (p + (dd * h).unwrap()).unwrap())
+                .collect();
+            let f = clip
+                .encode_image_prompted(
+                    &pixels,
+                    VisionPrompts {
+                        input: &i,
+                        deep: &dp,
+                    },
+                )
+                .unwrap();
+            dot(&f, &target)
+        };
+        let h = 1e-5;
+        let fd = (loss_at(h) - loss_at(-h)) / (2.0 * h);
+        let analytic = dot(&g.input, &dir_in)
+            + g.deep
+                .iter()
+                .zip(&dir_deep)
+                .map(|(g, dd)| dot(g, dd))
+                .sum::<f64>();
+        let e = (fd - analytic).abs() / analytic.abs();
+        assert!(
+            e < 1e-7,
+            "directional derivative: analytic {analytic}, finite differences {fd} ({e})"
+        );
+    }
+}
+
+#[test]
+fn bad_prompt_shapes_are_named() {
+    let clip = clip64();
+    let d = clip.config.vision_config.hidden_size;
+    let s = clip.config.vision_config.image_size;
+    let pixels = Tensor::zeros((1, 3, s, s), DType::F64, &dev()).unwrap();
+    let p = Tensor::zeros((2, d), DType::F64, &dev()).unwrap();
+    let wrong = Tensor::zeros((2, d + 1), DType::F64, &dev()).unwrap();
+    let err = |prompts: VisionPrompts| {
+        clip.encode_image_prompted(&pixels, prompts)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(VisionPrompts {
+        input: &wrong,
+        deep: &[]
+    })
+    .contains(&format!("takes (n, {d})")));
+    assert!(err(VisionPrompts {
+        input: &p,
+        deep: std::slice::from_ref(&wrong)
+    })
+    .contains("deep vision prompt 1 has shape"));
+    // The tiny tower has 2 blocks: at most 1 deep prompt.
+    assert!(err(VisionPrompts {
+        input: &p,
+        deep: &[p.clone(), p.clone()]
+    })
+    .contains("2 deep vision prompts for an image tower of 2 blocks"));
+}
