@@ -56,7 +56,7 @@ test('every catalogue entry has the fields MethodEntry declares, with their type
     t.true(e.title.length > 0 && e.paper.length > 0)
     t.true(['sgd', 'feature-fit'].includes(e.fitting), e.name)
     t.true(['any-classes', 'own-classes'].includes(e.classes), e.name)
-    t.is(e.takes, 'image-features')
+    t.true(['image-features', 'images'].includes(e.takes), e.name)
     t.is(typeof e.usesValidation, 'boolean')
     for (const o of e.options) {
       t.true(kinds.includes(o.type), `${e.name}.${o.name}`)
@@ -108,5 +108,8 @@ test("CoOp's epochs by shots are the core's recipe, as the official scripts", (t
   const tipF = { batchSize: 256, lr: 0.001, optimizer: 'adamw', weightDecay: 0.01, warmupEpochs: 0, lrPerStep: true }
   t.deepEqual(methodRecipe('tip-adapter-f', 16, 'oxford_pets'), { epochs: 20, ...tipF })
   t.deepEqual(methodRecipe('tip-adapter-f', 16, 'eurosat'), { epochs: 100, ...tipF })
+  // VPT-deep's is the official VPT/vit_b16_c2_ep5_batch4_4.yaml: 5 epochs at batch 4, lr 0.0025.
+  t.deepEqual(methodRecipe('vpt', 16, 'oxford_pets'), { epochs: 5, batchSize: 4, lr: 0.0025, ...dassl })
+  t.is(methodCatalogue().find((m) => m.name === 'vpt')?.takes, 'images')
   t.throws(() => methodRecipe('no-such-method', 1), { code: 'E_INVALID_ARGUMENT', message: /coop/ })
 })

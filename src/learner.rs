@@ -124,9 +124,13 @@ pub struct NativeInterpretRow {
 }
 
 fn no_context(learner: &BoxedLearner) -> Error {
+    let why = if learner.takes() == promptclip_core::methods::catalogue::Takes::Images {
+        "its prompts are tokens inside the image tower, and vision prompts have no words"
+    } else {
+        "only CoOp-style context vectors live in the token-embedding space"
+    };
     Error::Unsupported(format!(
-        "a {} learner has no learned text context, so it has no words to show (only CoOp-style \
-         context vectors live in the token-embedding space)",
+        "a {} learner has no learned text context, so it has no words to show ({why})",
         learner.meta().method
     ))
 }

@@ -3,7 +3,7 @@
 // `npm run gen:methods` regenerates it; `npm run build:ts` and __test__/catalogue.spec.ts fail when it is stale.
 
 /** The methods promptclip has, in the order tables list them; each is a learner on a frozen CLIP. */
-export type Method = 'linear-probe' | 'coop' | 'cocoop' | 'kgcoop' | 'clip-adapter' | 'tip-adapter' | 'tip-adapter-f'
+export type Method = 'linear-probe' | 'coop' | 'cocoop' | 'kgcoop' | 'clip-adapter' | 'tip-adapter' | 'tip-adapter-f' | 'vpt'
 
 /** Linear probe: Radford et al.: Learning Transferable Visual Models From Natural Language Supervision (ICML 2021). Fitted by feature-fit; scores own-classes. */
 export interface LinearProbeFields {
@@ -123,6 +123,20 @@ export interface TipAdapterFFields {
   initBeta?: number
 }
 
+/** VPT-deep: Jia, Tang, Chen, Cardie, Belongie, Hariharan, Lim: Visual Prompt Tuning (ECCV 2022), deep variant on CLIP as in Khattak et al.'s MaPLe baselines (CVPR 2023). Fitted by sgd; scores any-classes. */
+export interface VptFields {
+  /** vision prompt tokens per layer; a whole number, at least 1; default 8. */
+  nCtx?: number
+  /** image tower layers with their own prompts, from the input (default: every layer); a whole number, at least 1. */
+  depth?: number
+  /** standard deviation of the prompts' random initialisation; default 0.02. */
+  initStd?: number
+  /** the frozen text side's hand-made template, {} for the class name; default "a photo of a {}.". */
+  template?: string
+  /** seed of every random initialisation of the learner; a whole number, at least 0; default 1. */
+  seed?: number
+}
+
 /** Each method's own options, by method. */
 export interface MethodFields {
   'linear-probe': LinearProbeFields
@@ -132,4 +146,5 @@ export interface MethodFields {
   'clip-adapter': ClipAdapterFields
   'tip-adapter': TipAdapterFields
   'tip-adapter-f': TipAdapterFFields
+  vpt: VptFields
 }

@@ -11,7 +11,8 @@
 //! - `linear-probe`: logistic regression on image features (CoOp's baseline);
 //! - `clip-adapter`: a residual bottleneck on the image feature (Gao et al., IJCV 2024);
 //! - `tip-adapter`: a training-free cache of the few-shot features (Zhang et al., ECCV 2022);
-//! - `tip-adapter-f`: the same cache with its keys fine-tuned.
+//! - `tip-adapter-f`: the same cache with its keys fine-tuned;
+//! - `vpt`: VPT-deep, learned tokens inside the image tower (Jia et al., ECCV 2022).
 //!
 //! A learner's life: `create` (shapes from the model and options), an optional `prepare` that
 //! sees the training and validation data and may allocate state (a cache, a closed-form fit),
@@ -32,6 +33,7 @@ pub mod kgcoop;
 pub mod linear_probe;
 pub mod tip_adapter;
 pub mod tip_adapter_f;
+pub mod vpt;
 
 use crate::clip::Clip;
 use crate::{Error, Result};
@@ -346,6 +348,7 @@ pub static METHODS: &[MethodSpec] = &[
     clip_adapter::SPEC,
     tip_adapter::SPEC,
     tip_adapter_f::SPEC,
+    vpt::SPEC,
 ];
 
 pub fn spec(name: &str) -> Result<&'static MethodSpec> {

@@ -1,0 +1,355 @@
+//! VPT-deep (Jia et al., ECCV 2022), as the prompt-learning papers run it on CLIP (the official
+//! multimodal-prompt-learning code, trainers/vpt.py): learned tokens inside the image tower only,
+//! the text side the frozen hand-made prompt.
+//!
+//!   x_0 = ln_pre(cat[CLS + pos, patches + pos, P_0])              (B, 1 + g² + n, D)
+//!   x_i = block_i(cat[x_{i-1}[:, :1 + g²], P_i])   for 1 <= i < depth
+//!   x_i = block_i(x_{i-1})                          for i >= depth
+//!   f   = ln_post(x_L[:, 0]) W_proj,   logits = exp(logit_scale) normalize(f) normalize(g(template(class)))^T
+//!
+//! P_0 .. P_{depth-1} are (n, D), N(0, 0.02). The prompts never see class names, so the learner
+//! scores any class list, and base-to-new works as for CoOp. The gradients of the prompts come from
+//! the image tower's own training pass (`Clip::image_features_train`), which computes no gradient
+//! of a frozen weight.
+use super::catalogue::{ClassBinding, Fitting, OptionDoc, OptionKind, RecipeFor, Takes, SEED};
+use super::{Batch, Learner, LearnerMeta, MethodSpec, Recipe, Runtime, Scorer, StepOutput};
+use crate::clip::{Clip, VisionPrompts};
+use crate::rng::Rng;
+use crate::{Error, Result};
+use candle_core::{DType, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct VptConfig {
+    /// Prompt tokens per layer (the official 8).
+    pub n_ctx: usize,
+    /// Layers with their own prompts: the input's and depth - 1 deep ones (default: every layer,
+    /// as the official config's 12 of ViT-B/16's 12).
+    pub depth: Option<usize>,
+    /// Standard deviation of the prompts' initialisation (the official 0.02).
+    pub init_std: f64,
+    /// The frozen text side's hand-made template, `{}` for the class name.
+    pub template: String,
+    pub seed: u64,
+}
+
+impl Default for VptConfig {
+    fn default() -> Self {
+        Self {
+            n_ctx: 8,
+            depth: None,
+            init_std: 0.02,
+            template: crate::zeroshot::DEFAULT_TEMPLATE.into(),
+            seed: crate::rng::DEFAULT_SEED,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct VptLearner {
+    /// Resolved: `depth` as built.
+    pub config: VptConfig,
+    class_names: Vec<String>,
+    /// P_0 .. P_{depth-1}, each (n, D), f32.
+    pub prompts: Vec<Var>,
+    /// (K, E) normalised, frozen: the template's text features of the learner's own classes.
+    text: Tensor,
+}
+
+/// The name of layer i's prompt in learner files and checkpoints.
+fn prompt_name(i: usize) -> String {
+    format!("vision_prompt.{i}")
+}
+
+/// Why a CLIP cannot take this method, in the user's words: the methods that do work on it.
+pub(crate) fn needs_vit(clip: &Clip, method: &str) -> Result<()> {
+    if clip.has_vit() {
+        return Ok(());
+    }
+    let working: Vec<&str> = super::METHODS
+        .iter()
+        .filter(|s| s.takes == Takes::ImageFeatures)
+        .map(|s| s.name)
+        .collect();
+    Err(Error::Unsupported(format!(
+        "{method} puts tokens inside a ViT image tower, and this CLIP's is a ResNet; the methods that work on it: {}",
+        working.join(", ")
+    )))
+}
+
+impl VptLearner {
+    pub fn new(clip: &Clip, class_names: &[String], config: VptConfig) -> Result<Self> {
+        needs_vit(clip, SPEC.name)?;
+        let (depth, width) = Self::shape(clip, &config)?;
+        if !(config.init_std.is_finite() && config.init_std >= 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "initStd must be a non-negative number, got {}",
+                config.init_std
+            )));
+        }
+        let mut rng = Rng::new(config.seed);
+        let prompts = (0..depth)
+            .map(|_| {
+                let data = rng.normal_vec(config.n_ctx * width, config.init_std);
+                Ok(Tensor::from_vec(data, (config.n_ctx, width), &clip.device)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_parts(clip, class_names, config, prompts)
+    }
+
+    /// The depth and the tower's width, or why the options do not fit this CLIP.
+    fn shape(clip: &Clip, config: &VptConfig) -> Result<(usize, usize)> {
+        let layers = clip.config.vision_config.num_hidden_layers;
+        let depth = config.depth.unwrap_or(layers);
+        if config.n_ctx == 0 {
+            return Err(Error::InvalidArgument("nCtx must be at least 1".into()));
+        }
+        if depth == 0 || depth > layers {
+            return Err(Error::InvalidArgument(format!(
+                "depth must be from 1 to the image tower's {layers} layers, got {depth}"
+            )));
+        }
+        Ok((depth, clip.config.vision_config.hidden_size))
+    }
+
+    pub fn from_parts(
+        clip: &Clip,
+        class_names: &[String],
+        mut config: VptConfig,
+        prompts: Vec<Tensor>,
+    ) -> Result<Self> {
+        needs_vit(clip, SPEC.name)?;
+        let (depth, width) = Self::shape(clip, &config)?;
+        config.depth = Some(depth);
+        if prompts.len() != depth {
+            return Err(Error::InvalidArgument(format!(
+                "{} vision prompts for depth {depth}",
+                prompts.len()
+            )));
+        }
+        for (i, p) in prompts.iter().enumerate() {
+            if p.dims() != [config.n_ctx, width] {
+                return Err(Error::InvalidArgument(format!(
+                    "VPT `{}` has shape {:?}; this CLIP's image tower (width {width}, nCtx {}) needs [{}, {width}]",
+                    prompt_name(i),
+                    p.dims(),
+                    config.n_ctx,
+                    config.n_ctx
+                )));
+            }
+        }
+        let text = text_features(clip, class_names, &config.template)?;
+        Ok(Self {
+            class_names: class_names.to_vec(),
+            prompts: prompts
+                .iter()
+                .map(|p| Ok(Var::from_tensor(&p.to_dtype(DType::F32)?)?))
+                .collect::<Result<_>>()?,
+            text,
+            config,
+        })
+    }
+
+    /// The prompts in the model's dtype, input first.
+    fn prompts_in(&self, clip: &Clip) -> Result<Vec<Tensor>> {
+        self.prompts
+            .iter()
+            .map(|p| Ok(p.as_tensor().to_dtype(clip.dtype)?))
+            .collect()
+    }
+
+    /// Image features (B, E) of pixels with the learned prompts (no gradients).
+    pub fn image_features(&self, clip: &Clip, pixels: &Tensor) -> Result<Tensor> {
+        let p = self.prompts_in(clip)?;
+        clip.encode_image_prompted(
+            pixels,
+            VisionPrompts {
+                input: &p[0],
+                deep: &p[1..],
+            },
+        )
+    }
+}
+
+fn text_features(clip: &Clip, class_names: &[String], template: &str) -> Result<Tensor> {
+    let t = crate::zeroshot::class_embeddings(clip, class_names, &[template.to_string()])?;
+    Ok(t.to_dtype(clip.head_dtype())?)
+}
+
+/// The prompted image tower scored against text features (K, E).
+struct VptScorer<'a> {
+    learner: &'a VptLearner,
+    clip: &'a Clip,
+    text: Tensor,
+}
+
+impl Scorer for VptScorer<'_> {
+    fn logits(&self, _image_features: &Tensor) -> Result<Tensor> {
+        Err(Error::Internal(
+            "vpt scores images (its prompts are inside the image tower), not cached features"
+                .into(),
+        ))
+    }
+
+    fn batch_logits(&self, batch: &Batch<'_>) -> Result<Tensor> {
+        let f = self.learner.image_features(self.clip, batch.pixels()?)?;
+        self.clip
+            .logits(&f.to_dtype(self.clip.head_dtype())?, &self.text)
+    }
+}
+
+impl Learner for VptLearner {
+    fn meta(&self) -> LearnerMeta {
+        LearnerMeta {
+            method: SPEC.name.into(),
+            class_names: self.class_names.clone(),
+            options: super::options_json(&self.config),
+            params: super::param_shapes(&self.vars()),
+        }
+    }
+
+    fn vars(&self) -> Vec<(String, Var)> {
+        self.prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (prompt_name(i), p.clone()))
+            .collect()
+    }
+
+    fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+
+    fn logits(&self, _clip: &Clip, _image_features: &Tensor) -> Result<Tensor> {
+        Err(Error::Internal(
+            "vpt's logits need images: its prompts are inside the image tower".into(),
+        ))
+    }
+
+    fn batch_loss_and_grads(
+        &self,
+        clip: &Clip,
+        batch: &Batch<'_>,
+        labels: &Tensor,
+        grad_scale: f64,
+    ) -> Result<StepOutput> {
+        let p = self.prompts_in(clip)?;
+        let prompts = VisionPrompts {
+            input: &p[0],
+            deep: &p[1..],
+        };
+        let (features, tape) = clip.image_features_train(batch.pixels()?, prompts)?;
+        // The small graph after the tower (normalisation, logits, loss) by autograd, from a leaf
+        // at the features; the tower's own backward pass from there.
+        let features = Var::from_tensor(&features.to_dtype(clip.head_dtype())?)?;
+        let logits = clip.logits(features.as_tensor(), &self.text)?;
+        let loss = crate::loss::cross_entropy(&logits, labels)?;
+        let d_features = (&loss * grad_scale)?
+            .backward()?
+            .remove(features.as_tensor())
+            .ok_or_else(|| {
+                Error::Internal("the loss does not depend on the image features".into())
+            })?;
+        let g = clip.image_features_backward(&tape, &d_features)?;
+        let grads = std::iter::once(g.input)
+            .chain(g.deep)
+            .map(|g| Ok((g.to_dtype(DType::F32)? / grad_scale)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(StepOutput {
+            loss: loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
+            logits: logits.detach(),
+            grads,
+        })
+    }
+
+    fn scorer<'a>(
+        &'a self,
+        clip: &'a Clip,
+        class_names: Option<&[String]>,
+    ) -> Result<Box<dyn Scorer + 'a>> {
+        let text = match class_names {
+            Some(names) if names != self.class_names.as_slice() => {
+                text_features(clip, names, &self.config.template)?
+            }
+            _ => self.text.clone(),
+        };
+        Ok(Box::new(VptScorer {
+            learner: self,
+            clip,
+            text,
+        }))
+    }
+}
+
+const N_CTX: OptionDoc = OptionDoc {
+    name: "nCtx",
+    kind: OptionKind::Integer { min: 1 },
+    doc: "vision prompt tokens per layer",
+    flag: None,
+};
+const DEPTH: OptionDoc = OptionDoc {
+    name: "depth",
+    kind: OptionKind::Integer { min: 1 },
+    doc: "image tower layers with their own prompts, from the input (default: every layer)",
+    flag: None,
+};
+const INIT_STD: OptionDoc = OptionDoc {
+    name: "initStd",
+    kind: OptionKind::Number {
+        exclusive_min: None,
+    },
+    doc: "standard deviation of the prompts' random initialisation",
+    flag: None,
+};
+const TEMPLATE: OptionDoc = OptionDoc {
+    name: "template",
+    kind: OptionKind::String,
+    doc: "the frozen text side's hand-made template, {} for the class name",
+    flag: None,
+};
+
+/// The official `VPT/vit_b16_c2_ep5_batch4_4.yaml`: SGD lr 0.0025, 5 epochs, batch 4, with the
+/// CoOp recipe's momentum, weight decay, warmup and cosine.
+fn recipe(_: RecipeFor<'_>) -> Recipe {
+    Recipe {
+        epochs: 5,
+        batch_size: 4,
+        lr: 0.0025,
+        ..Recipe::default()
+    }
+}
+
+pub const SPEC: MethodSpec = MethodSpec {
+    name: "vpt",
+    title: "VPT-deep",
+    paper: "Jia, Tang, Chen, Cardie, Belongie, Hariharan, Lim: Visual Prompt Tuning (ECCV 2022), deep variant on CLIP as in Khattak et al.'s MaPLe baselines (CVPR 2023)",
+    takes: Takes::Images,
+    fitting: Fitting::Sgd,
+    classes: ClassBinding::AnyClasses,
+    uses_validation: false,
+    validation_unless: &[],
+    template_option: Some("template"),
+    options: &[N_CTX, DEPTH, INIT_STD, TEMPLATE, SEED],
+    defaults: || super::options_json(&VptConfig::default()),
+    recipe,
+    create: |clip, names, options, _runtime: Runtime| {
+        let config: VptConfig = super::parse_options("vpt", options)?;
+        Ok(Box::new(VptLearner::new(clip, names, config)?))
+    },
+    restore: |clip, meta, tensors, _runtime| {
+        let config: VptConfig = super::parse_options("vpt", meta.options.clone())?;
+        let depth = config
+            .depth
+            .unwrap_or(clip.config.vision_config.num_hidden_layers);
+        let prompts = (0..depth)
+            .map(|i| super::saved(tensors, &prompt_name(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Box::new(VptLearner::from_parts(
+            clip,
+            &meta.class_names,
+            config,
+            prompts,
+        )?))
+    },
+};
