@@ -272,6 +272,50 @@ impl Clip {
         Ok((self.text_projection.forward(&pooled)?, tape))
     }
 
+    /// Text features (B, E) with deep prompts in the text tower (see
+    /// `TextTransformer::forward_embeds_prompted`; no sharing of prefixes).
+    pub fn encode_text_embeds_prompted(
+        &self,
+        embeds: &Tensor,
+        eot: &[usize],
+        deep: &[Tensor],
+    ) -> Result<Tensor> {
+        Ok(self
+            .text_projection
+            .forward(&self.text.forward_embeds_prompted(embeds, eot, deep)?)?)
+    }
+
+    /// `text_features_train` with deep prompts in the text tower (see
+    /// `TextTransformer::forward_train_deep`); `text_features_backward_deep` gives their gradients.
+    pub fn text_features_train_deep(
+        &self,
+        embeds: &Tensor,
+        eot: &[usize],
+        shared: usize,
+        group_size: usize,
+        deep: &[Tensor],
+    ) -> Result<(Tensor, TextTape<'_>)> {
+        let align = if embeds.device().is_cuda() { 8 } else { 1 };
+        let (pooled, tape) = self
+            .text
+            .forward_train_deep(embeds, eot, shared, group_size, align, deep)?;
+        Ok((self.text_projection.forward(&pooled)?, tape))
+    }
+
+    /// The gradients of the embeddings and of the deep prompts given to
+    /// `text_features_train_deep`, for that of its features.
+    pub fn text_features_backward_deep(
+        &self,
+        tape: &TextTape<'_>,
+        d_features: &Tensor,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        tape.backward_deep(
+            &self
+                .text_projection
+                .backward_input(&d_features.to_dtype(self.dtype)?)?,
+        )
+    }
+
     /// The gradient of the embeddings given to `text_features_train`, for that of its features.
     pub fn text_features_backward(
         &self,

@@ -624,6 +624,28 @@ impl EncoderLayer {
     }
 }
 
+/// x (B, T, D) with rows at..at + n of every sequence replaced by `p` (n, D), in x's dtype: how a
+/// deep prompt takes the place of the previous block's outputs at its positions.
+pub fn replace_rows(x: &Tensor, at: usize, p: &Tensor) -> Result<Tensor> {
+    let (b, t, d) = x.dims3()?;
+    let n = p.dim(0)?;
+    let p = p
+        .to_dtype(x.dtype())?
+        .unsqueeze(0)?
+        .broadcast_as((b, n, d))?;
+    let mut parts = vec![x.narrow(1, 0, at)?, p];
+    if at + n < t {
+        parts.push(x.narrow(1, at + n, t - at - n)?);
+    }
+    Tensor::cat(&parts, 1)
+}
+
+/// Rows at..at + n of every sequence of x (B, T, D), summed over the sequences: (n, D), a deep
+/// prompt's gradient from that of its block's input.
+pub fn prompt_rows_sum(x: &Tensor, at: usize, n: usize) -> Result<Tensor> {
+    x.narrow(1, at, n)?.sum(0)
+}
+
 /// (T, offset + T) mask for T queries that follow `offset` earlier positions: every earlier
 /// position is visible, and causal order holds among the T.
 pub fn offset_causal_mask(

@@ -1,7 +1,9 @@
 //! CLIP's causal text transformer. `forward_embeds` takes token embeddings directly, so prompt
 //! learners can splice learned context vectors between the SOS token and the class name.
 use super::config::ClipTextConfig;
-use super::nn::{Attention, EncoderLayer, LayerNorm, Linear, Mlp, StreamTape};
+use super::nn::{
+    prompt_rows_sum, replace_rows, Attention, EncoderLayer, LayerNorm, Linear, Mlp, StreamTape,
+};
 use super::weights::{Tower, Weights};
 use crate::{Error, Result};
 use candle_core::{Module, Tensor};
@@ -96,6 +98,37 @@ impl TextTransformer {
     }
 
     /// Token embeddings (B, T, D) for token ids (B, T).
+    /// The deep prompts' token count, or why they do not fit: each (n, D), fewer than the blocks,
+    /// and their rows 1..1 + n before every EOT.
+    fn check_deep(&self, deep: &[Tensor], eot: &[usize]) -> Result<usize> {
+        let Some(first) = deep.first() else {
+            return Ok(0);
+        };
+        let d = self.hidden_size();
+        let n = first.dim(0)?;
+        if deep.len() >= self.layers.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} deep text prompts for a text tower of {} blocks (at most {})",
+                deep.len(),
+                self.layers.len(),
+                self.layers.len() - 1
+            )));
+        }
+        if let Some((i, p)) = deep.iter().enumerate().find(|(_, p)| p.dims() != [n, d]) {
+            return Err(Error::InvalidArgument(format!(
+                "deep text prompt {} has shape {:?}; the first's is [{n}, {d}], the tower's width {d}",
+                i + 1,
+                p.dims()
+            )));
+        }
+        if n == 0 || eot.iter().any(|&e| e <= n) {
+            return Err(Error::InvalidArgument(format!(
+                "deep text prompts of {n} tokens need every EOT after position {n}, got {eot:?}"
+            )));
+        }
+        Ok(n)
+    }
+
     pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let flat = self.token_embedding.index_select(&ids.flatten_all()?, 0)?;
@@ -109,6 +142,18 @@ impl TextTransformer {
     /// the batch cannot change the result: they are cut off before the blocks run. For CLIP's
     /// 77-token context and short prompts this is most of the sequence.
     pub fn forward_embeds(&self, embeds: &Tensor, eot: &[usize]) -> Result<Tensor> {
+        self.forward_embeds_prompted(embeds, eot, &[])
+    }
+
+    /// `forward_embeds` with deep prompts (IVLP, MaPLe, PromptSRC): `deep[i]` (n, D) replaces the
+    /// previous block's outputs at positions 1..1 + n (the context after SOS) at the input of
+    /// block i + 1. The same for every sequence, as the input context is.
+    pub fn forward_embeds_prompted(
+        &self,
+        embeds: &Tensor,
+        eot: &[usize],
+        deep: &[Tensor],
+    ) -> Result<Tensor> {
         let (b, t, d) = embeds.dims3()?;
         if eot.len() != b {
             return Err(Error::InvalidArgument(format!(
@@ -137,10 +182,14 @@ impl TextTransformer {
             }
             None => return Err(Error::InvalidArgument("empty batch".into())),
         };
+        self.check_deep(deep, eot)?;
         let x = embeds.narrow(1, 0, used)?;
         let pos = self.position_embedding.narrow(0, 0, used)?;
         let mut x = x.broadcast_add(&pos)?;
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
+            if let Some(p) = deep_at(deep, i) {
+                x = replace_rows(&x, 1, p)?;
+            }
             x = layer.forward(&x, Some(0), None)?;
         }
         // Gather the EOT rows first, then layer-norm only those (layer norm is per token).
@@ -251,6 +300,21 @@ impl TextTransformer {
         group_size: usize,
         align: usize,
     ) -> Result<(Tensor, TextTape<'_>)> {
+        self.forward_train_deep(embeds, eot, shared, group_size, align, &[])
+    }
+
+    /// `forward_train_aligned` with deep prompts, as `forward_embeds_prompted` places them; the
+    /// tape's `backward_deep` gives their gradients. They replace rows of the shared prefix when
+    /// the prefix holds them (SOS and the context), else of every sequence.
+    pub fn forward_train_deep(
+        &self,
+        embeds: &Tensor,
+        eot: &[usize],
+        shared: usize,
+        group_size: usize,
+        align: usize,
+        deep: &[Tensor],
+    ) -> Result<(Tensor, TextTape<'_>)> {
         let align = align.max(1);
         let (n, t, d) = embeds.dims3()?;
         if eot.len() != n || group_size == 0 || n % group_size != 0 {
@@ -274,10 +338,16 @@ impl TextTransformer {
                 )))
             }
         };
+        let n_deep = self.check_deep(deep, eot)?;
         let embeds = embeds.detach();
         let dev = embeds.device();
-        // Shared leading tokens are encoded once per group, unless an EOT lies inside them.
-        let shared = if shared > 0 && shared < used && eot.iter().all(|&e| e >= shared) {
+        // Shared leading tokens are encoded once per group, unless an EOT lies inside them, or
+        // they hold only part of the deep prompts' positions.
+        let shared = if shared > 0
+            && shared < used
+            && eot.iter().all(|&e| e >= shared)
+            && (deep.is_empty() || shared > n_deep)
+        {
             shared
         } else {
             0
@@ -302,7 +372,14 @@ impl TextTransformer {
             .narrow(1, shared, ts)?
             .broadcast_add(&pos.narrow(0, shared, ts)?)?;
         let mut layers = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
+            if let Some(pd) = deep_at(deep, i) {
+                let pd = pd.detach();
+                match &mut p {
+                    Some(px) => *px = replace_rows(px, 1, &pd)?,
+                    None => s = replace_rows(&s, 1, &pd)?,
+                }
+            }
             let (qs, ks, vs) = layer.qkv_train(&s)?;
             let (prefix_tape, k_all, v_all, p_next) = match &p {
                 Some(px) => {
@@ -376,6 +453,8 @@ impl TextTransformer {
             t,
             shared,
             ts,
+            deep: deep.len(),
+            n_deep,
         };
         Ok((pooled, tape))
     }
@@ -401,6 +480,9 @@ pub struct TextTape<'a> {
     t: usize,
     shared: usize,
     ts: usize,
+    /// How many blocks had a deep prompt replace rows 1..1 + n_deep at their input.
+    deep: usize,
+    n_deep: usize,
 }
 
 impl TextTape<'_> {
@@ -408,6 +490,13 @@ impl TextTape<'_> {
     /// (N, d). As with autograd through `forward_embeds_shared`, a group's shared tokens receive
     /// their gradient at the group's first sequence.
     pub fn backward(&self, d_pooled: &Tensor) -> Result<Tensor> {
+        Ok(self.backward_deep(d_pooled)?.0)
+    }
+
+    /// `backward`, and the gradients of the deep prompts (n, D) each, summed over the sequences
+    /// (or the groups, when the prefix holds them). A deep prompt's gradient is its block input's
+    /// at its rows; the previous block's outputs there were dropped, so none flows to them.
+    pub fn backward_deep(&self, d_pooled: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
         let m = self.model;
         let d = m.hidden_size();
         let (n, tp, ts) = (self.n, self.shared, self.ts);
@@ -418,7 +507,8 @@ impl TextTape<'_> {
             crate::kernels::scatter_rows(&d_rows, &self.eot_rows, n * ts)?.reshape((n, ts, d))?;
         let groups = self.first.len();
         let mut dp: Option<Tensor> = None;
-        for (layer, (prefix, suffix)) in m.layers.iter().zip(&self.layers).rev() {
+        let mut deep = vec![None; self.deep];
+        for (i, (layer, (prefix, suffix))) in m.layers.iter().zip(&self.layers).enumerate().rev() {
             let (d_mid, d_merged) = layer.finish_backward(suffix, &ds)?;
             let (d_q, d_k_all, d_v_all) = layer.attn.core_backward(
                 &suffix.q,
@@ -451,6 +541,15 @@ impl TextTape<'_> {
                 };
                 dp = Some(layer.input_backward(p, &d_mid_p, &d_qp, &dk, &dv, 0)?);
             }
+            if let Some(j) = i.checked_sub(1).filter(|&j| j < self.deep) {
+                let rows = match &mut dp {
+                    Some(dp) => dp,
+                    None => &mut ds,
+                };
+                deep[j] = Some(prompt_rows_sum(rows, 1, self.n_deep)?);
+                let zeros = Tensor::zeros((self.n_deep, d), rows.dtype(), rows.device())?;
+                *rows = replace_rows(rows, 1, &zeros)?;
+            }
         }
         let used = tp + ts;
         let mut parts = Vec::with_capacity(3);
@@ -466,6 +565,15 @@ impl TextTape<'_> {
                 parts[0].device(),
             )?);
         }
-        Ok(Tensor::cat(&parts, 1)?)
+        let deep = deep
+            .into_iter()
+            .map(|g| g.ok_or_else(|| Error::Internal("a deep prompt got no gradient".into())))
+            .collect::<Result<_>>()?;
+        Ok((Tensor::cat(&parts, 1)?, deep))
     }
+}
+
+/// The deep prompt at the input of block `i` (block 0 reads the input embeddings).
+fn deep_at(deep: &[Tensor], i: usize) -> Option<&Tensor> {
+    i.checked_sub(1).and_then(|j| deep.get(j))
 }

@@ -3,7 +3,7 @@
 //! the class token; optionally with learned prompt tokens inside (`VisionPrompts`), and a
 //! training pass that gives their gradients (`forward_train`, `VisionTape`).
 use super::config::ClipVisionConfig;
-use super::nn::{EncoderLayer, LayerNorm, StreamTape};
+use super::nn::{prompt_rows_sum, replace_rows, EncoderLayer, LayerNorm, StreamTape};
 use super::text::load_layers;
 use super::weights::{Tower, Weights};
 use crate::{Error, Result};
@@ -156,7 +156,7 @@ impl VisionTransformer {
         let mut x = self.pre_ln.forward(&x)?;
         for (i, layer) in self.layers.iter().enumerate() {
             if let Some(deep) = prompts.and_then(|p| p.deep_at(i)) {
-                x = replace(&x, at, deep)?;
+                x = replace_rows(&x, at, deep)?;
             }
             x = layer.forward(&x, None, valid)?;
         }
@@ -181,7 +181,7 @@ impl VisionTransformer {
         let mut layers = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
             if let Some(deep) = prompts.deep_at(i) {
-                s = replace(&s, at, &deep.detach())?;
+                s = replace_rows(&s, at, &deep.detach())?;
             }
             let (q, k, v) = layer.qkv_train(&s)?;
             let (merged, probs) = layer.attn.core(&q, &k, &v, None, None)?;
@@ -274,21 +274,6 @@ fn append(x: &Tensor, p: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&[x, &p], 1)?)
 }
 
-/// x (B, T, D) with positions at..at + n replaced by `p` (n, D): (B, T, D).
-fn replace(x: &Tensor, at: usize, p: &Tensor) -> Result<Tensor> {
-    let (b, t, d) = x.dims3()?;
-    let n = p.dim(0)?;
-    let p = p
-        .to_dtype(x.dtype())?
-        .unsqueeze(0)?
-        .broadcast_as((b, n, d))?;
-    let mut parts = vec![x.narrow(1, 0, at)?, p];
-    if at + n < t {
-        parts.push(x.narrow(1, at + n, t - at - n)?);
-    }
-    Ok(Tensor::cat(&parts, 1)?)
-}
-
 /// What `VisionTransformer::forward_train` keeps for the backward pass.
 pub struct VisionTape<'a> {
     model: &'a VisionTransformer,
@@ -338,8 +323,8 @@ impl VisionTape<'_> {
                     .core_backward(&tape.q, &tape.k, &tape.v, &tape.probs, &d_merged)?;
             ds = layer.input_backward(tape, &d_mid, &d_q, &d_k, &d_v, 0)?;
             if let Some(j) = i.checked_sub(1).filter(|&j| j < self.deep) {
-                deep[j] = Some(prompt_rows(&ds, self.at, self.n)?);
-                ds = replace(
+                deep[j] = Some(prompt_rows_sum(&ds, self.at, self.n)?);
+                ds = replace_rows(
                     &ds,
                     self.at,
                     &Tensor::zeros((self.n, d), ds.dtype(), ds.device())?,
@@ -348,16 +333,11 @@ impl VisionTape<'_> {
         }
         let d_input = m.pre_ln.backward(&self.input, &ds)?;
         Ok(VisionPromptGrads {
-            input: prompt_rows(&d_input, self.at, self.n)?,
+            input: prompt_rows_sum(&d_input, self.at, self.n)?,
             deep: deep
                 .into_iter()
                 .map(|g| g.ok_or_else(|| Error::Internal("a deep prompt got no gradient".into())))
                 .collect::<Result<_>>()?,
         })
     }
-}
-
-/// Rows at..at + n of every sequence of x (B, T, D), summed over the batch: (n, D).
-fn prompt_rows(x: &Tensor, at: usize, n: usize) -> Result<Tensor> {
-    Ok(x.narrow(1, at, n)?.sum(0)?)
 }

@@ -1,6 +1,6 @@
-//! Prompts inside the image tower (VPT-deep, IVLP, MaPLe, PromptSRC): the training pass and its
-//! hand-written backward against candle's autograd through the composed ops and against central
-//! finite differences, in f64.
+//! Prompts inside both towers (VPT-deep, IVLP, MaPLe, PromptSRC): each tower's training pass and
+//! its hand-written backward against candle's autograd through the composed ops and against
+//! central finite differences, in f64.
 mod common;
 use candle_core::{DType, Tensor, Var};
 use common::{dev, fixtures, rel_err};
@@ -151,4 +151,111 @@ fn bad_prompt_shapes_are_named() {
         deep: &[p.clone(), p.clone()]
     })
     .contains("2 deep vision prompts for an image tower of 2 blocks"));
+}
+
+#[test]
+fn text_tower_deep_prompts_train_as_inference_with_gradients_equal_autograd_and_finite_differences()
+{
+    let clip = clip64();
+    let d = clip.text.hidden_size();
+    let (k, t, n) = (4, 12, 2);
+    // K class prompts sharing SOS and the context (rows 0..3), each with its own tail.
+    let head = Tensor::randn(0f64, 0.3, (1, 1 + n, d), &dev()).unwrap();
+    let tails = Tensor::randn(0f64, 0.3, (k, t - 1 - n, d), &dev()).unwrap();
+    let embeds = Tensor::cat(
+        &[
+            &head
+                .broadcast_as((k, 1 + n, d))
+                .unwrap()
+                .contiguous()
+                .unwrap(),
+            &tails,
+        ],
+        1,
+    )
+    .unwrap();
+    let eot = vec![6usize, 8, 5, 9];
+    let deep = vec![Tensor::randn(0f64, 0.5, (n, d), &dev()).unwrap()];
+    let target = Tensor::randn(0f64, 1.0, (k, clip.embed_dim()), &dev()).unwrap();
+    let plain = clip.encode_text_embeds(&embeds, &eot).unwrap();
+    let f_inf = clip
+        .encode_text_embeds_prompted(&embeds, &eot, &deep)
+        .unwrap();
+    assert!(
+        rel_err(&f_inf, &plain) > 1e-3,
+        "the deep prompt changes the features"
+    );
+
+    // Autograd through the composed ops.
+    let ve = Var::from_tensor(&embeds).unwrap();
+    let vd = Var::from_tensor(&deep[0]).unwrap();
+    let f_ref = clip
+        .encode_text_embeds_prompted(ve.as_tensor(), &eot, &[vd.as_tensor().clone()])
+        .unwrap();
+    let grads = (&f_ref * &target)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g_embeds = grads.get(ve.as_tensor()).unwrap();
+    let g_deep = grads.get(vd.as_tensor()).unwrap();
+
+    // Shared prefix holding the deep rows (3 = SOS + context), none, and one that holds only part
+    // of them (1: falls back to no sharing).
+    for shared in [3usize, 0, 1] {
+        let (f, tape) = clip
+            .text_features_train_deep(&embeds, &eot, shared, k, &deep)
+            .unwrap();
+        let e = rel_err(&f, &f_inf);
+        assert!(e < 1e-12, "shared {shared}: training pass vs inference {e}");
+        let (ge, gd) = clip.text_features_backward_deep(&tape, &target).unwrap();
+        // With a shared prefix its gradient lands at the group's first sequence (as autograd
+        // through the shared forward): compare the sum over the prompts of the prefix rows.
+        let e = if shared == 3 {
+            let s = |g: &Tensor| g.narrow(1, 0, 3).unwrap().sum(0).unwrap();
+            rel_err(&s(&ge), &s(g_embeds)).max(rel_err(
+                &ge.narrow(1, 3, t - 3).unwrap(),
+                &g_embeds.narrow(1, 3, t - 3).unwrap(),
+            ))
+        } else {
+            rel_err(&ge, g_embeds)
+        };
+        assert!(
+            e < 1e-10,
+            "shared {shared}: embedding gradient vs autograd {e}"
+        );
+        let e = rel_err(&gd[0], g_deep);
+        assert!(
+            e < 1e-10,
+            "shared {shared}: deep prompt gradient vs autograd {e}"
+        );
+    }
+
+    // Central finite differences along a random direction of the deep prompt.
+    let dir = Tensor::randn(0f64, 1.0, (n, d), &dev()).unwrap();
+    let loss_at = |h: f64| {
+        let p = (&deep[0] + (&dir * h).unwrap()).unwrap();
+        dot(
+            &clip
+                .encode_text_embeds_prompted(&embeds, &eot, &[p])
+                .unwrap(),
+            &target,
+        )
+    };
+    let h = 1e-5;
+    let fd = (loss_at(h) - loss_at(-h)) / (2.0 * h);
+    let analytic = dot(g_deep, &dir);
+    let e = (fd - analytic).abs() / analytic.abs();
+    assert!(
+        e < 1e-7,
+        "analytic {analytic}, finite differences {fd} ({e})"
+    );
+
+    // An EOT inside the deep rows is refused by name.
+    let err = clip
+        .encode_text_embeds_prompted(&embeds, &[2, 8, 5, 9], &deep)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("need every EOT after position 2"), "{err}");
 }
