@@ -377,10 +377,17 @@ pub fn build_buffers(
             )
         })?;
     }
+    // Words of the prefix past the M learned ones stay in every prompt as fixed text (IVLP and
+    // MaPLe learn 2 tokens of "a photo of a": "[V1 V2] of a {class}.").
+    let fixed = clip
+        .tokenizer
+        .encode_words(prompt_prefix)?
+        .len()
+        .saturating_sub(n_ctx);
     let batch = clip.tokenizer.encode_batch(&prompts)?;
     for (i, &e) in batch.eot.iter().enumerate() {
-        // SOS + M + name + "." + EOS must fit; otherwise truncation ate the class name.
-        if e != n_ctx + name_lens[i] + 2 {
+        // SOS + M + fixed words + name + "." + EOS must fit; otherwise truncation ate the name.
+        if e != n_ctx + fixed + name_lens[i] + 2 {
             return Err(Error::InvalidArgument(format!(
                 "classNames[{i}] `{}` does not fit in CLIP's {} tokens with {n_ctx} context tokens",
                 names[i],

@@ -12,7 +12,8 @@
 //! - `clip-adapter`: a residual bottleneck on the image feature (Gao et al., IJCV 2024);
 //! - `tip-adapter`: a training-free cache of the few-shot features (Zhang et al., ECCV 2022);
 //! - `tip-adapter-f`: the same cache with its keys fine-tuned;
-//! - `vpt`: VPT-deep, learned tokens inside the image tower (Jia et al., ECCV 2022).
+//! - `vpt`: VPT-deep, learned tokens inside the image tower (Jia et al., ECCV 2022);
+//! - `ivlp`: independent prompts inside both towers (MaPLe's baseline, CVPR 2023).
 //!
 //! A learner's life: `create` (shapes from the model and options), an optional `prepare` that
 //! sees the training and validation data and may allocate state (a cache, a closed-form fit),
@@ -29,10 +30,12 @@ pub mod cocoop;
 pub mod context;
 pub mod coop;
 pub mod io;
+pub mod ivlp;
 pub mod kgcoop;
 pub mod linear_probe;
 pub mod tip_adapter;
 pub mod tip_adapter_f;
+pub mod towers;
 pub mod vpt;
 
 use crate::clip::Clip;
@@ -349,6 +352,7 @@ pub static METHODS: &[MethodSpec] = &[
     tip_adapter::SPEC,
     tip_adapter_f::SPEC,
     vpt::SPEC,
+    ivlp::SPEC,
 ];
 
 pub fn spec(name: &str) -> Result<&'static MethodSpec> {

@@ -1,0 +1,118 @@
+//! One training step of a learner whose prompts sit inside CLIP's towers (IVLP, MaPLe,
+//! PromptSRC; VPT's text side is frozen): both towers run their own training passes, and the
+//! pieces are chained by hand as `prompt_loss_and_grads` does for the text side alone.
+//!
+//! The learner builds its prompt tensors from its vars with a small autograd graph (CoOp's
+//! concatenation for the text input; MaPLe's projections for the vision prompts); the towers' tapes
+//! give the gradients of those tensors; and the vars' gradients come from differentiating
+//! sum <tensor, its gradient> over all of them, through that small graph only.
+use super::StepOutput;
+use crate::clip::{Clip, VisionPrompts};
+use crate::{Error, Result};
+use candle_core::{DType, Tensor, Var, D};
+
+/// The text side of a step: prompt embeddings (K, T, d) with their EOT positions, the leading
+/// tokens shared by every class (encoded once), and the deep prompts (n, d) of blocks 1...
+pub struct TextSide<'a> {
+    pub embeds: &'a Tensor,
+    pub eot: &'a [usize],
+    pub shared: usize,
+    pub deep: &'a [Tensor],
+}
+
+/// The image side of a step: the batch's pixels and the prompts of the image tower.
+pub struct ImageSide<'a> {
+    pub pixels: &'a Tensor,
+    pub input: &'a Tensor,
+    pub deep: &'a [Tensor],
+}
+
+/// The features a step's loss reads: the text features (K, E) and the image features (B, E), in
+/// the head dtype, as autograd leaves.
+pub struct Features<'a> {
+    pub text: &'a Tensor,
+    pub image: &'a Tensor,
+}
+
+/// Loss, logits and the gradient of each var of `vars` for one batch: the text side through the
+/// text tower's training pass, the image side through the image tower's, and `head` from their
+/// features to (loss, logits) by autograd. Gradients are of the loss times `grad_scale`, divided
+/// by it again (fp16 loss scaling).
+pub fn step(
+    clip: &Clip,
+    text: TextSide<'_>,
+    image: ImageSide<'_>,
+    vars: &[(String, Var)],
+    grad_scale: f64,
+    head: impl FnOnce(Features<'_>) -> Result<(Tensor, Tensor)>,
+) -> Result<StepOutput> {
+    let dtype = clip.dtype;
+    let text_embeds = text.embeds.to_dtype(dtype)?;
+    let text_deep = cast(text.deep, dtype)?;
+    let k = text.eot.len();
+    let (tf, text_tape) =
+        clip.text_features_train_deep(&text_embeds.detach(), text.eot, text.shared, k, &text_deep)?;
+    let image_input = image.input.to_dtype(dtype)?;
+    let image_deep = cast(image.deep, dtype)?;
+    let (imf, image_tape) = clip.image_features_train(
+        image.pixels,
+        VisionPrompts {
+            input: &image_input,
+            deep: &image_deep,
+        },
+    )?;
+    let tf = Var::from_tensor(&tf.to_dtype(clip.head_dtype())?)?;
+    let imf = Var::from_tensor(&imf.to_dtype(clip.head_dtype())?)?;
+    let (loss, logits) = head(Features {
+        text: tf.as_tensor(),
+        image: imf.as_tensor(),
+    })?;
+    let mut g = (&loss * grad_scale)?.backward()?;
+    let mut take = |v: &Var, what: &str| {
+        g.remove(v.as_tensor())
+            .ok_or_else(|| Error::Internal(format!("the loss does not depend on the {what}")))
+    };
+    let d_text = take(&tf, "text features")?;
+    let d_image = take(&imf, "image features")?;
+    let (d_embeds, d_text_deep) = clip.text_features_backward_deep(&text_tape, &d_text)?;
+    let d_vision = clip.image_features_backward(&image_tape, &d_image)?;
+    // The surrogate's gradient in the vars is theirs in the loss: sum of <tensor, its gradient>.
+    let mut terms = vec![surrogate(text.embeds, &d_embeds)?];
+    for (p, d) in text.deep.iter().zip(&d_text_deep) {
+        terms.push(surrogate(p, d)?);
+    }
+    terms.push(surrogate(image.input, &d_vision.input)?);
+    for (p, d) in image.deep.iter().zip(&d_vision.deep) {
+        terms.push(surrogate(p, d)?);
+    }
+    let mut grads = Tensor::stack(&terms, 0)?.sum_all()?.backward()?;
+    let grads = vars
+        .iter()
+        .map(|(name, v)| match grads.remove(v.as_tensor()) {
+            Some(g) => Ok((g.to_dtype(DType::F32)? / grad_scale)?),
+            None => Err(Error::Internal(format!("no gradient reached `{name}`"))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(StepOutput {
+        loss: loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
+        logits: logits.detach(),
+        grads,
+    })
+}
+
+fn cast(ts: &[Tensor], dtype: DType) -> Result<Vec<Tensor>> {
+    ts.iter().map(|t| Ok(t.to_dtype(dtype)?)).collect()
+}
+
+/// sum(t * g) with g detached, in t's dtype: its gradient in t is g. Rows are summed first (a
+/// whole-tensor sum runs in one block on the GPU).
+fn surrogate(t: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let g = g.to_dtype(t.dtype())?.detach();
+    let s = (t * g)?;
+    Ok(if s.rank() > 1 {
+        s.sum(D::Minus1)?.sum_all()?
+    } else {
+        s.sum_all()?
+    }
+    .to_dtype(DType::F32)?)
+}
