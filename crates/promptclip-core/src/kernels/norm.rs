@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 /// One op of the family and its sizes.
 #[derive(Debug, Clone, Copy)]
-enum Norm {
+enum NormAct {
     /// (x, gamma, beta) -> layer norm of rows of `d`.
     LayerNorm { d: usize, eps: f64 },
     /// (x, gamma, dy) -> dx.
@@ -19,20 +19,20 @@ enum Norm {
     ActivationBackward { act: i32 },
 }
 
-impl Kernel for Norm {
+impl Kernel for NormAct {
     fn name(&self) -> &'static str {
         match self {
-            Norm::LayerNorm { .. } => "layer_norm_fwd",
-            Norm::LayerNormBackward { .. } => "layer_norm_bwd",
-            Norm::Activation { .. } => "activation_fwd",
-            Norm::ActivationBackward { .. } => "activation_bwd",
+            NormAct::LayerNorm { .. } => "layer_norm_fwd",
+            NormAct::LayerNormBackward { .. } => "layer_norm_bwd",
+            NormAct::Activation { .. } => "activation_fwd",
+            NormAct::ActivationBackward { .. } => "activation_bwd",
         }
     }
 
     fn cpu<T: Elem>(&self, ins: &[&[T]], _idx: &[u32]) -> Vec<T> {
         let zero = T::put(T::A::zero());
         match *self {
-            Norm::LayerNorm { d, eps } => {
+            NormAct::LayerNorm { d, eps } => {
                 let (x, g, b) = (ins[0], ins[1], ins[2]);
                 let mut y = vec![zero; x.len()];
                 y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
@@ -43,7 +43,7 @@ impl Kernel for Norm {
                 });
                 y
             }
-            Norm::LayerNormBackward { d, eps } => {
+            NormAct::LayerNormBackward { d, eps } => {
                 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma.
                 let (x, gamma, dy) = (ins[0], ins[1], ins[2]);
                 let mut dx = vec![zero; x.len()];
@@ -66,12 +66,12 @@ impl Kernel for Norm {
                     });
                 dx
             }
-            Norm::Activation { act } => ins[0]
+            NormAct::Activation { act } => ins[0]
                 .par_iter()
                 .with_min_len(4096)
                 .map(|&x| T::put(act_fwd(x.get(), act)))
                 .collect(),
-            Norm::ActivationBackward { act } => ins[0]
+            NormAct::ActivationBackward { act } => ins[0]
                 .par_iter()
                 .zip(ins[1].par_iter())
                 .with_min_len(4096)
@@ -83,7 +83,7 @@ impl Kernel for Norm {
     #[cfg(feature = "cuda")]
     fn vector_run(&self) -> usize {
         match *self {
-            Norm::LayerNorm { d, .. } => d,
+            NormAct::LayerNorm { d, .. } => d,
             _ => 0,
         }
     }
@@ -94,7 +94,7 @@ impl Kernel for Norm {
         use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
         let (suffix, v, n_in) = (at.suffix, at.v, at.n_in);
         Ok(match *self {
-            Norm::LayerNorm { d, eps } if d <= 32 * 8 * v && d % v == 0 => {
+            NormAct::LayerNorm { d, eps } if d <= 32 * 8 * v && d % v == 0 => {
                 // One warp per row, the row in registers.
                 Launch::new(
                     format!("layer_norm_warp{}_{suffix}", if v > 1 { "_v" } else { "" }),
@@ -102,7 +102,7 @@ impl Kernel for Norm {
                     vec![Scalar::Usize(n_in / d), i(d), Scalar::F64(eps)],
                 )
             }
-            Norm::LayerNorm { d, eps } | Norm::LayerNormBackward { d, eps } => {
+            NormAct::LayerNorm { d, eps } | NormAct::LayerNormBackward { d, eps } => {
                 let threads = if d <= 1024 { 128 } else { 256 };
                 Launch::new(
                     format!("{}_{suffix}", self.name()),
@@ -114,7 +114,7 @@ impl Kernel for Norm {
                     vec![i(d), Scalar::F64(eps)],
                 )
             }
-            Norm::Activation { act } | Norm::ActivationBackward { act } => Launch::new(
+            NormAct::Activation { act } | NormAct::ActivationBackward { act } => Launch::new(
                 at.kernel.clone(),
                 grid_stride(n_in),
                 vec![Scalar::Usize(n_in), Scalar::I32(act)],
@@ -195,25 +195,25 @@ pub(super) fn act_code(act: Activation) -> i32 {
 /// LayerNorm over the last dim.
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     let d = last_dim(x)?;
-    apply(Norm::LayerNorm { d, eps }, &[x, gamma, beta])
+    apply(NormAct::LayerNorm { d, eps }, &[x, gamma, beta])
 }
 
 /// Input gradient of `layer_norm(x, gamma, _, eps)` for the output gradient `dy`.
 pub fn layer_norm_backward(x: &Tensor, gamma: &Tensor, dy: &Tensor, eps: f64) -> Result<Tensor> {
     same_shape(x, dy, "layer norm backward")?;
     let d = last_dim(x)?;
-    apply(Norm::LayerNormBackward { d, eps }, &[x, gamma, dy])
+    apply(NormAct::LayerNormBackward { d, eps }, &[x, gamma, dy])
 }
 
 /// The MLP activation, elementwise.
 pub fn activation(h: &Tensor, act: Activation) -> Result<Tensor> {
-    apply(Norm::Activation { act: act_code(act) }, &[h])
+    apply(NormAct::Activation { act: act_code(act) }, &[h])
 }
 
 /// Input gradient of `activation(h, act)` for the output gradient `dy`.
 pub fn activation_backward(h: &Tensor, dy: &Tensor, act: Activation) -> Result<Tensor> {
     same_shape(h, dy, "activation backward")?;
-    apply(Norm::ActivationBackward { act: act_code(act) }, &[h, dy])
+    apply(NormAct::ActivationBackward { act: act_code(act) }, &[h, dy])
 }
 
 #[cfg(test)]

@@ -331,7 +331,7 @@ mod on_cuda {
         let v = 16 / std::mem::size_of::<T>();
         let aligned = ins.iter().all(|(_, l)| l.start_offset() % v == 0);
         let run = k.vector_run();
-        let (kernel, v) = if aligned && run > 0 && run % v == 0 {
+        let (kernel, v) = if aligned && run > 0 && run.is_multiple_of(v) {
             (format!("{}_v_{suffix}", k.name()), v)
         } else {
             (format!("{}_{suffix}", k.name()), 1)

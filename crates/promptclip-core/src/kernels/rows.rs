@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 /// One op of the family and its sizes.
 #[derive(Debug, Clone, Copy)]
-enum Rows {
+enum RowMoves {
     /// (kp (G, H, tp, hd), ks (N, H, ts, hd)) -> (N, H, tt, hd), sequence n reading its
     /// group's prefix, groups of `per_group` consecutive sequences, rows from tp + ts on zero.
     GatherCat {
@@ -33,31 +33,31 @@ enum Rows {
     ScatterRows { rows_out: usize, d: usize },
 }
 
-impl Kernel for Rows {
+impl Kernel for RowMoves {
     fn name(&self) -> &'static str {
         match self {
-            Rows::GatherCat { .. } => "gather_cat",
-            Rows::GroupPrefixSum { .. } => "group_prefix_sum",
-            Rows::ScatterRows { .. } => "scatter_rows",
+            RowMoves::GatherCat { .. } => "gather_cat",
+            RowMoves::GroupPrefixSum { .. } => "group_prefix_sum",
+            RowMoves::ScatterRows { .. } => "scatter_rows",
         }
     }
 
     fn out_shape(&self, _first: &Shape) -> Shape {
         match *self {
-            Rows::GatherCat { n, h, tt, hd, .. } => (n, h, tt, hd).into(),
-            Rows::GroupPrefixSum { g, h, tp, hd, .. } => (g, h, tp, hd).into(),
-            Rows::ScatterRows { rows_out, d } => (rows_out, d).into(),
+            RowMoves::GatherCat { n, h, tt, hd, .. } => (n, h, tt, hd).into(),
+            RowMoves::GroupPrefixSum { g, h, tp, hd, .. } => (g, h, tp, hd).into(),
+            RowMoves::ScatterRows { rows_out, d } => (rows_out, d).into(),
         }
     }
 
     fn takes_indices(&self) -> bool {
-        matches!(self, Rows::ScatterRows { .. })
+        matches!(self, RowMoves::ScatterRows { .. })
     }
 
     fn cpu<T: Elem>(&self, ins: &[&[T]], idx: &[u32]) -> Vec<T> {
         let zero = T::put(T::A::zero());
         match *self {
-            Rows::GatherCat {
+            RowMoves::GatherCat {
                 n,
                 per_group,
                 h,
@@ -77,7 +77,7 @@ impl Kernel for Rows {
                 });
                 out
             }
-            Rows::GroupPrefixSum {
+            RowMoves::GroupPrefixSum {
                 g,
                 k,
                 h,
@@ -102,7 +102,7 @@ impl Kernel for Rows {
                 });
                 out
             }
-            Rows::ScatterRows { rows_out, d } => {
+            RowMoves::ScatterRows { rows_out, d } => {
                 let src = ins[0];
                 let mut out = vec![zero; rows_out * d];
                 for (r, &i) in idx.iter().enumerate() {
@@ -117,7 +117,7 @@ impl Kernel for Rows {
     #[cfg(feature = "cuda")]
     fn vector_run(&self) -> usize {
         match *self {
-            Rows::GatherCat { hd, .. } => hd,
+            RowMoves::GatherCat { hd, .. } => hd,
             _ => 0,
         }
     }
@@ -127,7 +127,7 @@ impl Kernel for Rows {
         use super::cuda::{grid_stride, i, per_row, row_threads, Launch, Scalar};
         use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
         Ok(match *self {
-            Rows::GatherCat {
+            RowMoves::GatherCat {
                 n,
                 per_group,
                 h,
@@ -140,7 +140,7 @@ impl Kernel for Rows {
                 per_row(n * h, row_threads(tt * hd, at.v)),
                 vec![i(per_group), i(h), i(tp), i(ts), i(tt), i(hd)],
             ),
-            Rows::GroupPrefixSum {
+            RowMoves::GroupPrefixSum {
                 g,
                 k,
                 h,
@@ -159,7 +159,7 @@ impl Kernel for Rows {
                     vec![i(g), i(k), i(h), i(tt), i(tp), i(hd)],
                 )
             }
-            Rows::ScatterRows { d, .. } => Launch::new(
+            RowMoves::ScatterRows { d, .. } => Launch::new(
                 at.kernel.clone(),
                 grid_stride(at.n_in),
                 vec![Scalar::Usize(at.n_in / d), i(d)],
@@ -181,7 +181,7 @@ pub fn gather_cat(kp: &Tensor, ks: &Tensor, rows: usize) -> Result<Tensor> {
             ks.dims()
         );
     }
-    let op = Rows::GatherCat {
+    let op = RowMoves::GatherCat {
         n,
         per_group: n / g,
         h,
@@ -200,7 +200,7 @@ pub fn group_prefix_sum(x: &Tensor, groups: usize, tp: usize) -> Result<Tensor> 
     if groups == 0 || n % groups != 0 || tp > tt {
         candle_core::bail!("{n} sequences in {groups} groups, prefix {tp} of {tt}");
     }
-    let op = Rows::GroupPrefixSum {
+    let op = RowMoves::GroupPrefixSum {
         g: groups,
         k: n / groups,
         h,
@@ -225,7 +225,7 @@ pub fn scatter_rows(src: &Tensor, idx: &[u32], rows_out: usize) -> Result<Tensor
         candle_core::bail!("scatter_rows: repeated index");
     }
     let idx = Tensor::from_slice(idx, rows, src.device())?;
-    apply(Rows::ScatterRows { rows_out, d }, &[src, &idx])
+    apply(RowMoves::ScatterRows { rows_out, d }, &[src, &idx])
 }
 
 #[cfg(test)]
