@@ -12,7 +12,7 @@
 //! The deep prompts are N(0, 0.02); the text input context starts from the init words. Every
 //! prompt is class-agnostic, so the learner scores any class list (base-to-new).
 use super::catalogue::{ClassBinding, Fitting, OptionDoc, OptionKind, RecipeFor, Takes, SEED};
-use super::coop::{ClassBuffers, CoopConfig, CoopContext};
+use super::coop::{ClassBuffers, CoopContext};
 use super::towers::{self, Features, ImageSide, TextSide};
 use super::vpt::needs_vit;
 use super::StepOutput;
@@ -117,18 +117,7 @@ impl IvlpLearner {
     pub fn new(clip: &Clip, class_names: &[String], config: IvlpConfig) -> Result<Self> {
         needs_vit(clip, SPEC.name)?;
         let (dt, dv) = depths(clip, &config)?;
-        // The context starts from the init words' first n token embeddings.
-        let words = crate::classnames::prompt_text(&config.ctx_init);
-        let ids = clip.tokenizer.encode_words(&words)?;
-        if ids.len() < config.n_ctx_text {
-            return Err(Error::InvalidArgument(format!(
-                "ctxInit `{words}` has {} tokens, fewer than nCtxText {}",
-                ids.len(),
-                config.n_ctx_text
-            )));
-        }
-        let ids = Tensor::new(&ids[..config.n_ctx_text], &clip.device)?;
-        let ctx = clip.text.token_embedding.index_select(&ids, 0)?;
+        let ctx = towers::first_words(clip, &config.ctx_init, config.n_ctx_text, "nCtxText")?;
         let (d_t, d_v) = (
             clip.text.hidden_size(),
             clip.config.vision_config.hidden_size,
@@ -189,16 +178,7 @@ impl IvlpLearner {
         for (i, t) in vision.iter().enumerate() {
             expect(vision_name(i), t, [config.n_ctx_vision, d_v])?;
         }
-        let context = CoopContext::from_parts(
-            clip,
-            class_names,
-            CoopConfig {
-                n_ctx: Some(config.n_ctx_text),
-                ctx_init: Some(crate::classnames::prompt_text(&config.ctx_init)),
-                ..CoopConfig::default()
-            },
-            ctx,
-        )?;
+        let context = towers::text_context(clip, class_names, &config.ctx_init, ctx)?;
         let var = |t: &Tensor| Ok(Var::from_tensor(&t.to_dtype(DType::F32)?)?);
         Ok(Self {
             config,

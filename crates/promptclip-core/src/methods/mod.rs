@@ -13,7 +13,8 @@
 //! - `tip-adapter`: a training-free cache of the few-shot features (Zhang et al., ECCV 2022);
 //! - `tip-adapter-f`: the same cache with its keys fine-tuned;
 //! - `vpt`: VPT-deep, learned tokens inside the image tower (Jia et al., ECCV 2022);
-//! - `ivlp`: independent prompts inside both towers (MaPLe's baseline, CVPR 2023).
+//! - `ivlp`: independent prompts inside both towers (MaPLe's baseline, CVPR 2023);
+//! - `maple`: prompts in both towers, the image tower's mapped from the text's (CVPR 2023).
 //!
 //! A learner's life: `create` (shapes from the model and options), an optional `prepare` that
 //! sees the training and validation data and may allocate state (a cache, a closed-form fit),
@@ -33,6 +34,7 @@ pub mod io;
 pub mod ivlp;
 pub mod kgcoop;
 pub mod linear_probe;
+pub mod maple;
 pub mod tip_adapter;
 pub mod tip_adapter_f;
 pub mod towers;
@@ -353,6 +355,7 @@ pub static METHODS: &[MethodSpec] = &[
     tip_adapter_f::SPEC,
     vpt::SPEC,
     ivlp::SPEC,
+    maple::SPEC,
 ];
 
 pub fn spec(name: &str) -> Result<&'static MethodSpec> {

@@ -6,6 +6,7 @@
 //! concatenation for the text input; MaPLe's projections for the vision prompts); the towers' tapes
 //! give the gradients of those tensors; and the vars' gradients come from differentiating
 //! sum <tensor, its gradient> over all of them, through that small graph only.
+use super::coop::{CoopConfig, CoopContext};
 use super::StepOutput;
 use crate::clip::{Clip, VisionPrompts};
 use crate::{Error, Result};
@@ -115,4 +116,39 @@ fn surrogate(t: &Tensor, g: &Tensor) -> Result<Tensor> {
         s.sum_all()?
     }
     .to_dtype(DType::F32)?)
+}
+
+/// The first `n` token embeddings (n, d) of the words `ctx_init`: where the text context of IVLP,
+/// MaPLe and PromptSRC starts (the official `embedding[0, 1:1 + n_ctx]`). `option` names n.
+pub fn first_words(clip: &Clip, ctx_init: &str, n: usize, option: &str) -> Result<Tensor> {
+    let words = crate::classnames::prompt_text(ctx_init);
+    let ids = clip.tokenizer.encode_words(&words)?;
+    if ids.len() < n {
+        return Err(Error::InvalidArgument(format!(
+            "ctxInit `{words}` has {} tokens, fewer than {option} {n}",
+            ids.len()
+        )));
+    }
+    let ids = Tensor::new(&ids[..n], &clip.device)?;
+    Ok(clip.text.token_embedding.index_select(&ids, 0)?)
+}
+
+/// The text input context `ctx` (n, d) in prompts "[SOS] ctx [the rest of ctx_init] {class}."
+/// of `class_names`: the words of `ctx_init` past the n learned stay as fixed text.
+pub fn text_context(
+    clip: &Clip,
+    class_names: &[String],
+    ctx_init: &str,
+    ctx: Tensor,
+) -> Result<CoopContext> {
+    CoopContext::from_parts(
+        clip,
+        class_names,
+        CoopConfig {
+            n_ctx: Some(ctx.dim(0)?),
+            ctx_init: Some(crate::classnames::prompt_text(ctx_init)),
+            ..CoopConfig::default()
+        },
+        ctx,
+    )
 }
