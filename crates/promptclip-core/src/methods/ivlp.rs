@@ -188,6 +188,30 @@ impl IvlpLearner {
         })
     }
 
+    /// A learner from saved tensors under its var names.
+    pub(crate) fn restore(
+        clip: &Clip,
+        class_names: &[String],
+        config: IvlpConfig,
+        tensors: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<Self> {
+        let (dt, dv) = depths(clip, &config)?;
+        let text_deep = (1..dt)
+            .map(|i| super::saved(tensors, &text_name(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let vision = (0..dv)
+            .map(|i| super::saved(tensors, &vision_name(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_parts(
+            clip,
+            class_names,
+            config,
+            super::saved(tensors, "ctx")?,
+            text_deep,
+            vision,
+        )
+    }
+
     fn tensors(vars: &[Var], clip: &Clip) -> Result<Vec<Tensor>> {
         vars.iter()
             .map(|v| Ok(v.as_tensor().to_dtype(clip.dtype)?))
@@ -215,6 +239,49 @@ impl IvlpLearner {
                 input: &p[0],
                 deep: &p[1..],
             },
+        )
+    }
+}
+
+impl IvlpLearner {
+    /// One step through both prompted towers, `head` mapping the text features of the learner's
+    /// classes and the batch's image features to (loss, logits); PromptSRC's loss is another head.
+    pub(crate) fn step_with(
+        &self,
+        clip: &Clip,
+        pixels: &Tensor,
+        grad_scale: f64,
+        head: impl FnOnce(Features<'_>) -> Result<(Tensor, Tensor)>,
+    ) -> Result<StepOutput> {
+        let b = &self.context.buffers;
+        let used = b.eot.iter().max().map_or(1, |e| e + 1);
+        // (K, used, d): CoOp's concatenation, differentiable in ctx.
+        let prompts = self
+            .context
+            .assemble(self.context.ctx.as_tensor(), b)?
+            .narrow(1, 0, used)?;
+        let text_deep: Vec<Tensor> = self
+            .text_deep
+            .iter()
+            .map(|v| v.as_tensor().clone())
+            .collect();
+        let vision: Vec<Tensor> = self.vision.iter().map(|v| v.as_tensor().clone()).collect();
+        towers::step(
+            clip,
+            TextSide {
+                embeds: &prompts,
+                eot: &b.eot,
+                shared: self.context.shared_len(),
+                deep: &text_deep,
+            },
+            ImageSide {
+                pixels,
+                input: &vision[0],
+                deep: &vision[1..],
+            },
+            &self.vars(),
+            grad_scale,
+            head,
         )
     }
 }
@@ -285,39 +352,10 @@ impl Learner for IvlpLearner {
         labels: &Tensor,
         grad_scale: f64,
     ) -> Result<StepOutput> {
-        let b = &self.context.buffers;
-        let used = b.eot.iter().max().map_or(1, |e| e + 1);
-        // (K, used, d): CoOp's concatenation, differentiable in ctx.
-        let prompts = self
-            .context
-            .assemble(self.context.ctx.as_tensor(), b)?
-            .narrow(1, 0, used)?;
-        let text_deep: Vec<Tensor> = self
-            .text_deep
-            .iter()
-            .map(|v| v.as_tensor().clone())
-            .collect();
-        let vision: Vec<Tensor> = self.vision.iter().map(|v| v.as_tensor().clone()).collect();
-        towers::step(
-            clip,
-            TextSide {
-                embeds: &prompts,
-                eot: &b.eot,
-                shared: self.context.shared_len(),
-                deep: &text_deep,
-            },
-            ImageSide {
-                pixels: batch.pixels()?,
-                input: &vision[0],
-                deep: &vision[1..],
-            },
-            &self.vars(),
-            grad_scale,
-            |f: Features<'_>| {
-                let logits = clip.logits(f.image, f.text)?;
-                Ok((crate::loss::cross_entropy(&logits, labels)?, logits))
-            },
-        )
+        self.step_with(clip, batch.pixels()?, grad_scale, |f: Features<'_>| {
+            let logits = clip.logits(f.image, f.text)?;
+            Ok((crate::loss::cross_entropy(&logits, labels)?, logits))
+        })
     }
 
     fn scorer<'a>(
@@ -418,20 +456,11 @@ pub const SPEC: MethodSpec = MethodSpec {
     },
     restore: |clip, meta, tensors, _runtime| {
         let config: IvlpConfig = super::parse_options("ivlp", meta.options.clone())?;
-        let (dt, dv) = depths(clip, &config)?;
-        let text_deep = (1..dt)
-            .map(|i| super::saved(tensors, &text_name(i)))
-            .collect::<Result<Vec<_>>>()?;
-        let vision = (0..dv)
-            .map(|i| super::saved(tensors, &vision_name(i)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Box::new(IvlpLearner::from_parts(
+        Ok(Box::new(IvlpLearner::restore(
             clip,
             &meta.class_names,
             config,
-            super::saved(tensors, "ctx")?,
-            text_deep,
-            vision,
+            tensors,
         )?))
     },
 };

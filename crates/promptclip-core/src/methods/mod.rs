@@ -14,7 +14,8 @@
 //! - `tip-adapter-f`: the same cache with its keys fine-tuned;
 //! - `vpt`: VPT-deep, learned tokens inside the image tower (Jia et al., ECCV 2022);
 //! - `ivlp`: independent prompts inside both towers (MaPLe's baseline, CVPR 2023);
-//! - `maple`: prompts in both towers, the image tower's mapped from the text's (CVPR 2023).
+//! - `maple`: prompts in both towers, the image tower's mapped from the text's (CVPR 2023);
+//! - `promptsrc`: IVLP regularised towards the frozen CLIP, prompts averaged over epochs (ICCV 2023).
 //!
 //! A learner's life: `create` (shapes from the model and options), an optional `prepare` that
 //! sees the training and validation data and may allocate state (a cache, a closed-form fit),
@@ -35,6 +36,7 @@ pub mod ivlp;
 pub mod kgcoop;
 pub mod linear_probe;
 pub mod maple;
+pub mod promptsrc;
 pub mod tip_adapter;
 pub mod tip_adapter_f;
 pub mod towers;
@@ -267,6 +269,25 @@ pub trait Learner: Send + Sync + std::fmt::Debug {
         Ok(None)
     }
 
+    /// Before the first SGD epoch of a run: a learner that keeps state across the run's epochs
+    /// (PromptSRC's running prompt aggregate) starts it afresh (`resumed` None) or from a
+    /// checkpoint's `run_state` and its completed epochs. The default keeps nothing.
+    fn start_run(&self, _resumed: Option<(&HashMap<String, Tensor>, usize)>) -> Result<()> {
+        Ok(())
+    }
+
+    /// After each SGD epoch (`epoch` from 0, of `epochs`), before its checkpoint. The default
+    /// does nothing.
+    fn epoch_end(&self, _epoch: usize, _epochs: usize) -> Result<()> {
+        Ok(())
+    }
+
+    /// The run's state kept across epochs, by name: written into checkpoints so that a resumed
+    /// run ends bit for bit where an uninterrupted one does (not saved with the learner).
+    fn run_state(&self) -> Vec<(String, Tensor)> {
+        vec![]
+    }
+
     /// After the last SGD step (a resumed run too): choose what validation decides (Tip-Adapter-F's
     /// alpha and beta). The default does nothing.
     fn finish(&self, _clip: &Clip, _data: &mut dyn FitData) -> Result<Option<FitReport>> {
@@ -356,6 +377,7 @@ pub static METHODS: &[MethodSpec] = &[
     vpt::SPEC,
     ivlp::SPEC,
     maple::SPEC,
+    promptsrc::SPEC,
 ];
 
 pub fn spec(name: &str) -> Result<&'static MethodSpec> {

@@ -188,11 +188,13 @@ pub fn save(
     meta: &CheckpointMeta,
     params: &[(String, Tensor)],
     optimizer: &[(String, Tensor)],
+    run: &[(String, Tensor)],
 ) -> Result<()> {
     let mut named: Vec<(String, &Tensor)> = params
         .iter()
         .map(|(n, t)| (format!("param.{n}"), t))
         .collect();
+    named.extend(run.iter().map(|(n, t)| (format!("run.{n}"), t)));
     // Already named by kind (`momentum.ctx`, `exp_avg.ctx`: `Optimizer::state`).
     named.extend(optimizer.iter().map(|(n, t)| (n.clone(), t)));
     let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
@@ -209,6 +211,8 @@ pub struct Loaded {
     pub params: HashMap<String, Tensor>,
     /// The optimiser's state by its names (`momentum.ctx`, `exp_avg.ctx`, ...).
     pub optimizer: HashMap<String, Tensor>,
+    /// The learner's state across the run's epochs (`Learner::run_state`), by its names.
+    pub run: HashMap<String, Tensor>,
 }
 
 pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
@@ -279,16 +283,21 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
     }
     let mut params = HashMap::new();
     let mut optimizer = HashMap::new();
+    let mut run = HashMap::new();
     for (name, t) in tensors {
-        match name.strip_prefix("param.") {
-            Some(n) => params.insert(n.to_string(), t),
-            None => optimizer.insert(name, t),
-        };
+        if let Some(n) = name.strip_prefix("param.") {
+            params.insert(n.to_string(), t);
+        } else if let Some(n) = name.strip_prefix("run.") {
+            run.insert(n.to_string(), t);
+        } else {
+            optimizer.insert(name, t);
+        }
     }
     Ok(Loaded {
         meta,
         params,
         optimizer,
+        run,
     })
 }
 
@@ -449,5 +458,11 @@ pub(super) fn save_checkpoint(
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
         .collect();
     let names: Vec<String> = vars.iter().map(|(n, _)| n.clone()).collect();
-    save(path, &meta, &params, &optimizer.state(&names))
+    save(
+        path,
+        &meta,
+        &params,
+        &optimizer.state(&names),
+        &model.run_state(),
+    )
 }

@@ -242,6 +242,7 @@ fn train_epochs(
             var.set(&p.to_dtype(var.dtype())?)?;
         }
         optimizer.restore(&vars, &ck.optimizer, m.global_step, &path)?;
+        model.start_run(Some((&ck.run, m.epochs_done)))?;
         start = Position {
             epoch: m.epochs_done,
             step: m.step_in_epoch,
@@ -257,6 +258,8 @@ fn train_epochs(
         if scaler.is_some() {
             scaler = Some(m.loss_scaler.unwrap_or_default());
         }
+    } else {
+        model.start_run(None)?;
     }
     let (bs, steps_per_epoch) = step_shape(data.sources.len(), config.batch_size);
     if start.step >= steps_per_epoch {
@@ -536,6 +539,7 @@ fn run_epochs<'b>(
         summary
             .epoch_accuracy
             .push(100.0 * correct as f32 / seen as f32);
+        model.epoch_end(epoch, config.epochs)?;
         if let Some(path) = &config.checkpoint_path {
             if (epoch + 1) % config.checkpoint_every == 0 || epoch + 1 == config.epochs {
                 let at = Position {
