@@ -16,9 +16,11 @@ for (const o of ours) {
         ? 'prompts/s'
         : o.what.startsWith('coop_step')
           ? 'steps/s'
-          : o.what.startsWith('tip_adapter')
-            ? 'runs/s'
-            : 'images/s'
+          : /^(maple|promptsrc)_step/.test(o.what)
+            ? 'images/s'
+            : o.what.startsWith('tip_adapter')
+              ? 'runs/s'
+              : 'images/s'
     rows.push({
       measure: t.what,
       unit,

@@ -3,6 +3,7 @@
 //!   promptclip-bench encode <checkpoint.safetensors> [ViT-B/16|RN50|...] [images-dir]
 //!   promptclip-bench features <checkpoint.safetensors> <arch> <out-prefix>
 //!   promptclip-bench tip-adapter <checkpoint.safetensors> <images-dir>   (ViT-B/16; see adapters.rs)
+//!   promptclip-bench deep-prompts <checkpoint.safetensors> <maple|promptsrc> <batch>   (ViT-B/16)
 //!
 //! Writes the checkpoint first when it does not exist. Prints one JSON line per measurement;
 //! bench/run.sh runs the PyTorch counterpart on the same machine and prints the ratios.
@@ -170,6 +171,7 @@ fn cocoop_step(clip: &Clip, k: usize, batch: usize, reps: usize) -> f64 {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod adapters;
+mod deep_prompts;
 mod gpu;
 
 fn main() {
@@ -205,6 +207,18 @@ fn main() {
         println!(
             "{}",
             serde_json::json!({"impl": "promptclip", "what": format!("cocoop_step_b{batch}"), "arch": "ViT-B/16", "classes": k, "batch": batch, "seconds": s, "seconds_per_image": s / batch as f64, "per_second": batch as f64 / s, "peak_rss_mib": peak_rss_mib()})
+        );
+        return;
+    }
+    if args.len() >= 5 && args[1] == "deep-prompts" {
+        let clip = random_clip(Path::new(&args[2]), &RandomClipSpec::VIT_B_16);
+        let method = args[3].as_str();
+        let batch: usize = args[4].parse().expect("batch size");
+        let k = 100;
+        let s = deep_prompts::step(&clip, method, k, batch, if batch > 8 { 1 } else { 2 });
+        println!(
+            "{}",
+            serde_json::json!({"impl": "promptclip", "what": format!("{method}_step_b{batch}"), "arch": "ViT-B/16", "classes": k, "batch": batch, "threads": threads(), "seconds": s, "per_second": batch as f64 / s, "peak_rss_mib": peak_rss_mib()})
         );
         return;
     }

@@ -3,7 +3,7 @@
 // `npm run gen:methods` regenerates it; `npm run build:ts` and __test__/catalogue.spec.ts fail when it is stale.
 
 /** The methods promptclip has, in the order tables list them; each is a learner on a frozen CLIP. */
-export type Method = 'linear-probe' | 'coop' | 'cocoop' | 'kgcoop' | 'clip-adapter' | 'tip-adapter' | 'tip-adapter-f' | 'vpt'
+export type Method = 'linear-probe' | 'coop' | 'cocoop' | 'kgcoop' | 'clip-adapter' | 'tip-adapter' | 'tip-adapter-f' | 'vpt' | 'ivlp' | 'maple' | 'promptsrc'
 
 /** Linear probe: Radford et al.: Learning Transferable Visual Models From Natural Language Supervision (ICML 2021). Fitted by feature-fit; scores own-classes. */
 export interface LinearProbeFields {
@@ -137,6 +137,66 @@ export interface VptFields {
   seed?: number
 }
 
+/** IVLP: Independent vision-language prompting, the baseline of Khattak, Rasheed, Maaz, Khan, Khan: MaPLe: Multi-modal Prompt Learning (CVPR 2023). Fitted by sgd; scores any-classes. */
+export interface IvlpFields {
+  /** learned text tokens (of ctxInit's) at the input and per deep text layer; a whole number, at least 1; default 2. */
+  nCtxText?: number
+  /** image prompt tokens per layer; a whole number, at least 1; default 2. */
+  nCtxVision?: number
+  /** text layers with their own prompts, from the input (default: every layer); a whole number, at least 1. */
+  depthText?: number
+  /** image layers with their own prompts, from the input (default: every layer); a whole number, at least 1. */
+  depthVision?: number
+  /** words the text context starts from; its first nCtxText tokens are learned, the rest stay as fixed text; default "a photo of a". */
+  ctxInit?: string
+  /** standard deviation of the deep and image prompts' random initialisation; default 0.02. */
+  initStd?: number
+  /** seed of every random initialisation of the learner; a whole number, at least 0; default 1. */
+  seed?: number
+}
+
+/** MaPLe: Khattak, Rasheed, Maaz, Khan, Khan: MaPLe: Multi-modal Prompt Learning (CVPR 2023). Fitted by sgd; scores any-classes. */
+export interface MapleFields {
+  /** prompt tokens in each tower (the text's of ctxInit's); a whole number, at least 1; default 2. */
+  nCtx?: number
+  /** layers of both towers with their own prompts, from the input (default 9, or every layer of a shallower model); a whole number, at least 1. */
+  depth?: number
+  /** words the text context starts from; its first nCtx tokens are learned, the rest stay as fixed text; default "a photo of a". */
+  ctxInit?: string
+  /** standard deviation of the deep text prompts' random initialisation; default 0.02. */
+  initStd?: number
+  /** seed of every random initialisation of the learner; a whole number, at least 0; default 1. */
+  seed?: number
+}
+
+/** PromptSRC: Khattak, Wasim, Naseer, Khan, Yang, Khan: Self-regulating Prompts: Foundational Model Adaptation without Forgetting (ICCV 2023). Fitted by sgd; scores any-classes. */
+export interface PromptsrcFields {
+  /** learned text tokens (of ctxInit's) at the input and per deep text layer; a whole number, at least 1; default 4. */
+  nCtxText?: number
+  /** image prompt tokens per layer; a whole number, at least 1; default 4. */
+  nCtxVision?: number
+  /** text layers with their own prompts (default 9, or every layer of a shallower tower); a whole number, at least 1. */
+  depthText?: number
+  /** image layers with their own prompts (default 9, or every layer of a shallower tower); a whole number, at least 1. */
+  depthVision?: number
+  /** words the text context starts from; its first nCtxText tokens are learned; default "a photo of a". */
+  ctxInit?: string
+  /** standard deviation of the deep and image prompts' random initialisation; default 0.02. */
+  initStd?: number
+  /** weight of the L1 pull of the text features towards the frozen templates' (25); default 25. */
+  textLossWeight?: number
+  /** weight of the L1 pull of the image features towards the frozen tower's (10); default 10. */
+  imageLossWeight?: number
+  /** mean epoch of the Gaussian prompt aggregation (15); default 15. */
+  gpaMean?: number
+  /** standard deviation in epochs of the Gaussian prompt aggregation (1); above 0; default 1. */
+  gpaStd?: number
+  /** templates whose mean frozen features the text features are pulled towards (default: the official 60 ImageNet templates). */
+  templates?: string[]
+  /** seed of every random initialisation of the learner; a whole number, at least 0; default 1. */
+  seed?: number
+}
+
 /** Each method's own options, by method. */
 export interface MethodFields {
   'linear-probe': LinearProbeFields
@@ -147,4 +207,7 @@ export interface MethodFields {
   'tip-adapter': TipAdapterFields
   'tip-adapter-f': TipAdapterFFields
   vpt: VptFields
+  ivlp: IvlpFields
+  maple: MapleFields
+  promptsrc: PromptsrcFields
 }
