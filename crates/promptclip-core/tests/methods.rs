@@ -466,7 +466,11 @@ fn the_catalogue_documents_each_config_field_with_its_type_and_default() {
             "kgcoop",
             "clip-adapter",
             "tip-adapter",
-            "tip-adapter-f"
+            "tip-adapter-f",
+            "vpt",
+            "ivlp",
+            "maple",
+            "promptsrc"
         ]
     );
     for e in &entries {
@@ -489,9 +493,11 @@ fn the_catalogue_documents_each_config_field_with_its_type_and_default() {
                 OptionKind::Number { .. } => d.is_null() || d.is_f64(),
                 OptionKind::Boolean => d.is_boolean(),
                 OptionKind::String => d.is_null() || d.is_string(),
-                OptionKind::StringList => d
-                    .as_array()
-                    .is_some_and(|a| a.iter().all(|s| s.is_string())),
+                OptionKind::StringList => {
+                    d.is_null()
+                        || d.as_array()
+                            .is_some_and(|a| a.iter().all(|s| s.is_string()))
+                }
                 OptionKind::Choice { choices } => choices.contains(&d.as_str().unwrap()),
             };
             assert!(
@@ -556,7 +562,17 @@ fn recipes_follow_the_protocol_shots_and_dataset() {
     assert_eq!(epochs("coop", Some(16), Some("imagenet")), 50);
     assert_eq!(epochs("coop", None, None), 50);
     assert_eq!(epochs("cocoop", Some(16), None), 10);
-    assert!(catalogue::recipe("maple", RecipeFor::default()).is_err());
+    assert!(catalogue::recipe("no-such-method", RecipeFor::default()).is_err());
+    // The prompts-in-the-encoders methods: their official configs, whatever the shots.
+    for (method, epochs, lr) in [
+        ("vpt", 5, 0.0025),
+        ("ivlp", 5, 0.0035),
+        ("maple", 5, 0.0035),
+        ("promptsrc", 20, 0.0025),
+    ] {
+        let r = catalogue::recipe(method, RecipeFor::default()).unwrap();
+        assert_eq!((r.epochs, r.batch_size, r.lr), (epochs, 4, lr), "{method}");
+    }
     // The training options carry the protocol's shots to the recipe.
     let options = TrainOptions::from_json(json!({ "shots": 8, "dataset": "oxford_pets" })).unwrap();
     assert_eq!(

@@ -15,8 +15,7 @@
 //! hard-codes ViT-B/16's 512 and 768).
 use super::catalogue::{ClassBinding, Fitting, OptionDoc, OptionKind, RecipeFor, Takes, SEED};
 use super::coop::{ClassBuffers, CoopContext};
-use super::towers::{self, Features, ImageSide, TextSide};
-use super::vpt::needs_vit;
+use super::towers::{self, needs_vit, Features, ImageSide, TextSide};
 use super::StepOutput;
 use super::{Batch, LearnedContext, Learner, LearnerMeta, MethodSpec, Recipe, Runtime, Scorer};
 use crate::clip::{Clip, VisionPrompts};

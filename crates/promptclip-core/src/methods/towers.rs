@@ -1,4 +1,5 @@
-//! One training step of a learner whose prompts sit inside CLIP's towers (IVLP, MaPLe,
+//! What the learners whose prompts sit inside CLIP's towers share (IVLP, MaPLe, PromptSRC; VPT
+//! for `needs_vit`): one training step through both prompted towers (IVLP, MaPLe,
 //! PromptSRC; VPT's text side is frozen): both towers run their own training passes, and the
 //! pieces are chained by hand as `prompt_loss_and_grads` does for the text side alone.
 //!
@@ -6,6 +7,7 @@
 //! concatenation for the text input; MaPLe's projections for the vision prompts); the towers' tapes
 //! give the gradients of those tensors; and the vars' gradients come from differentiating
 //! sum <tensor, its gradient> over all of them, through that small graph only.
+use super::catalogue::Takes;
 use super::coop::{CoopConfig, CoopContext};
 use super::StepOutput;
 use crate::clip::{Clip, VisionPrompts};
@@ -151,4 +153,20 @@ pub fn text_context(
         },
         ctx,
     )
+}
+
+/// Why a CLIP cannot take this method, in the user's words: the methods that do work on it.
+pub fn needs_vit(clip: &Clip, method: &str) -> Result<()> {
+    if clip.has_vit() {
+        return Ok(());
+    }
+    let working: Vec<&str> = super::METHODS
+        .iter()
+        .filter(|s| s.takes == Takes::ImageFeatures)
+        .map(|s| s.name)
+        .collect();
+    Err(Error::Unsupported(format!(
+        "{method} puts tokens inside a ViT image tower, and this CLIP's is a ResNet; the methods that work on it: {}",
+        working.join(", ")
+    )))
 }

@@ -12,6 +12,7 @@
 //! the image tower's own training pass (`Clip::image_features_train`), which computes no gradient
 //! of a frozen weight.
 use super::catalogue::{ClassBinding, Fitting, OptionDoc, OptionKind, RecipeFor, Takes, SEED};
+use super::towers::needs_vit;
 use super::{Batch, Learner, LearnerMeta, MethodSpec, Recipe, Runtime, Scorer, StepOutput};
 use crate::clip::{Clip, VisionPrompts};
 use crate::rng::Rng;
@@ -60,22 +61,6 @@ pub struct VptLearner {
 /// The name of layer i's prompt in learner files and checkpoints.
 fn prompt_name(i: usize) -> String {
     format!("vision_prompt.{i}")
-}
-
-/// Why a CLIP cannot take this method, in the user's words: the methods that do work on it.
-pub(crate) fn needs_vit(clip: &Clip, method: &str) -> Result<()> {
-    if clip.has_vit() {
-        return Ok(());
-    }
-    let working: Vec<&str> = super::METHODS
-        .iter()
-        .filter(|s| s.takes == Takes::ImageFeatures)
-        .map(|s| s.name)
-        .collect();
-    Err(Error::Unsupported(format!(
-        "{method} puts tokens inside a ViT image tower, and this CLIP's is a ResNet; the methods that work on it: {}",
-        working.join(", ")
-    )))
 }
 
 impl VptLearner {
