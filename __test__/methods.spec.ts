@@ -121,8 +121,8 @@ test('every error is a PromptclipError with a code, whatever raised it', async (
   t.is((err as PromptclipError).code, 'E_INVALID_ARGUMENT')
   t.false(err?.message.startsWith('['))
   t.is(((err as Error).cause as { code?: string }).code, 'E_INVALID_ARGUMENT')
-  t.throws(() => PromptLearner.create(clip, 'maple' as 'coop', { classNames: CLASSES }), {
-    message: /method `maple`: expected one of linear-probe, coop, cocoop, kgcoop/,
+  t.throws(() => PromptLearner.create(clip, 'no-such-method' as 'coop', { classNames: CLASSES }), {
+    message: /method `no-such-method`: expected one of linear-probe, coop, cocoop, kgcoop/,
   })
   // Cancelling rejects with the web platform's AbortError, keeping a code.
   const ac = new AbortController()

@@ -5,7 +5,7 @@ import { failuresOf, type ImageFailure } from './clip'
 import { requireTwoClasses } from './datasets/checks'
 import { AbortError, invalidArgument, native, ProgressRelay, PromptclipError } from './errors'
 import { checkFingerprint, dataFingerprint, type Fingerprint, modelFingerprint } from './fingerprint'
-import { type ImageInput, MAX_COUNT, toNativeImages, toNativeTrainOptions } from './options'
+import { type ImageInput, toNativeImages, toNativeTrainOptions } from './options'
 import { lockOutput } from './outputLock'
 import type { PromptLearner } from './prompt'
 
@@ -103,9 +103,9 @@ export interface TrainSummary {
 }
 
 /** Labels indexing `classNames` (the learner's), with a dataset's own class names mapped onto them
- *  by name. The core checks the rest (an empty dataset, as many labels as images, labels below the
- *  learner's class count); here only what it cannot see: labels that napi's u32 would garble, and
- *  labels of the dataset's own class list. */
+ *  by name. Each label must index its class list (the dataset's own when it has one): the mapping
+ *  and the two-class check here name classes by it, and napi's u32 would garble a negative one.
+ *  The core checks the rest (an empty dataset, as many labels as images). */
 export function alignLabels(data: Dataset, classNames: string[], what = 'dataset'): number[] {
   if (!data || !Array.isArray(data.images) || !Array.isArray(data.labels)) {
     throw invalidArgument(`${what} must be { images: [...], labels: [...] }`)
@@ -113,7 +113,7 @@ export function alignLabels(data: Dataset, classNames: string[], what = 'dataset
   const own = data.classNames ?? classNames
   const mapped = data.classNames !== undefined && !data.classNames.every((n, i) => n === classNames[i])
   for (const [i, l] of data.labels.entries()) {
-    if (!Number.isInteger(l) || l < 0 || l > MAX_COUNT || (mapped && l >= own.length)) {
+    if (!Number.isInteger(l) || l < 0 || l >= own.length) {
       throw invalidArgument(`${what}: labels[${i}] = ${l} is out of range for ${own.length} classes`)
     }
   }

@@ -1,12 +1,13 @@
-//! What the learners whose prompts sit inside CLIP's towers share (IVLP, MaPLe, PromptSRC; VPT
-//! for `needs_vit`): one training step through both prompted towers (IVLP, MaPLe,
-//! PromptSRC; VPT's text side is frozen): both towers run their own training passes, and the
-//! pieces are chained by hand as `prompt_loss_and_grads` does for the text side alone.
+//! What the learners with prompts inside CLIP's towers share: `step`, one training step through
+//! both prompted towers (IVLP, MaPLe, PromptSRC; VPT prompts the image tower only and keeps its
+//! own), the text context they start from (`first_words`, `text_context`), and `needs_vit`.
 //!
-//! The learner builds its prompt tensors from its vars with a small autograd graph (CoOp's
-//! concatenation for the text input; MaPLe's projections for the vision prompts); the towers' tapes
-//! give the gradients of those tensors; and the vars' gradients come from differentiating
-//! sum <tensor, its gradient> over all of them, through that small graph only.
+//! In a step both towers run their own training passes, and the pieces are chained by hand as
+//! `prompt_loss_and_grads` does for the text side alone: the learner builds its prompt tensors
+//! from its vars with a small autograd graph (CoOp's concatenation for the text input; MaPLe's
+//! maps for the image prompts); the towers' tapes give the gradients of those tensors; and the
+//! vars' gradients come from differentiating sum <tensor, its gradient> over all of them, through
+//! that small graph only.
 use super::catalogue::Takes;
 use super::coop::{CoopConfig, CoopContext};
 use super::StepOutput;
