@@ -219,14 +219,7 @@ impl IvlpLearner {
 
     /// Text features (K, E) of a class list's prompts (no gradients).
     pub fn text_features(&self, clip: &Clip, buffers: &ClassBuffers) -> Result<Tensor> {
-        let prompts = self
-            .context
-            .assemble(self.context.ctx.as_tensor(), buffers)?;
-        clip.encode_text_embeds_prompted(
-            &prompts.to_dtype(clip.dtype)?,
-            &buffers.eot,
-            &Self::tensors(&self.text_deep, clip)?,
-        )
+        towers::prompted_text_features(clip, &self.context, &self.text_deep, buffers)
     }
 
     /// Image features (B, E) of pixels with the image prompts (no gradients).
@@ -253,12 +246,7 @@ impl IvlpLearner {
         head: impl FnOnce(Features<'_>) -> Result<(Tensor, Tensor)>,
     ) -> Result<StepOutput> {
         let b = &self.context.buffers;
-        let used = b.eot.iter().max().map_or(1, |e| e + 1);
-        // (K, used, d): CoOp's concatenation, differentiable in ctx.
-        let prompts = self
-            .context
-            .assemble(self.context.ctx.as_tensor(), b)?
-            .narrow(1, 0, used)?;
+        let prompts = towers::own_prompts(&self.context)?;
         let text_deep: Vec<Tensor> = self
             .text_deep
             .iter()
@@ -282,28 +270,6 @@ impl IvlpLearner {
             grad_scale,
             head,
         )
-    }
-}
-
-/// The prompted towers scored against a class list's prompted text features (K, E).
-struct IvlpScorer<'a> {
-    learner: &'a IvlpLearner,
-    clip: &'a Clip,
-    text: Tensor,
-}
-
-impl Scorer for IvlpScorer<'_> {
-    fn logits(&self, _image_features: &Tensor) -> Result<Tensor> {
-        Err(Error::Internal(
-            "ivlp scores images (its prompts are inside the image tower), not cached features"
-                .into(),
-        ))
-    }
-
-    fn batch_logits(&self, batch: &Batch<'_>) -> Result<Tensor> {
-        let h = self.clip.head_dtype();
-        let f = self.learner.image_features(self.clip, batch.pixels()?)?;
-        self.clip.logits(&f.to_dtype(h)?, &self.text.to_dtype(h)?)
     }
 }
 
@@ -339,9 +305,7 @@ impl Learner for IvlpLearner {
     }
 
     fn logits(&self, _clip: &Clip, _image_features: &Tensor) -> Result<Tensor> {
-        Err(Error::Internal(
-            "ivlp's logits need images: its prompts are inside the image tower".into(),
-        ))
+        Err(towers::needs_images(SPEC.name))
     }
 
     fn batch_loss_and_grads(
@@ -366,10 +330,11 @@ impl Learner for IvlpLearner {
             Some(names) => self.context.buffers_for(clip, names)?,
             None => self.context.buffers.clone(),
         };
-        Ok(Box::new(IvlpScorer {
-            learner: self,
+        Ok(Box::new(towers::ImageScorer {
             clip,
+            method: SPEC.name,
             text: self.text_features(clip, &buffers)?,
+            image_features: move |pixels: &Tensor| self.image_features(clip, pixels),
         }))
     }
 

@@ -227,15 +227,7 @@ impl MapleLearner {
 
     /// Text features (K, E) of a class list's prompts (no gradients).
     pub fn text_features(&self, clip: &Clip, buffers: &ClassBuffers) -> Result<Tensor> {
-        let prompts = self
-            .context
-            .assemble(self.context.ctx.as_tensor(), buffers)?;
-        let deep = self
-            .text_deep_tensors()
-            .iter()
-            .map(|t| Ok(t.to_dtype(clip.dtype)?))
-            .collect::<Result<Vec<_>>>()?;
-        clip.encode_text_embeds_prompted(&prompts.to_dtype(clip.dtype)?, &buffers.eot, &deep)
+        towers::prompted_text_features(clip, &self.context, &self.text_deep, buffers)
     }
 
     /// Image features (B, E) of pixels with the coupled image prompts (no gradients).
@@ -252,27 +244,6 @@ impl MapleLearner {
                 deep: &p[1..],
             },
         )
-    }
-}
-
-struct MapleScorer<'a> {
-    learner: &'a MapleLearner,
-    clip: &'a Clip,
-    text: Tensor,
-}
-
-impl Scorer for MapleScorer<'_> {
-    fn logits(&self, _image_features: &Tensor) -> Result<Tensor> {
-        Err(Error::Internal(
-            "maple scores images (its prompts are inside the image tower), not cached features"
-                .into(),
-        ))
-    }
-
-    fn batch_logits(&self, batch: &Batch<'_>) -> Result<Tensor> {
-        let h = self.clip.head_dtype();
-        let f = self.learner.image_features(self.clip, batch.pixels()?)?;
-        self.clip.logits(&f.to_dtype(h)?, &self.text.to_dtype(h)?)
     }
 }
 
@@ -307,9 +278,7 @@ impl Learner for MapleLearner {
     }
 
     fn logits(&self, _clip: &Clip, _image_features: &Tensor) -> Result<Tensor> {
-        Err(Error::Internal(
-            "maple's logits need images: its prompts are inside the image tower".into(),
-        ))
+        Err(towers::needs_images(SPEC.name))
     }
 
     fn batch_loss_and_grads(
@@ -320,11 +289,7 @@ impl Learner for MapleLearner {
         grad_scale: f64,
     ) -> Result<StepOutput> {
         let b = &self.context.buffers;
-        let used = b.eot.iter().max().map_or(1, |e| e + 1);
-        let prompts = self
-            .context
-            .assemble(self.context.ctx.as_tensor(), b)?
-            .narrow(1, 0, used)?; // (K, used, d_t)
+        let prompts = towers::own_prompts(&self.context)?; // (K, used, d_t)
         let text_deep = self.text_deep_tensors();
         let vision = self.vision_prompts()?;
         towers::step(
@@ -358,10 +323,11 @@ impl Learner for MapleLearner {
             Some(names) => self.context.buffers_for(clip, names)?,
             None => self.context.buffers.clone(),
         };
-        Ok(Box::new(MapleScorer {
-            learner: self,
+        Ok(Box::new(towers::ImageScorer {
             clip,
+            method: SPEC.name,
             text: self.text_features(clip, &buffers)?,
+            image_features: move |pixels: &Tensor| self.image_features(clip, pixels),
         }))
     }
 

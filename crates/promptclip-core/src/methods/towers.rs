@@ -9,8 +9,9 @@
 //! vars' gradients come from differentiating sum <tensor, its gradient> over all of them, through
 //! that small graph only.
 use super::catalogue::Takes;
+use super::coop::ClassBuffers;
 use super::coop::{CoopConfig, CoopContext};
-use super::StepOutput;
+use super::{Batch, Scorer, StepOutput};
 use crate::clip::{Clip, VisionPrompts};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var, D};
@@ -170,4 +171,59 @@ pub fn needs_vit(clip: &Clip, method: &str) -> Result<()> {
         "{method} puts tokens inside a ViT image tower, and this CLIP's is a ResNet; the methods that work on it: {}",
         working.join(", ")
     )))
+}
+
+/// The error for asking a learner whose prompts are inside the image tower to score features
+/// cached from the frozen tower.
+pub fn needs_images(method: &str) -> Error {
+    Error::Internal(format!(
+        "{method} scores images (its prompts are inside the image tower), not cached image features"
+    ))
+}
+
+/// A batch's pixels through a learner's prompted image tower (`image_features`), against text
+/// features (K, E) computed once.
+pub struct ImageScorer<'a, F> {
+    pub clip: &'a Clip,
+    pub method: &'static str,
+    pub text: Tensor,
+    pub image_features: F,
+}
+
+impl<F: Fn(&Tensor) -> Result<Tensor>> Scorer for ImageScorer<'_, F> {
+    fn logits(&self, _image_features: &Tensor) -> Result<Tensor> {
+        Err(needs_images(self.method))
+    }
+
+    fn batch_logits(&self, batch: &Batch<'_>) -> Result<Tensor> {
+        let h = self.clip.head_dtype();
+        let f = (self.image_features)(batch.pixels()?)?;
+        self.clip.logits(&f.to_dtype(h)?, &self.text.to_dtype(h)?)
+    }
+}
+
+/// The prompts of `context`'s own classes (K, used, d), cut after the last EOT (later positions
+/// cannot change a causal encoder read at EOT): CoOp's concatenation, differentiable in ctx.
+pub fn own_prompts(context: &CoopContext) -> Result<Tensor> {
+    let b = &context.buffers;
+    let used = b.eot.iter().max().map_or(1, |e| e + 1);
+    Ok(context
+        .assemble(context.ctx.as_tensor(), b)?
+        .narrow(1, 0, used)?)
+}
+
+/// Text features (K, E) of a class list's prompts with `context` at the input and the deep text
+/// prompts `deep` (no gradients).
+pub fn prompted_text_features(
+    clip: &Clip,
+    context: &CoopContext,
+    deep: &[Var],
+    buffers: &ClassBuffers,
+) -> Result<Tensor> {
+    let prompts = context.assemble(context.ctx.as_tensor(), buffers)?;
+    let deep = deep
+        .iter()
+        .map(|v| Ok(v.as_tensor().to_dtype(clip.dtype)?))
+        .collect::<Result<Vec<_>>>()?;
+    clip.encode_text_embeds_prompted(&prompts.to_dtype(clip.dtype)?, &buffers.eot, &deep)
 }

@@ -12,7 +12,7 @@
 //! the image tower's own training pass (`Clip::image_features_train`), which computes no gradient
 //! of a frozen weight.
 use super::catalogue::{ClassBinding, Fitting, OptionDoc, OptionKind, RecipeFor, Takes, SEED};
-use super::towers::needs_vit;
+use super::towers::{self, needs_vit};
 use super::{Batch, Learner, LearnerMeta, MethodSpec, Recipe, Runtime, Scorer, StepOutput};
 use crate::clip::{Clip, VisionPrompts};
 use crate::rng::Rng;
@@ -162,28 +162,6 @@ fn text_features(clip: &Clip, class_names: &[String], template: &str) -> Result<
     Ok(t.to_dtype(clip.head_dtype())?)
 }
 
-/// The prompted image tower scored against text features (K, E).
-struct VptScorer<'a> {
-    learner: &'a VptLearner,
-    clip: &'a Clip,
-    text: Tensor,
-}
-
-impl Scorer for VptScorer<'_> {
-    fn logits(&self, _image_features: &Tensor) -> Result<Tensor> {
-        Err(Error::Internal(
-            "vpt scores images (its prompts are inside the image tower), not cached features"
-                .into(),
-        ))
-    }
-
-    fn batch_logits(&self, batch: &Batch<'_>) -> Result<Tensor> {
-        let f = self.learner.image_features(self.clip, batch.pixels()?)?;
-        self.clip
-            .logits(&f.to_dtype(self.clip.head_dtype())?, &self.text)
-    }
-}
-
 impl Learner for VptLearner {
     fn meta(&self) -> LearnerMeta {
         LearnerMeta {
@@ -207,9 +185,7 @@ impl Learner for VptLearner {
     }
 
     fn logits(&self, _clip: &Clip, _image_features: &Tensor) -> Result<Tensor> {
-        Err(Error::Internal(
-            "vpt's logits need images: its prompts are inside the image tower".into(),
-        ))
+        Err(towers::needs_images(SPEC.name))
     }
 
     fn batch_loss_and_grads(
@@ -259,10 +235,11 @@ impl Learner for VptLearner {
             }
             _ => self.text.clone(),
         };
-        Ok(Box::new(VptScorer {
-            learner: self,
+        Ok(Box::new(towers::ImageScorer {
             clip,
+            method: SPEC.name,
             text,
+            image_features: move |pixels: &Tensor| self.image_features(clip, pixels),
         }))
     }
 }
