@@ -3,10 +3,10 @@
 //! logits, loss and every prompt's gradient on a batch, 20 SGD steps and the final prompts; and,
 //! through the registry, training, saving, loading, new class names and interpret.
 mod common;
-use candle_core::{DType, Tensor};
-use common::{colours, dev, fixtures, rel_err};
+use candle_core::Tensor;
+use common::{colours, dev, fixtures, pixel_batch, rel_err};
 use promptclip_core::methods::ivlp::{IvlpConfig, IvlpLearner};
-use promptclip_core::methods::{self, io, Batch, FrozenTower, Learner, Runtime};
+use promptclip_core::methods::{self, io, Learner, Runtime};
 use promptclip_core::train::optim::{Sgd, SgdConfig};
 use promptclip_core::train::{fit, TrainConfig};
 use promptclip_core::Clip;
@@ -23,24 +23,6 @@ fn fixture() -> (HashMap<String, Tensor>, HashMap<String, String>) {
 }
 
 const NAMES: [&str; 4] = ["ctx", "text_prompt_1", "vision_prompt_0", "vision_prompt_1"];
-
-fn batch<'a>(
-    clip: &'a Clip,
-    t: &HashMap<String, Tensor>,
-    k: usize,
-    b: usize,
-) -> (Batch<'a>, Tensor) {
-    let pixels = t["pixels"].narrow(0, k * b, b).unwrap();
-    let labels = t["labels"]
-        .narrow(0, k * b, b)
-        .unwrap()
-        .to_dtype(DType::U32)
-        .unwrap();
-    (
-        Batch::of_pixels(pixels, FrozenTower::Clip(clip), b).unwrap(),
-        labels,
-    )
-}
 
 #[test]
 fn loss_gradients_and_twenty_sgd_steps_equal_the_official_code() {
@@ -65,7 +47,7 @@ fn loss_gradients_and_twenty_sgd_steps_equal_the_official_code() {
     )
     .unwrap();
     let b: usize = md["batch"].parse().unwrap();
-    let (first, labels) = batch(&clip, &t, 0, b);
+    let (first, labels) = pixel_batch(&clip, &t, 0, b);
     let tf = l.text_features(&clip, &l.context.buffers).unwrap();
     let e = rel_err(&tf, &t["text_features"]);
     println!("text features: rel_err {e:.1e}");
@@ -101,7 +83,7 @@ fn loss_gradients_and_twenty_sgd_steps_equal_the_official_code() {
     let step_losses: Vec<f32> = t["step_losses"].to_vec1().unwrap();
     let batches = t["pixels"].dim(0).unwrap() / b;
     for (step, expected) in step_losses.iter().enumerate() {
-        let (x, y) = batch(&clip, &t, step % batches, b);
+        let (x, y) = pixel_batch(&clip, &t, step % batches, b);
         let out = l.batch_loss_and_grads(&clip, &x, &y, 1.0).unwrap();
         assert!(
             ((out.loss - expected) / expected).abs() < 1e-4,

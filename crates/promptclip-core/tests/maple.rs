@@ -3,14 +3,12 @@
 //! parameter (the text prompts through both towers, the couplings), 20 SGD steps and the final
 //! values; and, through the registry, the couplings' initialisation, training, saving and loading.
 mod common;
-use candle_core::{DType, Tensor};
-use common::{colours, dev, fixtures, rel_err};
+use common::{colours, dev, fixtures, pixel_batch, rel_err};
 use promptclip_core::methods::maple::{MapleConfig, MapleLearner};
-use promptclip_core::methods::{self, io, Batch, FrozenTower, Learner, Runtime};
+use promptclip_core::methods::{self, io, Learner, Runtime};
 use promptclip_core::train::optim::{Sgd, SgdConfig};
 use promptclip_core::train::{fit, TrainConfig};
 use promptclip_core::Clip;
-use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 
 fn hf_clip() -> Clip {
@@ -25,24 +23,6 @@ const NAMES: [&str; 6] = [
     "coupling_1_weight",
     "coupling_1_bias",
 ];
-
-fn batch<'a>(
-    clip: &'a Clip,
-    t: &HashMap<String, Tensor>,
-    k: usize,
-    b: usize,
-) -> (Batch<'a>, Tensor) {
-    let pixels = t["pixels"].narrow(0, k * b, b).unwrap();
-    let labels = t["labels"]
-        .narrow(0, k * b, b)
-        .unwrap()
-        .to_dtype(DType::U32)
-        .unwrap();
-    (
-        Batch::of_pixels(pixels, FrozenTower::Clip(clip), b).unwrap(),
-        labels,
-    )
-}
 
 #[test]
 fn loss_gradients_and_twenty_sgd_steps_equal_the_official_code() {
@@ -70,7 +50,7 @@ fn loss_gradients_and_twenty_sgd_steps_equal_the_official_code() {
     )
     .unwrap();
     let b: usize = md["batch"].parse().unwrap();
-    let (first, labels) = batch(&clip, &t, 0, b);
+    let (first, labels) = pixel_batch(&clip, &t, 0, b);
     assert!(
         rel_err(
             &l.text_features(&clip, &l.context.buffers).unwrap(),
@@ -110,7 +90,7 @@ fn loss_gradients_and_twenty_sgd_steps_equal_the_official_code() {
     let step_losses: Vec<f32> = t["step_losses"].to_vec1().unwrap();
     let batches = t["pixels"].dim(0).unwrap() / b;
     for (step, expected) in step_losses.iter().enumerate() {
-        let (x, y) = batch(&clip, &t, step % batches, b);
+        let (x, y) = pixel_batch(&clip, &t, step % batches, b);
         let out = l.batch_loss_and_grads(&clip, &x, &y, 1.0).unwrap();
         assert!(
             ((out.loss - expected) / expected).abs() < 1e-4,

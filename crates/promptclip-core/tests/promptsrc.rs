@@ -5,9 +5,9 @@
 //! mid-way and resumed ends bit for bit where an uninterrupted one does.
 mod common;
 use candle_core::{DType, Tensor};
-use common::{colours, dev, fixtures, rel_err};
+use common::{colours, dev, fixtures, pixel_batch, rel_err};
 use promptclip_core::methods::promptsrc::{PromptSrcConfig, PromptSrcLearner};
-use promptclip_core::methods::{self, io, Batch, FrozenTower, Learner, Runtime};
+use promptclip_core::methods::{self, io, Learner, Runtime};
 use promptclip_core::train::optim::{Sgd, SgdConfig};
 use promptclip_core::train::{fit, TrainConfig};
 use promptclip_core::{Clip, Error};
@@ -19,24 +19,6 @@ fn hf_clip() -> Clip {
 }
 
 const NAMES: [&str; 4] = ["ctx", "text_prompt_1", "vision_prompt_0", "vision_prompt_1"];
-
-fn batch<'a>(
-    clip: &'a Clip,
-    t: &HashMap<String, Tensor>,
-    k: usize,
-    b: usize,
-) -> (Batch<'a>, Tensor) {
-    let pixels = t["pixels"].narrow(0, k * b, b).unwrap();
-    let labels = t["labels"]
-        .narrow(0, k * b, b)
-        .unwrap()
-        .to_dtype(DType::U32)
-        .unwrap();
-    (
-        Batch::of_pixels(pixels, FrozenTower::Clip(clip), b).unwrap(),
-        labels,
-    )
-}
 
 fn scalar(t: &Tensor) -> f32 {
     t.to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap()
@@ -67,7 +49,7 @@ fn loss_gradients_and_gaussian_prompt_aggregation_equal_the_official_code() {
         v.set(&t[*name]).unwrap();
     }
     let b: usize = md["batch"].parse().unwrap();
-    let (first, labels) = batch(&clip, &t, 0, b);
+    let (first, labels) = pixel_batch(&clip, &t, 0, b);
     // The frozen image side: the unprompted tower's features of the same images, normalised.
     let zs = promptclip_core::clip::l2_normalize(&first.features().unwrap()).unwrap();
     let e = rel_err(&zs, &t["frozen_image"]);
@@ -110,7 +92,7 @@ fn loss_gradients_and_gaussian_prompt_aggregation_equal_the_official_code() {
     l.start_run(None).unwrap();
     for epoch in 0..epochs {
         for k in 0..steps {
-            let (x, y) = batch(&clip, &t, k, b);
+            let (x, y) = pixel_batch(&clip, &t, k, b);
             let out = l.batch_loss_and_grads(&clip, &x, &y, 1.0).unwrap();
             let expected = step_losses[epoch * steps + k];
             assert!(

@@ -3,10 +3,10 @@
 //! prompts' gradients on a batch, then 20 SGD steps and the final prompts; and, through the
 //! registry and the trainer, training, saving, loading, new class names and a ResNet refused.
 mod common;
-use candle_core::{DType, Tensor};
-use common::{colours, dev, fixtures, rel_err};
+use candle_core::Tensor;
+use common::{colours, dev, fixtures, pixel_batch, rel_err};
 use promptclip_core::methods::vpt::{VptConfig, VptLearner};
-use promptclip_core::methods::{self, io, Batch, FrozenTower, Learner, Runtime};
+use promptclip_core::methods::{self, io, Learner, Runtime};
 use promptclip_core::train::optim::{Sgd, SgdConfig};
 use promptclip_core::train::{fit, TrainConfig};
 use promptclip_core::{Clip, Error};
@@ -39,31 +39,13 @@ fn learner(clip: &Clip, t: &HashMap<String, Tensor>, md: &HashMap<String, String
     .unwrap()
 }
 
-fn batch<'a>(
-    clip: &'a Clip,
-    t: &HashMap<String, Tensor>,
-    k: usize,
-    b: usize,
-) -> (Batch<'a>, Tensor) {
-    let pixels = t["pixels"].narrow(0, k * b, b).unwrap();
-    let labels = t["labels"]
-        .narrow(0, k * b, b)
-        .unwrap()
-        .to_dtype(DType::U32)
-        .unwrap();
-    (
-        Batch::of_pixels(pixels, FrozenTower::Clip(clip), b).unwrap(),
-        labels,
-    )
-}
-
 #[test]
 fn loss_gradients_and_twenty_sgd_steps_equal_the_official_code() {
     let clip = hf_clip();
     let (t, md) = fixture();
     let l = learner(&clip, &t, &md);
     let b: usize = md["batch"].parse().unwrap();
-    let (first, labels) = batch(&clip, &t, 0, b);
+    let (first, labels) = pixel_batch(&clip, &t, 0, b);
 
     // The prompted image features and the frozen hand-made text side.
     let f = l.image_features(&clip, first.pixels().unwrap()).unwrap();
@@ -102,7 +84,7 @@ fn loss_gradients_and_twenty_sgd_steps_equal_the_official_code() {
     let batches = t["pixels"].dim(0).unwrap() / b;
     let lr: f64 = md["lr"].parse().unwrap();
     for (step, expected) in step_losses.iter().enumerate() {
-        let (x, y) = batch(&clip, &t, step % batches, b);
+        let (x, y) = pixel_batch(&clip, &t, step % batches, b);
         let out = l.batch_loss_and_grads(&clip, &x, &y, 1.0).unwrap();
         assert!(
             ((out.loss - expected) / expected).abs() < 1e-4,

@@ -93,3 +93,28 @@ pub fn colours(
         promptclip_core::train::LabelledImages { sources, labels },
     )
 }
+
+/// Batch `k` of `b` images of a fixture's `pixels` and `labels` (the prompt-in-encoder fixtures
+/// take their batches in turn), scored by the frozen tower of `clip`.
+pub fn pixel_batch<'a>(
+    clip: &'a promptclip_core::Clip,
+    t: &HashMap<String, Tensor>,
+    k: usize,
+    b: usize,
+) -> (promptclip_core::methods::Batch<'a>, Tensor) {
+    let pixels = t["pixels"].narrow(0, k * b, b).unwrap();
+    let labels = t["labels"]
+        .narrow(0, k * b, b)
+        .unwrap()
+        .to_dtype(candle_core::DType::U32)
+        .unwrap();
+    (
+        promptclip_core::methods::Batch::of_pixels(
+            pixels,
+            promptclip_core::methods::FrozenTower::Clip(clip),
+            b,
+        )
+        .unwrap(),
+        labels,
+    )
+}
