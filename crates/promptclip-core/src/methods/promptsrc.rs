@@ -28,7 +28,7 @@ use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// The official trainers/imagenet_templates.py's IMAGENET_TEMPLATES (60 of CLIP's 80), whose
 /// mean text features are PromptSRC's frozen text side.
@@ -212,8 +212,9 @@ pub struct PromptSrcLearner {
     /// The prompts: IVLP's.
     pub prompts: IvlpLearner,
     /// (K, E) normalised: the mean over the templates of the frozen features of the learner's
-    /// classes, normalised after averaging.
-    pub frozen_text: Tensor,
+    /// classes, normalised after averaging; made at the first training step (a learner loaded to
+    /// predict never needs the 60 x K template encodings).
+    frozen_text: OnceLock<Tensor>,
     /// The running sum of the prompts weighted by g(e), over the epochs done, in var order.
     gpa: Mutex<Option<Vec<Tensor>>>,
 }
@@ -243,17 +244,25 @@ impl PromptSrcLearner {
     pub fn new(clip: &Clip, class_names: &[String], config: PromptSrcConfig) -> Result<Self> {
         let (config, ivlp) = config.resolve(clip)?;
         let prompts = IvlpLearner::new(clip, class_names, ivlp)?;
-        Self::with_prompts(clip, config, prompts)
+        Ok(Self::with_prompts(config, prompts))
     }
 
-    fn with_prompts(clip: &Clip, config: PromptSrcConfig, prompts: IvlpLearner) -> Result<Self> {
-        let frozen_text = frozen_text_features(clip, prompts.class_names(), &config.templates())?;
-        Ok(Self {
+    fn with_prompts(config: PromptSrcConfig, prompts: IvlpLearner) -> Self {
+        Self {
             config,
             prompts,
-            frozen_text,
+            frozen_text: OnceLock::new(),
             gpa: Mutex::new(None),
-        })
+        }
+    }
+
+    /// The frozen text side (K, E), normalised: computed once, on first use.
+    pub fn frozen_text(&self, clip: &Clip) -> Result<Tensor> {
+        if let Some(t) = self.frozen_text.get() {
+            return Ok(t.clone());
+        }
+        let t = frozen_text_features(clip, self.prompts.class_names(), &self.config.templates())?;
+        Ok(self.frozen_text.get_or_init(|| t).clone())
     }
 
     fn gpa(&self) -> std::sync::MutexGuard<'_, Option<Vec<Tensor>>> {
@@ -295,7 +304,7 @@ impl Learner for PromptSrcLearner {
         // The frozen side: the unprompted tower's features of the same images, and the
         // templates' text features.
         let zs_image = l2_normalize(&batch.features()?.to_dtype(h)?)?;
-        let fixed = self.frozen_text.to_dtype(h)?;
+        let fixed = self.frozen_text(clip)?.to_dtype(h)?;
         let zs_logits = (zs_image.matmul(&fixed.t()?)? * scale)?;
         let zs_log_p = candle_nn::ops::log_softmax(&zs_logits, D::Minus1)?;
         let c = &self.config;
@@ -514,8 +523,6 @@ pub const SPEC: MethodSpec = MethodSpec {
         let config: PromptSrcConfig = super::parse_options("promptsrc", meta.options.clone())?;
         let (config, ivlp) = config.resolve(clip)?;
         let prompts = IvlpLearner::restore(clip, &meta.class_names, ivlp, tensors)?;
-        Ok(Box::new(PromptSrcLearner::with_prompts(
-            clip, config, prompts,
-        )?))
+        Ok(Box::new(PromptSrcLearner::with_prompts(config, prompts)))
     },
 };
