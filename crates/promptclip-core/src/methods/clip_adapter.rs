@@ -238,4 +238,5 @@ pub const SPEC: MethodSpec = MethodSpec {
             super::saved(tensors, "fc2")?,
         )?))
     },
+    official: None,
 };

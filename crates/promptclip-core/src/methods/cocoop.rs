@@ -11,6 +11,7 @@ use super::catalogue::{
     SEED,
 };
 use super::coop::{ClassBuffers, CoopConfig, CoopContext, PHOTO_CTX_INIT};
+use super::official::{self, Official};
 use super::{Learner, LearnerMeta, MethodSpec, Recipe, Runtime, Scorer, StepOutput};
 use crate::clip::{l2_normalize, Clip};
 use crate::loss::cross_entropy;
@@ -398,6 +399,31 @@ const META_NET_RATIO: OptionDoc = OptionDoc {
     flag: Some("--meta-net-ratio"),
 };
 
+/// The official CoCoOp's names: the context and the Meta-Net (`meta_net.linear1`, a
+/// Linear(E, E / ratio)); the ratio follows from linear1's shape.
+pub static OFFICIAL: Official = Official {
+    renames: &[
+        official::exact("ctx", "prompt_learner.ctx"),
+        official::exact(
+            "meta.linear1.weight",
+            "prompt_learner.meta_net.linear1.weight",
+        ),
+        official::exact("meta.linear1.bias", "prompt_learner.meta_net.linear1.bias"),
+        official::exact(
+            "meta.linear2.weight",
+            "prompt_learner.meta_net.linear2.weight",
+        ),
+        official::exact("meta.linear2.bias", "prompt_learner.meta_net.linear2.bias"),
+    ],
+    options: |shapes| {
+        let ratio = match shapes.get("meta.linear1.weight").map(Vec::as_slice) {
+            Some([hidden, e]) if *hidden > 0 && e % hidden == 0 => serde_json::json!(e / hidden),
+            _ => serde_json::Value::Null,
+        };
+        serde_json::json!({ "nCtx": official::dim_of(shapes, "ctx", 0), "metaNetRatio": ratio })
+    },
+};
+
 pub const SPEC: MethodSpec = MethodSpec {
     name: "cocoop",
     title: "CoCoOp",
@@ -448,4 +474,5 @@ pub const SPEC: MethodSpec = MethodSpec {
             runtime,
         )))
     },
+    official: Some(&OFFICIAL),
 };

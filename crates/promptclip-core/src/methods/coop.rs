@@ -10,6 +10,7 @@ use super::catalogue::{
     coop_recipe, ClassBinding, Fitting, Takes, CLASS_SPECIFIC, CTX_INIT, INIT_STD, N_CTX, POSITION,
     SEED,
 };
+use super::official::{self, Official};
 use super::{LearnedContext, Learner, LearnerMeta, MethodSpec, Runtime, Scorer, StepOutput};
 use crate::clip::{l2_normalize, Clip};
 use crate::rng::Rng;
@@ -561,6 +562,17 @@ impl Learner for CoopContext {
     }
 }
 
+/// The official CoOp's name (`prompt_learner.ctx`; Dassl's checkpoint says `ctx`); KgCoOp's is
+/// the same. M and class-specific context follow from its shape: (M, d) or (K, M, d).
+pub static OFFICIAL: Official = Official {
+    renames: &[official::exact("ctx", "prompt_learner.ctx")],
+    options: |shapes| match shapes.get("ctx").map(Vec::as_slice) {
+        Some([k, m, _]) if *k > 0 => serde_json::json!({ "nCtx": m, "classSpecific": true }),
+        Some([m, _]) => serde_json::json!({ "nCtx": m, "classSpecific": false }),
+        _ => serde_json::json!({}),
+    },
+};
+
 pub const SPEC: MethodSpec = MethodSpec {
     name: "coop",
     title: "CoOp",
@@ -587,4 +599,5 @@ pub const SPEC: MethodSpec = MethodSpec {
             super::saved(tensors, "ctx")?,
         )?))
     },
+    official: Some(&OFFICIAL),
 };

@@ -14,7 +14,7 @@ pub const PROMPT_FORMAT: &str = "promptclip.prompt";
 /// 2: one metadata struct for every method (camelCase, options as the method's config).
 pub const PROMPT_FORMAT_VERSION: u32 = 2;
 /// The safetensors metadata key that holds the JSON.
-const META_KEY: &str = "promptclip";
+pub(crate) const META_KEY: &str = "promptclip";
 
 /// What a learner file says about itself.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -13,6 +13,7 @@
 //! prompt is class-agnostic, so the learner scores any class list (base-to-new).
 use super::catalogue::{ClassBinding, Fitting, OptionDoc, OptionKind, RecipeFor, Takes, SEED};
 use super::coop::{ClassBuffers, CoopContext};
+use super::official::{self, Official, Rename};
 use super::towers::{self, needs_vit, Features, ImageSide, TextSide};
 use super::StepOutput;
 use super::{Batch, LearnedContext, Learner, LearnerMeta, MethodSpec, Recipe, Runtime, Scorer};
@@ -393,6 +394,34 @@ fn recipe(_: RecipeFor<'_>) -> Recipe {
     }
 }
 
+/// The official IVLP's names (multimodal-prompt-learning's IVLP trainer): the text input context
+/// is the prompt learner's `ctx`, layer i's text prompts the text encoder's block i's
+/// `VPT_shallow`; the image side as VPT-deep's. PromptSRC's are the same.
+pub static OFFICIAL: Official = Official {
+    renames: &[
+        official::exact("ctx", "prompt_learner.ctx"),
+        Rename {
+            ours: "text_prompt.{}",
+            theirs: "text_encoder.transformer.resblocks.{}.VPT_shallow",
+            shift: 0,
+        },
+        official::exact("vision_prompt.0", "image_encoder.VPT"),
+        Rename {
+            ours: "vision_prompt.{}",
+            theirs: "image_encoder.transformer.resblocks.{}.VPT_shallow",
+            shift: 0,
+        },
+    ],
+    options: |shapes| {
+        serde_json::json!({
+            "nCtxText": official::dim_of(shapes, "ctx", 0),
+            "nCtxVision": official::dim_of(shapes, "vision_prompt.0", 0),
+            "depthText": 1 + official::count_prefixed(shapes, "text_prompt."),
+            "depthVision": official::count_prefixed(shapes, "vision_prompt."),
+        })
+    },
+};
+
 pub const SPEC: MethodSpec = MethodSpec {
     name: "ivlp",
     title: "IVLP",
@@ -427,4 +456,5 @@ pub const SPEC: MethodSpec = MethodSpec {
             tensors,
         )?))
     },
+    official: Some(&OFFICIAL),
 };

@@ -192,4 +192,5 @@ pub const SPEC: MethodSpec = MethodSpec {
             config.template,
         )?))
     },
+    official: Some(&super::coop::OFFICIAL),
 };

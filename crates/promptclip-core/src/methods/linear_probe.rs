@@ -277,4 +277,5 @@ pub const SPEC: MethodSpec = MethodSpec {
             b,
         )?))
     },
+    official: None,
 };

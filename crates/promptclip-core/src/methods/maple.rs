@@ -15,6 +15,7 @@
 //! hard-codes ViT-B/16's 512 and 768).
 use super::catalogue::{ClassBinding, Fitting, OptionDoc, OptionKind, RecipeFor, Takes, SEED};
 use super::coop::{ClassBuffers, CoopContext};
+use super::official::{self, Official, Rename};
 use super::towers::{self, needs_vit, Features, ImageSide, TextSide};
 use super::StepOutput;
 use super::{Batch, LearnedContext, Learner, LearnerMeta, MethodSpec, Recipe, Runtime, Scorer};
@@ -374,6 +375,38 @@ fn recipe(_: RecipeFor<'_>) -> Recipe {
     }
 }
 
+/// The official MaPLe's names: the input context `ctx` and its projection `proj` to the image
+/// tower, and per deeper layer i the text prompt `compound_prompts_text.{i-1}` and its projection
+/// `compound_prompt_projections.{i-1}`.
+pub static OFFICIAL: Official = Official {
+    renames: &[
+        official::exact("ctx", "prompt_learner.ctx"),
+        Rename {
+            ours: "text_prompt.{}",
+            theirs: "prompt_learner.compound_prompts_text.{}",
+            shift: 1,
+        },
+        official::exact("coupling.0.weight", "prompt_learner.proj.weight"),
+        official::exact("coupling.0.bias", "prompt_learner.proj.bias"),
+        Rename {
+            ours: "coupling.{}.weight",
+            theirs: "prompt_learner.compound_prompt_projections.{}.weight",
+            shift: 1,
+        },
+        Rename {
+            ours: "coupling.{}.bias",
+            theirs: "prompt_learner.compound_prompt_projections.{}.bias",
+            shift: 1,
+        },
+    ],
+    options: |shapes| {
+        serde_json::json!({
+            "nCtx": official::dim_of(shapes, "ctx", 0),
+            "depth": 1 + official::count_prefixed(shapes, "text_prompt."),
+        })
+    },
+};
+
 pub const SPEC: MethodSpec = MethodSpec {
     name: "maple",
     title: "MaPLe",
@@ -412,4 +445,5 @@ pub const SPEC: MethodSpec = MethodSpec {
             couplings,
         )?))
     },
+    official: Some(&OFFICIAL),
 };

@@ -36,6 +36,7 @@ pub mod ivlp;
 pub mod kgcoop;
 pub mod linear_probe;
 pub mod maple;
+pub mod official;
 pub mod promptsrc;
 pub mod tip_adapter;
 pub mod tip_adapter_f;
@@ -363,6 +364,10 @@ pub struct MethodSpec {
     pub create: fn(&Clip, &[String], serde_json::Value, Runtime) -> Result<BoxedLearner>,
     /// A learner from saved metadata and tensors (shapes already checked against `meta.params`).
     pub restore: fn(&Clip, &LearnerMeta, &HashMap<String, Tensor>, Runtime) -> Result<BoxedLearner>,
+    /// Its tensors under the official code's state-dict names, for importing and exporting
+    /// prompts trained there ([`official`]); None for methods whose official code keeps no such
+    /// file (the adapters' caches are fitted on data, the linear probe is scikit-learn's).
+    pub official: Option<&'static official::Official>,
 }
 
 /// Every method promptclip has, in the order tables list them: the baseline, then by year.

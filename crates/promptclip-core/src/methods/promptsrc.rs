@@ -525,4 +525,5 @@ pub const SPEC: MethodSpec = MethodSpec {
         let prompts = IvlpLearner::restore(clip, &meta.class_names, ivlp, tensors)?;
         Ok(Box::new(PromptSrcLearner::with_prompts(config, prompts)))
     },
+    official: Some(&super::ivlp::OFFICIAL),
 };

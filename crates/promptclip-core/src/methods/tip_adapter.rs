@@ -665,4 +665,5 @@ pub const SPEC: MethodSpec = MethodSpec {
             cache,
         )?))
     },
+    official: None,
 };

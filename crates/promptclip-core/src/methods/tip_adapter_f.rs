@@ -275,4 +275,5 @@ pub const SPEC: MethodSpec = MethodSpec {
             cache,
         )?))
     },
+    official: None,
 };

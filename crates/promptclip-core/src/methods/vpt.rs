@@ -12,6 +12,7 @@
 //! the image tower's own training pass (`Clip::image_features_train`), which computes no gradient
 //! of a frozen weight.
 use super::catalogue::{ClassBinding, Fitting, OptionDoc, OptionKind, RecipeFor, Takes, SEED};
+use super::official::{self, Official, Rename};
 use super::towers::{self, needs_vit};
 use super::{Batch, Learner, LearnerMeta, MethodSpec, Recipe, Runtime, Scorer, StepOutput};
 use crate::clip::{Clip, VisionPrompts};
@@ -282,6 +283,25 @@ fn recipe(_: RecipeFor<'_>) -> Recipe {
     }
 }
 
+/// The official VPT-deep's names (multimodal-prompt-learning's VPT trainer): layer 0's tokens are
+/// the image encoder's `VPT`, layer i's its block i's `VPT_shallow`.
+pub static OFFICIAL: Official = Official {
+    renames: &[
+        official::exact("vision_prompt.0", "image_encoder.VPT"),
+        Rename {
+            ours: "vision_prompt.{}",
+            theirs: "image_encoder.transformer.resblocks.{}.VPT_shallow",
+            shift: 0,
+        },
+    ],
+    options: |shapes| {
+        serde_json::json!({
+            "nCtx": official::dim_of(shapes, "vision_prompt.0", 0),
+            "depth": official::count_prefixed(shapes, "vision_prompt."),
+        })
+    },
+};
+
 pub const SPEC: MethodSpec = MethodSpec {
     name: "vpt",
     title: "VPT-deep",
@@ -314,4 +334,5 @@ pub const SPEC: MethodSpec = MethodSpec {
             prompts,
         )?))
     },
+    official: Some(&OFFICIAL),
 };

@@ -87,6 +87,16 @@ pub struct RunConfig {
     pub adamw: Option<(f64, (f64, f64))>,
     #[serde(default)]
     pub lr_per_step: bool,
+    /// Absent in files written before `shuffle`: shuffled.
+    #[serde(default = "shuffled")]
+    pub shuffle: bool,
+    /// The sha256 of the `initFrom` file (absent: the method's own initialisation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
+}
+
+fn shuffled() -> bool {
+    true
 }
 
 impl RunConfig {
@@ -106,6 +116,8 @@ impl RunConfig {
             adamw: (c.optimizer == crate::methods::OptimizerKind::Adamw)
                 .then_some((c.adamw.eps, c.adamw.betas)),
             lr_per_step: c.lr_per_step,
+            shuffle: c.shuffle,
+            init_from: c.init_from.as_ref().map(|i| i.sha256.clone()),
         }
     }
 
@@ -179,6 +191,14 @@ impl RunConfig {
             self.lr_per_step.to_string(),
             now.lr_per_step.to_string(),
         );
+        other("shuffle", self.shuffle.to_string(), now.shuffle.to_string());
+        let init = |i: &Option<String>| {
+            i.as_ref()
+                .map_or("the method's initialisation".into(), |h| {
+                    format!("a file of sha256 {}", &h[..12])
+                })
+        };
+        other("initFrom", init(&self.init_from), init(&now.init_from));
         out
     }
 }

@@ -41,6 +41,32 @@ pub struct TrainConfig {
     /// Drop training images that cannot be read (missing, corrupt) before training starts and
     /// report them in the summary, instead of failing the run.
     pub skip_unreadable: bool,
+    /// A new epoch order every epoch (seeded); off: the data's own order every epoch, as Dassl's
+    /// loader without shuffling (to compare a run step by step with the official code's).
+    pub shuffle: bool,
+    /// The trainable tensors start from this file (a learner file, or prompts under the official
+    /// names) instead of the method's initialisation; resuming a checkpoint ignores it.
+    pub init_from: Option<InitFrom>,
+}
+
+/// A run's starting prompts: the file and the sha256 of its bytes, which checkpoints record (a
+/// run resumed with other starting prompts would not be the run it continues).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitFrom {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+impl InitFrom {
+    pub fn of(path: PathBuf) -> Result<Self> {
+        use sha2::{Digest, Sha256};
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let digest = Sha256::digest(&bytes);
+        Ok(Self {
+            path,
+            sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        })
+    }
 }
 
 impl Default for TrainConfig {
@@ -70,6 +96,11 @@ pub struct TrainOptions {
     pub resume_from: Option<PathBuf>,
     pub encode_batch_size: Option<usize>,
     pub skip_unreadable: Option<bool>,
+    /// Shuffle the training images every epoch (default true).
+    pub shuffle: Option<bool>,
+    /// Start the trainable tensors from this file: a learner file, or safetensors under the
+    /// official code's names (`methods::official`).
+    pub init_from: Option<PathBuf>,
     /// The protocol's shots per class, for the method's recipe (CoOp: 50, 100 or 200 epochs).
     pub shots: Option<usize>,
     /// The dataset's catalog name, for the method's recipe (CoOp on ImageNet: 50 epochs).
@@ -137,6 +168,8 @@ impl TrainOptions {
             resume_from: self.resume_from,
             encode_batch_size: self.encode_batch_size.unwrap_or(d.encode_batch_size),
             skip_unreadable: self.skip_unreadable.unwrap_or(d.skip_unreadable),
+            shuffle: self.shuffle.unwrap_or(d.shuffle),
+            init_from: self.init_from.map(InitFrom::of).transpose()?,
             ..d
         };
         config.validate()?;
@@ -180,6 +213,8 @@ impl TrainConfig {
             encode_batch_size: 64,
             decoded_cache_bytes: 2 << 30,
             skip_unreadable: false,
+            shuffle: true,
+            init_from: None,
         }
     }
 

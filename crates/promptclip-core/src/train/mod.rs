@@ -12,6 +12,6 @@ pub mod pipeline;
 pub mod schedule;
 pub mod trainer;
 
-pub use config::{TrainConfig, TrainOptions};
+pub use config::{InitFrom, TrainConfig, TrainOptions};
 pub use data::{LabelledImages, SkippedImage};
 pub use trainer::{fit, fit_with_validation, Progress, TrainSummary};

@@ -112,6 +112,19 @@ pub fn fit_with_validation(
     if let (Some(path), true) = (&config.checkpoint_path, trains) {
         crate::files::check_writable(path)?;
     }
+    match (&config.init_from, trains) {
+        (Some(_), false) => {
+            return Err(Error::InvalidArgument(format!(
+                "initFrom: {} is fitted in one go, not trained from starting values",
+                model.meta().method
+            )))
+        }
+        // A resumed run continues from its checkpoint's tensors instead.
+        (Some(init), true) if resumed.is_none() => {
+            crate::methods::official::init_from(&init.path, model, &clip.device)?;
+        }
+        _ => {}
+    }
 
     // The usable training images. With augmentation every image is decoded once up front into
     // the decode cache (DecodedImages::probe), and the input pipeline's producer thread makes
@@ -275,7 +288,7 @@ fn train_epochs(
             let (image_config, stop) = (&clip.image_config, &stop);
             scope.spawn(move || {
                 for epoch in start.epoch..config.epochs {
-                    let order = epoch_order(config.seed, epoch, images.len());
+                    let order = epoch_order(config, epoch, images.len());
                     // Each crop's random stream derives from (seed, epoch, image), not from the
                     // step: a run resumed mid-epoch starts at its step with the same crops.
                     let first = if epoch == start.epoch { start.step } else { 0 };
@@ -372,10 +385,12 @@ fn step_shape(n: usize, batch_size: usize) -> (usize, usize) {
     )
 }
 
-/// Epoch `epoch`'s order of the `n` training images.
-fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
+/// Epoch `epoch`'s order of the `n` training images (their own order without shuffling).
+fn epoch_order(config: &TrainConfig, epoch: usize, n: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    Rng::new(derive_seed(seed, epoch as u64, u64::MAX)).shuffle(&mut order);
+    if config.shuffle {
+        Rng::new(derive_seed(config.seed, epoch as u64, u64::MAX)).shuffle(&mut order);
+    }
     order
 }
 
@@ -416,7 +431,7 @@ fn run_epochs<'b>(
         fitted: vec![],
     };
     for epoch in start.epoch..config.epochs {
-        let order = epoch_order(config.seed, epoch, n);
+        let order = epoch_order(config, epoch, n);
         let resumed = epoch == start.epoch;
         let (first, mut loss_sum, mut correct, mut seen) = if resumed {
             (start.step, start.loss_sum, start.correct, start.seen)
