@@ -65,6 +65,19 @@ export declare function cudaCompiled(): boolean
 
 export declare function defaults(): NativeDefaults
 
+/** Write a learner's trainable tensors under the official names, atomically. */
+export declare function exportOfficial(learner: NativeLearner, path: string): Promise<void>
+
+/** A promptclip learner file rewritten under the official names (no model needed). */
+export declare function exportOfficialFile(input: string, output: string): Promise<void>
+
+/**
+ * A learner from safetensors under the official names. `method` is inferred from the names when
+ * left out; `classNames` may be left out for a file that promptclip exported (it records them);
+ * `options` are the method's options beyond what the tensors' shapes decide (ctxInit, ...).
+ */
+export declare function importOfficialLearner(clip: NativeClip, path: string, method?: string | undefined | null, classNames?: Array<string> | undefined | null, options?: Record<string, unknown>, runtimeOptions?: { memoryBudgetMb?: number }): Promise<NativeLearner>
+
 /** Load a CLIP checkpoint (Hugging Face folder or OpenAI-named safetensors file) off the main thread. */
 export declare function loadClip(path: string, options?: NativeLoadOptions | undefined | null): Promise<NativeClip>
 

@@ -16,7 +16,7 @@ import { collect, IMAGES, type ProcessResult } from './helpers'
 const ROOT = join(import.meta.dirname ?? __dirname, '..')
 const CLI = join(ROOT, 'dist', 'cli.js')
 const VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version
-const COMMANDS = ['zeroshot', 'train', 'eval', 'predict', 'interpret', 'run', 'demo', 'info', 'worker']
+const COMMANDS = ['zeroshot', 'train', 'eval', 'predict', 'interpret', 'convert', 'run', 'demo', 'info', 'worker']
 const CLASSES = ['zero', 'one', 'two', 'three']
 
 const TMP = mkdtempSync(join(tmpdir(), 'promptclip-cli-'))

@@ -56,7 +56,7 @@ pub(crate) fn write(
     })
 }
 
-fn runtime(options: Option<serde_json::Value>) -> promptclip_core::Result<Runtime> {
+pub(crate) fn runtime(options: Option<serde_json::Value>) -> promptclip_core::Result<Runtime> {
     methods::parse_options("runtime", options.unwrap_or(serde_json::Value::Null))
 }
 

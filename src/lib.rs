@@ -1,6 +1,7 @@
 //! Node binding for promptclip. Deliberately thin, and split by concept as the tokenizers binding
 //! is: `clip` (the model, encoding, zero-shot), `learner` (any method's learner: create, load,
-//! save, predict, interpret), `methods` (the core's method catalogue), `train`, `metrics`, `cancel`
+//! save, predict, interpret), `official` (prompts under the official code's names), `methods` (the
+//! core's method catalogue), `train`, `metrics`, `cancel`
 //! (the token long work checks), with `tasks` running core work as AsyncTasks on
 //! libuv's thread pool and `errors` turning core errors into JS errors with a stable `code`.
 //! Options cross as plain JS objects and are parsed by the core's own option types (serde), so
@@ -21,5 +22,6 @@ mod errors;
 mod learner;
 mod methods;
 mod metrics;
+mod official;
 mod tasks;
 mod train;

@@ -41,7 +41,7 @@ export interface Fingerprint {
 const fileHashes = new Map<string, { key: string; sha256: string }>()
 const HASH_CONCURRENCY = 8
 
-async function fileSha256(path: string): Promise<{ size: number; sha256: string }> {
+export async function fileSha256(path: string): Promise<{ size: number; sha256: string }> {
   const st = statSync(path)
   const key = `${st.size}:${st.mtimeMs}:${st.ino}`
   const hit = fileHashes.get(path)

@@ -65,6 +65,7 @@ export type {
   ClassTokenPosition,
   CocoopOptions,
   CoopOptions,
+  ImportOfficialOptions,
   InterpretRow,
   KgcoopOptions,
   LearnerInfo,

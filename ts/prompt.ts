@@ -11,6 +11,7 @@ import type {
 } from './generated/methods'
 import {
   defaults,
+  finiteNumbers,
   type ImageInput,
   positiveInt,
   toNativeImages,
@@ -45,6 +46,17 @@ export type CocoopOptions = CocoopFields & RuntimeOptions & { classNames: string
 export type KgcoopOptions = KgcoopFields & RuntimeOptions & { classNames: string[] }
 /** The linear probe: logistic regression on image features (CoOp's baseline). */
 export type LinearProbeOptions = LinearProbeFields & { classNames: string[] }
+
+/** What `PromptLearner.importOfficial` is told: the method (inferred from the tensors' names when
+ *  left out: CoOp for a lone `ctx`, IVLP for IVLP's and PromptSRC's names, ...), the class names
+ *  the prompts score (a file promptclip exported records its own), and the method's options
+ *  beyond what the tensors' shapes decide (`ctxInit`, whose words after the learned tokens stay
+ *  fixed text; a loss weight). */
+export interface ImportOfficialOptions<M extends Method = Method> extends RuntimeOptions {
+  method?: M
+  classNames?: string[]
+  options?: MethodFields[M]
+}
 
 /** Every method's learner options, by method. */
 export type MethodOptions = { [M in Method]: LearnerOptions<M> }
@@ -176,6 +188,41 @@ export class PromptLearner {
   static async load(clip: Clip, path: string, options: RuntimeOptions = {}): Promise<PromptLearner> {
     const runtime = toNativeRuntime(options)
     return new PromptLearner(clip, await native(() => binding.loadLearner(clip.native, path, runtime)))
+  }
+
+  /**
+   * Prompts trained by the official code, from safetensors under its state-dict names
+   * (`prompt_learner.ctx`, `prompt_learner.compound_prompts_text.0`, `image_encoder.VPT`,
+   * `text_encoder.transformer.resblocks.1.VPT_shallow`, ...: CoOp's, CoCoOp's, KgCoOp's, and
+   * multimodal-prompt-learning's VPT, IVLP and MaPLe, PromptSRC's). A Dassl checkpoint
+   * (`model.pth.tar-N`, a pickle) becomes such a file with `scripts/dassl_to_safetensors.py`.
+   * The tensors' shapes decide the tokens and depths; buffers and frozen CLIP weights in the
+   * file are left out.
+   */
+  static async importOfficial<M extends Method>(
+    clip: Clip,
+    path: string,
+    options: ImportOfficialOptions<M> = {},
+  ): Promise<PromptLearner> {
+    if (typeof path !== 'string' || path === '') throw invalidArgument('path must be a non-empty string')
+    const classNames = toNativeStrings(options.classNames, 'classNames')
+    const methodOptions =
+      options.options === undefined ? undefined : (finiteNumbers('learner', options.options) as Record<string, unknown>)
+    const runtime = toNativeRuntime(options)
+    return new PromptLearner(
+      clip,
+      await native(() =>
+        binding.importOfficialLearner(clip.native, path, options.method, classNames, methodOptions, runtime),
+      ),
+    )
+  }
+
+  /** Write the learned tensors under the official code's state-dict names (safetensors, fp32,
+   *  atomically), with the method, options and class names in its metadata:
+   *  `scripts/dassl_to_safetensors.py --to-dassl` makes a checkpoint the official code loads. */
+  async exportOfficial(path: string): Promise<void> {
+    if (typeof path !== 'string' || path === '') throw invalidArgument('path must be a non-empty string')
+    await this.exclusive(() => native(() => binding.exportOfficial(this.native, path)))
   }
 
   /** What the learner is (a copy: changing it changes nothing). Readable at any time. */

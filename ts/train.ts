@@ -65,6 +65,14 @@ export interface TrainOptions {
   /** Leave out training images that cannot be read (missing, corrupt) instead of failing, and
    *  list them in the summary's `skipped` (default false: the first one fails the run, naming it). */
   skipUnreadable?: boolean
+  /** A new order of the training images every epoch (default true). false: the data's own order
+   *  every epoch, as the official code's loader without shuffling, so that a run can be compared
+   *  step by step with the official code's. */
+  shuffle?: boolean
+  /** Start the learned tensors from this file instead of the method's initialisation: a learner
+   *  file (`save()`), or safetensors under the official code's names (`importOfficial`'s). Its
+   *  sha256 is kept in checkpoints; a resumed run continues from the checkpoint. */
+  initFrom?: string
 }
 
 export interface FitOptions {

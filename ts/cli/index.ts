@@ -8,6 +8,7 @@ import { Command, CommanderError } from 'commander'
 import { packageRequire } from '../binding'
 import { PromptclipError, userMessage } from '../errors'
 import { type Ctx, EXIT, EXIT_HELP, exitCodeOf } from './common'
+import * as convert from './convert'
 import * as demo from './demo'
 import * as evaluate from './eval'
 import * as info from './info'
@@ -38,6 +39,7 @@ function program(ctx: Ctx): Command {
   evaluate.register(p, ctx)
   predict.register(p, ctx, 'predict')
   interpret.register(p, ctx)
+  convert.register(p, ctx)
   run.register(p, ctx)
   demo.register(p, ctx)
   info.register(p, ctx)

@@ -34,6 +34,7 @@ import {
   positiveNumber,
   print,
   printJson,
+  requireFile,
 } from './common'
 import { describe } from './data'
 import { commanderOption, learnerOptionsFrom, methodFlags } from './methodFlags'
@@ -57,6 +58,8 @@ interface Flags extends ModelFlags {
   out?: string
   resume: boolean
   skipUnreadable?: boolean
+  shuffle: boolean
+  initFrom?: string
   json?: boolean
 }
 
@@ -68,6 +71,8 @@ const SGD_FLAGS: Partial<Record<keyof Flags, string>> = {
   batchSize: '--batch-size',
   augment: '--augment/--no-augment',
   checkpointEvery: '--checkpoint-every',
+  shuffle: '--no-shuffle',
+  initFrom: '--init-from',
 }
 
 export function register(program: Command, ctx: Ctx): void {
@@ -117,6 +122,11 @@ export function register(program: Command, ctx: Ctx): void {
     .option('--out <file>', 'the prompt file to write (default promptclip-<method>.safetensors)')
     .option('--no-resume', 'start over even if the checkpoint of an earlier run exists')
     .option('--skip-unreadable', 'skip images that cannot be read instead of failing')
+    .option('--no-shuffle', "keep the images' own order every epoch (to compare step by step with the official code)")
+    .option(
+      '--init-from <file>',
+      'start from these prompts: a prompt file, or safetensors under the official names (`promptclip convert`)',
+    )
   for (const f of methodFlags()) cmd.addOption(commanderOption(f))
   addModelOptions(cmd)
   addJsonOption(cmd)
@@ -143,6 +153,7 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
     }
   }
   checkModel(flags)
+  if (flags.initFrom !== undefined) requireFile(flags.initFrom, '--init-from')
   const out = flags.out ?? `promptclip-${method}.safetensors`
   if (existsSync(out) && statSync(out).isDirectory()) throw badInput(`--out ${out} is a folder; give a file name`)
   const checkpoint = `${out}.ckpt`
@@ -199,6 +210,8 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
         checkpointPath: checkpoint,
         checkpointEvery: flags.checkpointEvery,
         skipUnreadable: flags.skipUnreadable,
+        shuffle: flags.shuffle,
+        initFrom: flags.initFrom,
       }
     : { skipUnreadable: flags.skipUnreadable }
   if (learnsBySgd) mkdirSync(dirname(checkpoint), { recursive: true })

@@ -12,7 +12,7 @@ import { BUILTIN_MODEL, Clip, cudaCompiled, DEFAULT_TEMPLATE, type DeviceName, m
 import { baseToNew, type DatasetSplits, fewShotSplits, type LabelledDataset, openDataset } from '../datasets'
 import { AbortError, invalidArgument, PromptclipError } from '../errors'
 import { type Evaluation, Evaluator } from '../evaluate'
-import { dataFingerprint, modelFingerprint } from '../fingerprint'
+import { dataFingerprint, fileSha256, modelFingerprint } from '../fingerprint'
 import { fetchHubDataset, isHubDatasetUri } from '../hub/dataset'
 import { methodEntry } from '../methods'
 import type { ImageInput } from '../options'
@@ -257,8 +257,11 @@ function digestOf(data: { images: ImageInput[]; labels: number[] }): Promise<str
 async function runData(ctx: Context, run: RunKey): Promise<Record<string, string | string[] | null>> {
   const zeroShot = run.method === 'zero-shot' || run.method === 'ensemble'
   const { train, val } = zeroShot ? { train: null, val: null } : sample(ctx, run.shots, run.seed)
+  const initFrom = zeroShot ? undefined : trainOptions(ctx, run).initFrom
   return {
     model: await modelFingerprint(ctx.clip.info.source),
+    // The starting prompts' content, not only their path.
+    ...(initFrom !== undefined ? { initFrom: (await fileSha256(initFrom)).sha256 } : {}),
     train: train ? await digestOf(train) : null,
     val: val && usesValidation(run) ? await digestOf(val) : null,
     test: await digestOf(ctx.test),
@@ -275,6 +278,7 @@ function dataChange(was: unknown, now: Record<string, unknown>): string {
     val: 'the validation images',
     test: 'the test images',
     targets: "the target datasets' test images",
+    initFrom: 'the initFrom file',
   }
   const changed = Object.keys(words).filter((k) => JSON.stringify(before[k]) !== JSON.stringify(now[k]))
   return changed.length > 0 ? changed.map((k) => words[k]).join(', ') : 'the data'

@@ -132,7 +132,7 @@ pub fn refuse_pickle(path: &Path, head: &[u8]) -> Result<()> {
         && head.get(8) != Some(&b'{');
     if zip || pickle {
         return Err(Error::Unsupported(format!(
-            "{} is a PyTorch pickle ({}), which promptclip never loads (unpickling can run code); convert it to safetensors (e.g. safetensors.torch.save_file(torch.load(f), \"model.safetensors\"))",
+            "{} is a PyTorch pickle ({}), which promptclip never loads (unpickling can run code); convert it to safetensors (e.g. safetensors.torch.save_file(torch.load(f), \"model.safetensors\"); prompts in a Dassl checkpoint, model.pth.tar-N: python scripts/dassl_to_safetensors.py)",
             path.display(),
             if zip { "a torch.save zip archive" } else { "pickle data" }
         )));

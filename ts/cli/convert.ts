@@ -1,0 +1,124 @@
+/**
+ * `convert`: prompts between promptclip's learner files and the official code's state-dict names.
+ * A learner file (`promptclip train`'s) becomes safetensors under the official names; any other
+ * safetensors (the official names, as scripts/dassl_to_safetensors.py writes them from a Dassl
+ * checkpoint) becomes a learner file for the model given.
+ */
+import { closeSync, openSync, readSync } from 'node:fs'
+import type { Command } from 'commander'
+import { binding } from '../binding'
+import { native } from '../errors'
+import { methodNames } from '../methods'
+import { type Method, PromptLearner } from '../prompt'
+import {
+  addClassOptions,
+  addJsonOption,
+  addModelOptions,
+  badInput,
+  type Ctx,
+  checkModel,
+  EXIT,
+  EXIT_HELP,
+  given,
+  loadClip,
+  type ModelFlags,
+  print,
+  printJson,
+  readClasses,
+  requireFile,
+} from './common'
+import { commanderOption, learnerOptionsFrom, methodFlags } from './methodFlags'
+
+interface Flags extends ModelFlags {
+  method?: Method
+  classes?: string[]
+  classesFile?: string
+  json?: boolean
+}
+
+export function register(program: Command, ctx: Ctx): void {
+  const cmd = program
+    .command('convert')
+    .summary("prompts to and from the official code's state-dict names")
+    .description(
+      "A prompt file saved by promptclip becomes safetensors under the official code's state-dict " +
+        'names (prompt_learner.ctx, image_encoder.VPT, ...; no model needed). Safetensors under those ' +
+        'names (scripts/dassl_to_safetensors.py makes them from a Dassl checkpoint) become a prompt ' +
+        'file for --model: the method is inferred from the names (--method to choose, e.g. promptsrc ' +
+        'for IVLP-shaped prompts), the tokens and depths from the shapes; give the classes, and the ' +
+        "options the official config set that the tensors do not show (--ctx-init: the prompt's words).",
+    )
+    .argument('<input>', 'a promptclip prompt file, or safetensors under the official names')
+    .argument('<output>', 'the file to write')
+    .option('--method <method>', `the method of official prompts (${methodNames().join(', ')})`)
+  addClassOptions(cmd)
+  for (const f of methodFlags()) cmd.addOption(commanderOption(f))
+  addModelOptions(cmd)
+  addJsonOption(cmd)
+  cmd.addHelpText('after', EXIT_HELP)
+  cmd.action(async (input: string, output: string, flags: Flags, command: Command) => {
+    requireFile(input, '<input>')
+    if (isLearnerFile(input)) {
+      for (const key of ['method', 'classes', 'classesFile', ...methodFlags().map((f) => f.key)]) {
+        if (given(command, key))
+          throw badInput(`${input} is a promptclip prompt file: it says its method, classes and options`)
+      }
+      await native(() => binding.exportOfficialFile(input, output))
+      report(ctx, flags, { input, output, to: 'official' })
+      return
+    }
+    if (flags.method !== undefined && !methodNames().includes(flags.method)) {
+      throw badInput(`--method ${flags.method}: expected one of ${methodNames().join(', ')}`)
+    }
+    const isGiven = (key: string) => given(command, key)
+    const options =
+      flags.method === undefined
+        ? optionsForAnyMethod(isGiven, flags)
+        : learnerOptionsFrom(flags.method, isGiven, flags as object as Record<string, unknown>, badInput)
+    checkModel(flags)
+    const clip = await loadClip(flags, ctx)
+    const learner = await PromptLearner.importOfficial(clip, input, {
+      method: flags.method,
+      classNames: readClasses(flags),
+      options,
+    })
+    await learner.save(output)
+    const info = learner.info
+    report(ctx, flags, { input, output, to: 'promptclip', method: info.method, options: info.options })
+  })
+}
+
+/** Method flags given without --method: each applies to the methods that have it, checked by the
+ *  core once the names decide the method. */
+function optionsForAnyMethod(isGiven: (key: string) => boolean, flags: object): Record<string, unknown> {
+  const out: Record<string, unknown> = {}
+  for (const f of methodFlags()) if (isGiven(f.key)) out[f.option] = (flags as Record<string, unknown>)[f.key]
+  return out
+}
+
+function report(ctx: Ctx, flags: Flags, r: { input: string; output: string; to: string } & Record<string, unknown>) {
+  if (flags.json) printJson(r)
+  else if (r.to === 'official') print(`${r.output}: ${r.input}'s prompts under the official state-dict names`)
+  else print(`${r.output}: ${r.method} prompts from ${r.input} (options ${JSON.stringify(r.options)})`)
+  ctx.exitCode = EXIT.OK
+}
+
+/** Whether a safetensors file carries promptclip's learner metadata (its JSON header's
+ *  `__metadata__.promptclip`); anything unreadable is left to the core to name. */
+function isLearnerFile(path: string): boolean {
+  const fd = openSync(path, 'r')
+  try {
+    const head = Buffer.alloc(8)
+    if (readSync(fd, head, 0, 8, 0) !== 8) return false
+    const len = Number(head.readBigUInt64LE(0))
+    if (len <= 0 || len > 100 << 20) return false
+    const json = Buffer.alloc(len)
+    if (readSync(fd, json, 0, len, 8) !== len) return false
+    const header = JSON.parse(json.toString('utf8')) as { __metadata__?: Record<string, string> }
+    return typeof header.__metadata__?.promptclip === 'string'
+  } catch {
+    return false
+  } finally {
+    closeSync(fd)
+  }
+}
