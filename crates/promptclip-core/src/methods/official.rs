@@ -549,15 +549,16 @@ mod tests {
 
     #[test]
     fn renames_move_layer_indices_both_ways() {
+        static RENAMES: &[Rename] = &[
+            exact("ctx", "prompt_learner.ctx"),
+            Rename {
+                ours: "text_prompt.{}",
+                theirs: "prompt_learner.compound_prompts_text.{}",
+                shift: 1,
+            },
+        ];
         let o = Official {
-            renames: &[
-                exact("ctx", "prompt_learner.ctx"),
-                Rename {
-                    ours: "text_prompt.{}",
-                    theirs: "prompt_learner.compound_prompts_text.{}",
-                    shift: 1,
-                },
-            ],
+            renames: RENAMES,
             options: |_| serde_json::Value::Null,
         };
         assert_eq!(o.theirs("ctx").as_deref(), Some("prompt_learner.ctx"));
