@@ -26,8 +26,9 @@ export type ClassTokenPosition = NonNullable<CoopFields['position']>
 
 /** Runtime settings: how a learner runs, not what it is (not saved with it). */
 export interface RuntimeOptions {
-  /** Activation memory (MiB) for CoCoOp's B x K prompts at once; batches are chunked to fit
-   *  (default 2048). */
+  /** Activation memory (MiB) a training step keeps at once: CoCoOp's B x K prompts, or the image
+   *  tower's tape for the methods with prompts inside it (VPT, IVLP, MaPLe, PromptSRC); batches
+   *  are chunked to fit (default 2048). */
   memoryBudgetMb?: number
 }
 

@@ -259,3 +259,73 @@ fn text_tower_deep_prompts_train_as_inference_with_gradients_equal_autograd_and_
         .to_string();
     assert!(err.contains("need every EOT after position 2"), "{err}");
 }
+
+/// A batch through the image tower in chunks (the learner's memory budget) gives the loss, the
+/// logits and the gradients of one pass over the whole batch: every method's loss is a mean over
+/// the images plus terms that do not depend on them, and the chunks are weighted by their share.
+#[test]
+fn chunked_image_tower_equals_one_pass_for_every_method_with_image_prompts() {
+    use promptclip_core::methods::ivlp::{IvlpConfig, IvlpLearner};
+    use promptclip_core::methods::maple::{MapleConfig, MapleLearner};
+    use promptclip_core::methods::promptsrc::{PromptSrcConfig, PromptSrcLearner};
+    use promptclip_core::methods::towers::image_chunk;
+    use promptclip_core::methods::vpt::{VptConfig, VptLearner};
+    use promptclip_core::methods::Learner;
+    let clip = Clip::load(&fixtures().join("tiny-clip-hf"), &dev()).unwrap();
+    let (t, md) =
+        promptclip_core::files::read_safetensors(&fixtures().join("ivlp/deep.safetensors"), &dev())
+            .unwrap();
+    let names: Vec<String> = serde_json::from_str(&md["class_names"]).unwrap();
+    // Ten images in chunks of three: the last chunk is short.
+    let (batch, labels) = common::pixel_batch(&clip, &t, 0, 10);
+    let three = |n: usize| {
+        let budget = clip.image_tape_bytes(n) * 3;
+        assert_eq!(image_chunk(&clip, 10, n, budget), 3);
+        budget
+    };
+    // Each learner with a budget for the whole batch, then for three images.
+    let build = |chunked: bool| -> Vec<(&str, Box<dyn Learner>)> {
+        let budget = |n: usize| if chunked { three(n) } else { usize::MAX };
+        let mut vpt = VptLearner::new(&clip, &names, VptConfig::default()).unwrap();
+        vpt.image_budget = budget(VptConfig::default().n_ctx);
+        let mut ivlp = IvlpLearner::new(&clip, &names, IvlpConfig::default()).unwrap();
+        ivlp.image_budget = budget(IvlpConfig::default().n_ctx_vision);
+        let mut maple = MapleLearner::new(&clip, &names, MapleConfig::default()).unwrap();
+        maple.image_budget = budget(MapleConfig::default().n_ctx);
+        let mut src = PromptSrcLearner::new(&clip, &names, PromptSrcConfig::default()).unwrap();
+        src.prompts.image_budget = budget(PromptSrcConfig::default().n_ctx_vision);
+        vec![
+            ("vpt", Box::new(vpt)),
+            ("ivlp", Box::new(ivlp)),
+            ("maple", Box::new(maple)),
+            ("promptsrc", Box::new(src)),
+        ]
+    };
+    for ((method, one), (_, chunks)) in build(false).into_iter().zip(build(true)) {
+        let whole = one
+            .batch_loss_and_grads(&clip, &batch, &labels, 1.0)
+            .unwrap();
+        let chunked = chunks
+            .batch_loss_and_grads(&clip, &batch, &labels, 1.0)
+            .unwrap();
+        assert!(
+            ((whole.loss - chunked.loss) / whole.loss).abs() < 1e-5,
+            "{method}: loss {} vs {}",
+            chunked.loss,
+            whole.loss
+        );
+        assert!(
+            rel_err(&chunked.logits, &whole.logits) < 1e-5,
+            "{method} logits"
+        );
+        for ((name, _), (a, b)) in one
+            .vars()
+            .iter()
+            .zip(chunked.grads.iter().zip(&whole.grads))
+        {
+            let e = rel_err(a, b);
+            println!("{method} {name}: chunked gradient rel_err {e:.1e}");
+            assert!(e < 1e-5, "{method} gradient of {name}: {e}");
+        }
+    }
+}

@@ -205,6 +205,18 @@ impl Clip {
         Ok((projection.forward(&pooled)?, tape))
     }
 
+    /// Bytes one image's `image_features_train` tape keeps with `prompts` tokens appended: per
+    /// block its input, queries, keys, values, the block's midpoint and fc1's output (T x width
+    /// each, fc1's T x intermediate) and the attention probabilities (heads x T x T), in the
+    /// model's dtype. What a memory budget divides to chunk a batch.
+    pub fn image_tape_bytes(&self, prompts: usize) -> usize {
+        let v = &self.config.vision_config;
+        let t = v.num_patches() + 1 + prompts;
+        let per_block =
+            t * (6 * v.hidden_size + v.intermediate_size) + v.num_attention_heads * t * t;
+        v.num_hidden_layers * per_block * self.dtype.size_in_bytes()
+    }
+
     /// The prompts' gradients (summed over the batch) for that of the features of
     /// `image_features_train`.
     pub fn image_features_backward(

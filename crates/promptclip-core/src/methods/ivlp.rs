@@ -66,6 +66,9 @@ pub struct IvlpLearner {
     pub text_deep: Vec<Var>,
     /// P_0 .. P_{depth_vision - 1}, (n_v, d_v) each.
     pub vision: Vec<Var>,
+    /// Tape bytes the image tower's training pass may keep at once (the runtime's memory
+    /// budget): a batch runs through it in chunks that fit (`towers::image_chunk`).
+    pub image_budget: usize,
 }
 
 /// The resolved depths, or why the options do not fit this CLIP.
@@ -185,6 +188,7 @@ impl IvlpLearner {
             context,
             text_deep: text_deep.iter().map(var).collect::<Result<_>>()?,
             vision: vision.iter().map(var).collect::<Result<_>>()?,
+            image_budget: towers::budget_bytes(Runtime::default()),
         })
     }
 
@@ -244,7 +248,7 @@ impl IvlpLearner {
         clip: &Clip,
         pixels: &Tensor,
         grad_scale: f64,
-        head: impl FnOnce(Features<'_>) -> Result<(Tensor, Tensor)>,
+        head: impl Fn(Features<'_>) -> Result<(Tensor, Tensor)>,
     ) -> Result<StepOutput> {
         let b = &self.context.buffers;
         let prompts = towers::own_prompts(&self.context)?;
@@ -269,6 +273,7 @@ impl IvlpLearner {
             },
             &self.vars(),
             grad_scale,
+            towers::image_chunk(clip, pixels.dim(0)?, vision[0].dim(0)?, self.image_budget),
             head,
         )
     }
@@ -318,7 +323,8 @@ impl Learner for IvlpLearner {
     ) -> Result<StepOutput> {
         self.step_with(clip, batch.pixels()?, grad_scale, |f: Features<'_>| {
             let logits = clip.logits(f.image, f.text)?;
-            Ok((crate::loss::cross_entropy(&logits, labels)?, logits))
+            let labels = labels.narrow(0, f.rows.start, f.rows.len())?;
+            Ok((crate::loss::cross_entropy(&logits, &labels)?, logits))
         })
     }
 
@@ -443,18 +449,17 @@ pub const SPEC: MethodSpec = MethodSpec {
     ],
     defaults: || super::options_json(&IvlpConfig::default()),
     recipe,
-    create: |clip, names, options, _runtime: Runtime| {
+    create: |clip, names, options, runtime: Runtime| {
         let config: IvlpConfig = super::parse_options("ivlp", options)?;
-        Ok(Box::new(IvlpLearner::new(clip, names, config)?))
+        let mut l = IvlpLearner::new(clip, names, config)?;
+        l.image_budget = towers::budget_bytes(runtime);
+        Ok(Box::new(l))
     },
-    restore: |clip, meta, tensors, _runtime| {
+    restore: |clip, meta, tensors, runtime| {
         let config: IvlpConfig = super::parse_options("ivlp", meta.options.clone())?;
-        Ok(Box::new(IvlpLearner::restore(
-            clip,
-            &meta.class_names,
-            config,
-            tensors,
-        )?))
+        let mut l = IvlpLearner::restore(clip, &meta.class_names, config, tensors)?;
+        l.image_budget = towers::budget_bytes(runtime);
+        Ok(Box::new(l))
     },
     official: Some(&OFFICIAL),
 };

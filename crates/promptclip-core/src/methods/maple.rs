@@ -79,6 +79,9 @@ pub struct MapleLearner {
     pub text_deep: Vec<Var>,
     /// W_0 (applied to ctx) .. W_{depth-1} (applied to T_i).
     pub couplings: Vec<Coupling>,
+    /// Tape bytes the image tower's training pass may keep at once (the runtime's memory
+    /// budget): a batch runs through it in chunks that fit (`towers::image_chunk`).
+    pub image_budget: usize,
 }
 
 fn depth_of(clip: &Clip, config: &MapleConfig) -> Result<usize> {
@@ -207,6 +210,7 @@ impl MapleLearner {
                 })
                 .collect::<Result<_>>()?,
             config,
+            image_budget: towers::budget_bytes(Runtime::default()),
         })
     }
 
@@ -308,9 +312,11 @@ impl Learner for MapleLearner {
             },
             &self.vars(),
             grad_scale,
+            towers::image_chunk(clip, batch.len(), vision[0].dim(0)?, self.image_budget),
             |f: Features<'_>| {
                 let logits = clip.logits(f.image, f.text)?;
-                Ok((crate::loss::cross_entropy(&logits, labels)?, logits))
+                let labels = labels.narrow(0, f.rows.start, f.rows.len())?;
+                Ok((crate::loss::cross_entropy(&logits, &labels)?, logits))
             },
         )
     }
@@ -420,11 +426,13 @@ pub const SPEC: MethodSpec = MethodSpec {
     options: &[N_CTX, DEPTH, CTX_INIT, INIT_STD, SEED],
     defaults: || super::options_json(&MapleConfig::default()),
     recipe,
-    create: |clip, names, options, _runtime: Runtime| {
+    create: |clip, names, options, runtime: Runtime| {
         let config: MapleConfig = super::parse_options("maple", options)?;
-        Ok(Box::new(MapleLearner::new(clip, names, config)?))
+        let mut l = MapleLearner::new(clip, names, config)?;
+        l.image_budget = towers::budget_bytes(runtime);
+        Ok(Box::new(l))
     },
-    restore: |clip, meta, tensors, _runtime| {
+    restore: |clip, meta, tensors, runtime| {
         let config: MapleConfig = super::parse_options("maple", meta.options.clone())?;
         let depth = depth_of(clip, &config)?;
         let text_deep = (1..depth)
@@ -436,14 +444,16 @@ pub const SPEC: MethodSpec = MethodSpec {
                 Ok((super::saved(tensors, &wn)?, super::saved(tensors, &bn)?))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Box::new(MapleLearner::from_parts(
+        let mut l = MapleLearner::from_parts(
             clip,
             &meta.class_names,
             config,
             super::saved(tensors, "ctx")?,
             text_deep,
             couplings,
-        )?))
+        )?;
+        l.image_budget = towers::budget_bytes(runtime);
+        Ok(Box::new(l))
     },
     official: Some(&OFFICIAL),
 };

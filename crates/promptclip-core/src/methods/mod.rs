@@ -323,8 +323,9 @@ pub type BoxedLearner = Box<dyn Learner>;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Runtime {
-    /// Activation memory (MiB) the text encoder may use at once when a method builds prompts per
-    /// image (CoCoOp); batches are chunked to fit.
+    /// Activation memory (MiB) a training step may keep at once: the text encoder's when a method
+    /// builds prompts per image (CoCoOp), the image tower's tape when a method puts prompts inside
+    /// it (VPT, IVLP, MaPLe, PromptSRC); batches are chunked to fit.
     pub memory_budget_mb: usize,
 }
 

@@ -18,7 +18,7 @@
 //! uninterrupted one does.
 use super::catalogue::{ClassBinding, Fitting, OptionDoc, OptionKind, RecipeFor, Takes, SEED};
 use super::ivlp::{IvlpConfig, IvlpLearner};
-use super::towers::Features;
+use super::towers::{self, Features};
 use super::{
     Batch, FitData, FitReport, LearnedContext, Learner, LearnerMeta, MethodSpec, Recipe, Runtime,
     Scorer, StepOutput,
@@ -303,17 +303,23 @@ impl Learner for PromptSrcLearner {
         let scale = (clip.logit_scale as f64).exp();
         // The frozen side: the unprompted tower's features of the same images, and the
         // templates' text features.
-        let zs_image = l2_normalize(&batch.features()?.to_dtype(h)?)?;
+        let zs_image_all = l2_normalize(&batch.features()?.to_dtype(h)?)?;
         let fixed = self.frozen_text(clip)?.to_dtype(h)?;
-        let zs_logits = (zs_image.matmul(&fixed.t()?)? * scale)?;
-        let zs_log_p = candle_nn::ops::log_softmax(&zs_logits, D::Minus1)?;
+        let zs_logits = (zs_image_all.matmul(&fixed.t()?)? * scale)?;
+        let zs_log_p_all = candle_nn::ops::log_softmax(&zs_logits, D::Minus1)?;
         let c = &self.config;
+        // Each term is a mean over the images (or does not depend on them), so the image tower
+        // may run in chunks (`towers::image_chunks`): the chunk's rows of the frozen side.
         self.prompts
             .step_with(clip, batch.pixels()?, grad_scale, |f: Features<'_>| {
+                let (start, n) = (f.rows.start, f.rows.len());
+                let zs_image = zs_image_all.narrow(0, start, n)?;
+                let zs_log_p = zs_log_p_all.narrow(0, start, n)?;
+                let labels = labels.narrow(0, start, n)?;
                 let image = l2_normalize(f.image)?;
                 let text = l2_normalize(f.text)?;
                 let logits = (image.matmul(&text.t()?)? * scale)?;
-                let ce = crate::loss::cross_entropy(&logits, labels)?;
+                let ce = crate::loss::cross_entropy(&logits, &labels)?;
                 let l_text = ((&text - &fixed)?.abs()?.mean_all()? * c.text_loss_weight)?;
                 let l_image = ((&image - &zs_image)?.abs()?.mean_all()? * c.image_loss_weight)?;
                 // F.kl_div(log_softmax(logits), log_softmax(zs), 'sum', log_target) / numel:
@@ -515,14 +521,17 @@ pub const SPEC: MethodSpec = MethodSpec {
     ],
     defaults: || super::options_json(&PromptSrcConfig::default()),
     recipe,
-    create: |clip, names, options, _runtime: Runtime| {
+    create: |clip, names, options, runtime: Runtime| {
         let config: PromptSrcConfig = super::parse_options("promptsrc", options)?;
-        Ok(Box::new(PromptSrcLearner::new(clip, names, config)?))
+        let mut l = PromptSrcLearner::new(clip, names, config)?;
+        l.prompts.image_budget = towers::budget_bytes(runtime);
+        Ok(Box::new(l))
     },
-    restore: |clip, meta, tensors, _runtime| {
+    restore: |clip, meta, tensors, runtime| {
         let config: PromptSrcConfig = super::parse_options("promptsrc", meta.options.clone())?;
         let (config, ivlp) = config.resolve(clip)?;
-        let prompts = IvlpLearner::restore(clip, &meta.class_names, ivlp, tensors)?;
+        let mut prompts = IvlpLearner::restore(clip, &meta.class_names, ivlp, tensors)?;
+        prompts.image_budget = towers::budget_bytes(runtime);
         Ok(Box::new(PromptSrcLearner::with_prompts(config, prompts)))
     },
     official: Some(&super::ivlp::OFFICIAL),

@@ -12,9 +12,10 @@ use super::catalogue::Takes;
 use super::coop::ClassBuffers;
 use super::coop::{CoopConfig, CoopContext};
 use super::{Batch, Scorer, StepOutput};
-use crate::clip::{Clip, VisionPrompts};
+use crate::clip::{Clip, VisionPromptGrads, VisionPrompts};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var, D};
+use std::ops::Range;
 
 /// The text side of a step: prompt embeddings (K, T, d) with their EOT positions, the leading
 /// tokens shared by every class (encoded once), and the deep prompts (n, d) of blocks 1...
@@ -32,24 +33,105 @@ pub struct ImageSide<'a> {
     pub deep: &'a [Tensor],
 }
 
-/// The features a step's loss reads: the text features (K, E) and the image features (B, E), in
-/// the head dtype, as autograd leaves.
+/// The features a chunk of a step's loss reads: the text features (K, E) and the image features
+/// (n, E) of the batch's images `rows`, in the head dtype, as autograd leaves.
 pub struct Features<'a> {
     pub text: &'a Tensor,
     pub image: &'a Tensor,
+    pub rows: Range<usize>,
+}
+
+/// The runtime's memory budget in bytes.
+pub fn budget_bytes(runtime: super::Runtime) -> usize {
+    runtime.memory_budget_mb.saturating_mul(1 << 20)
+}
+
+/// Images per pass of the image tower's training pass: as many as `budget_bytes` of tape hold
+/// (at least one), so that a batch's activations stay within the learner's memory budget.
+pub fn image_chunk(clip: &Clip, batch: usize, prompts: usize, budget_bytes: usize) -> usize {
+    (budget_bytes / clip.image_tape_bytes(prompts).max(1)).clamp(1, batch.max(1))
+}
+
+/// The image side of a step, in chunks of `chunk` images: each chunk through the tower's training
+/// pass, `head` from its features (a leaf) and rows to (loss, logits), the chunk's loss weighted
+/// by its share of the batch, its backward pass (where `other` takes the gradients of the head's
+/// other leaves), and the tower's backward pass; the chunk's tape is then freed. The loss must be
+/// a mean over the batch's images plus terms that do not depend on them (cross-entropy,
+/// PromptSRC's), so that the weighted chunks sum to the whole batch's loss and gradients.
+/// Returns the prompts' gradients, the loss (f32) and the logits (B, K), detached.
+pub fn image_chunks(
+    clip: &Clip,
+    image: &ImageSide<'_>,
+    chunk: usize,
+    grad_scale: f64,
+    head: impl Fn(&Tensor, Range<usize>) -> Result<(Tensor, Tensor)>,
+    mut other: impl FnMut(&mut candle_core::backprop::GradStore) -> Result<()>,
+) -> Result<(VisionPromptGrads, f32, Tensor)> {
+    let dtype = clip.dtype;
+    let image_input = image.input.to_dtype(dtype)?;
+    let image_deep = cast(image.deep, dtype)?;
+    let b = image.pixels.dim(0)?;
+    let chunk = chunk.clamp(1, b.max(1));
+    let (mut grads, mut loss, mut logits) = (None::<VisionPromptGrads>, 0f32, vec![]);
+    for start in (0..b).step_by(chunk) {
+        let n = chunk.min(b - start);
+        let pixels = if n == b {
+            image.pixels.clone()
+        } else {
+            image.pixels.narrow(0, start, n)?
+        };
+        let prompts = VisionPrompts {
+            input: &image_input,
+            deep: &image_deep,
+        };
+        let (imf, tape) = clip.image_features_train(&pixels, prompts)?;
+        let imf = Var::from_tensor(&imf.to_dtype(clip.head_dtype())?)?;
+        let (chunk_loss, chunk_logits) = head(imf.as_tensor(), start..start + n)?;
+        // A whole batch in one chunk weighs 1 exactly: the same numbers as without chunking.
+        let share = n as f64 / b as f64;
+        let mut g = (&chunk_loss * (grad_scale * share))?.backward()?;
+        let d_image = g.remove(imf.as_tensor()).ok_or_else(|| {
+            Error::Internal("the loss does not depend on the image features".into())
+        })?;
+        other(&mut g)?;
+        let d = clip.image_features_backward(&tape, &d_image)?;
+        drop(tape);
+        grads = Some(match grads {
+            None => d,
+            Some(acc) => VisionPromptGrads {
+                input: (acc.input + d.input)?,
+                deep: acc
+                    .deep
+                    .iter()
+                    .zip(&d.deep)
+                    .map(|(a, x)| Ok((a + x)?))
+                    .collect::<Result<Vec<_>>>()?,
+            },
+        });
+        loss += chunk_loss.to_dtype(DType::F32)?.to_scalar::<f32>()? * share as f32;
+        logits.push(chunk_logits.detach());
+    }
+    let grads = grads.ok_or_else(|| Error::Internal("an empty batch".into()))?;
+    let logits = if logits.len() == 1 {
+        logits.remove(0)
+    } else {
+        Tensor::cat(&logits, 0)?
+    };
+    Ok((grads, loss, logits))
 }
 
 /// Loss, logits and the gradient of each var of `vars` for one batch: the text side through the
-/// text tower's training pass, the image side through the image tower's, and `head` from their
-/// features to (loss, logits) by autograd. Gradients are of the loss times `grad_scale`, divided
-/// by it again (fp16 loss scaling).
+/// text tower's training pass (once), the image side through the image tower's in chunks of
+/// `chunk` images (`image_chunks`), and `head` from their features to (loss, logits) by autograd.
+/// Gradients are of the loss times `grad_scale`, divided by it again (fp16 loss scaling).
 pub fn step(
     clip: &Clip,
     text: TextSide<'_>,
     image: ImageSide<'_>,
     vars: &[(String, Var)],
     grad_scale: f64,
-    head: impl FnOnce(Features<'_>) -> Result<(Tensor, Tensor)>,
+    chunk: usize,
+    head: impl Fn(Features<'_>) -> Result<(Tensor, Tensor)>,
 ) -> Result<StepOutput> {
     let dtype = clip.dtype;
     let text_embeds = text.embeds.to_dtype(dtype)?;
@@ -57,30 +139,33 @@ pub fn step(
     let k = text.eot.len();
     let (tf, text_tape) =
         clip.text_features_train_deep(&text_embeds.detach(), text.eot, text.shared, k, &text_deep)?;
-    let image_input = image.input.to_dtype(dtype)?;
-    let image_deep = cast(image.deep, dtype)?;
-    let (imf, image_tape) = clip.image_features_train(
-        image.pixels,
-        VisionPrompts {
-            input: &image_input,
-            deep: &image_deep,
+    let tf = Var::from_tensor(&tf.to_dtype(clip.head_dtype())?)?;
+    let mut d_text: Option<Tensor> = None;
+    let (d_vision, loss, logits) = image_chunks(
+        clip,
+        &image,
+        chunk,
+        grad_scale,
+        |imf, rows| {
+            head(Features {
+                text: tf.as_tensor(),
+                image: imf,
+                rows,
+            })
+        },
+        |g| {
+            let d = g.remove(tf.as_tensor()).ok_or_else(|| {
+                Error::Internal("the loss does not depend on the text features".into())
+            })?;
+            d_text = Some(match d_text.take() {
+                None => d,
+                Some(acc) => (acc + d)?,
+            });
+            Ok(())
         },
     )?;
-    let tf = Var::from_tensor(&tf.to_dtype(clip.head_dtype())?)?;
-    let imf = Var::from_tensor(&imf.to_dtype(clip.head_dtype())?)?;
-    let (loss, logits) = head(Features {
-        text: tf.as_tensor(),
-        image: imf.as_tensor(),
-    })?;
-    let mut g = (&loss * grad_scale)?.backward()?;
-    let mut take = |v: &Var, what: &str| {
-        g.remove(v.as_tensor())
-            .ok_or_else(|| Error::Internal(format!("the loss does not depend on the {what}")))
-    };
-    let d_text = take(&tf, "text features")?;
-    let d_image = take(&imf, "image features")?;
+    let d_text = d_text.ok_or_else(|| Error::Internal("an empty batch".into()))?;
     let (d_embeds, d_text_deep) = clip.text_features_backward_deep(&text_tape, &d_text)?;
-    let d_vision = clip.image_features_backward(&image_tape, &d_image)?;
     // The surrogate's gradient in the vars is theirs in the loss: sum of <tensor, its gradient>.
     let mut terms = vec![surrogate(text.embeds, &d_embeds)?];
     for (p, d) in text.deep.iter().zip(&d_text_deep) {
@@ -99,8 +184,8 @@ pub fn step(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(StepOutput {
-        loss: loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
-        logits: logits.detach(),
+        loss,
+        logits,
         grads,
     })
 }

@@ -57,6 +57,9 @@ pub struct VptLearner {
     pub prompts: Vec<Var>,
     /// (K, E) normalised, frozen: the template's text features of the learner's own classes.
     text: Tensor,
+    /// Tape bytes the image tower's training pass may keep at once (the runtime's memory
+    /// budget): a batch runs through it in chunks that fit (`towers::image_chunk`).
+    pub image_budget: usize,
 }
 
 /// The name of layer i's prompt in learner files and checkpoints.
@@ -134,6 +137,7 @@ impl VptLearner {
                 .collect::<Result<_>>()?,
             text,
             config,
+            image_budget: towers::budget_bytes(Runtime::default()),
         })
     }
 
@@ -197,30 +201,33 @@ impl Learner for VptLearner {
         grad_scale: f64,
     ) -> Result<StepOutput> {
         let p = self.prompts_in(clip)?;
-        let prompts = VisionPrompts {
+        let image = towers::ImageSide {
+            pixels: batch.pixels()?,
             input: &p[0],
             deep: &p[1..],
         };
-        let (features, tape) = clip.image_features_train(batch.pixels()?, prompts)?;
+        let chunk = towers::image_chunk(clip, batch.len(), p[0].dim(0)?, self.image_budget);
         // The small graph after the tower (normalisation, logits, loss) by autograd, from a leaf
-        // at the features; the tower's own backward pass from there.
-        let features = Var::from_tensor(&features.to_dtype(clip.head_dtype())?)?;
-        let logits = clip.logits(features.as_tensor(), &self.text)?;
-        let loss = crate::loss::cross_entropy(&logits, labels)?;
-        let d_features = (&loss * grad_scale)?
-            .backward()?
-            .remove(features.as_tensor())
-            .ok_or_else(|| {
-                Error::Internal("the loss does not depend on the image features".into())
-            })?;
-        let g = clip.image_features_backward(&tape, &d_features)?;
+        // at the features; the tower's own backward pass from there, a chunk of images at a time.
+        let (g, loss, logits) = towers::image_chunks(
+            clip,
+            &image,
+            chunk,
+            grad_scale,
+            |features, rows| {
+                let logits = clip.logits(features, &self.text)?;
+                let labels = labels.narrow(0, rows.start, rows.len())?;
+                Ok((crate::loss::cross_entropy(&logits, &labels)?, logits))
+            },
+            |_| Ok(()),
+        )?;
         let grads = std::iter::once(g.input)
             .chain(g.deep)
             .map(|g| Ok((g.to_dtype(DType::F32)? / grad_scale)?))
             .collect::<Result<Vec<_>>>()?;
         Ok(StepOutput {
-            loss: loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
-            logits: logits.detach(),
+            loss,
+            logits,
             grads,
         })
     }
@@ -315,11 +322,13 @@ pub const SPEC: MethodSpec = MethodSpec {
     options: &[N_CTX, DEPTH, INIT_STD, TEMPLATE, SEED],
     defaults: || super::options_json(&VptConfig::default()),
     recipe,
-    create: |clip, names, options, _runtime: Runtime| {
+    create: |clip, names, options, runtime: Runtime| {
         let config: VptConfig = super::parse_options("vpt", options)?;
-        Ok(Box::new(VptLearner::new(clip, names, config)?))
+        let mut l = VptLearner::new(clip, names, config)?;
+        l.image_budget = towers::budget_bytes(runtime);
+        Ok(Box::new(l))
     },
-    restore: |clip, meta, tensors, _runtime| {
+    restore: |clip, meta, tensors, runtime| {
         let config: VptConfig = super::parse_options("vpt", meta.options.clone())?;
         let depth = config
             .depth
@@ -327,12 +336,9 @@ pub const SPEC: MethodSpec = MethodSpec {
         let prompts = (0..depth)
             .map(|i| super::saved(tensors, &prompt_name(i)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Box::new(VptLearner::from_parts(
-            clip,
-            &meta.class_names,
-            config,
-            prompts,
-        )?))
+        let mut l = VptLearner::from_parts(clip, &meta.class_names, config, prompts)?;
+        l.image_budget = towers::budget_bytes(runtime);
+        Ok(Box::new(l))
     },
     official: Some(&OFFICIAL),
 };
