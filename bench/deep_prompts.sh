@@ -4,6 +4,8 @@
 # (bench/torch_deep_prompts.py), on this machine, in one run: step time, images per second and
 # peak memory, each configuration in its own process; prints the ratios (> 1: promptclip faster,
 # or using less memory). PYTHON=/path/to/python with torch and transformers.
+# PROMPTCLIP_MEMORY_BUDGET_MB sets promptclip's memory budget (default 2048): the image tower's
+# tape runs in chunks of images that fit it.
 #   bash bench/deep_prompts.sh [batch sizes, default "4 32"]
 set -euo pipefail
 cd "$(dirname "$0")/.."

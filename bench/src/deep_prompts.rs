@@ -6,17 +6,18 @@ use promptclip_core::tensor::{Device, Tensor};
 use promptclip_core::train::optim::{Sgd, SgdConfig};
 use promptclip_core::Clip;
 
-/// Median seconds of one step of `method` (its official options) at `batch` images.
+/// Median seconds of one step of `method` (its official options) at `batch` images, with the
+/// runtime's memory budget (PROMPTCLIP_MEMORY_BUDGET_MB, default 2048: the image tower's tape is
+/// chunked to fit it).
 pub fn step(clip: &Clip, method: &str, k: usize, batch: usize, reps: usize) -> f64 {
     let names = super::class_names(k);
-    let learner = methods::create(
-        clip,
-        method,
-        &names,
-        serde_json::json!({}),
-        Runtime::default(),
-    )
-    .unwrap();
+    let runtime = match std::env::var("PROMPTCLIP_MEMORY_BUDGET_MB") {
+        Ok(mb) => Runtime {
+            memory_budget_mb: mb.parse().expect("PROMPTCLIP_MEMORY_BUDGET_MB: MiB"),
+        },
+        Err(_) => Runtime::default(),
+    };
+    let learner = methods::create(clip, method, &names, serde_json::json!({}), runtime).unwrap();
     let s = clip.config.vision_config.image_size;
     let mut rng = promptclip_core::rng::Rng::new(3);
     let pixels = Tensor::from_vec(
