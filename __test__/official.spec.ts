@@ -27,6 +27,23 @@ const MAPLE_NAMES = [
   'prompt_learner.proj.weight',
 ]
 
+/** float32 tensors to a safetensors file with no metadata. */
+function writeSafetensors(path: string, tensors: Record<string, { shape: number[]; data: number[] }>) {
+  const header: Record<string, unknown> = {}
+  const parts: Buffer[] = []
+  let offset = 0
+  for (const [name, t] of Object.entries(tensors)) {
+    const bytes = Buffer.from(new Float32Array(t.data).buffer)
+    header[name] = { dtype: 'F32', shape: t.shape, data_offsets: [offset, offset + bytes.length] }
+    parts.push(bytes)
+    offset += bytes.length
+  }
+  const json = Buffer.from(JSON.stringify(header))
+  const len = Buffer.alloc(8)
+  len.writeBigUInt64LE(BigInt(json.length))
+  writeFileSync(path, Buffer.concat([len, json, ...parts]))
+}
+
 function cli(args: string[]) {
   return collect(spawn(process.execPath, [CLI, ...args], { cwd: TMP, stdio: ['ignore', 'pipe', 'pipe'] }))
 }
@@ -80,6 +97,17 @@ test('a learner exported under the official names converts back and predicts as 
   const g = await cli(['convert', official, join(TMP, 'y.safetensors'), '--model', HF_MODEL, '--method', 'coop'])
   t.not(g.code, 0)
   t.regex(g.stderr, /compound_prompt|proj/)
+  const r2 = await cli(['convert', official, join(TMP, 'own-classes.prompt'), '--model', HF_MODEL])
+  t.is(r2.code, 0, `an export names its own classes: ${r2.stderr}`)
+  // The same tensors without promptclip's metadata, as the official code's files are.
+  const bare = join(TMP, 'bare-official.safetensors')
+  writeSafetensors(bare, readSafetensors(official))
+  const r3 = await cli(['convert', bare, join(TMP, 'bare.prompt'), '--model', HF_MODEL])
+  t.is(r3.code, 2)
+  t.regex(r3.stderr, /holds no class names.*--classes/)
+  const r4 = await cli(['convert', bare, join(TMP, 'bare.prompt'), '--model', HF_MODEL, '--classes', CLASSES.join(',')])
+  t.is(r4.code, 0, r4.stderr)
+  t.is((await PromptLearner.load(clip, join(TMP, 'bare.prompt'))).info.method, 'maple')
   const pickle = join(TMP, 'model.pth.tar-5')
   writeFileSync(pickle, Buffer.from('PK\x03\x04 a torch.save archive'))
   const h = await cli(['convert', pickle, join(TMP, 'z.safetensors'), '--model', HF_MODEL])

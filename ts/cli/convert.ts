@@ -58,7 +58,8 @@ export function register(program: Command, ctx: Ctx): void {
   cmd.addHelpText('after', EXIT_HELP)
   cmd.action(async (input: string, output: string, flags: Flags, command: Command) => {
     requireFile(input, '<input>')
-    if (isLearnerFile(input)) {
+    const metadata = metadataOf(input)
+    if (typeof metadata?.promptclip === 'string') {
       for (const key of ['method', 'classes', 'classesFile', ...methodFlags().map((f) => f.key)]) {
         if (given(command, key))
           throw badInput(`${input} is a promptclip prompt file: it says its method, classes and options`)
@@ -75,11 +76,18 @@ export function register(program: Command, ctx: Ctx): void {
       flags.method === undefined
         ? optionsForAnyMethod(isGiven, flags)
         : learnerOptionsFrom(flags.method, isGiven, flags as object as Record<string, unknown>, badInput)
+    const classNames = readClasses(flags)
+    // A promptclip export records its classes; the official code's files do not.
+    if (classNames === undefined && metadata !== null && metadata['promptclip.classNames'] === undefined) {
+      throw badInput(
+        `${input} holds no class names (the official code keeps them in its config): give --classes a,b,c or --classes-file FILE`,
+      )
+    }
     checkModel(flags)
     const clip = await loadClip(flags, ctx)
     const learner = await PromptLearner.importOfficial(clip, input, {
       method: flags.method,
-      classNames: readClasses(flags),
+      classNames,
       options,
     })
     await learner.save(output)
@@ -103,21 +111,21 @@ function report(ctx: Ctx, flags: Flags, r: { input: string; output: string; to: 
   ctx.exitCode = EXIT.OK
 }
 
-/** Whether a safetensors file carries promptclip's learner metadata (its JSON header's
- *  `__metadata__.promptclip`); anything unreadable is left to the core to name. */
-function isLearnerFile(path: string): boolean {
+/** A safetensors file's metadata (its JSON header's `__metadata__`), or null when the file is not
+ *  one: anything unreadable is left to the core to name. */
+function metadataOf(path: string): Record<string, string> | null {
   const fd = openSync(path, 'r')
   try {
     const head = Buffer.alloc(8)
-    if (readSync(fd, head, 0, 8, 0) !== 8) return false
+    if (readSync(fd, head, 0, 8, 0) !== 8) return null
     const len = Number(head.readBigUInt64LE(0))
-    if (len <= 0 || len > 100 << 20) return false
+    if (len <= 0 || len > 100 << 20) return null
     const json = Buffer.alloc(len)
-    if (readSync(fd, json, 0, len, 8) !== len) return false
+    if (readSync(fd, json, 0, len, 8) !== len) return null
     const header = JSON.parse(json.toString('utf8')) as { __metadata__?: Record<string, string> }
-    return typeof header.__metadata__?.promptclip === 'string'
+    return header.__metadata__ ?? {}
   } catch {
-    return false
+    return null
   } finally {
     closeSync(fd)
   }

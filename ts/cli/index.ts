@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The promptclip command line: zeroshot, train, eval, predict, interpret, run <protocol>, demo,
+ * The promptclip command line: zeroshot, train, eval, predict, interpret, convert, run <protocol>, demo,
  * info and models. Each command is a file here; this one builds the program, and turns errors into one line
  * (or JSON with --json) and an exit code (common.ts: EXIT).
  */
@@ -61,6 +61,7 @@ const COMMANDS = [
   'eval',
   'predict',
   'interpret',
+  'convert',
   'run',
   'demo',
   'info',
