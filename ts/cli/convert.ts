@@ -4,12 +4,12 @@
  * safetensors (the official names, as scripts/dassl_to_safetensors.py writes them from a Dassl
  * checkpoint) becomes a learner file for the model given.
  */
-import { closeSync, openSync, readSync } from 'node:fs'
 import type { Command } from 'commander'
 import { binding } from '../binding'
 import { native } from '../errors'
 import { methodNames } from '../methods'
 import { type Method, PromptLearner } from '../prompt'
+import { readSafetensorsFraming } from '../safetensors'
 import {
   addClassOptions,
   addJsonOption,
@@ -114,19 +114,11 @@ function report(ctx: Ctx, flags: Flags, r: { input: string; output: string; to: 
 /** A safetensors file's metadata (its JSON header's `__metadata__`), or null when the file is not
  *  one: anything unreadable is left to the core to name. */
 function metadataOf(path: string): Record<string, string> | null {
-  const fd = openSync(path, 'r')
   try {
-    const head = Buffer.alloc(8)
-    if (readSync(fd, head, 0, 8, 0) !== 8) return null
-    const len = Number(head.readBigUInt64LE(0))
-    if (len <= 0 || len > 100 << 20) return null
-    const json = Buffer.alloc(len)
-    if (readSync(fd, json, 0, len, 8) !== len) return null
-    const header = JSON.parse(json.toString('utf8')) as { __metadata__?: Record<string, string> }
-    return header.__metadata__ ?? {}
+    const { header } = readSafetensorsFraming(path)
+    if (header === null) return null
+    return (JSON.parse(header) as { __metadata__?: Record<string, string> }).__metadata__ ?? {}
   } catch {
     return null
-  } finally {
-    closeSync(fd)
   }
 }

@@ -3,7 +3,8 @@
  * file's safetensors framing. Read without a model, so `run --status` can say that a run is
  * damaged (and will be redone) as well as the protocol can.
  */
-import { closeSync, openSync, readFileSync, readSync, statSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
+import { readSafetensorsFraming } from '../safetensors'
 import type { RunRecord } from './types'
 
 const isNumber = (x: unknown) => typeof x === 'number' && Number.isFinite(x)
@@ -33,18 +34,11 @@ export function resultDamage(resultPath: string): string | null {
  * null: a truncated learner file is found without loading a model.
  */
 export function safetensorsDamage(path: string): string | null {
-  let fd: number | undefined
   try {
-    const size = statSync(path).size
+    const { size, headerLength, header } = readSafetensorsFraming(path)
     if (size < 8) return `${path} is truncated (${size} bytes)`
-    fd = openSync(path, 'r')
-    const len = Buffer.alloc(8)
-    readSync(fd, len, 0, 8, 0)
-    const headerLength = Number(len.readBigUInt64LE(0))
-    if (headerLength > size - 8) return `${path} is truncated (its header runs past the end)`
-    const header = Buffer.alloc(headerLength)
-    readSync(fd, header, 0, headerLength, 8)
-    const tensors = JSON.parse(header.toString('utf8')) as Record<string, { data_offsets?: [number, number] }>
+    if (header === null) return `${path} is truncated (its header runs past the end)`
+    const tensors = JSON.parse(header) as Record<string, { data_offsets?: [number, number] }>
     let end = 0
     for (const [name, t] of Object.entries(tensors)) {
       if (name !== '__metadata__' && Array.isArray(t?.data_offsets)) end = Math.max(end, t.data_offsets[1])
@@ -53,7 +47,5 @@ export function safetensorsDamage(path: string): string | null {
     return null
   } catch (e) {
     return `${path} is not a readable safetensors file (${(e as Error).message})`
-  } finally {
-    if (fd !== undefined) closeSync(fd)
   }
 }

@@ -402,7 +402,7 @@ const META_NET_RATIO: OptionDoc = OptionDoc {
 /// The official CoCoOp's names: the context and the Meta-Net (`meta_net.linear1`, a
 /// Linear(E, E / ratio)); the ratio follows from linear1's shape.
 pub static OFFICIAL: Official = Official {
-    renames: &[
+    renames: &[&[
         official::exact("ctx", "prompt_learner.ctx"),
         official::exact(
             "meta.linear1.weight",
@@ -414,7 +414,7 @@ pub static OFFICIAL: Official = Official {
             "prompt_learner.meta_net.linear2.weight",
         ),
         official::exact("meta.linear2.bias", "prompt_learner.meta_net.linear2.bias"),
-    ],
+    ]],
     options: |shapes| {
         let ratio = match shapes.get("meta.linear1.weight").map(Vec::as_slice) {
             Some([hidden, e]) if *hidden > 0 && e % hidden == 0 => serde_json::json!(e / hidden),

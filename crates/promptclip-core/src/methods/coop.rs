@@ -565,7 +565,7 @@ impl Learner for CoopContext {
 /// The official CoOp's name (`prompt_learner.ctx`; Dassl's checkpoint says `ctx`); KgCoOp's is
 /// the same. M and class-specific context follow from its shape: (M, d) or (K, M, d).
 pub static OFFICIAL: Official = Official {
-    renames: &[official::exact("ctx", "prompt_learner.ctx")],
+    renames: &[&[official::exact("ctx", "prompt_learner.ctx")]],
     options: |shapes| match shapes.get("ctx").map(Vec::as_slice) {
         Some([k, m, _]) if *k > 0 => serde_json::json!({ "nCtx": m, "classSpecific": true }),
         Some([m, _]) => serde_json::json!({ "nCtx": m, "classSpecific": false }),

@@ -402,21 +402,18 @@ fn recipe(_: RecipeFor<'_>) -> Recipe {
 
 /// The official IVLP's names (multimodal-prompt-learning's IVLP trainer): the text input context
 /// is the prompt learner's `ctx`, layer i's text prompts the text encoder's block i's
-/// `VPT_shallow`; the image side as VPT-deep's. PromptSRC's are the same.
+/// `VPT_shallow`; the image side as VPT-deep's (`vpt::IMAGE_RENAMES`). PromptSRC's are the same.
 pub static OFFICIAL: Official = Official {
     renames: &[
-        official::exact("ctx", "prompt_learner.ctx"),
-        Rename {
-            ours: "text_prompt.{}",
-            theirs: "text_encoder.transformer.resblocks.{}.VPT_shallow",
-            shift: 0,
-        },
-        official::exact("vision_prompt.0", "image_encoder.VPT"),
-        Rename {
-            ours: "vision_prompt.{}",
-            theirs: "image_encoder.transformer.resblocks.{}.VPT_shallow",
-            shift: 0,
-        },
+        &[
+            official::exact("ctx", "prompt_learner.ctx"),
+            Rename {
+                ours: "text_prompt.{}",
+                theirs: "text_encoder.transformer.resblocks.{}.VPT_shallow",
+                shift: 0,
+            },
+        ],
+        super::vpt::IMAGE_RENAMES,
     ],
     options: |shapes| {
         serde_json::json!({

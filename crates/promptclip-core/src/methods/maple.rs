@@ -385,7 +385,7 @@ fn recipe(_: RecipeFor<'_>) -> Recipe {
 /// tower, and per deeper layer i the text prompt `compound_prompts_text.{i-1}` and its projection
 /// `compound_prompt_projections.{i-1}`.
 pub static OFFICIAL: Official = Official {
-    renames: &[
+    renames: &[&[
         official::exact("ctx", "prompt_learner.ctx"),
         Rename {
             ours: "text_prompt.{}",
@@ -404,7 +404,7 @@ pub static OFFICIAL: Official = Official {
             theirs: "prompt_learner.compound_prompt_projections.{}.bias",
             shift: 1,
         },
-    ],
+    ]],
     options: |shapes| {
         serde_json::json!({
             "nCtx": official::dim_of(shapes, "ctx", 0),

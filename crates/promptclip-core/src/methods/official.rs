@@ -44,8 +44,9 @@ pub type Shapes = BTreeMap<String, Vec<usize>>;
 
 /// How a method's learners read and write the official names.
 pub struct Official {
-    /// Tried in order; the first that matches a name renames it.
-    pub renames: &'static [Rename],
+    /// Groups of renames (a method may share one: IVLP names its image prompts as VPT-deep does),
+    /// tried in order; the first that matches a name renames it.
+    pub renames: &'static [&'static [Rename]],
     /// The options (JSON, camelCase) that the tensors' shapes decide, from the shapes by the
     /// learner's names: CoOp's nCtx from `ctx`, IVLP's depths from how many layers have prompts.
     pub options: fn(&Shapes) -> serde_json::Value,
@@ -75,6 +76,7 @@ impl Official {
     pub fn theirs(&self, ours: &str) -> Option<String> {
         self.renames
             .iter()
+            .flat_map(|group| group.iter())
             .find_map(|r| rename(r.ours, r.theirs, ours, -(r.shift as isize)))
     }
 
@@ -82,6 +84,7 @@ impl Official {
     pub fn ours(&self, theirs: &str) -> Option<String> {
         self.renames
             .iter()
+            .flat_map(|group| group.iter())
             .find_map(|r| rename(r.theirs, r.ours, theirs, r.shift as isize))
     }
 }
@@ -549,14 +552,14 @@ mod tests {
 
     #[test]
     fn renames_move_layer_indices_both_ways() {
-        static RENAMES: &[Rename] = &[
+        static RENAMES: &[&[Rename]] = &[&[
             exact("ctx", "prompt_learner.ctx"),
             Rename {
                 ours: "text_prompt.{}",
                 theirs: "prompt_learner.compound_prompts_text.{}",
                 shift: 1,
             },
-        ];
+        ]];
         let o = Official {
             renames: RENAMES,
             options: |_| serde_json::Value::Null,

@@ -290,17 +290,20 @@ fn recipe(_: RecipeFor<'_>) -> Recipe {
     }
 }
 
-/// The official VPT-deep's names (multimodal-prompt-learning's VPT trainer): layer 0's tokens are
-/// the image encoder's `VPT`, layer i's its block i's `VPT_shallow`.
+/// The official names of image prompts (multimodal-prompt-learning's VPT and IVLP trainers):
+/// layer 0's tokens are the image encoder's `VPT`, layer i's its block i's `VPT_shallow`.
+pub const IMAGE_RENAMES: &[Rename] = &[
+    official::exact("vision_prompt.0", "image_encoder.VPT"),
+    Rename {
+        ours: "vision_prompt.{}",
+        theirs: "image_encoder.transformer.resblocks.{}.VPT_shallow",
+        shift: 0,
+    },
+];
+
+/// The official VPT-deep's names: its image prompts (`IMAGE_RENAMES`).
 pub static OFFICIAL: Official = Official {
-    renames: &[
-        official::exact("vision_prompt.0", "image_encoder.VPT"),
-        Rename {
-            ours: "vision_prompt.{}",
-            theirs: "image_encoder.transformer.resblocks.{}.VPT_shallow",
-            shift: 0,
-        },
-    ],
+    renames: &[IMAGE_RENAMES],
     options: |shapes| {
         serde_json::json!({
             "nCtx": official::dim_of(shapes, "vision_prompt.0", 0),
