@@ -292,6 +292,8 @@ fn schedule_and_sgd_follow_the_official_recipe() {
         warmup_epochs: 1,
         warmup_lr: 1e-5,
         per_step: false,
+        total_steps: None,
+        min_lr: 0.0,
     };
     assert_eq!(lrs.len(), 10);
     for (e, lr) in lrs.iter().enumerate() {

@@ -470,7 +470,8 @@ fn the_catalogue_documents_each_config_field_with_its_type_and_default() {
             "vpt",
             "ivlp",
             "maple",
-            "promptsrc"
+            "promptsrc",
+            "clip-lora"
         ]
     );
     for e in &entries {
@@ -498,6 +499,9 @@ fn the_catalogue_documents_each_config_field_with_its_type_and_default() {
                         || d.as_array()
                             .is_some_and(|a| a.iter().all(|s| s.is_string()))
                 }
+                OptionKind::IntegerList { .. } => {
+                    d.is_null() || d.as_array().is_some_and(|a| a.iter().all(|s| s.is_u64()))
+                }
                 OptionKind::Choice { choices } => choices.contains(&d.as_str().unwrap()),
             };
             assert!(
@@ -512,7 +516,9 @@ fn the_catalogue_documents_each_config_field_with_its_type_and_default() {
                 OptionKind::Boolean => json!(true),
                 OptionKind::String if o.name == "template" => json!("a drawing of a {}."),
                 OptionKind::String => json!("a photo of a"),
+                OptionKind::StringList if o.name == "matrices" => json!(["q", "v"]),
                 OptionKind::StringList => json!(["a drawing of a {}.", "a photo of a {}."]),
+                OptionKind::IntegerList { min } => json!([min.max(1)]),
                 OptionKind::Choice { choices } => json!(choices[choices.len() - 1]),
             };
             let learner = methods::create(

@@ -1,6 +1,7 @@
 //! CLIP: both towers, their projections and the logit scale, loaded from a Hugging Face folder or
 //! an OpenAI-named safetensors file.
 pub mod config;
+pub mod lora;
 pub mod nn;
 pub mod random;
 pub mod resnet;
@@ -14,6 +15,7 @@ use crate::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 pub use config::ResNetShape;
 pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
+pub use lora::{BlockLora, BlockLoraGrads, LowRank, TowerLora};
 use nn::Linear;
 pub use resnet::ModifiedResNet;
 use std::path::{Path, PathBuf};
@@ -226,6 +228,80 @@ impl Clip {
     ) -> Result<VisionPromptGrads> {
         let (_, projection) = self.vit()?;
         tape.backward(&projection.backward_input(&d_features.to_dtype(self.dtype)?)?)
+    }
+
+    /// Image features (B, E) through the image tower's training pass with low-rank updates of its
+    /// blocks (see `VisionTransformer::forward_train_lora`), and its tape for `image_lora_backward`.
+    pub fn image_features_train_lora(
+        &self,
+        pixels: &Tensor,
+        lora: &TowerLora,
+    ) -> Result<(Tensor, VisionTape<'_>)> {
+        let (encoder, projection) = self.vit()?;
+        let (pooled, tape) = encoder.forward_train_lora(pixels, None, Some(lora))?;
+        Ok((projection.forward(&pooled)?, tape))
+    }
+
+    /// The low-rank factors' gradients (one entry per image block, summed over the batch) for
+    /// that of the features of `image_features_train_lora`.
+    pub fn image_lora_backward(
+        &self,
+        tape: &VisionTape<'_>,
+        d_features: &Tensor,
+    ) -> Result<Vec<BlockLoraGrads>> {
+        let (_, projection) = self.vit()?;
+        Ok(tape
+            .backward_all(&projection.backward_input(&d_features.to_dtype(self.dtype)?)?)?
+            .1)
+    }
+
+    /// Text features (N, E) of token embeddings (N, T, d) through the text tower's training pass
+    /// with low-rank updates of its blocks, and its tape for `text_lora_backward`.
+    pub fn text_features_train_lora(
+        &self,
+        embeds: &Tensor,
+        eot: &[usize],
+        lora: &TowerLora,
+    ) -> Result<(Tensor, TextTape<'_>)> {
+        let align = if embeds.device().is_cuda() { 8 } else { 1 };
+        let n = eot.len();
+        let (pooled, tape) =
+            self.text
+                .forward_train_lora(embeds, eot, 0, n.max(1), align, &[], Some(lora))?;
+        Ok((self.text_projection.forward(&pooled)?, tape))
+    }
+
+    /// The low-rank factors' gradients (one entry per text block) for that of the features of
+    /// `text_features_train_lora`.
+    pub fn text_lora_backward(
+        &self,
+        tape: &TextTape<'_>,
+        d_features: &Tensor,
+    ) -> Result<Vec<BlockLoraGrads>> {
+        Ok(tape
+            .backward_all(
+                &self
+                    .text_projection
+                    .backward_input(&d_features.to_dtype(self.dtype)?)?,
+            )?
+            .lora)
+    }
+
+    /// This CLIP with low-rank updates folded into copies of the adapted weights of either tower
+    /// (the model itself is unchanged): a LoRA learner's predictions at the frozen model's cost.
+    pub fn with_lora(&self, text: Option<&TowerLora>, vision: Option<&TowerLora>) -> Result<Clip> {
+        let mut out = self.clone();
+        if let Some(l) = text {
+            out.text = self.text.merged(l)?;
+        }
+        if let Some(l) = vision {
+            let (encoder, projection) = self.vit()?;
+            out.vision = VisionTower::Vit {
+                encoder: encoder.merged(l)?,
+                projection: projection.clone(),
+            };
+        }
+        Ok(out)
     }
 
     /// The image side on `device` (a copy of its weights when that is another device), with the

@@ -38,6 +38,21 @@ impl Linear {
         })
     }
 
+    /// This layer with `delta_t` (in, out) added to W^T (in the higher of f32 and the weight's
+    /// dtype, then back to the weight's): a low-rank update folded in (`lora`).
+    pub fn plus(&self, delta_t: &Tensor) -> Result<Self> {
+        let dtype = self.weight_t.dtype();
+        let acc = if dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        Ok(Self {
+            weight_t: (self.weight_t.to_dtype(acc)? + delta_t.to_dtype(acc)?)?.to_dtype(dtype)?,
+            bias: self.bias.clone(),
+        })
+    }
+
     /// The input gradient for the output gradient `dy` (.., out): dy W. The weight is frozen, so
     /// its own gradient is never formed.
     pub fn backward_input(&self, dy: &Tensor) -> Result<Tensor> {
@@ -283,6 +298,34 @@ impl Attention {
         (self.head_dim as f64).powf(-0.5)
     }
 
+    /// The fused QKV projection of `x` (B, T, d) without its bias: (B, T, 3d).
+    pub fn qkv_matmul(&self, x: &Tensor) -> Result<Tensor> {
+        self.qkv.matmul(x)
+    }
+
+    /// Queries (pre-scaled), keys and values, each (B, H, T, hd), from the QKV projection's output
+    /// without its bias (B, T, 3d) (no gradient tracking).
+    pub fn split_qkv(&self, y: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = y.dims3()?;
+        if let Some(bias) = &self.qkv.bias {
+            return crate::kernels::qkv_split(y, bias, self.num_heads, self.scale());
+        }
+        let qkv = y
+            .reshape((b, t, 3, self.num_heads, self.head_dim))?
+            .permute((2, 0, 3, 1, 4))?;
+        Ok((
+            (qkv.get(0)?.contiguous()? * self.scale())?,
+            qkv.get(1)?.contiguous()?,
+            qkv.get(2)?.contiguous()?,
+        ))
+    }
+
+    /// The fused QKV weight with `delta_t` (d, 3d) added to its transpose (`lora`).
+    pub fn add_to_qkv(&mut self, delta_t: &Tensor) -> Result<()> {
+        self.qkv = self.qkv.plus(delta_t)?;
+        Ok(())
+    }
+
     /// Queries (pre-scaled), keys and values, each (B, H, T, hd).
     pub fn qkv_heads(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         if !x.track_op() {
@@ -518,6 +561,8 @@ pub struct StreamTape {
     pub mid: Tensor,
     /// fc1's output before the activation.
     pub h: Tensor,
+    /// What the block's low-rank updates keep, when it has any (`lora`).
+    pub lora: Option<super::lora::LoraTape>,
 }
 
 impl Attention {
@@ -555,13 +600,23 @@ impl Attention {
         d_v: &Tensor,
         off: usize,
     ) -> Result<Tensor> {
-        self.qkv.backward_input(&crate::kernels::qkv_merge(
-            d_q,
-            d_k,
-            d_v,
-            off,
-            self.scale(),
-        )?)
+        self.qkv_input_grad(&self.qkv_output_grad(d_q, d_k, d_v, off)?)
+    }
+
+    /// The gradient of the QKV projection's output (B, T, 3d), from those of `qkv_backward`.
+    pub fn qkv_output_grad(
+        &self,
+        d_q: &Tensor,
+        d_k: &Tensor,
+        d_v: &Tensor,
+        off: usize,
+    ) -> Result<Tensor> {
+        crate::kernels::qkv_merge(d_q, d_k, d_v, off, self.scale())
+    }
+
+    /// The QKV projection's input gradient for its output's (B, T, 3d).
+    pub fn qkv_input_grad(&self, d_qkv: &Tensor) -> Result<Tensor> {
+        self.qkv.backward_input(d_qkv)
     }
 }
 

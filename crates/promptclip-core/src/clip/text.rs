@@ -1,6 +1,7 @@
 //! CLIP's causal text transformer. `forward_embeds` takes token embeddings directly, so prompt
 //! learners can splice learned context vectors between the SOS token and the class name.
 use super::config::ClipTextConfig;
+use super::lora::{BlockLoraGrads, TowerLora};
 use super::nn::{
     prompt_rows_sum, replace_rows, Attention, EncoderLayer, LayerNorm, Linear, Mlp, StreamTape,
 };
@@ -315,7 +316,27 @@ impl TextTransformer {
         align: usize,
         deep: &[Tensor],
     ) -> Result<(Tensor, TextTape<'_>)> {
+        self.forward_train_lora(embeds, eot, shared, group_size, align, deep, None)
+    }
+
+    /// `forward_train_deep` with low-rank updates of the blocks' projections (`lora`); the tape's
+    /// `backward_all` gives their factors' gradients.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_train_lora(
+        &self,
+        embeds: &Tensor,
+        eot: &[usize],
+        shared: usize,
+        group_size: usize,
+        align: usize,
+        deep: &[Tensor],
+        lora: Option<&TowerLora>,
+    ) -> Result<(Tensor, TextTape<'_>)> {
         let align = align.max(1);
+        if let Some(l) = lora {
+            super::lora::check_blocks(self.layers.len(), l, "text")?;
+        }
+        let pass = |i: usize, stream: u64| lora.and_then(|l| l.pass(i, stream));
         let (n, t, d) = embeds.dims3()?;
         if eot.len() != n || group_size == 0 || n % group_size != 0 {
             return Err(Error::InvalidArgument(format!(
@@ -380,10 +401,10 @@ impl TextTransformer {
                     None => s = replace_rows(&s, 1, &pd)?,
                 }
             }
-            let (qs, ks, vs) = layer.qkv_train(&s)?;
+            let (qs, ks, vs, mut s_lora) = layer.qkv_train_lora(&s, pass(i, 0))?;
             let (prefix_tape, k_all, v_all, p_next) = match &p {
                 Some(px) => {
-                    let (qp, kp, vp) = layer.qkv_train(px)?;
+                    let (qp, kp, vp, mut p_lora) = layer.qkv_train_lora(px, pass(i, 1))?;
                     let rows = (shared + ts).next_multiple_of(align);
                     let k_all = crate::kernels::gather_cat(&kp, &ks, rows)?;
                     let v_all = crate::kernels::gather_cat(&vp, &vs, rows)?;
@@ -395,7 +416,8 @@ impl TextTransformer {
                         (kp, vp)
                     };
                     let (merged, probs) = layer.attn.core(&qp, &kp, &vp, Some(0), None)?;
-                    let (y, mid, h) = layer.finish_train(px, &merged, true)?;
+                    let (y, mid, h) =
+                        layer.finish_train_lora(px, &merged, pass(i, 1), &mut p_lora)?;
                     let h =
                         h.ok_or_else(|| Error::Internal("fc1 pre-activation not kept".into()))?;
                     (
@@ -407,6 +429,7 @@ impl TextTransformer {
                             probs,
                             mid,
                             h,
+                            lora: p_lora,
                         }),
                         k_all,
                         v_all,
@@ -416,7 +439,7 @@ impl TextTransformer {
                 None => (None, ks, vs, None),
             };
             let (merged, probs) = layer.attn.core(&qs, &k_all, &v_all, Some(shared), None)?;
-            let (y, mid, h) = layer.finish_train(&s, &merged, true)?;
+            let (y, mid, h) = layer.finish_train_lora(&s, &merged, pass(i, 0), &mut s_lora)?;
             let h = h.ok_or_else(|| Error::Internal("fc1 pre-activation not kept".into()))?;
             // The suffix stream's keys and values are kept with the prefix's in front (k_all).
             layers.push((
@@ -429,6 +452,7 @@ impl TextTransformer {
                     probs,
                     mid,
                     h,
+                    lora: s_lora,
                 },
             ));
             s = y;
@@ -455,8 +479,17 @@ impl TextTransformer {
             ts,
             deep: deep.len(),
             n_deep,
+            lora: lora.cloned(),
         };
         Ok((pooled, tape))
+    }
+
+    /// This tower with `lora`'s updates folded into copies of the adapted weights.
+    pub fn merged(&self, lora: &TowerLora) -> Result<Self> {
+        Ok(Self {
+            layers: super::lora::merged_layers(&self.layers, lora, "text")?,
+            ..self.clone()
+        })
     }
 
     /// Convenience: token ids (B, T) and their EOT positions.
@@ -483,6 +516,18 @@ pub struct TextTape<'a> {
     /// How many blocks had a deep prompt replace rows 1..1 + n_deep at their input.
     deep: usize,
     n_deep: usize,
+    /// The low-rank updates the pass ran with.
+    lora: Option<TowerLora>,
+}
+
+/// The gradients of what a text training pass was given (`TextTape::backward_all`).
+pub struct TextGrads {
+    /// The input embeddings' (N, T, d).
+    pub embeds: Tensor,
+    /// Each deep prompt's (n, D).
+    pub deep: Vec<Tensor>,
+    /// The low-rank factors', one entry per block (empty without updates).
+    pub lora: Vec<BlockLoraGrads>,
 }
 
 impl TextTape<'_> {
@@ -497,7 +542,17 @@ impl TextTape<'_> {
     /// (or the groups, when the prefix holds them). A deep prompt's gradient is its block input's
     /// at its rows; the previous block's outputs there were dropped, so none flows to them.
     pub fn backward_deep(&self, d_pooled: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+        let g = self.backward_all(d_pooled)?;
+        Ok((g.embeds, g.deep))
+    }
+
+    /// `backward_deep`, and the gradients of the low-rank factors the pass ran with (summed over
+    /// the sequences and both streams).
+    pub fn backward_all(&self, d_pooled: &Tensor) -> Result<TextGrads> {
         let m = self.model;
+        let lora = self.lora.as_ref();
+        let pass = |i: usize, stream: u64| lora.and_then(|l| l.pass(i, stream));
+        let mut lora_grads = lora.map_or_else(Vec::new, TowerLora::no_grads);
         let d = m.hidden_size();
         let (n, tp, ts) = (self.n, self.shared, self.ts);
         let d_rows = m
@@ -509,7 +564,9 @@ impl TextTape<'_> {
         let mut dp: Option<Tensor> = None;
         let mut deep = vec![None; self.deep];
         for (i, (layer, (prefix, suffix))) in m.layers.iter().zip(&self.layers).enumerate().rev() {
-            let (d_mid, d_merged) = layer.finish_backward(suffix, &ds)?;
+            let mut no_grads = BlockLoraGrads::default();
+            let grads = lora_grads.get_mut(i).unwrap_or(&mut no_grads);
+            let (d_mid, d_merged) = layer.finish_backward_lora(suffix, &ds, pass(i, 0), grads)?;
             let (d_q, d_k_all, d_v_all) = layer.attn.core_backward(
                 &suffix.q,
                 &suffix.k,
@@ -517,7 +574,16 @@ impl TextTape<'_> {
                 &suffix.probs,
                 &d_merged,
             )?;
-            ds = layer.input_backward(suffix, &d_mid, &d_q, &d_k_all, &d_v_all, tp)?;
+            ds = layer.input_backward_lora(
+                suffix,
+                &d_mid,
+                &d_q,
+                &d_k_all,
+                &d_v_all,
+                tp,
+                pass(i, 0),
+                grads,
+            )?;
             if let Some(p) = prefix {
                 // Prefix keys and values served every sequence of their group: sum those gradients.
                 let mut dk = crate::kernels::group_prefix_sum(&d_k_all, groups, tp)?;
@@ -527,7 +593,8 @@ impl TextTape<'_> {
                     // and values have gradients there.
                     None => (p.x.zeros_like()?, p.q.zeros_like()?),
                     Some(dp_out) => {
-                        let (d_mid_p, d_merged_p) = layer.finish_backward(p, dp_out)?;
+                        let (d_mid_p, d_merged_p) =
+                            layer.finish_backward_lora(p, dp_out, pass(i, 1), grads)?;
                         let (d_qp, d_kp, d_vp) =
                             layer
                                 .attn
@@ -539,7 +606,16 @@ impl TextTape<'_> {
                         (d_mid_p, d_qp)
                     }
                 };
-                dp = Some(layer.input_backward(p, &d_mid_p, &d_qp, &dk, &dv, 0)?);
+                dp = Some(layer.input_backward_lora(
+                    p,
+                    &d_mid_p,
+                    &d_qp,
+                    &dk,
+                    &dv,
+                    0,
+                    pass(i, 1),
+                    grads,
+                )?);
             }
             if let Some(j) = i.checked_sub(1).filter(|&j| j < self.deep) {
                 let rows = match &mut dp {
@@ -569,7 +645,11 @@ impl TextTape<'_> {
             .into_iter()
             .map(|g| g.ok_or_else(|| Error::Internal("a deep prompt got no gradient".into())))
             .collect::<Result<_>>()?;
-        Ok((Tensor::cat(&parts, 1)?, deep))
+        Ok(TextGrads {
+            embeds: Tensor::cat(&parts, 1)?,
+            deep,
+            lora: lora_grads,
+        })
     }
 }
 

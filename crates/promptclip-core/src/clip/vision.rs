@@ -3,6 +3,7 @@
 //! the class token; optionally with learned prompt tokens inside (`VisionPrompts`), and a
 //! training pass that gives their gradients (`forward_train`, `VisionTape`).
 use super::config::ClipVisionConfig;
+use super::lora::{BlockLoraGrads, TowerLora};
 use super::nn::{prompt_rows_sum, replace_rows, EncoderLayer, LayerNorm, StreamTape};
 use super::text::load_layers;
 use super::weights::{Tower, Weights};
@@ -173,19 +174,39 @@ impl VisionTransformer {
         pixels: &Tensor,
         prompts: VisionPrompts<'_>,
     ) -> Result<(Tensor, VisionTape<'_>)> {
-        prompts.check(self)?;
+        self.forward_train_lora(pixels, Some(prompts), None)
+    }
+
+    /// The training pass with prompts, low-rank updates of the blocks' projections (`lora`), or
+    /// both; the tape's `backward_all` gives the gradients of each.
+    pub fn forward_train_lora(
+        &self,
+        pixels: &Tensor,
+        prompts: Option<VisionPrompts<'_>>,
+        lora: Option<&TowerLora>,
+    ) -> Result<(Tensor, VisionTape<'_>)> {
+        if let Some(p) = &prompts {
+            p.check(self)?;
+        }
+        if let Some(l) = lora {
+            super::lora::check_blocks(self.layers.len(), l, "image")?;
+        }
         let x = self.tokens(&pixels.detach())?;
         let at = x.dim(1)?;
-        let input = append(&x, &prompts.input.detach())?;
+        let input = match &prompts {
+            Some(p) => append(&x, &p.input.detach())?,
+            None => x,
+        };
         let mut s = self.pre_ln.forward(&input)?;
         let mut layers = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
-            if let Some(deep) = prompts.deep_at(i) {
+            if let Some(deep) = prompts.as_ref().and_then(|p| p.deep_at(i)) {
                 s = replace_rows(&s, at, &deep.detach())?;
             }
-            let (q, k, v) = layer.qkv_train(&s)?;
+            let pass = lora.and_then(|l| l.pass(i, 0));
+            let (q, k, v, mut block_lora) = layer.qkv_train_lora(&s, pass)?;
             let (merged, probs) = layer.attn.core(&q, &k, &v, None, None)?;
-            let (y, mid, h) = layer.finish_train(&s, &merged, true)?;
+            let (y, mid, h) = layer.finish_train_lora(&s, &merged, pass, &mut block_lora)?;
             let h = h.ok_or_else(|| Error::Internal("fc1 pre-activation not kept".into()))?;
             layers.push(StreamTape {
                 x: s,
@@ -195,6 +216,7 @@ impl VisionTransformer {
                 probs,
                 mid,
                 h,
+                lora: block_lora,
             });
             s = y;
         }
@@ -206,10 +228,22 @@ impl VisionTransformer {
             layers,
             pooled_in,
             at,
-            n: prompts.input.dim(0)?,
-            deep: prompts.deep.len(),
+            n: match &prompts {
+                Some(p) => p.input.dim(0)?,
+                None => 0,
+            },
+            deep: prompts.as_ref().map_or(0, |p| p.deep.len()),
+            lora: lora.cloned(),
         };
         Ok((pooled, tape))
+    }
+
+    /// This tower with `lora`'s updates folded into copies of the adapted weights.
+    pub fn merged(&self, lora: &TowerLora) -> Result<Self> {
+        Ok(Self {
+            layers: super::lora::merged_layers(&self.layers, lora, "image")?,
+            ..self.clone()
+        })
     }
 }
 
@@ -286,6 +320,8 @@ pub struct VisionTape<'a> {
     at: usize,
     n: usize,
     deep: usize,
+    /// The low-rank updates the pass ran with.
+    lora: Option<TowerLora>,
 }
 
 /// The gradients of a [`VisionPrompts`]' tokens, in the model's dtype.
@@ -302,7 +338,20 @@ impl VisionTape<'_> {
     /// batch. A deep prompt's gradient is its block input's at the prompt positions; the previous
     /// block's outputs there were dropped, so no gradient flows to them.
     pub fn backward(&self, d_pooled: &Tensor) -> Result<VisionPromptGrads> {
+        self.backward_all(d_pooled)?
+            .0
+            .ok_or_else(|| Error::Internal("a training pass without prompts".into()))
+    }
+
+    /// The prompts' gradients (when the pass had prompts) and those of the low-rank factors it ran
+    /// with (one entry per block; empty without updates), summed over the batch.
+    pub fn backward_all(
+        &self,
+        d_pooled: &Tensor,
+    ) -> Result<(Option<VisionPromptGrads>, Vec<BlockLoraGrads>)> {
         let m = self.model;
+        let lora = self.lora.as_ref();
+        let mut lora_grads = lora.map_or_else(Vec::new, TowerLora::no_grads);
         let (b, t, d) = self.input.dims3()?;
         let d_cls = m
             .post_ln
@@ -316,12 +365,20 @@ impl VisionTape<'_> {
         )?;
         let mut deep = vec![None; self.deep];
         for (i, (layer, tape)) in m.layers.iter().zip(&self.layers).enumerate().rev() {
-            let (d_mid, d_merged) = layer.finish_backward(tape, &ds)?;
+            let pass = lora.and_then(|l| l.pass(i, 0));
+            let mut no_grads = BlockLoraGrads::default();
+            let grads = lora_grads.get_mut(i).unwrap_or(&mut no_grads);
+            let (d_mid, d_merged) = layer.finish_backward_lora(tape, &ds, pass, grads)?;
             let (d_q, d_k, d_v) =
                 layer
                     .attn
                     .core_backward(&tape.q, &tape.k, &tape.v, &tape.probs, &d_merged)?;
-            ds = layer.input_backward(tape, &d_mid, &d_q, &d_k, &d_v, 0)?;
+            if i == 0 && self.n == 0 {
+                // Nothing before the first block learns: its input's gradient is not needed.
+                layer.input_backward_lora(tape, &d_mid, &d_q, &d_k, &d_v, 0, pass, grads)?;
+                break;
+            }
+            ds = layer.input_backward_lora(tape, &d_mid, &d_q, &d_k, &d_v, 0, pass, grads)?;
             if let Some(j) = i.checked_sub(1).filter(|&j| j < self.deep) {
                 deep[j] = Some(prompt_rows_sum(&ds, self.at, self.n)?);
                 ds = replace_rows(
@@ -331,13 +388,17 @@ impl VisionTape<'_> {
                 )?;
             }
         }
+        if self.n == 0 {
+            return Ok((None, lora_grads));
+        }
         let d_input = m.pre_ln.backward(&self.input, &ds)?;
-        Ok(VisionPromptGrads {
+        let prompts = VisionPromptGrads {
             input: prompt_rows_sum(&d_input, self.at, self.n)?,
             deep: deep
                 .into_iter()
                 .map(|g| g.ok_or_else(|| Error::Internal("a deep prompt got no gradient".into())))
                 .collect::<Result<_>>()?,
-        })
+        };
+        Ok((Some(prompts), lora_grads))
     }
 }

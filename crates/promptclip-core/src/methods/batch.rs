@@ -32,6 +32,9 @@ pub struct Batch<'a> {
     pixels: Option<(Tensor, FrozenTower<'a>, usize)>,
     /// (B, E), unnormalised.
     features: OnceLock<Tensor>,
+    /// The seed of the step's random layers (CLIP-LoRA's dropout): the trainer's, from the run's
+    /// seed and the step, so that a resumed run draws what the uninterrupted one did.
+    step_seed: u64,
 }
 
 impl<'a> Batch<'a> {
@@ -42,6 +45,7 @@ impl<'a> Batch<'a> {
             len,
             pixels: None,
             features: OnceLock::from(features),
+            step_seed: 0,
         })
     }
 
@@ -53,7 +57,21 @@ impl<'a> Batch<'a> {
             len,
             pixels: Some((pixels, tower, chunk.max(1))),
             features: OnceLock::new(),
+            step_seed: 0,
         })
+    }
+
+    /// This batch with its step's seed (see `step_seed`).
+    pub fn with_step_seed(self, seed: u64) -> Self {
+        Self {
+            step_seed: seed,
+            ..self
+        }
+    }
+
+    /// The seed of this step's random layers (0 outside training).
+    pub fn step_seed(&self) -> u64 {
+        self.step_seed
     }
 
     pub fn len(&self) -> usize {

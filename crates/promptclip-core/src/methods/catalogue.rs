@@ -59,6 +59,10 @@ pub enum OptionKind {
     String,
     /// A list of strings (TypeScript `string[]`).
     StringList,
+    /// A list of whole numbers from `min` (TypeScript `number[]`).
+    IntegerList {
+        min: u64,
+    },
     Choice {
         choices: &'static [&'static str],
     },
@@ -122,6 +126,9 @@ pub struct RecipeEntry {
     pub weight_decay: f64,
     pub warmup_epochs: usize,
     pub lr_per_step: bool,
+    /// A run counted in steps, this many per shot (CLIP-LoRA's 500), instead of whole epochs.
+    pub steps_per_shot: Option<usize>,
+    pub min_lr: f64,
 }
 
 impl From<Recipe> for RecipeEntry {
@@ -134,6 +141,8 @@ impl From<Recipe> for RecipeEntry {
             weight_decay: r.weight_decay,
             warmup_epochs: r.warmup_epochs,
             lr_per_step: r.lr_per_step,
+            steps_per_shot: r.steps_per_shot,
+            min_lr: r.min_lr,
         }
     }
 }

@@ -15,7 +15,8 @@
 //! - `vpt`: VPT-deep, learned tokens inside the image tower (Jia et al., ECCV 2022);
 //! - `ivlp`: independent prompts inside both towers (MaPLe's baseline, CVPR 2023);
 //! - `maple`: prompts in both towers, the image tower's mapped from the text's (CVPR 2023);
-//! - `promptsrc`: IVLP regularised towards the frozen CLIP, prompts averaged over epochs (ICCV 2023).
+//! - `promptsrc`: IVLP regularised towards the frozen CLIP, prompts averaged over epochs (ICCV 2023);
+//! - `clip-lora`: low-rank updates of both towers' attention projections (CVPR Workshops 2024).
 //!
 //! A learner's life: `create` (shapes from the model and options), an optional `prepare` that
 //! sees the training and validation data and may allocate state (a cache, a closed-form fit),
@@ -28,6 +29,7 @@
 pub mod batch;
 pub mod catalogue;
 pub mod clip_adapter;
+pub mod clip_lora;
 pub mod cocoop;
 pub mod context;
 pub mod coop;
@@ -87,6 +89,11 @@ pub struct Recipe {
     /// The random resized crop's scale range, where the official code's differs from Dassl's
     /// (0.08, 1) (a model's own training crop, where it has one, still comes first).
     pub crop_scale: Option<(f64, f64)>,
+    /// A run of this many steps per shot instead of whole epochs (CLIP-LoRA: 500 x shots
+    /// iterations, the last epoch cut short); the cosine then anneals over those steps.
+    pub steps_per_shot: Option<usize>,
+    /// Where the cosine ends (torch's `eta_min`; Dassl's 0).
+    pub min_lr: f64,
 }
 
 impl Default for Recipe {
@@ -103,6 +110,8 @@ impl Default for Recipe {
             warmup_epochs: 1,
             lr_per_step: false,
             crop_scale: None,
+            steps_per_shot: None,
+            min_lr: 0.0,
         }
     }
 }
@@ -384,6 +393,7 @@ pub static METHODS: &[MethodSpec] = &[
     ivlp::SPEC,
     maple::SPEC,
     promptsrc::SPEC,
+    clip_lora::SPEC,
 ];
 
 pub fn spec(name: &str) -> Result<&'static MethodSpec> {

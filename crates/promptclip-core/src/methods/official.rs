@@ -135,9 +135,16 @@ fn normalised(tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
         })
         .collect();
     let whole_model = tensors.keys().any(|k| {
-        ["prompt_learner.", "image_encoder.", "text_encoder."]
-            .iter()
-            .any(|p| k.starts_with(p))
+        // CLIP-LoRA's factors are the official CLIP's own parameters (OpenAI's module tree).
+        [
+            "prompt_learner.",
+            "image_encoder.",
+            "text_encoder.",
+            "transformer.",
+            "visual.",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
     });
     if whole_model {
         return tensors;

@@ -233,6 +233,7 @@ fn recipe(r: RecipeFor<'_>) -> Recipe {
         warmup_epochs: 0,
         lr_per_step: true,
         crop_scale: Some(CACHE_CROP_SCALE),
+        ..Recipe::default()
     }
 }
 

@@ -93,6 +93,16 @@ pub struct RunConfig {
     /// The sha256 of the `initFrom` file (absent: the method's own initialisation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<String>,
+    /// A run counted in steps: how many (absent: whole epochs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// The cosine's end (absent: 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_lr: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn shuffled() -> bool {
@@ -118,6 +128,8 @@ impl RunConfig {
             lr_per_step: c.lr_per_step,
             shuffle: c.shuffle,
             init_from: c.init_from.as_ref().map(|i| i.sha256.clone()),
+            steps: c.steps,
+            min_lr: c.min_lr,
         }
     }
 
@@ -135,6 +147,7 @@ impl RunConfig {
         num("momentum", self.momentum, now.momentum);
         num("weightDecay", self.weight_decay, now.weight_decay);
         num("warmupLr", self.warmup_lr, now.warmup_lr);
+        num("minLr", self.min_lr, now.min_lr);
         num(
             "augment scale (min)",
             self.augment_scale.0,
@@ -169,6 +182,11 @@ impl RunConfig {
             "schedule",
             format!("{:?}", self.schedule).to_lowercase(),
             format!("{:?}", now.schedule).to_lowercase(),
+        );
+        other(
+            "steps",
+            format!("{:?}", self.steps),
+            format!("{:?}", now.steps),
         );
         other(
             "warmupEpochs",

@@ -47,6 +47,15 @@ pub struct TrainConfig {
     /// The trainable tensors start from this file (a learner file, or prompts under the official
     /// names) instead of the method's initialisation; resuming a checkpoint ignores it.
     pub init_from: Option<InitFrom>,
+    /// The run's optimiser steps, when it is counted in steps instead of epochs: it takes as many
+    /// epochs as they need and ends mid-epoch after the last, and a per-step cosine anneals over
+    /// them (CLIP-LoRA's iterations).
+    pub steps: Option<usize>,
+    /// Steps per shot of the method's recipe (CLIP-LoRA: 500): `steps` for a run on `shots` per
+    /// class, or on the training images per class when no protocol gives the shots.
+    pub steps_per_shot: Option<usize>,
+    /// Where the cosine ends (torch's `eta_min`).
+    pub min_lr: f64,
 }
 
 /// A run's starting prompts: the file and the sha256 of its bytes, which checkpoints record (a
@@ -105,6 +114,11 @@ pub struct TrainOptions {
     pub shots: Option<usize>,
     /// The dataset's catalog name, for the method's recipe (CoOp on ImageNet: 50 epochs).
     pub dataset: Option<String>,
+    /// Optimiser steps instead of epochs (the run ends mid-epoch after the last): the default of
+    /// a method whose recipe counts steps (CLIP-LoRA: 500 x shots).
+    pub steps: Option<usize>,
+    /// Where the cosine ends (default the recipe's: 0, CLIP-LoRA's 1e-6).
+    pub min_lr: Option<f64>,
 }
 
 impl TrainOptions {
@@ -170,6 +184,16 @@ impl TrainOptions {
             skip_unreadable: self.skip_unreadable.unwrap_or(d.skip_unreadable),
             shuffle: self.shuffle.unwrap_or(d.shuffle),
             init_from: self.init_from.map(InitFrom::of).transpose()?,
+            // Epochs asked for are whole epochs; otherwise a recipe in steps counts them from the
+            // protocol's shots, or later from the data.
+            steps: self.steps.or_else(|| {
+                d.steps_per_shot
+                    .filter(|_| self.epochs.is_none())
+                    .zip(self.shots)
+                    .map(|(s, shots)| s * shots)
+            }),
+            steps_per_shot: d.steps_per_shot.filter(|_| self.epochs.is_none()),
+            min_lr: self.min_lr.unwrap_or(d.min_lr),
             ..d
         };
         config.validate()?;
@@ -215,6 +239,43 @@ impl TrainConfig {
             skip_unreadable: false,
             shuffle: true,
             init_from: None,
+            steps: None,
+            steps_per_shot: recipe.steps_per_shot,
+            min_lr: recipe.min_lr,
+        }
+    }
+
+    /// This run counted in steps where it is (`steps`, or `steps_per_shot` x the images per class
+    /// of `n` images of `k` classes, rounded, at least 1).
+    pub fn with_steps_for(&self, n: usize, k: usize) -> Self {
+        let per_class = ((n as f64 / k.max(1) as f64).round() as usize).max(1);
+        Self {
+            steps: self
+                .steps
+                .or_else(|| self.steps_per_shot.map(|s| s * per_class)),
+            steps_per_shot: None,
+            ..self.clone()
+        }
+    }
+
+    /// This run with the epochs its steps take at `steps_per_epoch` (unchanged without steps).
+    pub fn with_epochs_for(&self, steps_per_epoch: usize) -> Self {
+        Self {
+            epochs: self
+                .steps
+                .map_or(self.epochs, |s| s.div_ceil(steps_per_epoch.max(1))),
+            ..self.clone()
+        }
+    }
+
+    /// The steps of epoch `epoch` (from 0) that run: all `steps_per_epoch`, but in the epoch where
+    /// a run counted in steps ends, those up to its last.
+    pub fn steps_in_epoch(&self, epoch: usize, steps_per_epoch: usize) -> usize {
+        match self.steps {
+            Some(total) => total
+                .saturating_sub(epoch * steps_per_epoch)
+                .min(steps_per_epoch),
+            None => steps_per_epoch,
         }
     }
 
@@ -233,6 +294,16 @@ impl TrainConfig {
         }
         if !(self.lr() > 0.0 && self.lr().is_finite()) {
             return bad(format!("lr must be a positive number, got {}", self.lr()));
+        }
+        if self.steps == Some(0) {
+            return bad("steps must be at least 1, got 0".into());
+        }
+        if !(self.min_lr >= 0.0 && self.min_lr <= self.lr()) {
+            return bad(format!(
+                "minLr must be from 0 to lr ({}), got {}",
+                self.lr(),
+                self.min_lr
+            ));
         }
         let (b1, b2) = self.adamw.betas;
         let adamw_ok = (0.0..1.0).contains(&b1)
@@ -287,6 +358,8 @@ impl TrainConfig {
             warmup_epochs: self.warmup_epochs,
             warmup_lr: self.warmup_lr,
             per_step: self.lr_per_step,
+            total_steps: self.steps,
+            min_lr: self.min_lr,
         }
     }
 

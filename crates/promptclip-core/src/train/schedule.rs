@@ -19,6 +19,10 @@ pub struct LrSchedule {
     pub warmup_lr: f64,
     /// Anneal per batch (T_max = max_epochs x steps per epoch) instead of per epoch.
     pub per_step: bool,
+    /// T_max of the per-batch cosine when the run is counted in steps (CLIP-LoRA's iterations).
+    pub total_steps: Option<usize>,
+    /// Where the cosine ends (torch's `eta_min`).
+    pub min_lr: f64,
 }
 
 impl LrSchedule {
@@ -32,8 +36,8 @@ impl LrSchedule {
             ScheduleKind::Cosine => {
                 let s = steps_per_epoch.max(1);
                 let t = ((epoch - self.warmup_epochs) * s + step) as f64;
-                let t_max = (self.max_epochs.max(1) * s) as f64;
-                self.base_lr * (1.0 + (std::f64::consts::PI * t / t_max).cos()) / 2.0
+                let t_max = self.total_steps.unwrap_or(self.max_epochs.max(1) * s) as f64;
+                self.cosine(t, t_max)
             }
         }
     }
@@ -43,6 +47,13 @@ impl LrSchedule {
     /// With one warmup epoch, epoch 0 uses `warmup_lr`, epoch 1 the base rate, and epoch e >= 1
     /// uses base * (1 + cos(pi * (e - 1) / max_epochs)) / 2: the cosine successor starts when
     /// warmup ends and, as in Dassl, never quite reaches zero.
+    /// eta_min + (base - eta_min) (1 + cos(pi t / T_max)) / 2, as torch's closed form (with
+    /// eta_min 0, bit for bit Dassl's base (1 + cos) / 2).
+    fn cosine(&self, t: f64, t_max: f64) -> f64 {
+        let c = (self.base_lr - self.min_lr) * (1.0 + (std::f64::consts::PI * t / t_max).cos());
+        self.min_lr + c / 2.0
+    }
+
     pub fn lr(&self, epoch: usize) -> f64 {
         if epoch < self.warmup_epochs {
             return self.warmup_lr;
@@ -51,8 +62,7 @@ impl LrSchedule {
             ScheduleKind::Constant => self.base_lr,
             ScheduleKind::Cosine => {
                 let t = (epoch - self.warmup_epochs) as f64;
-                let t_max = self.max_epochs.max(1) as f64;
-                self.base_lr * (1.0 + (std::f64::consts::PI * t / t_max).cos()) / 2.0
+                self.cosine(t, self.max_epochs.max(1) as f64)
             }
         }
     }

@@ -95,6 +95,8 @@ pub fn fit_with_validation(
     config.validate()?;
     let k = model.class_names().len();
     data.validate(k)?;
+    // A recipe counted in steps per shot counts them from the images per class here.
+    let config = &config.with_steps_for(data.sources.len(), k);
     if let Some(v) = validation {
         v.validate(k)
             .map_err(|e| Error::InvalidArgument(format!("validation set: {e}")))?;
@@ -275,6 +277,7 @@ fn train_epochs(
         model.start_run(None)?;
     }
     let (bs, steps_per_epoch) = step_shape(data.sources.len(), config.batch_size);
+    let config = &config.with_epochs_for(steps_per_epoch);
     if start.step >= steps_per_epoch {
         return Err(Error::InvalidArgument(format!(
             "cannot resume at step {} of an epoch of {steps_per_epoch} steps",
@@ -292,7 +295,7 @@ fn train_epochs(
                     // Each crop's random stream derives from (seed, epoch, image), not from the
                     // step: a run resumed mid-epoch starts at its step with the same crops.
                     let first = if epoch == start.epoch { start.step } else { 0 };
-                    for step in first..steps_per_epoch {
+                    for step in first..config.steps_in_epoch(epoch, steps_per_epoch) {
                         if stop.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed) {
                             return;
                         }
@@ -438,7 +441,7 @@ fn run_epochs<'b>(
         } else {
             (0, 0f64, 0usize, 0usize)
         };
-        for step in first..steps_per_epoch {
+        for step in first..config.steps_in_epoch(epoch, steps_per_epoch) {
             // Cancelled: stop here, between two steps, with a checkpoint of exactly this state
             // when the run has a checkpoint path.
             let cancelled = || -> Error {
@@ -469,7 +472,8 @@ fn run_epochs<'b>(
             let batch = match batch_for(idx) {
                 Err(Error::Cancelled { .. }) => return Err(cancelled()),
                 r => r?,
-            };
+            }
+            .with_step_seed(derive_seed(config.seed, epoch as u64, step as u64));
             let labels = Tensor::from_vec(
                 idx.iter().map(|&i| labels_all[i]).collect::<Vec<_>>(),
                 idx.len(),
