@@ -252,6 +252,10 @@ export interface NativeRecipe {
   warmupEpochs: number
   /** Whether the cosine anneals per batch instead of per epoch. */
   lrPerStep: boolean
+  /** A run counted in steps, this many per shot (CLIP-LoRA: 500), instead of whole epochs. */
+  stepsPerShot?: number
+  /** Where the cosine ends. */
+  minLr: number
 }
 
 export interface NativeTrainSummary {

@@ -31,7 +31,7 @@ test('the native declarations have no `any` in options or info', (t) => {
 test('every catalogue entry has the fields MethodEntry declares, with their types', (t) => {
   const entries = methodCatalogue()
   t.true(entries.length >= 4)
-  const kinds = ['integer', 'number', 'boolean', 'string', 'string-list', 'choice']
+  const kinds = ['integer', 'number', 'boolean', 'string', 'string-list', 'integer-list', 'choice']
   for (const e of entries) {
     t.deepEqual(
       Object.keys(e).sort(),

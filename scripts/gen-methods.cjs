@@ -33,6 +33,8 @@ function tsType(o) {
       return 'string'
     case 'string-list':
       return 'string[]'
+    case 'integer-list':
+      return 'number[]'
     case 'choice':
       return o.choices.map(q).join(' | ')
     default:
@@ -42,6 +44,7 @@ function tsType(o) {
 
 function range(o) {
   if (o.type === 'integer') return `a whole number, at least ${o.min}`
+  if (o.type === 'integer-list') return `whole numbers, each at least ${o.min}`
   if (o.type === 'number' && o.exclusiveMin !== null) return `above ${o.exclusiveMin}`
   return ''
 }

@@ -30,6 +30,10 @@ pub struct NativeRecipe {
     pub warmup_epochs: u32,
     /// Whether the cosine anneals per batch instead of per epoch.
     pub lr_per_step: bool,
+    /// A run counted in steps, this many per shot (CLIP-LoRA: 500), instead of whole epochs.
+    pub steps_per_shot: Option<u32>,
+    /// Where the cosine ends.
+    pub min_lr: f64,
 }
 
 #[napi]
@@ -59,6 +63,8 @@ pub fn method_recipe(
             weight_decay: r.weight_decay,
             warmup_epochs: r.warmup_epochs as u32,
             lr_per_step: r.lr_per_step,
+            steps_per_shot: r.steps_per_shot.map(|s| s as u32),
+            min_lr: r.min_lr,
         })
     })
 }

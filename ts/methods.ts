@@ -15,6 +15,7 @@ export type OptionDoc = { name: string; doc: string; flag: string | null } & (
   | { type: 'boolean' }
   | { type: 'string' }
   | { type: 'string-list' }
+  | { type: 'integer-list'; min: number }
   | { type: 'choice'; choices: string[] }
 )
 

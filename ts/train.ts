@@ -45,6 +45,13 @@ export interface TrainOptions {
   shots?: number
   dataset?: string
   epochs?: number
+  /** Optimiser steps instead of epochs: the run ends mid-epoch after the last, and a per-step
+   *  cosine anneals over them. The default of a method whose recipe counts steps (CLIP-LoRA:
+   *  500 x shots, the shots per class of the data when no protocol gives them); giving `epochs`
+   *  instead trains whole epochs. */
+  steps?: number
+  /** Where the cosine ends (default the recipe's: 0, CLIP-LoRA's 1e-6). */
+  minLr?: number
   batchSize?: number
   lr?: number
   momentum?: number

@@ -41,6 +41,18 @@ function parserOf(o: OptionDoc): ((value: string) => unknown) | undefined {
         if (above !== null && !(n > above)) throw new InvalidArgumentError(`must be a number above ${above}`)
         return n
       }
+    case 'string-list':
+      // --lora-matrices q,k,v
+      return (value) => {
+        const items = value.split(',').map((s) => s.trim())
+        if (items.some((s) => s === '')) throw new InvalidArgumentError('must be a comma-separated list, e.g. a,b,c')
+        return items
+      }
+    case 'integer-list': {
+      // --lora-layers 0,1,2
+      const whole = wholeNumber(o.min, U32_MAX)
+      return (value) => value.split(',').map((s) => whole(s.trim()))
+    }
     default:
       return undefined
   }
@@ -85,7 +97,18 @@ export function commanderOption(f: MethodFlag): Option {
     docs.size <= 1
       ? `${o.doc}${dflt} (${f.methods.join(', ')})`
       : [...docs].map(([doc, ms]) => `${ms.join(', ')}: ${doc}`).join('; ')
-  const arg = o.type === 'boolean' ? '' : o.type === 'integer' ? ' <n>' : o.type === 'number' ? ' <x>' : ' <value>'
+  const arg =
+    o.type === 'boolean'
+      ? ''
+      : o.type === 'integer'
+        ? ' <n>'
+        : o.type === 'number'
+          ? ' <x>'
+          : o.type === 'integer-list'
+            ? ' <n,n,...>'
+            : o.type === 'string-list'
+              ? ' <a,b,...>'
+              : ' <value>'
   const option = new Option(`${f.flag}${arg}`, help)
   if (o.type === 'choice') return option.choices(o.choices)
   const parse = parserOf(o)

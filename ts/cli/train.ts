@@ -44,6 +44,7 @@ interface Flags extends ModelFlags {
   dataRoot?: string
   method: Method
   epochs?: number
+  steps?: number
   lr?: number
   batchSize?: number
   seed: number
@@ -67,6 +68,7 @@ interface Flags extends ModelFlags {
  *  others). The method flags (--n-ctx, --kg-weight, ...) come from the catalogue (methodFlags.ts). */
 const SGD_FLAGS: Partial<Record<keyof Flags, string>> = {
   epochs: '--epochs',
+  steps: '--steps',
   lr: '--lr',
   batchSize: '--batch-size',
   augment: '--augment/--no-augment',
@@ -92,6 +94,12 @@ export function register(program: Command, ctx: Ctx): void {
     .option('--data-root <dir>', 'where catalog datasets live (default: $PROMPTCLIP_DATA, else ./data)')
     .addOption(new Option('--method <method>', 'what to learn').choices(methodNames()).default('coop'))
     .addOption(new Option('--epochs <n>', 'training epochs (default: the method’s recipe)').argParser(epochCount))
+    .addOption(
+      new Option(
+        '--steps <n>',
+        'optimiser steps instead of epochs (default for CLIP-LoRA: 500 x shots, as its official code)',
+      ).argParser(positiveInt),
+    )
     .addOption(new Option('--lr <rate>', 'learning rate (default: the method’s recipe)').argParser(positiveNumber))
     .addOption(
       new Option('--batch-size <n>', 'images per training step (default: the method’s recipe)').argParser(positiveInt),
@@ -203,6 +211,7 @@ async function train(source: string, flags: Flags, command: Command, ctx: Ctx): 
   const options: TrainOptions = learnsBySgd
     ? {
         epochs: flags.epochs,
+        steps: flags.steps,
         lr: flags.lr,
         batchSize: flags.batchSize,
         seed,

@@ -3,7 +3,7 @@
 // `npm run gen:methods` regenerates it; `npm run build:ts` and __test__/catalogue.spec.ts fail when it is stale.
 
 /** The methods promptclip has, in the order tables list them; each is a learner on a frozen CLIP. */
-export type Method = 'linear-probe' | 'coop' | 'cocoop' | 'kgcoop' | 'clip-adapter' | 'tip-adapter' | 'tip-adapter-f' | 'vpt' | 'ivlp' | 'maple' | 'promptsrc'
+export type Method = 'linear-probe' | 'coop' | 'cocoop' | 'kgcoop' | 'clip-adapter' | 'tip-adapter' | 'tip-adapter-f' | 'vpt' | 'ivlp' | 'maple' | 'promptsrc' | 'clip-lora'
 
 /** Linear probe: Radford et al.: Learning Transferable Visual Models From Natural Language Supervision (ICML 2021). Fitted by feature-fit; scores own-classes. */
 export interface LinearProbeFields {
@@ -197,6 +197,26 @@ export interface PromptsrcFields {
   seed?: number
 }
 
+/** CLIP-LoRA: Zanella, Ben Ayed: Low-Rank Few-Shot Adaptation of Vision-Language Models (CVPR Workshops 2024). Fitted by sgd; scores any-classes. */
+export interface ClipLoraFields {
+  /** r, the rank of every low-rank update; a whole number, at least 1; default 2. */
+  rank?: number
+  /** updates are scaled by alpha / sqrt(rank); above 0; default 1. */
+  alpha?: number
+  /** dropout probability of an update's input in training (0 to below 1); default 0.25. */
+  dropout?: number
+  /** the attention projections with updates: some of q, k, v, o; default ["q","k","v"]. */
+  matrices?: string[]
+  /** the towers with updates; default "both". */
+  encoder?: 'both' | 'text' | 'vision'
+  /** the blocks with updates, from 0 (default: every block); whole numbers, each at least 0. */
+  layers?: number[]
+  /** the prompt of every class, {} for the class name; default "a photo of a {}.". */
+  template?: string
+  /** seed of every random initialisation of the learner; a whole number, at least 0; default 1. */
+  seed?: number
+}
+
 /** Each method's own options, by method. */
 export interface MethodFields {
   'linear-probe': LinearProbeFields
@@ -210,4 +230,5 @@ export interface MethodFields {
   ivlp: IvlpFields
   maple: MapleFields
   promptsrc: PromptsrcFields
+  'clip-lora': ClipLoraFields
 }

@@ -17,7 +17,7 @@ use promptclip_core::train::{fit, TrainConfig, TrainOptions};
 use promptclip_core::Clip;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 fn openai_clip(dtype: DType) -> Clip {
     Clip::load_with_dtype(
@@ -33,8 +33,12 @@ fn fixture() -> (HashMap<String, Tensor>, HashMap<String, String>) {
         .unwrap()
 }
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("promptclip-clip-lora-{}", std::process::id()));
+/// `name` in a folder of this test process and test (`test`), which the test removes.
+fn temp(test: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "promptclip-clip-lora-{}-{test}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }
@@ -70,7 +74,7 @@ fn official_factors_give_the_official_loss_gradients_twenty_adamw_steps_and_merg
     let matrices: Vec<String> = serde_json::from_str(&md["params"]).unwrap();
     // The official factors under their own names, imported: the options come from their names
     // and shapes (rank 2, q k v o, both towers, blocks 0 and 1); dropout is the fixture's 0.
-    let path = temp("official-init.safetensors");
+    let path = temp("official", "init.safetensors");
     candle_core::safetensors::save(&factors(&t, "init."), &path).unwrap();
     let l = official::import(
         &clip,
@@ -89,6 +93,34 @@ fn official_factors_give_the_official_loss_gradients_twenty_adamw_steps_and_merg
     assert_eq!(meta.options["matrices"], serde_json::json!(matrices));
     assert_eq!(meta.options["encoder"], "both");
     let theirs = |ours: &str| methods::clip_lora::OFFICIAL.theirs(ours).unwrap();
+
+    // Training can start from the official file (initFrom), in the data's own order: a learner of
+    // other classes (the factors belong to no class) starts at the official factors.
+    let (colour_names, data) = colours(2, 4, 0..4);
+    let started = methods::create(
+        &clip,
+        "clip-lora",
+        &colour_names,
+        serde_json::json!({ "matrices": matrices }),
+        Runtime::default(),
+    )
+    .unwrap();
+    let recipe = methods::recipe_of(started.as_ref(), Default::default()).unwrap();
+    let config = TrainOptions {
+        steps: Some(1),
+        lr: Some(1e-12),
+        min_lr: Some(0.0),
+        shuffle: Some(false),
+        init_from: Some(path.clone()),
+        ..TrainOptions::default()
+    }
+    .resolve(&recipe)
+    .unwrap();
+    fit(&clip, started.as_ref(), &data, &config, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    for (name, v) in started.vars() {
+        let e = rel_err(v.as_tensor(), &t[&format!("init.{}", theirs(&name))]);
+        assert!(e < 1e-6, "{name} from initFrom: {e}");
+    }
 
     let b: usize = md["batch"].parse().unwrap();
     let (first, labels) = pixel_batch(&clip, &t, 0, b);
@@ -168,13 +200,14 @@ fn official_factors_give_the_official_loss_gradients_twenty_adamw_steps_and_merg
     assert_eq!(rel_err(&frozen, &again), 0.0);
 
     // Exported under the official names, the factors are the trained ones.
-    let out_path = temp("exported.safetensors");
+    let out_path = temp("official", "exported.safetensors");
     official::export(&out_path, l.as_ref()).unwrap();
     let (exported, _) = promptclip_core::files::read_safetensors(&out_path, &dev()).unwrap();
     assert_eq!(exported.len(), l.vars().len());
     for (name, v) in l.vars() {
         assert_eq!(rel_err(&exported[&theirs(&name)], v.as_tensor()), 0.0);
     }
+    std::fs::remove_dir_all(out_path.parent().unwrap()).ok();
 }
 
 /// A learner on `clip` with B drawn at random (so that both factors' gradients are non-zero).
@@ -399,7 +432,7 @@ fn through_the_registry_it_trains_its_steps_saves_only_factors_and_refuses_anoth
         .unwrap();
     assert!(moved > 0.0, "B trained");
 
-    let path = temp("learner.safetensors");
+    let path = temp("registry", "learner.safetensors");
     io::save(&path, l.as_ref(), &clip).unwrap();
     // Only the factors and the description: far below the model.
     let size = std::fs::metadata(&path).unwrap().len();
@@ -474,4 +507,80 @@ fn through_the_registry_it_trains_its_steps_saves_only_factors_and_refuses_anoth
         assert!(err.contains(expected), "{err}");
     }
     let _ = TrainConfig::default();
+}
+
+#[test]
+fn a_run_in_steps_cancelled_mid_epoch_resumes_to_the_uninterrupted_result() {
+    let clip = openai_clip(DType::F32);
+    let (names, data) = colours(5, 8, 0..4);
+    let recipe = methods::recipe_of(
+        methods::create(&clip, "clip-lora", &names, serde_json::json!({}), Runtime::default())
+            .unwrap()
+            .as_ref(),
+        Default::default(),
+    )
+    .unwrap();
+    let checkpoint = temp("resume", "run.ckpt");
+    let options = |resume: bool| TrainOptions {
+        steps: Some(8),
+        batch_size: Some(6),
+        lr: Some(0.01),
+        checkpoint_path: Some(checkpoint.clone()),
+        resume_from: resume.then(|| checkpoint.clone()),
+        ..TrainOptions::default()
+    };
+    let fresh = || {
+        methods::create(&clip, "clip-lora", &names, serde_json::json!({}), Runtime::default())
+            .unwrap()
+    };
+    let whole = fresh();
+    let config = options(false).resolve(&recipe).unwrap();
+    fit(&clip, whole.as_ref(), &data, &config, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+
+    // 20 images in batches of 6: 3 steps an epoch; cancelled after step 5 (the second epoch's
+    // second), resumed there with the same dropout masks and batches.
+    let part = fresh();
+    let cancel = AtomicBool::new(false);
+    let err = fit(
+        &clip,
+        part.as_ref(),
+        &data,
+        &config,
+        &mut |p| {
+            if p.global_step == 5 {
+                cancel.store(true, Ordering::Relaxed)
+            }
+        },
+        &cancel,
+    )
+    .unwrap_err();
+    assert!(matches!(err, promptclip_core::Error::Cancelled { .. }), "{err}");
+    let resumed = fresh();
+    let config = options(true).resolve(&recipe).unwrap();
+    let mut steps = 0;
+    let summary = fit(
+        &clip,
+        resumed.as_ref(),
+        &data,
+        &config,
+        &mut |_| steps += 1,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!((steps, summary.epochs, summary.global_step), (3, 3, 8));
+    for ((name, a), (_, b)) in whole.vars().iter().zip(resumed.vars().iter()) {
+        assert_eq!(rel_err(a.as_tensor(), b.as_tensor()), 0.0, "{name}");
+    }
+    // Other steps are another run: refused by name.
+    let other = TrainOptions {
+        steps: Some(9),
+        ..options(true)
+    }
+    .resolve(&recipe)
+    .unwrap();
+    let err = fit(&clip, fresh().as_ref(), &data, &other, &mut |_| {}, &AtomicBool::new(false))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("steps was 8, this run has 9"), "{err}");
+    std::fs::remove_dir_all(checkpoint.parent().unwrap()).ok();
 }

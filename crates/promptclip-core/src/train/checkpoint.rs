@@ -183,11 +183,8 @@ impl RunConfig {
             format!("{:?}", self.schedule).to_lowercase(),
             format!("{:?}", now.schedule).to_lowercase(),
         );
-        other(
-            "steps",
-            format!("{:?}", self.steps),
-            format!("{:?}", now.steps),
-        );
+        let steps = |s: Option<usize>| s.map_or("whole epochs".into(), |n| n.to_string());
+        other("steps", steps(self.steps), steps(now.steps));
         other(
             "warmupEpochs",
             self.warmup_epochs.to_string(),
@@ -352,9 +349,14 @@ pub(super) fn checkpoint_for(
     let ck = load(path, &clip.device)?;
     let m = &ck.meta;
     // Every option that changes the run must be as it was, each named with both values.
+    // A run counted in steps takes the epochs its steps need (compared as `steps`).
+    let epochs = match config.steps {
+        Some(_) => m.epochs,
+        None => config.epochs,
+    };
     let mut changed: Vec<(&str, String, String)> = [
         ("seed", m.seed.to_string(), config.seed.to_string()),
-        ("epochs", m.epochs.to_string(), config.epochs.to_string()),
+        ("epochs", m.epochs.to_string(), epochs.to_string()),
         (
             "batchSize",
             m.batch_size.to_string(),
