@@ -98,7 +98,9 @@ export interface InterpretRow {
 }
 
 /**
- * A learner on a frozen CLIP: learned prompt context (CoOp, CoCoOp, KgCoOp) or a linear probe.
+ * A learner on a frozen CLIP, of any method of the catalogue (`methodCatalogue()`): learned prompts
+ * (CoOp, CoCoOp, KgCoOp, VPT, IVLP, MaPLe, PromptSRC), adapters, low-rank updates (CLIP-LoRA) or
+ * a linear probe.
  * Train it with a `Trainer`, measure it with an `Evaluator`, save it, load it elsewhere, and
  * predict labels for new images.
  */

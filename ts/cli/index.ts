@@ -7,6 +7,7 @@
 import { Command, CommanderError } from 'commander'
 import { packageRequire } from '../binding'
 import { PromptclipError, userMessage } from '../errors'
+import { methodCatalogue } from '../methods'
 import { type Ctx, EXIT, EXIT_HELP, exitCodeOf } from './common'
 import * as convert from './convert'
 import * as demo from './demo'
@@ -25,7 +26,11 @@ const VERSION: string = (packageRequire('../package.json') as { version: string 
 
 function program(ctx: Ctx): Command {
   const p = new Command('promptclip')
-    .description('Prompt learning (CoOp, CoCoOp, KgCoOp, linear probe) and zero-shot CLIP.')
+    .description(
+      `Prompt learning on CLIP (${methodCatalogue()
+        .map((e) => e.title)
+        .join(', ')}) and zero-shot CLIP.`,
+    )
     .version(VERSION, '-V, --version', 'print the version')
     .helpOption('-h, --help', 'print this help')
     .helpCommand('help [command]', 'help for a command')

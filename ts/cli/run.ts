@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs'
 import { Argument, type Command, Option } from 'commander'
 import { PromptclipError } from '../errors'
-import { sgdMethods } from '../methods'
+import { methodCatalogue, sgdMethods } from '../methods'
 import {
   type ProtocolEvent,
   type ProtocolMethod,
@@ -76,7 +76,9 @@ export function register(program: Command, ctx: Ctx): void {
     .summary("run one of the papers' protocols over the methods")
     .description(
       "Run one of the papers' evaluation protocols over the methods (zero-shot CLIP, prompt " +
-        'ensembling, the linear probe, CoOp, CoCoOp, KgCoOp), for each shot count and seed. Runs, ' +
+        `ensembling, ${methodCatalogue()
+          .map((e) => e.title)
+          .join(', ')}), for each shot count and seed. Runs, ` +
         'checkpoints and results (results.json, results.md, report.html) go to --out; running the ' +
         'same command again skips finished runs and resumes an interrupted one.',
     )
