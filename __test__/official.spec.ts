@@ -231,3 +231,60 @@ assert all(torch.equal(c["state_dict"][k], e[k]) for k in e)`,
   )
   t.is(check.status, 0, check.stderr)
 })
+
+test("scripts/dassl_to_safetensors.py reads CLIP-LoRA's save_lora files and writes them back", (t) => {
+  const python = torchPython()
+  if (python === null) {
+    t.log('no Python with torch and safetensors here (set PROMPTCLIP_PYTHON): the script is not run')
+    t.pass()
+    return
+  }
+  // A save_lora file as the official code writes it for ViT-B/16 (encoder both, position all,
+  // q, k, v): layers numbered over the text tower's 12 blocks, then the image tower's.
+  const saved = join(TMP, 'lora_weights.pt')
+  const make = spawnSync(
+    python,
+    [
+      '-c',
+      `import sys, torch
+w = {}
+for n in range(24):
+    d = 512 if n < 12 else 768
+    w[f"layer_{n}"] = {p: {"w_lora_A": torch.full((2, d), float(n)), "w_lora_B": torch.randn(d, 2)} for p in ("q_proj", "k_proj", "v_proj")}
+torch.save({"weights": w, "metadata": {"r": 2, "alpha": 2, "encoder": "both", "params": ["q", "k", "v"], "position": "all"}}, sys.argv[1])`,
+      saved,
+    ],
+    { encoding: 'utf8' },
+  )
+  t.is(make.status, 0, make.stderr)
+  const converted = join(TMP, 'lora-from-save.safetensors')
+  const r = spawnSync(python, [join(ROOT, 'scripts', 'dassl_to_safetensors.py'), saved, converted], { encoding: 'utf8' })
+  t.is(r.status, 0, r.stderr)
+  const tensors = readSafetensors(converted)
+  t.is(Object.keys(tensors).length, 24 * 3 * 2)
+  // Layer 13 is the image tower's block 1; the text tower's are 512 wide.
+  t.true(tensors['visual.transformer.resblocks.1.attn.k_proj.w_lora_A'].data.every((v) => v === 13))
+  t.deepEqual(tensors['transformer.resblocks.11.attn.v_proj.w_lora_B'].shape, [512, 2])
+  // Back as the official save_lora: the same weights and metadata (alpha kept).
+  const back = join(TMP, 'out', 'lora_weights.pt')
+  const w = spawnSync(python, [join(ROOT, 'scripts', 'dassl_to_safetensors.py'), '--to-dassl', converted, back], {
+    encoding: 'utf8',
+  })
+  t.is(w.status, 0, w.stderr)
+  const check = spawnSync(
+    python,
+    [
+      '-c',
+      `import sys, torch
+a, b = torch.load(sys.argv[1], weights_only=True), torch.load(sys.argv[2], weights_only=True)
+assert a["metadata"] == b["metadata"], (a["metadata"], b["metadata"])
+for n, layer in a["weights"].items():
+    for p, f in layer.items():
+        assert all(torch.equal(f[k], b["weights"][n][p][k]) for k in f), (n, p)`,
+      saved,
+      back,
+    ],
+    { encoding: 'utf8' },
+  )
+  t.is(check.status, 0, check.stderr)
+})
