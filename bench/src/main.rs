@@ -4,6 +4,8 @@
 //!   promptclip-bench features <checkpoint.safetensors> <arch> <out-prefix>
 //!   promptclip-bench tip-adapter <checkpoint.safetensors> <images-dir>   (ViT-B/16; see adapters.rs)
 //!   promptclip-bench deep-prompts <checkpoint.safetensors> <maple|promptsrc> <batch>   (ViT-B/16)
+//!   promptclip-bench clip-lora|clip-lora-predict <checkpoint.safetensors> <batch>   (ViT-B/16;
+//!   see clip_lora.rs)
 //!
 //! Writes the checkpoint first when it does not exist. Prints one JSON line per measurement;
 //! bench/run.sh runs the PyTorch counterpart on the same machine and prints the ratios.
@@ -171,6 +173,7 @@ fn cocoop_step(clip: &Clip, k: usize, batch: usize, reps: usize) -> f64 {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod adapters;
+mod clip_lora;
 mod deep_prompts;
 mod gpu;
 
@@ -220,6 +223,15 @@ fn main() {
             "{}",
             serde_json::json!({"impl": "promptclip", "what": format!("{method}_step_b{batch}"), "arch": "ViT-B/16", "classes": k, "batch": batch, "threads": threads(), "seconds": s, "per_second": batch as f64 / s, "peak_rss_mib": peak_rss_mib()})
         );
+        return;
+    }
+    if args.len() >= 4 && (args[1] == "clip-lora" || args[1] == "clip-lora-predict") {
+        let batch: usize = args[3].parse().expect("batch size");
+        if args[1] == "clip-lora" {
+            clip_lora::step(Path::new(&args[2]), batch);
+        } else {
+            clip_lora::predict(Path::new(&args[2]), batch);
+        }
         return;
     }
     if args.len() >= 4 && args[1] == "tip-adapter" {

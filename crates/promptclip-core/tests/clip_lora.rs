@@ -116,7 +116,15 @@ fn official_factors_give_the_official_loss_gradients_twenty_adamw_steps_and_merg
     }
     .resolve(&recipe)
     .unwrap();
-    fit(&clip, started.as_ref(), &data, &config, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    fit(
+        &clip,
+        started.as_ref(),
+        &data,
+        &config,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     for (name, v) in started.vars() {
         let e = rel_err(v.as_tensor(), &t[&format!("init.{}", theirs(&name))]);
         assert!(e < 1e-6, "{name} from initFrom: {e}");
@@ -345,6 +353,8 @@ fn a_batch_in_chunks_equals_one_pass_and_dropout_differs_by_step() {
     assert!(rel_err(&a.logits, &c.logits) < 1e-12);
     for (g, h) in a.grads.iter().zip(&c.grads) {
         assert!(rel_err(g, h) < 1e-10, "chunked gradient: {}", rel_err(g, h));
+        // Formed by the tapes, not by autograd: no graph keeps a chunk's forward alive.
+        assert!(!g.track_op() && !h.track_op());
     }
     // Another step draws other masks.
     let other = whole
@@ -514,9 +524,15 @@ fn a_run_in_steps_cancelled_mid_epoch_resumes_to_the_uninterrupted_result() {
     let clip = openai_clip(DType::F32);
     let (names, data) = colours(5, 8, 0..4);
     let recipe = methods::recipe_of(
-        methods::create(&clip, "clip-lora", &names, serde_json::json!({}), Runtime::default())
-            .unwrap()
-            .as_ref(),
+        methods::create(
+            &clip,
+            "clip-lora",
+            &names,
+            serde_json::json!({}),
+            Runtime::default(),
+        )
+        .unwrap()
+        .as_ref(),
         Default::default(),
     )
     .unwrap();
@@ -530,12 +546,26 @@ fn a_run_in_steps_cancelled_mid_epoch_resumes_to_the_uninterrupted_result() {
         ..TrainOptions::default()
     };
     let fresh = || {
-        methods::create(&clip, "clip-lora", &names, serde_json::json!({}), Runtime::default())
-            .unwrap()
+        methods::create(
+            &clip,
+            "clip-lora",
+            &names,
+            serde_json::json!({}),
+            Runtime::default(),
+        )
+        .unwrap()
     };
     let whole = fresh();
     let config = options(false).resolve(&recipe).unwrap();
-    fit(&clip, whole.as_ref(), &data, &config, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    fit(
+        &clip,
+        whole.as_ref(),
+        &data,
+        &config,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
 
     // 20 images in batches of 6: 3 steps an epoch; cancelled after step 5 (the second epoch's
     // second), resumed there with the same dropout masks and batches.
@@ -554,7 +584,10 @@ fn a_run_in_steps_cancelled_mid_epoch_resumes_to_the_uninterrupted_result() {
         &cancel,
     )
     .unwrap_err();
-    assert!(matches!(err, promptclip_core::Error::Cancelled { .. }), "{err}");
+    assert!(
+        matches!(err, promptclip_core::Error::Cancelled { .. }),
+        "{err}"
+    );
     let resumed = fresh();
     let config = options(true).resolve(&recipe).unwrap();
     let mut steps = 0;
@@ -578,9 +611,16 @@ fn a_run_in_steps_cancelled_mid_epoch_resumes_to_the_uninterrupted_result() {
     }
     .resolve(&recipe)
     .unwrap();
-    let err = fit(&clip, fresh().as_ref(), &data, &other, &mut |_| {}, &AtomicBool::new(false))
-        .unwrap_err()
-        .to_string();
+    let err = fit(
+        &clip,
+        fresh().as_ref(),
+        &data,
+        &other,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("steps was 8, this run has 9"), "{err}");
     std::fs::remove_dir_all(checkpoint.parent().unwrap()).ok();
 }

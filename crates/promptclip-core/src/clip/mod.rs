@@ -2,6 +2,7 @@
 //! an OpenAI-named safetensors file.
 pub mod config;
 pub mod lora;
+pub mod lora_blocks;
 pub mod nn;
 pub mod random;
 pub mod resnet;

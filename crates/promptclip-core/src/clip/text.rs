@@ -487,7 +487,7 @@ impl TextTransformer {
     /// This tower with `lora`'s updates folded into copies of the adapted weights.
     pub fn merged(&self, lora: &TowerLora) -> Result<Self> {
         Ok(Self {
-            layers: super::lora::merged_layers(&self.layers, lora, "text")?,
+            layers: super::lora_blocks::merged_layers(&self.layers, lora, "text")?,
             ..self.clone()
         })
     }

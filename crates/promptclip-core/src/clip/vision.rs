@@ -241,7 +241,7 @@ impl VisionTransformer {
     /// This tower with `lora`'s updates folded into copies of the adapted weights.
     pub fn merged(&self, lora: &TowerLora) -> Result<Self> {
         Ok(Self {
-            layers: super::lora::merged_layers(&self.layers, lora, "image")?,
+            layers: super::lora_blocks::merged_layers(&self.layers, lora, "image")?,
             ..self.clone()
         })
     }

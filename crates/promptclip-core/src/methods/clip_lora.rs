@@ -364,9 +364,10 @@ impl ClipLoraLearner {
         };
         let mut blocks: Vec<BlockLora> = vec![Default::default(); n];
         for f in self.factors.iter().filter(|f| f.tower == tower) {
+            // Detached: the towers' training passes form the factors' gradients themselves.
             blocks[f.block][f.proj] = Some(LowRank {
-                a: f.a.as_tensor().clone(),
-                b: f.b.as_tensor().clone(),
+                a: f.a.as_tensor().detach(),
+                b: f.b.as_tensor().detach(),
             });
         }
         Some(TowerLora {
