@@ -70,7 +70,7 @@ bundle() {
   rm -rf "$b" && mkdir -p "$b/bin" "$b/tests" "$b/pkg"
   # The test files that load models (the rest are CPU-only and stay here).
   while read -r name exe; do
-    case "$name" in model | coop | cocoop | clip_adapter | tip_adapter | cuda | resnet | deep_prompts | vpt | ivlp | maple | promptsrc) cp "$exe" "$b/tests/$name" ;; esac
+    case "$name" in model | coop | cocoop | clip_adapter | tip_adapter | cuda | resnet | deep_prompts | vpt | ivlp | maple | promptsrc | clip_lora | official) cp "$exe" "$b/tests/$name" ;; esac
   done < "$gpu/tests.txt"
   cp "$CARGO_TARGET_DIR/$host/release/promptclip-bench" "$(command -v node)" "$b/bin/"
   # The package as users install it, with the CUDA build under the loader's own name.
