@@ -102,14 +102,33 @@ test("CoOp's epochs by shots are the core's recipe, as the official scripts", (t
   )
   t.is(epochs(16, 'imagenet'), 50)
   t.is(epochs(), 50)
-  const dassl = { optimizer: 'sgd', weightDecay: 5e-4, warmupEpochs: 1, lrPerStep: false }
+  const dassl = { optimizer: 'sgd', weightDecay: 5e-4, warmupEpochs: 1, lrPerStep: false, minLr: 0 }
   t.deepEqual(methodRecipe('cocoop', 16, 'oxford_pets'), { epochs: 10, batchSize: 1, lr: 0.002, ...dassl })
   // Tip-Adapter-F's is the official run_tip_adapter_F's: AdamW, cosine per batch, no warmup.
-  const tipF = { batchSize: 256, lr: 0.001, optimizer: 'adamw', weightDecay: 0.01, warmupEpochs: 0, lrPerStep: true }
+  const tipF = {
+    batchSize: 256,
+    lr: 0.001,
+    optimizer: 'adamw',
+    weightDecay: 0.01,
+    warmupEpochs: 0,
+    lrPerStep: true,
+    minLr: 0,
+  }
   t.deepEqual(methodRecipe('tip-adapter-f', 16, 'oxford_pets'), { epochs: 20, ...tipF })
   t.deepEqual(methodRecipe('tip-adapter-f', 16, 'eurosat'), { epochs: 100, ...tipF })
   // VPT-deep's is the official VPT/vit_b16_c2_ep5_batch4_4.yaml: 5 epochs at batch 4, lr 0.0025.
   t.deepEqual(methodRecipe('vpt', 16, 'oxford_pets'), { epochs: 5, batchSize: 4, lr: 0.0025, ...dassl })
   t.is(methodCatalogue().find((m) => m.name === 'vpt')?.takes, 'images')
+  // CLIP-LoRA's is the official run_lora's: 500 x shots steps of AdamW, cosine per step to 1e-6.
+  t.like(methodRecipe('clip-lora', 16, 'oxford_pets'), {
+    batchSize: 32,
+    lr: 2e-4,
+    optimizer: 'adamw',
+    weightDecay: 0.01,
+    warmupEpochs: 0,
+    lrPerStep: true,
+    stepsPerShot: 500,
+    minLr: 1e-6,
+  })
   t.throws(() => methodRecipe('no-such-method', 1), { code: 'E_INVALID_ARGUMENT', message: /coop/ })
 })
