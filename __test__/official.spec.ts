@@ -258,7 +258,9 @@ torch.save({"weights": w, "metadata": {"r": 2, "alpha": 2, "encoder": "both", "p
   )
   t.is(make.status, 0, make.stderr)
   const converted = join(TMP, 'lora-from-save.safetensors')
-  const r = spawnSync(python, [join(ROOT, 'scripts', 'dassl_to_safetensors.py'), saved, converted], { encoding: 'utf8' })
+  const r = spawnSync(python, [join(ROOT, 'scripts', 'dassl_to_safetensors.py'), saved, converted], {
+    encoding: 'utf8',
+  })
   t.is(r.status, 0, r.stderr)
   const tensors = readSafetensors(converted)
   t.is(Object.keys(tensors).length, 24 * 3 * 2)
