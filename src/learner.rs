@@ -125,7 +125,8 @@ pub struct NativeInterpretRow {
 
 fn no_context(learner: &BoxedLearner) -> Error {
     let why = if learner.takes() == promptclip_core::methods::catalogue::Takes::Images {
-        "its prompts are tokens inside the image tower, and vision prompts have no words"
+        "what it learns lives inside the encoders (image-tower prompt tokens, or updates of the \
+         weights), not in the token-embedding space where words are"
     } else {
         "only CoOp-style context vectors live in the token-embedding space"
     };
