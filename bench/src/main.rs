@@ -4,6 +4,7 @@
 //!   promptclip-bench features <checkpoint.safetensors> <arch> <out-prefix>
 //!   promptclip-bench tip-adapter <checkpoint.safetensors> <images-dir>   (ViT-B/16; see adapters.rs)
 //!   promptclip-bench deep-prompts <checkpoint.safetensors> <maple|promptsrc> <batch>   (ViT-B/16)
+//!   promptclip-bench sgemm   (candle's best fp32 matrix-multiply rate here; see machine.rs)
 //!   promptclip-bench clip-lora|clip-lora-predict <checkpoint.safetensors> <batch>   (ViT-B/16;
 //!   see clip_lora.rs)
 //!
@@ -176,6 +177,7 @@ mod adapters;
 mod clip_lora;
 mod deep_prompts;
 mod gpu;
+mod machine;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -291,6 +293,10 @@ fn main() {
             .unwrap();
         return;
     }
+    if args.len() >= 2 && args[1] == "sgemm" {
+        machine::sgemm(threads());
+        return;
+    }
     if args.len() < 3 || args[1] != "encode" {
         eprintln!("usage: promptclip-bench encode|coop-step|cocoop-step <checkpoint.safetensors> [ViT-B/16|RN50|...] [images-dir]\n       promptclip-bench tip-adapter <checkpoint.safetensors> <images-dir>\n       promptclip-bench features <checkpoint.safetensors> <arch> <out-prefix>\n       promptclip-bench gpu|e2e <work-dir> [cuda:N] [epochs]");
         std::process::exit(2);
@@ -311,9 +317,13 @@ fn main() {
     )
     .unwrap();
     let s = time(3, || clip.encode_image(&pixels).unwrap());
+    // A ViT's arithmetic per image, so that the rate reads against the machine's sgemm's.
+    let gflop = clip
+        .has_vit()
+        .then(|| machine::vit_image_flops(&clip.config.vision_config) / 1e9);
     println!(
         "{}",
-        serde_json::json!({"impl": "promptclip", "what": "image_encode", "arch": arch, "batch": batch, "threads": threads, "seconds": s, "per_second": batch as f64 / s})
+        serde_json::json!({"impl": "promptclip", "what": "image_encode", "arch": arch, "batch": batch, "threads": threads, "seconds": s, "per_second": batch as f64 / s, "gflop_per_image": gflop, "gflops": gflop.map(|g| g * batch as f64 / s)})
     );
 
     let classes = [
