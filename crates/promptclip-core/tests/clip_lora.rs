@@ -13,7 +13,7 @@ use promptclip_core::methods::official::{self, ImportRequest};
 use promptclip_core::methods::{self, io, Batch, FrozenTower, Learner, Runtime};
 use promptclip_core::train::optim::{AdamW, AdamWConfig};
 use promptclip_core::train::schedule::{LrSchedule, ScheduleKind};
-use promptclip_core::train::{fit, TrainConfig, TrainOptions};
+use promptclip_core::train::{fit, TrainOptions};
 use promptclip_core::Clip;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -533,7 +533,6 @@ fn through_the_registry_it_trains_its_steps_saves_only_factors_and_refuses_anoth
             .to_string();
         assert!(err.contains(expected), "{err}");
     }
-    let _ = TrainConfig::default();
 }
 
 #[test]

@@ -497,23 +497,21 @@ impl ClipLoraLearner {
 }
 
 /// Chunks' gradients summed.
-fn add_grads(acc: Vec<BlockLoraGrads>, more: Vec<BlockLoraGrads>) -> Result<Vec<BlockLoraGrads>> {
+fn add_grads(
+    mut acc: Vec<BlockLoraGrads>,
+    more: Vec<BlockLoraGrads>,
+) -> Result<Vec<BlockLoraGrads>> {
     if acc.is_empty() {
         return Ok(more);
     }
-    acc.into_iter()
-        .zip(more)
-        .map(|(a, m)| {
-            let mut out = BlockLoraGrads::default();
-            for (j, slot) in out.iter_mut().enumerate() {
-                *slot = match (&a[j], &m[j]) {
-                    (Some(x), Some(y)) => Some(((&x.0 + &y.0)?, (&x.1 + &y.1)?)),
-                    (x, y) => x.clone().or_else(|| y.clone()),
-                };
+    for (a, m) in acc.iter_mut().zip(more) {
+        for (slot, g) in a.iter_mut().zip(m) {
+            if let Some(g) = g {
+                crate::clip::lora::sum_into(slot, g)?;
             }
-            Ok(out)
-        })
-        .collect()
+        }
+    }
+    Ok(acc)
 }
 
 /// 100 normalize(image) normalize(text)^T (B, K).
